@@ -1,0 +1,267 @@
+//! The producer and operator commands: enqueue, job, stats, dead, pause, resume.
+
+use std::io::Read;
+
+use crate::cli::{Command, DeadCommand, EnqueueArgs, Target};
+use crate::client::Client;
+use crate::error::{Error, Result};
+use crate::inspect::{JobInfo, QueueStats};
+use crate::job::NewJob;
+use crate::store::EnqueueStatus;
+
+pub async fn run(command: Command, target: &Target) -> Result<u8> {
+    let client = Client::connect(&target.url, &target.prefix).await?;
+    match command {
+        Command::Enqueue(args) => enqueue(&client, args).await,
+        Command::Job { queue, id, json } => match client.job(&queue, &id).await? {
+            Some(info) => {
+                print_job(&info, json)?;
+                Ok(0)
+            }
+            None => {
+                eprintln!(
+                    "redq: job {id} not found in queue {queue} (never enqueued there, or completed and removed by retention)"
+                );
+                Ok(1)
+            }
+        },
+        Command::Stats { queues, json } => {
+            let queues = if queues.is_empty() {
+                let mut all = client.queues().await?;
+                all.extend(target.configured_queues.iter().cloned());
+                all.sort();
+                all.dedup();
+                all
+            } else {
+                queues
+            };
+            let stats = if queues.is_empty() {
+                Vec::new()
+            } else {
+                client.stats(&queues).await?
+            };
+            print_stats(&stats, json)?;
+            Ok(0)
+        }
+        Command::Dead(cmd) => dead(&client, cmd).await,
+        Command::Pause { queue } => {
+            client.pause(&queue).await?;
+            println!("paused {queue}: no daemon claims its jobs until `redq resume {queue}`");
+            Ok(0)
+        }
+        Command::Resume { queue } => {
+            client.resume(&queue).await?;
+            println!("resumed {queue}");
+            Ok(0)
+        }
+    }
+}
+
+async fn enqueue(client: &Client, a: EnqueueArgs) -> Result<u8> {
+    let payload = if a.payload == "-" {
+        let mut s = String::new();
+        std::io::stdin().read_to_string(&mut s).map_err(|e| {
+            Error::InvalidJob(format!(
+                "field \"payload\": cannot read standard input: {e}"
+            ))
+        })?;
+        s
+    } else {
+        a.payload
+    };
+    let mut job = NewJob::from_json(&payload)?.priority(a.priority);
+    if let Some(d) = a.delay {
+        job = job.delay(d);
+    }
+    if let Some(t) = a.run_at {
+        job = job.run_at_ms(t);
+    }
+    if let Some(n) = a.max_attempts {
+        job = job.max_attempts(n);
+    }
+    if let Some(t) = a.timeout {
+        job = job.timeout(t);
+    }
+    if let Some(k) = a.unique_key {
+        job = job.unique_key(k);
+    }
+    if let Some(t) = a.tenant {
+        job = job.tenant(t);
+    }
+    if let Some(g) = a.group {
+        job = job.group(g);
+    }
+    if let Some(id) = a.id {
+        job = job.id(id);
+    }
+    let done = client.enqueue(&a.queue, job).await?;
+    println!("{}", done.id);
+    match done.status {
+        EnqueueStatus::Created => {}
+        EnqueueStatus::Exists => eprintln!("redq: job {} already exists; nothing changed", done.id),
+        EnqueueStatus::Duplicate => {
+            eprintln!("redq: a live job holds that unique key: {}", done.id)
+        }
+    }
+    Ok(0)
+}
+
+async fn dead(client: &Client, cmd: DeadCommand) -> Result<u8> {
+    match cmd {
+        DeadCommand::List { queue, limit, json } => {
+            let jobs = client.dead_list(&queue, 0, limit).await?;
+            if json {
+                println!("{}", to_json(&jobs)?);
+            } else {
+                for j in jobs {
+                    println!(
+                        "{}\tdied {}\tattempts {}\t{}",
+                        j.id,
+                        time(j.died_at_ms),
+                        j.attempts,
+                        j.last_error
+                            .unwrap_or_default()
+                            .lines()
+                            .next()
+                            .unwrap_or("")
+                    );
+                }
+            }
+            Ok(0)
+        }
+        DeadCommand::Retry { queue, ids, all } => {
+            if all {
+                println!(
+                    "requeued {} dead jobs",
+                    client.dead_retry_all(&queue).await?
+                );
+                return Ok(0);
+            }
+            if ids.is_empty() {
+                return Err(Error::InvalidName(
+                    "name the dead jobs to retry, or pass --all".into(),
+                ));
+            }
+            let mut code = 0;
+            for (id, r) in ids.iter().zip(client.dead_retry(&queue, &ids).await?) {
+                match r {
+                    1 => println!("requeued {id}"),
+                    2 => {
+                        eprintln!("redq: {id} stays dead: a live job holds its unique key");
+                        code = 1;
+                    }
+                    _ => {
+                        eprintln!("redq: {id} is not in the dead set of {queue}");
+                        code = 1;
+                    }
+                }
+            }
+            Ok(code)
+        }
+        DeadCommand::Purge {
+            queue,
+            ids,
+            older_than,
+            all,
+        } => {
+            let n = if !ids.is_empty() {
+                client.dead_purge(&queue, &ids).await?
+            } else if let Some(age) = older_than {
+                client.dead_purge_older(&queue, age).await?
+            } else if all {
+                client
+                    .dead_purge_older(&queue, std::time::Duration::ZERO)
+                    .await?
+            } else {
+                return Err(Error::InvalidName(
+                    "name the dead jobs to delete, or pass --older-than 7d or --all".into(),
+                ));
+            };
+            println!("deleted {n} dead jobs");
+            Ok(0)
+        }
+    }
+}
+
+fn to_json<T: serde::Serialize>(v: &T) -> Result<String> {
+    serde_json::to_string_pretty(v).map_err(|e| Error::protocol("json output", e.to_string()))
+}
+
+fn time(ms: i64) -> String {
+    let t =
+        std::time::UNIX_EPOCH + std::time::Duration::from_millis(u64::try_from(ms).unwrap_or(0));
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+fn print_job(j: &JobInfo, json: bool) -> Result<()> {
+    if json {
+        println!("{}", to_json(j)?);
+        return Ok(());
+    }
+    let state = serde_json::to_value(j.state)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned));
+    println!("id:          {}", j.id);
+    println!("queue:       {}", j.queue);
+    println!("state:       {}", state.unwrap_or_default());
+    println!("priority:    {}", j.priority);
+    let max = j
+        .max_attempts
+        .map_or("queue default".to_owned(), |m| m.to_string());
+    println!("attempts:    {} (max {max})", j.attempts);
+    println!("enqueued:    {}", time(j.enqueued_at_ms));
+    let optional = [
+        ("run at:      ", j.run_at_ms),
+        ("started:     ", j.started_at_ms),
+        ("lease until: ", j.lease_deadline_ms),
+        ("finished:    ", j.finished_at_ms),
+    ];
+    for (label, t) in optional {
+        if let Some(t) = t {
+            println!("{label}{}", time(t));
+        }
+    }
+    for (label, v) in [
+        ("tenant:      ", &j.tenant),
+        ("group:       ", &j.group),
+        ("unique key:  ", &j.unique_key),
+    ] {
+        if let Some(v) = v {
+            println!("{label}{v}");
+        }
+    }
+    println!("payload:     {}", j.payload.get());
+    if let Some(e) = &j.last_error {
+        println!("last error:  {e}");
+    }
+    if let Some(r) = &j.result {
+        println!("result:      {r}");
+    }
+    Ok(())
+}
+
+fn print_stats(stats: &[QueueStats], json: bool) -> Result<()> {
+    if json {
+        println!("{}", to_json(&stats)?);
+        return Ok(());
+    }
+    println!(
+        "{:<24} {:>9} {:>9} {:>7} {:>7} {:>9} {:>7} {:>8}",
+        "QUEUE", "PENDING", "SCHEDULED", "ACTIVE", "DEAD", "SUCCEEDED", "INBOX", "REJECTED"
+    );
+    for s in stats {
+        println!(
+            "{:<24} {:>9} {:>9} {:>7} {:>7} {:>9} {:>7} {:>8}{}",
+            s.queue,
+            s.pending,
+            s.scheduled,
+            s.active,
+            s.dead,
+            s.succeeded,
+            s.inbox,
+            s.rejected,
+            if s.paused { "  (paused)" } else { "" }
+        );
+    }
+    Ok(())
+}

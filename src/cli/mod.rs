@@ -1,0 +1,159 @@
+//! The `redq` command line: argument parsing and the commands that talk to
+//! Redis as a producer or operator. `redq run` hands over to the daemon.
+//!
+//! Exit codes: 0 success; 1 the command failed (e.g. job not found, invalid
+//! job); 2 bad usage; 69 Redis unreachable; 78 bad configuration.
+
+mod commands;
+mod target;
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+pub use target::Target;
+
+/// Exit code: Redis could not be reached (EX_UNAVAILABLE).
+pub const EXIT_UNAVAILABLE: u8 = 69;
+/// Exit code: the configuration was refused (EX_CONFIG).
+pub const EXIT_CONFIG: u8 = 78;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "redq",
+    version,
+    about = "A job queue and worker daemon on Redis"
+)]
+pub struct Cli {
+    /// Configuration file [default: workers.toml, if it exists]
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Redis URL; overrides REDQ_REDIS__URL and the config file [default: redis://127.0.0.1:6379]
+    #[arg(long, global = true, value_name = "URL")]
+    pub redis_url: Option<String>,
+    /// Key prefix; overrides REDQ_REDIS__KEY_PREFIX and the config file [default: redq]
+    #[arg(long, global = true, value_name = "PREFIX")]
+    pub key_prefix: Option<String>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Enqueue a job; prints its id
+    Enqueue(EnqueueArgs),
+    /// Show one job: state, attempts, timestamps, last error, result
+    Job {
+        queue: String,
+        id: String,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show each queue's depth by state
+    Stats {
+        /// Queues to show [default: every registered and configured queue]
+        queues: Vec<String>,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Inspect, retry or delete dead jobs
+    #[command(subcommand)]
+    Dead(DeadCommand),
+    /// Stop every daemon from claiming jobs of a queue (enqueueing still works)
+    Pause { queue: String },
+    /// Let daemons claim jobs of a paused queue again
+    Resume { queue: String },
+}
+
+#[derive(Debug, Args)]
+pub struct EnqueueArgs {
+    pub queue: String,
+    /// The payload as JSON, or - to read it from standard input
+    pub payload: String,
+    /// Higher runs first, from -1000 to 1000
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+    pub priority: i64,
+    /// Run no earlier than this long from now, e.g. 30s, 5m
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub delay: Option<std::time::Duration>,
+    /// Run no earlier than this Unix time in milliseconds
+    #[arg(long, conflicts_with = "delay")]
+    pub run_at: Option<i64>,
+    /// Attempts before the job is dead [default: the queue's setting]
+    #[arg(long)]
+    pub max_attempts: Option<u32>,
+    /// Handler time-out for this job, e.g. 30s [default: the queue's setting]
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub timeout: Option<std::time::Duration>,
+    /// At most one live job per unique key in the queue
+    #[arg(long)]
+    pub unique_key: Option<String>,
+    /// Who the job is for
+    #[arg(long)]
+    pub tenant: Option<String>,
+    /// Concurrency group
+    #[arg(long)]
+    pub group: Option<String>,
+    /// Choose the job id (enqueueing an existing id is a no-op)
+    #[arg(long)]
+    pub id: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DeadCommand {
+    /// List dead jobs, newest first
+    List {
+        queue: String,
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Put dead jobs back in line with fresh attempts
+    Retry {
+        queue: String,
+        ids: Vec<String>,
+        /// Every dead job of the queue
+        #[arg(long, conflicts_with = "ids")]
+        all: bool,
+    },
+    /// Delete dead jobs for good
+    Purge {
+        queue: String,
+        ids: Vec<String>,
+        /// Only jobs dead for at least this long, e.g. 7d
+        #[arg(long, value_parser = humantime::parse_duration, conflicts_with = "ids")]
+        older_than: Option<std::time::Duration>,
+        /// Every dead job of the queue
+        #[arg(long, conflicts_with_all = ["ids", "older_than"])]
+        all: bool,
+    },
+}
+
+/// Runs the parsed command; returns the process exit code.
+pub async fn main(cli: Cli) -> u8 {
+    let target = match Target::resolve(
+        cli.config.as_deref(),
+        cli.redis_url.as_deref(),
+        cli.key_prefix.as_deref(),
+    ) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("redq: {e}");
+            return EXIT_CONFIG;
+        }
+    };
+    match commands::run(cli.command, &target).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("redq: {e}");
+            if e.is_transient() {
+                EXIT_UNAVAILABLE
+            } else {
+                1
+            }
+        }
+    }
+}

@@ -1,0 +1,79 @@
+//! Where the CLI finds Redis: `--redis-url`, else `REDQ_REDIS__URL`, else the
+//! config file (`--config`, default `workers.toml` if present), else
+//! `redis://127.0.0.1:6379`. The key prefix is found the same way.
+//!
+//! Only `[redis]` and the queue names are read here, leniently: a producer's
+//! `redq enqueue` must not fail because of a daemon-only setting. `redq run`
+//! and `redq check-config` validate the whole file.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use figment::providers::{Env, Format, Toml};
+use figment::Figment;
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+use crate::keys::DEFAULT_PREFIX;
+
+/// The Redis URL, key prefix and configured queue names the CLI works with.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub url: String,
+    pub prefix: String,
+    pub configured_queues: Vec<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct Lenient {
+    #[serde(default)]
+    redis: LenientRedis,
+    #[serde(default)]
+    queues: BTreeMap<String, serde::de::IgnoredAny>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct LenientRedis {
+    url: Option<String>,
+    key_prefix: Option<String>,
+}
+
+impl Target {
+    pub fn resolve(
+        config: Option<&Path>,
+        url: Option<&str>,
+        prefix: Option<&str>,
+    ) -> Result<Target> {
+        let mut fig = Figment::new();
+        match config {
+            Some(path) if !path.exists() => {
+                return Err(Error::Config(format!(
+                    "config file {} does not exist; pass an existing file with --config",
+                    path.display()
+                )))
+            }
+            Some(path) => fig = fig.merge(Toml::file_exact(path)),
+            None if Path::new("workers.toml").exists() => {
+                fig = fig.merge(Toml::file_exact("workers.toml"))
+            }
+            None => {}
+        }
+        fig = fig.merge(
+            Env::prefixed("REDQ_")
+                .split("__")
+                .only(&["redis.url", "redis.key_prefix"]),
+        );
+        let file: Lenient = fig.extract().map_err(|e| Error::Config(e.to_string()))?;
+        Ok(Target {
+            url: url
+                .map(str::to_owned)
+                .or(file.redis.url)
+                .unwrap_or_else(|| "redis://127.0.0.1:6379".to_owned()),
+            prefix: prefix
+                .map(str::to_owned)
+                .or(file.redis.key_prefix)
+                .unwrap_or_else(|| DEFAULT_PREFIX.to_owned()),
+            configured_queues: file.queues.into_keys().collect(),
+        })
+    }
+}

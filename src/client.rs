@@ -1,0 +1,177 @@
+//! The producer API for Rust programs (and the CLI): enqueue, inspect, steer.
+//!
+//! ```no_run
+//! # async fn demo() -> redq::Result<()> {
+//! let client = redq::Client::connect("redis://127.0.0.1:6379", "redq").await?;
+//! let job = redq::NewJob::new(&serde_json::json!({"to": "a@example.com"}))?.priority(5);
+//! let id = client.enqueue("emails", job).await?.id;
+//! # Ok(()) }
+//! ```
+
+use std::collections::HashSet;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use crate::error::Result;
+use crate::inspect::{self, DeadJob, JobInfo, QueueStats};
+use crate::job::{NewJob, DEFAULT_MAX_DOC_BYTES};
+use crate::keys::QueueKeys;
+use crate::scripts::{self, LibraryStatus};
+use crate::store::{Enqueued, Store};
+
+/// A producer's handle on redq. Cheap to share behind an `Arc`.
+pub struct Client {
+    store: Store,
+    max_doc_bytes: usize,
+    /// Queues this client has put in the registry already (one SADD per queue per process).
+    registered: Mutex<HashSet<String>>,
+}
+
+impl Client {
+    /// Connects to Redis at `url` with key prefix `prefix` (usually "redq").
+    pub async fn connect(url: &str, prefix: &str) -> Result<Client> {
+        Ok(Client::from_store(Store::connect(url, prefix).await?))
+    }
+
+    /// A client on an existing store connection.
+    pub fn from_store(store: Store) -> Client {
+        Client {
+            store,
+            max_doc_bytes: DEFAULT_MAX_DOC_BYTES,
+            registered: Mutex::new(HashSet::new()),
+        }
+    }
+
+    /// Refuse job documents larger than this (default 1 MiB).
+    pub fn with_max_doc_bytes(mut self, bytes: usize) -> Client {
+        self.max_doc_bytes = bytes;
+        self
+    }
+
+    /// The underlying store (for the worker side and tests).
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Loads the `redq` Redis Function library (for `FCALL redq_enqueue`) unless current.
+    pub async fn ensure_library(&self) -> Result<LibraryStatus> {
+        scripts::ensure_library(&mut self.store.connection()).await
+    }
+
+    async fn register(&self, queue: &str) -> Result<()> {
+        let known = self
+            .registered
+            .lock()
+            .map(|set| set.contains(queue))
+            .unwrap_or(false);
+        if !known {
+            inspect::register(&self.store, &[queue]).await?;
+            if let Ok(mut set) = self.registered.lock() {
+                set.insert(queue.to_owned());
+            }
+        }
+        Ok(())
+    }
+
+    /// Enqueues one job.
+    pub async fn enqueue(&self, queue: &str, job: NewJob) -> Result<Enqueued> {
+        let mut out = self.enqueue_many(queue, vec![job]).await?;
+        out.pop()
+            .ok_or_else(|| crate::Error::protocol("enqueue", "no reply for the job"))
+    }
+
+    /// Enqueues many jobs into one queue in one round trip. Every job is checked
+    /// first; if any is invalid, none is sent.
+    pub async fn enqueue_many(&self, queue: &str, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>> {
+        let q = self.store.queue(queue)?;
+        let prepared = jobs
+            .into_iter()
+            .enumerate()
+            .map(|(i, j)| {
+                j.prepare(self.max_doc_bytes).map_err(|e| match e {
+                    crate::Error::InvalidJob(m) if i > 0 => {
+                        crate::Error::InvalidJob(format!("job #{i}: {m}"))
+                    }
+                    e => e,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        self.register(queue).await?;
+        self.store.enqueue(&q, &prepared).await
+    }
+
+    /// One job, or `None` if the queue does not know the id.
+    pub async fn job(&self, queue: &str, id: &str) -> Result<Option<JobInfo>> {
+        inspect::job(&self.store, &self.store.queue(queue)?, id).await
+    }
+
+    /// Depths by state for each queue.
+    pub async fn stats(&self, queues: &[String]) -> Result<Vec<QueueStats>> {
+        let keys = queues
+            .iter()
+            .map(|q| self.store.queue(q))
+            .collect::<Result<Vec<QueueKeys>>>()?;
+        inspect::stats(&self.store, &keys).await
+    }
+
+    /// Queues in the registry.
+    pub async fn queues(&self) -> Result<Vec<String>> {
+        inspect::registered_queues(&self.store).await
+    }
+
+    pub async fn pause(&self, queue: &str) -> Result<()> {
+        self.store.pause(&self.store.queue(queue)?).await
+    }
+
+    pub async fn resume(&self, queue: &str) -> Result<()> {
+        self.store.resume(&self.store.queue(queue)?).await
+    }
+
+    /// Dead jobs, newest first.
+    pub async fn dead_list(
+        &self,
+        queue: &str,
+        offset: usize,
+        limit: usize,
+    ) -> Result<Vec<DeadJob>> {
+        inspect::dead_list(&self.store, &self.store.queue(queue)?, offset, limit).await
+    }
+
+    /// Requeues dead jobs by id; per id: 1 requeued, 0 not dead, 2 unique key held by a live job.
+    pub async fn dead_retry(&self, queue: &str, ids: &[String]) -> Result<Vec<i64>> {
+        self.store.dead_retry(&self.store.queue(queue)?, ids).await
+    }
+
+    /// Requeues every dead job (in batches); returns how many were requeued.
+    pub async fn dead_retry_all(&self, queue: &str) -> Result<u64> {
+        let q = self.store.queue(queue)?;
+        let mut total = 0;
+        let mut skip = 0;
+        loop {
+            let page = inspect::dead_list(&self.store, &q, skip, 500).await?;
+            if page.is_empty() {
+                return Ok(total);
+            }
+            let ids: Vec<String> = page.into_iter().map(|d| d.id).collect();
+            let done = self.store.dead_retry(&q, &ids).await?;
+            let requeued = done.iter().filter(|r| **r == 1).count();
+            // Jobs that stayed (unique key taken) keep their place: skip them.
+            skip += ids.len() - requeued;
+            total += requeued as u64;
+        }
+    }
+
+    /// Deletes dead jobs by id; returns how many were deleted.
+    pub async fn dead_purge(&self, queue: &str, ids: &[String]) -> Result<u64> {
+        self.store
+            .dead_purge_ids(&self.store.queue(queue)?, ids)
+            .await
+    }
+
+    /// Deletes dead jobs that died at least `older_than` ago (all when zero).
+    pub async fn dead_purge_older(&self, queue: &str, older_than: Duration) -> Result<u64> {
+        self.store
+            .dead_purge_older(&self.store.queue(queue)?, older_than)
+            .await
+    }
+}

@@ -1,0 +1,107 @@
+//! `[daemon]`: process-wide settings of `redq run` — shutdown, the local
+//! HTTP listener (`/metrics`, `/healthz`, `/readyz`), logging and the
+//! intervals of its background duties.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::duration;
+use super::error::Problems;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DaemonConfig {
+    /// After SIGTERM, how long running jobs may finish before they are stopped
+    /// and put back to pending. Keep it below systemd's `TimeoutStopSec`. Default 25s.
+    #[serde(with = "duration")]
+    pub shutdown_timeout: Duration,
+    /// `address:port` of the metrics and health endpoints. Default `127.0.0.1:9464`.
+    pub listen: String,
+    /// Allow `listen` on a non-loopback address. Default false.
+    pub listen_public: bool,
+    /// `text` or `json`. Default `text`.
+    pub log_format: LogFormat,
+    /// A `tracing` filter: `info`, `debug`, `info,redq=debug`. Default `info`.
+    pub log_level: String,
+    /// Interval of the summary log line. Default 60s.
+    #[serde(with = "duration")]
+    pub stats_interval: Duration,
+    /// Largest job document accepted, in bytes. Default 1048576 (1 MiB).
+    pub max_payload_bytes: usize,
+    /// How often expired leases are looked for and scheduled jobs promoted. Default 1s.
+    #[serde(with = "duration")]
+    pub reap_interval: Duration,
+    /// How often inbox lists are drained when no wake-up arrives. Default 1s.
+    #[serde(with = "duration")]
+    pub inbox_poll: Duration,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        DaemonConfig {
+            shutdown_timeout: Duration::from_secs(25),
+            listen: "127.0.0.1:9464".into(),
+            listen_public: false,
+            log_format: LogFormat::Text,
+            log_level: "info".into(),
+            stats_interval: Duration::from_secs(60),
+            max_payload_bytes: 1024 * 1024,
+            reap_interval: Duration::from_secs(1),
+            inbox_poll: Duration::from_secs(1),
+        }
+    }
+}
+
+impl DaemonConfig {
+    /// The parsed `listen` address (valid once the config is validated).
+    pub fn listen_addr(&self) -> Option<SocketAddr> {
+        self.listen.parse().ok()
+    }
+
+    pub(super) fn check(&self, p: &mut Problems) {
+        let at = |key: &'static str| ["daemon", key];
+        match self.listen_addr() {
+            None => p.push(&at("listen"), format!("{:?} is not an address:port such as \"127.0.0.1:9464\"", self.listen)),
+            Some(addr) if !addr.ip().is_loopback() && !self.listen_public => p.push(
+                &at("listen"),
+                format!(
+                    "{addr} is not a loopback address; set daemon.listen_public = true to serve metrics and health beyond this host"
+                ),
+            ),
+            Some(_) => {}
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log_level) {
+            p.push(
+                &at("log_level"),
+                format!(
+                    "{:?} is not a log filter such as \"info\" or \"info,redq=debug\": {e}",
+                    self.log_level
+                ),
+            );
+        }
+        for (key, d) in [
+            ("shutdown_timeout", self.shutdown_timeout),
+            ("stats_interval", self.stats_interval),
+            ("reap_interval", self.reap_interval),
+            ("inbox_poll", self.inbox_poll),
+        ] {
+            p.check(!d.is_zero(), &at(key), "must be more than 0s");
+        }
+        p.check(
+            self.max_payload_bytes > 0,
+            &at("max_payload_bytes"),
+            "must be at least 1",
+        );
+    }
+}

@@ -1,0 +1,59 @@
+//! The library's error type.
+//!
+//! Messages name the queue, job, field or key involved and say what to do.
+//! [`Error::is_transient`] tells errors worth retrying (Redis unreachable,
+//! busy, failing over) from permanent ones (bad input, bad config).
+
+/// Result with redq's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A job document or enqueue option broke a rule; the message names the field and the rule.
+    #[error("invalid job: {0}")]
+    InvalidJob(String),
+    /// A queue name, job id or other name that becomes part of a key broke the character rules.
+    #[error("invalid name: {0}")]
+    InvalidName(String),
+    /// The configuration was refused; the message names the key path.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// Redis answered with an error or could not be reached.
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    /// Redis answered something a redq script never returns: a redq bug or foreign data in redq's keys.
+    #[error("unexpected reply from Redis ({context}): {detail}")]
+    Protocol {
+        context: &'static str,
+        detail: String,
+    },
+}
+
+impl Error {
+    /// True when trying again later may succeed (connection lost, Redis busy or loading, failover).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Redis(e) => {
+                e.is_io_error()
+                    || e.is_connection_dropped()
+                    || e.is_connection_refusal()
+                    || e.is_timeout()
+                    || matches!(
+                        e.kind(),
+                        redis::ErrorKind::Server(redis::ServerErrorKind::BusyLoading)
+                            | redis::ErrorKind::Server(redis::ServerErrorKind::TryAgain)
+                            | redis::ErrorKind::Server(redis::ServerErrorKind::ClusterDown)
+                            | redis::ErrorKind::Server(redis::ServerErrorKind::MasterDown)
+                    )
+            }
+            _ => false,
+        }
+    }
+
+    pub(crate) fn protocol(context: &'static str, detail: impl Into<String>) -> Self {
+        Error::Protocol {
+            context,
+            detail: detail.into(),
+        }
+    }
+}

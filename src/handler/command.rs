@@ -1,0 +1,557 @@
+//! Command handler: runs an external program for each job.
+//!
+//! Contract with the program (the README repeats it for handler authors):
+//! - `argv` runs directly, without a shell; the payload never appears on the command line.
+//! - stdin: the job's payload exactly as the producer sent it (JSON text), then EOF.
+//!   A program that never reads stdin is fine.
+//! - Environment: only `PATH`, the names in `env_allow` (copied from redq's own
+//!   environment), the configured `env`, and `REDQ_JOB_ID`, `REDQ_QUEUE`,
+//!   `REDQ_ATTEMPT`, `REDQ_TENANT` (empty if none), `REDQ_FENCE`. Nothing else, so
+//!   redq's secrets (such as `REDQ_REDIS__URL`) never reach the program.
+//! - Exit 0: success; stdout (capped at `max_output_bytes`) is the job's result.
+//! - Exit 75 ([`EXIT_RETRY`], EX_TEMPFAIL): "retry later" with the queue's backoff.
+//! - Exit 65 ([`EXIT_NO_RETRY`], EX_DATAERR): "never retry"; the job goes to the dead set.
+//! - Any other exit, or death by a signal: the attempt fails and is retried while
+//!   attempts remain. stderr (capped) becomes the error text.
+//! - Time-out or cancellation: the program's process group gets SIGTERM, then SIGKILL
+//!   after `kill_grace`. When the program exits, whatever it left running in its
+//!   process group is killed too: a job's processes never outlive it.
+//! - On Linux the program gets SIGKILL if the daemon dies (`PR_SET_PDEATHSIG`). That
+//!   signal follows the *thread* that spawned it, so call [`CommandHandler::run`] from an
+//!   async task, never from a `spawn_blocking` thread.
+//!
+//! The child is reaped here, by `wait4` on a blocking thread, which also yields its
+//! resource usage. The group is only ever signalled while the child is unreaped, so its
+//! id cannot have been reused by an unrelated process.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::unix::pipe;
+use tokio_util::sync::CancellationToken;
+
+use super::{Handler, JobContext, Outcome};
+
+/// Exit code meaning "this attempt failed, retry later" (EX_TEMPFAIL).
+pub const EXIT_RETRY: i32 = 75;
+/// Exit code meaning "fail for good, never retry" (EX_DATAERR).
+pub const EXIT_NO_RETRY: i32 = 65;
+/// Default cap on the stdout and stderr kept from one run.
+pub const DEFAULT_MAX_OUTPUT_BYTES: usize = 64 * 1024;
+/// Default wait between SIGTERM and SIGKILL.
+pub const DEFAULT_KILL_GRACE: Duration = Duration::from_secs(5);
+/// `PATH` given to programs when redq itself has none.
+const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
+/// How long output may still arrive once the program and its group are gone: only a
+/// process that left the group (setsid) can keep the pipes open that long.
+const DRAIN_AFTER_EXIT: Duration = Duration::from_secs(1);
+
+/// How to run a command handler; built from `workers.toml`.
+#[derive(Clone)]
+pub struct CommandSpec {
+    /// The program and its arguments; `argv[0]` is an absolute path or a name in `PATH`.
+    pub argv: Vec<String>,
+    /// Extra environment variables set for the program.
+    pub env: BTreeMap<String, String>,
+    /// Names of variables copied from redq's own environment when set there.
+    pub env_allow: Vec<String>,
+    /// Wait between SIGTERM and SIGKILL on time-out or cancellation.
+    pub kill_grace: Duration,
+    /// Cap (bytes) on the stdout and on the stderr kept; the rest is read and dropped.
+    pub max_output_bytes: usize,
+    /// Working directory of the program; redq's own if `None`.
+    pub cwd: Option<PathBuf>,
+}
+
+impl Default for CommandSpec {
+    fn default() -> Self {
+        CommandSpec {
+            argv: Vec::new(),
+            env: BTreeMap::new(),
+            env_allow: Vec::new(),
+            kill_grace: DEFAULT_KILL_GRACE,
+            max_output_bytes: DEFAULT_MAX_OUTPUT_BYTES,
+            cwd: None,
+        }
+    }
+}
+
+/// Shows variable names only: `env` values may be secrets.
+impl std::fmt::Debug for CommandSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CommandSpec")
+            .field("argv", &self.argv)
+            .field("env", &self.env.keys().collect::<Vec<_>>())
+            .field("env_allow", &self.env_allow)
+            .field("kill_grace", &self.kill_grace)
+            .field("max_output_bytes", &self.max_output_bytes)
+            .field("cwd", &self.cwd)
+            .finish()
+    }
+}
+
+/// One run of the program: its outcome and what it cost.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CommandRun {
+    pub outcome: Outcome,
+    pub wall: Duration,
+    pub user_cpu: Duration,
+    pub sys_cpu: Duration,
+    pub max_rss_kib: u64,
+    /// Exit code if the program exited; `None` if killed by a signal or never started.
+    pub exit_code: Option<i32>,
+    /// The signal that killed the program, if one did.
+    pub signal: Option<i32>,
+    /// Bytes the program wrote to stdout / stderr, including those dropped by the cap.
+    pub stdout_bytes: u64,
+    pub stderr_bytes: u64,
+}
+
+impl CommandRun {
+    fn not_started(started: Instant, error: String) -> CommandRun {
+        CommandRun {
+            outcome: Outcome::Fail { error },
+            wall: started.elapsed(),
+            user_cpu: Duration::ZERO,
+            sys_cpu: Duration::ZERO,
+            max_rss_kib: 0,
+            exit_code: None,
+            signal: None,
+            stdout_bytes: 0,
+            stderr_bytes: 0,
+        }
+    }
+}
+
+/// Runs an external program per job; see the module docs for the contract.
+#[derive(Debug, Clone)]
+pub struct CommandHandler {
+    spec: CommandSpec,
+}
+
+/// Why the program was stopped before it exited by itself.
+enum Stop {
+    Timeout,
+    Cancel,
+}
+
+impl CommandHandler {
+    pub fn new(spec: CommandSpec) -> CommandHandler {
+        CommandHandler { spec }
+    }
+
+    /// Runs the program once for `ctx` and reports how it went.
+    pub async fn run(&self, ctx: JobContext) -> CommandRun {
+        let started = Instant::now();
+        let mut child = match self.command(&ctx).and_then(|mut cmd| cmd.spawn()) {
+            Ok(child) => child,
+            Err(e) => return CommandRun::not_started(started, self.spawn_error(e)),
+        };
+        let JobContext {
+            payload,
+            timeout,
+            cancel,
+            ..
+        } = ctx;
+        let group = Arc::new(Group {
+            pid: child.id() as libc::pid_t,
+            reaped: Mutex::new(false),
+        });
+        let _kill_on_drop = KillOnDrop(group.clone());
+        let (stdin, stdout, stderr) =
+            (child.stdin.take(), child.stdout.take(), child.stderr.take());
+        drop(child); // std's Child neither waits nor kills on drop: `group` reaps.
+        let mut waiter = tokio::task::spawn_blocking({
+            let group = group.clone();
+            move || group.wait()
+        });
+
+        let writer = tokio::spawn(async move {
+            // EPIPE (a program that does not read stdin) is not an error by itself.
+            if let Some(Ok(mut tx)) = stdin.map(|fd| pipe::Sender::from_owned_fd(OwnedFd::from(fd)))
+            {
+                let _ = tx.write_all(payload.get().as_bytes()).await;
+            }
+        });
+        let cap = self.spec.max_output_bytes;
+        let drain_stop = CancellationToken::new();
+        let out = tokio::spawn(read_capped(
+            stdout.map(OwnedFd::from),
+            cap,
+            drain_stop.clone(),
+        ));
+        let err = tokio::spawn(read_capped(
+            stderr.map(OwnedFd::from),
+            cap,
+            drain_stop.clone(),
+        ));
+
+        let early = tokio::select! {
+            reaped = &mut waiter => Ok(reaped),
+            _ = tokio::time::sleep(timeout) => Err(Stop::Timeout),
+            _ = cancel.cancelled() => Err(Stop::Cancel),
+        };
+        let (stop, reaped) = match early {
+            Ok(reaped) => (None, reaped),
+            Err(stop) => {
+                group.signal(libc::SIGTERM);
+                let reaped = match tokio::time::timeout(self.spec.kill_grace, &mut waiter).await {
+                    Ok(reaped) => reaped,
+                    Err(_) => {
+                        group.signal(libc::SIGKILL);
+                        waiter.await
+                    }
+                };
+                (Some(stop), reaped)
+            }
+        };
+        writer.abort();
+
+        let drained = async { (out.await.unwrap_or_default(), err.await.unwrap_or_default()) };
+        tokio::pin!(drained);
+        let ((stdout, stdout_bytes), (stderr, stderr_bytes)) = tokio::select! {
+            both = &mut drained => both,
+            _ = tokio::time::sleep(DRAIN_AFTER_EXIT) => { drain_stop.cancel(); drained.await }
+        };
+        let stderr = capped_text(&stderr, stderr_bytes);
+
+        let (status, usage) = match reaped {
+            Ok(Ok(reaped)) => reaped,
+            Ok(Err(e)) => {
+                return CommandRun::not_started(
+                    started,
+                    format!("lost track of `{}`: {e}", self.program()),
+                )
+            }
+            Err(e) => {
+                return CommandRun::not_started(
+                    started,
+                    format!("lost track of `{}`: {e}", self.program()),
+                )
+            }
+        };
+        let exit_code = libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status));
+        let signal = libc::WIFSIGNALED(status).then(|| libc::WTERMSIG(status));
+        let ended = match (exit_code, signal) {
+            (Some(code), _) => format!("exit code {code}"),
+            (None, Some(sig)) => format!("killed by signal {}", signal_name(sig)),
+            (None, None) => format!("ended with wait status {status}"),
+        };
+        let outcome = match (stop, exit_code) {
+            (Some(Stop::Timeout), _) => Outcome::Fail {
+                error: with_stderr(
+                    format!(
+                        "timed out after {} ({ended})",
+                        humantime::format_duration(timeout)
+                    ),
+                    &stderr,
+                ),
+            },
+            (Some(Stop::Cancel), _) => Outcome::Fail {
+                error: with_stderr(
+                    format!("cancelled: the worker stopped the program ({ended})"),
+                    &stderr,
+                ),
+            },
+            (None, Some(0)) => Outcome::Done {
+                result: (stdout_bytes > 0).then(|| capped_text(&stdout, stdout_bytes)),
+            },
+            (None, Some(EXIT_NO_RETRY)) => Outcome::Dead {
+                error: with_stderr(format!("{ended} (never retry)"), &stderr),
+            },
+            (None, _) => Outcome::Fail {
+                error: with_stderr(ended, &stderr),
+            },
+        };
+        CommandRun {
+            outcome,
+            wall: started.elapsed(),
+            user_cpu: duration_of(usage.ru_utime),
+            sys_cpu: duration_of(usage.ru_stime),
+            max_rss_kib: max_rss_kib(&usage),
+            exit_code,
+            signal,
+            stdout_bytes,
+            stderr_bytes,
+        }
+    }
+
+    fn program(&self) -> &str {
+        self.spec.argv.first().map(String::as_str).unwrap_or("")
+    }
+
+    /// The command with its clean environment, own process group and death signal.
+    fn command(&self, ctx: &JobContext) -> io::Result<std::process::Command> {
+        let Some((program, args)) = self.spec.argv.split_first() else {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "argv is empty"));
+        };
+        let bad_name = |name: &str| name.is_empty() || name.contains(['=', '\0']);
+        if let Some(name) = self
+            .spec
+            .env
+            .keys()
+            .chain(&self.spec.env_allow)
+            .find(|n| bad_name(n))
+        {
+            let msg = format!(
+                "invalid environment variable name {name:?} (empty, or contains '=' or NUL)"
+            );
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, msg));
+        }
+        let mut cmd = std::process::Command::new(program);
+        cmd.args(args).env_clear();
+        let path = std::env::var_os("PATH").filter(|p| !p.is_empty());
+        cmd.env("PATH", path.unwrap_or_else(|| DEFAULT_PATH.into()));
+        for name in &self.spec.env_allow {
+            if let Some(value) = std::env::var_os(name) {
+                cmd.env(name, value);
+            }
+        }
+        cmd.envs(&self.spec.env)
+            .env("REDQ_JOB_ID", &ctx.id)
+            .env("REDQ_QUEUE", &ctx.queue)
+            .env("REDQ_ATTEMPT", ctx.attempt.to_string())
+            .env("REDQ_TENANT", ctx.tenant.as_deref().unwrap_or(""))
+            .env("REDQ_FENCE", ctx.fence.to_string());
+        if let Some(dir) = &self.spec.cwd {
+            cmd.current_dir(dir);
+        }
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0);
+        #[cfg(target_os = "linux")]
+        {
+            let parent = std::process::id() as libc::pid_t;
+            // SAFETY: the closure only makes async-signal-safe calls and does not allocate.
+            unsafe { cmd.pre_exec(move || die_with_parent(parent)) };
+        }
+        Ok(cmd)
+    }
+
+    fn spawn_error(&self, e: io::Error) -> String {
+        let hint = match e.raw_os_error() {
+            Some(libc::ENOENT) => {
+                "; check the path in argv[0] (and cwd), or that the program is in PATH"
+            }
+            Some(libc::EACCES) => {
+                "; check that the program is executable (chmod +x) and its directory readable"
+            }
+            _ => "",
+        };
+        format!("cannot start program `{}`: {e}{hint}", self.program())
+    }
+}
+
+#[async_trait]
+impl Handler for CommandHandler {
+    async fn handle(&self, ctx: JobContext) -> Outcome {
+        self.run(ctx).await.outcome
+    }
+}
+
+/// Checks that `argv0` names a program that can run: an absolute path to an executable
+/// file, or a bare name found in `PATH`. Returns the path that will run.
+pub fn resolve_program(argv0: &str) -> Result<PathBuf, String> {
+    if argv0.is_empty() {
+        return Err("argv[0] is empty; set argv = [\"/path/to/program\", …]".into());
+    }
+    if argv0.contains('/') {
+        let path = Path::new(argv0);
+        if !path.is_absolute() {
+            return Err(format!(
+                "program `{argv0}` is a relative path, which depends on the daemon's working \
+                 directory; give an absolute path or a bare name found in PATH"
+            ));
+        }
+        return check_executable(path).map(|()| path.to_path_buf());
+    }
+    let search = std::env::var_os("PATH")
+        .filter(|p| !p.is_empty())
+        .unwrap_or_else(|| DEFAULT_PATH.into());
+    std::env::split_paths(&search)
+        .filter(|dir| dir.is_absolute())
+        .map(|dir| dir.join(argv0))
+        .find(|candidate| check_executable(candidate).is_ok())
+        .ok_or_else(|| {
+            format!(
+                "program `{argv0}` was not found in PATH ({}); install it, or give its absolute path",
+                search.to_string_lossy()
+            )
+        })
+}
+
+fn check_executable(path: &Path) -> Result<(), String> {
+    let shown = path.display();
+    let meta = std::fs::metadata(path)
+        .map_err(|e| format!("program `{shown}` cannot be used: {e}; check the path"))?;
+    if !meta.is_file() {
+        return Err(format!(
+            "program `{shown}` is not a regular file; give the path of the program itself"
+        ));
+    }
+    if meta.permissions().mode() & 0o111 == 0 {
+        return Err(format!(
+            "program `{shown}` is not executable; run `chmod +x {shown}` or fix the path"
+        ));
+    }
+    Ok(())
+}
+
+/// The child's process group (its id is the child's pid) and whether the child is reaped.
+struct Group {
+    pid: libc::pid_t,
+    reaped: Mutex<bool>,
+}
+
+impl Group {
+    /// Signals the whole group, unless the child is reaped (its id may then be reused).
+    fn signal(&self, sig: libc::c_int) {
+        let reaped = self.reaped.lock().unwrap_or_else(PoisonError::into_inner);
+        if !*reaped {
+            // SAFETY: plain syscall; the unreaped child keeps the group id ours.
+            unsafe { libc::kill(-self.pid, sig) };
+        }
+    }
+
+    /// Blocks until the child exits, kills what it left in its group, then reaps it.
+    fn wait(&self) -> io::Result<(libc::c_int, libc::rusage)> {
+        // SAFETY: zeroed siginfo_t/rusage are valid out-parameters for waitid/wait4.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        let flags = libc::WEXITED | libc::WNOWAIT;
+        while unsafe { libc::waitid(libc::P_PID, self.pid as libc::id_t, &mut info, flags) } == -1 {
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        }
+        let mut reaped = self.reaped.lock().unwrap_or_else(PoisonError::into_inner);
+        // The child is a zombie now, so the group id is still ours to signal.
+        unsafe { libc::kill(-self.pid, libc::SIGKILL) };
+        let (mut status, mut usage) = (0, unsafe { std::mem::zeroed::<libc::rusage>() });
+        while unsafe { libc::wait4(self.pid, &mut status, 0, &mut usage) } == -1 {
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        }
+        *reaped = true;
+        Ok((status, usage))
+    }
+}
+
+/// Kills the group if `run` is dropped before the child ended (e.g. its task aborted).
+struct KillOnDrop(Arc<Group>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        self.0.signal(libc::SIGKILL);
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn die_with_parent(parent: libc::pid_t) -> io::Result<()> {
+    // SAFETY: prctl and getppid are async-signal-safe.
+    if unsafe {
+        libc::prctl(
+            libc::PR_SET_PDEATHSIG,
+            libc::SIGKILL as libc::c_ulong,
+            0,
+            0,
+            0,
+        )
+    } == -1
+    {
+        return Err(io::Error::last_os_error());
+    }
+    // If the daemon died between fork and prctl, the death signal would never come.
+    if unsafe { libc::getppid() } != parent {
+        return Err(io::Error::from_raw_os_error(libc::ESRCH));
+    }
+    Ok(())
+}
+
+/// Reads a pipe to its end (or until `stop`), keeping the first `cap` bytes; returns
+/// them with the total count. Reading on past the cap keeps the child from blocking.
+async fn read_capped(fd: Option<OwnedFd>, cap: usize, stop: CancellationToken) -> (Vec<u8>, u64) {
+    let (mut kept, mut total) = (Vec::new(), 0u64);
+    let Some(Ok(mut rx)) = fd.map(pipe::Receiver::from_owned_fd) else {
+        return (kept, total);
+    };
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = tokio::select! {
+            read = rx.read(&mut buf) => match read {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            },
+            _ = stop.cancelled() => break,
+        };
+        total += n as u64;
+        let room = cap.saturating_sub(kept.len());
+        kept.extend_from_slice(&buf[..n.min(room)]);
+    }
+    (kept, total)
+}
+
+/// Lossy UTF-8 text of `kept`, marked when the cap dropped part of `total`.
+fn capped_text(kept: &[u8], total: u64) -> String {
+    let mut text = String::from_utf8_lossy(kept).into_owned();
+    let dropped = total.saturating_sub(kept.len() as u64);
+    if dropped > 0 {
+        text.push_str(&format!("…[truncated {dropped} bytes]"));
+    }
+    text
+}
+
+fn with_stderr(head: String, stderr: &str) -> String {
+    match stderr.trim_end() {
+        "" => head,
+        text => format!("{head}: {text}"),
+    }
+}
+
+fn duration_of(tv: libc::timeval) -> Duration {
+    Duration::from_secs(tv.tv_sec.max(0) as u64) + Duration::from_micros(tv.tv_usec.max(0) as u64)
+}
+
+fn max_rss_kib(usage: &libc::rusage) -> u64 {
+    let rss = usage.ru_maxrss.max(0) as u64;
+    // Darwin reports bytes, Linux and the BSDs KiB.
+    if cfg!(target_vendor = "apple") {
+        rss / 1024
+    } else {
+        rss
+    }
+}
+
+fn signal_name(sig: libc::c_int) -> String {
+    let name = match sig {
+        libc::SIGHUP => "SIGHUP",
+        libc::SIGINT => "SIGINT",
+        libc::SIGQUIT => "SIGQUIT",
+        libc::SIGILL => "SIGILL",
+        libc::SIGABRT => "SIGABRT",
+        libc::SIGFPE => "SIGFPE",
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGSEGV => "SIGSEGV",
+        libc::SIGPIPE => "SIGPIPE",
+        libc::SIGALRM => "SIGALRM",
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGBUS => "SIGBUS",
+        libc::SIGUSR1 => "SIGUSR1",
+        libc::SIGUSR2 => "SIGUSR2",
+        libc::SIGXCPU => "SIGXCPU",
+        _ => return format!("{sig}"),
+    };
+    format!("{sig} ({name})")
+}

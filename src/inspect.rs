@@ -1,0 +1,268 @@
+//! Read-only views of queues and jobs: `redq job`, `redq stats`, `redq dead list`.
+//!
+//! Every read here is O(1) per queue or per job (no SCAN, no KEYS) and runs
+//! as one atomic pipeline, so a job is never seen in two states at once.
+
+use serde::Serialize;
+use serde_json::value::RawValue;
+
+use crate::error::{Error, Result};
+use crate::job::StoredJob;
+use crate::keys::{self, QueueKeys};
+use crate::store::Store;
+
+/// Where a job is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobState {
+    /// Waiting for its due time (delayed, first attempt still to come).
+    Scheduled,
+    /// Ready; waiting for a free worker.
+    Pending,
+    /// Claimed by a worker, under a lease.
+    Active,
+    /// Failed at least once; waiting for its retry time.
+    Retrying,
+    /// Finished successfully (shown only while retention keeps it).
+    Succeeded,
+    /// Out of attempts, or refused for good; kept for inspection and `redq dead retry`.
+    Dead,
+}
+
+/// One job, as `redq job --json` prints it.
+#[derive(Debug, Clone, Serialize)]
+pub struct JobInfo {
+    pub id: String,
+    pub queue: String,
+    pub state: JobState,
+    pub priority: i64,
+    pub attempts: u32,
+    pub max_attempts: Option<u32>,
+    pub payload: Box<RawValue>,
+    pub last_error: Option<String>,
+    pub result: Option<String>,
+    pub enqueued_at_ms: i64,
+    /// Start of the latest attempt.
+    pub started_at_ms: Option<i64>,
+    /// Completion or death.
+    pub finished_at_ms: Option<i64>,
+    /// Due time while scheduled or retrying.
+    pub run_at_ms: Option<i64>,
+    /// Lease deadline while active.
+    pub lease_deadline_ms: Option<i64>,
+    pub timeout_ms: Option<u64>,
+    pub unique_key: Option<String>,
+    pub tenant: Option<String>,
+    pub group: Option<String>,
+}
+
+/// Depth of one queue by state.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct QueueStats {
+    pub queue: String,
+    pub pending: u64,
+    pub scheduled: u64,
+    pub active: u64,
+    pub dead: u64,
+    /// Completed jobs kept by retention.
+    pub succeeded: u64,
+    /// Documents in the inbox not yet turned into jobs.
+    pub inbox: u64,
+    pub rejected: u64,
+    pub paused: bool,
+}
+
+/// A job in the dead set.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeadJob {
+    pub id: String,
+    pub died_at_ms: i64,
+    pub attempts: u32,
+    pub last_error: Option<String>,
+}
+
+type Score = Option<f64>;
+
+/// Looks up one job; `None` when the queue does not know the id (never
+/// enqueued, or completed and removed by retention).
+pub async fn job(store: &Store, q: &QueueKeys, id: &str) -> Result<Option<JobInfo>> {
+    keys::check_job_id(id)?;
+    #[allow(clippy::type_complexity)]
+    let (record, run, error, result, pending, scheduled, active, dead, done): (
+        Option<String>,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+        Score,
+        Score,
+        Score,
+        Score,
+        Score,
+    ) = redis::pipe()
+        .atomic()
+        .hget(q.jobs(), id)
+        .hget(q.runs(), id)
+        .hget(q.errors(), id)
+        .hget(q.results(), id)
+        .zscore(q.pending(), id)
+        .zscore(q.scheduled(), id)
+        .zscore(q.active(), id)
+        .zscore(q.dead(), id)
+        .zscore(q.done(), id)
+        .query_async(&mut store.connection())
+        .await?;
+    let Some(record) = record else {
+        return Ok(None);
+    };
+    let stored = StoredJob::parse(&record)
+        .map_err(|e| Error::protocol("job record", format!("job {id}: {e}")))?;
+    let (attempts, started) = parse_run(run.as_deref());
+    let state = if active.is_some() {
+        JobState::Active
+    } else if pending.is_some() {
+        JobState::Pending
+    } else if scheduled.is_some() && attempts > 0 {
+        JobState::Retrying
+    } else if scheduled.is_some() {
+        JobState::Scheduled
+    } else if dead.is_some() {
+        JobState::Dead
+    } else if done.is_some() {
+        JobState::Succeeded
+    } else {
+        // Between states only inside a script, which a pipeline cannot see:
+        // a record with no state is left over from an interrupted write.
+        return Err(Error::protocol(
+            "job",
+            format!("job {id} has a record but no state"),
+        ));
+    };
+    let doc = stored.doc;
+    Ok(Some(JobInfo {
+        id: id.to_owned(),
+        queue: q.queue().to_owned(),
+        state,
+        priority: stored.priority,
+        attempts,
+        max_attempts: (stored.max_attempts > 0).then_some(stored.max_attempts),
+        payload: doc.payload,
+        last_error: error,
+        result,
+        enqueued_at_ms: stored.enqueued_ms,
+        started_at_ms: started,
+        finished_at_ms: dead.or(done).map(|s| s as i64),
+        run_at_ms: scheduled.map(|s| s as i64),
+        lease_deadline_ms: active.map(|s| s as i64),
+        timeout_ms: doc.timeout_ms,
+        unique_key: doc.unique_key,
+        tenant: doc.tenant,
+        group: doc.group,
+    }))
+}
+
+fn parse_run(run: Option<&str>) -> (u32, Option<i64>) {
+    let Some(run) = run else { return (0, None) };
+    let mut parts = run.split(',');
+    let attempts = parts.next().and_then(|a| a.parse().ok()).unwrap_or(0);
+    let started = parts.nth(1).and_then(|s| s.parse().ok());
+    (attempts, started)
+}
+
+/// Depths of each queue: one pipeline, O(1) per queue.
+pub async fn stats(store: &Store, queues: &[QueueKeys]) -> Result<Vec<QueueStats>> {
+    let mut pipe = redis::pipe();
+    for q in queues {
+        pipe.zcard(q.pending())
+            .zcard(q.scheduled())
+            .zcard(q.active())
+            .zcard(q.dead())
+            .zcard(q.done())
+            .llen(q.inbox())
+            .llen(q.rejected())
+            .hexists(q.meta(), "paused");
+    }
+    let counts: Vec<u64> = pipe.query_async(&mut store.connection()).await?;
+    Ok(queues
+        .iter()
+        .zip(counts.chunks(8))
+        .map(|(q, c)| {
+            let n = |i: usize| c.get(i).copied().unwrap_or(0);
+            QueueStats {
+                queue: q.queue().to_owned(),
+                pending: n(0),
+                scheduled: n(1),
+                active: n(2),
+                dead: n(3),
+                succeeded: n(4),
+                inbox: n(5),
+                rejected: n(6),
+                paused: n(7) == 1,
+            }
+        })
+        .collect())
+}
+
+/// Dead jobs, newest first, `limit` from `offset`.
+pub async fn dead_list(
+    store: &Store,
+    q: &QueueKeys,
+    offset: usize,
+    limit: usize,
+) -> Result<Vec<DeadJob>> {
+    let mut con = store.connection();
+    let entries: Vec<(String, f64)> = redis::cmd("ZRANGE")
+        .arg(q.dead())
+        .arg(offset)
+        .arg(offset + limit.max(1) - 1)
+        .arg("REV")
+        .arg("WITHSCORES")
+        .query_async(&mut con)
+        .await?;
+    if entries.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<&String> = entries.iter().map(|(id, _)| id).collect();
+    let (runs, errors): (Vec<Option<String>>, Vec<Option<String>>) = redis::pipe()
+        .cmd("HMGET")
+        .arg(q.runs())
+        .arg(&ids)
+        .cmd("HMGET")
+        .arg(q.errors())
+        .arg(&ids)
+        .query_async(&mut con)
+        .await?;
+    Ok(entries
+        .iter()
+        .enumerate()
+        .map(|(i, (id, died))| DeadJob {
+            id: id.clone(),
+            died_at_ms: *died as i64,
+            attempts: parse_run(runs.get(i).and_then(|r| r.as_deref())).0,
+            last_error: errors.get(i).cloned().flatten(),
+        })
+        .collect())
+}
+
+/// The queues recorded in the registry (by enqueueing clients and daemons).
+pub async fn registered_queues(store: &Store) -> Result<Vec<String>> {
+    let mut names: Vec<String> = redis::cmd("SMEMBERS")
+        .arg(keys::registry(store.prefix()))
+        .query_async(&mut store.connection())
+        .await?;
+    names.retain(|n| keys::is_valid_name(n));
+    names.sort();
+    Ok(names)
+}
+
+/// Adds queues to the registry.
+pub async fn register(store: &Store, queues: &[&str]) -> Result<()> {
+    if queues.is_empty() {
+        return Ok(());
+    }
+    redis::cmd("SADD")
+        .arg(keys::registry(store.prefix()))
+        .arg(queues)
+        .query_async::<()>(&mut store.connection())
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,312 @@
+//! Jobs: the document producers send, its rules, and the record redq stores.
+//!
+//! A producer's job is a JSON object (see [`JobDoc`]); `payload` is required
+//! and kept byte for byte. The same rules are enforced in three places that
+//! must agree: here (Rust client, CLI), and in `src/lua/prelude.lua`
+//! (`check_doc`, used by `FCALL redq_enqueue` and the inbox). The limits are
+//! the constants below; `tests/protocol.rs` checks both sides refuse alike.
+//!
+//! Stored record (one field of the queue's `jobs` hash):
+//! `"<priority>;<max_attempts or 0>;<enqueued_ms>;<document JSON>"`. The short
+//! numeric header lets scripts read what they need without decoding JSON.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::error::{Error, Result};
+use crate::keys;
+
+/// Lowest priority accepted. Scores stay exact integers below 2^53: 2001
+/// priority bands of 2^42 FIFO sequence numbers each.
+pub const PRIORITY_MIN: i64 = -1000;
+/// Highest priority accepted (runs first).
+pub const PRIORITY_MAX: i64 = 1000;
+/// Longest delay (and furthest `run_at`) accepted: ten years, in ms.
+pub const MAX_DELAY_MS: i64 = 315_360_000_000;
+/// Most attempts a job may ask for.
+pub const MAX_ATTEMPTS: u32 = 1000;
+/// Longest `timeout_ms` accepted: one week.
+pub const MAX_TIMEOUT_MS: u64 = 604_800_000;
+/// Longest `unique_key`, `tenant` or `group`, in bytes.
+pub const MAX_TEXT_LEN: usize = 512;
+/// Default limit on a job document's size (payload plus options), in bytes.
+pub const DEFAULT_MAX_DOC_BYTES: usize = 1024 * 1024;
+
+/// The job document, as producers write it (JSON). Unknown fields are refused.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobDoc {
+    /// Any JSON; required; handed to the handler exactly as sent.
+    pub payload: Box<RawValue>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay_ms: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_at: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_attempts: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unique_key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+}
+
+/// A job a Rust producer is about to enqueue. Build with [`NewJob::new`] and the setters.
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    doc: JobDoc,
+}
+
+/// A job checked and ready for the enqueue script.
+#[derive(Debug, Clone)]
+pub struct PreparedJob {
+    pub id: String,
+    pub doc: String,
+    pub priority: i64,
+    pub max_attempts: u32,
+    pub delay_ms: i64,
+    pub run_at_ms: i64,
+    pub unique_key: String,
+}
+
+impl NewJob {
+    /// A job with this payload (any serializable value).
+    pub fn new(payload: &impl Serialize) -> Result<Self> {
+        let payload = serde_json::value::to_raw_value(payload).map_err(|e| {
+            Error::InvalidJob(format!("field \"payload\": cannot encode as JSON: {e}"))
+        })?;
+        Ok(Self::from_raw(payload))
+    }
+
+    /// A job whose payload is this JSON text, kept byte for byte.
+    pub fn from_json(payload: &str) -> Result<Self> {
+        let payload = RawValue::from_string(payload.trim().to_owned()).map_err(|e| {
+            Error::InvalidJob(format!(
+                "field \"payload\": not valid JSON ({e}); quote strings, e.g. '\"text\"'"
+            ))
+        })?;
+        Ok(Self::from_raw(payload))
+    }
+
+    fn from_raw(payload: Box<RawValue>) -> Self {
+        NewJob {
+            doc: JobDoc {
+                payload,
+                priority: None,
+                delay_ms: None,
+                run_at: None,
+                max_attempts: None,
+                timeout_ms: None,
+                unique_key: None,
+                tenant: None,
+                group: None,
+                id: None,
+            },
+        }
+    }
+
+    /// Higher runs first; from -1000 to 1000; default 0.
+    pub fn priority(mut self, p: i64) -> Self {
+        self.doc.priority = Some(p);
+        self
+    }
+    /// Run no earlier than this long after Redis receives the job.
+    pub fn delay(mut self, d: Duration) -> Self {
+        self.doc.delay_ms = Some(i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        self
+    }
+    /// Run no earlier than this Unix time in milliseconds (Redis's clock).
+    pub fn run_at_ms(mut self, ms: i64) -> Self {
+        self.doc.run_at = Some(ms);
+        self
+    }
+    /// Attempts before the job is dead (1–1000); default: the queue's setting.
+    pub fn max_attempts(mut self, n: u32) -> Self {
+        self.doc.max_attempts = Some(n);
+        self
+    }
+    /// Handler time-out for this job; default: the queue's setting.
+    pub fn timeout(mut self, d: Duration) -> Self {
+        self.doc.timeout_ms = Some(u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        self
+    }
+    /// At most one live job per unique key per queue.
+    pub fn unique_key(mut self, k: impl Into<String>) -> Self {
+        self.doc.unique_key = Some(k.into());
+        self
+    }
+    /// Who the job is for (usage and limits are kept per tenant).
+    pub fn tenant(mut self, t: impl Into<String>) -> Self {
+        self.doc.tenant = Some(t.into());
+        self
+    }
+    /// Concurrency group.
+    pub fn group(mut self, g: impl Into<String>) -> Self {
+        self.doc.group = Some(g.into());
+        self
+    }
+    /// A producer-chosen id; enqueueing an id that exists is a no-op returning it.
+    pub fn id(mut self, id: impl Into<String>) -> Self {
+        self.doc.id = Some(id.into());
+        self
+    }
+
+    /// Checks every rule and encodes the document; nothing reaches Redis unchecked.
+    pub fn prepare(self, max_doc_bytes: usize) -> Result<PreparedJob> {
+        let mut doc = self.doc;
+        check_doc(&doc)?;
+        let id = match doc.id.take() {
+            Some(id) => id,
+            None => uuid::Uuid::now_v7().to_string(),
+        };
+        let text = serde_json::to_string(&doc)
+            .map_err(|e| Error::InvalidJob(format!("cannot encode the job as JSON: {e}")))?;
+        if text.len() > max_doc_bytes {
+            return Err(Error::InvalidJob(format!(
+                "field \"payload\": the job document is {} bytes; the limit is {max_doc_bytes} bytes (daemon.max_payload_bytes)",
+                text.len()
+            )));
+        }
+        Ok(PreparedJob {
+            id,
+            priority: doc.priority.unwrap_or(0),
+            max_attempts: doc.max_attempts.unwrap_or(0),
+            delay_ms: doc.delay_ms.unwrap_or(0),
+            run_at_ms: doc.run_at.unwrap_or(0),
+            unique_key: doc.unique_key.clone().unwrap_or_default(),
+            doc: text,
+        })
+    }
+}
+
+fn range<T: PartialOrd + std::fmt::Display>(field: &str, v: Option<T>, lo: T, hi: T) -> Result<()> {
+    match v {
+        Some(v) if v < lo || v > hi => Err(Error::InvalidJob(format!(
+            "field \"{field}\": {v} is out of range; must be an integer from {lo} to {hi}"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+fn text(field: &str, v: &Option<String>) -> Result<()> {
+    match v {
+        Some(s) if s.is_empty() || s.len() > MAX_TEXT_LEN => Err(Error::InvalidJob(format!(
+            "field \"{field}\": must be a string of 1 to {MAX_TEXT_LEN} bytes"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// The rules of a job document (the Lua twin is `check_doc` in prelude.lua).
+pub fn check_doc(doc: &JobDoc) -> Result<()> {
+    range("priority", doc.priority, PRIORITY_MIN, PRIORITY_MAX)?;
+    range("delay_ms", doc.delay_ms, 0, MAX_DELAY_MS)?;
+    range("run_at", doc.run_at, 0, i64::MAX)?;
+    range("max_attempts", doc.max_attempts, 1, MAX_ATTEMPTS)?;
+    range("timeout_ms", doc.timeout_ms, 1, MAX_TIMEOUT_MS)?;
+    if doc.delay_ms.is_some() && doc.run_at.is_some() {
+        return Err(Error::InvalidJob(
+            "fields \"delay_ms\" and \"run_at\": give one or the other, not both".into(),
+        ));
+    }
+    text("unique_key", &doc.unique_key)?;
+    text("tenant", &doc.tenant)?;
+    text("group", &doc.group)?;
+    if let Some(id) = &doc.id {
+        keys::check_job_id(id)?;
+    }
+    Ok(())
+}
+
+/// A job record as stored in the queue's `jobs` hash.
+#[derive(Debug, Clone)]
+pub struct StoredJob {
+    pub priority: i64,
+    /// 0 means "the queue's setting".
+    pub max_attempts: u32,
+    pub enqueued_ms: i64,
+    pub doc: JobDoc,
+}
+
+impl StoredJob {
+    /// Parses a stored record; the error says what is wrong with it.
+    pub fn parse(record: &str) -> std::result::Result<StoredJob, String> {
+        let mut parts = record.splitn(4, ';');
+        let (Some(p), Some(m), Some(e), Some(doc)) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err("job record has no header; it was not written by redq".into());
+        };
+        let num = |s: &str, what: &str| {
+            s.parse::<i64>()
+                .map_err(|_| format!("job record header: {what} {s:?} is not an integer"))
+        };
+        let doc: JobDoc = serde_json::from_str(doc).map_err(|e| format!("job document: {e}"))?;
+        Ok(StoredJob {
+            priority: num(p, "priority")?,
+            max_attempts: u32::try_from(num(m, "max_attempts")?).unwrap_or(0),
+            enqueued_ms: num(e, "enqueued time")?,
+            doc,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prepare_checks_every_rule() {
+        let job = || NewJob::from_json(r#"{"a":1}"#).unwrap();
+        assert!(job().prepare(1024).is_ok());
+        for (bad, field) in [
+            (job().priority(1001), "priority"),
+            (job().priority(-1001), "priority"),
+            (job().max_attempts(0), "max_attempts"),
+            (job().run_at_ms(-1), "run_at"),
+            (
+                job().delay(Duration::from_secs(400 * 86400 * 365)),
+                "delay_ms",
+            ),
+            (job().unique_key(""), "unique_key"),
+            (job().tenant("x".repeat(513)), "tenant"),
+            (job().id("a b"), "id"),
+        ] {
+            let err = bad.prepare(1024).unwrap_err().to_string();
+            assert!(err.contains(field), "{err} should name {field}");
+        }
+        let err = job().prepare(5).unwrap_err().to_string();
+        assert!(err.contains("limit is 5 bytes"), "{err}");
+    }
+
+    #[test]
+    fn payload_is_kept_byte_for_byte() {
+        let p = job_text(r#"{"b":[],"a":1.50,"s":"\/x"}"#);
+        let stored = StoredJob::parse(&format!("0;0;1;{p}")).unwrap();
+        assert_eq!(stored.doc.payload.get(), r#"{"b":[],"a":1.50,"s":"\/x"}"#);
+    }
+
+    fn job_text(payload: &str) -> String {
+        NewJob::from_json(payload)
+            .unwrap()
+            .prepare(1 << 20)
+            .unwrap()
+            .doc
+    }
+
+    #[test]
+    fn bad_records_are_described_not_panicked_on() {
+        assert!(StoredJob::parse("garbage").is_err());
+        assert!(StoredJob::parse("x;0;0;{}").is_err());
+        assert!(StoredJob::parse("0;0;0;{\"payload\":1,\"zzz\":2}").is_err());
+    }
+}

@@ -1,0 +1,196 @@
+//! The one place that builds Redis key names.
+//!
+//! Every key of a queue is `<prefix>:{<queue>}:<part>`. The `{<queue>}` hash
+//! tag puts all of a queue's keys on one Redis Cluster slot, so every script,
+//! which only ever touches one queue, runs on one slot.
+//!
+//! Scripts receive a queue's keys in the fixed order of [`QueueKeys::all`];
+//! `src/lua/prelude.lua` reads them in the same order, and the `redq` Redis
+//! Function derives the same names from the base key `<prefix>:{<queue>}`.
+
+use crate::error::{Error, Result};
+
+/// Default key prefix.
+pub const DEFAULT_PREFIX: &str = "redq";
+
+/// Longest queue name, job id or prefix accepted.
+pub const MAX_NAME_LEN: usize = 128;
+
+/// The parts of a queue's keyspace, in the order scripts receive them as `KEYS[1..]`.
+pub const PARTS: [&str; 14] = [
+    "jobs",      // HASH  id -> stored job record (see job::StoredJob)
+    "pending",   // ZSET  id -> priority/FIFO score
+    "scheduled", // ZSET  id -> due time (Redis ms)
+    "active",    // ZSET  id -> lease deadline (Redis ms)
+    "dead",      // ZSET  id -> time of death (Redis ms)
+    "done",      // ZSET  id -> time of completion (only when retention keeps them)
+    "runs",      // HASH  id -> "attempts,token,started_ms"
+    "errors",    // HASH  id -> last error text
+    "results",   // HASH  id -> result text (only when retention keeps them)
+    "unique",    // HASH  unique_key -> id of the live job holding it
+    "meta",      // HASH  seq, fence, paused, max_doc_bytes
+    "inbox",     // LIST  raw job documents pushed by any client (LPUSH)
+    "rejected",  // LIST  inbox documents refused, with the reason
+    "wake",      // LIST  wake-up marker for idle daemons (at most one element)
+];
+
+/// True when `name` is 1–128 characters from `A-Z a-z 0-9 _ . - :`.
+pub fn is_valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_NAME_LEN
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-' | b':'))
+}
+
+/// Checks a queue name before it becomes part of a key.
+pub fn check_queue_name(name: &str) -> Result<()> {
+    if is_valid_name(name) {
+        Ok(())
+    } else {
+        Err(Error::InvalidName(format!(
+            "queue name {name:?} must be 1-{MAX_NAME_LEN} characters from A-Z a-z 0-9 _ . - :"
+        )))
+    }
+}
+
+/// Checks a job id chosen by a producer before it becomes part of a key or field.
+pub fn check_job_id(id: &str) -> Result<()> {
+    if is_valid_name(id) {
+        Ok(())
+    } else {
+        Err(Error::InvalidJob(format!(
+            "field \"id\": {id:?} must be 1-{MAX_NAME_LEN} characters from A-Z a-z 0-9 _ . - :"
+        )))
+    }
+}
+
+/// Checks a key prefix (the part before `:{queue}`).
+pub fn check_prefix(prefix: &str) -> Result<()> {
+    if is_valid_name(prefix) && !prefix.contains('{') {
+        Ok(())
+    } else {
+        Err(Error::InvalidName(format!(
+            "key prefix {prefix:?} must be 1-{MAX_NAME_LEN} characters from A-Z a-z 0-9 _ . - :"
+        )))
+    }
+}
+
+/// The key that lists every known queue (a SET; it has no hash tag, so it is
+/// never touched by a script, only by plain commands).
+pub fn registry(prefix: &str) -> String {
+    format!("{prefix}:queues")
+}
+
+/// All key names of one queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueKeys {
+    queue: String,
+    base: String,
+    all: Vec<String>,
+}
+
+impl QueueKeys {
+    /// Builds the keys of `queue` under `prefix`, checking both names.
+    pub fn new(prefix: &str, queue: &str) -> Result<Self> {
+        check_prefix(prefix)?;
+        check_queue_name(queue)?;
+        let base = format!("{prefix}:{{{queue}}}");
+        let all = PARTS.iter().map(|p| format!("{base}:{p}")).collect();
+        Ok(QueueKeys {
+            queue: queue.to_owned(),
+            base,
+            all,
+        })
+    }
+
+    /// The queue's name.
+    pub fn queue(&self) -> &str {
+        &self.queue
+    }
+
+    /// `<prefix>:{<queue>}`: the one key `FCALL redq_enqueue` takes.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// Every key, in the order scripts read them.
+    pub fn all(&self) -> &[String] {
+        &self.all
+    }
+
+    fn part(&self, name: &str) -> &str {
+        let i = PARTS.iter().position(|p| *p == name).unwrap_or(0);
+        &self.all[i]
+    }
+
+    pub fn jobs(&self) -> &str {
+        self.part("jobs")
+    }
+    pub fn pending(&self) -> &str {
+        self.part("pending")
+    }
+    pub fn scheduled(&self) -> &str {
+        self.part("scheduled")
+    }
+    pub fn active(&self) -> &str {
+        self.part("active")
+    }
+    pub fn dead(&self) -> &str {
+        self.part("dead")
+    }
+    pub fn done(&self) -> &str {
+        self.part("done")
+    }
+    pub fn runs(&self) -> &str {
+        self.part("runs")
+    }
+    pub fn errors(&self) -> &str {
+        self.part("errors")
+    }
+    pub fn results(&self) -> &str {
+        self.part("results")
+    }
+    pub fn unique(&self) -> &str {
+        self.part("unique")
+    }
+    pub fn meta(&self) -> &str {
+        self.part("meta")
+    }
+    pub fn inbox(&self) -> &str {
+        self.part("inbox")
+    }
+    pub fn rejected(&self) -> &str {
+        self.part("rejected")
+    }
+    pub fn wake(&self) -> &str {
+        self.part("wake")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_key_carries_the_queue_hash_tag() {
+        let k = QueueKeys::new("redq", "emails").unwrap();
+        assert_eq!(k.base(), "redq:{emails}");
+        assert_eq!(k.pending(), "redq:{emails}:pending");
+        assert_eq!(k.wake(), "redq:{emails}:wake");
+        assert!(k.all().iter().all(|key| key.starts_with("redq:{emails}:")));
+        assert_eq!(k.all().len(), PARTS.len());
+    }
+
+    #[test]
+    fn names_are_checked_before_they_become_keys() {
+        assert!(QueueKeys::new("redq", "a}b").is_err());
+        assert!(QueueKeys::new("redq", "").is_err());
+        assert!(QueueKeys::new("redq", &"x".repeat(129)).is_err());
+        assert!(QueueKeys::new("redq", "with space").is_err());
+        assert!(QueueKeys::new("re{dq", "ok").is_err());
+        assert!(QueueKeys::new("redq", "Ok_.-:9").is_ok());
+        assert!(check_job_id("0190b1f2-7c3e-7000-8000-000000000000").is_ok());
+        assert!(check_job_id("../etc").is_err());
+    }
+}

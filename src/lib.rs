@@ -1,0 +1,27 @@
+//! redq: a background job queue and worker daemon on Redis.
+//!
+//! Layout (one concept per file):
+//! - [`keys`]: the one place that builds Redis key names (`<prefix>:{<queue>}:…`).
+//! - [`job`]: the job document producers send, its validation, and the stored record.
+//! - [`scripts`]: the Lua transitions (`src/lua/*.lua`) and the `redq` Redis Function library.
+//! - [`store`]: typed wrappers, one method per atomic transition (enqueue, claim, complete, …).
+//! - [`client`]: the producer API (enqueue, inspect, stats) used by Rust programs and the CLI.
+//! - [`config`]: `workers.toml`, read with figment and validated.
+//! - [`handler`]: what a job runs: command, HTTP, or Rust code.
+//! - [`error`]: the library's error type.
+
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod error;
+pub mod handler;
+pub mod inspect;
+pub mod job;
+pub mod keys;
+pub mod scripts;
+pub mod store;
+
+pub use client::Client;
+pub use error::{Error, Result};
+pub use handler::{Handler, JobContext, Outcome};
+pub use job::NewJob;

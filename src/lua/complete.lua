@@ -1,0 +1,52 @@
+-- complete.lua: record success for a batch of claimed jobs.
+-- Fencing: a job completes only if the caller's token is the job's current
+-- token; otherwise (lease lost, job taken over) nothing changes for it.
+-- Works at maxmemory: it frees memory (see allow_when_full).
+-- KEYS: the queue's keys (keys::PARTS order).
+-- ARGV[1] keep_count: completed jobs kept (0 = delete at once)
+-- ARGV[2] keep_age_ms: kept jobs older than this are deleted (0 = no age limit)
+-- ARGV[3..] 4 per job: id, token, unique_key ('' = none), result ('' = none)
+-- Returns: one integer per job: 1 completed, 0 stale token (nothing changed)
+local k = queue_keys(KEYS)
+local keep, keep_age = tonumber(ARGV[1]), tonumber(ARGV[2])
+local ids = ids_of(ARGV, 3, 4)
+local runs = redis.call('HMGET', k.runs, unpack(ids))
+local out, done, at = {}, {}, {}
+for i, id in ipairs(ids) do
+  local _, token = parse_run(runs[i])
+  if token ~= '0' and token == ARGV[4 * i] then
+    out[i] = 1
+    done[#done + 1] = id
+    at[#done] = 4 * i - 1
+  else
+    out[i] = 0
+  end
+end
+if #done == 0 then return out end
+
+allow_when_full(k)
+redis.call('ZREM', k.active, unpack(done))
+redis.call('HDEL', k.runs, unpack(done))
+for j, id in ipairs(done) do
+  release_unique(k, ARGV[at[j] + 2], id)
+end
+if keep > 0 then
+  local now = now_ms()
+  local zargs, rargs = {}, {}
+  for j, id in ipairs(done) do
+    zargs[#zargs + 1] = now
+    zargs[#zargs + 1] = id
+    local result = ARGV[at[j] + 3]
+    if result ~= '' then
+      rargs[#rargs + 1] = id
+      rargs[#rargs + 1] = result
+    end
+  end
+  redis.call('ZADD', k.done, unpack(zargs))
+  if #rargs > 0 then redis.call('HSET', k.results, unpack(rargs)) end
+  trim_retention(k, k.done, now, keep, keep_age, math.max(100, 2 * #done))
+else
+  redis.call('HDEL', k.jobs, unpack(done))
+  redis.call('HDEL', k.errors, unpack(done))
+end
+return out

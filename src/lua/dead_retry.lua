@@ -1,0 +1,34 @@
+-- dead_retry.lua: put dead jobs back in line with a fresh set of attempts.
+-- The last error is kept for reference. A job whose unique key another live
+-- job now holds stays dead.
+-- KEYS: the queue's keys (keys::PARTS order).
+-- ARGV: job ids
+-- Returns: one integer per id: 1 requeued, 0 not in the dead set, 2 unique key held by a live job
+local k = queue_keys(KEYS)
+local out = {}
+local woke = false
+for i, id in ipairs(ARGV) do
+  out[i] = 0
+  if redis.call('ZSCORE', k.dead, id) then
+    local record = redis.call('HGET', k.jobs, id)
+    if not record then
+      redis.call('ZREM', k.dead, id)
+    else
+      local unique = record_doc(record).unique_key
+      local holder = unique and redis.call('HGET', k.unique, unique)
+      if holder and holder ~= id and redis.call('HEXISTS', k.jobs, holder) == 1 then
+        out[i] = 2
+      else
+        redis.call('ZREM', k.dead, id)
+        redis.call('HDEL', k.runs, id)
+        if unique then redis.call('HSET', k.unique, unique, id) end
+        local seq = redis.call('HINCRBY', k.meta, 'seq', 1)
+        redis.call('ZADD', k.pending, pending_score(record_header(record), seq), id)
+        out[i] = 1
+        woke = true
+      end
+    end
+  end
+end
+if woke then wake(k) end
+return out

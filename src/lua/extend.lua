@@ -1,0 +1,28 @@
+-- extend.lua: renew the leases of a batch of claimed jobs.
+-- Fencing: only the current token's holder may renew. Works at maxmemory
+-- (renewing must not fail because Redis is full: that would lose leases).
+-- KEYS: the queue's keys (keys::PARTS order).
+-- ARGV[1] lease length in ms (new deadline = Redis now + lease)
+-- ARGV[2..] 2 per job: id, token
+-- Returns: {now_ms, then one integer per job: 1 renewed, 0 stale token (nothing changed)}
+local k = queue_keys(KEYS)
+local lease = tonumber(ARGV[1])
+local ids = ids_of(ARGV, 2, 2)
+local runs = redis.call('HMGET', k.runs, unpack(ids))
+local now = now_ms()
+local out, zargs = { now }, {}
+for i, id in ipairs(ids) do
+  local _, token = parse_run(runs[i])
+  if token ~= '0' and token == ARGV[2 * i + 1] then
+    out[i + 1] = 1
+    zargs[#zargs + 1] = now + lease
+    zargs[#zargs + 1] = id
+  else
+    out[i + 1] = 0
+  end
+end
+if #zargs > 0 then
+  allow_when_full(k)
+  redis.call('ZADD', k.active, 'XX', unpack(zargs))
+end
+return out

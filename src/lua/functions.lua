@@ -1,0 +1,46 @@
+-- functions.lua: the `redq` Redis Function library (Redis >= 7.0), for
+-- producers in any language. src/scripts.rs prepends the library header and
+-- prelude.lua, and loads it with FUNCTION LOAD REPLACE when the version differs.
+--
+-- FCALL redq_enqueue 1 <prefix>:{<queue>} '<job JSON>'  -> the job id
+--   Checks the document like the Rust client does; refuses with
+--   "ERR invalid job: <field and rule>" and writes nothing. The function
+--   derives the queue's other keys from the one base key (same hash tag,
+--   same slot). An id that exists, or a unique key a live job holds, returns
+--   that job's id.
+-- FCALL_RO redq_version 0 -> the library version (a hash of its source)
+
+local function keys_from_base(base)
+  local K = {}
+  for i, part in ipairs({ 'jobs', 'pending', 'scheduled', 'active', 'dead', 'done', 'runs', 'errors',
+    'results', 'unique', 'meta', 'inbox', 'rejected', 'wake' }) do
+    K[i] = base .. ':' .. part
+  end
+  return queue_keys(K)
+end
+
+local function fcall_enqueue(keys, args)
+  local base = keys[1]
+  if #keys ~= 1 or not string.match(base, '^[%w_%.%-:]+:{[%w_%.%-:]+}$') then
+    return redis.error_reply('ERR redq_enqueue takes one key, <prefix>:{<queue>}, e.g. redq:{emails}')
+  end
+  if #args ~= 1 then
+    return redis.error_reply('ERR redq_enqueue takes one argument: the job JSON document, e.g. \'{"payload":{}}\'')
+  end
+  local k = keys_from_base(base)
+  local now = now_ms()
+  local ok, job = pcall(check_doc, args[1], max_doc_bytes(k), now)
+  if not ok then
+    return redis.error_reply('ERR invalid job: ' .. tostring(job))
+  end
+  local _, id = enqueue_doc(k, now, job, args[1])
+  wake(k)
+  return id
+end
+
+redis.register_function('redq_enqueue', fcall_enqueue)
+redis.register_function {
+  function_name = 'redq_version',
+  callback = function() return REDQ_LIBRARY_VERSION end,
+  flags = { 'no-writes' },
+}

@@ -1,0 +1,253 @@
+-- prelude.lua: helpers shared by every redq script and by the `redq` Redis
+-- Function library. src/scripts.rs puts this text in front of each script
+-- when it builds it, so each script Redis runs is self-contained.
+--
+-- Keys: every script receives the queue's keys as KEYS[1..14] in the order
+-- of keys::PARTS (src/keys.rs); queue_keys() names them. All carry the same
+-- {queue} hash tag, so a script never leaves its Redis Cluster slot.
+--
+-- Job record (field of `jobs`): "<priority>;<max_attempts or 0>;<enqueued_ms>;<document JSON>"
+-- Run entry  (field of `runs`): "<attempts>,<token>,<started_ms>"; token 0 = not held.
+
+local PRIORITY_MIN, PRIORITY_MAX = -1000, 1000
+local SEQ_SPAN = 4398046511104 -- 2^42 FIFO positions per priority band
+local MAX_DELAY_MS = 315360000000 -- ten years
+local MAX_ATTEMPTS = 1000
+local MAX_TIMEOUT_MS = 604800000 -- one week
+local MAX_TEXT_LEN = 512
+local DEFAULT_MAX_DOC_BYTES = 1048576
+local NAME_PATTERN = '^[%w_%.%-:]+$'
+
+local function queue_keys(K)
+  return {
+    jobs = K[1], pending = K[2], scheduled = K[3], active = K[4], dead = K[5], done = K[6],
+    runs = K[7], errors = K[8], results = K[9], unique = K[10], meta = K[11], inbox = K[12],
+    rejected = K[13], wake = K[14],
+  }
+end
+
+local function fmt_int(x)
+  return string.format('%d', x)
+end
+
+-- Redis's clock, so daemons on hosts with drifting clocks agree.
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- Score in `pending` (lowest pops first): higher priority, lower band; within
+-- a band the sequence keeps first-in first-out. Exact below 2^53. The
+-- sequence wraps after 2^42 entries into one queue.
+local function pending_score(priority, seq)
+  return (PRIORITY_MAX - priority) * SEQ_SPAN + seq % SEQ_SPAN
+end
+
+local function record_header(record)
+  local p, m = string.match(record, '^(%-?%d+);(%d+);')
+  return tonumber(p) or 0, tonumber(m) or 0
+end
+
+local function record_doc(record)
+  local doc = string.match(record, '^%-?%d+;%d+;%d+;(.*)$')
+  if not doc then return {} end
+  local ok, t = pcall(cjson.decode, doc)
+  if ok and type(t) == 'table' then return t end
+  return {}
+end
+
+local function parse_run(v)
+  if not v then return 0, '0', 0 end
+  local a, t, s = string.match(v, '^(%d+),(%d+),(%d+)$')
+  return tonumber(a) or 0, t or '0', tonumber(s) or 0
+end
+
+local function run_entry(attempts, token, started)
+  return fmt_int(attempts) .. ',' .. token .. ',' .. fmt_int(started)
+end
+
+-- Leaves one element in `wake` so an idle daemon blocked on it wakes up.
+local function wake(k)
+  if redis.call('EXISTS', k.wake) == 0 then
+    redis.call('RPUSH', k.wake, '1')
+  end
+end
+
+-- At maxmemory with noeviction, Redis refuses memory-growing commands only
+-- in a script that has not written yet (it cannot stop one halfway). Making
+-- the first write a delete that never needs memory lets the scripts that
+-- free memory or keep leases alive (complete, fail, reap, release, extend,
+-- claim) run when Redis is full. Enqueue does not call this: its first write
+-- fails with Redis's OOM error and nothing is written.
+local function allow_when_full(k)
+  redis.call('HDEL', k.meta, 'oom-guard')
+end
+
+local function ids_of(args, first, stride)
+  local ids = {}
+  for i = first, #args, stride do
+    ids[#ids + 1] = args[i]
+  end
+  return ids
+end
+
+local function release_unique(k, unique, id)
+  if unique and unique ~= '' and redis.call('HGET', k.unique, unique) == id then
+    redis.call('HDEL', k.unique, unique)
+  end
+end
+
+local function delete_jobs(k, ids)
+  redis.call('HDEL', k.jobs, unpack(ids))
+  redis.call('HDEL', k.runs, unpack(ids))
+  redis.call('HDEL', k.errors, unpack(ids))
+  redis.call('HDEL', k.results, unpack(ids))
+end
+
+-- Bounds a retention set (`done` or `dead`): drops members older than
+-- max_age_ms (when > 0), then the oldest beyond `keep`, at most `limit` per
+-- call, deleting their records too.
+local function trim_retention(k, set, now, keep, max_age_ms, limit)
+  local victims = {}
+  if max_age_ms > 0 then
+    victims = redis.call('ZRANGEBYSCORE', set, '-inf', now - max_age_ms, 'LIMIT', 0, limit)
+  end
+  if #victims == 0 then
+    local over = redis.call('ZCARD', set) - keep
+    if over > 0 then
+      victims = redis.call('ZRANGE', set, 0, math.min(over, limit) - 1)
+    end
+  end
+  if #victims > 0 then
+    redis.call('ZREM', set, unpack(victims))
+    delete_jobs(k, victims)
+  end
+end
+
+-- Moves jobs to the dead set with their last error.
+local function bury(k, now, ids, errors_args, dead_keep, dead_age_ms)
+  if #ids == 0 then return end
+  local zargs = {}
+  for i, id in ipairs(ids) do
+    zargs[2 * i - 1] = now
+    zargs[2 * i] = id
+  end
+  redis.call('ZADD', k.dead, unpack(zargs))
+  redis.call('HSET', k.errors, unpack(errors_args))
+  trim_retention(k, k.dead, now, dead_keep, dead_age_ms, math.max(100, 2 * #ids))
+end
+
+-- Adds one job; the caller has checked it. Returns status, id where status is
+-- 'created', 'exists' (this id is already known: no-op) or 'duplicate'
+-- (a live job holds the unique key; id is that job's).
+local function enqueue_one(k, now, id, priority, max_attempts, due, unique, doc)
+  if redis.call('HEXISTS', k.jobs, id) == 1 then
+    return 'exists', id
+  end
+  if unique ~= '' then
+    local holder = redis.call('HGET', k.unique, unique)
+    if holder and redis.call('HEXISTS', k.jobs, holder) == 1 then
+      return 'duplicate', holder
+    end
+  end
+  redis.call('HSET', k.jobs, id,
+    fmt_int(priority) .. ';' .. fmt_int(max_attempts) .. ';' .. fmt_int(now) .. ';' .. doc)
+  if unique ~= '' then
+    redis.call('HSET', k.unique, unique, id)
+  end
+  if due > now then
+    redis.call('ZADD', k.scheduled, due, id)
+  else
+    local seq = redis.call('HINCRBY', k.meta, 'seq', 1)
+    redis.call('ZADD', k.pending, pending_score(priority, seq), id)
+  end
+  return 'created', id
+end
+
+-- The rules of a job document (Rust twin: job::check_doc). Raises a message
+-- naming the field and the rule. Returns the decoded document.
+local strict_json
+local function check_doc(doc, max_bytes, now)
+  if #doc > max_bytes then
+    error(string.format('field "payload": the job document is %d bytes; the limit is %d bytes (daemon.max_payload_bytes)', #doc, max_bytes), 0)
+  end
+  if not strict_json then
+    strict_json = cjson.new()
+    strict_json.decode_invalid_numbers(false)
+  end
+  local ok, job = pcall(strict_json.decode, doc)
+  if not ok then
+    error('not valid JSON (' .. tostring(job) .. '); send a JSON object such as {"payload":{...}}', 0)
+  end
+  if type(job) ~= 'table' then
+    error('the job must be a JSON object such as {"payload":{...}}', 0)
+  end
+  local allowed = { payload = 1, priority = 1, delay_ms = 1, run_at = 1, max_attempts = 1,
+    timeout_ms = 1, unique_key = 1, tenant = 1, group = 1, id = 1 }
+  local unknown = {}
+  for name in pairs(job) do
+    if type(name) ~= 'string' then
+      error('the job must be a JSON object such as {"payload":{...}}, not an array', 0)
+    end
+    if not allowed[name] then unknown[#unknown + 1] = '"' .. name .. '"' end
+  end
+  if #unknown > 0 then
+    table.sort(unknown)
+    error('unknown field(s) ' .. table.concat(unknown, ', ') ..
+      '; allowed: payload, priority, delay_ms, run_at, max_attempts, timeout_ms, unique_key, tenant, group, id', 0)
+  end
+  if job.payload == nil then
+    error('field "payload": required (any JSON value)', 0)
+  end
+  local function int(name, lo, hi)
+    local v = job[name]
+    if v == nil or v == cjson.null then job[name] = nil return end
+    if type(v) ~= 'number' or v ~= v or v ~= math.floor(v) or v < lo or v > hi then
+      error(string.format('field "%s": must be an integer from %s to %s', name, fmt_int(lo), fmt_int(hi)), 0)
+    end
+  end
+  local function text(name)
+    local v = job[name]
+    if v == nil or v == cjson.null then job[name] = nil return end
+    if type(v) ~= 'string' or #v == 0 or #v > MAX_TEXT_LEN then
+      error(string.format('field "%s": must be a string of 1 to %d bytes', name, MAX_TEXT_LEN), 0)
+    end
+  end
+  int('priority', PRIORITY_MIN, PRIORITY_MAX)
+  int('delay_ms', 0, MAX_DELAY_MS)
+  int('run_at', 0, now + MAX_DELAY_MS)
+  int('max_attempts', 1, MAX_ATTEMPTS)
+  int('timeout_ms', 1, MAX_TIMEOUT_MS)
+  if job.delay_ms and job.run_at then
+    error('fields "delay_ms" and "run_at": give one or the other, not both', 0)
+  end
+  text('unique_key')
+  text('tenant')
+  text('group')
+  text('id')
+  if job.id and (#job.id > 128 or not string.match(job.id, NAME_PATTERN)) then
+    error('field "id": must be 1-128 characters from A-Z a-z 0-9 _ . - :', 0)
+  end
+  return job
+end
+
+-- A UUIDv7 made inside Redis: 48 bits of Redis time, then a per-queue
+-- counter (unique within the queue) mixed with pseudo-random bits.
+local function new_job_id(k, now)
+  local n = redis.call('HINCRBY', k.meta, 'idseq', 1)
+  return string.format('%08x-%04x-7%03x-%04x-%012x',
+    math.floor(now / 65536), now % 65536, math.random(0, 4095),
+    0x8000 + math.random(0, 16383), n % 281474976710656)
+end
+
+local function max_doc_bytes(k)
+  return tonumber(redis.call('HGET', k.meta, 'max_doc_bytes')) or DEFAULT_MAX_DOC_BYTES
+end
+
+-- Enqueues a document that check_doc accepted.
+local function enqueue_doc(k, now, job, doc)
+  local id = job.id or new_job_id(k, now)
+  local due = now
+  if job.run_at then due = job.run_at elseif job.delay_ms then due = now + job.delay_ms end
+  return enqueue_one(k, now, id, job.priority or 0, job.max_attempts or 0, due, job.unique_key or '', doc)
+end

@@ -1,0 +1,52 @@
+-- reap.lua: rescue jobs whose lease expired (their daemon died or lost
+-- Redis). The expired attempt counts: the job goes back to the front of its
+-- priority band, or, when it has used all its attempts, to the dead set with
+-- the reason. Bounded per call; safe when many daemons reap at once (a job
+-- is rescued by the one call that removes it from `active`). The old token
+-- is cleared, so the old holder's late writes are refused. Works at maxmemory.
+-- KEYS: the queue's keys (keys::PARTS order).
+-- ARGV[1] at most this many jobs
+-- ARGV[2] max attempts for jobs that did not set their own
+-- ARGV[3] dead_keep, ARGV[4] dead_age_ms (as in fail.lua)
+-- Returns: {requeued, dead}
+local k = queue_keys(KEYS)
+local now = now_ms()
+local expired = redis.call('ZRANGEBYSCORE', k.active, '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
+if #expired == 0 then return { 0, 0 } end
+
+allow_when_full(k)
+redis.call('ZREM', k.active, unpack(expired))
+local records = redis.call('HMGET', k.jobs, unpack(expired))
+local runs = redis.call('HMGET', k.runs, unpack(expired))
+local default_max = tonumber(ARGV[2])
+local zargs, run_args, errs, dead_ids, dead_errors = {}, {}, {}, {}, {}
+for i, id in ipairs(expired) do
+  local attempts, _, started = parse_run(runs[i])
+  run_args[#run_args + 1] = id
+  run_args[#run_args + 1] = run_entry(attempts, '0', started)
+  if records[i] then
+    local priority, max = record_header(records[i])
+    if max == 0 then max = default_max end
+    if attempts >= max then
+      dead_ids[#dead_ids + 1] = id
+      dead_errors[#dead_errors + 1] = id
+      dead_errors[#dead_errors + 1] = string.format(
+        'lease expired on attempt %d of %d: the worker died or lost contact with Redis', attempts, max)
+      release_unique(k, record_doc(records[i]).unique_key, id)
+    else
+      zargs[#zargs + 1] = pending_score(priority, 0)
+      zargs[#zargs + 1] = id
+      errs[#errs + 1] = id
+      errs[#errs + 1] = string.format(
+        'lease expired on attempt %d: the worker died or lost contact with Redis', attempts)
+    end
+  end
+end
+redis.call('HSET', k.runs, unpack(run_args))
+if #zargs > 0 then
+  redis.call('ZADD', k.pending, unpack(zargs))
+  redis.call('HSET', k.errors, unpack(errs))
+  wake(k)
+end
+bury(k, now, dead_ids, dead_errors, tonumber(ARGV[3]), tonumber(ARGV[4]))
+return { #zargs / 2, #dead_ids }

@@ -1,0 +1,41 @@
+-- release.lua: give claimed jobs back without spending an attempt (used on
+-- shutdown). Each goes to the front of its priority band in `pending`.
+-- Fencing as in complete.lua. Works at maxmemory.
+-- KEYS: the queue's keys (keys::PARTS order).
+-- ARGV: 2 per job: id, token
+-- Returns: one integer per job: 1 released, 0 stale token (nothing changed)
+local k = queue_keys(KEYS)
+local ids = ids_of(ARGV, 1, 2)
+local runs = redis.call('HMGET', k.runs, unpack(ids))
+local out, mine = {}, {}
+for i, id in ipairs(ids) do
+  local _, token = parse_run(runs[i])
+  out[i] = 0
+  if token ~= '0' and token == ARGV[2 * i] then
+    mine[#mine + 1] = i
+  end
+end
+if #mine == 0 then return out end
+
+allow_when_full(k)
+local records = redis.call('HMGET', k.jobs, unpack(ids))
+local zargs, run_args, gone = {}, {}, {}
+for _, i in ipairs(mine) do
+  local id = ids[i]
+  local attempts, _, started = parse_run(runs[i])
+  out[i] = 1
+  gone[#gone + 1] = id
+  run_args[#run_args + 1] = id
+  run_args[#run_args + 1] = run_entry(math.max(attempts - 1, 0), '0', started)
+  if records[i] then
+    zargs[#zargs + 1] = pending_score(record_header(records[i]), 0)
+    zargs[#zargs + 1] = id
+  end
+end
+redis.call('ZREM', k.active, unpack(gone))
+redis.call('HSET', k.runs, unpack(run_args))
+if #zargs > 0 then
+  redis.call('ZADD', k.pending, unpack(zargs))
+  wake(k)
+end
+return out

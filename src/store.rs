@@ -1,0 +1,455 @@
+//! Typed wrappers around the Lua transitions: one method per script.
+//!
+//! A [`Store`] is cheap to clone (it shares one multiplexed, auto-reconnecting
+//! connection). Every method is one Redis round trip, and the batch methods
+//! (`enqueue`, `claim`, `complete`, `fail`, `extend`, `release`) serve many
+//! jobs in that one trip. Read-only inspection lives in [`crate::inspect`].
+
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::Value;
+
+use crate::error::{Error, Result};
+use crate::job::{PreparedJob, StoredJob};
+use crate::keys::{self, QueueKeys};
+use crate::scripts::{Scripts, SCRIPTS};
+
+/// Connection to Redis plus the key prefix.
+#[derive(Clone)]
+pub struct Store {
+    con: ConnectionManager,
+    prefix: String,
+}
+
+/// What happened to one enqueued job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EnqueueStatus {
+    /// A new job was added.
+    Created,
+    /// A job with this id already existed; nothing changed.
+    Exists,
+    /// A live job holds the unique key; the id returned is that job's.
+    Duplicate,
+}
+
+/// The result of enqueueing one job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Enqueued {
+    pub id: String,
+    pub status: EnqueueStatus,
+}
+
+/// One claimed job: run it, then complete, fail or release it with `token`.
+#[derive(Debug, Clone)]
+pub struct ClaimedJob {
+    pub id: String,
+    pub token: u64,
+    /// 1 on the first attempt.
+    pub attempt: u32,
+    /// The stored job, or why it could not be read (the caller should bury it).
+    pub record: std::result::Result<StoredJob, String>,
+}
+
+/// The reply of one claim call.
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    /// Redis's clock when the claim ran (ms).
+    pub now_ms: i64,
+    /// When fewer jobs than asked were ready: when the next scheduled job is due (Redis ms).
+    pub next_due_ms: Option<i64>,
+    pub paused: bool,
+    pub jobs: Vec<ClaimedJob>,
+}
+
+/// How many finished jobs a queue keeps, and for how long (0 = no age limit).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    pub keep: u64,
+    pub max_age: Duration,
+}
+
+/// A successful attempt to record.
+#[derive(Debug, Clone)]
+pub struct Completion<'a> {
+    pub id: &'a str,
+    pub token: u64,
+    pub unique_key: Option<&'a str>,
+    pub result: Option<&'a str>,
+}
+
+/// A failed attempt to record.
+#[derive(Debug, Clone)]
+pub struct Failure<'a> {
+    pub id: &'a str,
+    pub token: u64,
+    /// `Some(delay)`: retry after the delay; `None`: dead now.
+    pub retry_in: Option<Duration>,
+    pub error: &'a str,
+    pub unique_key: Option<&'a str>,
+}
+
+/// What a fail call did to one job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailResult {
+    Retrying,
+    Dead,
+    /// The token was not the job's current one; nothing changed.
+    Stale,
+}
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl Store {
+    /// Connects to `url` (redis://, rediss://), reconnecting by itself with capped backoff.
+    pub async fn connect(url: &str, prefix: &str) -> Result<Store> {
+        keys::check_prefix(prefix)?;
+        let client = redis::Client::open(url)?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(5)))
+            .set_response_timeout(Some(Duration::from_secs(30)))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_secs(2));
+        let con = ConnectionManager::new_with_config(client, config).await?;
+        Ok(Store {
+            con,
+            prefix: prefix.to_owned(),
+        })
+    }
+
+    /// The key prefix.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// A connection handle (shares the multiplexed connection).
+    pub fn connection(&self) -> ConnectionManager {
+        self.con.clone()
+    }
+
+    /// The keys of `queue`, checking its name.
+    pub fn queue(&self, queue: &str) -> Result<QueueKeys> {
+        QueueKeys::new(&self.prefix, queue)
+    }
+
+    async fn run(
+        &self,
+        pick: fn(&Scripts) -> &redis::Script,
+        q: &QueueKeys,
+        args: Vec<String>,
+    ) -> Result<Value> {
+        let script = pick(&SCRIPTS);
+        let mut inv = script.prepare_invoke();
+        for k in q.all() {
+            inv.key(k);
+        }
+        for a in args {
+            inv.arg(a);
+        }
+        Ok(inv.invoke_async(&mut self.con.clone()).await?)
+    }
+
+    /// Adds checked jobs to one queue in one round trip.
+    pub async fn enqueue(&self, q: &QueueKeys, jobs: &[PreparedJob]) -> Result<Vec<Enqueued>> {
+        if jobs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut args = Vec::with_capacity(jobs.len() * 7);
+        for j in jobs {
+            args.extend([
+                j.id.clone(),
+                j.doc.clone(),
+                j.priority.to_string(),
+                j.max_attempts.to_string(),
+                j.delay_ms.to_string(),
+                j.run_at_ms.to_string(),
+                j.unique_key.clone(),
+            ]);
+        }
+        let reply = array(self.run(|s| &s.enqueue, q, args).await?, "enqueue")?;
+        reply
+            .chunks(2)
+            .map(|pair| {
+                let status = match text(pair.first(), "enqueue")?.as_str() {
+                    "created" => EnqueueStatus::Created,
+                    "exists" => EnqueueStatus::Exists,
+                    "duplicate" => EnqueueStatus::Duplicate,
+                    other => {
+                        return Err(Error::protocol(
+                            "enqueue",
+                            format!("unknown status {other:?}"),
+                        ))
+                    }
+                };
+                Ok(Enqueued {
+                    id: text(pair.get(1), "enqueue")?,
+                    status,
+                })
+            })
+            .collect()
+    }
+
+    /// Claims up to `max` ready jobs under a lease of `lease`, after promoting
+    /// up to `promote` due jobs and taking up to `inbox` inbox documents.
+    pub async fn claim(
+        &self,
+        q: &QueueKeys,
+        max: usize,
+        lease: Duration,
+        promote: usize,
+        inbox: usize,
+    ) -> Result<Claimed> {
+        let args = vec![
+            max.to_string(),
+            ms(lease).to_string(),
+            promote.to_string(),
+            inbox.to_string(),
+        ];
+        let reply = array(self.run(|s| &s.claim, q, args).await?, "claim")?;
+        let (head, rest) = reply.split_at(reply.len().min(3));
+        let now_ms = int(head.first(), "claim")?;
+        let next_due = int(head.get(1), "claim")?;
+        let mut jobs = Vec::with_capacity(rest.len() / 4);
+        for job in rest.chunks(4) {
+            let record = text(job.get(3), "claim")?;
+            jobs.push(ClaimedJob {
+                id: text(job.first(), "claim")?,
+                token: text(job.get(1), "claim")?
+                    .parse()
+                    .map_err(|_| Error::protocol("claim", "token is not an integer"))?,
+                attempt: u32::try_from(int(job.get(2), "claim")?).unwrap_or(u32::MAX),
+                record: StoredJob::parse(&record),
+            });
+        }
+        Ok(Claimed {
+            now_ms,
+            next_due_ms: (next_due >= 0).then_some(next_due),
+            paused: int(head.get(2), "claim")? == 1,
+            jobs,
+        })
+    }
+
+    /// Records successes; returns per job whether it completed (false: stale token).
+    pub async fn complete(
+        &self,
+        q: &QueueKeys,
+        done: &[Completion<'_>],
+        keep: Retention,
+    ) -> Result<Vec<bool>> {
+        if done.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keep_result = keep.keep > 0;
+        let mut args = vec![keep.keep.to_string(), ms(keep.max_age).to_string()];
+        for c in done {
+            args.extend([
+                c.id.to_owned(),
+                c.token.to_string(),
+                c.unique_key.unwrap_or_default().to_owned(),
+                if keep_result {
+                    c.result.unwrap_or_default().to_owned()
+                } else {
+                    String::new()
+                },
+            ]);
+        }
+        flags(self.run(|s| &s.complete, q, args).await?, "complete")
+    }
+
+    /// Records failures: each job is scheduled for a retry or moved to the dead set.
+    pub async fn fail(
+        &self,
+        q: &QueueKeys,
+        failed: &[Failure<'_>],
+        dead: Retention,
+    ) -> Result<Vec<FailResult>> {
+        if failed.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut args = vec![dead.keep.to_string(), ms(dead.max_age).to_string()];
+        for f in failed {
+            args.extend([
+                f.id.to_owned(),
+                f.token.to_string(),
+                f.retry_in.map_or("-1".to_owned(), |d| ms(d).to_string()),
+                f.error.to_owned(),
+                f.unique_key.unwrap_or_default().to_owned(),
+            ]);
+        }
+        let reply = array(self.run(|s| &s.fail, q, args).await?, "fail")?;
+        reply
+            .iter()
+            .map(|v| match int(Some(v), "fail")? {
+                1 => Ok(FailResult::Retrying),
+                2 => Ok(FailResult::Dead),
+                _ => Ok(FailResult::Stale),
+            })
+            .collect()
+    }
+
+    /// Renews leases; returns Redis's clock and per job whether it was renewed.
+    pub async fn extend(
+        &self,
+        q: &QueueKeys,
+        held: &[(&str, u64)],
+        lease: Duration,
+    ) -> Result<(i64, Vec<bool>)> {
+        if held.is_empty() {
+            return Ok((0, Vec::new()));
+        }
+        let mut args = vec![ms(lease).to_string()];
+        for (id, token) in held {
+            args.extend([(*id).to_owned(), token.to_string()]);
+        }
+        let reply = array(self.run(|s| &s.extend, q, args).await?, "extend")?;
+        let now = int(reply.first(), "extend")?;
+        let ok = reply
+            .iter()
+            .skip(1)
+            .map(|v| int(Some(v), "extend").map(|n| n == 1))
+            .collect::<Result<_>>()?;
+        Ok((now, ok))
+    }
+
+    /// Gives jobs back without spending an attempt; per job whether it was released.
+    pub async fn release(&self, q: &QueueKeys, held: &[(&str, u64)]) -> Result<Vec<bool>> {
+        if held.is_empty() {
+            return Ok(Vec::new());
+        }
+        let args = held
+            .iter()
+            .flat_map(|(id, t)| [(*id).to_owned(), t.to_string()])
+            .collect();
+        flags(self.run(|s| &s.release, q, args).await?, "release")
+    }
+
+    /// Rescues up to `limit` jobs whose lease expired; returns (requeued, dead).
+    pub async fn reap(
+        &self,
+        q: &QueueKeys,
+        limit: usize,
+        default_max_attempts: u32,
+        dead: Retention,
+    ) -> Result<(u64, u64)> {
+        let args = vec![
+            limit.to_string(),
+            default_max_attempts.to_string(),
+            dead.keep.to_string(),
+            ms(dead.max_age).to_string(),
+        ];
+        let reply = array(self.run(|s| &s.reap, q, args).await?, "reap")?;
+        let n = |i| int(reply.get(i), "reap").map(|v| u64::try_from(v).unwrap_or(0));
+        Ok((n(0)?, n(1)?))
+    }
+
+    /// Puts dead jobs back in line; per id: 1 requeued, 0 not dead, 2 unique key taken.
+    pub async fn dead_retry(&self, q: &QueueKeys, ids: &[String]) -> Result<Vec<i64>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let reply = array(
+            self.run(|s| &s.dead_retry, q, ids.to_vec()).await?,
+            "dead_retry",
+        )?;
+        reply.iter().map(|v| int(Some(v), "dead_retry")).collect()
+    }
+
+    /// Deletes the given dead jobs; returns how many were deleted.
+    pub async fn dead_purge_ids(&self, q: &QueueKeys, ids: &[String]) -> Result<u64> {
+        let mut args = vec!["ids".to_owned(), "0".to_owned()];
+        args.extend(ids.iter().cloned());
+        let n = int(
+            Some(&self.run(|s| &s.dead_purge, q, args).await?),
+            "dead_purge",
+        )?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    /// Deletes dead jobs that died at least `older_than` ago (all when zero).
+    pub async fn dead_purge_older(&self, q: &QueueKeys, older_than: Duration) -> Result<u64> {
+        let mut total = 0;
+        loop {
+            let args = vec!["age".to_owned(), ms(older_than).to_string()];
+            let n = int(
+                Some(&self.run(|s| &s.dead_purge, q, args).await?),
+                "dead_purge",
+            )?;
+            let n = u64::try_from(n).unwrap_or(0);
+            total += n;
+            if n < 1000 {
+                return Ok(total);
+            }
+        }
+    }
+
+    /// Stops every daemon from claiming jobs of this queue; enqueues still work.
+    pub async fn pause(&self, q: &QueueKeys) -> Result<()> {
+        redis::cmd("HSET")
+            .arg(q.meta())
+            .arg("paused")
+            .arg("1")
+            .query_async::<()>(&mut self.con.clone())
+            .await?;
+        Ok(())
+    }
+
+    /// Lets daemons claim again, and wakes idle ones.
+    pub async fn resume(&self, q: &QueueKeys) -> Result<()> {
+        redis::pipe()
+            .atomic()
+            .hdel(q.meta(), "paused")
+            .ignore()
+            .lpush(q.wake(), "1")
+            .ignore()
+            .ltrim(q.wake(), 0, 0)
+            .ignore()
+            .query_async::<()>(&mut self.con.clone())
+            .await?;
+        Ok(())
+    }
+}
+
+fn array(v: Value, context: &'static str) -> Result<Vec<Value>> {
+    match v {
+        Value::Array(items) => Ok(items),
+        other => Err(Error::protocol(
+            context,
+            format!("expected an array, got {other:?}"),
+        )),
+    }
+}
+
+fn flags(v: Value, context: &'static str) -> Result<Vec<bool>> {
+    array(v, context)?
+        .iter()
+        .map(|v| int(Some(v), context).map(|n| n == 1))
+        .collect()
+}
+
+pub(crate) fn int(v: Option<&Value>, context: &'static str) -> Result<i64> {
+    match v {
+        Some(Value::Int(n)) => Ok(*n),
+        Some(Value::BulkString(b)) => std::str::from_utf8(b)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| Error::protocol(context, "expected an integer")),
+        other => Err(Error::protocol(
+            context,
+            format!("expected an integer, got {other:?}"),
+        )),
+    }
+}
+
+pub(crate) fn text(v: Option<&Value>, context: &'static str) -> Result<String> {
+    match v {
+        Some(Value::BulkString(b)) => Ok(String::from_utf8_lossy(b).into_owned()),
+        Some(Value::SimpleString(s)) => Ok(s.clone()),
+        Some(Value::Int(n)) => Ok(n.to_string()),
+        other => Err(Error::protocol(
+            context,
+            format!("expected a string, got {other:?}"),
+        )),
+    }
+}

@@ -1,0 +1,196 @@
+//! The `redq` binary as an operator or shell producer uses it.
+
+mod common;
+
+use std::process::{Command, Output, Stdio};
+
+use common::RedisServer;
+
+fn redq(args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_redq"));
+    c.args(args)
+        .env_remove("REDQ_REDIS__URL")
+        .env_remove("REDQ_REDIS__KEY_PREFIX");
+    c.current_dir(std::env::temp_dir());
+    c
+}
+
+fn run(mut c: impl std::borrow::BorrowMut<Command>) -> (i32, String, String) {
+    let c = c.borrow_mut();
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = c.stdin(Stdio::null()).output().unwrap();
+    (
+        status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&stdout).into_owned(),
+        String::from_utf8_lossy(&stderr).into_owned(),
+    )
+}
+
+#[test]
+fn enqueue_prints_the_id_and_job_shows_it() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let (code, out, err) = run(redq(&[
+        "--redis-url",
+        &url,
+        "enqueue",
+        "mail",
+        r#"{"to":"$(touch /tmp/x)"}"#,
+        "--priority",
+        "-5",
+        "--tenant",
+        "acme",
+        "--max-attempts",
+        "3",
+    ]));
+    assert_eq!(code, 0, "{err}");
+    let id = out.trim();
+    let (code, out, err) = run(redq(&["--redis-url", &url, "job", "mail", id, "--json"]));
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["id"], id);
+    assert_eq!(v["queue"], "mail");
+    assert_eq!(v["state"], "pending");
+    assert_eq!(v["priority"], -5);
+    assert_eq!(v["attempts"], 0);
+    assert_eq!(v["max_attempts"], 3);
+    assert_eq!(v["tenant"], "acme");
+    assert_eq!(v["payload"]["to"], "$(touch /tmp/x)");
+    assert!(v["last_error"].is_null());
+    let (code, out, _) = run(redq(&["--redis-url", &url, "job", "mail", id]));
+    assert_eq!(code, 0);
+    assert!(out.contains("state:       pending"), "{out}");
+}
+
+#[test]
+fn payload_from_stdin_and_stats_as_json() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let mut child = redq(&["--redis-url", &url, "enqueue", "a", "-", "--delay", "5m"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(br#"{"big":[1,2,3]}"#)
+        .unwrap();
+    assert!(child.wait_with_output().unwrap().status.success());
+    run(redq(&["--redis-url", &url, "enqueue", "b", "1"]));
+    let (code, out, err) = run(redq(&["--redis-url", &url, "stats", "--json"]));
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v[0]["queue"], "a");
+    assert_eq!(v[0]["scheduled"], 1);
+    assert_eq!(v[1]["queue"], "b");
+    assert_eq!(v[1]["pending"], 1);
+    for field in ["pending", "scheduled", "active", "dead", "rejected"] {
+        assert!(v[0].get(field).is_some(), "{field}");
+    }
+}
+
+#[test]
+fn bad_input_is_refused_with_a_clear_message() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let (code, _, err) = run(redq(&["--redis-url", &url, "enqueue", "q", "{oops"]));
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("payload") && err.contains("not valid JSON"),
+        "{err}"
+    );
+    let (code, _, err) = run(redq(&[
+        "--redis-url",
+        &url,
+        "enqueue",
+        "q",
+        "1",
+        "--priority",
+        "2000",
+    ]));
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("priority") && err.contains("-1000 to 1000"),
+        "{err}"
+    );
+    let (code, _, err) = run(redq(&["--redis-url", &url, "enqueue", "no spaces", "1"]));
+    assert_eq!(code, 1);
+    assert!(err.contains("queue name"), "{err}");
+    let (code, _, err) = run(redq(&["--redis-url", &url, "job", "q", "nope"]));
+    assert_eq!(code, 1);
+    assert!(err.contains("not found"), "{err}");
+    let (_, out, _) = run(redq(&["--redis-url", &url, "stats", "--json"]));
+    assert_eq!(out.trim(), "[]", "nothing was written");
+}
+
+#[test]
+fn redis_is_found_by_flag_then_env_then_config_file() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("w.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[redis]\nurl = \"{}\"\nkey_prefix = \"custom\"\n",
+            redis.url()
+        ),
+    )
+    .unwrap();
+    let cfg = cfg.to_str().unwrap();
+    // Config file only.
+    let (code, _, err) = run(redq(&["--config", cfg, "enqueue", "q", "1"]));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        redis.cli(&["ZCARD", "custom:{q}:pending"]).unwrap().trim(),
+        "1"
+    );
+    // The environment beats the file; the flag beats the environment.
+    let (code, _, _) =
+        run(redq(&["--config", cfg, "enqueue", "q", "1"])
+            .env("REDQ_REDIS__URL", "redis://127.0.0.1:1"));
+    assert_eq!(code, 69, "unreachable Redis has its own exit code");
+    let (code, _, err) = run(redq(&[
+        "--config",
+        cfg,
+        "--redis-url",
+        &redis.url(),
+        "enqueue",
+        "q",
+        "1",
+    ])
+    .env("REDQ_REDIS__URL", "redis://127.0.0.1:1"));
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = run(redq(&["--config", "/nonexistent/w.toml", "stats"]));
+    assert_eq!(code, 78);
+    assert!(err.contains("/nonexistent/w.toml"), "{err}");
+}
+
+#[test]
+fn pause_resume_and_dead_commands() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    assert_eq!(run(redq(&["--redis-url", &url, "pause", "q"])).0, 0);
+    let (_, out, _) = run(redq(&["--redis-url", &url, "stats", "q", "--json"]));
+    assert!(out.contains("\"paused\": true"), "{out}");
+    assert_eq!(run(redq(&["--redis-url", &url, "resume", "q"])).0, 0);
+    let (code, out, _) = run(redq(&["--redis-url", &url, "dead", "list", "q", "--json"]));
+    assert_eq!((code, out.trim()), (0, "[]"));
+    let (code, _, err) = run(redq(&[
+        "--redis-url",
+        &url,
+        "dead",
+        "retry",
+        "q",
+        "missing",
+    ]));
+    assert_eq!(code, 1);
+    assert!(err.contains("not in the dead set"), "{err}");
+    let (code, out, _) = run(redq(&["--redis-url", &url, "dead", "purge", "q", "--all"]));
+    assert_eq!((code, out.trim()), (0, "deleted 0 dead jobs"));
+}

@@ -1,0 +1,743 @@
+//! The contracts of the Lua transitions, through the Rust store and client,
+//! against a private redis-server per test.
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use common::{snapshot, within, RedisServer};
+use redq::inspect::JobState;
+use redq::store::{Completion, EnqueueStatus, FailResult, Failure, Retention, Store};
+use redq::NewJob;
+use serde_json::json;
+
+const LEASE: Duration = Duration::from_secs(30);
+const KEEP_NONE: Retention = Retention {
+    keep: 0,
+    max_age: Duration::ZERO,
+};
+const DEAD: Retention = Retention {
+    keep: 100,
+    max_age: Duration::ZERO,
+};
+
+fn job(n: i64) -> NewJob {
+    NewJob::new(&json!({ "n": n })).unwrap()
+}
+
+async fn claim(store: &Store, queue: &str, max: usize) -> redq::store::Claimed {
+    store
+        .claim(&store.queue(queue).unwrap(), max, LEASE, 100, 100)
+        .await
+        .unwrap()
+}
+
+fn payload_n(j: &redq::store::ClaimedJob) -> i64 {
+    let v: serde_json::Value =
+        serde_json::from_str(j.record.as_ref().unwrap().doc.payload.get()).unwrap();
+    v["n"].as_i64().unwrap()
+}
+
+#[tokio::test]
+async fn higher_priority_first_and_fifo_within_a_priority() {
+    let redis = RedisServer::start();
+    let client = redis.client().await;
+    let prios = [0, 5, 0, 5, -3, 1000, -1000, 0];
+    let jobs = prios
+        .iter()
+        .enumerate()
+        .map(|(i, p)| job(i as i64).priority(*p))
+        .collect();
+    client.enqueue_many("q", jobs).await.unwrap();
+    let got = claim(client.store(), "q", 100).await;
+    let order: Vec<i64> = got.jobs.iter().map(payload_n).collect();
+    assert_eq!(order, vec![5, 1, 3, 0, 2, 7, 4, 6]);
+    assert!(got.jobs.iter().all(|j| j.attempt == 1));
+}
+
+#[tokio::test]
+async fn delayed_jobs_wait_until_due_then_are_promoted_in_priority_order() {
+    let redis = RedisServer::start();
+    let client = redis.client().await;
+    let store = client.store();
+    let a = client
+        .enqueue("q", job(1).delay(Duration::from_secs(3600)))
+        .await
+        .unwrap()
+        .id;
+    let b = client
+        .enqueue("q", job(2).delay(Duration::from_secs(3600)).priority(9))
+        .await
+        .unwrap()
+        .id;
+    let none = claim(store, "q", 10).await;
+    assert!(none.jobs.is_empty());
+    let due = none.next_due_ms.expect("next due time");
+    assert!(
+        due >= none.now_ms + 3_599_000 && due <= none.now_ms + 3_600_000,
+        "{due} vs {}",
+        none.now_ms
+    );
+    assert_eq!(
+        client.job("q", &a).await.unwrap().unwrap().state,
+        JobState::Scheduled
+    );
+    // Make both due now (as if an hour had passed).
+    let q = store.queue("q").unwrap();
+    let mut con = redis.con().await;
+    let _: () = redis::cmd("ZADD")
+        .arg(q.scheduled())
+        .arg("XX")
+        .arg(0)
+        .arg(&a)
+        .arg(0)
+        .arg(&b)
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    let got = claim(store, "q", 10).await;
+    let ids: Vec<&str> = got.jobs.iter().map(|j| j.id.as_str()).collect();
+    assert_eq!(ids, vec![b.as_str(), a.as_str()]);
+}
+
+#[tokio::test]
+async fn concurrent_batch_claims_never_hand_one_job_to_two_claimers() {
+    let redis = RedisServer::start();
+    let client = redis.client().await;
+    let total = 5000;
+    for chunk in (0..total).collect::<Vec<_>>().chunks(1000) {
+        client
+            .enqueue_many("q", chunk.iter().map(|n| job(*n)).collect())
+            .await
+            .unwrap();
+    }
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        // Separate connections, so claims really interleave on the server.
+        let store = Store::connect(&redis.url(), "redq").await.unwrap();
+        tasks.push(tokio::spawn(async move {
+            let mut mine = Vec::new();
+            loop {
+                let got = claim(&store, "q", 37).await;
+                if got.jobs.is_empty() {
+                    return mine;
+                }
+                mine.extend(got.jobs.into_iter().map(|j| (j.id, j.token)));
+            }
+        }));
+    }
+    let mut ids = HashSet::new();
+    let mut tokens = HashSet::new();
+    let mut count = 0;
+    for t in tasks {
+        for (id, token) in within(60, t).await.unwrap() {
+            count += 1;
+            ids.insert(id);
+            tokens.insert(token);
+        }
+    }
+    assert_eq!(count, total as usize, "every job claimed exactly once");
+    assert_eq!(ids.len(), total as usize);
+    assert_eq!(
+        tokens.len(),
+        total as usize,
+        "every claim gets its own token"
+    );
+}
+
+#[tokio::test]
+async fn a_stale_token_is_refused_everywhere_and_changes_nothing() {
+    let redis = RedisServer::start();
+    let client = redis.client().await;
+    let store = client.store();
+    let q = store.queue("q").unwrap();
+    client.enqueue("q", job(1).unique_key("u")).await.unwrap();
+    let got = claim(store, "q", 1).await;
+    let j = &got.jobs[0];
+    let stale = j.token + 1;
+    let mut con = redis.con().await;
+    let before = snapshot(&mut con, &q).await;
+    let done = [Completion {
+        id: &j.id,
+        token: stale,
+        unique_key: Some("u"),
+        result: None,
+    }];
+    assert_eq!(
+        store.complete(&q, &done, KEEP_NONE).await.unwrap(),
+        vec![false]
+    );
+    let failed = [Failure {
+        id: &j.id,
+        token: stale,
+        retry_in: None,
+        error: "x",
+        unique_key: Some("u"),
+    }];
+    assert_eq!(
+        store.fail(&q, &failed, DEAD).await.unwrap(),
+        vec![FailResult::Stale]
+    );
+    assert_eq!(
+        store.extend(&q, &[(&j.id, stale)], LEASE).await.unwrap().1,
+        vec![false]
+    );
+    assert_eq!(
+        store.release(&q, &[(&j.id, stale)]).await.unwrap(),
+        vec![false]
+    );
+    assert_eq!(
+        snapshot(&mut con, &q).await,
+        before,
+        "refused writes change nothing"
+    );
+
+    // Once the lease expires and the job is rescued, the old holder's token is dead too.
+    store
+        .extend(&q, &[(&j.id, j.token)], Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(store.reap(&q, 10, 5, DEAD).await.unwrap(), (1, 0));
+    let old = [Completion {
+        id: &j.id,
+        token: j.token,
+        unique_key: Some("u"),
+        result: None,
+    }];
+    assert_eq!(
+        store.complete(&q, &old, KEEP_NONE).await.unwrap(),
+        vec![false]
+    );
+    let again = claim(store, "q", 1).await;
+    assert_eq!(again.jobs[0].id, j.id);
+    assert_eq!(again.jobs[0].attempt, 2);
+    assert!(again.jobs[0].token > j.token);
+}
+
+#[tokio::test]
+async fn extend_moves_the_lease_deadline_for_the_holder() {
+    let redis = RedisServer::start();
+    let client = redis.client().await;
+    let store = client.store();
+    let q = store.queue("q").unwrap();
+    client.enqueue("q", job(1)).await.unwrap();
+    let j = claim(store, "q", 1).await.jobs.remove(0);
+    let (now, ok) = store
+        .extend(&q, &[(&j.id, j.token)], Duration::from_secs(600))
+        .await
+        .unwrap();
+    assert_eq!(ok, vec![true]);
+    let info = client.job("q", &j.id).await.unwrap().unwrap();
+    assert_eq!(info.state, JobState::Active);
+    assert!(info.lease_deadline_ms.unwrap() >= now + 600_000);
+}
+
+#[tokio::test]
+async fn an_expired_lease_spends_an_attempt_and_ends_dead_when_they_run_out() {
+    let redis = RedisServer::start();
+    let client = redis.client().await;
+    let store = client.store();
+    let q = store.queue("q").unwrap();
+    let id = client
+        .enqueue("q", job(1).max_attempts(2))
+        .await
+        .unwrap()
+        .id;
+    // A lease of 0 ms has expired as soon as it is granted.
+    let first = store.claim(&q, 1, Duration::ZERO, 0, 0).await.unwrap();
+    assert_eq!(first.jobs.len(), 1);
+    assert_eq!(store.reap(&q, 10, 25, DEAD).await.unwrap(), (1, 0));
+    let info = client.job("q", &id).await.unwrap().unwrap();
+    assert_eq!((info.state, info.attempts), (JobState::Pending, 1));
+    assert!(info.last_error.unwrap().contains("lease expired"));
+    store.claim(&q, 1, Duration::ZERO, 0, 0).await.unwrap();
+    assert_eq!(store.reap(&q, 10, 25, DEAD).await.unwrap(), (0, 1));
+    let info = client.job("q", &id).await.unwrap().unwrap();
+    assert_eq!((info.state, info.attempts), (JobState::Dead, 2));
+    assert!(info.last_error.unwrap().contains("attempt 2 of 2"));
+    assert_eq!(
+        store.reap(&q, 10, 25, DEAD).await.unwrap(),
+        (0, 0),
+        "nothing left to reap"
+    );
+}
+
+#[tokio::test]
+async fn release_gives_the_job_back_without_spending_an_attempt() {
+    let redis = RedisServer::start();
+    let client = redis.client().await;
+    let store = client.store();
+    let q = store.queue("q").unwrap();
+    client
+        .enqueue_many("q", vec![job(1), job(2)])
+        .await
+        .unwrap();
+    let a = claim(store, "q", 1).await.jobs.remove(0);
+    assert_eq!(
+        store.release(&q, &[(&a.id, a.token)]).await.unwrap(),
+        vec![true]
+    );
+    let info = client.job("q", &a.id).await.unwrap().unwrap();
+    assert_eq!((info.state, info.attempts), (JobState::Pending, 0));
+    let again = claim(store, "q", 1).await.jobs.remove(0);
+    assert_eq!(
+        again.id, a.id,
+        "a released job goes to the front of its priority"
+    );
+    assert_eq!(again.attempt, 1);
+}
+
+#[tokio::test]
+async fn failures_retry_with_the_given_delay_then_die_and_dead_jobs_can_be_retried() {
+    let redis = RedisServer::start();
+    let client = redis.client().await;
+    let store = client.store();
+    let q = store.queue("q").unwrap();
+    let id = client
+        .enqueue("q", job(1).unique_key("k"))
+        .await
+        .unwrap()
+        .id;
+    let j = claim(store, "q", 1).await.jobs.remove(0);
+    let retry = [Failure {
+        id: &j.id,
+        token: j.token,
+        retry_in: Some(Duration::from_secs(60)),
+        error: "boom",
+        unique_key: Some("k"),
+    }];
+    assert_eq!(
+        store.fail(&q, &retry, DEAD).await.unwrap(),
+        vec![FailResult::Retrying]
+    );
+    let info = client.job("q", &id).await.unwrap().unwrap();
+    assert_eq!((info.state, info.attempts), (JobState::Retrying, 1));
+    assert_eq!(info.last_error.as_deref(), Some("boom"));
+    assert!(info.run_at_ms.unwrap() > info.started_at_ms.unwrap() + 59_000);
+    // The unique key is still held while the job retries.
+    let dup = client.enqueue("q", job(2).unique_key("k")).await.unwrap();
+    assert_eq!(
+        (dup.status, dup.id.as_str()),
+        (EnqueueStatus::Duplicate, id.as_str())
+    );
+
+    let _: () = redis::cmd("ZADD")
+        .arg(q.scheduled())
+        .arg("XX")
+        .arg(0)
+        .arg(&id)
+        .query_async(&mut redis.con().await)
+        .await
+        .unwrap();
+    let j = claim(store, "q", 1).await.jobs.remove(0);
+    assert_eq!(j.attempt, 2);
+    let dead = [Failure {
+        id: &j.id,
+        token: j.token,
+        retry_in: None,
+        error: "gave up",
+        unique_key: Some("k"),
+    }];
+    assert_eq!(
+        store.fail(&q, &dead, DEAD).await.unwrap(),
+        vec![FailResult::Dead]
+    );
+    let info = client.job("q", &id).await.unwrap().unwrap();
+    assert_eq!((info.state, info.attempts), (JobState::Dead, 2));
+    assert_eq!(
+        client.dead_list("q", 0, 10).await.unwrap()[0]
+            .last_error
+            .as_deref(),
+        Some("gave up")
+    );
+
+    assert_eq!(
+        client
+            .dead_retry("q", &[id.clone(), "nope".into()])
+            .await
+            .unwrap(),
+        vec![1, 0]
+    );
+    let info = client.job("q", &id).await.unwrap().unwrap();
+    assert_eq!(
+        (info.state, info.attempts),
+        (JobState::Pending, 0),
+        "fresh attempts"
+    );
+    let dup = client.enqueue("q", job(3).unique_key("k")).await.unwrap();
+    assert_eq!(
+        dup.status,
+        EnqueueStatus::Duplicate,
+        "a retried dead job holds its unique key again"
+    );
+}
+
+#[tokio::test]
+async fn dead_jobs_can_be_purged_by_id_and_by_age() {
+    let redis = RedisServer::start();
+    let client = redis.client().await;
+    let store = client.store();
+    let q = store.queue("q").unwrap();
+    client
+        .enqueue_many("q", (0..3).map(|n| job(n).max_attempts(1)).collect())
+        .await
+        .unwrap();
+    let got = claim(store, "q", 3).await;
+    let fails: Vec<Failure> = got
+        .jobs
+        .iter()
+        .map(|j| Failure {
+            id: &j.id,
+            token: j.token,
+            retry_in: None,
+            error: "x",
+            unique_key: None,
+        })
+        .collect();
+    store.fail(&q, &fails, DEAD).await.unwrap();
+    assert_eq!(
+        client
+            .dead_purge("q", &[got.jobs[0].id.clone()])
+            .await
+            .unwrap(),
+        1
+    );
+    assert!(client.job("q", &got.jobs[0].id).await.unwrap().is_none());
+    assert_eq!(
+        client
+            .dead_purge_older("q", Duration::from_secs(3600))
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        client.dead_purge_older("q", Duration::ZERO).await.unwrap(),
+        2
+    );
+    let mut con = redis.con().await;
+    let s = snapshot(&mut con, &q).await;
+    assert!(
+        s.hashes["jobs"].is_empty() && s.hashes["runs"].is_empty() && s.hashes["errors"].is_empty()
+    );
+}
+
+#[tokio::test]
+async fn the_dead_set_is_capped_by_count() {
+    let redis = RedisServer::start();
+    let client = redis.client().await;
+    let store = client.store();
+    let q = store.queue("q").unwrap();
+    client
+        .enqueue_many("q", (0..5).map(job).collect())
+        .await
+        .unwrap();
+    let got = claim(store, "q", 5).await;
+    let cap = Retention {
+        keep: 3,
+        max_age: Duration::ZERO,
+    };
+    for j in &got.jobs {
+        let f = [Failure {
+            id: &j.id,
+            token: j.token,
+            retry_in: None,
+            error: "x",
+            unique_key: None,
+        }];
+        store.fail(&q, &f, cap).await.unwrap();
+    }
+    let s = snapshot(&mut redis.con().await, &q).await;
+    let kept: Vec<String> = got.jobs[2..].iter().map(|j| j.id.clone()).collect();
+    let mut dead = s.zset("dead");
+    dead.sort();
+    let mut want = kept.clone();
+    want.sort();
+    assert_eq!(dead, want, "the newest 3 are kept");
+    assert_eq!(
+        s.hashes["jobs"].len(),
+        3,
+        "records of dropped dead jobs are deleted"
+    );
+}
+
+#[tokio::test]
+async fn completion_removes_the_job_or_keeps_it_per_retention() {
+    let redis = RedisServer::start();
+    let client = redis.client().await;
+    let store = client.store();
+    let q = store.queue("q").unwrap();
+    client
+        .enqueue_many(
+            "q",
+            (0..4).map(|n| job(n).unique_key(format!("u{n}"))).collect(),
+        )
+        .await
+        .unwrap();
+    let got = claim(store, "q", 4).await;
+    let keys: Vec<String> = (0..4).map(|n| format!("u{n}")).collect();
+    let first = [Completion {
+        id: &got.jobs[0].id,
+        token: got.jobs[0].token,
+        unique_key: Some(&keys[0]),
+        result: Some("r0"),
+    }];
+    assert_eq!(
+        store.complete(&q, &first, KEEP_NONE).await.unwrap(),
+        vec![true]
+    );
+    assert!(
+        client.job("q", &got.jobs[0].id).await.unwrap().is_none(),
+        "removed at once by default"
+    );
+    let keep2 = Retention {
+        keep: 2,
+        max_age: Duration::ZERO,
+    };
+    let rest: Vec<Completion> = got.jobs[1..]
+        .iter()
+        .zip(&keys[1..])
+        .map(|(j, k)| Completion {
+            id: &j.id,
+            token: j.token,
+            unique_key: Some(k),
+            result: Some("ok"),
+        })
+        .collect();
+    assert_eq!(
+        store.complete(&q, &rest, keep2).await.unwrap(),
+        vec![true; 3]
+    );
+    let s = snapshot(&mut redis.con().await, &q).await;
+    assert_eq!(s.sets["done"].len(), 2);
+    assert_eq!(s.hashes["jobs"].len(), 2);
+    assert!(s.sets["active"].is_empty() && s.hashes["runs"].is_empty());
+    assert!(
+        s.hashes["unique"].is_empty(),
+        "unique keys are free once jobs finish"
+    );
+    let kept = client
+        .job("q", &s.sets["done"][0].0)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (kept.state, kept.result.as_deref()),
+        (JobState::Succeeded, Some("ok"))
+    );
+    // The same completion again is stale: the job is no longer held.
+    assert_eq!(
+        store.complete(&q, &rest[2..], keep2).await.unwrap(),
+        vec![false]
+    );
+}
+
+#[tokio::test]
+async fn unique_keys_allow_one_live_job_and_ids_are_idempotent() {
+    let redis = RedisServer::start();
+    let client = redis.client().await;
+    let a = client
+        .enqueue("q", job(1).unique_key("report-7"))
+        .await
+        .unwrap();
+    assert_eq!(a.status, EnqueueStatus::Created);
+    let b = client
+        .enqueue("q", job(2).unique_key("report-7"))
+        .await
+        .unwrap();
+    assert_eq!((b.status, b.id), (EnqueueStatus::Duplicate, a.id.clone()));
+    let c = client.enqueue("q", job(3).unique_key("report-7")).await;
+    assert_eq!(c.unwrap().status, EnqueueStatus::Duplicate);
+
+    let x = client.enqueue("q", job(10).id("order-42")).await.unwrap();
+    assert_eq!(
+        (x.status, x.id.as_str()),
+        (EnqueueStatus::Created, "order-42")
+    );
+    let y = client
+        .enqueue("q", job(11).id("order-42").priority(9))
+        .await
+        .unwrap();
+    assert_eq!(
+        (y.status, y.id.as_str()),
+        (EnqueueStatus::Exists, "order-42")
+    );
+    let info = client.job("q", "order-42").await.unwrap().unwrap();
+    assert_eq!(
+        (info.payload.get(), info.priority),
+        (r#"{"n":10}"#, 0),
+        "the first enqueue stands"
+    );
+    assert_eq!(client.stats(&["q".into()]).await.unwrap()[0].pending, 2);
+}
+
+#[tokio::test]
+async fn invalid_jobs_are_refused_naming_the_field_and_nothing_is_written() {
+    let redis = RedisServer::start();
+    let client = redis.client().await.with_max_doc_bytes(200);
+    let q = client.store().queue("q").unwrap();
+    let mut con = redis.con().await;
+    let before = snapshot(&mut con, &q).await;
+    let cases: Vec<(NewJob, &str)> = vec![
+        (job(1).priority(1001), "priority"),
+        (job(1).priority(i64::MIN), "priority"),
+        (job(1).max_attempts(0), "max_attempts"),
+        (job(1).max_attempts(1001), "max_attempts"),
+        (job(1).timeout(Duration::ZERO), "timeout_ms"),
+        (job(1).run_at_ms(-5), "run_at"),
+        (
+            job(1).delay(Duration::from_secs(20 * 365 * 86400)),
+            "delay_ms",
+        ),
+        (job(1).delay(Duration::from_secs(1)).run_at_ms(5), "run_at"),
+        (job(1).unique_key(""), "unique_key"),
+        (job(1).tenant("t".repeat(600)), "tenant"),
+        (job(1).group(""), "group"),
+        (job(1).id("has space"), "id"),
+        (job(1).id("a{b}"), "id"),
+        (NewJob::new(&"x".repeat(300)).unwrap(), "payload"),
+    ];
+    for (bad, field) in cases {
+        let err = client.enqueue("q", bad).await.unwrap_err().to_string();
+        assert!(err.contains(field), "{err:?} should name {field}");
+    }
+    // One bad job in a batch refuses the whole batch.
+    let err = client
+        .enqueue_many("q", vec![job(1), job(2).priority(5000)])
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("job #1"), "{err}");
+    assert!(NewJob::from_json("{not json").is_err());
+    assert!(client.enqueue("bad queue", job(1)).await.is_err());
+    assert_eq!(snapshot(&mut con, &q).await, before);
+    assert!(
+        client.queues().await.unwrap().is_empty(),
+        "not even the registry was written"
+    );
+}
+
+#[tokio::test]
+async fn a_paused_queue_hands_out_nothing_but_accepts_jobs() {
+    let redis = RedisServer::start();
+    let client = redis.client().await;
+    client.pause("q").await.unwrap();
+    client.enqueue("q", job(1)).await.unwrap();
+    let got = claim(client.store(), "q", 10).await;
+    assert!(got.paused && got.jobs.is_empty());
+    assert!(client.stats(&["q".into()]).await.unwrap()[0].paused);
+    client.resume("q").await.unwrap();
+    let got = claim(client.store(), "q", 10).await;
+    assert!(!got.paused);
+    assert_eq!(got.jobs.len(), 1);
+}
+
+#[tokio::test]
+async fn stats_count_each_state() {
+    let redis = RedisServer::start();
+    let client = redis.client().await;
+    let store = client.store();
+    client
+        .enqueue_many("q", (0..5).map(job).collect())
+        .await
+        .unwrap();
+    client
+        .enqueue("q", job(9).delay(Duration::from_secs(600)))
+        .await
+        .unwrap();
+    let got = claim(store, "q", 2).await;
+    let q = store.queue("q").unwrap();
+    let f = [Failure {
+        id: &got.jobs[0].id,
+        token: got.jobs[0].token,
+        retry_in: None,
+        error: "x",
+        unique_key: None,
+    }];
+    store.fail(&q, &f, DEAD).await.unwrap();
+    let s = &client.stats(&["q".into()]).await.unwrap()[0];
+    assert_eq!(
+        (s.pending, s.scheduled, s.active, s.dead, s.succeeded),
+        (3, 1, 1, 1, 0)
+    );
+    assert_eq!(client.queues().await.unwrap(), vec!["q".to_string()]);
+}
+
+#[tokio::test]
+async fn at_maxmemory_enqueue_fails_with_oom_but_freeing_transitions_still_work() {
+    let redis =
+        RedisServer::start_with(&["--maxmemory", "4mb", "--maxmemory-policy", "noeviction"]);
+    let client = redis.client().await;
+    let store = client.store();
+    let q = store.queue("q").unwrap();
+    let big = "x".repeat(100_000);
+    let mut oom = None;
+    for _ in 0..200 {
+        match client.enqueue("q", NewJob::new(&big).unwrap()).await {
+            Ok(_) => {}
+            Err(e) => {
+                oom = Some(e.to_string());
+                break;
+            }
+        }
+    }
+    let oom = oom.expect("Redis never filled up");
+    assert!(oom.contains("OOM"), "{oom}");
+    let mut con = redis.con().await;
+    let before = snapshot(&mut con, &q).await;
+    assert!(client
+        .enqueue("q", NewJob::new(&big).unwrap())
+        .await
+        .unwrap_err()
+        .to_string()
+        .contains("OOM"));
+    assert_eq!(
+        snapshot(&mut con, &q).await,
+        before,
+        "a refused enqueue writes nothing"
+    );
+
+    // Claim, extend, release, fail, reap and complete all still work.
+    let got = within(10, store.claim(&q, 4, LEASE, 10, 10)).await.unwrap();
+    assert_eq!(got.jobs.len(), 4);
+    let [a, b, c, d] = &got.jobs[..] else {
+        unreachable!()
+    };
+    assert_eq!(
+        store
+            .extend(&q, &[(&a.id, a.token)], LEASE)
+            .await
+            .unwrap()
+            .1,
+        vec![true]
+    );
+    assert_eq!(
+        store.release(&q, &[(&a.id, a.token)]).await.unwrap(),
+        vec![true]
+    );
+    let f = [Failure {
+        id: &b.id,
+        token: b.token,
+        retry_in: None,
+        error: "x",
+        unique_key: None,
+    }];
+    assert_eq!(
+        store.fail(&q, &f, DEAD).await.unwrap(),
+        vec![FailResult::Dead]
+    );
+    store
+        .extend(&q, &[(&c.id, c.token)], Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(store.reap(&q, 10, 5, DEAD).await.unwrap(), (1, 0));
+    let done = [Completion {
+        id: &d.id,
+        token: d.token,
+        unique_key: None,
+        result: None,
+    }];
+    assert_eq!(
+        store.complete(&q, &done, KEEP_NONE).await.unwrap(),
+        vec![true]
+    );
+}
