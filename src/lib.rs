@@ -13,6 +13,7 @@
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod daemon;
 pub mod error;
 pub mod handler;
 pub mod inspect;

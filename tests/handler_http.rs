@@ -271,6 +271,24 @@ async fn network_errors_time_outs_and_cancellation_fail_the_attempt() {
     );
 }
 
+#[tokio::test]
+async fn job_ids_become_the_idempotency_key_verbatim() {
+    let (addr, mut seen) = server().await;
+    let mut job = ctx();
+    job.id = "order-ü-42".into();
+    call(&handler(format!("http://{addr}/ok")), job).await;
+    let (headers, _) = seen.recv().await.unwrap();
+    assert_eq!(
+        headers["idempotency-key"].as_bytes(),
+        "order-ü-42".as_bytes()
+    );
+
+    let mut bad = ctx();
+    bad.id = "line\nbreak".into();
+    let run = call(&handler(format!("http://{addr}/ok")), bad).await;
+    assert!(matches!(run.outcome, Outcome::Dead { .. }), "{run:?}");
+}
+
 #[test]
 fn configuration_errors_say_what_is_wrong() {
     let new = |url: &str, headers: &[(&str, &str)]| {

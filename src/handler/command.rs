@@ -140,9 +140,12 @@ pub struct CommandHandler {
 
 /// Why the program was stopped before it exited by itself.
 enum Stop {
-    Timeout,
+    Timeout(Duration),
     Cancel,
 }
+
+/// What the blocking reaper returns: the wait status and the child's resource usage.
+type Reaped = io::Result<(libc::c_int, libc::rusage)>;
 
 impl CommandHandler {
     pub fn new(spec: CommandSpec) -> CommandHandler {
@@ -156,34 +159,24 @@ impl CommandHandler {
             Ok(child) => child,
             Err(e) => return CommandRun::not_started(started, self.spawn_error(e)),
         };
-        let JobContext {
-            payload,
-            timeout,
-            cancel,
-            ..
-        } = ctx;
-        let group = Arc::new(Group {
-            pid: child.id() as libc::pid_t,
-            reaped: Mutex::new(false),
-        });
+        let (pid, reaped) = (child.id() as libc::pid_t, Mutex::new(false));
+        let group = Arc::new(Group { pid, reaped });
         let _kill_on_drop = KillOnDrop(group.clone());
         let (stdin, stdout, stderr) =
             (child.stdin.take(), child.stdout.take(), child.stderr.take());
         drop(child); // std's Child neither waits nor kills on drop: `group` reaps.
-        let mut waiter = tokio::task::spawn_blocking({
+        let waiter = tokio::task::spawn_blocking({
             let group = group.clone();
             move || group.wait()
         });
-
+        let payload = ctx.payload;
         let writer = tokio::spawn(async move {
             // EPIPE (a program that does not read stdin) is not an error by itself.
-            if let Some(Ok(mut tx)) = stdin.map(|fd| pipe::Sender::from_owned_fd(OwnedFd::from(fd)))
-            {
+            if let Some(Ok(mut tx)) = stdin.map(|fd| pipe::Sender::from_owned_fd(fd.into())) {
                 let _ = tx.write_all(payload.get().as_bytes()).await;
             }
         });
-        let cap = self.spec.max_output_bytes;
-        let drain_stop = CancellationToken::new();
+        let (cap, drain_stop) = (self.spec.max_output_bytes, CancellationToken::new());
         let out = tokio::spawn(read_capped(
             stdout.map(OwnedFd::from),
             cap,
@@ -195,85 +188,27 @@ impl CommandHandler {
             drain_stop.clone(),
         ));
 
-        let early = tokio::select! {
-            reaped = &mut waiter => Ok(reaped),
-            _ = tokio::time::sleep(timeout) => Err(Stop::Timeout),
-            _ = cancel.cancelled() => Err(Stop::Cancel),
-        };
-        let (stop, reaped) = match early {
-            Ok(reaped) => (None, reaped),
-            Err(stop) => {
-                group.signal(libc::SIGTERM);
-                let reaped = match tokio::time::timeout(self.spec.kill_grace, &mut waiter).await {
-                    Ok(reaped) => reaped,
-                    Err(_) => {
-                        group.signal(libc::SIGKILL);
-                        waiter.await
-                    }
-                };
-                (Some(stop), reaped)
-            }
-        };
+        let (stop, reaped) = self.wait(waiter, &group, ctx.timeout, &ctx.cancel).await;
         writer.abort();
-
         let drained = async { (out.await.unwrap_or_default(), err.await.unwrap_or_default()) };
         tokio::pin!(drained);
         let ((stdout, stdout_bytes), (stderr, stderr_bytes)) = tokio::select! {
             both = &mut drained => both,
             _ = tokio::time::sleep(DRAIN_AFTER_EXIT) => { drain_stop.cancel(); drained.await }
         };
-        let stderr = capped_text(&stderr, stderr_bytes);
-
         let (status, usage) = match reaped {
-            Ok(Ok(reaped)) => reaped,
-            Ok(Err(e)) => {
-                return CommandRun::not_started(
-                    started,
-                    format!("lost track of `{}`: {e}", self.program()),
-                )
-            }
+            Ok(reaped) => reaped,
             Err(e) => {
-                return CommandRun::not_started(
-                    started,
-                    format!("lost track of `{}`: {e}", self.program()),
-                )
+                let error = format!("lost track of `{}`: {e}", self.program());
+                return CommandRun::not_started(started, error);
             }
         };
         let exit_code = libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status));
         let signal = libc::WIFSIGNALED(status).then(|| libc::WTERMSIG(status));
-        let ended = match (exit_code, signal) {
-            (Some(code), _) => format!("exit code {code}"),
-            (None, Some(sig)) => format!("killed by signal {}", signal_name(sig)),
-            (None, None) => format!("ended with wait status {status}"),
-        };
-        let outcome = match (stop, exit_code) {
-            (Some(Stop::Timeout), _) => Outcome::Fail {
-                error: with_stderr(
-                    format!(
-                        "timed out after {} ({ended})",
-                        humantime::format_duration(timeout)
-                    ),
-                    &stderr,
-                ),
-            },
-            (Some(Stop::Cancel), _) => Outcome::Fail {
-                error: with_stderr(
-                    format!("cancelled: the worker stopped the program ({ended})"),
-                    &stderr,
-                ),
-            },
-            (None, Some(0)) => Outcome::Done {
-                result: (stdout_bytes > 0).then(|| capped_text(&stdout, stdout_bytes)),
-            },
-            (None, Some(EXIT_NO_RETRY)) => Outcome::Dead {
-                error: with_stderr(format!("{ended} (never retry)"), &stderr),
-            },
-            (None, _) => Outcome::Fail {
-                error: with_stderr(ended, &stderr),
-            },
-        };
+        let stdout = (stdout_bytes > 0).then(|| capped_text(&stdout, stdout_bytes));
+        let stderr = capped_text(&stderr, stderr_bytes);
         CommandRun {
-            outcome,
+            outcome: judge(stop, status, stdout, &stderr),
             wall: started.elapsed(),
             user_cpu: duration_of(usage.ru_utime),
             sys_cpu: duration_of(usage.ru_stime),
@@ -283,6 +218,39 @@ impl CommandHandler {
             stdout_bytes,
             stderr_bytes,
         }
+    }
+
+    /// Waits for the child to end by itself, or stops its group on time-out or
+    /// cancellation: SIGTERM, then SIGKILL after the grace.
+    async fn wait(
+        &self,
+        mut waiter: tokio::task::JoinHandle<Reaped>,
+        group: &Group,
+        timeout: Duration,
+        cancel: &CancellationToken,
+    ) -> (Option<Stop>, Reaped) {
+        let early = tokio::select! {
+            reaped = &mut waiter => Ok(reaped),
+            _ = tokio::time::sleep(timeout) => Err(Stop::Timeout(timeout)),
+            _ = cancel.cancelled() => Err(Stop::Cancel),
+        };
+        let (stop, reaped) = match early {
+            Ok(reaped) => (None, reaped),
+            Err(stop) => {
+                group.signal(libc::SIGTERM);
+                match tokio::time::timeout(self.spec.kill_grace, &mut waiter).await {
+                    Ok(reaped) => (Some(stop), reaped),
+                    Err(_) => {
+                        group.signal(libc::SIGKILL);
+                        (Some(stop), waiter.await)
+                    }
+                }
+            }
+        };
+        (
+            stop,
+            reaped.map_err(io::Error::from).and_then(|reaped| reaped),
+        )
     }
 
     fn program(&self) -> &str {
@@ -460,17 +428,9 @@ impl Drop for KillOnDrop {
 
 #[cfg(target_os = "linux")]
 fn die_with_parent(parent: libc::pid_t) -> io::Result<()> {
+    let signal = libc::SIGKILL as libc::c_ulong;
     // SAFETY: prctl and getppid are async-signal-safe.
-    if unsafe {
-        libc::prctl(
-            libc::PR_SET_PDEATHSIG,
-            libc::SIGKILL as libc::c_ulong,
-            0,
-            0,
-            0,
-        )
-    } == -1
-    {
+    if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, signal, 0, 0, 0) } == -1 {
         return Err(io::Error::last_os_error());
     }
     // If the daemon died between fork and prctl, the death signal would never come.
@@ -513,10 +473,40 @@ fn capped_text(kept: &[u8], total: u64) -> String {
     text
 }
 
-fn with_stderr(head: String, stderr: &str) -> String {
-    match stderr.trim_end() {
+/// The outcome of a run that ended with wait `status`, per the module docs' contract.
+fn judge(stop: Option<Stop>, status: libc::c_int, stdout: Option<String>, stderr: &str) -> Outcome {
+    let ended = if libc::WIFEXITED(status) {
+        format!("exit code {}", libc::WEXITSTATUS(status))
+    } else if libc::WIFSIGNALED(status) {
+        format!("killed by signal {}", signal_name(libc::WTERMSIG(status)))
+    } else {
+        format!("ended with wait status {status}")
+    };
+    let error = |head: String| match stderr.trim_end() {
         "" => head,
         text => format!("{head}: {text}"),
+    };
+    match stop {
+        Some(Stop::Timeout(after)) => {
+            let after = humantime::format_duration(after);
+            return Outcome::Fail {
+                error: error(format!("timed out after {after} ({ended})")),
+            };
+        }
+        Some(Stop::Cancel) => {
+            let head = format!("cancelled: the worker stopped the program ({ended})");
+            return Outcome::Fail { error: error(head) };
+        }
+        None => {}
+    }
+    match libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status)) {
+        Some(0) => Outcome::Done { result: stdout },
+        Some(EXIT_NO_RETRY) => Outcome::Dead {
+            error: error(format!("{ended} (never retry)")),
+        },
+        _ => Outcome::Fail {
+            error: error(ended),
+        },
     }
 }
 

@@ -189,9 +189,10 @@ impl HttpHandler {
             status: None,
             usage: Usage::new(),
         };
-        let Ok(key) = HeaderValue::from_str(&ctx.id) else {
-            let error =
-                "the job id cannot be sent as an Idempotency-Key header (control characters)";
+        // Any UTF-8 passes (as obs-text); only control characters cannot be sent.
+        let Ok(key) = HeaderValue::from_bytes(ctx.id.as_bytes()) else {
+            let error = "the job id holds control characters, so it cannot be sent as the \
+                         Idempotency-Key header";
             return HttpRun {
                 outcome: Outcome::Dead {
                     error: error.into(),

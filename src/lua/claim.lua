@@ -90,4 +90,8 @@ if #hargs > 0 then
   redis.call('HSET', k.runs, unpack(hargs))
   redis.call('ZADD', k.active, unpack(zargs))
 end
+-- The caller took all it could and work remains: wake another daemon.
+if n == want and redis.call('ZCARD', k.pending) > 0 then
+  wake(k)
+end
 return out

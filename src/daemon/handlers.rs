@@ -1,0 +1,84 @@
+//! Builds the handler each queue runs from its `handler = { … }` table.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::{Builtin, Config, HandlerConfig};
+use crate::error::{Error, Result};
+use crate::handler::command::{resolve_program, CommandHandler, CommandSpec};
+use crate::handler::http::{HttpHandler, HttpSpec};
+use crate::handler::{Handler, JobContext, Outcome};
+
+/// A handler and how long it may take to stop once told to.
+pub struct Built {
+    pub handler: Arc<dyn Handler>,
+    pub grace: Duration,
+}
+
+const LIBRARY_GRACE: Duration = Duration::from_secs(5);
+
+pub fn build(queue: &str, cfg: &HandlerConfig) -> Result<Built> {
+    Ok(match cfg {
+        HandlerConfig::Command(c) => {
+            let mut argv = c.argv.clone();
+            if let Some(first) = argv.first_mut() {
+                let path = resolve_program(first)
+                    .map_err(|e| Error::Config(format!("queues.{queue}.handler.command: {e}")))?;
+                *first = path.to_string_lossy().into_owned();
+            }
+            let spec = CommandSpec {
+                argv,
+                env: c.env.clone(),
+                env_allow: c.env_allow.clone(),
+                kill_grace: c.kill_grace,
+                max_output_bytes: c.max_output,
+                cwd: c.cwd.clone(),
+            };
+            // The handler kills its process group after kill_grace; wait a little longer.
+            Built { handler: Arc::new(CommandHandler::new(spec)), grace: c.kill_grace + Duration::from_secs(2) }
+        }
+        HandlerConfig::Http(h) => {
+            let spec = HttpSpec {
+                url: h.url.clone(),
+                headers: h.headers.clone(),
+                connect_timeout: h.connect_timeout,
+                max_response_bytes: h.max_response,
+            };
+            let handler = HttpHandler::new(spec).map_err(|e| Error::Config(format!("queues.{queue}.handler.http: {e}")))?;
+            Built { handler: Arc::new(handler), grace: LIBRARY_GRACE }
+        }
+        HandlerConfig::Builtin(b) => {
+            let handler: Arc<dyn Handler> = match b.name {
+                Builtin::Noop => Arc::new(|_ctx: JobContext| async { Outcome::Done { result: None } }),
+                Builtin::Fail => Arc::new(|_ctx: JobContext| async {
+                    Outcome::Fail { error: "the builtin \"fail\" handler fails every job".into() }
+                }),
+            };
+            Built { handler, grace: LIBRARY_GRACE }
+        }
+    })
+}
+
+/// Builds every configured handler once, to report what cannot start
+/// (a command that is not found, a bad URL) before the daemon starts.
+pub fn check_handlers(config: &Config) -> Result<()> {
+    let problems: Vec<String> = config
+        .queues
+        .iter()
+        .filter_map(|(name, q)| q.handler.as_ref().map(|h| (name, h)))
+        .filter_map(|(name, h)| build(name, h).err().map(|e| e.to_string()))
+        .collect();
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::Config(problems.join("\n")))
+    }
+}
+
+/// The library handlers registered with a [`super::WorkerBuilder`].
+pub type Library = BTreeMap<String, Arc<dyn Handler>>;
+
+pub fn library_grace() -> Duration {
+    LIBRARY_GRACE
+}

@@ -1,0 +1,162 @@
+//! A worker pool: `concurrency` slots fed by one fetcher over one or more queues.
+//!
+//! The fetcher claims as many jobs as it has free slots, in one call per
+//! queue, and starts a task per job. With several queues, `strict` order asks
+//! them in list order; `weighted` draws the order by weight each round, so
+//! every queue gets its share and none starves. When nothing is ready the
+//! fetcher sleeps until a wake-up (enqueue, retry, resume), the next
+//! scheduled job's due time, or `inbox_poll` — never a busy loop.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{Notify, Semaphore};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::leases::Leases;
+use super::supervisor::Beat;
+use super::{runner, Counters, QueueRt};
+use crate::config::Order;
+use crate::store::Store;
+
+/// Due scheduled jobs promoted, and inbox documents taken, per claim.
+const PROMOTE_BATCH: usize = 200;
+const INBOX_BATCH: usize = 100;
+
+pub struct Pool {
+    pub name: String,
+    pub queues: Vec<Arc<QueueRt>>,
+    pub order: Order,
+    pub slots: Arc<Semaphore>,
+    pub concurrency: usize,
+    /// Notified by the waker when one of the pool's queues gets work.
+    pub wake: Arc<Notify>,
+    /// Cancelled to stop claiming (quiet); running jobs go on.
+    pub quiet: CancellationToken,
+}
+
+pub struct PoolCtx {
+    pub store: Store,
+    pub leases: Leases,
+    pub counters: Arc<Counters>,
+    pub inbox_poll: Duration,
+    pub beat: Beat,
+    pub healthy: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Pool {
+    /// Waits until every running job of this pool has finished.
+    pub async fn drained(&self) {
+        // Taking every permit means every job has given its own back.
+        let n = u32::try_from(self.concurrency).unwrap_or(u32::MAX);
+        if let Ok(all) = self.slots.acquire_many(n).await {
+            drop(all);
+        }
+    }
+
+    fn round_order(&self) -> Vec<Arc<QueueRt>> {
+        match self.order {
+            Order::Strict => self.queues.clone(),
+            Order::Weighted => {
+                let mut left = self.queues.clone();
+                let mut out = Vec::with_capacity(left.len());
+                while !left.is_empty() {
+                    let total: u64 = left.iter().map(|q| u64::from(q.cfg.weight.max(1))).sum();
+                    let mut pick = rand::random_range(0..total.max(1));
+                    let i = left
+                        .iter()
+                        .position(|q| {
+                            let w = u64::from(q.cfg.weight.max(1));
+                            if pick < w {
+                                true
+                            } else {
+                                pick -= w;
+                                false
+                            }
+                        })
+                        .unwrap_or(0);
+                    out.push(left.remove(i));
+                }
+                out
+            }
+        }
+    }
+
+    /// The fetcher loop; returns when `quiet` is cancelled.
+    pub async fn fetch(self: Arc<Self>, ctx: Arc<PoolCtx>) {
+        let mut error_pause = Duration::from_millis(100);
+        loop {
+            if self.quiet.is_cancelled() {
+                return;
+            }
+            ctx.beat.beat();
+            if self.slots.available_permits() == 0 {
+                // Wait for a slot; a finishing job adds a permit.
+                tokio::select! {
+                    _ = self.quiet.cancelled() => return,
+                    permit = self.slots.clone().acquire_owned() => drop(permit),
+                }
+                continue;
+            }
+            let mut idle_for = ctx.inbox_poll;
+            let mut filled = false;
+            let mut failed = false;
+            for q in self.round_order() {
+                let free = self.slots.available_permits();
+                if free == 0 {
+                    filled = true;
+                    break;
+                }
+                let sent = Instant::now();
+                match ctx.store.claim(&q.keys, free, q.cfg.lease, PROMOTE_BATCH, INBOX_BATCH).await {
+                    Ok(c) => {
+                        if let Some(due) = c.next_due_ms {
+                            let wait = Duration::from_millis(u64::try_from(due - c.now_ms).unwrap_or(0));
+                            idle_for = idle_for.min(wait);
+                        }
+                        if c.jobs.len() == free {
+                            filled = true;
+                        }
+                        for job in c.jobs {
+                            let Ok(permit) = self.slots.clone().try_acquire_owned() else {
+                                // Cannot happen: only this loop takes permits. Give the
+                                // job back to the lease keeper's rescue rather than lose it.
+                                tracing::error!(job = %job.id, "no free slot for a claimed job");
+                                continue;
+                            };
+                            let (rt, leases, counters) = (q.clone(), ctx.leases.clone(), ctx.counters.clone());
+                            let deadline = sent + q.cfg.lease;
+                            tokio::spawn(async move {
+                                runner::run(rt, job, deadline, leases, counters).await;
+                                drop(permit);
+                            });
+                        }
+                    }
+                    Err(e) => {
+                        failed = true;
+                        tracing::warn!(pool = %self.name, queue = %q.name, error = %e, "claim failed");
+                    }
+                }
+            }
+            ctx.healthy.store(!failed, std::sync::atomic::Ordering::Relaxed);
+            if failed {
+                tokio::select! {
+                    _ = self.quiet.cancelled() => return,
+                    _ = tokio::time::sleep(error_pause) => {}
+                }
+                error_pause = (error_pause * 2).min(Duration::from_secs(5));
+                continue;
+            }
+            error_pause = Duration::from_millis(100);
+            if filled {
+                continue;
+            }
+            tokio::select! {
+                _ = self.quiet.cancelled() => return,
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(idle_for) => {}
+            }
+        }
+    }
+}

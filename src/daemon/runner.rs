@@ -1,0 +1,147 @@
+//! Runs one claimed job: handler, time-out, stop signals, then one report.
+//!
+//! A handler runs in its own task, so a panic is caught and counted as a
+//! failed attempt. What is reported depends on why the handler ended:
+//! lease lost → nothing (another worker owns the job now); shutdown →
+//! release (no attempt spent); otherwise the outcome, with failures turned
+//! into a retry with backoff or, out of attempts, the dead set.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use super::leases::{Leases, Stop, StopReason};
+use super::writer::Report;
+use super::{backoff, Counters, QueueRt};
+use crate::handler::{JobContext, Outcome};
+use crate::store::ClaimedJob;
+
+/// Runs `job` to its end and reports it to the queue's writer.
+pub async fn run(rt: Arc<QueueRt>, job: ClaimedJob, lease_deadline: Instant, leases: Leases, counters: Arc<Counters>) {
+    let span = tracing::info_span!("job", queue = %rt.name, id = %job.id, attempt = job.attempt);
+    counters.running.fetch_add(1, Ordering::Relaxed);
+    run_inner(&rt, job, lease_deadline, &leases).instrument(span).await;
+    counters.running.fetch_sub(1, Ordering::Relaxed);
+}
+
+async fn run_inner(rt: &Arc<QueueRt>, job: ClaimedJob, lease_deadline: Instant, leases: &Leases) {
+    let stop = Stop::default();
+    leases.insert(rt, &job.id, job.token, lease_deadline, stop.clone());
+    let record = match job.record {
+        Ok(r) => r,
+        Err(reason) => {
+            tracing::warn!(%reason, "job record cannot be read; moving it to the dead set");
+            rt.writer.send(Report::Fail {
+                id: job.id,
+                token: job.token,
+                retry_in: None,
+                error: format!("job record cannot be read: {reason}"),
+                unique: None,
+            });
+            return;
+        }
+    };
+    let doc = record.doc;
+    let timeout = doc.timeout_ms.map(Duration::from_millis).unwrap_or(rt.cfg.effective_timeout());
+    let ctx = JobContext {
+        id: job.id.clone(),
+        queue: rt.name.to_string(),
+        attempt: job.attempt,
+        tenant: doc.tenant.clone(),
+        fence: job.token,
+        payload: doc.payload,
+        timeout,
+        cancel: stop.token.clone(),
+    };
+    tracing::debug!("started");
+    let started = Instant::now();
+    let outcome = supervise(rt, ctx, &stop, timeout).await;
+    let unique = doc.unique_key;
+    let (id, token) = (job.id, job.token);
+    match stop.reason() {
+        StopReason::LeaseLost => {
+            tracing::warn!("stopped: lease lost; the result is not written");
+            leases.remove(&rt.name, &[&id]);
+            return;
+        }
+        StopReason::Shutdown => {
+            tracing::info!("stopped by shutdown; giving the job back");
+            rt.writer.send(Report::Release { id, token });
+            return;
+        }
+        StopReason::Timeout | StopReason::None => {}
+    }
+    let max_attempts = if record.max_attempts > 0 { record.max_attempts } else { rt.cfg.max_attempts };
+    let report = match outcome {
+        Outcome::Done { result } => {
+            tracing::debug!(elapsed_ms = started.elapsed().as_millis() as u64, "succeeded");
+            Report::Complete { id, token, unique, result }
+        }
+        Outcome::Dead { error } => {
+            tracing::warn!(%error, "failed for good; moving it to the dead set");
+            Report::Fail { id, token, retry_in: None, error, unique }
+        }
+        Outcome::Fail { error } | Outcome::Retry { error, .. } if job.attempt >= max_attempts => {
+            tracing::warn!(%error, "failed on the last attempt ({max_attempts}); moving it to the dead set");
+            let error = format!("attempt {} of {max_attempts}: {error}", job.attempt);
+            Report::Fail { id, token, retry_in: None, error, unique }
+        }
+        Outcome::Fail { error } => {
+            let delay = backoff::delay(&rt.cfg.backoff, job.attempt);
+            tracing::info!(%error, retry_in_ms = delay.as_millis() as u64, "failed; will retry");
+            Report::Fail { id, token, retry_in: Some(delay), error, unique }
+        }
+        Outcome::Retry { after, error } => {
+            let delay = if after.is_zero() { backoff::delay(&rt.cfg.backoff, job.attempt) } else { after };
+            tracing::info!(%error, retry_in_ms = delay.as_millis() as u64, "asked to retry later");
+            Report::Fail { id, token, retry_in: Some(delay), error, unique }
+        }
+    };
+    rt.writer.send(report);
+}
+
+/// Runs the handler in its own task and waits for it, its time-out, or a stop.
+async fn supervise(rt: &QueueRt, ctx: JobContext, stop: &Stop, timeout: Duration) -> Outcome {
+    let handler = rt.handler.clone();
+    let mut task = tokio::spawn(async move { handler.handle(ctx).await });
+    let joined = tokio::select! {
+        r = &mut task => Some(r),
+        _ = tokio::time::sleep(timeout) => {
+            stop.stop(StopReason::Timeout);
+            None
+        }
+        _ = stop.token.cancelled() => None,
+    };
+    let joined = match joined {
+        Some(r) => r,
+        // Stopped: the handler was told through ctx.cancel; give it a grace
+        // period to clean up (a command handler kills its process group).
+        None => match tokio::time::timeout(rt.grace, &mut task).await {
+            Ok(r) => r,
+            Err(_) => {
+                task.abort();
+                return Outcome::Fail { error: format!("handler did not stop within {:?} of being told to", rt.grace) };
+            }
+        },
+    };
+    let outcome = match joined {
+        Ok(o) => o,
+        Err(e) if e.is_panic() => {
+            let p = e.into_panic();
+            let msg = p
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| p.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            Outcome::Fail { error: format!("handler panicked: {msg}") }
+        }
+        Err(_) => Outcome::Fail { error: "handler task was cancelled".into() },
+    };
+    if stop.reason() == StopReason::Timeout {
+        return Outcome::Fail { error: format!("timed out after {}", humantime::format_duration(timeout)) };
+    }
+    outcome
+}

@@ -1,0 +1,43 @@
+//! Checks of the Redis server at start: version, eviction policy, persistence.
+//!
+//! Any eviction policy but `noeviction` lets Redis silently delete jobs
+//! under memory pressure, so it is warned about loudly. Managed Redis
+//! services may refuse CONFIG GET; then the check says it could not tell.
+
+use redis::aio::ConnectionLike;
+
+use crate::error::Result;
+
+fn info_field<'a>(info: &'a str, name: &str) -> Option<&'a str> {
+    info.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(':')).map(str::trim)
+}
+
+async fn config_get<C: ConnectionLike>(con: &mut C, name: &str) -> Option<String> {
+    let pair: redis::RedisResult<Vec<String>> = redis::cmd("CONFIG").arg("GET").arg(name).query_async(con).await;
+    pair.ok().and_then(|v| v.get(1).cloned())
+}
+
+pub async fn check<C: ConnectionLike>(con: &mut C) -> Result<()> {
+    let info: String = redis::cmd("INFO").arg("server").query_async(con).await?;
+    let version = info_field(&info, "redis_version").unwrap_or("unknown").to_owned();
+    let major: u32 = version.split('.').next().and_then(|m| m.parse().ok()).unwrap_or(0);
+    tracing::info!(%version, "connected to Redis");
+    if major < 7 {
+        tracing::warn!(%version, "Redis is older than 7.0: FCALL redq_enqueue is not available; producers must use the inbox list or a redq client");
+    }
+    match config_get(con, "maxmemory-policy").await.as_deref() {
+        Some("noeviction") => {}
+        Some(policy) => tracing::warn!(
+            policy,
+            "REDIS CAN DELETE JOBS: maxmemory-policy is {policy:?}; under memory pressure Redis will evict keys, \
+             including queued jobs. Set `maxmemory-policy noeviction` on this Redis."
+        ),
+        None => tracing::warn!("could not read maxmemory-policy (CONFIG GET refused); make sure it is noeviction"),
+    }
+    let aof = config_get(con, "appendonly").await;
+    let save = config_get(con, "save").await;
+    if aof.as_deref() == Some("no") && save.as_deref().map(str::trim) == Some("") {
+        tracing::warn!("Redis persistence is off (no AOF, no RDB snapshots): a Redis restart loses every job. Enable appendonly for durable queues.");
+    }
+    Ok(())
+}

@@ -1,0 +1,508 @@
+//! The supervisor: starts every component in order, turns signals into
+//! actions (reload, shutdown), and stops everything in the reverse order.
+//!
+//! Reload builds new pools only for pools whose settings changed; an old
+//! pool stops claiming and its running jobs finish under the old settings,
+//! so nothing running is dropped.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, Notify, Semaphore};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::handlers::{self, Library};
+use super::leases::{self, Leases, StopReason};
+use super::pool::{Pool, PoolCtx};
+use super::signals::{self, Action};
+use super::waker::{self, Routes};
+use super::writer::{self, WriterCtx};
+use super::{dead_retention, notify, reaper, retention, startup, Counters, QueueRt};
+use crate::config::{self, Config, Order, Overrides, QueueConfig};
+use crate::error::{Error, Result};
+use crate::handler::Handler;
+use crate::inspect;
+use crate::scripts;
+use crate::store::Store;
+
+/// A loop's heartbeat, for the systemd watchdog.
+#[derive(Clone)]
+pub struct Beat {
+    at: Arc<AtomicI64>,
+    origin: Instant,
+}
+
+impl Beat {
+    fn new(origin: Instant) -> Beat {
+        Beat { at: Arc::new(AtomicI64::new(0)), origin }
+    }
+    pub fn beat(&self) {
+        self.at.store(self.origin.elapsed().as_millis() as i64, Ordering::Relaxed);
+    }
+    fn age(&self) -> Duration {
+        let now = self.origin.elapsed().as_millis() as i64;
+        Duration::from_millis(u64::try_from(now - self.at.load(Ordering::Relaxed)).unwrap_or(0))
+    }
+}
+
+/// State every component shares.
+pub struct Shared {
+    pub(crate) store: Store,
+    pub(crate) leases: Leases,
+    pub(crate) counters: Arc<Counters>,
+    pub(crate) healthy: Arc<AtomicBool>,
+    pools: Mutex<Vec<(PoolSpec, Arc<Pool>)>>,
+}
+
+impl Shared {
+    /// Every queue served now.
+    pub(crate) fn queues(&self) -> Vec<Arc<QueueRt>> {
+        self.pools
+            .lock()
+            .map(|p| p.iter().flat_map(|(_, pool)| pool.queues.clone()).collect())
+            .unwrap_or_default()
+    }
+}
+
+/// Builds a daemon: configuration plus library (Rust) handlers.
+pub struct WorkerBuilder {
+    config: Config,
+    reload: Option<(Option<PathBuf>, Overrides)>,
+    library: Library,
+    signals: bool,
+}
+
+impl WorkerBuilder {
+    pub fn new(config: Config) -> WorkerBuilder {
+        WorkerBuilder { config, reload: None, library: BTreeMap::new(), signals: false }
+    }
+
+    /// Runs `handler` for jobs of `queue` (a queue with no `handler` in the config).
+    pub fn handler(mut self, queue: impl Into<String>, handler: impl Handler) -> WorkerBuilder {
+        self.library.insert(queue.into(), Arc::new(handler));
+        self
+    }
+
+    /// On reload (SIGHUP or [`DaemonHandle::reload`]), re-read this file with these overrides.
+    pub fn reload_from(mut self, path: Option<PathBuf>, overrides: Overrides) -> WorkerBuilder {
+        self.reload = Some((path, overrides));
+        self
+    }
+
+    /// Listen to SIGTERM, SIGINT (shutdown) and SIGHUP (reload).
+    pub fn with_signals(mut self) -> WorkerBuilder {
+        self.signals = true;
+        self
+    }
+
+    fn library_queues(&self) -> BTreeSet<String> {
+        self.library.keys().cloned().collect()
+    }
+
+    /// Checks the configuration, connects, checks Redis, and starts every component.
+    pub async fn start(self) -> Result<Daemon> {
+        self.config.validate_with(&self.library_queues())?;
+        handlers::check_handlers(&self.config)?;
+        let origin = Instant::now();
+        let store = Store::connect(&self.config.redis.url, &self.config.redis.key_prefix).await?;
+        let mut con = store.connection();
+        startup::check(&mut con).await?;
+        scripts::ensure_library(&mut con).await?;
+        let shared = Arc::new(Shared {
+            store: store.clone(),
+            leases: Leases::default(),
+            counters: Arc::new(Counters::default()),
+            healthy: Arc::new(AtomicBool::new(true)),
+            pools: Mutex::new(Vec::new()),
+        });
+        let stop = CancellationToken::new();
+        let (keeper_beat, reaper_beat) = (Beat::new(origin), Beat::new(origin));
+        keeper_beat.beat();
+        reaper_beat.beat();
+        let routes: Routes = Arc::new(RwLock::new(HashMap::new()));
+        let redis_client = redis::Client::open(self.config.redis.url.as_str())?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        if self.signals {
+            signals::listen(tx.clone()).map_err(|e| Error::Config(format!("cannot install signal handlers: {e}")))?;
+        }
+        let mut daemon = Daemon {
+            shared: shared.clone(),
+            config: self.config.clone(),
+            reload: self.reload,
+            library: self.library,
+            stop: stop.clone(),
+            writers_stop: CancellationToken::new(),
+            routes: routes.clone(),
+            tasks: Vec::new(),
+            fetchers: Vec::new(),
+            writers: Vec::new(),
+            draining: Vec::new(),
+            tx,
+            rx,
+            beats: vec![(keeper_beat.clone(), "lease keeper"), (reaper_beat.clone(), "reaper")],
+            started: origin,
+        };
+        daemon.apply(self.config).await?;
+        let keeper = leases::keep(shared.leases.clone(), store.clone(), stop.clone(), keeper_beat);
+        daemon.tasks.push(tokio::spawn(keeper));
+        let every = daemon.config.daemon.reap_interval;
+        daemon.tasks.push(tokio::spawn(reaper::run(shared.clone(), every, stop.clone(), reaper_beat)));
+        daemon.tasks.push(tokio::spawn(waker::run(redis_client, routes, stop.clone())));
+        daemon.tasks.push(tokio::spawn(status_loop(daemon.status_ctx())));
+        notify::ready(&status_line(&shared));
+        tracing::info!(queues = shared.queues().len(), "redq daemon ready");
+        Ok(daemon)
+    }
+}
+
+/// What makes a pool; a pool is rebuilt on reload only when this changes.
+#[derive(Clone, PartialEq)]
+struct PoolSpec {
+    name: String,
+    concurrency: usize,
+    order: Order,
+    queues: Vec<(String, QueueConfig)>,
+}
+
+fn pool_specs(config: &Config) -> Vec<PoolSpec> {
+    let mut specs = Vec::new();
+    for (name, pool) in &config.pools {
+        let queues = config
+            .pool_queues(name)
+            .into_iter()
+            .filter_map(|q| config.queues.get(q).map(|c| (q.to_owned(), c.clone())))
+            .collect();
+        specs.push(PoolSpec {
+            name: format!("pool:{name}"),
+            concurrency: pool.concurrency as usize,
+            order: pool.order,
+            queues,
+        });
+    }
+    for (name, q) in &config.queues {
+        if config.pool_of(name).is_none() {
+            specs.push(PoolSpec {
+                name: format!("queue:{name}"),
+                concurrency: q.concurrency as usize,
+                order: Order::Strict,
+                queues: vec![(name.clone(), q.clone())],
+            });
+        }
+    }
+    specs
+}
+
+/// A running daemon. [`Daemon::run`] returns after a shutdown.
+pub struct Daemon {
+    shared: Arc<Shared>,
+    config: Config,
+    reload: Option<(Option<PathBuf>, Overrides)>,
+    library: Library,
+    stop: CancellationToken,
+    writers_stop: CancellationToken,
+    routes: Routes,
+    tasks: Vec<JoinHandle<()>>,
+    fetchers: Vec<JoinHandle<()>>,
+    writers: Vec<JoinHandle<()>>,
+    draining: Vec<Arc<Pool>>,
+    tx: mpsc::UnboundedSender<Action>,
+    rx: mpsc::UnboundedReceiver<Action>,
+    beats: Vec<(Beat, &'static str)>,
+    started: Instant,
+}
+
+/// Asks a running daemon to reload or shut down (what the signals do).
+#[derive(Clone)]
+pub struct DaemonHandle {
+    tx: mpsc::UnboundedSender<Action>,
+}
+
+impl DaemonHandle {
+    pub fn shutdown(&self) {
+        let _ = self.tx.send(Action::Shutdown);
+    }
+    pub fn reload(&self) {
+        let _ = self.tx.send(Action::Reload);
+    }
+}
+
+struct StatusCtx {
+    shared: Arc<Shared>,
+    beats: Vec<(Beat, &'static str)>,
+    stats_interval: Duration,
+    stop: CancellationToken,
+}
+
+impl Daemon {
+    pub fn handle(&self) -> DaemonHandle {
+        DaemonHandle { tx: self.tx.clone() }
+    }
+
+    /// Counters since start.
+    pub fn counters(&self) -> Arc<Counters> {
+        self.shared.counters.clone()
+    }
+
+    fn status_ctx(&self) -> StatusCtx {
+        StatusCtx {
+            shared: self.shared.clone(),
+            beats: self.beats.clone(),
+            stats_interval: self.config.daemon.stats_interval,
+            stop: self.stop.clone(),
+        }
+    }
+
+    /// Makes the running pools match `config`: keeps unchanged pools, starts
+    /// new or changed ones, and quiets removed or changed ones (their running
+    /// jobs finish).
+    async fn apply(&mut self, config: Config) -> Result<()> {
+        let store = &self.shared.store;
+        let names: Vec<&str> = config.queues.keys().map(String::as_str).collect();
+        inspect::register(store, &names).await?;
+        let mut con = store.connection();
+        let mut pipe = redis::pipe();
+        for name in &names {
+            pipe.hset(store.queue(name)?.meta(), "max_doc_bytes", config.daemon.max_payload_bytes).ignore();
+        }
+        pipe.query_async::<()>(&mut con).await?;
+
+        let wanted = pool_specs(&config);
+        let mut current = std::mem::take(&mut *self.shared.pools.lock().map_err(|_| Error::Config("poisoned".into()))?);
+        let mut next = Vec::new();
+        for spec in wanted {
+            if let Some(i) = current.iter().position(|(s, _)| *s == spec) {
+                next.push(current.remove(i));
+                continue;
+            }
+            let pool = self.start_pool(&spec)?;
+            next.push((spec, pool));
+        }
+        for (spec, old) in current {
+            tracing::info!(pool = %spec.name, "pool removed or changed; it stops claiming and its running jobs finish");
+            old.quiet.cancel();
+            self.draining.push(old);
+        }
+        let mut routes = HashMap::new();
+        for (_, pool) in &next {
+            for q in &pool.queues {
+                routes.insert(q.keys.wake().to_owned(), pool.wake.clone());
+            }
+        }
+        if let Ok(mut r) = self.routes.write() {
+            *r = routes;
+        }
+        if let Ok(mut p) = self.shared.pools.lock() {
+            *p = next;
+        }
+        self.config = config;
+        Ok(())
+    }
+
+    fn start_pool(&mut self, spec: &PoolSpec) -> Result<Arc<Pool>> {
+        let mut queues = Vec::new();
+        for (name, cfg) in &spec.queues {
+            let built = match (&cfg.handler, self.library.get(name)) {
+                (Some(h), _) => handlers::build(name, h)?,
+                (None, Some(h)) => handlers::Built { handler: h.clone(), grace: handlers::library_grace() },
+                (None, None) => return Err(Error::Config(format!("queues.{name}.handler: missing"))),
+            };
+            let keys = self.shared.store.queue(name)?;
+            let name: Arc<str> = Arc::from(name.as_str());
+            let wctx = WriterCtx {
+                name: name.clone(),
+                keys: keys.clone(),
+                keep: retention(cfg),
+                dead: dead_retention(cfg),
+                give_up_after: cfg.lease,
+            };
+            let s = &self.shared;
+            let (writer, task) =
+                writer::spawn(wctx, s.store.clone(), s.leases.clone(), s.counters.clone(), self.writers_stop.clone());
+            self.writers.push(task);
+            queues.push(Arc::new(QueueRt { name, keys, cfg: cfg.clone(), handler: built.handler, grace: built.grace, writer }));
+        }
+        let pool = Arc::new(Pool {
+            name: spec.name.clone(),
+            queues,
+            order: spec.order,
+            slots: Arc::new(Semaphore::new(spec.concurrency)),
+            concurrency: spec.concurrency,
+            wake: Arc::new(Notify::new()),
+            quiet: CancellationToken::new(),
+        });
+        let beat = Beat::new(self.started);
+        let ctx = Arc::new(PoolCtx {
+            store: self.shared.store.clone(),
+            leases: self.shared.leases.clone(),
+            counters: self.shared.counters.clone(),
+            inbox_poll: self.config.daemon.inbox_poll,
+            beat,
+            healthy: self.shared.healthy.clone(),
+        });
+        self.fetchers.push(tokio::spawn(pool.clone().fetch(ctx)));
+        tracing::info!(pool = %spec.name, concurrency = spec.concurrency, "pool started");
+        Ok(pool)
+    }
+
+    async fn reload(&mut self) {
+        notify::reloading();
+        let result = match &self.reload {
+            None => Err(Error::Config("this daemon was started without a config file to re-read".into())),
+            Some((path, overrides)) => config::read(path.as_deref(), overrides).map_err(Error::from).and_then(|c| {
+                let lib: BTreeSet<String> = self.library.keys().cloned().collect();
+                c.validate_with(&lib)?;
+                handlers::check_handlers(&c)?;
+                Ok(c)
+            }),
+        };
+        match result {
+            Ok(new) => match self.apply(new).await {
+                Ok(()) => tracing::info!("configuration reloaded"),
+                Err(e) => tracing::error!(error = %e, "reload failed part-way; pools that started keep running"),
+            },
+            Err(e) => tracing::error!("reload refused, the running configuration stays:\n{e}"),
+        }
+        notify::ready(&status_line(&self.shared));
+    }
+
+    /// Runs until a shutdown is asked for, then stops in order and returns.
+    pub async fn run(mut self) -> Result<()> {
+        loop {
+            match self.rx.recv().await {
+                Some(Action::Reload) => self.reload().await,
+                Some(Action::Shutdown) | None => break,
+            }
+        }
+        self.shutdown().await;
+        Ok(())
+    }
+
+    async fn shutdown(mut self) {
+        notify::stopping();
+        let pools: Vec<Arc<Pool>> = self
+            .shared
+            .pools
+            .lock()
+            .map(|p| p.iter().map(|(_, pool)| pool.clone()).collect::<Vec<_>>())
+            .unwrap_or_default()
+            .into_iter()
+            .chain(self.draining.drain(..))
+            .collect();
+        tracing::info!(running = self.shared.leases.len(), "shutting down: no new claims; draining running jobs");
+        for p in &pools {
+            p.quiet.cancel();
+        }
+        for f in self.fetchers.drain(..) {
+            let _ = f.await;
+        }
+        let drain = async {
+            for p in &pools {
+                p.drained().await;
+            }
+        };
+        let deadline = self.config.daemon.shutdown_timeout;
+        let drained = tokio::select! {
+            _ = drain => true,
+            _ = tokio::time::sleep(deadline) => false,
+            _ = wait_for_shutdown(&mut self.rx) => false,
+        };
+        if !drained {
+            let left = self.shared.leases.len();
+            tracing::warn!(left, "stopping the jobs still running and giving them back to the queue");
+            self.shared.leases.stop_all(StopReason::Shutdown);
+            let grace = pools.iter().flat_map(|p| p.queues.iter().map(|q| q.grace)).max().unwrap_or_default();
+            let drain = async {
+                for p in &pools {
+                    p.drained().await;
+                }
+            };
+            if tokio::time::timeout(grace + Duration::from_secs(1), drain).await.is_err() {
+                tracing::error!("some handlers did not stop; their jobs return to the queue when their leases expire");
+            }
+        }
+        self.writers_stop.cancel();
+        for w in self.writers.drain(..) {
+            let _ = tokio::time::timeout(Duration::from_secs(30), w).await;
+        }
+        self.stop.cancel();
+        for t in self.tasks.drain(..) {
+            let _ = t.await;
+        }
+        let c = &self.shared.counters;
+        tracing::info!(
+            succeeded = Counters::get(&c.succeeded),
+            released = Counters::get(&c.released),
+            "redq daemon stopped"
+        );
+    }
+}
+
+async fn wait_for_shutdown(rx: &mut mpsc::UnboundedReceiver<Action>) {
+    loop {
+        match rx.recv().await {
+            Some(Action::Shutdown) | None => return,
+            Some(Action::Reload) => tracing::warn!("reload ignored: shutting down"),
+        }
+    }
+}
+
+fn status_line(shared: &Shared) -> String {
+    let c = &shared.counters;
+    format!(
+        "{} running; {} succeeded, {} retried, {} dead since start; Redis {}",
+        c.running.load(Ordering::Relaxed),
+        Counters::get(&c.succeeded),
+        Counters::get(&c.retried),
+        Counters::get(&c.dead),
+        if shared.healthy.load(Ordering::Relaxed) { "ok" } else { "unreachable" },
+    )
+}
+
+/// STATUS every few seconds, WATCHDOG while the loops make progress, and the
+/// summary log line every `stats_interval`.
+async fn status_loop(ctx: StatusCtx) {
+    let watchdog = notify::watchdog_interval();
+    let tick = watchdog.map(|w| w / 2).unwrap_or(Duration::from_secs(5)).min(Duration::from_secs(5));
+    let mut last_summary = Instant::now();
+    let mut last = (0, 0, 0);
+    loop {
+        tokio::select! {
+            _ = ctx.stop.cancelled() => return,
+            _ = tokio::time::sleep(tick) => {}
+        }
+        let line = status_line(&ctx.shared);
+        notify::status(&line);
+        let stalled: Vec<&str> = ctx
+            .beats
+            .iter()
+            .filter(|(b, _)| b.age() > Duration::from_secs(60))
+            .map(|(_, name)| *name)
+            .collect();
+        if stalled.is_empty() {
+            notify::watchdog();
+        } else {
+            tracing::error!(?stalled, "loops are not making progress; not petting the systemd watchdog");
+        }
+        if last_summary.elapsed() >= ctx.stats_interval {
+            let c = &ctx.shared.counters;
+            let now = (Counters::get(&c.succeeded), Counters::get(&c.retried), Counters::get(&c.dead));
+            let secs = last_summary.elapsed().as_secs_f64().max(0.001);
+            tracing::info!(
+                succeeded = now.0 - last.0,
+                retried = now.1 - last.1,
+                dead = now.2 - last.2,
+                per_sec = format!("{:.1}", (now.0 - last.0) as f64 / secs),
+                running = c.running.load(Ordering::Relaxed),
+                redis_ok = ctx.shared.healthy.load(Ordering::Relaxed),
+                "summary"
+            );
+            last = now;
+            last_summary = Instant::now();
+        }
+    }
+}

@@ -1,0 +1,167 @@
+//! The result writer: one per queue, it writes outcomes in batches.
+//!
+//! Workers hand over reports and move on. The writer takes the first report
+//! as soon as it arrives plus whatever else is already queued (up to
+//! [`MAX_BATCH`]) and writes them with at most three calls (complete, fail,
+//! release), so under load one round trip serves many jobs and when idle a
+//! result waits for no timer. Stale tokens are counted, never retried.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use super::leases::Leases;
+use super::Counters;
+use crate::store::{Completion, FailResult, Failure, Retention, Store};
+use crate::keys::QueueKeys;
+
+/// Most reports written in one batch.
+pub const MAX_BATCH: usize = 512;
+
+/// What a worker reports about one job.
+#[derive(Debug)]
+pub enum Report {
+    Complete { id: String, token: u64, unique: Option<String>, result: Option<String> },
+    /// `retry_in: None` means dead now.
+    Fail { id: String, token: u64, retry_in: Option<Duration>, error: String, unique: Option<String> },
+    Release { id: String, token: u64 },
+}
+
+impl Report {
+    fn id(&self) -> &str {
+        match self {
+            Report::Complete { id, .. } | Report::Fail { id, .. } | Report::Release { id, .. } => id,
+        }
+    }
+}
+
+/// The sending side, held by the queue's runtime.
+#[derive(Clone)]
+pub struct WriterHandle {
+    tx: mpsc::UnboundedSender<Report>,
+}
+
+impl WriterHandle {
+    pub fn send(&self, r: Report) {
+        // The writer outlives every worker of its queue (it ends when the
+        // last handle drops), so this cannot fail while a worker runs.
+        let _ = self.tx.send(r);
+    }
+}
+
+/// What the writer needs to know about its queue.
+pub struct WriterCtx {
+    pub name: Arc<str>,
+    pub keys: QueueKeys,
+    pub keep: Retention,
+    pub dead: Retention,
+    /// How long to keep retrying a write while Redis is unreachable: past the
+    /// lease, the job has been or will be rescued and the write would be stale.
+    pub give_up_after: Duration,
+}
+
+/// Starts a writer. It ends when every handle is dropped, or when `stop` is
+/// cancelled (at shutdown, after every worker has reported) once it has
+/// written what is queued.
+pub fn spawn(
+    ctx: WriterCtx,
+    store: Store,
+    leases: Leases,
+    counters: Arc<Counters>,
+    stop: tokio_util::sync::CancellationToken,
+) -> (WriterHandle, tokio::task::JoinHandle<()>) {
+    let (tx, mut rx) = mpsc::unbounded_channel::<Report>();
+    let task = tokio::spawn(async move {
+        let mut batch = Vec::with_capacity(MAX_BATCH);
+        loop {
+            let first = tokio::select! {
+                biased;
+                r = rx.recv() => r,
+                _ = stop.cancelled() => rx.try_recv().ok(),
+            };
+            let Some(first) = first else { return };
+            batch.push(first);
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(r) => batch.push(r),
+                    Err(_) => break,
+                }
+            }
+            write(&ctx, &store, &batch, &counters).await;
+            let ids: Vec<&str> = batch.iter().map(Report::id).collect();
+            leases.remove(&ctx.name, &ids);
+            batch.clear();
+        }
+    });
+    (WriterHandle { tx }, task)
+}
+
+async fn write(ctx: &WriterCtx, store: &Store, batch: &[Report], counters: &Counters) {
+    let mut done = Vec::new();
+    let mut failed = Vec::new();
+    let mut released = Vec::new();
+    for r in batch {
+        match r {
+            Report::Complete { id, token, unique, result } => done.push(Completion {
+                id,
+                token: *token,
+                unique_key: unique.as_deref(),
+                result: result.as_deref(),
+            }),
+            Report::Fail { id, token, retry_in, error, unique } => failed.push(Failure {
+                id,
+                token: *token,
+                retry_in: *retry_in,
+                error,
+                unique_key: unique.as_deref(),
+            }),
+            Report::Release { id, token } => released.push((id.as_str(), *token)),
+        }
+    }
+    let (c, f, r) = tokio::join!(
+        with_retry(ctx, || store.complete(&ctx.keys, &done, ctx.keep)),
+        with_retry(ctx, || store.fail(&ctx.keys, &failed, ctx.dead)),
+        with_retry(ctx, || store.release(&ctx.keys, &released)),
+    );
+    let (c, f, r) = (c.unwrap_or_default(), f.unwrap_or_default(), r.unwrap_or_default());
+    let stale = c.iter().filter(|ok| !**ok).count()
+        + f.iter().filter(|x| **x == FailResult::Stale).count()
+        + r.iter().filter(|ok| !**ok).count();
+    let count = |n: usize| n as u64;
+    Counters::add(&counters.succeeded, count(c.iter().filter(|ok| **ok).count()));
+    Counters::add(&counters.retried, count(f.iter().filter(|x| **x == FailResult::Retrying).count()));
+    Counters::add(&counters.dead, count(f.iter().filter(|x| **x == FailResult::Dead).count()));
+    Counters::add(&counters.released, count(r.iter().filter(|ok| **ok).count()));
+    Counters::add(&counters.stale_refused, count(stale));
+    if stale > 0 {
+        tracing::warn!(queue = %ctx.name, stale, "results refused: the jobs' leases had been taken over");
+    }
+}
+
+/// Retries one write while Redis is unreachable, up to `give_up_after`.
+/// Safe: a script applied twice for the same token refuses the second as stale.
+async fn with_retry<T, F, Fut>(ctx: &WriterCtx, mut call: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = crate::Result<T>>,
+{
+    let started = Instant::now();
+    let mut pause = Duration::from_millis(50);
+    loop {
+        match call().await {
+            Ok(v) => return Some(v),
+            Err(e) if e.is_transient() && started.elapsed() < ctx.give_up_after => {
+                tracing::warn!(queue = %ctx.name, error = %e, "writing results failed; retrying");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(2));
+            }
+            Err(e) => {
+                tracing::error!(queue = %ctx.name, error = %e,
+                    "gave up writing results; the jobs will be rescued when their leases expire");
+                return None;
+            }
+        }
+    }
+}
