@@ -5,6 +5,7 @@
 //! job); 2 bad usage; 69 Redis unreachable; 78 bad configuration.
 
 mod commands;
+mod daemon;
 mod target;
 
 use std::path::PathBuf;
@@ -40,6 +41,10 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the worker daemon (SIGTERM/SIGINT: drain and stop; SIGHUP: reload the config)
+    Run,
+    /// Check the configuration file (and handlers) without starting
+    CheckConfig,
     /// Enqueue a job; prints its id
     Enqueue(EnqueueArgs),
     /// Show one job: state, attempts, timestamps, last error, result
@@ -134,6 +139,16 @@ pub enum DeadCommand {
 
 /// Runs the parsed command; returns the process exit code.
 pub async fn main(cli: Cli) -> u8 {
+    let (config, url, prefix) = (
+        cli.config.as_deref(),
+        cli.redis_url.as_deref(),
+        cli.key_prefix.as_deref(),
+    );
+    match cli.command {
+        Command::Run => return daemon::run(config, url, prefix).await,
+        Command::CheckConfig => return daemon::check(config, url, prefix),
+        _ => {}
+    }
     let target = match Target::resolve(
         cli.config.as_deref(),
         cli.redis_url.as_deref(),

@@ -29,7 +29,10 @@ mod tests {
         for attempt in 1..=5 {
             let want = 2f64.powi(attempt as i32 - 1);
             let d = delay(&cfg, attempt).as_secs_f64();
-            assert!(d >= want * 0.8 - 1e-9 && d <= want * 1.2 + 1e-9, "{attempt}: {d}");
+            assert!(
+                d >= want * 0.8 - 1e-9 && d <= want * 1.2 + 1e-9,
+                "{attempt}: {d}"
+            );
         }
         assert!(delay(&cfg, 40) <= Duration::from_secs(60));
         assert!(delay(&cfg, u32::MAX) <= Duration::from_secs(60));

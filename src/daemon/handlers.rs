@@ -36,7 +36,10 @@ pub fn build(queue: &str, cfg: &HandlerConfig) -> Result<Built> {
                 cwd: c.cwd.clone(),
             };
             // The handler kills its process group after kill_grace; wait a little longer.
-            Built { handler: Arc::new(CommandHandler::new(spec)), grace: c.kill_grace + Duration::from_secs(2) }
+            Built {
+                handler: Arc::new(CommandHandler::new(spec)),
+                grace: c.kill_grace + Duration::from_secs(2),
+            }
         }
         HandlerConfig::Http(h) => {
             let spec = HttpSpec {
@@ -45,17 +48,28 @@ pub fn build(queue: &str, cfg: &HandlerConfig) -> Result<Built> {
                 connect_timeout: h.connect_timeout,
                 max_response_bytes: h.max_response,
             };
-            let handler = HttpHandler::new(spec).map_err(|e| Error::Config(format!("queues.{queue}.handler.http: {e}")))?;
-            Built { handler: Arc::new(handler), grace: LIBRARY_GRACE }
+            let handler = HttpHandler::new(spec)
+                .map_err(|e| Error::Config(format!("queues.{queue}.handler.http: {e}")))?;
+            Built {
+                handler: Arc::new(handler),
+                grace: LIBRARY_GRACE,
+            }
         }
         HandlerConfig::Builtin(b) => {
             let handler: Arc<dyn Handler> = match b.name {
-                Builtin::Noop => Arc::new(|_ctx: JobContext| async { Outcome::Done { result: None } }),
+                Builtin::Noop => {
+                    Arc::new(|_ctx: JobContext| async { Outcome::Done { result: None } })
+                }
                 Builtin::Fail => Arc::new(|_ctx: JobContext| async {
-                    Outcome::Fail { error: "the builtin \"fail\" handler fails every job".into() }
+                    Outcome::Fail {
+                        error: "the builtin \"fail\" handler fails every job".into(),
+                    }
                 }),
             };
-            Built { handler, grace: LIBRARY_GRACE }
+            Built {
+                handler,
+                grace: LIBRARY_GRACE,
+            }
         }
     })
 }

@@ -74,7 +74,12 @@ pub struct Leases {
 impl Leases {
     pub fn insert(&self, rt: &Arc<QueueRt>, id: &str, token: u64, deadline: Instant, stop: Stop) {
         if let Ok(mut m) = self.held.lock() {
-            let held = Held { rt: rt.clone(), token, deadline, stop };
+            let held = Held {
+                rt: rt.clone(),
+                token,
+                deadline,
+                stop,
+            };
             m.insert((rt.name.clone(), id.to_owned()), held);
         }
     }
@@ -105,7 +110,9 @@ impl Leases {
         let mut by_queue: HashMap<Arc<str>, (Arc<QueueRt>, Vec<(String, u64)>)> = HashMap::new();
         if let Ok(m) = self.held.lock() {
             for ((q, id), h) in m.iter() {
-                let entry = by_queue.entry(q.clone()).or_insert_with(|| (h.rt.clone(), Vec::new()));
+                let entry = by_queue
+                    .entry(q.clone())
+                    .or_insert_with(|| (h.rt.clone(), Vec::new()));
                 entry.1.push((id.clone(), h.token));
             }
         }
@@ -116,7 +123,9 @@ impl Leases {
                 Ok((_, renewed)) => {
                     if let Ok(mut m) = self.held.lock() {
                         for ((id, token), ok) in jobs.iter().zip(renewed) {
-                            let Some(h) = m.get_mut(&(queue.clone(), id.clone())) else { continue };
+                            let Some(h) = m.get_mut(&(queue.clone(), id.clone())) else {
+                                continue;
+                            };
                             if h.token != *token {
                                 continue;
                             }
@@ -129,7 +138,9 @@ impl Leases {
                         }
                     }
                 }
-                Err(e) => tracing::warn!(queue = %queue, error = %e, "could not renew {} leases", pairs.len()),
+                Err(e) => {
+                    tracing::warn!(queue = %queue, error = %e, "could not renew {} leases", pairs.len())
+                }
             }
         }
         self.expire_overdue();
@@ -165,7 +176,12 @@ impl Leases {
 }
 
 /// The keeper loop: renew, sleep, repeat until `stop`.
-pub async fn keep(leases: Leases, store: Store, stop: CancellationToken, progress: super::supervisor::Beat) {
+pub async fn keep(
+    leases: Leases,
+    store: Store,
+    stop: CancellationToken,
+    progress: super::supervisor::Beat,
+) {
     loop {
         let wait = leases.interval(Duration::from_millis(500));
         tokio::select! {

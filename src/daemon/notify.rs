@@ -28,7 +28,10 @@ pub fn reloading() {
 }
 
 pub fn stopping() {
-    send(&[NotifyState::Stopping, NotifyState::Status("stopping: draining running jobs")]);
+    send(&[
+        NotifyState::Stopping,
+        NotifyState::Status("stopping: draining running jobs"),
+    ]);
 }
 
 /// The watchdog interval systemd asked for, if any.
@@ -37,7 +40,10 @@ pub fn watchdog_interval() -> Option<std::time::Duration> {
 }
 
 fn monotonic_usec() -> i128 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: clock_gettime only writes into the timespec we pass.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     i128::from(ts.tv_sec) * 1_000_000 + i128::from(ts.tv_nsec) / 1_000

@@ -109,10 +109,15 @@ impl Pool {
                     break;
                 }
                 let sent = Instant::now();
-                match ctx.store.claim(&q.keys, free, q.cfg.lease, PROMOTE_BATCH, INBOX_BATCH).await {
+                match ctx
+                    .store
+                    .claim(&q.keys, free, q.cfg.lease, PROMOTE_BATCH, INBOX_BATCH)
+                    .await
+                {
                     Ok(c) => {
                         if let Some(due) = c.next_due_ms {
-                            let wait = Duration::from_millis(u64::try_from(due - c.now_ms).unwrap_or(0));
+                            let wait =
+                                Duration::from_millis(u64::try_from(due - c.now_ms).unwrap_or(0));
                             idle_for = idle_for.min(wait);
                         }
                         if c.jobs.len() == free {
@@ -125,7 +130,8 @@ impl Pool {
                                 tracing::error!(job = %job.id, "no free slot for a claimed job");
                                 continue;
                             };
-                            let (rt, leases, counters) = (q.clone(), ctx.leases.clone(), ctx.counters.clone());
+                            let (rt, leases, counters) =
+                                (q.clone(), ctx.leases.clone(), ctx.counters.clone());
                             let deadline = sent + q.cfg.lease;
                             tokio::spawn(async move {
                                 runner::run(rt, job, deadline, leases, counters).await;
@@ -139,7 +145,8 @@ impl Pool {
                     }
                 }
             }
-            ctx.healthy.store(!failed, std::sync::atomic::Ordering::Relaxed);
+            ctx.healthy
+                .store(!failed, std::sync::atomic::Ordering::Relaxed);
             if failed {
                 tokio::select! {
                     _ = self.quiet.cancelled() => return,

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::supervisor::{Beat, Shared};
 use super::dead_retention;
+use super::supervisor::{Beat, Shared};
 
 /// Expired jobs handled per call; a queue with more is reaped again at once.
 const BATCH: usize = 200;
@@ -21,7 +21,11 @@ pub async fn run(shared: Arc<Shared>, every: Duration, stop: CancellationToken, 
         }
         for q in shared.queues() {
             loop {
-                match shared.store.reap(&q.keys, BATCH, q.cfg.max_attempts, dead_retention(&q.cfg)).await {
+                match shared
+                    .store
+                    .reap(&q.keys, BATCH, q.cfg.max_attempts, dead_retention(&q.cfg))
+                    .await
+                {
                     Ok((requeued, dead)) => {
                         if requeued + dead > 0 {
                             tracing::warn!(queue = %q.name, requeued, dead, "rescued jobs whose lease expired");

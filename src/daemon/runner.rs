@@ -20,10 +20,18 @@ use crate::handler::{JobContext, Outcome};
 use crate::store::ClaimedJob;
 
 /// Runs `job` to its end and reports it to the queue's writer.
-pub async fn run(rt: Arc<QueueRt>, job: ClaimedJob, lease_deadline: Instant, leases: Leases, counters: Arc<Counters>) {
+pub async fn run(
+    rt: Arc<QueueRt>,
+    job: ClaimedJob,
+    lease_deadline: Instant,
+    leases: Leases,
+    counters: Arc<Counters>,
+) {
     let span = tracing::info_span!("job", queue = %rt.name, id = %job.id, attempt = job.attempt);
     counters.running.fetch_add(1, Ordering::Relaxed);
-    run_inner(&rt, job, lease_deadline, &leases).instrument(span).await;
+    run_inner(&rt, job, lease_deadline, &leases)
+        .instrument(span)
+        .await;
     counters.running.fetch_sub(1, Ordering::Relaxed);
 }
 
@@ -45,7 +53,10 @@ async fn run_inner(rt: &Arc<QueueRt>, job: ClaimedJob, lease_deadline: Instant, 
         }
     };
     let doc = record.doc;
-    let timeout = doc.timeout_ms.map(Duration::from_millis).unwrap_or(rt.cfg.effective_timeout());
+    let timeout = doc
+        .timeout_ms
+        .map(Duration::from_millis)
+        .unwrap_or(rt.cfg.effective_timeout());
     let ctx = JobContext {
         id: job.id.clone(),
         queue: rt.name.to_string(),
@@ -74,30 +85,70 @@ async fn run_inner(rt: &Arc<QueueRt>, job: ClaimedJob, lease_deadline: Instant, 
         }
         StopReason::Timeout | StopReason::None => {}
     }
-    let max_attempts = if record.max_attempts > 0 { record.max_attempts } else { rt.cfg.max_attempts };
+    let max_attempts = if record.max_attempts > 0 {
+        record.max_attempts
+    } else {
+        rt.cfg.max_attempts
+    };
     let report = match outcome {
         Outcome::Done { result } => {
-            tracing::debug!(elapsed_ms = started.elapsed().as_millis() as u64, "succeeded");
-            Report::Complete { id, token, unique, result }
+            tracing::debug!(
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "succeeded"
+            );
+            Report::Complete {
+                id,
+                token,
+                unique,
+                result,
+            }
         }
         Outcome::Dead { error } => {
             tracing::warn!(%error, "failed for good; moving it to the dead set");
-            Report::Fail { id, token, retry_in: None, error, unique }
+            Report::Fail {
+                id,
+                token,
+                retry_in: None,
+                error,
+                unique,
+            }
         }
         Outcome::Fail { error } | Outcome::Retry { error, .. } if job.attempt >= max_attempts => {
             tracing::warn!(%error, "failed on the last attempt ({max_attempts}); moving it to the dead set");
             let error = format!("attempt {} of {max_attempts}: {error}", job.attempt);
-            Report::Fail { id, token, retry_in: None, error, unique }
+            Report::Fail {
+                id,
+                token,
+                retry_in: None,
+                error,
+                unique,
+            }
         }
         Outcome::Fail { error } => {
             let delay = backoff::delay(&rt.cfg.backoff, job.attempt);
             tracing::info!(%error, retry_in_ms = delay.as_millis() as u64, "failed; will retry");
-            Report::Fail { id, token, retry_in: Some(delay), error, unique }
+            Report::Fail {
+                id,
+                token,
+                retry_in: Some(delay),
+                error,
+                unique,
+            }
         }
         Outcome::Retry { after, error } => {
-            let delay = if after.is_zero() { backoff::delay(&rt.cfg.backoff, job.attempt) } else { after };
+            let delay = if after.is_zero() {
+                backoff::delay(&rt.cfg.backoff, job.attempt)
+            } else {
+                after
+            };
             tracing::info!(%error, retry_in_ms = delay.as_millis() as u64, "asked to retry later");
-            Report::Fail { id, token, retry_in: Some(delay), error, unique }
+            Report::Fail {
+                id,
+                token,
+                retry_in: Some(delay),
+                error,
+                unique,
+            }
         }
     };
     rt.writer.send(report);
@@ -123,7 +174,12 @@ async fn supervise(rt: &QueueRt, ctx: JobContext, stop: &Stop, timeout: Duration
             Ok(r) => r,
             Err(_) => {
                 task.abort();
-                return Outcome::Fail { error: format!("handler did not stop within {:?} of being told to", rt.grace) };
+                return Outcome::Fail {
+                    error: format!(
+                        "handler did not stop within {:?} of being told to",
+                        rt.grace
+                    ),
+                };
             }
         },
     };
@@ -136,12 +192,18 @@ async fn supervise(rt: &QueueRt, ctx: JobContext, stop: &Stop, timeout: Duration
                 .map(|s| s.to_string())
                 .or_else(|| p.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "unknown panic".into());
-            Outcome::Fail { error: format!("handler panicked: {msg}") }
+            Outcome::Fail {
+                error: format!("handler panicked: {msg}"),
+            }
         }
-        Err(_) => Outcome::Fail { error: "handler task was cancelled".into() },
+        Err(_) => Outcome::Fail {
+            error: "handler task was cancelled".into(),
+        },
     };
     if stop.reason() == StopReason::Timeout {
-        return Outcome::Fail { error: format!("timed out after {}", humantime::format_duration(timeout)) };
+        return Outcome::Fail {
+            error: format!("timed out after {}", humantime::format_duration(timeout)),
+        };
     }
     outcome
 }

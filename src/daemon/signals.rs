@@ -14,7 +14,11 @@ pub enum Action {
     Reload,
 }
 
-pub const TABLE: &[(i32, Action)] = &[(SIGTERM, Action::Shutdown), (SIGINT, Action::Shutdown), (SIGHUP, Action::Reload)];
+pub const TABLE: &[(i32, Action)] = &[
+    (SIGTERM, Action::Shutdown),
+    (SIGINT, Action::Shutdown),
+    (SIGHUP, Action::Reload),
+];
 
 /// Installs the handlers; each signal becomes an [`Action`] sent on `tx`.
 pub fn listen(tx: mpsc::UnboundedSender<Action>) -> std::io::Result<()> {

@@ -9,18 +9,30 @@ use redis::aio::ConnectionLike;
 use crate::error::Result;
 
 fn info_field<'a>(info: &'a str, name: &str) -> Option<&'a str> {
-    info.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(':')).map(str::trim)
+    info.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+        .map(str::trim)
 }
 
 async fn config_get<C: ConnectionLike>(con: &mut C, name: &str) -> Option<String> {
-    let pair: redis::RedisResult<Vec<String>> = redis::cmd("CONFIG").arg("GET").arg(name).query_async(con).await;
+    let pair: redis::RedisResult<Vec<String>> = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg(name)
+        .query_async(con)
+        .await;
     pair.ok().and_then(|v| v.get(1).cloned())
 }
 
 pub async fn check<C: ConnectionLike>(con: &mut C) -> Result<()> {
     let info: String = redis::cmd("INFO").arg("server").query_async(con).await?;
-    let version = info_field(&info, "redis_version").unwrap_or("unknown").to_owned();
-    let major: u32 = version.split('.').next().and_then(|m| m.parse().ok()).unwrap_or(0);
+    let version = info_field(&info, "redis_version")
+        .unwrap_or("unknown")
+        .to_owned();
+    let major: u32 = version
+        .split('.')
+        .next()
+        .and_then(|m| m.parse().ok())
+        .unwrap_or(0);
     tracing::info!(%version, "connected to Redis");
     if major < 7 {
         tracing::warn!(%version, "Redis is older than 7.0: FCALL redq_enqueue is not available; producers must use the inbox list or a redq client");

@@ -39,10 +39,14 @@ pub struct Beat {
 
 impl Beat {
     fn new(origin: Instant) -> Beat {
-        Beat { at: Arc::new(AtomicI64::new(0)), origin }
+        Beat {
+            at: Arc::new(AtomicI64::new(0)),
+            origin,
+        }
     }
     pub fn beat(&self) {
-        self.at.store(self.origin.elapsed().as_millis() as i64, Ordering::Relaxed);
+        self.at
+            .store(self.origin.elapsed().as_millis() as i64, Ordering::Relaxed);
     }
     fn age(&self) -> Duration {
         let now = self.origin.elapsed().as_millis() as i64;
@@ -79,7 +83,12 @@ pub struct WorkerBuilder {
 
 impl WorkerBuilder {
     pub fn new(config: Config) -> WorkerBuilder {
-        WorkerBuilder { config, reload: None, library: BTreeMap::new(), signals: false }
+        WorkerBuilder {
+            config,
+            reload: None,
+            library: BTreeMap::new(),
+            signals: false,
+        }
     }
 
     /// Runs `handler` for jobs of `queue` (a queue with no `handler` in the config).
@@ -128,7 +137,8 @@ impl WorkerBuilder {
         let redis_client = redis::Client::open(self.config.redis.url.as_str())?;
         let (tx, rx) = mpsc::unbounded_channel();
         if self.signals {
-            signals::listen(tx.clone()).map_err(|e| Error::Config(format!("cannot install signal handlers: {e}")))?;
+            signals::listen(tx.clone())
+                .map_err(|e| Error::Config(format!("cannot install signal handlers: {e}")))?;
         }
         let mut daemon = Daemon {
             shared: shared.clone(),
@@ -144,16 +154,33 @@ impl WorkerBuilder {
             draining: Vec::new(),
             tx,
             rx,
-            beats: vec![(keeper_beat.clone(), "lease keeper"), (reaper_beat.clone(), "reaper")],
+            beats: vec![
+                (keeper_beat.clone(), "lease keeper"),
+                (reaper_beat.clone(), "reaper"),
+            ],
             started: origin,
         };
         daemon.apply(self.config).await?;
-        let keeper = leases::keep(shared.leases.clone(), store.clone(), stop.clone(), keeper_beat);
+        let keeper = leases::keep(
+            shared.leases.clone(),
+            store.clone(),
+            stop.clone(),
+            keeper_beat,
+        );
         daemon.tasks.push(tokio::spawn(keeper));
         let every = daemon.config.daemon.reap_interval;
-        daemon.tasks.push(tokio::spawn(reaper::run(shared.clone(), every, stop.clone(), reaper_beat)));
-        daemon.tasks.push(tokio::spawn(waker::run(redis_client, routes, stop.clone())));
-        daemon.tasks.push(tokio::spawn(status_loop(daemon.status_ctx())));
+        daemon.tasks.push(tokio::spawn(reaper::run(
+            shared.clone(),
+            every,
+            stop.clone(),
+            reaper_beat,
+        )));
+        daemon
+            .tasks
+            .push(tokio::spawn(waker::run(redis_client, routes, stop.clone())));
+        daemon
+            .tasks
+            .push(tokio::spawn(status_loop(daemon.status_ctx())));
         notify::ready(&status_line(&shared));
         tracing::info!(queues = shared.queues().len(), "redq daemon ready");
         Ok(daemon)
@@ -240,7 +267,9 @@ struct StatusCtx {
 
 impl Daemon {
     pub fn handle(&self) -> DaemonHandle {
-        DaemonHandle { tx: self.tx.clone() }
+        DaemonHandle {
+            tx: self.tx.clone(),
+        }
     }
 
     /// Counters since start.
@@ -267,12 +296,23 @@ impl Daemon {
         let mut con = store.connection();
         let mut pipe = redis::pipe();
         for name in &names {
-            pipe.hset(store.queue(name)?.meta(), "max_doc_bytes", config.daemon.max_payload_bytes).ignore();
+            pipe.hset(
+                store.queue(name)?.meta(),
+                "max_doc_bytes",
+                config.daemon.max_payload_bytes,
+            )
+            .ignore();
         }
         pipe.query_async::<()>(&mut con).await?;
 
         let wanted = pool_specs(&config);
-        let mut current = std::mem::take(&mut *self.shared.pools.lock().map_err(|_| Error::Config("poisoned".into()))?);
+        let mut current = std::mem::take(
+            &mut *self
+                .shared
+                .pools
+                .lock()
+                .map_err(|_| Error::Config("poisoned".into()))?,
+        );
         let mut next = Vec::new();
         for spec in wanted {
             if let Some(i) = current.iter().position(|(s, _)| *s == spec) {
@@ -308,8 +348,13 @@ impl Daemon {
         for (name, cfg) in &spec.queues {
             let built = match (&cfg.handler, self.library.get(name)) {
                 (Some(h), _) => handlers::build(name, h)?,
-                (None, Some(h)) => handlers::Built { handler: h.clone(), grace: handlers::library_grace() },
-                (None, None) => return Err(Error::Config(format!("queues.{name}.handler: missing"))),
+                (None, Some(h)) => handlers::Built {
+                    handler: h.clone(),
+                    grace: handlers::library_grace(),
+                },
+                (None, None) => {
+                    return Err(Error::Config(format!("queues.{name}.handler: missing")))
+                }
             };
             let keys = self.shared.store.queue(name)?;
             let name: Arc<str> = Arc::from(name.as_str());
@@ -321,10 +366,22 @@ impl Daemon {
                 give_up_after: cfg.lease,
             };
             let s = &self.shared;
-            let (writer, task) =
-                writer::spawn(wctx, s.store.clone(), s.leases.clone(), s.counters.clone(), self.writers_stop.clone());
+            let (writer, task) = writer::spawn(
+                wctx,
+                s.store.clone(),
+                s.leases.clone(),
+                s.counters.clone(),
+                self.writers_stop.clone(),
+            );
             self.writers.push(task);
-            queues.push(Arc::new(QueueRt { name, keys, cfg: cfg.clone(), handler: built.handler, grace: built.grace, writer }));
+            queues.push(Arc::new(QueueRt {
+                name,
+                keys,
+                cfg: cfg.clone(),
+                handler: built.handler,
+                grace: built.grace,
+                writer,
+            }));
         }
         let pool = Arc::new(Pool {
             name: spec.name.clone(),
@@ -352,18 +409,24 @@ impl Daemon {
     async fn reload(&mut self) {
         notify::reloading();
         let result = match &self.reload {
-            None => Err(Error::Config("this daemon was started without a config file to re-read".into())),
-            Some((path, overrides)) => config::read(path.as_deref(), overrides).map_err(Error::from).and_then(|c| {
-                let lib: BTreeSet<String> = self.library.keys().cloned().collect();
-                c.validate_with(&lib)?;
-                handlers::check_handlers(&c)?;
-                Ok(c)
-            }),
+            None => Err(Error::Config(
+                "this daemon was started without a config file to re-read".into(),
+            )),
+            Some((path, overrides)) => config::read(path.as_deref(), overrides)
+                .map_err(Error::from)
+                .and_then(|c| {
+                    let lib: BTreeSet<String> = self.library.keys().cloned().collect();
+                    c.validate_with(&lib)?;
+                    handlers::check_handlers(&c)?;
+                    Ok(c)
+                }),
         };
         match result {
             Ok(new) => match self.apply(new).await {
                 Ok(()) => tracing::info!("configuration reloaded"),
-                Err(e) => tracing::error!(error = %e, "reload failed part-way; pools that started keep running"),
+                Err(e) => {
+                    tracing::error!(error = %e, "reload failed part-way; pools that started keep running")
+                }
             },
             Err(e) => tracing::error!("reload refused, the running configuration stays:\n{e}"),
         }
@@ -393,7 +456,10 @@ impl Daemon {
             .into_iter()
             .chain(self.draining.drain(..))
             .collect();
-        tracing::info!(running = self.shared.leases.len(), "shutting down: no new claims; draining running jobs");
+        tracing::info!(
+            running = self.shared.leases.len(),
+            "shutting down: no new claims; draining running jobs"
+        );
         for p in &pools {
             p.quiet.cancel();
         }
@@ -413,15 +479,25 @@ impl Daemon {
         };
         if !drained {
             let left = self.shared.leases.len();
-            tracing::warn!(left, "stopping the jobs still running and giving them back to the queue");
+            tracing::warn!(
+                left,
+                "stopping the jobs still running and giving them back to the queue"
+            );
             self.shared.leases.stop_all(StopReason::Shutdown);
-            let grace = pools.iter().flat_map(|p| p.queues.iter().map(|q| q.grace)).max().unwrap_or_default();
+            let grace = pools
+                .iter()
+                .flat_map(|p| p.queues.iter().map(|q| q.grace))
+                .max()
+                .unwrap_or_default();
             let drain = async {
                 for p in &pools {
                     p.drained().await;
                 }
             };
-            if tokio::time::timeout(grace + Duration::from_secs(1), drain).await.is_err() {
+            if tokio::time::timeout(grace + Duration::from_secs(1), drain)
+                .await
+                .is_err()
+            {
                 tracing::error!("some handlers did not stop; their jobs return to the queue when their leases expire");
             }
         }
@@ -459,7 +535,11 @@ fn status_line(shared: &Shared) -> String {
         Counters::get(&c.succeeded),
         Counters::get(&c.retried),
         Counters::get(&c.dead),
-        if shared.healthy.load(Ordering::Relaxed) { "ok" } else { "unreachable" },
+        if shared.healthy.load(Ordering::Relaxed) {
+            "ok"
+        } else {
+            "unreachable"
+        },
     )
 }
 
@@ -467,7 +547,10 @@ fn status_line(shared: &Shared) -> String {
 /// summary log line every `stats_interval`.
 async fn status_loop(ctx: StatusCtx) {
     let watchdog = notify::watchdog_interval();
-    let tick = watchdog.map(|w| w / 2).unwrap_or(Duration::from_secs(5)).min(Duration::from_secs(5));
+    let tick = watchdog
+        .map(|w| w / 2)
+        .unwrap_or(Duration::from_secs(5))
+        .min(Duration::from_secs(5));
     let mut last_summary = Instant::now();
     let mut last = (0, 0, 0);
     loop {
@@ -486,11 +569,18 @@ async fn status_loop(ctx: StatusCtx) {
         if stalled.is_empty() {
             notify::watchdog();
         } else {
-            tracing::error!(?stalled, "loops are not making progress; not petting the systemd watchdog");
+            tracing::error!(
+                ?stalled,
+                "loops are not making progress; not petting the systemd watchdog"
+            );
         }
         if last_summary.elapsed() >= ctx.stats_interval {
             let c = &ctx.shared.counters;
-            let now = (Counters::get(&c.succeeded), Counters::get(&c.retried), Counters::get(&c.dead));
+            let now = (
+                Counters::get(&c.succeeded),
+                Counters::get(&c.retried),
+                Counters::get(&c.dead),
+            );
             let secs = last_summary.elapsed().as_secs_f64().max(0.001);
             tracing::info!(
                 succeeded = now.0 - last.0,

@@ -41,7 +41,10 @@ pub async fn run(client: redis::Client, routes: Routes, stop: CancellationToken)
         };
         pause = Duration::from_millis(100);
         loop {
-            let keys: Vec<String> = routes.read().map(|r| r.keys().cloned().collect()).unwrap_or_default();
+            let keys: Vec<String> = routes
+                .read()
+                .map(|r| r.keys().cloned().collect())
+                .unwrap_or_default();
             if keys.is_empty() {
                 tokio::select! { _ = stop.cancelled() => return, _ = tokio::time::sleep(BLOCK) => continue }
             }

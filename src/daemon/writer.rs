@@ -14,8 +14,8 @@ use tokio::time::Instant;
 
 use super::leases::Leases;
 use super::Counters;
-use crate::store::{Completion, FailResult, Failure, Retention, Store};
 use crate::keys::QueueKeys;
+use crate::store::{Completion, FailResult, Failure, Retention, Store};
 
 /// Most reports written in one batch.
 pub const MAX_BATCH: usize = 512;
@@ -23,16 +23,32 @@ pub const MAX_BATCH: usize = 512;
 /// What a worker reports about one job.
 #[derive(Debug)]
 pub enum Report {
-    Complete { id: String, token: u64, unique: Option<String>, result: Option<String> },
+    Complete {
+        id: String,
+        token: u64,
+        unique: Option<String>,
+        result: Option<String>,
+    },
     /// `retry_in: None` means dead now.
-    Fail { id: String, token: u64, retry_in: Option<Duration>, error: String, unique: Option<String> },
-    Release { id: String, token: u64 },
+    Fail {
+        id: String,
+        token: u64,
+        retry_in: Option<Duration>,
+        error: String,
+        unique: Option<String>,
+    },
+    Release {
+        id: String,
+        token: u64,
+    },
 }
 
 impl Report {
     fn id(&self) -> &str {
         match self {
-            Report::Complete { id, .. } | Report::Fail { id, .. } | Report::Release { id, .. } => id,
+            Report::Complete { id, .. } | Report::Fail { id, .. } | Report::Release { id, .. } => {
+                id
+            }
         }
     }
 }
@@ -104,13 +120,24 @@ async fn write(ctx: &WriterCtx, store: &Store, batch: &[Report], counters: &Coun
     let mut released = Vec::new();
     for r in batch {
         match r {
-            Report::Complete { id, token, unique, result } => done.push(Completion {
+            Report::Complete {
+                id,
+                token,
+                unique,
+                result,
+            } => done.push(Completion {
                 id,
                 token: *token,
                 unique_key: unique.as_deref(),
                 result: result.as_deref(),
             }),
-            Report::Fail { id, token, retry_in, error, unique } => failed.push(Failure {
+            Report::Fail {
+                id,
+                token,
+                retry_in,
+                error,
+                unique,
+            } => failed.push(Failure {
                 id,
                 token: *token,
                 retry_in: *retry_in,
@@ -125,15 +152,31 @@ async fn write(ctx: &WriterCtx, store: &Store, batch: &[Report], counters: &Coun
         with_retry(ctx, || store.fail(&ctx.keys, &failed, ctx.dead)),
         with_retry(ctx, || store.release(&ctx.keys, &released)),
     );
-    let (c, f, r) = (c.unwrap_or_default(), f.unwrap_or_default(), r.unwrap_or_default());
+    let (c, f, r) = (
+        c.unwrap_or_default(),
+        f.unwrap_or_default(),
+        r.unwrap_or_default(),
+    );
     let stale = c.iter().filter(|ok| !**ok).count()
         + f.iter().filter(|x| **x == FailResult::Stale).count()
         + r.iter().filter(|ok| !**ok).count();
     let count = |n: usize| n as u64;
-    Counters::add(&counters.succeeded, count(c.iter().filter(|ok| **ok).count()));
-    Counters::add(&counters.retried, count(f.iter().filter(|x| **x == FailResult::Retrying).count()));
-    Counters::add(&counters.dead, count(f.iter().filter(|x| **x == FailResult::Dead).count()));
-    Counters::add(&counters.released, count(r.iter().filter(|ok| **ok).count()));
+    Counters::add(
+        &counters.succeeded,
+        count(c.iter().filter(|ok| **ok).count()),
+    );
+    Counters::add(
+        &counters.retried,
+        count(f.iter().filter(|x| **x == FailResult::Retrying).count()),
+    );
+    Counters::add(
+        &counters.dead,
+        count(f.iter().filter(|x| **x == FailResult::Dead).count()),
+    );
+    Counters::add(
+        &counters.released,
+        count(r.iter().filter(|ok| **ok).count()),
+    );
     Counters::add(&counters.stale_refused, count(stale));
     if stale > 0 {
         tracing::warn!(queue = %ctx.name, stale, "results refused: the jobs' leases had been taken over");
