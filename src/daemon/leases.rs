@@ -64,6 +64,8 @@ struct Held {
 }
 
 type Key = (Arc<str>, String);
+/// Per queue: its runtime and the (id, token) pairs held.
+type ByQueue = HashMap<Arc<str>, (Arc<QueueRt>, Vec<(String, u64)>)>;
 
 /// Every job this daemon holds a lease on.
 #[derive(Clone, Default)]
@@ -107,7 +109,7 @@ impl Leases {
 
     /// Renews every lease once; stops jobs whose lease is lost or may be.
     pub async fn renew_all(&self, store: &Store) {
-        let mut by_queue: HashMap<Arc<str>, (Arc<QueueRt>, Vec<(String, u64)>)> = HashMap::new();
+        let mut by_queue: ByQueue = HashMap::new();
         if let Ok(m) = self.held.lock() {
             for ((q, id), h) in m.iter() {
                 let entry = by_queue

@@ -435,11 +435,8 @@ impl Daemon {
 
     /// Runs until a shutdown is asked for, then stops in order and returns.
     pub async fn run(mut self) -> Result<()> {
-        loop {
-            match self.rx.recv().await {
-                Some(Action::Reload) => self.reload().await,
-                Some(Action::Shutdown) | None => break,
-            }
+        while let Some(Action::Reload) = self.rx.recv().await {
+            self.reload().await;
         }
         self.shutdown().await;
         Ok(())
