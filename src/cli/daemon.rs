@@ -4,7 +4,7 @@ use std::path::Path;
 
 use crate::cli::{EXIT_CONFIG, EXIT_UNAVAILABLE};
 use crate::config::{self, Config, LogFormat, Overrides};
-use crate::daemon::{check_handlers, WorkerBuilder};
+use crate::daemon::{check_runnable, WorkerBuilder};
 use crate::error::Error;
 
 fn overrides(url: Option<&str>, prefix: Option<&str>) -> Overrides {
@@ -21,7 +21,7 @@ fn overrides(url: Option<&str>, prefix: Option<&str>) -> Overrides {
 fn load(path: Option<&Path>, o: &Overrides) -> Result<Config, u8> {
     let checked = config::load(path, o)
         .map_err(Error::from)
-        .and_then(|c| check_handlers(&c).map(|()| c));
+        .and_then(|c| check_runnable(&c).map(|()| c));
     checked.map_err(|e| {
         eprintln!("redq: {e}");
         EXIT_CONFIG

@@ -27,7 +27,7 @@ mod supervisor;
 mod waker;
 mod writer;
 
-pub use handlers::check_handlers;
+pub use handlers::check_runnable;
 pub use supervisor::{Daemon, DaemonHandle, WorkerBuilder};
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};

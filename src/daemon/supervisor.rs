@@ -116,7 +116,7 @@ impl WorkerBuilder {
     /// Checks the configuration, connects, checks Redis, and starts every component.
     pub async fn start(self) -> Result<Daemon> {
         self.config.validate_with(&self.library_queues())?;
-        handlers::check_handlers(&self.config)?;
+        handlers::check_runnable(&self.config)?;
         let origin = Instant::now();
         let store = Store::connect(&self.config.redis.url, &self.config.redis.key_prefix).await?;
         let mut con = store.connection();
@@ -417,7 +417,7 @@ impl Daemon {
                 .and_then(|c| {
                     let lib: BTreeSet<String> = self.library.keys().cloned().collect();
                     c.validate_with(&lib)?;
-                    handlers::check_handlers(&c)?;
+                    handlers::check_runnable(&c)?;
                     Ok(c)
                 }),
         };
