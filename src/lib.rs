@@ -10,6 +10,7 @@
 //! - [`handler`]: what a job runs: command, HTTP, or Rust code.
 //! - [`error`]: the library's error type.
 
+pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod config;
@@ -19,6 +20,7 @@ pub mod handler;
 pub mod inspect;
 pub mod job;
 pub mod keys;
+pub mod observe;
 pub mod scripts;
 pub mod store;
 

@@ -54,7 +54,7 @@ pub async fn run(command: Command, target: &Target) -> Result<u8> {
             println!("resumed {queue}");
             Ok(0)
         }
-        Command::Run | Command::CheckConfig => Ok(2),
+        Command::Run | Command::CheckConfig | Command::Bench { .. } => Ok(2),
     }
 }
 

@@ -45,6 +45,18 @@ pub enum Command {
     Run,
     /// Check the configuration file (and handlers) without starting
     CheckConfig,
+    /// Measure enqueue and processing speed on a private redis-server
+    Bench {
+        /// Jobs per scenario
+        #[arg(long, default_value_t = 100_000)]
+        jobs: u64,
+        /// Worker concurrency to measure (repeatable)
+        #[arg(long, default_values_t = [50, 200])]
+        concurrency: Vec<u32>,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
     /// Enqueue a job; prints its id
     Enqueue(EnqueueArgs),
     /// Show one job: state, attempts, timestamps, last error, result
@@ -147,6 +159,11 @@ pub async fn main(cli: Cli) -> u8 {
     match cli.command {
         Command::Run => return daemon::run(config, url, prefix).await,
         Command::CheckConfig => return daemon::check(config, url, prefix),
+        Command::Bench {
+            jobs,
+            ref concurrency,
+            json,
+        } => return bench(jobs, concurrency, json).await,
         _ => {}
     }
     let target = match Target::resolve(
@@ -169,6 +186,35 @@ pub async fn main(cli: Cli) -> u8 {
             } else {
                 1
             }
+        }
+    }
+}
+
+async fn bench(jobs: u64, concurrency: &[u32], json: bool) -> u8 {
+    match crate::bench::run(jobs, concurrency).await {
+        Ok(results) if json => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&results).unwrap_or_default()
+            );
+            0
+        }
+        Ok(results) => {
+            println!(
+                "{:<45} {:>9} {:>9} {:>12}",
+                "SCENARIO", "JOBS", "SECONDS", "JOBS/SEC"
+            );
+            for r in results {
+                println!(
+                    "{:<45} {:>9} {:>9.2} {:>12.0}",
+                    r.scenario, r.jobs, r.seconds, r.jobs_per_sec
+                );
+            }
+            0
+        }
+        Err(e) => {
+            eprintln!("redq: bench: {e}");
+            1
         }
     }
 }

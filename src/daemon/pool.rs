@@ -23,6 +23,8 @@ use crate::store::Store;
 /// Due scheduled jobs promoted, and inbox documents taken, per claim.
 const PROMOTE_BATCH: usize = 200;
 const INBOX_BATCH: usize = 100;
+/// How long a saturated pool waits for more free slots before claiming.
+const GATHER: Duration = Duration::from_millis(2);
 
 pub struct Pool {
     pub name: String,
@@ -92,10 +94,20 @@ impl Pool {
             }
             ctx.beat.beat();
             if self.slots.available_permits() == 0 {
-                // Wait for a slot; a finishing job adds a permit.
+                // Saturated: wait for a slot, then briefly for more, so one
+                // claim serves several slots instead of one claim per
+                // finished job. Only a busy pool waits, at most GATHER.
                 tokio::select! {
                     _ = self.quiet.cancelled() => return,
-                    permit = self.slots.clone().acquire_owned() => drop(permit),
+                    permit = self.slots.acquire() => drop(permit),
+                }
+                let more = u32::try_from(self.concurrency / 4)
+                    .unwrap_or(u32::MAX)
+                    .max(1);
+                if let Ok(Ok(permits)) =
+                    tokio::time::timeout(GATHER, self.slots.acquire_many(more)).await
+                {
+                    drop(permits);
                 }
                 continue;
             }

@@ -306,22 +306,32 @@ impl Daemon {
         pipe.query_async::<()>(&mut con).await?;
 
         let wanted = pool_specs(&config);
-        let mut current = std::mem::take(
-            &mut *self
-                .shared
-                .pools
-                .lock()
-                .map_err(|_| Error::Config("poisoned".into()))?,
-        );
-        let mut next = Vec::new();
-        for spec in wanted {
-            if let Some(i) = current.iter().position(|(s, _)| *s == spec) {
-                next.push(current.remove(i));
-                continue;
+        let current: Vec<(PoolSpec, Arc<Pool>)> = self
+            .shared
+            .pools
+            .lock()
+            .map(|p| p.clone())
+            .unwrap_or_default();
+        // Start every new or changed pool first; if one cannot start, stop
+        // those just started and leave the running pools as they were.
+        let mut started = Vec::new();
+        for spec in wanted
+            .iter()
+            .filter(|w| !current.iter().any(|(s, _)| s == *w))
+        {
+            match self.start_pool(spec) {
+                Ok(pool) => started.push((spec.clone(), pool)),
+                Err(e) => {
+                    for (_, pool) in started {
+                        pool.quiet.cancel();
+                    }
+                    return Err(e);
+                }
             }
-            let pool = self.start_pool(&spec)?;
-            next.push((spec, pool));
         }
+        let (next, current): (Vec<_>, Vec<_>) =
+            current.into_iter().partition(|(s, _)| wanted.contains(s));
+        let next: Vec<(PoolSpec, Arc<Pool>)> = next.into_iter().chain(started).collect();
         for (spec, old) in current {
             tracing::info!(pool = %spec.name, "pool removed or changed; it stops claiming and its running jobs finish");
             old.quiet.cancel();

@@ -1,0 +1,246 @@
+//! The daemon's Prometheus metrics: job outcomes, duration histograms, queue
+//! gauges and daemon-wide gauges (rendered by `render.rs`).
+//!
+//! Invariants:
+//! - Recording is cheap: a read lock and a hash lookup by `&str`, then
+//!   relaxed atomic adds. The only allocation is the first use of a queue name.
+//! - Label sets are bounded: `queue` (names from the config; at most
+//!   [`MAX_QUEUES`] distinct, later ones are counted in
+//!   `redq_metrics_dropped_total` and otherwise ignored), `outcome` and `state`
+//!   (fixed enums), `le`, `version`. Never job ids or tenants.
+//! - A scrape reads atomics only; it never touches Redis. Queue depth gauges
+//!   are whatever the daemon last passed to [`Metrics::set_queue_depths`].
+//!
+//! Called by the daemon (recording) and `http.rs` (`/metrics`).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use super::histogram::{Histogram, Window};
+
+/// At most this many distinct queue label values are kept.
+pub const MAX_QUEUES: usize = 1024;
+
+/// How a job attempt ended, as counted in `redq_jobs_total{outcome}`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum JobOutcome {
+    /// The handler succeeded and the job completed.
+    Succeeded,
+    /// The attempt failed and a retry was scheduled.
+    Failed,
+    /// The job went to the dead set.
+    Dead,
+    /// The job was given back to pending without spending an attempt (shutdown).
+    Released,
+    /// The lease could not be renewed; another worker may own the job now.
+    LeaseLost,
+    /// Redis refused a write made with a stale fencing token.
+    StaleRefused,
+}
+
+impl JobOutcome {
+    /// Every outcome, in rendering order.
+    pub const ALL: [JobOutcome; 6] = [
+        JobOutcome::Succeeded,
+        JobOutcome::Failed,
+        JobOutcome::Dead,
+        JobOutcome::Released,
+        JobOutcome::LeaseLost,
+        JobOutcome::StaleRefused,
+    ];
+
+    /// The `outcome` label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobOutcome::Succeeded => "succeeded",
+            JobOutcome::Failed => "failed",
+            JobOutcome::Dead => "dead",
+            JobOutcome::Released => "released",
+            JobOutcome::LeaseLost => "lease_lost",
+            JobOutcome::StaleRefused => "stale_refused",
+        }
+    }
+}
+
+/// A queue's depth by state, read from Redis by the daemon (O(1) reads).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct QueueDepths {
+    pub pending: u64,
+    pub scheduled: u64,
+    pub active: u64,
+    pub dead: u64,
+    pub inbox: u64,
+    pub rejected: u64,
+    /// Age of the oldest pending job; `None` when nothing is pending (rendered as 0).
+    pub oldest_pending_age: Option<Duration>,
+}
+
+pub(super) const STATES: [&str; 6] = [
+    "pending",
+    "scheduled",
+    "active",
+    "dead",
+    "inbox",
+    "rejected",
+];
+
+pub(super) struct QueueMetrics {
+    pub(super) outcomes: [AtomicU64; JobOutcome::ALL.len()],
+    pub(super) wait: Histogram,
+    pub(super) run: Histogram,
+    pub(super) end_to_end: Histogram,
+    pub(super) run_window: Window,
+    pub(super) in_flight: AtomicU64,
+    /// In [`STATES`] order.
+    pub(super) depths: [AtomicU64; STATES.len()],
+    pub(super) depths_known: AtomicBool,
+    pub(super) oldest_pending_micros: AtomicU64,
+}
+
+impl QueueMetrics {
+    fn new() -> Self {
+        QueueMetrics {
+            outcomes: std::array::from_fn(|_| AtomicU64::new(0)),
+            wait: Histogram::new(),
+            run: Histogram::new(),
+            end_to_end: Histogram::new(),
+            run_window: Window::new(),
+            in_flight: AtomicU64::new(0),
+            depths: std::array::from_fn(|_| AtomicU64::new(0)),
+            depths_known: AtomicBool::new(false),
+            oldest_pending_micros: AtomicU64::new(0),
+        }
+    }
+}
+
+/// All of the daemon's metrics. Share it as `Arc<Metrics>`; every method takes `&self`.
+pub struct Metrics {
+    pub(super) started: Instant,
+    pub(super) version: String,
+    pub(super) queues: RwLock<HashMap<Box<str>, Box<QueueMetrics>>>,
+    pub(super) dropped: AtomicU64,
+    pub(super) redis_up: AtomicBool,
+    /// `f64` bits of the last round-trip time in seconds; NaN until measured.
+    pub(super) redis_rtt_bits: AtomicU64,
+}
+
+impl Metrics {
+    /// Creates the metrics of a daemon of this build `version`; uptime counts from now.
+    pub fn new(version: &str) -> Arc<Metrics> {
+        Arc::new(Metrics {
+            started: Instant::now(),
+            version: version.to_owned(),
+            queues: RwLock::new(HashMap::new()),
+            dropped: AtomicU64::new(0),
+            redis_up: AtomicBool::new(false),
+            redis_rtt_bits: AtomicU64::new(f64::NAN.to_bits()),
+        })
+    }
+
+    /// Makes `queue`'s series appear (at zero) before its first job. Optional.
+    pub fn register_queue(&self, queue: &str) {
+        self.with_queue(queue, |_| {});
+    }
+
+    /// Adds `n` to `redq_jobs_total{queue, outcome}`.
+    pub fn job_outcome(&self, queue: &str, outcome: JobOutcome, n: u64) {
+        self.with_queue(queue, |q| {
+            q.outcomes[outcome as usize].fetch_add(n, Relaxed);
+        });
+    }
+
+    /// The current value of `redq_jobs_total{queue, outcome}` (0 for an unknown queue).
+    pub fn jobs_total(&self, queue: &str, outcome: JobOutcome) -> u64 {
+        read(&self.queues)
+            .get(queue)
+            .map_or(0, |q| q.outcomes[outcome as usize].load(Relaxed))
+    }
+
+    /// Records one finished attempt: queue wait (enqueue → start) and
+    /// end-to-end time when known, and run time (also fed to the p50/p99 window).
+    pub fn observe_job(
+        &self,
+        queue: &str,
+        wait: Option<Duration>,
+        run: Duration,
+        end_to_end: Option<Duration>,
+    ) {
+        self.with_queue(queue, |q| {
+            if let Some(wait) = wait {
+                q.wait.observe(wait);
+            }
+            q.run.observe(run);
+            q.run_window.observe(run);
+            if let Some(e2e) = end_to_end {
+                q.end_to_end.observe(e2e);
+            }
+        });
+    }
+
+    /// Sets `redq_jobs_in_flight{queue}`.
+    pub fn set_in_flight(&self, queue: &str, n: u64) {
+        self.with_queue(queue, |q| q.in_flight.store(n, Relaxed));
+    }
+
+    /// Sets `redq_queue_jobs{queue, state}` and `redq_queue_oldest_pending_age_seconds{queue}`.
+    pub fn set_queue_depths(&self, queue: &str, d: &QueueDepths) {
+        self.with_queue(queue, |q| {
+            let values = [
+                d.pending,
+                d.scheduled,
+                d.active,
+                d.dead,
+                d.inbox,
+                d.rejected,
+            ];
+            for (slot, v) in q.depths.iter().zip(values) {
+                slot.store(v, Relaxed);
+            }
+            let age = d.oldest_pending_age.unwrap_or(Duration::ZERO);
+            let age = u64::try_from(age.as_micros()).unwrap_or(u64::MAX);
+            q.oldest_pending_micros.store(age, Relaxed);
+            q.depths_known.store(true, Relaxed);
+        });
+    }
+
+    /// Sets `redq_redis_up`, and `redq_redis_rtt_seconds` when a round trip was measured
+    /// (otherwise the last measurement stays).
+    pub fn set_redis(&self, up: bool, rtt: Option<Duration>) {
+        self.redis_up.store(up, Relaxed);
+        if let Some(rtt) = rtt {
+            self.redis_rtt_bits
+                .store(rtt.as_secs_f64().to_bits(), Relaxed);
+        }
+    }
+
+    /// Estimated (p50, p99) of `queue`'s run times since the previous call,
+    /// from a reset-on-read histogram with ×1.25 buckets (so within ~25 %).
+    /// `None` when no job of `queue` ran in between.
+    pub fn run_time_quantiles(&self, queue: &str) -> Option<(Duration, Duration)> {
+        read(&self.queues).get(queue)?.run_window.take_p50_p99()
+    }
+
+    /// Runs `f` on `queue`'s metrics, creating them on first use (up to [`MAX_QUEUES`]).
+    fn with_queue(&self, queue: &str, f: impl FnOnce(&QueueMetrics)) {
+        if let Some(q) = read(&self.queues).get(queue) {
+            f(q);
+            return;
+        }
+        let mut map = self.queues.write().unwrap_or_else(|e| e.into_inner());
+        if !map.contains_key(queue) && map.len() >= MAX_QUEUES {
+            self.dropped.fetch_add(1, Relaxed);
+            return;
+        }
+        f(map
+            .entry(queue.into())
+            .or_insert_with(|| Box::new(QueueMetrics::new())));
+    }
+}
+
+/// A read guard that survives poisoning: the map holds only atomics, so a
+/// panic elsewhere cannot leave it half-updated.
+pub(super) fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(|e| e.into_inner())
+}
