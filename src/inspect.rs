@@ -12,7 +12,7 @@ use crate::keys::{self, QueueKeys};
 use crate::store::Store;
 
 /// Where a job is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum JobState {
     /// Waiting for its due time (delayed, first attempt still to come).
@@ -81,83 +81,105 @@ pub struct DeadJob {
     pub last_error: Option<String>,
 }
 
-type Score = Option<f64>;
-
 /// Looks up one job; `None` when the queue does not know the id (never
 /// enqueued, or completed and removed by retention).
 pub async fn job(store: &Store, q: &QueueKeys, id: &str) -> Result<Option<JobInfo>> {
     keys::check_job_id(id)?;
+    let mut found = jobs(store, q, &[id.to_owned()]).await?;
+    Ok(found.pop().flatten().map(|(info, _)| info))
+}
+
+/// Looks up many jobs in one atomic round trip (HMGET and ZMSCORE over the
+/// queue's hashes and sets), so no job is seen in two states. Each entry is
+/// the job and its raw stored record, or `None` if the id is unknown.
+pub async fn jobs(
+    store: &Store,
+    q: &QueueKeys,
+    ids: &[String],
+) -> Result<Vec<Option<(JobInfo, String)>>> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut pipe = redis::pipe();
+    pipe.atomic();
+    for hash in [q.jobs(), q.runs(), q.errors(), q.results()] {
+        pipe.cmd("HMGET").arg(hash).arg(ids);
+    }
+    for set in [q.pending(), q.scheduled(), q.active(), q.dead(), q.done()] {
+        pipe.cmd("ZMSCORE").arg(set).arg(ids);
+    }
+    type Texts = Vec<Option<String>>;
+    type Scores = Vec<Option<f64>>;
     #[allow(clippy::type_complexity)]
-    let (record, run, error, result, pending, scheduled, active, dead, done): (
-        Option<String>,
-        Option<String>,
-        Option<String>,
-        Option<String>,
-        Score,
-        Score,
-        Score,
-        Score,
-        Score,
-    ) = redis::pipe()
-        .atomic()
-        .hget(q.jobs(), id)
-        .hget(q.runs(), id)
-        .hget(q.errors(), id)
-        .hget(q.results(), id)
-        .zscore(q.pending(), id)
-        .zscore(q.scheduled(), id)
-        .zscore(q.active(), id)
-        .zscore(q.dead(), id)
-        .zscore(q.done(), id)
-        .query_async(&mut store.connection())
-        .await?;
-    let Some(record) = record else {
-        return Ok(None);
-    };
-    let stored = StoredJob::parse(&record)
-        .map_err(|e| Error::protocol("job record", format!("job {id}: {e}")))?;
-    let (attempts, started) = parse_run(run.as_deref());
-    let state = if active.is_some() {
-        JobState::Active
-    } else if pending.is_some() {
-        JobState::Pending
-    } else if scheduled.is_some() && attempts > 0 {
-        JobState::Retrying
-    } else if scheduled.is_some() {
-        JobState::Scheduled
-    } else if dead.is_some() {
-        JobState::Dead
-    } else if done.is_some() {
-        JobState::Succeeded
-    } else {
-        // Between states only inside a script, which a pipeline cannot see:
-        // a record with no state is left over from an interrupted write.
-        return Err(Error::protocol(
-            "job",
-            format!("job {id} has a record but no state"),
-        ));
-    };
-    let doc = stored.doc;
-    Ok(Some(JobInfo {
-        id: id.to_owned(),
-        queue: q.queue().to_owned(),
-        state,
-        priority: stored.priority,
-        attempts,
-        max_attempts: (stored.max_attempts > 0).then_some(stored.max_attempts),
-        payload: doc.payload,
-        last_error: error,
-        result,
-        enqueued_at_ms: stored.enqueued_ms,
-        started_at_ms: started,
-        finished_at_ms: dead.or(done).map(|s| s as i64),
-        run_at_ms: scheduled.map(|s| s as i64),
-        lease_deadline_ms: active.map(|s| s as i64),
-        timeout_ms: doc.timeout_ms,
-        unique_key: doc.unique_key,
-        tenant: doc.tenant,
-        group: doc.group,
-    }))
+    let (records, runs, errors, results, pending, scheduled, active, dead, done): (
+        Texts,
+        Texts,
+        Texts,
+        Texts,
+        Scores,
+        Scores,
+        Scores,
+        Scores,
+        Scores,
+    ) = pipe.query_async(&mut store.connection()).await?;
+    let at = |v: &Scores, i: usize| v.get(i).copied().flatten();
+    let text = |v: &Texts, i: usize| v.get(i).cloned().flatten();
+    let mut out = Vec::with_capacity(ids.len());
+    for (i, id) in ids.iter().enumerate() {
+        let Some(record) = text(&records, i) else {
+            out.push(None);
+            continue;
+        };
+        let stored = StoredJob::parse(&record)
+            .map_err(|e| Error::protocol("job record", format!("job {id}: {e}")))?;
+        let (attempts, started) = parse_run(text(&runs, i).as_deref());
+        let (p, s, a, d, f) = (
+            at(&pending, i),
+            at(&scheduled, i),
+            at(&active, i),
+            at(&dead, i),
+            at(&done, i),
+        );
+        let state = match (a, p, s, d, f) {
+            (Some(_), ..) => JobState::Active,
+            (_, Some(_), ..) => JobState::Pending,
+            (_, _, Some(_), ..) if attempts > 0 => JobState::Retrying,
+            (_, _, Some(_), ..) => JobState::Scheduled,
+            (_, _, _, Some(_), _) => JobState::Dead,
+            (.., Some(_)) => JobState::Succeeded,
+            // States change only inside scripts, which an atomic read cannot
+            // split: a record with no state is left over from foreign writes.
+            _ => {
+                return Err(Error::protocol(
+                    "job",
+                    format!("job {id} has a record but no state"),
+                ))
+            }
+        };
+        let doc = stored.doc;
+        let info = JobInfo {
+            id: id.to_owned(),
+            queue: q.queue().to_owned(),
+            state,
+            priority: stored.priority,
+            attempts,
+            max_attempts: (stored.max_attempts > 0).then_some(stored.max_attempts),
+            payload: doc.payload,
+            last_error: text(&errors, i),
+            result: text(&results, i),
+            enqueued_at_ms: stored.enqueued_ms,
+            started_at_ms: started,
+            finished_at_ms: d.or(f).map(|s| s as i64),
+            run_at_ms: s.map(|s| s as i64),
+            lease_deadline_ms: a.map(|s| s as i64),
+            timeout_ms: doc.timeout_ms,
+            unique_key: doc.unique_key,
+            tenant: doc.tenant,
+            group: doc.group,
+        };
+        out.push(Some((info, record)));
+    }
+    Ok(out)
 }
 
 fn parse_run(run: Option<&str>) -> (u32, Option<i64>) {

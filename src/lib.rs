@@ -23,6 +23,7 @@ pub mod keys;
 pub mod observe;
 pub mod scripts;
 pub mod store;
+pub mod transfer;
 
 pub use client::Client;
 pub use error::{Error, Result};

@@ -31,6 +31,7 @@ pub struct Scripts {
     pub reap: Script,
     pub dead_retry: Script,
     pub dead_purge: Script,
+    pub import: Script,
 }
 
 pub static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
@@ -43,6 +44,7 @@ pub static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     reap: build(include_str!("lua/reap.lua")),
     dead_retry: build(include_str!("lua/dead_retry.lua")),
     dead_purge: build(include_str!("lua/dead_purge.lua")),
+    import: build(include_str!("lua/import.lua")),
 });
 
 /// The version of the function library: a hash of its source, so any change

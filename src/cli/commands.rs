@@ -54,6 +54,8 @@ pub async fn run(command: Command, target: &Target) -> Result<u8> {
             println!("resumed {queue}");
             Ok(0)
         }
+        Command::Export { queue, output } => export(&client, &queue, output).await,
+        Command::Import { queue, input } => import(&client, &queue, input).await,
         Command::Run | Command::CheckConfig | Command::Bench { .. } => Ok(2),
     }
 }
@@ -265,4 +267,64 @@ fn print_stats(stats: &[QueueStats], json: bool) -> Result<()> {
         );
     }
     Ok(())
+}
+
+async fn export(client: &Client, queue: &str, output: Option<std::path::PathBuf>) -> Result<u8> {
+    let q = client.store().queue(queue)?;
+    let io_err = |e: std::io::Error| Error::InvalidName(format!("cannot write the export: {e}"));
+    let n = match output {
+        Some(path) => {
+            let file = std::fs::File::create(&path).map_err(io_err)?;
+            let mut w = std::io::BufWriter::new(file);
+            let n = crate::transfer::export(client.store(), &q, &mut w).await?;
+            std::io::Write::flush(&mut w).map_err(io_err)?;
+            n
+        }
+        None => {
+            let mut w = std::io::BufWriter::new(std::io::stdout().lock());
+            let n = crate::transfer::export(client.store(), &q, &mut w).await?;
+            std::io::Write::flush(&mut w).map_err(io_err)?;
+            n
+        }
+    };
+    eprintln!("exported {n} jobs from {queue}");
+    Ok(0)
+}
+
+async fn import(client: &Client, queue: &str, input: Option<std::path::PathBuf>) -> Result<u8> {
+    use std::io::BufRead;
+    let q = client.store().queue(queue)?;
+    let reader: Box<dyn BufRead> = match input {
+        Some(path) => Box::new(std::io::BufReader::new(
+            std::fs::File::open(&path)
+                .map_err(|e| Error::InvalidName(format!("{}: {e}", path.display())))?,
+        )),
+        None => Box::new(std::io::BufReader::new(std::io::stdin())),
+    };
+    crate::inspect::register(client.store(), &[queue]).await?;
+    let (mut imported, mut skipped, mut refused) = (0, 0, 0);
+    let mut batch = Vec::new();
+    for (n, line) in reader.lines().enumerate() {
+        let line =
+            line.map_err(|e| Error::InvalidName(format!("cannot read line {}: {e}", n + 1)))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        match crate::transfer::parse_line(&line) {
+            Ok(job) => batch.push(job),
+            Err(e) => {
+                eprintln!("redq: line {} not imported: {e}", n + 1);
+                refused += 1;
+            }
+        }
+        if batch.len() >= 500 {
+            let (i, s) = crate::transfer::import(client.store(), &q, &batch).await?;
+            (imported, skipped) = (imported + i, skipped + s);
+            batch.clear();
+        }
+    }
+    let (i, s) = crate::transfer::import(client.store(), &q, &batch).await?;
+    (imported, skipped) = (imported + i, skipped + s);
+    println!("imported {imported} jobs into {queue}; skipped {skipped} whose id exists; refused {refused} lines");
+    Ok(if refused > 0 { 1 } else { 0 })
 }

@@ -78,6 +78,20 @@ pub enum Command {
     /// Inspect, retry or delete dead jobs
     #[command(subcommand)]
     Dead(DeadCommand),
+    /// Write every job of a queue (all states) as JSON lines
+    Export {
+        queue: String,
+        /// Write here instead of standard output
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
+    /// Restore jobs written by `redq export` (ids that exist are skipped)
+    Import {
+        queue: String,
+        /// Read here instead of standard input
+        #[arg(long, short)]
+        input: Option<PathBuf>,
+    },
     /// Stop every daemon from claiming jobs of a queue (enqueueing still works)
     Pause { queue: String },
     /// Let daemons claim jobs of a paused queue again
