@@ -20,6 +20,7 @@ pub mod handler;
 pub mod inspect;
 pub mod job;
 pub mod keys;
+pub mod lock;
 pub mod observe;
 pub mod scripts;
 pub mod store;

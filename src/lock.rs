@@ -1,0 +1,132 @@
+//! Distributed locks on one Redis: a token, a TTL, renewal, release by
+//! compare-and-delete, and a fencing number that only grows.
+//!
+//! What it guarantees: while one Redis primary keeps its data, at most one
+//! holder has a given lock at a time, as measured by Redis's clock; a holder
+//! whose TTL lapsed cannot renew or release the lock someone else took since;
+//! each acquisition gets a larger fencing number than every earlier one.
+//!
+//! What it does not: a holder may still *believe* it holds the lock after the
+//! TTL lapsed (a long pause, a slow network), so work guarded by a lock must
+//! either finish well inside the TTL or pass [`LockGuard::fence`] to the
+//! resource and let it refuse older numbers. On a Redis failover with
+//! asynchronous replication a lock can be lost and granted twice. It is not
+//! Redlock and makes no claims across several independent Redis servers.
+//!
+//! Keys: `<prefix>:lock:{<name>}` and `<prefix>:lock:{<name>}:fence`, one
+//! hash tag, so a lock lives on one Redis Cluster slot.
+
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use redis::Script;
+
+use crate::error::{Error, Result};
+use crate::keys;
+use crate::store::{int, Store};
+
+static ACQUIRE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("lua/lock_acquire.lua")));
+static RENEW: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/lock_renew.lua")));
+static RELEASE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("lua/lock_release.lua")));
+
+/// A held lock. Dropping it does not release it (the TTL will): call
+/// [`LockGuard::release`] when done.
+#[derive(Clone)]
+pub struct LockGuard {
+    store: Store,
+    key: String,
+    value: String,
+    fence: u64,
+}
+
+/// The answer of [`try_acquire`].
+#[derive(Debug)]
+pub enum Acquired {
+    Held(LockGuard),
+    /// Someone else holds it; it expires in this long at the latest.
+    Busy {
+        expires_in: Duration,
+    },
+}
+
+fn lock_keys(store: &Store, name: &str) -> Result<(String, String)> {
+    if !keys::is_valid_name(name) {
+        return Err(Error::InvalidName(format!(
+            "lock name {name:?} must be 1-{} characters from A-Z a-z 0-9 _ . - :",
+            keys::MAX_NAME_LEN
+        )));
+    }
+    let key = format!("{}:lock:{{{name}}}", store.prefix());
+    let fence = format!("{key}:fence");
+    Ok((key, fence))
+}
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+/// Takes the lock `name` for `ttl` if nobody holds it.
+pub async fn try_acquire(store: &Store, name: &str, ttl: Duration) -> Result<Acquired> {
+    let (key, fence_key) = lock_keys(store, name)?;
+    let token = uuid::Uuid::now_v7().simple().to_string();
+    let reply: Vec<redis::Value> = ACQUIRE
+        .key(&key)
+        .key(&fence_key)
+        .arg(&token)
+        .arg(ms(ttl))
+        .invoke_async(&mut store.connection())
+        .await?;
+    let (got, n) = (int(reply.first(), "lock")?, int(reply.get(1), "lock")?);
+    if got == 1 {
+        let fence = u64::try_from(n).unwrap_or(0);
+        Ok(Acquired::Held(LockGuard {
+            store: store.clone(),
+            key,
+            value: format!("{token}:{fence}"),
+            fence,
+        }))
+    } else {
+        Ok(Acquired::Busy {
+            expires_in: Duration::from_millis(u64::try_from(n).unwrap_or(0)),
+        })
+    }
+}
+
+impl std::fmt::Debug for LockGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LockGuard")
+            .field("key", &self.key)
+            .field("fence", &self.fence)
+            .finish()
+    }
+}
+
+impl LockGuard {
+    /// The fencing number of this acquisition: larger than every earlier one.
+    pub fn fence(&self) -> u64 {
+        self.fence
+    }
+
+    /// Extends the TTL; false when the lock is no longer ours (stop the guarded work).
+    pub async fn renew(&self, ttl: Duration) -> Result<bool> {
+        let n: i64 = RENEW
+            .key(&self.key)
+            .arg(&self.value)
+            .arg(ms(ttl))
+            .invoke_async(&mut self.store.connection())
+            .await?;
+        Ok(n == 1)
+    }
+
+    /// Releases the lock if it is still ours; false when it had already lapsed.
+    pub async fn release(self) -> Result<bool> {
+        let n: i64 = RELEASE
+            .key(&self.key)
+            .arg(&self.value)
+            .invoke_async(&mut self.store.connection())
+            .await?;
+        Ok(n == 1)
+    }
+}
