@@ -511,7 +511,16 @@ async fn completion_removes_the_job_or_keeps_it_per_retention() {
     let s = snapshot(&mut redis.con().await, &q).await;
     assert_eq!(s.sets["done"].len(), 2);
     assert_eq!(s.hashes["jobs"].len(), 2);
-    assert!(s.sets["active"].is_empty() && s.hashes["runs"].is_empty());
+    assert!(s.sets["active"].is_empty());
+    // Kept jobs keep their run entry (attempts, start) with no token; trimmed ones lose it.
+    assert_eq!(s.hashes["runs"].len(), 2);
+    assert!(
+        s.hashes["runs"]
+            .values()
+            .all(|r| r.split(',').nth(1) == Some("0")),
+        "{:?}",
+        s.hashes["runs"]
+    );
     assert!(
         s.hashes["unique"].is_empty(),
         "unique keys are free once jobs finish"
@@ -522,8 +531,8 @@ async fn completion_removes_the_job_or_keeps_it_per_retention() {
         .unwrap()
         .unwrap();
     assert_eq!(
-        (kept.state, kept.result.as_deref()),
-        (JobState::Succeeded, Some("ok"))
+        (kept.state, kept.result.as_deref(), kept.attempts),
+        (JobState::Succeeded, Some("ok"), 1)
     );
     // The same completion again is stale: the job is no longer held.
     assert_eq!(

@@ -61,6 +61,9 @@ struct Held {
     token: u64,
     deadline: Instant,
     stop: Stop,
+    /// The outcome is with the writer: a refused renewal then means the
+    /// write got there first, not a lost lease (a stale write is logged there).
+    reported: bool,
 }
 
 type Key = (Arc<str>, String);
@@ -81,6 +84,7 @@ impl Leases {
                 token,
                 deadline,
                 stop,
+                reported: false,
             };
             m.insert((rt.name.clone(), id.to_owned()), held);
         }
@@ -90,6 +94,18 @@ impl Leases {
         if let Ok(mut m) = self.held.lock() {
             for id in ids {
                 m.remove(&(queue.clone(), (*id).to_owned()));
+            }
+        }
+    }
+
+    /// Marks jobs whose outcome is about to be written; they stay held (and
+    /// renewed) until [`Leases::remove`].
+    pub fn mark_reported(&self, queue: &Arc<str>, ids: &[&str]) {
+        if let Ok(mut m) = self.held.lock() {
+            for id in ids {
+                if let Some(h) = m.get_mut(&(queue.clone(), (*id).to_owned())) {
+                    h.reported = true;
+                }
             }
         }
     }
@@ -133,6 +149,8 @@ impl Leases {
                             }
                             if ok {
                                 h.deadline = sent + rt.cfg.lease;
+                            } else if h.reported {
+                                tracing::debug!(queue = %queue, job = %id, "renewal refused: the job's outcome was written first");
                             } else {
                                 tracing::warn!(queue = %queue, job = %id, "lease lost: the job was taken over; its result will not be written");
                                 h.stop.stop(StopReason::LeaseLost);
@@ -155,7 +173,8 @@ impl Leases {
             for ((q, id), h) in m.iter() {
                 // A small margin: stop before the lease can lapse, not after.
                 let margin = (h.rt.cfg.lease / 10).min(Duration::from_secs(1));
-                if now + margin >= h.deadline && h.stop.reason() == StopReason::None {
+                if now + margin >= h.deadline && h.stop.reason() == StopReason::None && !h.reported
+                {
                     tracing::warn!(queue = %q, job = %id, "lease may have expired (renewals failed); stopping the job");
                     h.stop.stop(StopReason::LeaseLost);
                 }

@@ -29,13 +29,19 @@ pub async fn run(
 ) {
     let span = tracing::info_span!("job", queue = %rt.name, id = %job.id, attempt = job.attempt);
     counters.running.fetch_add(1, Ordering::Relaxed);
-    run_inner(&rt, job, lease_deadline, &leases)
+    run_inner(&rt, job, lease_deadline, &leases, &counters)
         .instrument(span)
         .await;
     counters.running.fetch_sub(1, Ordering::Relaxed);
 }
 
-async fn run_inner(rt: &Arc<QueueRt>, job: ClaimedJob, lease_deadline: Instant, leases: &Leases) {
+async fn run_inner(
+    rt: &Arc<QueueRt>,
+    job: ClaimedJob,
+    lease_deadline: Instant,
+    leases: &Leases,
+    counters: &Counters,
+) {
     let stop = Stop::default();
     leases.insert(rt, &job.id, job.token, lease_deadline, stop.clone());
     let record = match job.record {
@@ -75,6 +81,7 @@ async fn run_inner(rt: &Arc<QueueRt>, job: ClaimedJob, lease_deadline: Instant, 
     match stop.reason() {
         StopReason::LeaseLost => {
             tracing::warn!("stopped: lease lost; the result is not written");
+            Counters::add(&counters.lease_lost, 1);
             leases.remove(&rt.name, &[&id]);
             return;
         }

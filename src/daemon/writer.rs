@@ -105,8 +105,9 @@ pub fn spawn(
                     Err(_) => break,
                 }
             }
-            write(&ctx, &store, &batch, &counters).await;
             let ids: Vec<&str> = batch.iter().map(Report::id).collect();
+            leases.mark_reported(&ctx.name, &ids);
+            write(&ctx, &store, &batch, &counters).await;
             leases.remove(&ctx.name, &ids);
             batch.clear();
         }

@@ -7,17 +7,19 @@
 -- ARGV[2] keep_age_ms: kept jobs older than this are deleted (0 = no age limit)
 -- ARGV[3..] 4 per job: id, token, unique_key ('' = none), result ('' = none)
 -- Returns: one integer per job: 1 completed, 0 stale token (nothing changed)
+-- A kept job keeps its run entry (attempts, start time) with the token cleared.
 local k = queue_keys(KEYS)
 local keep, keep_age = tonumber(ARGV[1]), tonumber(ARGV[2])
 local ids = ids_of(ARGV, 3, 4)
 local runs = redis.call('HMGET', k.runs, unpack(ids))
-local out, done, at = {}, {}, {}
+local out, done, at, idx = {}, {}, {}, {}
 for i, id in ipairs(ids) do
   local _, token = parse_run(runs[i])
   if token ~= '0' and token == ARGV[4 * i] then
     out[i] = 1
     done[#done + 1] = id
     at[#done] = 4 * i - 1
+    idx[#done] = i
   else
     out[i] = 0
   end
@@ -26,16 +28,18 @@ if #done == 0 then return out end
 
 allow_when_full(k)
 redis.call('ZREM', k.active, unpack(done))
-redis.call('HDEL', k.runs, unpack(done))
 for j, id in ipairs(done) do
   release_unique(k, ARGV[at[j] + 2], id)
 end
 if keep > 0 then
   local now = now_ms()
-  local zargs, rargs = {}, {}
+  local zargs, rargs, run_args = {}, {}, {}
   for j, id in ipairs(done) do
     zargs[#zargs + 1] = now
     zargs[#zargs + 1] = id
+    local attempts, _, started = parse_run(runs[idx[j]])
+    run_args[#run_args + 1] = id
+    run_args[#run_args + 1] = run_entry(attempts, '0', started)
     local result = ARGV[at[j] + 3]
     if result ~= '' then
       rargs[#rargs + 1] = id
@@ -43,9 +47,11 @@ if keep > 0 then
     end
   end
   redis.call('ZADD', k.done, unpack(zargs))
+  redis.call('HSET', k.runs, unpack(run_args))
   if #rargs > 0 then redis.call('HSET', k.results, unpack(rargs)) end
   trim_retention(k, k.done, now, keep, keep_age, math.max(100, 2 * #done))
 else
+  redis.call('HDEL', k.runs, unpack(done))
   redis.call('HDEL', k.jobs, unpack(done))
   redis.call('HDEL', k.errors, unpack(done))
 end

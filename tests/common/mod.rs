@@ -95,11 +95,31 @@ impl RedisServer {
                 .map(|o| o.trim() == "PONG")
                 .unwrap_or(false)
             {
-                return true;
+                // Another test's server may hold the port while ours fails to
+                // bind it and exits: only our own server counts.
+                if self.answers_as_child() {
+                    return true;
+                }
+                self.kill();
+                return false;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
         false
+    }
+
+    /// True when the server on our port is the process we started.
+    fn answers_as_child(&self) -> bool {
+        let Some(pid) = self
+            .child
+            .as_ref()
+            .map(|c| format!("process_id:{}", c.id()))
+        else {
+            return false;
+        };
+        self.cli(&["INFO", "server"])
+            .map(|o| o.lines().any(|l| l.trim() == pid))
+            .unwrap_or(false)
     }
 
     pub fn url(&self) -> String {
