@@ -95,7 +95,7 @@ fn result(scenario: &str, jobs: u64, took: Duration) -> BenchResult {
 
 async fn process(url: &str, queue: &str, jobs: u64, concurrency: u32) -> Result<BenchResult> {
     let toml = format!(
-        "[redis]\nurl = \"{url}\"\n[queues.{queue}]\nconcurrency = {concurrency}\nhandler = {{ builtin = \"noop\" }}\n"
+        "[redis]\nurl = \"{url}\"\n[daemon]\nlisten = \"127.0.0.1:0\"\n[queues.{queue}]\nconcurrency = {concurrency}\nhandler = {{ builtin = \"noop\" }}\n"
     );
     let cfg: Config = config::load_from_str(&toml)?;
     let client = Client::connect(url, &cfg.redis.key_prefix).await?;

@@ -288,3 +288,43 @@ pub async fn register(store: &Store, queues: &[&str]) -> Result<()> {
         .await?;
     Ok(())
 }
+
+/// How long the job at the head of each queue's `pending` set (the next to
+/// run) has waited since it was enqueued, on Redis's clock; `None` when empty.
+pub async fn head_ages(
+    store: &Store,
+    queues: &[QueueKeys],
+) -> Result<Vec<Option<std::time::Duration>>> {
+    let mut con = store.connection();
+    let mut pipe = redis::pipe();
+    pipe.cmd("TIME");
+    for q in queues {
+        pipe.cmd("ZRANGE").arg(q.pending()).arg(0).arg(0);
+    }
+    let mut reply: Vec<redis::Value> = pipe.query_async(&mut con).await?;
+    let parse = |e: redis::ParsingError| Error::protocol("head ages", e.to_string());
+    let heads: Vec<Vec<String>> = reply
+        .split_off(1.min(reply.len()))
+        .into_iter()
+        .map(|v| redis::from_redis_value(v).map_err(parse))
+        .collect::<Result<_>>()?;
+    let time: (i64, i64) =
+        redis::from_redis_value(reply.pop().unwrap_or(redis::Value::Nil)).map_err(parse)?;
+    let now_ms = time.0 * 1000 + time.1 / 1000;
+    let mut pipe = redis::pipe();
+    for (q, head) in queues.iter().zip(&heads) {
+        pipe.cmd("HGET")
+            .arg(q.jobs())
+            .arg(head.first().map(String::as_str).unwrap_or(""));
+    }
+    let records: Vec<Option<String>> = pipe.query_async(&mut con).await?;
+    Ok(records
+        .iter()
+        .map(|r| {
+            let enqueued = StoredJob::parse(r.as_deref()?).ok()?.enqueued_ms;
+            Some(std::time::Duration::from_millis(
+                u64::try_from(now_ms - enqueued).unwrap_or(0),
+            ))
+        })
+        .collect())
+}

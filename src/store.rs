@@ -103,13 +103,25 @@ fn ms(d: Duration) -> u64 {
 }
 
 impl Store {
-    /// Connects to `url` (redis://, rediss://), reconnecting by itself with capped backoff.
+    /// Connects to `url` (redis://, rediss://), reconnecting by itself with
+    /// capped backoff; 5 s to connect, 30 s for an answer.
     pub async fn connect(url: &str, prefix: &str) -> Result<Store> {
+        Store::connect_with(url, prefix, Duration::from_secs(5), Duration::from_secs(30)).await
+    }
+
+    /// Like [`Store::connect`] with the connect and command time-outs given
+    /// (`[redis] connect_timeout`, `command_timeout`).
+    pub async fn connect_with(
+        url: &str,
+        prefix: &str,
+        connect: Duration,
+        command: Duration,
+    ) -> Result<Store> {
         keys::check_prefix(prefix)?;
         let client = redis::Client::open(url)?;
         let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(5)))
-            .set_response_timeout(Some(Duration::from_secs(30)))
+            .set_connection_timeout(Some(connect))
+            .set_response_timeout(Some(command))
             .set_number_of_retries(2)
             .set_max_delay(Duration::from_secs(2));
         let con = ConnectionManager::new_with_config(client, config).await?;

@@ -196,12 +196,15 @@ impl Leases {
     }
 }
 
+/// The keeper's name in `/healthz`.
+pub const LOOP: &str = "lease keeper";
+
 /// The keeper loop: renew, sleep, repeat until `stop`.
 pub async fn keep(
     leases: Leases,
     store: Store,
     stop: CancellationToken,
-    progress: super::supervisor::Beat,
+    health: Arc<crate::observe::Health>,
 ) {
     loop {
         let wait = leases.interval(Duration::from_millis(500));
@@ -210,6 +213,6 @@ pub async fn keep(
             _ = tokio::time::sleep(wait) => {}
         }
         leases.renew_all(&store).await;
-        progress.beat();
+        health.beat(LOOP);
     }
 }

@@ -18,6 +18,7 @@ mod backoff;
 mod handlers;
 mod leases;
 mod notify;
+mod observer;
 mod pool;
 mod reaper;
 mod runner;
@@ -48,6 +49,9 @@ pub(crate) struct QueueRt {
     /// How long a stopped handler gets to return before it is abandoned.
     pub grace: Duration,
     pub writer: writer::WriterHandle,
+    pub metrics: Arc<crate::observe::Metrics>,
+    /// Jobs of this queue running in this daemon.
+    pub in_flight: AtomicU64,
 }
 
 /// How many completed jobs a queue keeps, and for how long.

@@ -15,7 +15,6 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::leases::Leases;
-use super::supervisor::Beat;
 use super::{runner, Counters, QueueRt};
 use crate::config::Order;
 use crate::store::Store;
@@ -43,8 +42,7 @@ pub struct PoolCtx {
     pub leases: Leases,
     pub counters: Arc<Counters>,
     pub inbox_poll: Duration,
-    pub beat: Beat,
-    pub healthy: Arc<std::sync::atomic::AtomicBool>,
+    pub health: Arc<crate::observe::Health>,
 }
 
 impl Pool {
@@ -92,7 +90,6 @@ impl Pool {
             if self.quiet.is_cancelled() {
                 return;
             }
-            ctx.beat.beat();
             if self.slots.available_permits() == 0 {
                 // Saturated: wait for a slot, then briefly for more, so one
                 // claim serves several slots instead of one claim per
@@ -145,8 +142,9 @@ impl Pool {
                             let (rt, leases, counters) =
                                 (q.clone(), ctx.leases.clone(), ctx.counters.clone());
                             let deadline = sent + q.cfg.lease;
+                            let claimed_ms = c.now_ms;
                             tokio::spawn(async move {
-                                runner::run(rt, job, deadline, leases, counters).await;
+                                runner::run(rt, job, claimed_ms, deadline, leases, counters).await;
                                 drop(permit);
                             });
                         }
@@ -157,8 +155,7 @@ impl Pool {
                     }
                 }
             }
-            ctx.healthy
-                .store(!failed, std::sync::atomic::Ordering::Relaxed);
+            ctx.health.set_redis_ok(!failed);
             if failed {
                 tokio::select! {
                     _ = self.quiet.cancelled() => return,

@@ -8,12 +8,15 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use super::dead_retention;
-use super::supervisor::{Beat, Shared};
+use super::supervisor::Shared;
 
 /// Expired jobs handled per call; a queue with more is reaped again at once.
 const BATCH: usize = 200;
 
-pub async fn run(shared: Arc<Shared>, every: Duration, stop: CancellationToken, beat: Beat) {
+/// The reaper's name in `/healthz`.
+pub const LOOP: &str = "reaper";
+
+pub async fn run(shared: Arc<Shared>, every: Duration, stop: CancellationToken) {
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
@@ -41,6 +44,6 @@ pub async fn run(shared: Arc<Shared>, every: Duration, stop: CancellationToken, 
                 }
             }
         }
-        beat.beat();
+        shared.health.beat(LOOP);
     }
 }

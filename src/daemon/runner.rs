@@ -17,22 +17,43 @@ use super::leases::{Leases, Stop, StopReason};
 use super::writer::Report;
 use super::{backoff, Counters, QueueRt};
 use crate::handler::{JobContext, Outcome};
+use crate::observe::JobOutcome;
 use crate::store::ClaimedJob;
 
 /// Runs `job` to its end and reports it to the queue's writer.
 pub async fn run(
     rt: Arc<QueueRt>,
     job: ClaimedJob,
+    claimed_ms: i64,
     lease_deadline: Instant,
     leases: Leases,
     counters: Arc<Counters>,
 ) {
     let span = tracing::info_span!("job", queue = %rt.name, id = %job.id, attempt = job.attempt);
     counters.running.fetch_add(1, Ordering::Relaxed);
-    run_inner(&rt, job, lease_deadline, &leases, &counters)
+    let in_flight = rt.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+    rt.metrics.set_in_flight(&rt.name, in_flight);
+    let enqueued_ms = job.record.as_ref().map(|r| r.enqueued_ms).ok();
+    let started = Instant::now();
+    let ran = run_inner(&rt, job, lease_deadline, &leases, &counters)
         .instrument(span)
         .await;
+    let in_flight = rt
+        .in_flight
+        .fetch_sub(1, Ordering::Relaxed)
+        .saturating_sub(1);
+    rt.metrics.set_in_flight(&rt.name, in_flight);
     counters.running.fetch_sub(1, Ordering::Relaxed);
+    if ran {
+        // Queue wait on Redis's clock (enqueue, or due time for delayed
+        // jobs, included), then run time on ours.
+        let wait = enqueued_ms
+            .and_then(|e| u64::try_from(claimed_ms - e).ok())
+            .map(Duration::from_millis);
+        let run = started.elapsed();
+        rt.metrics
+            .observe_job(&rt.name, wait, run, wait.map(|w| w + run));
+    }
 }
 
 async fn run_inner(
@@ -41,7 +62,7 @@ async fn run_inner(
     lease_deadline: Instant,
     leases: &Leases,
     counters: &Counters,
-) {
+) -> bool {
     let stop = Stop::default();
     leases.insert(rt, &job.id, job.token, lease_deadline, stop.clone());
     let record = match job.record {
@@ -55,7 +76,7 @@ async fn run_inner(
                 error: format!("job record cannot be read: {reason}"),
                 unique: None,
             });
-            return;
+            return false;
         }
     };
     let doc = record.doc;
@@ -82,13 +103,14 @@ async fn run_inner(
         StopReason::LeaseLost => {
             tracing::warn!("stopped: lease lost; the result is not written");
             Counters::add(&counters.lease_lost, 1);
+            rt.metrics.job_outcome(&rt.name, JobOutcome::LeaseLost, 1);
             leases.remove(&rt.name, &[&id]);
-            return;
+            return true;
         }
         StopReason::Shutdown => {
             tracing::info!("stopped by shutdown; giving the job back");
             rt.writer.send(Report::Release { id, token });
-            return;
+            return true;
         }
         StopReason::Timeout | StopReason::None => {}
     }
@@ -159,6 +181,7 @@ async fn run_inner(
         }
     };
     rt.writer.send(report);
+    true
 }
 
 /// Runs the handler in its own task and waits for it, its time-out, or a stop.

@@ -7,13 +7,12 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, Notify, Semaphore};
 use tokio::task::JoinHandle;
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::handlers::{self, Library};
@@ -22,44 +21,22 @@ use super::pool::{Pool, PoolCtx};
 use super::signals::{self, Action};
 use super::waker::{self, Routes};
 use super::writer::{self, WriterCtx};
-use super::{dead_retention, notify, reaper, retention, startup, Counters, QueueRt};
+use super::{dead_retention, notify, observer, reaper, retention, startup, Counters, QueueRt};
 use crate::config::{self, Config, Order, Overrides, QueueConfig};
 use crate::error::{Error, Result};
 use crate::handler::Handler;
 use crate::inspect;
+use crate::observe::{Health, Metrics};
 use crate::scripts;
 use crate::store::Store;
-
-/// A loop's heartbeat, for the systemd watchdog.
-#[derive(Clone)]
-pub struct Beat {
-    at: Arc<AtomicI64>,
-    origin: Instant,
-}
-
-impl Beat {
-    fn new(origin: Instant) -> Beat {
-        Beat {
-            at: Arc::new(AtomicI64::new(0)),
-            origin,
-        }
-    }
-    pub fn beat(&self) {
-        self.at
-            .store(self.origin.elapsed().as_millis() as i64, Ordering::Relaxed);
-    }
-    fn age(&self) -> Duration {
-        let now = self.origin.elapsed().as_millis() as i64;
-        Duration::from_millis(u64::try_from(now - self.at.load(Ordering::Relaxed)).unwrap_or(0))
-    }
-}
 
 /// State every component shares.
 pub struct Shared {
     pub(crate) store: Store,
     pub(crate) leases: Leases,
     pub(crate) counters: Arc<Counters>,
-    pub(crate) healthy: Arc<AtomicBool>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) health: Arc<Health>,
     pools: Mutex<Vec<(PoolSpec, Arc<Pool>)>>,
 }
 
@@ -117,22 +94,33 @@ impl WorkerBuilder {
     pub async fn start(self) -> Result<Daemon> {
         self.config.validate_with(&self.library_queues())?;
         handlers::check_runnable(&self.config)?;
-        let origin = Instant::now();
-        let store = Store::connect(&self.config.redis.url, &self.config.redis.key_prefix).await?;
+        let r = &self.config.redis;
+        let store =
+            Store::connect_with(&r.url, &r.key_prefix, r.connect_timeout, r.command_timeout)
+                .await?;
         let mut con = store.connection();
         startup::check(&mut con).await?;
         scripts::ensure_library(&mut con).await?;
+        let health = Arc::new(Health::new());
+        health.set_redis_ok(true);
+        health.set_scripts_loaded(true);
+        let d = &self.config.daemon;
+        let lease_keeper_staleness = Duration::from_secs(60);
+        health.register_loop(leases::LOOP, lease_keeper_staleness);
+        health.register_loop(
+            reaper::LOOP,
+            (d.reap_interval * 3).max(Duration::from_secs(30)),
+        );
+        health.register_loop(observer::LOOP, observer::POLL * 15);
         let shared = Arc::new(Shared {
             store: store.clone(),
             leases: Leases::default(),
             counters: Arc::new(Counters::default()),
-            healthy: Arc::new(AtomicBool::new(true)),
+            metrics: Metrics::new(env!("CARGO_PKG_VERSION")),
+            health,
             pools: Mutex::new(Vec::new()),
         });
         let stop = CancellationToken::new();
-        let (keeper_beat, reaper_beat) = (Beat::new(origin), Beat::new(origin));
-        keeper_beat.beat();
-        reaper_beat.beat();
         let routes: Routes = Arc::new(RwLock::new(HashMap::new()));
         let redis_client = redis::Client::open(self.config.redis.url.as_str())?;
         let (tx, rx) = mpsc::unbounded_channel();
@@ -140,6 +128,7 @@ impl WorkerBuilder {
             signals::listen(tx.clone())
                 .map_err(|e| Error::Config(format!("cannot install signal handlers: {e}")))?;
         }
+        let (http, http_addr) = observer::start_http(d, &shared, stop.clone()).await?;
         let mut daemon = Daemon {
             shared: shared.clone(),
             config: self.config.clone(),
@@ -148,24 +137,20 @@ impl WorkerBuilder {
             stop: stop.clone(),
             writers_stop: CancellationToken::new(),
             routes: routes.clone(),
-            tasks: Vec::new(),
+            tasks: vec![http],
+            http_addr,
             fetchers: Vec::new(),
             writers: Vec::new(),
             draining: Vec::new(),
             tx,
             rx,
-            beats: vec![
-                (keeper_beat.clone(), "lease keeper"),
-                (reaper_beat.clone(), "reaper"),
-            ],
-            started: origin,
         };
         daemon.apply(self.config).await?;
         let keeper = leases::keep(
             shared.leases.clone(),
             store.clone(),
             stop.clone(),
-            keeper_beat,
+            shared.health.clone(),
         );
         daemon.tasks.push(tokio::spawn(keeper));
         let every = daemon.config.daemon.reap_interval;
@@ -173,15 +158,17 @@ impl WorkerBuilder {
             shared.clone(),
             every,
             stop.clone(),
-            reaper_beat,
         )));
         daemon
             .tasks
             .push(tokio::spawn(waker::run(redis_client, routes, stop.clone())));
-        daemon
-            .tasks
-            .push(tokio::spawn(status_loop(daemon.status_ctx())));
-        notify::ready(&status_line(&shared));
+        let stats_interval = daemon.config.daemon.stats_interval;
+        daemon.tasks.push(tokio::spawn(observer::run(
+            shared.clone(),
+            stats_interval,
+            stop.clone(),
+        )));
+        notify::ready(&observer::status_line(&shared));
         tracing::info!(queues = shared.queues().len(), "redq daemon ready");
         Ok(daemon)
     }
@@ -239,8 +226,7 @@ pub struct Daemon {
     draining: Vec<Arc<Pool>>,
     tx: mpsc::UnboundedSender<Action>,
     rx: mpsc::UnboundedReceiver<Action>,
-    beats: Vec<(Beat, &'static str)>,
-    started: Instant,
+    http_addr: std::net::SocketAddr,
 }
 
 /// Asks a running daemon to reload or shut down (what the signals do).
@@ -258,13 +244,6 @@ impl DaemonHandle {
     }
 }
 
-struct StatusCtx {
-    shared: Arc<Shared>,
-    beats: Vec<(Beat, &'static str)>,
-    stats_interval: Duration,
-    stop: CancellationToken,
-}
-
 impl Daemon {
     pub fn handle(&self) -> DaemonHandle {
         DaemonHandle {
@@ -272,18 +251,14 @@ impl Daemon {
         }
     }
 
+    /// Where `/metrics`, `/healthz` and `/readyz` are served (useful with port 0).
+    pub fn http_addr(&self) -> std::net::SocketAddr {
+        self.http_addr
+    }
+
     /// Counters since start.
     pub fn counters(&self) -> Arc<Counters> {
         self.shared.counters.clone()
-    }
-
-    fn status_ctx(&self) -> StatusCtx {
-        StatusCtx {
-            shared: self.shared.clone(),
-            beats: self.beats.clone(),
-            stats_interval: self.config.daemon.stats_interval,
-            stop: self.stop.clone(),
-        }
     }
 
     /// Makes the running pools match `config`: keeps unchanged pools, starts
@@ -367,6 +342,7 @@ impl Daemon {
                 }
             };
             let keys = self.shared.store.queue(name)?;
+            self.shared.metrics.register_queue(name);
             let name: Arc<str> = Arc::from(name.as_str());
             let wctx = WriterCtx {
                 name: name.clone(),
@@ -374,6 +350,7 @@ impl Daemon {
                 keep: retention(cfg),
                 dead: dead_retention(cfg),
                 give_up_after: cfg.lease,
+                metrics: self.shared.metrics.clone(),
             };
             let s = &self.shared;
             let (writer, task) = writer::spawn(
@@ -391,6 +368,8 @@ impl Daemon {
                 handler: built.handler,
                 grace: built.grace,
                 writer,
+                metrics: self.shared.metrics.clone(),
+                in_flight: AtomicU64::new(0),
             }));
         }
         let pool = Arc::new(Pool {
@@ -402,14 +381,12 @@ impl Daemon {
             wake: Arc::new(Notify::new()),
             quiet: CancellationToken::new(),
         });
-        let beat = Beat::new(self.started);
         let ctx = Arc::new(PoolCtx {
             store: self.shared.store.clone(),
             leases: self.shared.leases.clone(),
             counters: self.shared.counters.clone(),
             inbox_poll: self.config.daemon.inbox_poll,
-            beat,
-            healthy: self.shared.healthy.clone(),
+            health: self.shared.health.clone(),
         });
         self.fetchers.push(tokio::spawn(pool.clone().fetch(ctx)));
         tracing::info!(pool = %spec.name, concurrency = spec.concurrency, "pool started");
@@ -440,7 +417,7 @@ impl Daemon {
             },
             Err(e) => tracing::error!("reload refused, the running configuration stays:\n{e}"),
         }
-        notify::ready(&status_line(&self.shared));
+        notify::ready(&observer::status_line(&self.shared));
     }
 
     /// Runs until a shutdown is asked for, then stops in order and returns.
@@ -454,6 +431,7 @@ impl Daemon {
 
     async fn shutdown(mut self) {
         notify::stopping();
+        self.shared.health.set_draining(true);
         let pools: Vec<Arc<Pool>> = self
             .shared
             .pools
@@ -530,76 +508,6 @@ async fn wait_for_shutdown(rx: &mut mpsc::UnboundedReceiver<Action>) {
         match rx.recv().await {
             Some(Action::Shutdown) | None => return,
             Some(Action::Reload) => tracing::warn!("reload ignored: shutting down"),
-        }
-    }
-}
-
-fn status_line(shared: &Shared) -> String {
-    let c = &shared.counters;
-    format!(
-        "{} running; {} succeeded, {} retried, {} dead since start; Redis {}",
-        c.running.load(Ordering::Relaxed),
-        Counters::get(&c.succeeded),
-        Counters::get(&c.retried),
-        Counters::get(&c.dead),
-        if shared.healthy.load(Ordering::Relaxed) {
-            "ok"
-        } else {
-            "unreachable"
-        },
-    )
-}
-
-/// STATUS every few seconds, WATCHDOG while the loops make progress, and the
-/// summary log line every `stats_interval`.
-async fn status_loop(ctx: StatusCtx) {
-    let watchdog = notify::watchdog_interval();
-    let tick = watchdog
-        .map(|w| w / 2)
-        .unwrap_or(Duration::from_secs(5))
-        .min(Duration::from_secs(5));
-    let mut last_summary = Instant::now();
-    let mut last = (0, 0, 0);
-    loop {
-        tokio::select! {
-            _ = ctx.stop.cancelled() => return,
-            _ = tokio::time::sleep(tick) => {}
-        }
-        let line = status_line(&ctx.shared);
-        notify::status(&line);
-        let stalled: Vec<&str> = ctx
-            .beats
-            .iter()
-            .filter(|(b, _)| b.age() > Duration::from_secs(60))
-            .map(|(_, name)| *name)
-            .collect();
-        if stalled.is_empty() {
-            notify::watchdog();
-        } else {
-            tracing::error!(
-                ?stalled,
-                "loops are not making progress; not petting the systemd watchdog"
-            );
-        }
-        if last_summary.elapsed() >= ctx.stats_interval {
-            let c = &ctx.shared.counters;
-            let now = (
-                Counters::get(&c.succeeded),
-                Counters::get(&c.retried),
-                Counters::get(&c.dead),
-            );
-            let secs = last_summary.elapsed().as_secs_f64().max(0.001);
-            tracing::info!(
-                succeeded = now.0 - last.0,
-                retried = now.1 - last.1,
-                dead = now.2 - last.2,
-                per_sec = format!("{:.1}", (now.0 - last.0) as f64 / secs),
-                running = c.running.load(Ordering::Relaxed),
-                redis_ok = ctx.shared.healthy.load(Ordering::Relaxed),
-                "summary"
-            );
-            last = now;
-            last_summary = Instant::now();
         }
     }
 }

@@ -15,6 +15,7 @@ use tokio::time::Instant;
 use super::leases::Leases;
 use super::Counters;
 use crate::keys::QueueKeys;
+use crate::observe::JobOutcome;
 use crate::store::{Completion, FailResult, Failure, Retention, Store};
 
 /// Most reports written in one batch.
@@ -76,6 +77,7 @@ pub struct WriterCtx {
     /// How long to keep retrying a write while Redis is unreachable: past the
     /// lease, the job has been or will be rescued and the write would be stale.
     pub give_up_after: Duration,
+    pub metrics: Arc<crate::observe::Metrics>,
 }
 
 /// Starts a writer. It ends when every handle is dropped, or when `stop` is
@@ -158,27 +160,23 @@ async fn write(ctx: &WriterCtx, store: &Store, batch: &[Report], counters: &Coun
         f.unwrap_or_default(),
         r.unwrap_or_default(),
     );
-    let stale = c.iter().filter(|ok| !**ok).count()
-        + f.iter().filter(|x| **x == FailResult::Stale).count()
-        + r.iter().filter(|ok| !**ok).count();
-    let count = |n: usize| n as u64;
-    Counters::add(
-        &counters.succeeded,
-        count(c.iter().filter(|ok| **ok).count()),
-    );
-    Counters::add(
-        &counters.retried,
-        count(f.iter().filter(|x| **x == FailResult::Retrying).count()),
-    );
-    Counters::add(
-        &counters.dead,
-        count(f.iter().filter(|x| **x == FailResult::Dead).count()),
-    );
-    Counters::add(
-        &counters.released,
-        count(r.iter().filter(|ok| **ok).count()),
-    );
-    Counters::add(&counters.stale_refused, count(stale));
+    let ok = |v: &Vec<bool>| v.iter().filter(|x| **x).count() as u64;
+    let fails = |want: FailResult| f.iter().filter(|x| **x == want).count() as u64;
+    let stale = (c.len() + r.len()) as u64 - ok(&c) - ok(&r) + fails(FailResult::Stale);
+    for (outcome, n, counter) in [
+        (JobOutcome::Succeeded, ok(&c), &counters.succeeded),
+        (
+            JobOutcome::Failed,
+            fails(FailResult::Retrying),
+            &counters.retried,
+        ),
+        (JobOutcome::Dead, fails(FailResult::Dead), &counters.dead),
+        (JobOutcome::Released, ok(&r), &counters.released),
+        (JobOutcome::StaleRefused, stale, &counters.stale_refused),
+    ] {
+        Counters::add(counter, n);
+        ctx.metrics.job_outcome(&ctx.name, outcome, n);
+    }
     if stale > 0 {
         tracing::warn!(queue = %ctx.name, stale, "results refused: the jobs' leases had been taken over");
     }

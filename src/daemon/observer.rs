@@ -1,0 +1,162 @@
+//! What the daemon shows about itself: the `/metrics`, `/healthz`, `/readyz`
+//! listener; a poller that refreshes queue depths and Redis round-trip time
+//! (O(1) reads, every few seconds, so a scrape never touches Redis); systemd
+//! STATUS and WATCHDOG; and the summary log line every `stats_interval`.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::supervisor::Shared;
+use super::{notify, Counters, QueueRt};
+use crate::config::DaemonConfig;
+use crate::error::{Error, Result};
+use crate::inspect;
+use crate::observe::{self, JobOutcome, QueueDepths};
+
+/// The poller's name in `/healthz`.
+pub const LOOP: &str = "queue poller";
+/// How often queue depths and Redis RTT are read.
+pub const POLL: Duration = Duration::from_secs(2);
+
+/// Binds `daemon.listen` and serves metrics and health until `stop`.
+pub async fn start_http(
+    cfg: &DaemonConfig,
+    shared: &Arc<Shared>,
+    stop: CancellationToken,
+) -> Result<(JoinHandle<()>, std::net::SocketAddr)> {
+    let addr = observe::check_listen(&cfg.listen, cfg.listen_public).map_err(Error::Config)?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| Error::Config(format!("daemon.listen: cannot listen on {addr}: {e}")))?;
+    let bound = listener.local_addr().unwrap_or(addr);
+    tracing::info!(%bound, "serving /metrics, /healthz and /readyz");
+    let (metrics, health) = (shared.metrics.clone(), shared.health.clone());
+    let task = tokio::spawn(async move {
+        if let Err(e) = observe::serve(listener, metrics, health, stop).await {
+            tracing::error!(error = %e, "metrics listener failed");
+        }
+    });
+    Ok((task, bound))
+}
+
+/// Reads depths and the head-of-queue age of every queue, and times the round trip.
+async fn poll_once(shared: &Shared, queues: &[Arc<QueueRt>]) -> Result<Duration> {
+    let keys: Vec<_> = queues.iter().map(|q| q.keys.clone()).collect();
+    let sent = Instant::now();
+    let stats = inspect::stats(&shared.store, &keys).await?;
+    let rtt = sent.elapsed();
+    let heads = inspect::head_ages(&shared.store, &keys).await?;
+    for ((q, s), head) in queues.iter().zip(&stats).zip(heads) {
+        let depths = QueueDepths {
+            pending: s.pending,
+            scheduled: s.scheduled,
+            active: s.active,
+            dead: s.dead,
+            inbox: s.inbox,
+            rejected: s.rejected,
+            oldest_pending_age: head,
+        };
+        shared.metrics.set_queue_depths(&q.name, &depths);
+    }
+    Ok(rtt)
+}
+
+/// The poller loop, with STATUS, WATCHDOG and the summary line.
+pub async fn run(shared: Arc<Shared>, stats_interval: Duration, stop: CancellationToken) {
+    let watchdog = notify::watchdog_interval();
+    let tick = watchdog.map(|w| w / 2).unwrap_or(POLL).min(POLL);
+    let mut last_summary = Instant::now();
+    let mut last: BTreeMap<Arc<str>, (u64, u64)> = BTreeMap::new();
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(tick) => {}
+        }
+        let queues = shared.queues();
+        let rtt = match poll_once(&shared, &queues).await {
+            Ok(rtt) => Some(rtt),
+            Err(e) => {
+                tracing::debug!(error = %e, "polling queue depths failed");
+                None
+            }
+        };
+        shared.metrics.set_redis(rtt.is_some(), rtt);
+        shared.health.set_redis_ok(rtt.is_some());
+        shared.health.beat(LOOP);
+        notify::status(&status_line(&shared));
+        let (healthy, body) = shared.health.healthz();
+        if healthy {
+            notify::watchdog();
+        } else {
+            tracing::error!(%body, "loops are not making progress; not petting the systemd watchdog");
+        }
+        if last_summary.elapsed() >= stats_interval {
+            summary(&shared, &queues, last_summary.elapsed(), rtt, &mut last);
+            last_summary = Instant::now();
+        }
+    }
+}
+
+/// One line per interval: per queue throughput, failures, depth, run-time
+/// p50/p99; and Redis RTT.
+fn summary(
+    shared: &Shared,
+    queues: &[Arc<QueueRt>],
+    took: Duration,
+    rtt: Option<Duration>,
+    last: &mut BTreeMap<Arc<str>, (u64, u64)>,
+) {
+    let secs = took.as_secs_f64().max(0.001);
+    let mut parts = Vec::new();
+    for q in queues {
+        let m = &shared.metrics;
+        let done = m.jobs_total(&q.name, JobOutcome::Succeeded);
+        let failed =
+            m.jobs_total(&q.name, JobOutcome::Failed) + m.jobs_total(&q.name, JobOutcome::Dead);
+        let (d0, f0) = last
+            .insert(q.name.clone(), (done, failed))
+            .unwrap_or((0, 0));
+        let pct = m
+            .run_time_quantiles(&q.name)
+            .map(|(p50, p99)| format!(" p50={:.1}ms p99={:.1}ms", ms(p50), ms(p99)))
+            .unwrap_or_default();
+        parts.push(format!(
+            "{}: {:.1}/s ok, {} failed, {} running{pct}",
+            q.name,
+            (done - d0) as f64 / secs,
+            failed - f0,
+            q.in_flight.load(Ordering::Relaxed)
+        ));
+    }
+    let rtt = rtt
+        .map(|r| format!("{:.2}ms", ms(r)))
+        .unwrap_or_else(|| "unreachable".into());
+    tracing::info!(redis_rtt = %rtt, "summary: {}", parts.join("; "));
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// The one-line STATUS for systemd.
+pub fn status_line(shared: &Shared) -> String {
+    let c = &shared.counters;
+    format!(
+        "{} running; {} succeeded, {} retried, {} dead since start; Redis {}",
+        c.running.load(Ordering::Relaxed),
+        Counters::get(&c.succeeded),
+        Counters::get(&c.retried),
+        Counters::get(&c.dead),
+        if shared.health.readyz().1["redis"] == true {
+            "ok"
+        } else {
+            "unreachable"
+        },
+    )
+}
