@@ -21,6 +21,24 @@ fn redq(url: &str, args: &[&str]) -> Command {
     c
 }
 
+/// Runs `redq import q` with `input` on standard input.
+fn import(url: &str, input: &str) -> std::process::Output {
+    use std::io::Write;
+    let mut child = redq(url, &["import", "q"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
 fn by_id(text: &str) -> BTreeMap<String, Value> {
     text.lines()
         .map(|l| serde_json::from_str::<Value>(l).unwrap())
@@ -128,19 +146,7 @@ async fn export_then_import_restores_every_job_in_its_state() {
     );
 
     let dst = RedisServer::start();
-    let mut child = redq(&dst.url(), &["import", "q"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(exported.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = import(&dst.url(), &exported);
     assert!(
         out.status.success(),
         "{}",
@@ -161,18 +167,7 @@ async fn export_then_import_restores_every_job_in_its_state() {
         assert_eq!(after[&id], v, "{id}");
     }
     // Importing the same file again changes nothing.
-    let mut child = redq(&dst.url(), &["import", "q"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(exported.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = import(&dst.url(), &exported);
     assert!(String::from_utf8_lossy(&out.stdout).contains("imported 0 jobs into q; skipped 6"));
     // The unique key came back with the live job.
     let dup = dst
@@ -189,20 +184,7 @@ fn bad_lines_are_refused_by_number_and_the_rest_imported() {
     let dst = RedisServer::start();
     let good = r#"{"id":"a","state":"pending","priority":0,"max_attempts":0,"attempts":0,"enqueued_at_ms":1,"document":{"payload":1}}"#;
     let input = format!("{good}\nnot json\n{}\n", good.replace("\"a\"", "\"b c\""));
-    let mut child = redq(&dst.url(), &["import", "q"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = import(&dst.url(), &input);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
