@@ -125,3 +125,37 @@ async fn metrics_count_outcomes_and_health_follows_redis() {
     handle.shutdown();
     within(20, run).await.unwrap().unwrap();
 }
+
+#[tokio::test]
+async fn a_lost_function_library_is_loaded_again() {
+    let redis = RedisServer::start();
+    let daemon = WorkerBuilder::new(config(&redis.url()))
+        .start()
+        .await
+        .unwrap();
+    let handle = daemon.handle();
+    let run = tokio::spawn(daemon.run());
+    // As after a restart of a Redis without persistence.
+    redis.cli(&["FUNCTION", "DELETE", "redq"]).unwrap();
+    let id = within(20, async {
+        loop {
+            let out = redis
+                .cli(&[
+                    "FCALL",
+                    "redq_enqueue",
+                    "1",
+                    "redq:{ok}",
+                    r#"{"payload":1}"#,
+                ])
+                .unwrap();
+            if !out.contains("ERR") {
+                return out;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert_eq!(id.trim().len(), 36, "{id}");
+    handle.shutdown();
+    within(20, run).await.unwrap().unwrap();
+}

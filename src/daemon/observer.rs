@@ -18,6 +18,7 @@ use crate::config::DaemonConfig;
 use crate::error::{Error, Result};
 use crate::inspect;
 use crate::observe::{self, JobOutcome, QueueDepths};
+use crate::scripts::{self, LibraryStatus};
 
 /// The poller's name in `/healthz`.
 pub const LOOP: &str = "queue poller";
@@ -86,6 +87,17 @@ pub async fn run(shared: Arc<Shared>, stats_interval: Duration, stop: Cancellati
                 None
             }
         };
+        if rtt.is_some() {
+            // A Redis restarted without persistence has lost the function
+            // library: put it back so FCALL producers keep working.
+            match scripts::ensure_library(&mut shared.store.connection()).await {
+                Ok(LibraryStatus::Loaded) => tracing::warn!(
+                    "the redq function library was missing (Redis restarted?); loaded it again"
+                ),
+                Ok(_) => {}
+                Err(e) => tracing::debug!(error = %e, "checking the function library failed"),
+            }
+        }
         shared.metrics.set_redis(rtt.is_some(), rtt);
         shared.health.set_redis_ok(rtt.is_some());
         shared.health.beat(LOOP);
