@@ -105,13 +105,18 @@ impl Client {
         inspect::job(&self.store, &self.store.queue(queue)?, id).await
     }
 
-    /// Depths by state for each queue.
+    /// Depths by state for each queue, and rates over the last minute.
     pub async fn stats(&self, queues: &[String]) -> Result<Vec<QueueStats>> {
         let keys = queues
             .iter()
             .map(|q| self.store.queue(q))
             .collect::<Result<Vec<QueueKeys>>>()?;
-        inspect::stats(&self.store, &keys).await
+        let mut stats = inspect::stats(&self.store, &keys).await?;
+        let rates = inspect::last_minute(&self.store, &keys).await?;
+        for (s, r) in stats.iter_mut().zip(rates) {
+            s.last_minute = Some(r);
+        }
+        Ok(stats)
     }
 
     /// Queues in the registry.

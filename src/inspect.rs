@@ -54,10 +54,13 @@ pub struct JobInfo {
     pub unique_key: Option<String>,
     pub tenant: Option<String>,
     pub group: Option<String>,
+    /// What the latest command run used (command handlers only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resources: Option<crate::handler::Resources>,
 }
 
-/// Depth of one queue by state.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+/// Depth of one queue by state, and its rates over the last minute.
+#[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct QueueStats {
     pub queue: String,
     pub pending: u64,
@@ -70,6 +73,16 @@ pub struct QueueStats {
     pub inbox: u64,
     pub rejected: u64,
     pub paused: bool,
+    /// Rates over the last minute, when read (see [`last_minute`]).
+    pub last_minute: Option<Rates>,
+}
+
+/// Jobs a queue finished per second over the last minute, across daemons.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Default)]
+pub struct Rates {
+    pub succeeded_per_sec: f64,
+    /// Attempts that failed (retried or dead).
+    pub failed_per_sec: f64,
 }
 
 /// A job in the dead set.
@@ -102,7 +115,7 @@ pub async fn jobs(
     }
     let mut pipe = redis::pipe();
     pipe.atomic();
-    for hash in [q.jobs(), q.runs(), q.errors(), q.results()] {
+    for hash in [q.jobs(), q.runs(), q.errors(), q.results(), q.resources()] {
         pipe.cmd("HMGET").arg(hash).arg(ids);
     }
     for set in [q.pending(), q.scheduled(), q.active(), q.dead(), q.done()] {
@@ -111,7 +124,8 @@ pub async fn jobs(
     type Texts = Vec<Option<String>>;
     type Scores = Vec<Option<f64>>;
     #[allow(clippy::type_complexity)]
-    let (records, runs, errors, results, pending, scheduled, active, dead, done): (
+    let (records, runs, errors, results, resources, pending, scheduled, active, dead, done): (
+        Texts,
         Texts,
         Texts,
         Texts,
@@ -176,6 +190,7 @@ pub async fn jobs(
             unique_key: doc.unique_key,
             tenant: doc.tenant,
             group: doc.group,
+            resources: text(&resources, i).and_then(|r| serde_json::from_str(&r).ok()),
         };
         out.push(Some((info, record)));
     }
@@ -219,6 +234,45 @@ pub async fn stats(store: &Store, queues: &[QueueKeys]) -> Result<Vec<QueueStats
                 inbox: n(5),
                 rejected: n(6),
                 paused: n(7) == 1,
+                last_minute: None,
+            }
+        })
+        .collect())
+}
+
+/// Each queue's rates over the last minute: O(1) per queue, two round trips.
+///
+/// Daemons add what they finish to per-minute buckets ([`QueueKeys::rate`],
+/// by Redis's clock); the estimate is the current minute's count plus the
+/// previous minute's, weighted by how much of it lies in the last 60 seconds.
+pub async fn last_minute(store: &Store, queues: &[QueueKeys]) -> Result<Vec<Rates>> {
+    let mut con = store.connection();
+    let (secs, micros): (i64, i64) = redis::cmd("TIME").query_async(&mut con).await?;
+    let now_ms = secs * 1000 + micros / 1000;
+    let minute = now_ms / 60_000;
+    let mut pipe = redis::pipe();
+    for q in queues {
+        for m in [minute, minute - 1] {
+            pipe.cmd("HMGET")
+                .arg(q.rate(m))
+                .arg("succeeded")
+                .arg("failed");
+        }
+    }
+    let buckets: Vec<Vec<Option<u64>>> = pipe.query_async(&mut con).await?;
+    let prev_weight = 1.0 - (now_ms % 60_000) as f64 / 60_000.0;
+    let count = |b: Option<&Vec<Option<u64>>>, i: usize| {
+        b.and_then(|b| b.get(i).copied().flatten()).unwrap_or(0) as f64
+    };
+    Ok(queues
+        .iter()
+        .enumerate()
+        .map(|(i, _)| {
+            let (cur, prev) = (buckets.get(2 * i), buckets.get(2 * i + 1));
+            let rate = |f: usize| (count(cur, f) + count(prev, f) * prev_weight) / 60.0;
+            Rates {
+                succeeded_per_sec: rate(0),
+                failed_per_sec: rate(1),
             }
         })
         .collect())

@@ -17,7 +17,7 @@ pub const DEFAULT_PREFIX: &str = "redq";
 pub const MAX_NAME_LEN: usize = 128;
 
 /// The parts of a queue's keyspace, in the order scripts receive them as `KEYS[1..]`.
-pub const PARTS: [&str; 14] = [
+pub const PARTS: [&str; 15] = [
     "jobs",      // HASH  id -> stored job record (see job::StoredJob)
     "pending",   // ZSET  id -> priority/FIFO score
     "scheduled", // ZSET  id -> due time (Redis ms)
@@ -32,6 +32,7 @@ pub const PARTS: [&str; 14] = [
     "inbox",     // LIST  raw job documents pushed by any client (LPUSH)
     "rejected",  // LIST  inbox documents refused, with the reason
     "wake",      // LIST  wake-up marker for idle daemons (at most one element)
+    "resources", // HASH  id -> resources JSON of the latest command run (handler::Resources)
 ];
 
 /// True when `name` is 1–128 characters from `A-Z a-z 0-9 _ . - :`.
@@ -80,6 +81,18 @@ pub fn check_prefix(prefix: &str) -> Result<()> {
 /// never touched by a script, only by plain commands).
 pub fn registry(prefix: &str) -> String {
     format!("{prefix}:queues")
+}
+
+/// The ZSET of daemons that have beaten recently (member = daemon id, score
+/// = Redis ms of its last heartbeat). Plain commands only, no hash tag.
+pub fn daemons(prefix: &str) -> String {
+    format!("{prefix}:daemons")
+}
+
+/// The HASH describing one daemon (host, pid, version, queues, running);
+/// it expires by itself when the daemon stops beating.
+pub fn daemon(prefix: &str, id: &str) -> String {
+    format!("{prefix}:daemon:{id}")
 }
 
 /// All key names of one queue.
@@ -165,6 +178,23 @@ impl QueueKeys {
     }
     pub fn wake(&self) -> &str {
         self.part("wake")
+    }
+    pub fn resources(&self) -> &str {
+        self.part("resources")
+    }
+
+    /// `<prefix>:{<queue>}:usage:<YYYY-MM-DD>`: the usage totals of one UTC day
+    /// (a HASH, field `<tenant>` U+001F `<name>`; see [`crate::usage`]). Written by
+    /// plain commands, never by scripts, so it is not one of [`PARTS`].
+    pub fn usage_day(&self, day: &str) -> String {
+        format!("{}:usage:{day}", self.base)
+    }
+
+    /// `<prefix>:{<queue>}:rate:<minute>`: a HASH of jobs finished in one
+    /// Unix minute (`succeeded`, `failed`), added to by daemons; expires by itself.
+    /// Not one of [`PARTS`]: scripts never touch it.
+    pub fn rate(&self, minute: i64) -> String {
+        format!("{}:rate:{minute}", self.base)
     }
 }
 

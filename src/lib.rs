@@ -25,6 +25,7 @@ pub mod observe;
 pub mod scripts;
 pub mod store;
 pub mod transfer;
+pub mod usage;
 
 pub use client::Client;
 pub use error::{Error, Result};

@@ -250,12 +250,24 @@ impl Store {
         done: &[Completion<'_>],
         keep: Retention,
     ) -> Result<Vec<bool>> {
+        self.complete_with(q, done, keep, &[]).await
+    }
+
+    /// [`Store::complete`], also keeping each job's resources JSON (`resources[i]`
+    /// for `done[i]`; missing or `None`: none) while the job is kept.
+    pub async fn complete_with(
+        &self,
+        q: &QueueKeys,
+        done: &[Completion<'_>],
+        keep: Retention,
+        resources: &[Option<&str>],
+    ) -> Result<Vec<bool>> {
         if done.is_empty() {
             return Ok(Vec::new());
         }
         let keep_result = keep.keep > 0;
         let mut args = vec![keep.keep.to_string(), ms(keep.max_age).to_string()];
-        for c in done {
+        for (i, c) in done.iter().enumerate() {
             args.extend([
                 c.id.to_owned(),
                 c.token.to_string(),
@@ -265,6 +277,7 @@ impl Store {
                 } else {
                     String::new()
                 },
+                resources.get(i).copied().flatten().unwrap_or("").to_owned(),
             ]);
         }
         flags(self.run(|s| &s.complete, q, args).await?, "complete")
@@ -277,17 +290,30 @@ impl Store {
         failed: &[Failure<'_>],
         dead: Retention,
     ) -> Result<Vec<FailResult>> {
+        self.fail_with(q, failed, dead, &[]).await
+    }
+
+    /// [`Store::fail`], also keeping each job's resources JSON (`resources[i]` for
+    /// `failed[i]`; missing or `None`: none).
+    pub async fn fail_with(
+        &self,
+        q: &QueueKeys,
+        failed: &[Failure<'_>],
+        dead: Retention,
+        resources: &[Option<&str>],
+    ) -> Result<Vec<FailResult>> {
         if failed.is_empty() {
             return Ok(Vec::new());
         }
         let mut args = vec![dead.keep.to_string(), ms(dead.max_age).to_string()];
-        for f in failed {
+        for (i, f) in failed.iter().enumerate() {
             args.extend([
                 f.id.to_owned(),
                 f.token.to_string(),
                 f.retry_in.map_or("-1".to_owned(), |d| ms(d).to_string()),
                 f.error.to_owned(),
                 f.unique_key.unwrap_or_default().to_owned(),
+                resources.get(i).copied().flatten().unwrap_or("").to_owned(),
             ]);
         }
         let reply = array(self.run(|s| &s.fail, q, args).await?, "fail")?;

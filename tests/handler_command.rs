@@ -161,6 +161,7 @@ async fn environment_holds_only_path_allowlist_config_and_job_vars() {
         "REDQ_QUEUE",
         "REDQ_TENANT",
         "REDQ_TEST_ALLOWED",
+        "REDQ_USAGE_FILE",
     ];
     assert_eq!(names, expected);
     assert_eq!(env["REDQ_JOB_ID"], "job-1");

@@ -56,7 +56,10 @@ pub async fn run(command: Command, target: &Target) -> Result<u8> {
         }
         Command::Export { queue, output } => export(&client, &queue, output).await,
         Command::Import { queue, input } => import(&client, &queue, input).await,
-        Command::Run | Command::CheckConfig | Command::Bench { .. } => Ok(2),
+        Command::Usage(args) => super::usage::run(&client, target, args).await,
+        Command::Run | Command::CheckConfig | Command::Bench { .. } | Command::Health { .. } => {
+            Ok(2)
+        }
     }
 }
 
@@ -234,6 +237,17 @@ fn print_job(j: &JobInfo, json: bool) -> Result<()> {
         }
     }
     println!("payload:     {}", j.payload.get());
+    if let Some(r) = &j.resources {
+        let ended = match (r.exit_code, r.signal) {
+            (Some(code), _) => format!("exit code {code}"),
+            (None, Some(sig)) => format!("signal {sig}"),
+            (None, None) => "not started".into(),
+        };
+        println!(
+            "resources:   {ended}, wall {:.3}s, cpu {:.3}s user + {:.3}s sys, max rss {} KiB, out {} B, err {} B",
+            r.wall_seconds, r.user_cpu_seconds, r.sys_cpu_seconds, r.max_rss_kib, r.stdout_bytes, r.stderr_bytes
+        );
+    }
     if let Some(e) = &j.last_error {
         println!("last error:  {e}");
     }
@@ -249,12 +263,22 @@ fn print_stats(stats: &[QueueStats], json: bool) -> Result<()> {
         return Ok(());
     }
     println!(
-        "{:<24} {:>9} {:>9} {:>7} {:>7} {:>9} {:>7} {:>8}",
-        "QUEUE", "PENDING", "SCHEDULED", "ACTIVE", "DEAD", "SUCCEEDED", "INBOX", "REJECTED"
+        "{:<24} {:>9} {:>9} {:>7} {:>7} {:>9} {:>7} {:>8} {:>8} {:>8}",
+        "QUEUE",
+        "PENDING",
+        "SCHEDULED",
+        "ACTIVE",
+        "DEAD",
+        "SUCCEEDED",
+        "INBOX",
+        "REJECTED",
+        "OK/S",
+        "FAILED/S"
     );
     for s in stats {
+        let r = s.last_minute.unwrap_or_default();
         println!(
-            "{:<24} {:>9} {:>9} {:>7} {:>7} {:>9} {:>7} {:>8}{}",
+            "{:<24} {:>9} {:>9} {:>7} {:>7} {:>9} {:>7} {:>8} {:>8.2} {:>8.2}{}",
             s.queue,
             s.pending,
             s.scheduled,
@@ -263,6 +287,8 @@ fn print_stats(stats: &[QueueStats], json: bool) -> Result<()> {
             s.succeeded,
             s.inbox,
             s.rejected,
+            r.succeeded_per_sec,
+            r.failed_per_sec,
             if s.paused { "  (paused)" } else { "" }
         );
     }

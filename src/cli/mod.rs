@@ -6,7 +6,9 @@
 
 mod commands;
 mod daemon;
+mod health;
 mod target;
+mod usage;
 
 use std::path::PathBuf;
 
@@ -67,7 +69,7 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Show each queue's depth by state
+    /// Show each queue's depth by state and its rates over the last minute
     Stats {
         /// Queues to show [default: every registered and configured queue]
         queues: Vec<String>,
@@ -96,6 +98,17 @@ pub enum Command {
     Pause { queue: String },
     /// Let daemons claim jobs of a paused queue again
     Resume { queue: String },
+    /// Exit 0 only when Redis answers and a daemon's heartbeat is fresh (1: no fresh daemon; 69: Redis unreachable)
+    Health {
+        /// A heartbeat older than this does not count, e.g. 15s
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "15s")]
+        max_age: std::time::Duration,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Usage reported by handlers (plus jobs and run time), per queue and tenant
+    Usage(usage::UsageArgs),
 }
 
 #[derive(Debug, Args)]
@@ -191,6 +204,9 @@ pub async fn main(cli: Cli) -> u8 {
             return EXIT_CONFIG;
         }
     };
+    if let Command::Health { json, max_age } = cli.command {
+        return health::run(&target, json, max_age).await;
+    }
     match commands::run(cli.command, &target).await {
         Ok(code) => code,
         Err(e) => {

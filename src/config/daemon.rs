@@ -36,6 +36,9 @@ pub struct DaemonConfig {
     /// How often inbox lists are drained when no wake-up arrives. Default 1s.
     #[serde(with = "duration")]
     pub inbox_poll: Duration,
+    /// How long per-day usage totals (`redq usage`) are kept after their day. Default 90d.
+    #[serde(with = "duration")]
+    pub usage_retention: Duration,
 }
 
 /// How log lines are written.
@@ -59,6 +62,7 @@ impl Default for DaemonConfig {
             max_payload_bytes: 1024 * 1024,
             reap_interval: Duration::from_secs(1),
             inbox_poll: Duration::from_secs(1),
+            usage_retention: Duration::from_secs(90 * 24 * 60 * 60),
         }
     }
 }
@@ -95,6 +99,7 @@ impl DaemonConfig {
             ("stats_interval", self.stats_interval),
             ("reap_interval", self.reap_interval),
             ("inbox_poll", self.inbox_poll),
+            ("usage_retention", self.usage_retention),
         ] {
             p.check(!d.is_zero(), &at(key), "must be more than 0s");
         }

@@ -16,6 +16,7 @@
 
 mod backoff;
 mod handlers;
+pub mod heartbeat;
 mod leases;
 mod notify;
 mod observer;

@@ -23,7 +23,9 @@ use crate::scripts::{self, LibraryStatus};
 /// The poller's name in `/healthz`.
 pub const LOOP: &str = "queue poller";
 /// How often queue depths and Redis RTT are read.
-pub const POLL: Duration = Duration::from_secs(2);
+pub const POLL: Duration = Duration::from_secs(5);
+/// Every how many polls the function library is checked (and reloaded if lost).
+const LIBRARY_EVERY: u32 = 6;
 
 /// Binds `daemon.listen` and serves metrics and health until `stop`.
 pub async fn start_http(
@@ -74,6 +76,7 @@ pub async fn run(shared: Arc<Shared>, stats_interval: Duration, stop: Cancellati
     let tick = watchdog.map(|w| w / 2).unwrap_or(POLL).min(POLL);
     let mut last_summary = Instant::now();
     let mut last: BTreeMap<Arc<str>, (u64, u64)> = BTreeMap::new();
+    let mut polls: u32 = 0;
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
@@ -87,7 +90,8 @@ pub async fn run(shared: Arc<Shared>, stats_interval: Duration, stop: Cancellati
                 None
             }
         };
-        if rtt.is_some() {
+        polls = polls.wrapping_add(1);
+        if rtt.is_some() && polls % LIBRARY_EVERY == 1 {
             // A Redis restarted without persistence has lost the function
             // library: put it back so FCALL producers keep working.
             match scripts::ensure_library(&mut shared.store.connection()).await {

@@ -129,9 +129,10 @@ impl Pool {
                                 Duration::from_millis(u64::try_from(due - c.now_ms).unwrap_or(0));
                             idle_for = idle_for.min(wait);
                         }
-                        if c.jobs.len() == free {
-                            filled = true;
-                        }
+                        // A queue that filled every free slot ends the round, so
+                        // in strict order a later queue never gets a slot while
+                        // an earlier one still has work.
+                        let full = c.jobs.len() == free;
                         for job in c.jobs {
                             let Ok(permit) = self.slots.clone().try_acquire_owned() else {
                                 // Cannot happen: only this loop takes permits. Give the
@@ -147,6 +148,10 @@ impl Pool {
                                 runner::run(rt, job, claimed_ms, deadline, leases, counters).await;
                                 drop(permit);
                             });
+                        }
+                        if full {
+                            filled = true;
+                            break;
                         }
                     }
                     Err(e) => {

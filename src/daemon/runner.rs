@@ -14,9 +14,9 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use super::leases::{Leases, Stop, StopReason};
-use super::writer::Report;
+use super::writer::{Report, Spent};
 use super::{backoff, Counters, QueueRt};
-use crate::handler::{JobContext, Outcome};
+use crate::handler::{JobContext, Outcome, RunReport};
 use crate::observe::JobOutcome;
 use crate::store::ClaimedJob;
 
@@ -75,6 +75,7 @@ async fn run_inner(
                 retry_in: None,
                 error: format!("job record cannot be read: {reason}"),
                 unique: None,
+                spent: None,
             });
             return false;
         }
@@ -96,7 +97,31 @@ async fn run_inner(
     };
     tracing::debug!("started");
     let started = Instant::now();
-    let outcome = supervise(rt, ctx, &stop, timeout).await;
+    let RunReport {
+        outcome,
+        usage,
+        resources,
+    } = supervise(rt, ctx, &stop, timeout).await;
+    let run = started.elapsed();
+    if let Some(r) = &resources {
+        tracing::debug!(
+            wall_ms = (r.wall_seconds * 1000.0) as u64,
+            user_cpu_ms = (r.user_cpu_seconds * 1000.0) as u64,
+            sys_cpu_ms = (r.sys_cpu_seconds * 1000.0) as u64,
+            max_rss_kib = r.max_rss_kib,
+            exit_code = r.exit_code,
+            signal = r.signal,
+            stdout_bytes = r.stdout_bytes,
+            stderr_bytes = r.stderr_bytes,
+            "resources"
+        );
+    }
+    let spent = Spent {
+        tenant: doc.tenant,
+        run,
+        usage: crate::usage::sanitize(&usage),
+        resources,
+    };
     let unique = doc.unique_key;
     let (id, token) = (job.id, job.token);
     match stop.reason() {
@@ -130,6 +155,7 @@ async fn run_inner(
                 token,
                 unique,
                 result,
+                spent,
             }
         }
         Outcome::Dead { error } => {
@@ -140,6 +166,7 @@ async fn run_inner(
                 retry_in: None,
                 error,
                 unique,
+                spent: Some(spent),
             }
         }
         Outcome::Fail { error } | Outcome::Retry { error, .. } if job.attempt >= max_attempts => {
@@ -151,6 +178,7 @@ async fn run_inner(
                 retry_in: None,
                 error,
                 unique,
+                spent: Some(spent),
             }
         }
         Outcome::Fail { error } => {
@@ -162,6 +190,7 @@ async fn run_inner(
                 retry_in: Some(delay),
                 error,
                 unique,
+                spent: Some(spent),
             }
         }
         Outcome::Retry { after, error } => {
@@ -177,6 +206,7 @@ async fn run_inner(
                 retry_in: Some(delay),
                 error,
                 unique,
+                spent: Some(spent),
             }
         }
     };
@@ -184,10 +214,11 @@ async fn run_inner(
     true
 }
 
-/// Runs the handler in its own task and waits for it, its time-out, or a stop.
-async fn supervise(rt: &QueueRt, ctx: JobContext, stop: &Stop, timeout: Duration) -> Outcome {
+/// Runs the handler in its own task (in the job's span) and waits for it, its
+/// time-out, or a stop.
+async fn supervise(rt: &QueueRt, ctx: JobContext, stop: &Stop, timeout: Duration) -> RunReport {
     let handler = rt.handler.clone();
-    let mut task = tokio::spawn(async move { handler.handle(ctx).await });
+    let mut task = tokio::spawn(async move { handler.run(ctx).await }.in_current_span());
     let joined = tokio::select! {
         r = &mut task => Some(r),
         _ = tokio::time::sleep(timeout) => {
@@ -209,12 +240,13 @@ async fn supervise(rt: &QueueRt, ctx: JobContext, stop: &Stop, timeout: Duration
                         "handler did not stop within {:?} of being told to",
                         rt.grace
                     ),
-                };
+                }
+                .into();
             }
         },
     };
-    let outcome = match joined {
-        Ok(o) => o,
+    let mut report = match joined {
+        Ok(r) => r,
         Err(e) if e.is_panic() => {
             let p = e.into_panic();
             let msg = p
@@ -225,15 +257,18 @@ async fn supervise(rt: &QueueRt, ctx: JobContext, stop: &Stop, timeout: Duration
             Outcome::Fail {
                 error: format!("handler panicked: {msg}"),
             }
+            .into()
         }
         Err(_) => Outcome::Fail {
             error: "handler task was cancelled".into(),
-        },
+        }
+        .into(),
     };
     if stop.reason() == StopReason::Timeout {
-        return Outcome::Fail {
+        // Keep what the run reported and used; only the outcome is the time-out.
+        report.outcome = Outcome::Fail {
             error: format!("timed out after {}", humantime::format_duration(timeout)),
         };
     }
-    outcome
+    report
 }

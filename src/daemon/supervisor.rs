@@ -16,6 +16,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::handlers::{self, Library};
+use super::heartbeat;
 use super::leases::{self, Leases, StopReason};
 use super::pool::{Pool, PoolCtx};
 use super::signals::{self, Action};
@@ -112,6 +113,7 @@ impl WorkerBuilder {
             (d.reap_interval * 3).max(Duration::from_secs(30)),
         );
         health.register_loop(observer::LOOP, observer::POLL * 15);
+        health.register_loop(heartbeat::LOOP, heartbeat::EVERY * 15);
         let shared = Arc::new(Shared {
             store: store.clone(),
             leases: Leases::default(),
@@ -168,6 +170,9 @@ impl WorkerBuilder {
             stats_interval,
             stop.clone(),
         )));
+        daemon
+            .tasks
+            .push(tokio::spawn(heartbeat::run(shared.clone(), stop.clone())));
         notify::ready(&observer::status_line(&shared));
         tracing::info!(queues = shared.queues().len(), "redq daemon ready");
         Ok(daemon)
@@ -351,6 +356,7 @@ impl Daemon {
                 dead: dead_retention(cfg),
                 give_up_after: cfg.lease,
                 metrics: self.shared.metrics.clone(),
+                usage_retention: self.config.daemon.usage_retention,
             };
             let s = &self.shared;
             let (writer, task) = writer::spawn(

@@ -5,6 +5,13 @@
 //! [`MAX_BATCH`]) and writes them with at most three calls (complete, fail,
 //! release), so under load one round trip serves many jobs and when idle a
 //! result waits for no timer. Stale tokens are counted, never retried.
+//!
+//! Each finished attempt also carries what it [`Spent`]: its resources go to
+//! the job (in the same complete/fail call) and its usage, with a count and
+//! the run time, is added to the queue's per-tenant, per-day usage totals in
+//! one more pipeline that runs alongside ([`crate::usage`]). Usage counts every
+//! attempt that reached the writer, including one whose write was refused as
+//! stale: that attempt ran and spent what it reported.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,12 +21,27 @@ use tokio::time::Instant;
 
 use super::leases::Leases;
 use super::Counters;
+use crate::handler::{Resources, Usage};
 use crate::keys::QueueKeys;
 use crate::observe::JobOutcome;
 use crate::store::{Completion, FailResult, Failure, Retention, Store};
+use crate::usage::{Day, Tally};
 
 /// Most reports written in one batch.
 pub const MAX_BATCH: usize = 512;
+
+/// What one attempt used, reported with its outcome.
+#[derive(Debug, Default)]
+pub struct Spent {
+    /// The job's tenant (usage is counted per tenant).
+    pub tenant: Option<String>,
+    /// How long the handler ran.
+    pub run: Duration,
+    /// What the handler reported, already checked ([`crate::usage::sanitize`]).
+    pub usage: Usage,
+    /// What the program used (command handlers).
+    pub resources: Option<Resources>,
+}
 
 /// What a worker reports about one job.
 #[derive(Debug)]
@@ -29,14 +51,16 @@ pub enum Report {
         token: u64,
         unique: Option<String>,
         result: Option<String>,
+        spent: Spent,
     },
-    /// `retry_in: None` means dead now.
+    /// `retry_in: None` means dead now. `spent: None`: the handler never ran.
     Fail {
         id: String,
         token: u64,
         retry_in: Option<Duration>,
         error: String,
         unique: Option<String>,
+        spent: Option<Spent>,
     },
     Release {
         id: String,
@@ -78,6 +102,8 @@ pub struct WriterCtx {
     /// lease, the job has been or will be rescued and the write would be stale.
     pub give_up_after: Duration,
     pub metrics: Arc<crate::observe::Metrics>,
+    /// How long per-day usage totals are kept after their day (`daemon.usage_retention`).
+    pub usage_retention: Duration,
 }
 
 /// Starts a writer. It ends when every handle is dropped, or when `stop` is
@@ -121,6 +147,16 @@ async fn write(ctx: &WriterCtx, store: &Store, batch: &[Report], counters: &Coun
     let mut done = Vec::new();
     let mut failed = Vec::new();
     let mut released = Vec::new();
+    let (mut done_res, mut failed_res) = (Vec::new(), Vec::new());
+    let (mut tally, today) = (Tally::default(), Day::today());
+    let mut count = |spent: &Spent| {
+        let tenant = spent.tenant.as_deref();
+        tally.add(today, tenant, spent.run, &spent.usage);
+        spent
+            .resources
+            .as_ref()
+            .and_then(|r| serde_json::to_string(r).ok())
+    };
     for r in batch {
         match r {
             Report::Complete {
@@ -128,33 +164,54 @@ async fn write(ctx: &WriterCtx, store: &Store, batch: &[Report], counters: &Coun
                 token,
                 unique,
                 result,
-            } => done.push(Completion {
-                id,
-                token: *token,
-                unique_key: unique.as_deref(),
-                result: result.as_deref(),
-            }),
+                spent,
+            } => {
+                done.push(Completion {
+                    id,
+                    token: *token,
+                    unique_key: unique.as_deref(),
+                    result: result.as_deref(),
+                });
+                done_res.push(count(spent));
+            }
             Report::Fail {
                 id,
                 token,
                 retry_in,
                 error,
                 unique,
-            } => failed.push(Failure {
-                id,
-                token: *token,
-                retry_in: *retry_in,
-                error,
-                unique_key: unique.as_deref(),
-            }),
+                spent,
+            } => {
+                failed.push(Failure {
+                    id,
+                    token: *token,
+                    retry_in: *retry_in,
+                    error,
+                    unique_key: unique.as_deref(),
+                });
+                failed_res.push(spent.as_ref().and_then(&mut count));
+            }
             Report::Release { id, token } => released.push((id.as_str(), *token)),
         }
     }
-    let (c, f, r) = tokio::join!(
-        with_retry(ctx, || store.complete(&ctx.keys, &done, ctx.keep)),
-        with_retry(ctx, || store.fail(&ctx.keys, &failed, ctx.dead)),
+    let done_res: Vec<Option<&str>> = done_res.iter().map(Option::as_deref).collect();
+    let failed_res: Vec<Option<&str>> = failed_res.iter().map(Option::as_deref).collect();
+    let (c, f, r, u) = tokio::join!(
+        with_retry(ctx, || store
+            .complete_with(&ctx.keys, &done, ctx.keep, &done_res)),
+        with_retry(ctx, || store.fail_with(
+            &ctx.keys,
+            &failed,
+            ctx.dead,
+            &failed_res
+        )),
         with_retry(ctx, || store.release(&ctx.keys, &released)),
+        with_retry(ctx, || tally.write(store, &ctx.keys, ctx.usage_retention)),
     );
+    if u.is_none() {
+        tracing::error!(queue = %ctx.name, attempts = done.len() + failed.len(),
+            "usage of these attempts is not counted: writing it failed");
+    }
     let (c, f, r) = (
         c.unwrap_or_default(),
         f.unwrap_or_default(),

@@ -16,6 +16,11 @@
 //! - Time-out or cancellation: the program's process group gets SIGTERM, then SIGKILL
 //!   after `kill_grace`. When the program exits, whatever it left running in its
 //!   process group is killed too: a job's processes never outlive it.
+//! - Usage: `REDQ_USAGE_FILE` names an empty file made for this attempt. The program
+//!   may write a JSON object of numbers to it (`{"tokens": 812, "cost_usd": 0.0031}`);
+//!   redq reads it once the program has ended and deletes it. A file that is not such
+//!   an object, or is larger than [`MAX_USAGE_FILE_BYTES`], is ignored with a warning
+//!   (entries that are not numbers are dropped one by one); it never fails the job.
 //! - On Linux the program gets SIGKILL if the daemon dies (`PR_SET_PDEATHSIG`). That
 //!   signal follows the *thread* that spawned it, so call [`CommandHandler::run`] from an
 //!   async task, never from a `spawn_blocking` thread.
@@ -25,12 +30,13 @@
 //! id cannot have been reused by an unrelated process.
 
 use std::collections::BTreeMap;
-use std::io;
+use std::io::{self, Read};
 use std::os::fd::OwnedFd;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -39,7 +45,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::pipe;
 use tokio_util::sync::CancellationToken;
 
-use super::{Handler, JobContext, Outcome};
+use super::{Handler, JobContext, Outcome, Resources, RunReport, Usage};
 
 /// Exit code meaning "this attempt failed, retry later" (EX_TEMPFAIL).
 pub const EXIT_RETRY: i32 = 75;
@@ -49,6 +55,8 @@ pub const EXIT_NO_RETRY: i32 = 65;
 pub const DEFAULT_MAX_OUTPUT_BYTES: usize = 64 * 1024;
 /// Default wait between SIGTERM and SIGKILL.
 pub const DEFAULT_KILL_GRACE: Duration = Duration::from_secs(5);
+/// Largest usage file read; a larger one is ignored with a warning.
+pub const MAX_USAGE_FILE_BYTES: u64 = 64 * 1024;
 /// `PATH` given to programs when redq itself has none.
 const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 /// How long output may still arrive once the program and its group are gone: only a
@@ -114,9 +122,25 @@ pub struct CommandRun {
     /// Bytes the program wrote to stdout / stderr, including those dropped by the cap.
     pub stdout_bytes: u64,
     pub stderr_bytes: u64,
+    /// What the program wrote to `REDQ_USAGE_FILE` (numbers only).
+    pub usage: Usage,
 }
 
 impl CommandRun {
+    /// The resources part of this run, as kept on the job.
+    pub fn resources(&self) -> Resources {
+        Resources {
+            wall_seconds: self.wall.as_secs_f64(),
+            user_cpu_seconds: self.user_cpu.as_secs_f64(),
+            sys_cpu_seconds: self.sys_cpu.as_secs_f64(),
+            max_rss_kib: self.max_rss_kib,
+            exit_code: self.exit_code,
+            signal: self.signal,
+            stdout_bytes: self.stdout_bytes,
+            stderr_bytes: self.stderr_bytes,
+        }
+    }
+
     fn not_started(started: Instant, error: String) -> CommandRun {
         CommandRun {
             outcome: Outcome::Fail { error },
@@ -128,6 +152,7 @@ impl CommandRun {
             signal: None,
             stdout_bytes: 0,
             stderr_bytes: 0,
+            usage: Usage::new(),
         }
     }
 }
@@ -155,7 +180,18 @@ impl CommandHandler {
     /// Runs the program once for `ctx` and reports how it went.
     pub async fn run(&self, ctx: JobContext) -> CommandRun {
         let started = Instant::now();
-        let mut child = match self.command(&ctx).and_then(|mut cmd| cmd.spawn()) {
+        let usage_file = match UsageFile::create() {
+            Ok(f) => Some(f),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot create the usage file; REDQ_USAGE_FILE is not set for this attempt");
+                None
+            }
+        };
+        let usage_path = usage_file.as_ref().map(|f| f.path.as_path());
+        let mut child = match self
+            .command(&ctx, usage_path)
+            .and_then(|mut cmd| cmd.spawn())
+        {
             Ok(child) => child,
             Err(e) => return CommandRun::not_started(started, self.spawn_error(e)),
         };
@@ -207,6 +243,7 @@ impl CommandHandler {
         let signal = libc::WIFSIGNALED(status).then(|| libc::WTERMSIG(status));
         let stdout = (stdout_bytes > 0).then(|| capped_text(&stdout, stdout_bytes));
         let stderr = capped_text(&stderr, stderr_bytes);
+        let reported = usage_file.map(|f| f.read()).unwrap_or_default();
         CommandRun {
             outcome: judge(stop, status, stdout, &stderr),
             wall: started.elapsed(),
@@ -217,6 +254,7 @@ impl CommandHandler {
             signal,
             stdout_bytes,
             stderr_bytes,
+            usage: reported,
         }
     }
 
@@ -258,7 +296,11 @@ impl CommandHandler {
     }
 
     /// The command with its clean environment, own process group and death signal.
-    fn command(&self, ctx: &JobContext) -> io::Result<std::process::Command> {
+    fn command(
+        &self,
+        ctx: &JobContext,
+        usage_file: Option<&Path>,
+    ) -> io::Result<std::process::Command> {
         let Some((program, args)) = self.spec.argv.split_first() else {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "argv is empty"));
         };
@@ -290,6 +332,9 @@ impl CommandHandler {
             .env("REDQ_ATTEMPT", ctx.attempt.to_string())
             .env("REDQ_TENANT", ctx.tenant.as_deref().unwrap_or(""))
             .env("REDQ_FENCE", ctx.fence.to_string());
+        if let Some(path) = usage_file {
+            cmd.env("REDQ_USAGE_FILE", path);
+        }
         if let Some(dir) = &self.spec.cwd {
             cmd.current_dir(dir);
         }
@@ -323,8 +368,129 @@ impl CommandHandler {
 #[async_trait]
 impl Handler for CommandHandler {
     async fn handle(&self, ctx: JobContext) -> Outcome {
-        self.run(ctx).await.outcome
+        CommandHandler::run(self, ctx).await.outcome
     }
+
+    async fn run(&self, ctx: JobContext) -> RunReport {
+        let run = CommandHandler::run(self, ctx).await;
+        let resources = Some(run.resources());
+        RunReport {
+            outcome: run.outcome,
+            usage: run.usage,
+            resources,
+        }
+    }
+}
+
+/// The empty file named by `REDQ_USAGE_FILE` for one attempt; deleted on drop.
+struct UsageFile {
+    path: PathBuf,
+}
+
+impl UsageFile {
+    /// Creates a fresh, private (0600) file in the temp directory.
+    fn create() -> io::Result<UsageFile> {
+        static SEQ: AtomicU64 = AtomicU64::new(0);
+        let dir = std::env::temp_dir();
+        let mut last = None;
+        for _ in 0..8 {
+            let name = format!(
+                "redq-usage-{}-{}-{:016x}.json",
+                std::process::id(),
+                SEQ.fetch_add(1, Ordering::Relaxed),
+                rand::random::<u64>()
+            );
+            let path = dir.join(name);
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)
+            {
+                Ok(_) => return Ok(UsageFile { path }),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => last = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| io::Error::other("no free usage file name")))
+    }
+
+    /// Reads what the program reported; problems are logged and yield no usage.
+    /// The file is opened without following symlinks and without blocking (a FIFO
+    /// put in its place cannot stall the worker), and must be a regular file.
+    fn read(self) -> Usage {
+        let opened = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(&self.path);
+        let mut file = match opened {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Usage::new(),
+            Err(e) => {
+                tracing::warn!(error = %e, "usage file cannot be opened; usage ignored");
+                return Usage::new();
+            }
+        };
+        if !file.metadata().is_ok_and(|m| m.is_file()) {
+            tracing::warn!(
+                "usage file was replaced by something that is not a regular file; usage ignored"
+            );
+            return Usage::new();
+        }
+        let mut text = Vec::new();
+        if let Err(e) = (&mut file)
+            .take(MAX_USAGE_FILE_BYTES + 1)
+            .read_to_end(&mut text)
+        {
+            tracing::warn!(error = %e, "usage file cannot be read; usage ignored");
+            return Usage::new();
+        }
+        if text.len() as u64 > MAX_USAGE_FILE_BYTES {
+            tracing::warn!(
+                limit = MAX_USAGE_FILE_BYTES,
+                "usage file is larger than the limit; usage ignored"
+            );
+            return Usage::new();
+        }
+        parse_usage_file(&text)
+    }
+}
+
+impl Drop for UsageFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// The numbers of a usage file's JSON object. Empty text is no usage; anything
+/// but an object is ignored with a warning; so is each entry that is not a number.
+pub fn parse_usage_file(text: &[u8]) -> Usage {
+    if text.iter().all(u8::is_ascii_whitespace) {
+        return Usage::new();
+    }
+    let doc = match serde_json::from_slice::<serde_json::Value>(text) {
+        Ok(serde_json::Value::Object(doc)) => doc,
+        Ok(_) => {
+            tracing::warn!(
+                "usage file does not hold a JSON object such as {{\"tokens\": 12}}; usage ignored"
+            );
+            return Usage::new();
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "usage file is not valid JSON; usage ignored");
+            return Usage::new();
+        }
+    };
+    let mut usage = Usage::new();
+    for (name, value) in doc {
+        match value.as_f64().filter(|n| n.is_finite()) {
+            Some(n) => {
+                usage.insert(name, n);
+            }
+            None => tracing::warn!(name = %name, "usage entry is not a number; it is ignored"),
+        }
+    }
+    usage
 }
 
 /// Checks that `argv0` names a program that can run: an absolute path to an executable

@@ -27,7 +27,7 @@ use reqwest::{StatusCode, Url};
 use serde::Serialize;
 use serde_json::value::RawValue;
 
-use super::{Handler, JobContext, Outcome, Usage};
+use super::{Handler, JobContext, Outcome, RunReport, Usage};
 
 /// Default cap on the response body kept as the result.
 pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 64 * 1024;
@@ -341,7 +341,16 @@ impl HttpHandler {
 #[async_trait]
 impl Handler for HttpHandler {
     async fn handle(&self, ctx: JobContext) -> Outcome {
-        self.run(ctx).await.outcome
+        HttpHandler::run(self, ctx).await.outcome
+    }
+
+    async fn run(&self, ctx: JobContext) -> RunReport {
+        let run = HttpHandler::run(self, ctx).await;
+        RunReport {
+            outcome: run.outcome,
+            usage: run.usage,
+            resources: None,
+        }
     }
 }
 

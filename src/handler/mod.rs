@@ -1,7 +1,9 @@
 //! Handlers: what a job runs.
 //!
-//! A [`Handler`] receives a [`JobContext`] and returns an [`Outcome`]. The
-//! worker turns the outcome into a Redis transition (complete, retry, dead).
+//! A [`Handler`] receives a [`JobContext`] and returns an [`Outcome`]; the
+//! daemon calls [`Handler::run`], which also returns the [`Usage`] the handler
+//! reported and, for command handlers, the [`Resources`] the program used.
+//! The worker turns the outcome into a Redis transition (complete, retry, dead).
 //! Three kinds exist: [`command`] (an external program), [`http`] (a POST to
 //! an endpoint) and library handlers (any Rust type implementing [`Handler`]).
 //!
@@ -16,6 +18,7 @@ pub mod http;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use tokio_util::sync::CancellationToken;
 
@@ -57,10 +60,55 @@ pub enum Outcome {
 /// Usage figures a handler reported (for example tokens or cost), by name.
 pub type Usage = std::collections::BTreeMap<String, f64>;
 
+/// What one run of a program cost (command handlers), as kept on the job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Resources {
+    /// Wall-clock time from spawn to exit.
+    pub wall_seconds: f64,
+    pub user_cpu_seconds: f64,
+    pub sys_cpu_seconds: f64,
+    /// Peak resident set size of the program, KiB.
+    pub max_rss_kib: u64,
+    /// Exit code if the program exited; `None` if killed by a signal or never started.
+    pub exit_code: Option<i32>,
+    /// The signal that killed the program, if one did.
+    pub signal: Option<i32>,
+    /// Bytes written to stdout / stderr, including those dropped by the cap.
+    pub stdout_bytes: u64,
+    pub stderr_bytes: u64,
+}
+
+/// Everything a handler says about one attempt: the outcome, the usage it
+/// reported and, when it ran a program, the resources that program used.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunReport {
+    pub outcome: Outcome,
+    pub usage: Usage,
+    pub resources: Option<Resources>,
+}
+
+impl From<Outcome> for RunReport {
+    fn from(outcome: Outcome) -> RunReport {
+        RunReport {
+            outcome,
+            usage: Usage::new(),
+            resources: None,
+        }
+    }
+}
+
 /// A job handler. Implement this for library (Rust) handlers.
 #[async_trait]
 pub trait Handler: Send + Sync + 'static {
     async fn handle(&self, ctx: JobContext) -> Outcome;
+
+    /// Runs one attempt and reports its outcome with usage and resources.
+    /// The daemon calls this; the default reports [`Handler::handle`]'s
+    /// outcome with no usage, so a library handler that reports usage
+    /// overrides this instead.
+    async fn run(&self, ctx: JobContext) -> RunReport {
+        self.handle(ctx).await.into()
+    }
 }
 
 /// Any `Fn(JobContext) -> Future<Output = Outcome>` closure is a handler.

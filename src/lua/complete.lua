@@ -5,20 +5,21 @@
 -- KEYS: the queue's keys (keys::PARTS order).
 -- ARGV[1] keep_count: completed jobs kept (0 = delete at once)
 -- ARGV[2] keep_age_ms: kept jobs older than this are deleted (0 = no age limit)
--- ARGV[3..] 4 per job: id, token, unique_key ('' = none), result ('' = none)
+-- ARGV[3..] 5 per job: id, token, unique_key ('' = none), result ('' = none),
+--   resources JSON ('' = none; kept in `resources` while the job is kept)
 -- Returns: one integer per job: 1 completed, 0 stale token (nothing changed)
 -- A kept job keeps its run entry (attempts, start time) with the token cleared.
 local k = queue_keys(KEYS)
 local keep, keep_age = tonumber(ARGV[1]), tonumber(ARGV[2])
-local ids = ids_of(ARGV, 3, 4)
+local ids = ids_of(ARGV, 3, 5)
 local runs = redis.call('HMGET', k.runs, unpack(ids))
 local out, done, at, idx = {}, {}, {}, {}
 for i, id in ipairs(ids) do
   local _, token = parse_run(runs[i])
-  if token ~= '0' and token == ARGV[4 * i] then
+  if token ~= '0' and token == ARGV[5 * i - 1] then
     out[i] = 1
     done[#done + 1] = id
-    at[#done] = 4 * i - 1
+    at[#done] = 5 * i - 2
     idx[#done] = i
   else
     out[i] = 0
@@ -33,7 +34,7 @@ for j, id in ipairs(done) do
 end
 if keep > 0 then
   local now = now_ms()
-  local zargs, rargs, run_args = {}, {}, {}
+  local zargs, rargs, run_args, res_args = {}, {}, {}, {}
   for j, id in ipairs(done) do
     zargs[#zargs + 1] = now
     zargs[#zargs + 1] = id
@@ -45,14 +46,21 @@ if keep > 0 then
       rargs[#rargs + 1] = id
       rargs[#rargs + 1] = result
     end
+    local res = ARGV[at[j] + 4]
+    if res ~= '' then
+      res_args[#res_args + 1] = id
+      res_args[#res_args + 1] = res
+    end
   end
   redis.call('ZADD', k.done, unpack(zargs))
   redis.call('HSET', k.runs, unpack(run_args))
   if #rargs > 0 then redis.call('HSET', k.results, unpack(rargs)) end
+  if #res_args > 0 then redis.call('HSET', k.resources, unpack(res_args)) end
   trim_retention(k, k.done, now, keep, keep_age, math.max(100, 2 * #done))
 else
   redis.call('HDEL', k.runs, unpack(done))
   redis.call('HDEL', k.jobs, unpack(done))
   redis.call('HDEL', k.errors, unpack(done))
+  redis.call('HDEL', k.resources, unpack(done))
 end
 return out

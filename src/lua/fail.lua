@@ -4,17 +4,18 @@
 -- KEYS: the queue's keys (keys::PARTS order).
 -- ARGV[1] dead_keep: most jobs kept in the dead set
 -- ARGV[2] dead_age_ms: dead jobs older than this are deleted (0 = no age limit)
--- ARGV[3..] 5 per job: id, token, retry delay in ms (-1 = dead now), error text, unique_key ('' = none)
+-- ARGV[3..] 6 per job: id, token, retry delay in ms (-1 = dead now), error text, unique_key ('' = none),
+--   resources JSON of the attempt ('' = none; kept in `resources`)
 -- Returns: one integer per job: 1 retry scheduled, 2 dead, 0 stale token (nothing changed)
 local k = queue_keys(KEYS)
 local dead_keep, dead_age = tonumber(ARGV[1]), tonumber(ARGV[2])
-local ids = ids_of(ARGV, 3, 5)
+local ids = ids_of(ARGV, 3, 6)
 local runs = redis.call('HMGET', k.runs, unpack(ids))
 local now = now_ms()
 local out, mine = {}, {}
 for i, id in ipairs(ids) do
   local _, token = parse_run(runs[i])
-  if token ~= '0' and token == ARGV[5 * i - 1] then
+  if token ~= '0' and token == ARGV[6 * i - 2] then
     mine[#mine + 1] = id
   end
   out[i] = 0
@@ -23,13 +24,17 @@ if #mine == 0 then return out end
 
 allow_when_full(k)
 redis.call('ZREM', k.active, unpack(mine))
-local retry_z, dead_ids, dead_errors, errs, run_args = {}, {}, {}, {}, {}
+local retry_z, dead_ids, dead_errors, errs, run_args, res_args = {}, {}, {}, {}, {}, {}
 for i, id in ipairs(ids) do
   local attempts, token, started = parse_run(runs[i])
-  if token ~= '0' and token == ARGV[5 * i - 1] then
-    local delay, err = tonumber(ARGV[5 * i]), ARGV[5 * i + 1]
+  if token ~= '0' and token == ARGV[6 * i - 2] then
+    local delay, err = tonumber(ARGV[6 * i - 1]), ARGV[6 * i]
     run_args[#run_args + 1] = id
     run_args[#run_args + 1] = run_entry(attempts, '0', started)
+    if ARGV[6 * i + 2] ~= '' then
+      res_args[#res_args + 1] = id
+      res_args[#res_args + 1] = ARGV[6 * i + 2]
+    end
     if delay >= 0 then
       out[i] = 1
       retry_z[#retry_z + 1] = now + delay
@@ -41,11 +46,12 @@ for i, id in ipairs(ids) do
       dead_ids[#dead_ids + 1] = id
       dead_errors[#dead_errors + 1] = id
       dead_errors[#dead_errors + 1] = err
-      release_unique(k, ARGV[5 * i + 2], id)
+      release_unique(k, ARGV[6 * i + 1], id)
     end
   end
 end
 redis.call('HSET', k.runs, unpack(run_args))
+if #res_args > 0 then redis.call('HSET', k.resources, unpack(res_args)) end
 if #retry_z > 0 then
   redis.call('ZADD', k.scheduled, unpack(retry_z))
   redis.call('HSET', k.errors, unpack(errs))

@@ -13,7 +13,7 @@
 local function keys_from_base(base)
   local K = {}
   for i, part in ipairs({ 'jobs', 'pending', 'scheduled', 'active', 'dead', 'done', 'runs', 'errors',
-    'results', 'unique', 'meta', 'inbox', 'rejected', 'wake' }) do
+    'results', 'unique', 'meta', 'inbox', 'rejected', 'wake', 'resources' }) do
     K[i] = base .. ':' .. part
   end
   return queue_keys(K)

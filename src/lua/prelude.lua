@@ -2,7 +2,7 @@
 -- Function library. src/scripts.rs puts this text in front of each script
 -- when it builds it, so each script Redis runs is self-contained.
 --
--- Keys: every script receives the queue's keys as KEYS[1..14] in the order
+-- Keys: every script receives the queue's keys as KEYS[1..15] in the order
 -- of keys::PARTS (src/keys.rs); queue_keys() names them. All carry the same
 -- {queue} hash tag, so a script never leaves its Redis Cluster slot.
 --
@@ -22,7 +22,7 @@ local function queue_keys(K)
   return {
     jobs = K[1], pending = K[2], scheduled = K[3], active = K[4], dead = K[5], done = K[6],
     runs = K[7], errors = K[8], results = K[9], unique = K[10], meta = K[11], inbox = K[12],
-    rejected = K[13], wake = K[14],
+    rejected = K[13], wake = K[14], resources = K[15],
   }
 end
 
@@ -102,6 +102,7 @@ local function delete_jobs(k, ids)
   redis.call('HDEL', k.runs, unpack(ids))
   redis.call('HDEL', k.errors, unpack(ids))
   redis.call('HDEL', k.results, unpack(ids))
+  redis.call('HDEL', k.resources, unpack(ids))
 end
 
 -- Bounds a retention set (`done` or `dead`): drops members older than

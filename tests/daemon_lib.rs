@@ -1,0 +1,886 @@
+//! The daemon embedded as a library: `WorkerBuilder` with Rust handlers,
+//! configured from TOML text, against a private redis-server per test.
+//!
+//! Tests look at jobs mid-run through channels and semaphores the handlers
+//! hold, and wait for Redis state by polling it under a deadline; no test
+//! sleeps to let something happen (the idle test's 3s is a measuring window,
+//! and the drain test gives the daemon 300ms to do what it must not).
+//! Leases, intervals and backoffs are short so the whole file runs in seconds.
+
+mod common;
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{within, RedisServer};
+use redq::config::{self, Config};
+use redq::daemon::{Counters, DaemonHandle, WorkerBuilder};
+use redq::inspect::{JobInfo, JobState};
+use redq::scripts::SCRIPTS;
+use redq::{Client, JobContext, NewJob, Outcome};
+use tokio::sync::{mpsc, Semaphore};
+use tokio::time::Instant;
+
+/// The longest any single wait in these tests may take before it fails.
+const WAIT: Duration = Duration::from_secs(10);
+/// How often polled Redis state is read again.
+const POLL: Duration = Duration::from_millis(10);
+
+// ---------------------------------------------------------------- helpers
+
+fn init_tracing() {
+    // RUST_LOG=redq=debug shows the daemon's logs of a failing test.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+}
+
+const DAEMON_DEFAULTS: &[(&str, &str)] = &[
+    // Tests run side by side: each daemon's metrics listener takes a free port.
+    ("listen", "\"127.0.0.1:0\""),
+    ("reap_interval", "\"100ms\""),
+    ("inbox_poll", "\"100ms\""),
+    ("shutdown_timeout", "\"10s\""),
+];
+
+const QUEUE_DEFAULTS: &[(&str, &str)] = &[
+    ("lease", "\"1s\""),
+    ("lease_renew", "\"200ms\""),
+    ("max_attempts", "3"),
+    ("keep_completed", "1000"),
+    ("backoff", "{ base = \"10ms\", max = \"50ms\" }"),
+];
+
+/// `extra` (TOML lines) plus every default it does not set itself.
+fn with_defaults(extra: &str, defaults: &[(&str, &str)]) -> String {
+    let mut out = format!("{}\n", extra.trim());
+    for (key, value) in defaults {
+        if !extra.contains(&format!("{key} =")) {
+            out.push_str(&format!("{key} = {value}\n"));
+        }
+    }
+    out
+}
+
+/// A `[queues.<name>]` table with no `handler`: a library handler serves it.
+fn queue(name: &str, extra: &str) -> String {
+    format!(
+        "\n[queues.{name}]\n{}",
+        with_defaults(extra, QUEUE_DEFAULTS)
+    )
+}
+
+/// The whole config: the private Redis, `[daemon]` with short intervals, `rest`.
+fn config(redis: &RedisServer, daemon: &str, rest: &str) -> Config {
+    let text = format!(
+        "[redis]\nurl = \"{}\"\n\n[daemon]\n{}{rest}",
+        redis.url(),
+        with_defaults(daemon, DAEMON_DEFAULTS)
+    );
+    config::read_str(&text).unwrap_or_else(|e| panic!("{e}\n{text}"))
+}
+
+/// A started daemon whose `run()` goes on in a task.
+struct Running {
+    handle: DaemonHandle,
+    counters: Arc<Counters>,
+    task: tokio::task::JoinHandle<redq::Result<()>>,
+}
+
+async fn launch(builder: WorkerBuilder) -> Running {
+    init_tracing();
+    let daemon = within(10, builder.start()).await.expect("daemon starts");
+    // `run` consumes the daemon: take the handle and counters first.
+    let (handle, counters) = (daemon.handle(), daemon.counters());
+    Running {
+        handle,
+        counters,
+        task: tokio::spawn(daemon.run()),
+    }
+}
+
+impl Running {
+    async fn stop(self) {
+        self.handle.shutdown();
+        within(20, self.task)
+            .await
+            .expect("daemon task")
+            .expect("daemon run");
+    }
+}
+
+/// Waits until `counter` reaches `n` (counters are written after Redis answers).
+async fn counter_reaches(what: &str, counter: &AtomicU64, n: u64) {
+    let deadline = Instant::now() + WAIT;
+    while Counters::get(counter) < n {
+        assert!(
+            Instant::now() < deadline,
+            "{what} stayed at {} (want {n})",
+            Counters::get(counter)
+        );
+        tokio::time::sleep(POLL).await;
+    }
+    assert_eq!(Counters::get(counter), n, "{what}");
+}
+
+/// Polls `check` until it holds, for at most [`WAIT`].
+async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + WAIT;
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Polls one job until `done` holds for it; returns what was seen.
+async fn job_when(
+    client: &Client,
+    queue: &str,
+    id: &str,
+    done: impl Fn(&JobInfo) -> bool,
+) -> JobInfo {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let info = client.job(queue, id).await.expect("job lookup");
+        match info {
+            Some(info) if done(&info) => return info,
+            _ if Instant::now() >= deadline => panic!("job {queue}/{id} never got there: {info:?}"),
+            _ => tokio::time::sleep(POLL).await,
+        }
+    }
+}
+
+async fn succeeded(client: &Client, queue: &str, id: &str) -> JobInfo {
+    job_when(client, queue, id, |j| j.state == JobState::Succeeded).await
+}
+
+async fn recv<T>(rx: &mut mpsc::UnboundedReceiver<T>) -> T {
+    within(10, rx.recv()).await.expect("handler channel closed")
+}
+
+fn job(n: i64) -> NewJob {
+    NewJob::new(&n).unwrap()
+}
+
+fn payload_n(ctx: &JobContext) -> i64 {
+    ctx.payload.get().parse().expect("payload is an integer")
+}
+
+/// A handler that reports each job's payload and succeeds.
+fn recording() -> (
+    impl Fn(JobContext) -> std::future::Ready<Outcome> + Clone + Send + Sync + 'static,
+    mpsc::UnboundedReceiver<i64>,
+) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let handler = move |ctx: JobContext| {
+        let _ = tx.send(payload_n(&ctx));
+        std::future::ready(Outcome::Done { result: None })
+    };
+    (handler, rx)
+}
+
+/// `<section>` of `INFO`, as field → value.
+async fn info(redis: &RedisServer, section: &str) -> std::collections::HashMap<String, String> {
+    let text: String = redis::cmd("INFO")
+        .arg(section)
+        .query_async(&mut redis.con().await)
+        .await
+        .unwrap();
+    text.lines()
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.to_owned(), v.trim().to_owned()))
+        .collect()
+}
+
+/// Lets panics whose message contains `marker` pass without the default
+/// hook. That hook prints the message and, with `RUST_BACKTRACE` set,
+/// symbolizes a backtrace on the panicking thread, a runtime worker here:
+/// in a debug build under load that stalls the worker for more than a
+/// lease (1s), and the reaper then takes the job over mid-test.
+fn quiet_panics(marker: &'static str) {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let payload = info.payload();
+            let msg = payload
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| payload.downcast_ref::<&str>().copied())
+                .unwrap_or_default();
+            if !msg.contains(marker) {
+                default(info);
+            }
+        }));
+    });
+}
+
+/// Script calls (EVALSHA and EVAL) counted in `INFO commandstats`.
+fn script_calls(stats: &std::collections::HashMap<String, String>) -> u64 {
+    ["cmdstat_evalsha", "cmdstat_eval"]
+        .iter()
+        .filter_map(|k| stats.get(*k)?.strip_prefix("calls=")?.split(',').next())
+        .map(|n| n.parse::<u64>().unwrap())
+        .sum()
+}
+
+// ------------------------------------------------------------------ tests
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_library_handler_runs_jobs_and_its_results_are_kept() {
+    let redis = RedisServer::start();
+    let client = redis.client().await;
+    let (tx, mut seen) = mpsc::unbounded_channel::<JobContext>();
+    let handler = move |ctx: JobContext| {
+        let tx = tx.clone();
+        async move {
+            let result = format!("done {}", ctx.payload.get());
+            let _ = tx.send(ctx);
+            Outcome::Done {
+                result: Some(result),
+            }
+        }
+    };
+    let cfg = config(&redis, "", &queue("q", "timeout = \"7s\""));
+    let d = launch(WorkerBuilder::new(cfg).handler("q", handler)).await;
+
+    let mut ids = Vec::new();
+    for n in 0..5 {
+        let e = client.enqueue("q", job(n).tenant("acme")).await.unwrap();
+        ids.push(e.id);
+    }
+    for _ in 0..5 {
+        let ctx = recv(&mut seen).await;
+        assert!(ids.contains(&ctx.id), "{ctx:?}");
+        assert_eq!(ctx.queue, "q");
+        assert_eq!(ctx.attempt, 1);
+        assert_eq!(ctx.tenant.as_deref(), Some("acme"));
+        assert_eq!(ctx.timeout, Duration::from_secs(7));
+        assert!(ctx.fence > 0);
+        assert!(!ctx.cancel.is_cancelled());
+    }
+    for (n, id) in ids.iter().enumerate() {
+        let info = succeeded(&client, "q", id).await;
+        assert_eq!(info.result, Some(format!("done {n}")));
+        assert_eq!(info.last_error, None);
+    }
+    counter_reaches("succeeded", &d.counters.succeeded, 5).await;
+    assert_eq!(Counters::get(&d.counters.retried), 0);
+    assert_eq!(Counters::get(&d.counters.dead), 0);
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_handler_fails_the_attempt_is_retried_with_backoff_then_dead() {
+    quiet_panics("boom on attempt");
+    let redis = RedisServer::start();
+    let client = redis.client().await;
+    let (tx, mut attempts) = mpsc::unbounded_channel::<(u32, Instant)>();
+    let handler = move |ctx: JobContext| {
+        let tx = tx.clone();
+        async move {
+            let _ = tx.send((ctx.attempt, Instant::now()));
+            if ctx.attempt > 0 {
+                panic!("boom on attempt {}", ctx.attempt);
+            }
+            Outcome::Done { result: None }
+        }
+    };
+    // No jitter: retry n waits exactly 10ms · 2^(n-1).
+    let q = queue(
+        "q",
+        "max_attempts = 3\nbackoff = { base = \"10ms\", max = \"50ms\", jitter = 0.0 }",
+    );
+    let d = launch(WorkerBuilder::new(config(&redis, "", &q)).handler("q", handler)).await;
+    let id = client.enqueue("q", job(1)).await.unwrap().id;
+
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        seen.push(recv(&mut attempts).await);
+    }
+    let numbers: Vec<u32> = seen.iter().map(|(a, _)| *a).collect();
+    assert_eq!(numbers, [1, 2, 3]);
+    // Redis's clock has millisecond steps: allow 1ms.
+    for (i, want_ms) in [(1, 10), (2, 20)] {
+        let gap = seen[i].1 - seen[i - 1].1;
+        assert!(
+            gap >= Duration::from_millis(want_ms - 1),
+            "retry {i} came after {gap:?}, before its {want_ms}ms backoff"
+        );
+    }
+    let info = job_when(&client, "q", &id, |j| j.state == JobState::Dead).await;
+    assert_eq!(info.attempts, 3);
+    assert_eq!(
+        info.last_error.as_deref(),
+        Some("attempt 3 of 3: handler panicked: boom on attempt 3")
+    );
+    counter_reaches("retried", &d.counters.retried, 2).await;
+    counter_reaches("dead", &d.counters.dead, 1).await;
+    assert!(attempts.try_recv().is_err(), "a dead job ran again");
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outcome_dead_buries_the_job_after_one_attempt() {
+    let redis = RedisServer::start();
+    let client = redis.client().await;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = calls.clone();
+    let handler = move |_ctx: JobContext| {
+        c.fetch_add(1, Ordering::SeqCst);
+        std::future::ready(Outcome::Dead {
+            error: "payload refused: no recipient".into(),
+        })
+    };
+    let q = queue("q", "max_attempts = 5");
+    let d = launch(WorkerBuilder::new(config(&redis, "", &q)).handler("q", handler)).await;
+    let id = client.enqueue("q", job(1)).await.unwrap().id;
+
+    let info = job_when(&client, "q", &id, |j| j.state == JobState::Dead).await;
+    assert_eq!(info.attempts, 1);
+    assert_eq!(
+        info.last_error.as_deref(),
+        Some("payload refused: no recipient")
+    );
+    counter_reaches("dead", &d.counters.dead, 1).await;
+    assert_eq!(Counters::get(&d.counters.retried), 0);
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outcome_retry_waits_its_backoff_or_the_delay_it_asks_for() {
+    let redis = RedisServer::start();
+    let client = redis.client().await;
+    let (tx, mut runs) = mpsc::unbounded_channel::<(String, u32, Instant)>();
+    let handler = move |ctx: JobContext| {
+        let _ = tx.send((ctx.queue.clone(), ctx.attempt, Instant::now()));
+        // `after: 0` means "use the queue's backoff"; `later` asks for 400ms.
+        let after = match ctx.queue.as_str() {
+            "later" => Duration::from_millis(400),
+            _ => Duration::ZERO,
+        };
+        std::future::ready(if ctx.attempt == 1 {
+            Outcome::Retry {
+                after,
+                error: "not yet".into(),
+            }
+        } else {
+            Outcome::Done { result: None }
+        })
+    };
+    let queues = queue(
+        "zero",
+        "backoff = { base = \"150ms\", max = \"150ms\", jitter = 0.0 }",
+    ) + &queue("later", "");
+    let builder = WorkerBuilder::new(config(&redis, "", &queues))
+        .handler("zero", handler.clone())
+        .handler("later", handler);
+    let d = launch(builder).await;
+    let zero = client.enqueue("zero", job(1)).await.unwrap().id;
+    let later = client.enqueue("later", job(2)).await.unwrap().id;
+
+    let mut first = std::collections::HashMap::new();
+    let mut gaps = std::collections::HashMap::new();
+    while gaps.len() < 2 {
+        let (q, attempt, at) = recv(&mut runs).await;
+        match attempt {
+            1 => {
+                first.insert(q, at);
+            }
+            2 => {
+                gaps.insert(q.clone(), at - first[&q]);
+            }
+            n => panic!("{q}: unexpected attempt {n}"),
+        }
+    }
+    assert!(
+        gaps["zero"] >= Duration::from_millis(149),
+        "Retry {{ after: 0 }} ran again after {:?}, before the 150ms backoff",
+        gaps["zero"]
+    );
+    assert!(
+        gaps["later"] >= Duration::from_millis(399),
+        "Retry {{ after: 400ms }} ran again after {:?}",
+        gaps["later"]
+    );
+    succeeded(&client, "zero", &zero).await;
+    succeeded(&client, "later", &later).await;
+    counter_reaches("retried", &d.counters.retried, 2).await;
+    counter_reaches("succeeded", &d.counters.succeeded, 2).await;
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_whose_record_cannot_be_read_goes_dead_with_the_reason_and_the_daemon_goes_on() {
+    let redis = RedisServer::start();
+    let client = redis.client().await;
+    let bad = [
+        ("garbage", "job record has no header"),
+        ("0;0;1;{not json", "job document:"),
+    ];
+    let mut ids = Vec::new();
+    for (record, _) in bad {
+        let id = client.enqueue("q", job(0)).await.unwrap().id;
+        // A foreign writer (or a bug) spoils the stored record of a pending job.
+        let out = redis.cli(&["HSET", "redq:{q}:jobs", &id, record]).unwrap();
+        assert_eq!(out.trim(), "0", "the record was overwritten");
+        ids.push(id);
+    }
+    let (handler, mut ran) = recording();
+    let d =
+        launch(WorkerBuilder::new(config(&redis, "", &queue("q", ""))).handler("q", handler)).await;
+
+    counter_reaches("dead", &d.counters.dead, 2).await;
+    let dead = client.dead_list("q", 0, 10).await.unwrap();
+    for (id, (_, reason)) in ids.iter().zip(bad) {
+        let entry = dead
+            .iter()
+            .find(|e| &e.id == id)
+            .unwrap_or_else(|| panic!("{id} is not dead: {dead:?}"));
+        let error = entry.last_error.as_deref().unwrap_or_default();
+        assert!(
+            error.starts_with("job record cannot be read: ") && error.contains(reason),
+            "{id}: {error}"
+        );
+    }
+    // The daemon goes on: a good job after them runs.
+    let good = client.enqueue("q", job(7)).await.unwrap().id;
+    assert_eq!(recv(&mut ran).await, 7, "the handler saw a spoiled job");
+    succeeded(&client, "q", &good).await;
+    assert!(!d.task.is_finished());
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_daemon_takes_jobs_in_priority_order() {
+    let redis = RedisServer::start();
+    let client = redis.client().await;
+    let (handler, mut ran) = recording();
+    let q = queue("q", "concurrency = 1");
+    let d = launch(WorkerBuilder::new(config(&redis, "", &q)).handler("q", handler)).await;
+
+    client.pause("q").await.unwrap();
+    let prios = [0, 5, 0, 5, -3, 10, 0];
+    for (n, p) in prios.iter().enumerate() {
+        client
+            .enqueue("q", job(n as i64).priority(*p))
+            .await
+            .unwrap();
+    }
+    client.resume("q").await.unwrap();
+    let mut order = Vec::new();
+    for _ in 0..prios.len() {
+        order.push(recv(&mut ran).await);
+    }
+    assert_eq!(order, [5, 1, 3, 0, 2, 6, 4]);
+    counter_reaches("succeeded", &d.counters.succeeded, 7).await;
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_more_jobs_run_at_once_than_the_concurrency() {
+    const JOBS: usize = 20;
+    const LIMIT: usize = 3;
+    let redis = RedisServer::start();
+    let client = redis.client().await;
+    let running = Arc::new(AtomicUsize::new(0));
+    let most = Arc::new(AtomicUsize::new(0));
+    let gate = Arc::new(Semaphore::new(0));
+    let (tx, mut started) = mpsc::unbounded_channel::<()>();
+    let handler = {
+        let (running, most, gate) = (running.clone(), most.clone(), gate.clone());
+        move |_ctx: JobContext| {
+            let (running, most, gate, tx) =
+                (running.clone(), most.clone(), gate.clone(), tx.clone());
+            async move {
+                let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                most.fetch_max(now, Ordering::SeqCst);
+                let _ = tx.send(());
+                gate.acquire().await.expect("gate").forget();
+                running.fetch_sub(1, Ordering::SeqCst);
+                Outcome::Done { result: None }
+            }
+        }
+    };
+    let q = queue("q", &format!("concurrency = {LIMIT}"));
+    let d = launch(WorkerBuilder::new(config(&redis, "", &q)).handler("q", handler)).await;
+    client
+        .enqueue_many("q", (0..JOBS as i64).map(job).collect())
+        .await
+        .unwrap();
+
+    // Once the limit is reached, let one job finish per job that starts.
+    let mut released = 0;
+    for n in 1..=JOBS {
+        recv(&mut started).await;
+        if n >= LIMIT {
+            assert_eq!(running.load(Ordering::SeqCst), LIMIT);
+            gate.add_permits(1);
+            released += 1;
+        }
+    }
+    gate.add_permits(JOBS - released);
+    counter_reaches("succeeded", &d.counters.succeeded, JOBS as u64).await;
+    assert_eq!(most.load(Ordering::SeqCst), LIMIT);
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_strict_pool_empties_its_first_queue_before_the_next() {
+    let redis = RedisServer::start();
+    let client = redis.client().await;
+    // Queued before the daemon starts, so both queues have work from its first claim.
+    for n in 0..8 {
+        client.enqueue("b", job(100 + n)).await.unwrap();
+        client.enqueue("a", job(n)).await.unwrap();
+    }
+    let (handler, mut ran) = recording();
+    let cfg = config(
+        &redis,
+        "",
+        &(queue("a", "")
+            + &queue("b", "")
+            + "\n[pools.p]\nconcurrency = 1\nqueues = [\"a\", \"b\"]\norder = \"strict\"\n"),
+    );
+    let builder = WorkerBuilder::new(cfg)
+        .handler("a", handler.clone())
+        .handler("b", handler);
+    let d = launch(builder).await;
+    let mut order = Vec::new();
+    for _ in 0..16 {
+        order.push(recv(&mut ran).await);
+    }
+    let want: Vec<i64> = (0..8).chain(100..108).collect();
+    assert_eq!(order, want);
+    counter_reaches("succeeded", &d.counters.succeeded, 16).await;
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_weighted_pool_serves_every_queue_in_proportion() {
+    const EACH: i64 = 80;
+    let redis = RedisServer::start();
+    let client = redis.client().await;
+    client
+        .enqueue_many("a", (0..EACH).map(job).collect())
+        .await
+        .unwrap();
+    client
+        .enqueue_many("b", (0..EACH).map(|n| job(1000 + n)).collect())
+        .await
+        .unwrap();
+    let (handler, mut ran) = recording();
+    let cfg = config(
+        &redis,
+        "",
+        &(queue("a", "weight = 3")
+            + &queue("b", "weight = 1")
+            + "\n[pools.p]\nconcurrency = 1\nqueues = [\"a\", \"b\"]\norder = \"weighted\"\n"),
+    );
+    let builder = WorkerBuilder::new(cfg)
+        .handler("a", handler.clone())
+        .handler("b", handler);
+    let d = launch(builder).await;
+    let mut order = Vec::new();
+    for _ in 0..2 * EACH {
+        order.push(recv(&mut ran).await);
+    }
+    let is_a = |n: &i64| *n < 1000;
+    let last_a = order.iter().rposition(is_a).unwrap();
+    let first_b = order.iter().position(|n| !is_a(n)).unwrap();
+    // b is not starved while a has work ((3/4)^80 odds of a false alarm) ...
+    assert!(first_b < last_a, "b waited for a to empty: {order:?}");
+    // ... and a gets the larger share (mean 60 of the first 80, sd ≈ 3.9).
+    let a_early = order[..EACH as usize].iter().filter(|n| is_a(n)).count();
+    assert!(
+        a_early > 40,
+        "a ran {a_early} of the first {EACH}: {order:?}"
+    );
+    // Each queue keeps its own FIFO order.
+    let a_order: Vec<i64> = order.iter().copied().filter(is_a).collect();
+    assert_eq!(a_order, (0..EACH).collect::<Vec<_>>());
+    counter_reaches("succeeded", &d.counters.succeeded, 2 * EACH as u64).await;
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_lease_cancels_the_handler_and_its_outcome_is_not_written() {
+    let redis = RedisServer::start();
+    let client = redis.client().await;
+    let (tx, mut events) = mpsc::unbounded_channel::<(&'static str, u32)>();
+    let handler = move |ctx: JobContext| {
+        let tx = tx.clone();
+        async move {
+            let _ = tx.send(("started", ctx.attempt));
+            if ctx.attempt == 1 {
+                ctx.cancel.cancelled().await;
+                let _ = tx.send(("cancelled", ctx.attempt));
+            }
+            Outcome::Done {
+                result: Some(format!("attempt {}", ctx.attempt)),
+            }
+        }
+    };
+    let q = queue("q", "max_attempts = 3");
+    let d = launch(WorkerBuilder::new(config(&redis, "", &q)).handler("q", handler)).await;
+    let id = client.enqueue("q", job(1)).await.unwrap().id;
+    assert_eq!(recv(&mut events).await, ("started", 1));
+
+    // Another worker took the job over: its current token is no longer ours.
+    let runs = "redq:{q}:runs";
+    let out = redis.cli(&["HSET", runs, &id, "1,999999,0"]).unwrap();
+    assert_eq!(out.trim(), "0");
+    let noticed = Instant::now();
+    assert_eq!(recv(&mut events).await, ("cancelled", 1));
+    assert!(
+        noticed.elapsed() < Duration::from_secs(1),
+        "the lease keeper took {:?} to notice (renewal every 200ms)",
+        noticed.elapsed()
+    );
+    counter_reaches("lease_lost", &d.counters.lease_lost, 1).await;
+    // The handler's Done was not written: no completion, not even a refused one.
+    assert_eq!(Counters::get(&d.counters.succeeded), 0);
+    assert_eq!(Counters::get(&d.counters.stale_refused), 0);
+    let info = client.job("q", &id).await.unwrap().unwrap();
+    assert_eq!(info.state, JobState::Active);
+    assert_eq!(info.result, None);
+    assert_eq!(
+        redis.cli(&["HGET", runs, &id]).unwrap().trim(),
+        "1,999999,0"
+    );
+
+    // The "other worker" never finishes: once the lease expires the reaper
+    // puts the job back and it runs again, this time to the end.
+    assert_eq!(recv(&mut events).await, ("started", 2));
+    let info = succeeded(&client, "q", &id).await;
+    assert_eq!(info.result.as_deref(), Some("attempt 2"));
+    counter_reaches("succeeded", &d.counters.succeeded, 1).await;
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_lets_running_jobs_finish_and_claims_nothing_new() {
+    let redis = RedisServer::start();
+    let client = redis.client().await;
+    let gate = Arc::new(Semaphore::new(0));
+    let (tx, mut started) = mpsc::unbounded_channel::<i64>();
+    let handler = {
+        let gate = gate.clone();
+        move |ctx: JobContext| {
+            let (gate, tx) = (gate.clone(), tx.clone());
+            async move {
+                let _ = tx.send(payload_n(&ctx));
+                gate.acquire().await.expect("gate").forget();
+                Outcome::Done { result: None }
+            }
+        }
+    };
+    let q = queue("q", "concurrency = 1");
+    let d = launch(WorkerBuilder::new(config(&redis, "", &q)).handler("q", handler)).await;
+    let first = client.enqueue("q", job(1)).await.unwrap().id;
+    assert_eq!(recv(&mut started).await, 1);
+    // Waits for the only worker slot.
+    let second = client.enqueue("q", job(2)).await.unwrap().id;
+
+    let Running {
+        handle,
+        counters,
+        mut task,
+    } = d;
+    handle.shutdown();
+    // A bounded look for something that must not happen: the daemon does not
+    // return while a job runs (shutdown_timeout is 10s).
+    let early = tokio::time::timeout(Duration::from_millis(300), &mut task).await;
+    assert!(early.is_err(), "the daemon stopped with a job running");
+    gate.add_permits(1);
+    within(10, task).await.unwrap().unwrap();
+
+    succeeded(&client, "q", &first).await;
+    assert_eq!(Counters::get(&counters.succeeded), 1);
+    assert_eq!(Counters::get(&counters.released), 0);
+    let info = client.job("q", &second).await.unwrap().unwrap();
+    assert_eq!((info.state, info.attempts), (JobState::Pending, 0));
+    assert!(
+        started.try_recv().is_err(),
+        "a job was claimed after shutdown"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_past_its_timeout_cancels_jobs_and_gives_them_back_unspent() {
+    let redis = RedisServer::start();
+    let client = redis.client().await;
+    let (tx, mut events) = mpsc::unbounded_channel::<&'static str>();
+    let handler = move |ctx: JobContext| {
+        let tx = tx.clone();
+        async move {
+            let _ = tx.send("started");
+            ctx.cancel.cancelled().await;
+            let _ = tx.send("cancelled");
+            Outcome::Fail {
+                error: "stopped".into(),
+            }
+        }
+    };
+    let cfg = config(
+        &redis,
+        "shutdown_timeout = \"300ms\"",
+        &queue("q", "max_attempts = 1"),
+    );
+    let d = launch(WorkerBuilder::new(cfg).handler("q", handler)).await;
+    let id = client.enqueue("q", job(1)).await.unwrap().id;
+    assert_eq!(recv(&mut events).await, "started");
+
+    let counters = d.counters.clone();
+    d.stop().await;
+    assert_eq!(recv(&mut events).await, "cancelled");
+    // Back to pending with no attempt spent: not failed, not dead (max_attempts = 1).
+    let info = client.job("q", &id).await.unwrap().unwrap();
+    assert_eq!((info.state, info.attempts), (JobState::Pending, 0));
+    assert_eq!(info.last_error, None);
+    assert_eq!(Counters::get(&counters.released), 1);
+    assert_eq!(Counters::get(&counters.dead), 0);
+    assert_eq!(Counters::get(&counters.retried), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_reconnects_after_a_redis_restart() {
+    let mut redis = RedisServer::start_with(&["--appendonly", "yes", "--appendfsync", "always"]);
+    let (handler, mut ran) = recording();
+    let d =
+        launch(WorkerBuilder::new(config(&redis, "", &queue("q", ""))).handler("q", handler)).await;
+    let before = {
+        let client = redis.client().await;
+        let id = client.enqueue("q", job(1)).await.unwrap().id;
+        assert_eq!(recv(&mut ran).await, 1);
+        succeeded(&client, "q", &id).await;
+        id
+    };
+
+    tokio::task::block_in_place(|| redis.kill());
+    // Stand in for Redis on its port until the daemon tries to reconnect:
+    // then it has surely seen the outage.
+    let port = redis.port;
+    let stand_in = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .expect("the port is free again");
+    let (socket, _) = within(10, stand_in.accept()).await.unwrap();
+    drop((socket, stand_in));
+    tokio::task::block_in_place(|| redis.restart());
+
+    // The data survived (AOF); the script cache did not.
+    let client = redis.client().await;
+    let info = client.job("q", &before).await.unwrap().expect("kept");
+    assert_eq!(info.state, JobState::Succeeded);
+    let after = client.enqueue("q", job(2)).await.unwrap().id;
+    assert_eq!(recv(&mut ran).await, 2);
+    succeeded(&client, "q", &after).await;
+    // Counters are not asserted here: a write in flight when Redis died may
+    // have been applied with its reply lost; its retry is then refused as
+    // stale (safely) and counted as such, not as a success.
+    // Only the daemon claims and completes: it reconnected and reloaded
+    // those scripts into the new server after NOSCRIPT.
+    let loaded: Vec<i64> = redis::cmd("SCRIPT")
+        .arg("EXISTS")
+        .arg(SCRIPTS.claim.get_hash())
+        .arg(SCRIPTS.complete.get_hash())
+        .query_async(&mut redis.con().await)
+        .await
+        .unwrap();
+    assert_eq!(loaded, [1, 1]);
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_daemon_does_not_poll_redis() {
+    let redis = RedisServer::start();
+    let (handler, _ran) = recording();
+    let cfg = config(
+        &redis,
+        "inbox_poll = \"1s\"\nreap_interval = \"1s\"",
+        &queue("q", ""),
+    );
+    let d = launch(WorkerBuilder::new(cfg).handler("q", handler)).await;
+    let measure = || async {
+        let total: u64 = info(&redis, "stats").await["total_commands_processed"]
+            .parse()
+            .unwrap();
+        (total, script_calls(&info(&redis, "commandstats").await))
+    };
+    // Start once the first claim and reap are done: each loads its script
+    // on first use (NOSCRIPT, SCRIPT LOAD, EVALSHA again).
+    let (claim, reap) = (&SCRIPTS.claim, &SCRIPTS.reap);
+    eventually("the first claim and reap", || async {
+        let loaded: Vec<i64> = redis::cmd("SCRIPT")
+            .arg("EXISTS")
+            .arg(claim.get_hash())
+            .arg(reap.get_hash())
+            .query_async(&mut redis.con().await)
+            .await
+            .unwrap();
+        loaded == [1, 1]
+    })
+    .await;
+    let window = Duration::from_secs(3);
+    let (total_from, scripts_from) = measure().await;
+    // A measured window, not a synchronisation: the bounds are on calls made in it.
+    tokio::time::sleep(window).await;
+    let (total_to, scripts_to) = measure().await;
+    // One claim per inbox_poll and one reap per reap_interval, plus one of
+    // each at the window's edges: a fetcher that spins would make hundreds.
+    let scripts = scripts_to - scripts_from;
+    assert!(
+        scripts <= 8,
+        "an idle daemon ran {scripts} scripts in {window:?}"
+    );
+    // Every command, those the scripts run included. Idle work per second:
+    // a claim (8 commands), a reap (3), half a BLPOP, and every 5s the
+    // observer's depth poll and the daemon heartbeat: about 15/s. A spinning
+    // loop would send hundreds.
+    let per_sec = (total_to - total_from) as f64 / window.as_secs_f64();
+    assert!(
+        per_sec < 40.0,
+        "an idle daemon sent {} commands in {window:?} ({per_sec:.1}/s)",
+        total_to - total_from
+    );
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_enqueue_wakes_an_idle_daemon_at_once() {
+    let redis = RedisServer::start();
+    let client = redis.client().await;
+    let (handler, mut ran) = recording();
+    // Nothing but the wake-up can start a job within 30s.
+    let cfg = config(
+        &redis,
+        "inbox_poll = \"30s\"\nreap_interval = \"30s\"",
+        &queue("q", ""),
+    );
+    let d = launch(WorkerBuilder::new(cfg).handler("q", handler)).await;
+    // Idle: the pool made its first claim (the only script call so far) and
+    // the waker is blocked on the wake list.
+    eventually("the daemon to go idle", || async {
+        let claimed = script_calls(&info(&redis, "commandstats").await) > 0;
+        let clients = info(&redis, "clients").await;
+        claimed && clients["blocked_clients"] != "0"
+    })
+    .await;
+
+    let sent = Instant::now();
+    client.enqueue("q", job(1)).await.unwrap();
+    let n = tokio::time::timeout(Duration::from_secs(2), ran.recv())
+        .await
+        .expect("the job did not start within 2s of its enqueue");
+    assert_eq!(n, Some(1));
+    tracing::info!(elapsed = ?sent.elapsed(), "woken");
+    d.stop().await;
+}

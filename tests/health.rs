@@ -1,0 +1,284 @@
+//! `redq health`: 1 with no daemon, 0 while an embedded daemon beats (and it
+//! is listed), 1 again once it has shut down, 69 when Redis is unreachable.
+
+mod common;
+
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{within, RedisServer};
+use redq::daemon::WorkerBuilder;
+
+fn config(url: &str) -> redq::config::Config {
+    redq::config::load_from_str(&format!(
+        r#"
+[redis]
+url = "{url}"
+[daemon]
+listen = "127.0.0.1:0"
+[queues.mail]
+handler = {{ builtin = "noop" }}
+[queues.reports]
+handler = {{ builtin = "noop" }}
+"#
+    ))
+    .unwrap()
+}
+
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+/// Runs `redq --redis-url <url> health <args>` off the async runtime.
+async fn health(url: &str, args: &[&str]) -> Run {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_redq"));
+    c.args(["--redis-url", url, "health"])
+        .args(args)
+        .env_remove("REDQ_REDIS__URL")
+        .env_remove("REDQ_REDIS__KEY_PREFIX")
+        .current_dir(std::env::temp_dir())
+        .stdin(Stdio::null());
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = within(30, tokio::task::spawn_blocking(move || c.output().unwrap()))
+        .await
+        .unwrap();
+    Run {
+        code: status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&stderr).into_owned(),
+    }
+}
+
+/// Runs `redq health` until it exits with `code`, within a bound.
+async fn health_until(url: &str, args: &[&str], code: i32) -> Run {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = health(url, args).await;
+        if r.code == code {
+            return r;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "redq health never exited {code}; last: {} {} {}",
+            r.code,
+            r.stdout,
+            r.stderr
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn health_follows_daemon_heartbeats() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+
+    let r = health(&url, &[]).await;
+    assert_eq!(r.code, 1, "{} {}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("redis: ok"), "{}", r.stdout);
+    assert!(
+        r.stderr.contains("no daemon heartbeat"),
+        "the reason is given: {}",
+        r.stderr
+    );
+
+    let daemon = WorkerBuilder::new(config(&url)).start().await.unwrap();
+    let handle = daemon.handle();
+    let base = format!("http://{}", daemon.http_addr());
+    let run = tokio::spawn(daemon.run());
+
+    let r = health_until(&url, &[], 0).await;
+    assert!(r.stdout.contains("healthy: 1 daemon"), "{}", r.stdout);
+    assert!(r.stdout.contains("mail,reports"), "{}", r.stdout);
+    let r = health(&url, &["--json"]).await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(v["healthy"], true);
+    assert_eq!(v["redis"], true);
+    assert_eq!(v["fresh"], 1);
+    let d = &v["daemons"][0];
+    assert_eq!(d["pid"], std::process::id());
+    assert_eq!(d["fresh"], true);
+    assert_eq!(d["queues"], serde_json::json!(["mail", "reports"]));
+    assert_eq!(d["version"], env!("CARGO_PKG_VERSION"));
+    let id = d["id"].as_str().unwrap().to_owned();
+    assert!(
+        id.contains(&format!(":{}:", std::process::id())),
+        "id is host:pid:random: {id}"
+    );
+    assert!(r.stdout.contains("\"running\""), "{}", r.stdout);
+    // An age limit shorter than any beat's age cannot be met.
+    let r = health(&url, &["--max-age", "0s"]).await;
+    assert_eq!(r.code, 1, "{}", r.stdout);
+    assert!(
+        r.stdout.contains(&id) && r.stdout.contains("stale"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stderr.contains("no daemon heartbeat younger than"),
+        "{}",
+        r.stderr
+    );
+
+    // The heartbeat loop is covered by /healthz.
+    let body = reqwest::get(format!("{base}/healthz"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(body.contains("\"heartbeat\""), "{body}");
+
+    handle.shutdown();
+    within(20, run).await.unwrap().unwrap();
+    // A clean stop removes the entry at once, without waiting for expiry.
+    let r = health(&url, &[]).await;
+    assert_eq!(r.code, 1, "{} {}", r.stdout, r.stderr);
+    assert!(!r.stdout.contains(&id), "{}", r.stdout);
+    let mut con = redis.con().await;
+    let left: Vec<String> = redis::cmd("KEYS")
+        .arg("redq:daemon*")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn health_reports_an_unreachable_redis() {
+    let mut redis = RedisServer::start();
+    let url = redis.url();
+    redis.kill();
+    let r = health(&url, &[]).await;
+    assert_eq!(r.code, 69, "{} {}", r.stdout, r.stderr);
+    assert!(r.stderr.contains("Redis unreachable"), "{}", r.stderr);
+    let r = health(&url, &["--json"]).await;
+    assert_eq!(r.code, 69, "{}", r.stderr);
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(v["healthy"], false);
+    assert_eq!(v["redis"], false);
+}
+
+/// `redq stats` shows what daemons finished over the last minute.
+#[tokio::test(flavor = "multi_thread")]
+async fn stats_show_rates_over_the_last_minute() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let cfg = redq::config::load_from_str(&format!(
+        r#"
+[redis]
+url = "{url}"
+[daemon]
+listen = "127.0.0.1:0"
+[queues.ok]
+handler = {{ builtin = "noop" }}
+[queues.bad]
+max_attempts = 1
+handler = {{ builtin = "fail" }}
+"#
+    ))
+    .unwrap();
+    let daemon = WorkerBuilder::new(cfg).start().await.unwrap();
+    let handle = daemon.handle();
+    let run = tokio::spawn(daemon.run());
+    let client = redis.client().await;
+    let job = |n: u32| redq::NewJob::new(&n).unwrap();
+    client
+        .enqueue_many("ok", (0..30).map(job).collect())
+        .await
+        .unwrap();
+    client
+        .enqueue_many("bad", (0..3).map(job).collect())
+        .await
+        .unwrap();
+
+    // The per-minute buckets of the last two minutes add up exactly.
+    let mut con = redis.con().await;
+    let q = |name: &str| redq::keys::QueueKeys::new("redq", name).unwrap();
+    let (ok, bad) = (q("ok"), q("bad"));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let counts = (
+            last_two_minutes(&mut con, &ok, "succeeded").await,
+            last_two_minutes(&mut con, &bad, "failed").await,
+            last_two_minutes(&mut con, &ok, "failed").await,
+        );
+        if counts == (30, 3, 0) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "buckets never added up: {counts:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (secs, _): (i64, i64) = redis::cmd("TIME").query_async(&mut con).await.unwrap();
+    let ttl: i64 = redis::cmd("TTL")
+        .arg(ok.rate(secs / 60))
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert!(ttl <= 180, "buckets expire by themselves: {ttl}");
+
+    let out = within(
+        30,
+        tokio::task::spawn_blocking({
+            let url = url.clone();
+            move || {
+                Command::new(env!("CARGO_BIN_EXE_redq"))
+                    .args(["--redis-url", &url, "stats", "--json"])
+                    .current_dir(std::env::temp_dir())
+                    .env_remove("REDQ_REDIS__URL")
+                    .env_remove("REDQ_REDIS__KEY_PREFIX")
+                    .output()
+                    .unwrap()
+            }
+        }),
+    )
+    .await
+    .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let row = |name: &str| {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["queue"] == name)
+            .unwrap()["last_minute"]
+            .clone()
+    };
+    let ok_rate = row("ok")["succeeded_per_sec"].as_f64().unwrap();
+    assert!(ok_rate > 0.0 && ok_rate <= 0.5 + 1e-9, "{ok_rate}");
+    let bad_rate = row("bad")["failed_per_sec"].as_f64().unwrap();
+    assert!(bad_rate > 0.0 && bad_rate <= 0.05 + 1e-9, "{bad_rate}");
+    assert_eq!(row("bad")["succeeded_per_sec"], 0.0);
+
+    handle.shutdown();
+    within(20, run).await.unwrap().unwrap();
+}
+
+/// `field` of the queue's rate buckets of this minute and the one before.
+async fn last_two_minutes(
+    con: &mut redis::aio::MultiplexedConnection,
+    q: &redq::keys::QueueKeys,
+    field: &str,
+) -> u64 {
+    let (secs, _): (i64, i64) = redis::cmd("TIME").query_async(con).await.unwrap();
+    let mut n = 0;
+    for minute in [secs / 60, secs / 60 - 1] {
+        let v: Option<u64> = redis::cmd("HGET")
+            .arg(q.rate(minute))
+            .arg(field)
+            .query_async(con)
+            .await
+            .unwrap();
+        n += v.unwrap_or(0);
+    }
+    n
+}
