@@ -355,16 +355,14 @@ pub async fn head_ages(
     for q in queues {
         pipe.cmd("ZRANGE").arg(q.pending()).arg(0).arg(0);
     }
-    let mut reply: Vec<redis::Value> = pipe.query_async(&mut con).await?;
-    let parse = |e: redis::ParsingError| Error::protocol("head ages", e.to_string());
-    let heads: Vec<Vec<String>> = reply
-        .split_off(1.min(reply.len()))
+    let reply: Vec<redis::Value> = pipe.query_async(&mut con).await?;
+    let (now_ms, rest) = crate::store::split_time(reply, "head ages")?;
+    let heads: Vec<Vec<String>> = rest
         .into_iter()
-        .map(|v| redis::from_redis_value(v).map_err(parse))
+        .map(|v| {
+            redis::from_redis_value(v).map_err(|e| Error::protocol("head ages", e.to_string()))
+        })
         .collect::<Result<_>>()?;
-    let time: (i64, i64) =
-        redis::from_redis_value(reply.pop().unwrap_or(redis::Value::Nil)).map_err(parse)?;
-    let now_ms = time.0 * 1000 + time.1 / 1000;
     let mut pipe = redis::pipe();
     for (q, head) in queues.iter().zip(&heads) {
         pipe.cmd("HGET")

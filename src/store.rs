@@ -491,3 +491,16 @@ pub(crate) fn text(v: Option<&Value>, context: &'static str) -> Result<String> {
         )),
     }
 }
+
+/// Splits the reply of a pipeline that starts with TIME: Redis's clock in
+/// ms, and the replies of the commands after it.
+pub(crate) fn split_time(
+    mut reply: Vec<Value>,
+    context: &'static str,
+) -> Result<(i64, Vec<Value>)> {
+    let rest = reply.split_off(1.min(reply.len()));
+    let time = reply.pop().unwrap_or(Value::Nil);
+    let (sec, usec): (i64, i64) =
+        redis::from_redis_value(time).map_err(|e| Error::protocol(context, e.to_string()))?;
+    Ok((sec * 1000 + usec / 1000, rest))
+}

@@ -108,7 +108,8 @@ impl Pool {
                 }
                 continue;
             }
-            let mut idle_for = ctx.inbox_poll;
+            // When the next scheduled job is due, if any (Redis's clock, as a wait).
+            let mut due_in: Option<Duration> = None;
             let mut filled = false;
             let mut failed = false;
             for q in self.round_order() {
@@ -127,7 +128,7 @@ impl Pool {
                         if let Some(due) = c.next_due_ms {
                             let wait =
                                 Duration::from_millis(u64::try_from(due - c.now_ms).unwrap_or(0));
-                            idle_for = idle_for.min(wait);
+                            due_in = Some(due_in.map_or(wait, |d| d.min(wait)));
                         }
                         // A queue that filled every free slot ends the round, so
                         // in strict order a later queue never gets a slot while
@@ -173,10 +174,40 @@ impl Pool {
             if filled {
                 continue;
             }
+            if !self.idle_until_work(&ctx, due_in).await {
+                return;
+            }
+        }
+    }
+
+    /// Sleeps until there may be work: a wake-up, the next due time, or an
+    /// `inbox_poll` tick at which a cheap look (LLEN inbox, ZCARD pending:
+    /// two commands per queue) finds something. The look catches what no
+    /// wake-up announced: inbox documents pushed by foreign producers, and
+    /// jobs whose wake-up another, busy daemon consumed. Returns false when
+    /// the pool is told to stop.
+    async fn idle_until_work(&self, ctx: &PoolCtx, due_in: Option<Duration>) -> bool {
+        let due_at = due_in.map(|d| Instant::now() + d);
+        loop {
+            let tick = Instant::now() + ctx.inbox_poll;
+            let until = due_at.map_or(tick, |d| d.min(tick));
             tokio::select! {
-                _ = self.quiet.cancelled() => return,
-                _ = self.wake.notified() => {}
-                _ = tokio::time::sleep(idle_for) => {}
+                _ = self.quiet.cancelled() => return false,
+                _ = self.wake.notified() => return true,
+                _ = tokio::time::sleep_until(until) => {}
+            }
+            if due_at.is_some_and(|d| Instant::now() >= d) {
+                return true;
+            }
+            let mut pipe = redis::pipe();
+            for q in &self.queues {
+                pipe.llen(q.keys.inbox()).zcard(q.keys.pending());
+            }
+            let counts: redis::RedisResult<Vec<u64>> =
+                pipe.query_async(&mut ctx.store.connection()).await;
+            match counts {
+                Ok(c) if c.iter().all(|n| *n == 0) => continue,
+                _ => return true,
             }
         }
     }
