@@ -17,7 +17,7 @@ pub const DEFAULT_PREFIX: &str = "redq";
 pub const MAX_NAME_LEN: usize = 128;
 
 /// The parts of a queue's keyspace, in the order scripts receive them as `KEYS[1..]`.
-pub const PARTS: [&str; 15] = [
+pub const PARTS: [&str; 16] = [
     "jobs",      // HASH  id -> stored job record (see job::StoredJob)
     "pending",   // ZSET  id -> priority/FIFO score
     "scheduled", // ZSET  id -> due time (Redis ms)
@@ -28,11 +28,12 @@ pub const PARTS: [&str; 15] = [
     "errors",    // HASH  id -> last error text
     "results",   // HASH  id -> result text (only when retention keeps them)
     "unique",    // HASH  unique_key -> id of the live job holding it
-    "meta",      // HASH  seq, fence, paused, max_doc_bytes
+    "meta",      // HASH  seq, fence, paused, max_doc_bytes, events (stream cap; absent = off)
     "inbox",     // LIST  raw job documents pushed by any client (LPUSH)
     "rejected",  // LIST  inbox documents refused, with the reason
     "wake",      // LIST  wake-up marker for idle daemons (at most one element)
     "resources", // HASH  id -> resources JSON of the latest command run (handler::Resources)
+    "events",    // STREAM lifecycle events, only when meta `events` is set (capped, MAXLEN ~)
 ];
 
 /// True when `name` is 1–128 characters from `A-Z a-z 0-9 _ . - :`.
@@ -181,6 +182,16 @@ impl QueueKeys {
     }
     pub fn resources(&self) -> &str {
         self.part("resources")
+    }
+    pub fn events(&self) -> &str {
+        self.part("events")
+    }
+
+    /// `<prefix>:{<queue>}:cron`: a HASH, `[[cron]]` entry key -> last tick
+    /// handled (Unix ms). Only `cron_enqueue.lua` touches it, receiving it
+    /// after the queue's keys; not one of [`PARTS`].
+    pub fn cron(&self) -> String {
+        format!("{}:cron", self.base)
     }
 
     /// `<prefix>:{<queue>}:usage:<YYYY-MM-DD>`: the usage totals of one UTC day

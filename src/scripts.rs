@@ -32,6 +32,7 @@ pub struct Scripts {
     pub dead_retry: Script,
     pub dead_purge: Script,
     pub import: Script,
+    pub cron_enqueue: Script,
 }
 
 pub static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
@@ -45,6 +46,7 @@ pub static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     dead_retry: build(include_str!("lua/dead_retry.lua")),
     dead_purge: build(include_str!("lua/dead_purge.lua")),
     import: build(include_str!("lua/import.lua")),
+    cron_enqueue: build(include_str!("lua/cron_enqueue.lua")),
 });
 
 /// The version of the function library: a hash of its source, so any change

@@ -9,6 +9,7 @@ mod daemon;
 mod health;
 mod target;
 mod usage;
+mod watch;
 
 use std::path::PathBuf;
 
@@ -109,6 +110,16 @@ pub enum Command {
     },
     /// Usage reported by handlers (plus jobs and run time), per queue and tenant
     Usage(usage::UsageArgs),
+    /// Follow a queue's lifecycle events live (needs `events = true` for the queue)
+    Watch {
+        queue: String,
+        /// Print one JSON object per event
+        #[arg(long)]
+        json: bool,
+        /// Start at the oldest event kept instead of new ones only
+        #[arg(long)]
+        from_start: bool,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -206,6 +217,14 @@ pub async fn main(cli: Cli) -> u8 {
     };
     if let Command::Health { json, max_age } = cli.command {
         return health::run(&target, json, max_age).await;
+    }
+    if let Command::Watch {
+        ref queue,
+        json,
+        from_start,
+    } = cli.command
+    {
+        return watch::run(&target, queue, json, from_start).await;
     }
     match commands::run(cli.command, &target).await {
         Ok(code) => code,

@@ -16,6 +16,7 @@ use super::handler::HandlerConfig;
 pub const MAX_CONCURRENCY: u32 = 10_000;
 pub const MAX_ATTEMPTS: u32 = 1_000;
 pub const MAX_WEIGHT: u32 = 1_000;
+pub const MAX_EVENTS_MAXLEN: u64 = 100_000_000;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -60,6 +61,10 @@ pub struct QueueConfig {
     /// At most this many active jobs per job `group`, across all daemons. Default none.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub group_concurrency: Option<u32>,
+    /// Lifecycle events on the Redis Stream `<prefix>:{<queue>}:events` (`redq watch`). Default false.
+    pub events: bool,
+    /// About how many events the stream keeps (XADD MAXLEN ~), 1–100000000. Default 10000.
+    pub events_maxlen: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -103,6 +108,8 @@ impl Default for QueueConfig {
             weight: 1,
             rate_limit: None,
             group_concurrency: None,
+            events: false,
+            events_maxlen: 10_000,
         }
     }
 }
@@ -221,6 +228,14 @@ impl QueueConfig {
                 format!("{g} is out of range 1-{MAX_CONCURRENCY}"),
             );
         }
+        p.check(
+            (1..=MAX_EVENTS_MAXLEN).contains(&self.events_maxlen),
+            &at(&["events_maxlen"]),
+            format!(
+                "{} is out of range 1-{MAX_EVENTS_MAXLEN}",
+                self.events_maxlen
+            ),
+        );
         if let Some(h) = &self.handler {
             h.check(&at(&["handler"]), p);
         }

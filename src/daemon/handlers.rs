@@ -94,8 +94,8 @@ pub fn check_runnable(config: &Config) -> Result<()> {
             problems.push(format!("queues.{name}.group_concurrency: {LATER}"));
         }
     }
-    if !config.cron.is_empty() {
-        problems.push(format!("cron: {LATER}"));
+    if let Err(cron) = super::cron::entries(config) {
+        problems.extend(cron);
     }
     if problems.is_empty() {
         Ok(())

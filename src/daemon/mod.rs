@@ -15,6 +15,7 @@
 //! writers flush → keeper, reaper, waker stop → exit.
 
 mod backoff;
+mod cron;
 mod handlers;
 pub mod heartbeat;
 mod leases;

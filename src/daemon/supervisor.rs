@@ -22,7 +22,9 @@ use super::pool::{Pool, PoolCtx};
 use super::signals::{self, Action};
 use super::waker::{self, Routes};
 use super::writer::{self, WriterCtx};
-use super::{dead_retention, notify, observer, reaper, retention, startup, Counters, QueueRt};
+use super::{
+    cron, dead_retention, notify, observer, reaper, retention, startup, Counters, QueueRt,
+};
 use crate::config::{self, Config, Order, Overrides, QueueConfig};
 use crate::error::{Error, Result};
 use crate::handler::Handler;
@@ -144,6 +146,7 @@ impl WorkerBuilder {
             fetchers: Vec::new(),
             writers: Vec::new(),
             draining: Vec::new(),
+            cron: None,
             tx,
             rx,
         };
@@ -229,6 +232,8 @@ pub struct Daemon {
     fetchers: Vec<JoinHandle<()>>,
     writers: Vec<JoinHandle<()>>,
     draining: Vec<Arc<Pool>>,
+    /// Stops the running cron loop (a new one starts on each reload).
+    cron: Option<CancellationToken>,
     tx: mpsc::UnboundedSender<Action>,
     rx: mpsc::UnboundedReceiver<Action>,
     http_addr: std::net::SocketAddr,
@@ -270,18 +275,22 @@ impl Daemon {
     /// new or changed ones, and quiets removed or changed ones (their running
     /// jobs finish).
     async fn apply(&mut self, config: Config) -> Result<()> {
+        let cron_entries = cron::entries(&config).map_err(|p| Error::Config(p.join("\n")))?;
         let store = &self.shared.store;
         let names: Vec<&str> = config.queues.keys().map(String::as_str).collect();
         inspect::register(store, &names).await?;
         let mut con = store.connection();
         let mut pipe = redis::pipe();
-        for name in &names {
-            pipe.hset(
-                store.queue(name)?.meta(),
-                "max_doc_bytes",
-                config.daemon.max_payload_bytes,
-            )
-            .ignore();
+        for (name, queue) in &config.queues {
+            let meta = store.queue(name)?.meta().to_owned();
+            pipe.hset(&meta, "max_doc_bytes", config.daemon.max_payload_bytes)
+                .ignore();
+            // Lifecycle events: the scripts read the stream's cap here (absent = off).
+            if queue.events {
+                pipe.hset(&meta, "events", queue.events_maxlen).ignore();
+            } else {
+                pipe.hdel(&meta, "events").ignore();
+            }
         }
         pipe.query_async::<()>(&mut con).await?;
 
@@ -329,6 +338,14 @@ impl Daemon {
         if let Ok(mut p) = self.shared.pools.lock() {
             *p = next;
         }
+        if let Some(old) = self.cron.replace(self.stop.child_token()) {
+            old.cancel();
+        }
+        self.tasks.retain(|t| !t.is_finished());
+        let (store, bytes) = (self.shared.store.clone(), config.daemon.max_payload_bytes);
+        let token = self.cron.clone().unwrap_or_default();
+        self.tasks
+            .push(tokio::spawn(cron::run(store, cron_entries, bytes, token)));
         self.config = config;
         Ok(())
     }

@@ -9,14 +9,18 @@
 -- ARGV[2] lease length in ms (deadline = Redis now + lease)
 -- ARGV[3] at most this many due scheduled jobs are promoted
 -- ARGV[4] at most this many inbox documents are taken
+-- Events (when on): `enqueued` (via=inbox) per inbox document taken, `started` per job.
 -- Returns: {now_ms, next_due_ms (-1 = none or jobs were handed out), paused (0|1),
 --           then 4 per job: id, fencing token, attempt number, job record}
 local k = queue_keys(KEYS)
 local want, lease = tonumber(ARGV[1]), tonumber(ARGV[2])
 local now = now_ms()
-if redis.call('HEXISTS', k.meta, 'paused') == 1 then
+-- One read of meta: paused, the events cap, the document size limit.
+local meta = redis.call('HMGET', k.meta, 'paused', 'events', 'max_doc_bytes')
+if meta[1] then
   return { now, -1, 1 }
 end
+local cap = tonumber(meta[2]) or 0
 allow_when_full(k)
 
 local promote = tonumber(ARGV[3])
@@ -41,11 +45,11 @@ local inbox = tonumber(ARGV[4])
 if inbox > 0 then
   local docs = redis.call('RPOP', k.inbox, inbox)
   if docs then
-    local max_bytes = max_doc_bytes(k)
+    local max_bytes = tonumber(meta[3]) or DEFAULT_MAX_DOC_BYTES
     for _, doc in ipairs(docs) do
       local ok, job = pcall(check_doc, doc, max_bytes, now)
       if ok then
-        enqueue_doc(k, now, job, doc)
+        enqueue_doc(k, now, job, doc, cap, 'inbox')
       else
         redis.call('LPUSH', k.rejected,
           cjson.encode({ reason = 'invalid job: ' .. tostring(job), document = doc, rejected_at = now }))
@@ -84,6 +88,7 @@ for i = 1, n do
     out[#out + 1] = token
     out[#out + 1] = attempts
     out[#out + 1] = records[i]
+    emit(k, cap, 'started', ids[i], attempts, 'lease_until_ms', fmt_int(deadline))
   end
 end
 if #hargs > 0 then

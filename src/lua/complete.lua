@@ -7,6 +7,7 @@
 -- ARGV[2] keep_age_ms: kept jobs older than this are deleted (0 = no age limit)
 -- ARGV[3..] 5 per job: id, token, unique_key ('' = none), result ('' = none),
 --   resources JSON ('' = none; kept in `resources` while the job is kept)
+-- Events (when on): `succeeded` per completed job, with run_ms.
 -- Returns: one integer per job: 1 completed, 0 stale token (nothing changed)
 -- A kept job keeps its run entry (attempts, start time) with the token cleared.
 local k = queue_keys(KEYS)
@@ -31,6 +32,14 @@ allow_when_full(k)
 redis.call('ZREM', k.active, unpack(done))
 for j, id in ipairs(done) do
   release_unique(k, ARGV[at[j] + 2], id)
+end
+local cap = events_cap(k)
+if cap > 0 then
+  local now = now_ms()
+  for j, id in ipairs(done) do
+    local attempts, _, started = parse_run(runs[idx[j]])
+    emit(k, cap, 'succeeded', id, attempts, 'run_ms', fmt_int(math.max(now - started, 0)))
+  end
 end
 if keep > 0 then
   local now = now_ms()

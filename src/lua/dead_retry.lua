@@ -3,10 +3,12 @@
 -- job now holds stays dead.
 -- KEYS: the queue's keys (keys::PARTS order).
 -- ARGV: job ids
+-- Events (when on): `enqueued` (via=dead_retry) per job back in line.
 -- Returns: one integer per id: 1 requeued, 0 not in the dead set, 2 unique key held by a live job
 local k = queue_keys(KEYS)
 local out = {}
 local woke = false
+local cap = -1 -- read from meta at the first job put back
 for i, id in ipairs(ARGV) do
   out[i] = 0
   if redis.call('ZSCORE', k.dead, id) then
@@ -23,7 +25,10 @@ for i, id in ipairs(ARGV) do
         redis.call('HDEL', k.runs, id)
         if unique then redis.call('HSET', k.unique, unique, id) end
         local seq = redis.call('HINCRBY', k.meta, 'seq', 1)
-        redis.call('ZADD', k.pending, pending_score(record_header(record), seq), id)
+        local priority = record_header(record)
+        redis.call('ZADD', k.pending, pending_score(priority, seq), id)
+        if cap < 0 then cap = events_cap(k) end
+        emit(k, cap, 'enqueued', id, 0, 'via', 'dead_retry', 'priority', fmt_int(priority))
         out[i] = 1
         woke = true
       end

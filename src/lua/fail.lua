@@ -6,6 +6,7 @@
 -- ARGV[2] dead_age_ms: dead jobs older than this are deleted (0 = no age limit)
 -- ARGV[3..] 6 per job: id, token, retry delay in ms (-1 = dead now), error text, unique_key ('' = none),
 --   resources JSON of the attempt ('' = none; kept in `resources`)
+-- Events (when on): `failed` (error, retry_at_ms) per retry, `dead` (error) per death.
 -- Returns: one integer per job: 1 retry scheduled, 2 dead, 0 stale token (nothing changed)
 local k = queue_keys(KEYS)
 local dead_keep, dead_age = tonumber(ARGV[1]), tonumber(ARGV[2])
@@ -24,7 +25,9 @@ if #mine == 0 then return out end
 
 allow_when_full(k)
 redis.call('ZREM', k.active, unpack(mine))
+local cap = events_cap(k)
 local retry_z, dead_ids, dead_errors, errs, run_args, res_args = {}, {}, {}, {}, {}, {}
+local dead_attempts = {}
 for i, id in ipairs(ids) do
   local attempts, token, started = parse_run(runs[i])
   if token ~= '0' and token == ARGV[6 * i - 2] then
@@ -41,9 +44,11 @@ for i, id in ipairs(ids) do
       retry_z[#retry_z + 1] = id
       errs[#errs + 1] = id
       errs[#errs + 1] = err
+      emit(k, cap, 'failed', id, attempts, 'error', event_text(err), 'retry_at_ms', fmt_int(now + delay))
     else
       out[i] = 2
       dead_ids[#dead_ids + 1] = id
+      dead_attempts[#dead_ids] = attempts
       dead_errors[#dead_errors + 1] = id
       dead_errors[#dead_errors + 1] = err
       release_unique(k, ARGV[6 * i + 1], id)
@@ -57,5 +62,5 @@ if #retry_z > 0 then
   redis.call('HSET', k.errors, unpack(errs))
   wake(k)
 end
-bury(k, now, dead_ids, dead_errors, dead_keep, dead_age)
+bury(k, now, dead_ids, dead_errors, dead_keep, dead_age, cap, dead_attempts)
 return out

@@ -7,13 +7,14 @@
 --   "ERR invalid job: <field and rule>" and writes nothing. The function
 --   derives the queue's other keys from the one base key (same hash tag,
 --   same slot). An id that exists, or a unique key a live job holds, returns
---   that job's id.
+--   that job's id. With events on for the queue, a new job emits `enqueued`
+--   (via=fcall) on <prefix>:{<queue>}:events.
 -- FCALL_RO redq_version 0 -> the library version (a hash of its source)
 
 local function keys_from_base(base)
   local K = {}
   for i, part in ipairs({ 'jobs', 'pending', 'scheduled', 'active', 'dead', 'done', 'runs', 'errors',
-    'results', 'unique', 'meta', 'inbox', 'rejected', 'wake', 'resources' }) do
+    'results', 'unique', 'meta', 'inbox', 'rejected', 'wake', 'resources', 'events' }) do
     K[i] = base .. ':' .. part
   end
   return queue_keys(K)
@@ -29,11 +30,12 @@ local function fcall_enqueue(keys, args)
   end
   local k = keys_from_base(base)
   local now = now_ms()
-  local ok, job = pcall(check_doc, args[1], max_doc_bytes(k), now)
+  local max_bytes, cap = doc_limits(k)
+  local ok, job = pcall(check_doc, args[1], max_bytes, now)
   if not ok then
     return redis.error_reply('ERR invalid job: ' .. tostring(job))
   end
-  local _, id = enqueue_doc(k, now, job, args[1])
+  local _, id = enqueue_doc(k, now, job, args[1], cap, 'fcall')
   wake(k)
   return id
 end

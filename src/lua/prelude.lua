@@ -2,7 +2,7 @@
 -- Function library. src/scripts.rs puts this text in front of each script
 -- when it builds it, so each script Redis runs is self-contained.
 --
--- Keys: every script receives the queue's keys as KEYS[1..15] in the order
+-- Keys: every script receives the queue's keys as KEYS[1..16] in the order
 -- of keys::PARTS (src/keys.rs); queue_keys() names them. All carry the same
 -- {queue} hash tag, so a script never leaves its Redis Cluster slot.
 --
@@ -22,7 +22,7 @@ local function queue_keys(K)
   return {
     jobs = K[1], pending = K[2], scheduled = K[3], active = K[4], dead = K[5], done = K[6],
     runs = K[7], errors = K[8], results = K[9], unique = K[10], meta = K[11], inbox = K[12],
-    rejected = K[13], wake = K[14], resources = K[15],
+    rejected = K[13], wake = K[14], resources = K[15], events = K[16],
   }
 end
 
@@ -83,6 +83,32 @@ local function allow_when_full(k)
   redis.call('HDEL', k.meta, 'oom-guard')
 end
 
+-- Lifecycle events, opt-in per queue: the meta field `events` holds the cap
+-- of the `events` stream (absent or 0: off). A script reads it once per call
+-- (events_cap, or folded into a read of meta it does anyway) and passes it to
+-- emit, which writes nothing when events are off. XADD may need memory, so a
+-- script that must work at maxmemory emits only after allow_when_full.
+-- Fields: event, id, attempt, then pairs of extras; the entry id is the time.
+local EVENT_TEXT_MAX = 1024
+
+local function events_cap(k)
+  return tonumber(redis.call('HGET', k.meta, 'events')) or 0
+end
+
+-- A nil cap (a caller that does not know about events) means off.
+local function emit(k, cap, event, id, attempt, ...)
+  if cap and cap > 0 then
+    redis.call('XADD', k.events, 'MAXLEN', '~', cap, '*',
+      'event', event, 'id', id, 'attempt', attempt, ...)
+  end
+end
+
+-- An error text as an event carries it: at most EVENT_TEXT_MAX bytes.
+local function event_text(s)
+  if #s > EVENT_TEXT_MAX then return string.sub(s, 1, EVENT_TEXT_MAX) end
+  return s
+end
+
 local function ids_of(args, first, stride)
   local ids = {}
   for i = first, #args, stride do
@@ -125,8 +151,9 @@ local function trim_retention(k, set, now, keep, max_age_ms, limit)
   end
 end
 
--- Moves jobs to the dead set with their last error.
-local function bury(k, now, ids, errors_args, dead_keep, dead_age_ms)
+-- Moves jobs to the dead set with their last error; with events on (cap > 0)
+-- emits `dead` for each, attempts[i] being the attempt of ids[i].
+local function bury(k, now, ids, errors_args, dead_keep, dead_age_ms, cap, attempts)
   if #ids == 0 then return end
   local zargs = {}
   for i, id in ipairs(ids) do
@@ -135,13 +162,19 @@ local function bury(k, now, ids, errors_args, dead_keep, dead_age_ms)
   end
   redis.call('ZADD', k.dead, unpack(zargs))
   redis.call('HSET', k.errors, unpack(errors_args))
+  if cap and cap > 0 then
+    for i, id in ipairs(ids) do
+      emit(k, cap, 'dead', id, attempts[i], 'error', event_text(errors_args[2 * i]))
+    end
+  end
   trim_retention(k, k.dead, now, dead_keep, dead_age_ms, math.max(100, 2 * #ids))
 end
 
 -- Adds one job; the caller has checked it. Returns status, id where status is
 -- 'created', 'exists' (this id is already known: no-op) or 'duplicate'
--- (a live job holds the unique key; id is that job's).
-local function enqueue_one(k, now, id, priority, max_attempts, due, unique, doc)
+-- (a live job holds the unique key; id is that job's). A created job emits
+-- `enqueued` (with `via`, the way it came in) when cap > 0.
+local function enqueue_one(k, now, id, priority, max_attempts, due, unique, doc, cap, via)
   if redis.call('HEXISTS', k.jobs, id) == 1 then
     return 'exists', id
   end
@@ -158,9 +191,11 @@ local function enqueue_one(k, now, id, priority, max_attempts, due, unique, doc)
   end
   if due > now then
     redis.call('ZADD', k.scheduled, due, id)
+    emit(k, cap, 'enqueued', id, 0, 'via', via or '-', 'priority', fmt_int(priority), 'due_ms', fmt_int(due))
   else
     local seq = redis.call('HINCRBY', k.meta, 'seq', 1)
     redis.call('ZADD', k.pending, pending_score(priority, seq), id)
+    emit(k, cap, 'enqueued', id, 0, 'via', via or '-', 'priority', fmt_int(priority))
   end
   return 'created', id
 end
@@ -241,14 +276,17 @@ local function new_job_id(k, now)
     0x8000 + math.random(0, 16383), n % 281474976710656)
 end
 
-local function max_doc_bytes(k)
-  return tonumber(redis.call('HGET', k.meta, 'max_doc_bytes')) or DEFAULT_MAX_DOC_BYTES
+-- The document size limit and the events cap, in one read of meta.
+local function doc_limits(k)
+  local v = redis.call('HMGET', k.meta, 'max_doc_bytes', 'events')
+  return tonumber(v[1]) or DEFAULT_MAX_DOC_BYTES, tonumber(v[2]) or 0
 end
 
 -- Enqueues a document that check_doc accepted.
-local function enqueue_doc(k, now, job, doc)
+local function enqueue_doc(k, now, job, doc, cap, via)
   local id = job.id or new_job_id(k, now)
   local due = now
   if job.run_at then due = job.run_at elseif job.delay_ms then due = now + job.delay_ms end
-  return enqueue_one(k, now, id, job.priority or 0, job.max_attempts or 0, due, job.unique_key or '', doc)
+  return enqueue_one(k, now, id, job.priority or 0, job.max_attempts or 0, due, job.unique_key or '',
+    doc, cap, via)
 end

@@ -8,6 +8,7 @@
 -- ARGV[1] at most this many jobs
 -- ARGV[2] max attempts for jobs that did not set their own
 -- ARGV[3] dead_keep, ARGV[4] dead_age_ms (as in fail.lua)
+-- Events (when on): `lease_expired` (error) per job back in line, `dead` (error) per death.
 -- Returns: {requeued, dead}
 local k = queue_keys(KEYS)
 local now = now_ms()
@@ -16,10 +17,11 @@ if #expired == 0 then return { 0, 0 } end
 
 allow_when_full(k)
 redis.call('ZREM', k.active, unpack(expired))
+local cap = events_cap(k)
 local records = redis.call('HMGET', k.jobs, unpack(expired))
 local runs = redis.call('HMGET', k.runs, unpack(expired))
 local default_max = tonumber(ARGV[2])
-local zargs, run_args, errs, dead_ids, dead_errors = {}, {}, {}, {}, {}
+local zargs, run_args, errs, dead_ids, dead_errors, dead_attempts = {}, {}, {}, {}, {}, {}
 for i, id in ipairs(expired) do
   local attempts, _, started = parse_run(runs[i])
   run_args[#run_args + 1] = id
@@ -29,6 +31,7 @@ for i, id in ipairs(expired) do
     if max == 0 then max = default_max end
     if attempts >= max then
       dead_ids[#dead_ids + 1] = id
+      dead_attempts[#dead_ids] = attempts
       dead_errors[#dead_errors + 1] = id
       dead_errors[#dead_errors + 1] = string.format(
         'lease expired on attempt %d of %d: the worker died or lost contact with Redis', attempts, max)
@@ -39,6 +42,7 @@ for i, id in ipairs(expired) do
       errs[#errs + 1] = id
       errs[#errs + 1] = string.format(
         'lease expired on attempt %d: the worker died or lost contact with Redis', attempts)
+      emit(k, cap, 'lease_expired', id, attempts, 'error', errs[#errs])
     end
   end
 end
@@ -48,5 +52,5 @@ if #zargs > 0 then
   redis.call('HSET', k.errors, unpack(errs))
   wake(k)
 end
-bury(k, now, dead_ids, dead_errors, tonumber(ARGV[3]), tonumber(ARGV[4]))
+bury(k, now, dead_ids, dead_errors, tonumber(ARGV[3]), tonumber(ARGV[4]), cap, dead_attempts)
 return { #zargs / 2, #dead_ids }

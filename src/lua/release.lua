@@ -3,6 +3,7 @@
 -- Fencing as in complete.lua. Works at maxmemory.
 -- KEYS: the queue's keys (keys::PARTS order).
 -- ARGV: 2 per job: id, token
+-- Events (when on): `released` per job, with the attempt it gave back.
 -- Returns: one integer per job: 1 released, 0 stale token (nothing changed)
 local k = queue_keys(KEYS)
 local ids = ids_of(ARGV, 1, 2)
@@ -18,6 +19,7 @@ end
 if #mine == 0 then return out end
 
 allow_when_full(k)
+local cap = events_cap(k)
 local records = redis.call('HMGET', k.jobs, unpack(ids))
 local zargs, run_args, gone = {}, {}, {}
 for _, i in ipairs(mine) do
@@ -27,6 +29,7 @@ for _, i in ipairs(mine) do
   gone[#gone + 1] = id
   run_args[#run_args + 1] = id
   run_args[#run_args + 1] = run_entry(math.max(attempts - 1, 0), '0', started)
+  emit(k, cap, 'released', id, attempts)
   if records[i] then
     zargs[#zargs + 1] = pending_score(record_header(records[i]), 0)
     zargs[#zargs + 1] = id

@@ -204,6 +204,24 @@ pub async fn snapshot(con: &mut redis::aio::MultiplexedConnection, q: &QueueKeys
                     .unwrap();
                 s.sets.insert(part.to_string(), v);
             }
+            (_, "events") => {
+                // A stream: each entry as "<id> <field>=<value> ...".
+                let v: Vec<(String, Vec<String>)> = redis::cmd("XRANGE")
+                    .arg(key)
+                    .arg("-")
+                    .arg("+")
+                    .query_async(con)
+                    .await
+                    .unwrap();
+                let entries = v
+                    .into_iter()
+                    .map(|(id, kv)| {
+                        let fields: Vec<String> = kv.chunks(2).map(|c| c.join("=")).collect();
+                        format!("{id} {}", fields.join(" "))
+                    })
+                    .collect();
+                s.lists.insert(part.to_string(), entries);
+            }
             (_, "inbox" | "rejected" | "wake") => {
                 let v: Vec<String> = redis::cmd("LRANGE")
                     .arg(key)

@@ -1,0 +1,347 @@
+//! `[[cron]]`: several daemons against one Redis enqueue each tick exactly
+//! once; after downtime only the latest missed tick runs; a new entry does
+//! not backfill; bad schedules and time zones are refused with their key.
+//!
+//! One-second schedules keep the waits short. Tests poll Redis under a
+//! deadline; the only waiting on the clock is for ticks to pass.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::{within, RedisServer};
+use redq::config::Config;
+use redq::daemon::{Daemon, DaemonHandle, WorkerBuilder};
+use redq::keys::QueueKeys;
+use redq::scripts::SCRIPTS;
+use redq::{JobContext, Outcome};
+use tokio::task::JoinHandle;
+
+const POLL: Duration = Duration::from_millis(20);
+
+fn config(redis: &RedisServer, cron: &str) -> Config {
+    // Not validated here: `gone` has a library handler, which the builder checks.
+    redq::config::read_str(&format!(
+        r#"
+[redis]
+url = "{}"
+[daemon]
+listen = "127.0.0.1:0"
+shutdown_timeout = "5s"
+[queues.kept]
+keep_completed = 100000
+handler = {{ builtin = "noop" }}
+[queues.gone]
+keep_completed = 0
+{cron}
+"#,
+        redis.url()
+    ))
+    .unwrap()
+}
+
+type Runs = Arc<Mutex<Vec<String>>>;
+
+/// Starts a daemon whose library handler on `gone` records the ids it runs.
+async fn start(config: Config, runs: &Runs) -> (DaemonHandle, JoinHandle<redq::Result<()>>) {
+    let runs = runs.clone();
+    let daemon: Daemon = WorkerBuilder::new(config)
+        .handler("gone", move |ctx: JobContext| {
+            let runs = runs.clone();
+            async move {
+                runs.lock().unwrap().push(ctx.id);
+                Outcome::Done { result: None }
+            }
+        })
+        .start()
+        .await
+        .unwrap();
+    let handle = daemon.handle();
+    (handle, tokio::spawn(daemon.run()))
+}
+
+async fn redis_ms(con: &mut redis::aio::MultiplexedConnection) -> i64 {
+    let (s, us): (i64, i64) = redis::cmd("TIME").query_async(con).await.unwrap();
+    s * 1000 + us / 1000
+}
+
+async fn job_ids(con: &mut redis::aio::MultiplexedConnection, queue: &str) -> Vec<String> {
+    let keys = QueueKeys::new("redq", queue).unwrap();
+    redis::cmd("HKEYS")
+        .arg(keys.jobs())
+        .query_async(con)
+        .await
+        .unwrap()
+}
+
+/// The ticks (Unix ms) in ids `cron:<entry>:<tick>`; panics on any other id.
+fn ticks(ids: &[String], entry: &str) -> Vec<i64> {
+    let prefix = format!("cron:{entry}:");
+    let mut out: Vec<i64> = ids
+        .iter()
+        .map(|id| {
+            id.strip_prefix(&prefix)
+                .and_then(|t| t.parse().ok())
+                .unwrap_or_else(|| panic!("unexpected job id {id:?}"))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+fn assert_consecutive_seconds(ticks: &[i64], what: &str) {
+    for pair in ticks.windows(2) {
+        assert_eq!(
+            pair[1] - pair[0],
+            1000,
+            "{what}: a tick is missing: {ticks:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_daemons_enqueue_each_tick_once() {
+    let redis = RedisServer::start();
+    let mut con = redis.con().await;
+    let cron = r#"
+[[cron]]
+name = "kept-tick"
+schedule = "*/1 * * * * *"
+queue = "kept"
+payload = { n = 1 }
+[[cron]]
+schedule = "* * * * * *"
+queue = "gone"
+priority = 5
+"#;
+    let runs: Runs = Arc::default();
+    let before = redis_ms(&mut con).await;
+    let mut daemons = Vec::new();
+    for _ in 0..3 {
+        daemons.push(start(config(&redis, cron), &runs).await);
+    }
+    let started = redis_ms(&mut con).await;
+    // Wait for at least five ticks of each entry, as seen in Redis and by the handler.
+    within(30, async {
+        loop {
+            let kept = job_ids(&mut con, "kept").await.len();
+            let ran = runs.lock().unwrap().len();
+            if kept >= 5 && ran >= 5 {
+                break;
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    })
+    .await;
+    let stopped = redis_ms(&mut con).await;
+    for (handle, _) in &daemons {
+        handle.shutdown();
+    }
+    for (_, run) in daemons {
+        within(20, run).await.unwrap().unwrap();
+    }
+
+    // Ticks whole seconds after every daemon ran, and at most those after the first started.
+    let at_least = (stopped / 1000 - started / 1000 - 1) as usize;
+    let at_most = (stopped / 1000 - before / 1000 + 1) as usize;
+
+    let kept = ticks(&job_ids(&mut con, "kept").await, "kept-tick");
+    assert_consecutive_seconds(&kept, "kept");
+    assert!(
+        (at_least..=at_most).contains(&kept.len()),
+        "{} jobs for {at_least}..={at_most} ticks: {kept:?}",
+        kept.len()
+    );
+    // The record of the last tick follows the jobs.
+    let last: i64 = redis::cmd("HGET")
+        .arg(QueueKeys::new("redq", "kept").unwrap().cron())
+        .arg("kept-tick")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert!(kept.last().is_some_and(|&t| t <= last && last - t <= 1000));
+
+    // `gone` keeps no completed job: the handler's record shows each tick ran once.
+    let ran = runs.lock().unwrap().clone();
+    let unique: BTreeSet<&String> = ran.iter().collect();
+    assert_eq!(unique.len(), ran.len(), "a tick ran twice: {ran:?}");
+    let key = ran[0].split(':').nth(1).unwrap().to_owned();
+    assert!(
+        key.starts_with('h'),
+        "an unnamed entry's key is a hash: {key}"
+    );
+    let gone = ticks(&ran, &key);
+    assert_consecutive_seconds(&gone, "gone");
+    assert!(
+        (at_least..=at_most).contains(&gone.len()),
+        "{} runs for {at_least}..={at_most} ticks: {gone:?}",
+        gone.len()
+    );
+    assert!(job_ids(&mut con, "gone").await.is_empty());
+
+    // A late daemon offering a tick whose job ran and was deleted adds nothing.
+    let q = QueueKeys::new("redq", "gone").unwrap();
+    let mut inv = SCRIPTS.cron_enqueue.prepare_invoke();
+    for k in q.all() {
+        inv.key(k);
+    }
+    inv.key(q.cron());
+    let old = gone[0];
+    inv.arg(&key)
+        .arg(old)
+        .arg(format!("cron:{key}:{old}"))
+        .arg(r#"{"payload":{}}"#)
+        .arg(0);
+    let (status, _): (String, i64) = inv.invoke_async(&mut con).await.unwrap();
+    assert_eq!(status, "seen");
+    assert!(job_ids(&mut con, "gone").await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn after_downtime_only_the_latest_tick_runs_and_new_entries_do_not_backfill() {
+    let redis = RedisServer::start();
+    let mut con = redis.con().await;
+    // Every 1 January at 00:00:00 UTC: always in the past, never during the test.
+    let cron = r#"
+[[cron]]
+name = "yearly"
+schedule = "0 0 0 1 1 *"
+queue = "kept"
+[[cron]]
+name = "fresh"
+schedule = "0 0 0 1 1 *"
+queue = "kept"
+"#;
+    let now = redis_ms(&mut con).await;
+    let now = chrono::DateTime::from_timestamp_millis(now).unwrap();
+    use chrono::Datelike;
+    let this_year = chrono::NaiveDate::from_ymd_opt(now.year(), 1, 1)
+        .unwrap()
+        .and_hms_opt(0, 0, 0)
+        .unwrap()
+        .and_utc()
+        .timestamp_millis();
+    let record = QueueKeys::new("redq", "kept").unwrap().cron();
+    // Daemons were down since 1 January 2000: many ticks were missed.
+    let long_ago = 946_684_800_000_i64;
+    let _: () = redis::cmd("HSET")
+        .arg(&record)
+        .arg("yearly")
+        .arg(long_ago)
+        .query_async(&mut con)
+        .await
+        .unwrap();
+
+    let runs: Runs = Arc::default();
+    let mut daemons = Vec::new();
+    for _ in 0..2 {
+        daemons.push(start(config(&redis, cron), &runs).await);
+    }
+    let expected = format!("cron:yearly:{this_year}");
+    within(20, async {
+        loop {
+            let fresh: Option<i64> = redis::cmd("HGET")
+                .arg(&record)
+                .arg("fresh")
+                .query_async(&mut con)
+                .await
+                .unwrap();
+            if job_ids(&mut con, "kept").await.contains(&expected) && fresh.is_some() {
+                break;
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    })
+    .await;
+    // Let both daemons run a few more rounds (each checks at least once a
+    // second); the state must stay exactly this.
+    let until = tokio::time::Instant::now() + Duration::from_millis(2500);
+    while tokio::time::Instant::now() < until {
+        assert_eq!(job_ids(&mut con, "kept").await, vec![expected.clone()]);
+        tokio::time::sleep(POLL).await;
+    }
+    for (handle, _) in &daemons {
+        handle.shutdown();
+    }
+    for (_, run) in daemons {
+        within(20, run).await.unwrap().unwrap();
+    }
+    let recorded: Vec<(String, i64)> = redis::cmd("HGETALL")
+        .arg(&record)
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    let mut recorded = recorded;
+    recorded.sort();
+    assert_eq!(
+        recorded,
+        vec![("fresh".into(), this_year), ("yearly".into(), this_year)],
+        "the new entry starts from its latest tick without running it"
+    );
+}
+
+#[test]
+fn bad_schedules_and_time_zones_are_refused_with_their_key() {
+    let e = redq::config::load_from_str(
+        r#"
+[queues.q]
+handler = { builtin = "noop" }
+[[cron]]
+schedule = "61 * * * * *"
+queue = "q"
+[[cron]]
+schedule = "* * * * *"
+queue = "q"
+timezone = "Mars/Olympus_Mons"
+[[cron]]
+schedule = "0 0 30 2 *"
+queue = "q"
+name = "bad name"
+priority = 5000
+"#,
+    )
+    .unwrap_err()
+    .to_string();
+    for expected in [
+        "cron[0].schedule: \"61 * * * * *\" is not a cron expression",
+        "cron[1].timezone: \"Mars/Olympus_Mons\" is not an IANA time zone",
+        "cron[2].schedule: \"0 0 30 2 *\" never comes due",
+        "cron[2].name: \"bad name\" must be",
+        "cron[2].priority: 5000 is out of range",
+    ] {
+        assert!(
+            e.lines().any(|l| l.starts_with(expected)),
+            "no line starts with {expected:?} in:\n{e}"
+        );
+    }
+
+    // Two entries may not share a name; a payload must pass the job rules.
+    let config = redq::config::load_from_str(
+        r#"
+[daemon]
+max_payload_bytes = 100
+[queues.q]
+handler = { builtin = "noop" }
+[[cron]]
+name = "a"
+schedule = "* * * * *"
+queue = "q"
+[[cron]]
+name = "a"
+schedule = "0 * * * *"
+queue = "q"
+payload = { text = "0123456789012345678901234567890123456789012345678901234567890123456789012345678901234567890123456789" }
+"#,
+    )
+    .unwrap();
+    let e = redq::daemon::check_runnable(&config)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("cron[1].name: \"a\" is also the name of cron[0]"),
+        "{e}"
+    );
+    assert!(e.contains("cron[1].payload: "), "{e}");
+}
