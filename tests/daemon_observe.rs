@@ -159,3 +159,35 @@ async fn a_lost_function_library_is_loaded_again() {
     handle.shutdown();
     within(20, run).await.unwrap().unwrap();
 }
+
+#[tokio::test]
+async fn command_handler_resources_are_summed_in_metrics() {
+    let redis = RedisServer::start();
+    let cfg = redq::config::load_from_str(&format!(
+        "[redis]\nurl = \"{}\"\n[daemon]\nlisten = \"127.0.0.1:0\"\n[queues.cmd]\nhandler = {{ command = [\"cat\"] }}\n",
+        redis.url()
+    ))
+    .unwrap();
+    let daemon = WorkerBuilder::new(cfg).start().await.unwrap();
+    let metrics = format!("http://{}/metrics", daemon.http_addr());
+    let handle = daemon.handle();
+    let run = tokio::spawn(daemon.run());
+    let client = redis.client().await;
+    client
+        .enqueue_many("cmd", (0..3).map(|n| NewJob::new(&n).unwrap()).collect())
+        .await
+        .unwrap();
+    let (_, body) = wait_for(&metrics, |_, b| {
+        sample(b, r#"redq_command_runs_total{queue="cmd"}"#) == Some(3.0)
+    })
+    .await;
+    // `cat` echoes each one-byte payload.
+    assert_eq!(
+        sample(&body, r#"redq_command_output_bytes_total{queue="cmd"}"#),
+        Some(3.0)
+    );
+    assert!(sample(&body, r#"redq_command_max_rss_bytes{queue="cmd"}"#).unwrap() > 0.0);
+    assert!(sample(&body, r#"redq_command_cpu_seconds_total{queue="cmd"}"#).is_some());
+    handle.shutdown();
+    within(20, run).await.unwrap().unwrap();
+}

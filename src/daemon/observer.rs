@@ -49,7 +49,7 @@ pub async fn start_http(
 }
 
 /// Reads depths and the head-of-queue age of every queue, and times the round trip.
-async fn poll_once(shared: &Shared, queues: &[Arc<QueueRt>]) -> Result<Duration> {
+async fn poll_once(shared: &Shared, queues: &[Arc<QueueRt>]) -> Result<(Duration, Vec<u64>)> {
     let keys: Vec<_> = queues.iter().map(|q| q.keys.clone()).collect();
     let sent = Instant::now();
     let stats = inspect::stats(&shared.store, &keys).await?;
@@ -67,7 +67,7 @@ async fn poll_once(shared: &Shared, queues: &[Arc<QueueRt>]) -> Result<Duration>
         };
         shared.metrics.set_queue_depths(&q.name, &depths);
     }
-    Ok(rtt)
+    Ok((rtt, stats.iter().map(|s| s.pending).collect()))
 }
 
 /// The poller loop, with STATUS, WATCHDOG and the summary line.
@@ -83,11 +83,11 @@ pub async fn run(shared: Arc<Shared>, stats_interval: Duration, stop: Cancellati
             _ = tokio::time::sleep(tick) => {}
         }
         let queues = shared.queues();
-        let rtt = match poll_once(&shared, &queues).await {
-            Ok(rtt) => Some(rtt),
+        let (rtt, pending) = match poll_once(&shared, &queues).await {
+            Ok((rtt, pending)) => (Some(rtt), pending),
             Err(e) => {
                 tracing::debug!(error = %e, "polling queue depths failed");
-                None
+                (None, Vec::new())
             }
         };
         polls = polls.wrapping_add(1);
@@ -113,7 +113,14 @@ pub async fn run(shared: Arc<Shared>, stats_interval: Duration, stop: Cancellati
             tracing::error!(%body, "loops are not making progress; not petting the systemd watchdog");
         }
         if last_summary.elapsed() >= stats_interval {
-            summary(&shared, &queues, last_summary.elapsed(), rtt, &mut last);
+            summary(
+                &shared,
+                &queues,
+                &pending,
+                last_summary.elapsed(),
+                rtt,
+                &mut last,
+            );
             last_summary = Instant::now();
         }
     }
@@ -124,13 +131,14 @@ pub async fn run(shared: Arc<Shared>, stats_interval: Duration, stop: Cancellati
 fn summary(
     shared: &Shared,
     queues: &[Arc<QueueRt>],
+    pending: &[u64],
     took: Duration,
     rtt: Option<Duration>,
     last: &mut BTreeMap<Arc<str>, (u64, u64)>,
 ) {
     let secs = took.as_secs_f64().max(0.001);
     let mut parts = Vec::new();
-    for q in queues {
+    for (i, q) in queues.iter().enumerate() {
         let m = &shared.metrics;
         let done = m.jobs_total(&q.name, JobOutcome::Succeeded);
         let failed =
@@ -143,10 +151,11 @@ fn summary(
             .map(|(p50, p99)| format!(" p50={:.1}ms p99={:.1}ms", ms(p50), ms(p99)))
             .unwrap_or_default();
         parts.push(format!(
-            "{}: {:.1}/s ok, {} failed, {} running{pct}",
+            "{}: {:.1}/s ok, {} failed, {} pending, {} running{pct}",
             q.name,
             (done - d0) as f64 / secs,
             failed - f0,
+            pending.get(i).map_or("?".to_owned(), |n| n.to_string()),
             q.in_flight.load(Ordering::Relaxed)
         ));
     }

@@ -104,6 +104,7 @@ async fn run_inner(
     } = supervise(rt, ctx, &stop, timeout).await;
     let run = started.elapsed();
     if let Some(r) = &resources {
+        rt.metrics.add_resources(&rt.name, r);
         tracing::debug!(
             wall_ms = (r.wall_seconds * 1000.0) as u64,
             user_cpu_ms = (r.user_cpu_seconds * 1000.0) as u64,

@@ -97,6 +97,12 @@ pub(super) struct QueueMetrics {
     pub(super) depths: [AtomicU64; STATES.len()],
     pub(super) depths_known: AtomicBool,
     pub(super) oldest_pending_micros: AtomicU64,
+    /// Command handler runs measured, and what they used (sums).
+    pub(super) command_runs: AtomicU64,
+    pub(super) command_cpu_micros: AtomicU64,
+    pub(super) command_output_bytes: AtomicU64,
+    /// The largest peak RSS of one run, KiB.
+    pub(super) command_max_rss_kib: AtomicU64,
 }
 
 impl QueueMetrics {
@@ -111,6 +117,10 @@ impl QueueMetrics {
             depths: std::array::from_fn(|_| AtomicU64::new(0)),
             depths_known: AtomicBool::new(false),
             oldest_pending_micros: AtomicU64::new(0),
+            command_runs: AtomicU64::new(0),
+            command_cpu_micros: AtomicU64::new(0),
+            command_output_bytes: AtomicU64::new(0),
+            command_max_rss_kib: AtomicU64::new(0),
         }
     }
 }
@@ -176,6 +186,19 @@ impl Metrics {
             if let Some(e2e) = end_to_end {
                 q.end_to_end.observe(e2e);
             }
+        });
+    }
+
+    /// Adds what one command handler run used: CPU (user + system), output
+    /// bytes, and its peak RSS to the per-queue maximum.
+    pub fn add_resources(&self, queue: &str, r: &crate::handler::Resources) {
+        self.with_queue(queue, |q| {
+            let cpu = ((r.user_cpu_seconds + r.sys_cpu_seconds).max(0.0) * 1e6) as u64;
+            q.command_runs.fetch_add(1, Relaxed);
+            q.command_cpu_micros.fetch_add(cpu, Relaxed);
+            q.command_output_bytes
+                .fetch_add(r.stdout_bytes + r.stderr_bytes, Relaxed);
+            q.command_max_rss_kib.fetch_max(r.max_rss_kib, Relaxed);
         });
     }
 

@@ -98,6 +98,39 @@ impl Metrics {
             sample(out_, name, &[("queue", queue)], q.in_flight.load(Relaxed));
         }
 
+        let command: [(&str, &str, &str, fn(&QueueMetrics) -> f64); 4] = [
+            (
+                "redq_command_runs_total",
+                "counter",
+                "Command handler runs measured.",
+                |q| q.command_runs.load(Relaxed) as f64,
+            ),
+            (
+                "redq_command_cpu_seconds_total",
+                "counter",
+                "User plus system CPU of command handler runs.",
+                |q| q.command_cpu_micros.load(Relaxed) as f64 / 1e6,
+            ),
+            (
+                "redq_command_output_bytes_total",
+                "counter",
+                "Bytes command handlers wrote to stdout and stderr.",
+                |q| q.command_output_bytes.load(Relaxed) as f64,
+            ),
+            (
+                "redq_command_max_rss_bytes",
+                "gauge",
+                "Largest peak RSS of one command handler run.",
+                |q| q.command_max_rss_kib.load(Relaxed) as f64 * 1024.0,
+            ),
+        ];
+        for (name, kind, help, value) in command {
+            header(out_, name, kind, help);
+            for (queue, q) in &queues {
+                sample(out_, name, &[("queue", queue)], value(q));
+            }
+        }
+
         self.render_daemon(out_);
         out
     }
