@@ -33,6 +33,14 @@ const HISTOGRAMS: [(&str, &str, Pick); 3] = [
     ),
 ];
 
+/// A per-queue command handler series: name, type, help, value.
+type CommandSeries = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&QueueMetrics) -> f64,
+);
+
 impl Metrics {
     /// Every metric in the Prometheus text exposition format (0.0.4).
     pub fn render(&self) -> String {
@@ -98,7 +106,7 @@ impl Metrics {
             sample(out_, name, &[("queue", queue)], q.in_flight.load(Relaxed));
         }
 
-        let command: [(&str, &str, &str, fn(&QueueMetrics) -> f64); 4] = [
+        let command: [CommandSeries; 4] = [
             (
                 "redq_command_runs_total",
                 "counter",
