@@ -161,6 +161,9 @@ pub async fn jobs(
             (_, _, Some(_), ..) => JobState::Scheduled,
             (_, _, _, Some(_), _) => JobState::Dead,
             (.., Some(_)) => JobState::Succeeded,
+            // Parked: popped while its group was at `group_concurrency`, it
+            // waits (in `parked`, not by id) to go back to `pending`.
+            _ if stored.doc.group.is_some() => JobState::Pending,
             // States change only inside scripts, which an atomic read cannot
             // split: a record with no state is left over from foreign writes.
             _ => {

@@ -17,7 +17,7 @@ pub const DEFAULT_PREFIX: &str = "redq";
 pub const MAX_NAME_LEN: usize = 128;
 
 /// The parts of a queue's keyspace, in the order scripts receive them as `KEYS[1..]`.
-pub const PARTS: [&str; 16] = [
+pub const PARTS: [&str; 20] = [
     "jobs",      // HASH  id -> stored job record (see job::StoredJob)
     "pending",   // ZSET  id -> priority/FIFO score
     "scheduled", // ZSET  id -> due time (Redis ms)
@@ -28,12 +28,17 @@ pub const PARTS: [&str; 16] = [
     "errors",    // HASH  id -> last error text
     "results",   // HASH  id -> result text (only when retention keeps them)
     "unique",    // HASH  unique_key -> id of the live job holding it
-    "meta",      // HASH  seq, fence, paused, max_doc_bytes, events (stream cap; absent = off)
+    "meta",      // HASH  seq, fence, paused, max_doc_bytes, events (stream cap; absent = off),
+    //                 rate_jobs, rate_per_ms, group_limit (absent = no limit), parking (jobs may be parked)
     "inbox",     // LIST  raw job documents pushed by any client (LPUSH)
     "rejected",  // LIST  inbox documents refused, with the reason
     "wake",      // LIST  wake-up marker for idle daemons (at most one element)
     "resources", // HASH  id -> resources JSON of the latest command run (handler::Resources)
     "events",    // STREAM lifecycle events, only when meta `events` is set (capped, MAXLEN ~)
+    "claims",    // ZSET  fencing token -> claim time (Redis ms): the rate limit's sliding window
+    "parked", // ZSET  "<len>:<group>:<pending score>:<id>" (all scores 0): jobs whose group was full
+    "groups", // HASH  group -> jobs of the group now active (group_concurrency)
+    "holders", // HASH  id -> group, for each active job counted in `groups`
 ];
 
 /// True when `name` is 1–128 characters from `A-Z a-z 0-9 _ . - :`.
@@ -185,6 +190,18 @@ impl QueueKeys {
     }
     pub fn events(&self) -> &str {
         self.part("events")
+    }
+    pub fn claims(&self) -> &str {
+        self.part("claims")
+    }
+    pub fn parked(&self) -> &str {
+        self.part("parked")
+    }
+    pub fn groups(&self) -> &str {
+        self.part("groups")
+    }
+    pub fn holders(&self) -> &str {
+        self.part("holders")
     }
 
     /// `<prefix>:{<queue>}:cron`: a HASH, `[[cron]]` entry key -> last tick

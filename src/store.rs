@@ -56,9 +56,13 @@ pub struct ClaimedJob {
 pub struct Claimed {
     /// Redis's clock when the claim ran (ms).
     pub now_ms: i64,
-    /// When fewer jobs than asked were ready: when the next scheduled job is due (Redis ms).
+    /// When fewer jobs than asked were handed out: when the next scheduled
+    /// job is due or, when `throttled`, when the rate limit has room again (Redis ms).
     pub next_due_ms: Option<i64>,
     pub paused: bool,
+    /// The queue's rate limit held back jobs that are ready; they wait in
+    /// `pending` (no attempt spent) until `next_due_ms`.
+    pub throttled: bool,
     pub jobs: Vec<ClaimedJob>,
 }
 
@@ -205,6 +209,8 @@ impl Store {
 
     /// Claims up to `max` ready jobs under a lease of `lease`, after promoting
     /// up to `promote` due jobs and taking up to `inbox` inbox documents.
+    /// The queue's rate limit and group concurrency (see [`Store::set_limits`])
+    /// may hand out fewer.
     pub async fn claim(
         &self,
         q: &QueueKeys,
@@ -220,7 +226,7 @@ impl Store {
             inbox.to_string(),
         ];
         let reply = array(self.run(|s| &s.claim, q, args).await?, "claim")?;
-        let (head, rest) = reply.split_at(reply.len().min(3));
+        let (head, rest) = reply.split_at(reply.len().min(4));
         let now_ms = int(head.first(), "claim")?;
         let next_due = int(head.get(1), "claim")?;
         let mut jobs = Vec::with_capacity(rest.len() / 4);
@@ -239,6 +245,7 @@ impl Store {
             now_ms,
             next_due_ms: (next_due >= 0).then_some(next_due),
             paused: int(head.get(2), "claim")? == 1,
+            throttled: int(head.get(3), "claim")? == 1,
             jobs,
         })
     }
@@ -422,6 +429,21 @@ impl Store {
         }
     }
 
+    /// Sets (or, with `None`, lifts) a queue's limits, as the daemon does at
+    /// start and reload: at most `rate.0` claims in any window of `rate.1`,
+    /// and at most `group` active jobs per job `group`, across all daemons.
+    pub async fn set_limits(
+        &self,
+        q: &QueueKeys,
+        rate: Option<(u32, Duration)>,
+        group: Option<u32>,
+    ) -> Result<()> {
+        let mut pipe = redis::pipe();
+        limits_into(&mut pipe, q, rate, group);
+        pipe.query_async::<()>(&mut self.con.clone()).await?;
+        Ok(())
+    }
+
     /// Stops every daemon from claiming jobs of this queue; enqueues still work.
     pub async fn pause(&self, q: &QueueKeys) -> Result<()> {
         redis::cmd("HSET")
@@ -447,6 +469,33 @@ impl Store {
             .await?;
         Ok(())
     }
+}
+
+/// Adds the commands that write a queue's limits to its `meta` hash (read by
+/// claim.lua) to `pipe`.
+pub(crate) fn limits_into(
+    pipe: &mut redis::Pipeline,
+    q: &QueueKeys,
+    rate: Option<(u32, Duration)>,
+    group: Option<u32>,
+) {
+    let meta = q.meta();
+    match rate {
+        Some((jobs, per)) => pipe
+            .hset_multiple(
+                meta,
+                &[
+                    ("rate_jobs", u64::from(jobs)),
+                    ("rate_per_ms", ms(per).max(1)),
+                ],
+            )
+            .ignore(),
+        None => pipe.hdel(meta, &["rate_jobs", "rate_per_ms"]).ignore(),
+    };
+    match group {
+        Some(n) => pipe.hset(meta, "group_limit", n).ignore(),
+        None => pipe.hdel(meta, "group_limit").ignore(),
+    };
 }
 
 fn array(v: Value, context: &'static str) -> Result<Vec<Value>> {

@@ -216,9 +216,9 @@ impl QueueConfig {
                 "must be at least 1",
             );
             p.check(
-                !r.per.is_zero(),
+                r.per >= Duration::from_millis(1),
                 &at(&["rate_limit", "per"]),
-                "must be more than 0s",
+                "must be at least 1ms",
             );
         }
         if let Some(g) = self.group_concurrency {

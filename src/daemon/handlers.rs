@@ -76,8 +76,9 @@ pub fn build(queue: &str, cfg: &HandlerConfig) -> Result<Built> {
 
 /// Reports, before the daemon starts, what it could not run: a handler
 /// that cannot be built (a command that is not found, a bad URL), and
-/// settings this version accepts in the file but does not enforce yet
-/// (refused, so that no operator relies on a limit that does not hold).
+/// cron entries that do not parse. (Settings a version accepts but does not
+/// enforce yet are refused here too, so that no operator relies on a limit
+/// that does not hold; `rate_limit` and `group_concurrency` are enforced.)
 pub fn check_runnable(config: &Config) -> Result<()> {
     let mut problems: Vec<String> = config
         .queues
@@ -85,15 +86,6 @@ pub fn check_runnable(config: &Config) -> Result<()> {
         .filter_map(|(name, q)| q.handler.as_ref().map(|h| (name, h)))
         .filter_map(|(name, h)| build(name, h).err().map(|e| e.to_string()))
         .collect();
-    const LATER: &str = "not enforced by this version of redq yet; remove it";
-    for (name, q) in &config.queues {
-        if q.rate_limit.is_some() {
-            problems.push(format!("queues.{name}.rate_limit: {LATER}"));
-        }
-        if q.group_concurrency.is_some() {
-            problems.push(format!("queues.{name}.group_concurrency: {LATER}"));
-        }
-    }
     if let Err(cron) = super::cron::entries(config) {
         problems.extend(cron);
     }

@@ -5,7 +5,10 @@
 //! them in list order; `weighted` draws the order by weight each round, so
 //! every queue gets its share and none starves. When nothing is ready the
 //! fetcher sleeps until a wake-up (enqueue, retry, resume), the next
-//! scheduled job's due time, or `inbox_poll` — never a busy loop.
+//! scheduled job's due time, or `inbox_poll` — never a busy loop. A queue
+//! whose rate limit holds back ready jobs says when it has room again
+//! (`next_due_ms` with `throttled`): the fetcher sleeps exactly until then,
+//! and its idle look does not count that queue's waiting jobs as work.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -110,6 +113,8 @@ impl Pool {
             }
             // When the next scheduled job is due, if any (Redis's clock, as a wait).
             let mut due_in: Option<Duration> = None;
+            // Queues whose rate limit holds back ready jobs until `due_in` or later.
+            let mut throttled: Vec<Arc<str>> = Vec::new();
             let mut filled = false;
             let mut failed = false;
             for q in self.round_order() {
@@ -129,6 +134,9 @@ impl Pool {
                             let wait =
                                 Duration::from_millis(u64::try_from(due - c.now_ms).unwrap_or(0));
                             due_in = Some(due_in.map_or(wait, |d| d.min(wait)));
+                        }
+                        if c.throttled {
+                            throttled.push(q.name.clone());
                         }
                         // A queue that filled every free slot ends the round, so
                         // in strict order a later queue never gets a slot while
@@ -174,7 +182,7 @@ impl Pool {
             if filled {
                 continue;
             }
-            if !self.idle_until_work(&ctx, due_in).await {
+            if !self.idle_until_work(&ctx, due_in, &throttled).await {
                 return;
             }
         }
@@ -184,9 +192,15 @@ impl Pool {
     /// `inbox_poll` tick at which a cheap look (LLEN inbox, ZCARD pending:
     /// two commands per queue) finds something. The look catches what no
     /// wake-up announced: inbox documents pushed by foreign producers, and
-    /// jobs whose wake-up another, busy daemon consumed. Returns false when
-    /// the pool is told to stop.
-    async fn idle_until_work(&self, ctx: &PoolCtx, due_in: Option<Duration>) -> bool {
+    /// jobs whose wake-up another, busy daemon consumed. The pending jobs of
+    /// a `throttled` queue are not work until the due time. Returns false
+    /// when the pool is told to stop.
+    async fn idle_until_work(
+        &self,
+        ctx: &PoolCtx,
+        due_in: Option<Duration>,
+        throttled: &[Arc<str>],
+    ) -> bool {
         let due_at = due_in.map(|d| Instant::now() + d);
         loop {
             let tick = Instant::now() + ctx.inbox_poll;
@@ -201,7 +215,10 @@ impl Pool {
             }
             let mut pipe = redis::pipe();
             for q in &self.queues {
-                pipe.llen(q.keys.inbox()).zcard(q.keys.pending());
+                pipe.llen(q.keys.inbox());
+                if !throttled.contains(&q.name) {
+                    pipe.zcard(q.keys.pending());
+                }
             }
             let counts: redis::RedisResult<Vec<u64>> =
                 pipe.query_async(&mut ctx.store.connection()).await;

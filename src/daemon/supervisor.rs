@@ -282,9 +282,17 @@ impl Daemon {
         let mut con = store.connection();
         let mut pipe = redis::pipe();
         for (name, queue) in &config.queues {
-            let meta = store.queue(name)?.meta().to_owned();
+            let keys = store.queue(name)?;
+            let meta = keys.meta().to_owned();
             pipe.hset(&meta, "max_doc_bytes", config.daemon.max_payload_bytes)
                 .ignore();
+            // Limits: claim.lua reads them here (absent = no limit).
+            crate::store::limits_into(
+                &mut pipe,
+                &keys,
+                queue.rate_limit.as_ref().map(|r| (r.jobs, r.per)),
+                queue.group_concurrency,
+            );
             // Lifecycle events: the scripts read the stream's cap here (absent = off).
             if queue.events {
                 pipe.hset(&meta, "events", queue.events_maxlen).ignore();

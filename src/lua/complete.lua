@@ -8,6 +8,7 @@
 -- ARGV[3..] 5 per job: id, token, unique_key ('' = none), result ('' = none),
 --   resources JSON ('' = none; kept in `resources` while the job is kept)
 -- Events (when on): `succeeded` per completed job, with run_ms.
+-- Group slots (group_concurrency) of completed jobs are given back and parked jobs of their groups go back in line.
 -- Returns: one integer per job: 1 completed, 0 stale token (nothing changed)
 -- A kept job keeps its run entry (attempts, start time) with the token cleared.
 local k = queue_keys(KEYS)
@@ -30,6 +31,7 @@ if #done == 0 then return out end
 
 allow_when_full(k)
 redis.call('ZREM', k.active, unpack(done))
+if release_groups(k, done) then wake(k) end
 for j, id in ipairs(done) do
   release_unique(k, ARGV[at[j] + 2], id)
 end

@@ -7,6 +7,7 @@
 -- ARGV[3..] 6 per job: id, token, retry delay in ms (-1 = dead now), error text, unique_key ('' = none),
 --   resources JSON of the attempt ('' = none; kept in `resources`)
 -- Events (when on): `failed` (error, retry_at_ms) per retry, `dead` (error) per death.
+-- Group slots are given back as in complete.lua.
 -- Returns: one integer per job: 1 retry scheduled, 2 dead, 0 stale token (nothing changed)
 local k = queue_keys(KEYS)
 local dead_keep, dead_age = tonumber(ARGV[1]), tonumber(ARGV[2])
@@ -25,6 +26,7 @@ if #mine == 0 then return out end
 
 allow_when_full(k)
 redis.call('ZREM', k.active, unpack(mine))
+if release_groups(k, mine) then wake(k) end
 local cap = events_cap(k)
 local retry_z, dead_ids, dead_errors, errs, run_args, res_args = {}, {}, {}, {}, {}, {}
 local dead_attempts = {}

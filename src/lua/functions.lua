@@ -14,7 +14,8 @@
 local function keys_from_base(base)
   local K = {}
   for i, part in ipairs({ 'jobs', 'pending', 'scheduled', 'active', 'dead', 'done', 'runs', 'errors',
-    'results', 'unique', 'meta', 'inbox', 'rejected', 'wake', 'resources', 'events' }) do
+    'results', 'unique', 'meta', 'inbox', 'rejected', 'wake', 'resources', 'events', 'claims', 'parked',
+    'groups', 'holders' }) do
     K[i] = base .. ':' .. part
   end
   return queue_keys(K)

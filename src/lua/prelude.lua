@@ -2,7 +2,7 @@
 -- Function library. src/scripts.rs puts this text in front of each script
 -- when it builds it, so each script Redis runs is self-contained.
 --
--- Keys: every script receives the queue's keys as KEYS[1..16] in the order
+-- Keys: every script receives the queue's keys as KEYS[1..20] in the order
 -- of keys::PARTS (src/keys.rs); queue_keys() names them. All carry the same
 -- {queue} hash tag, so a script never leaves its Redis Cluster slot.
 --
@@ -23,6 +23,7 @@ local function queue_keys(K)
     jobs = K[1], pending = K[2], scheduled = K[3], active = K[4], dead = K[5], done = K[6],
     runs = K[7], errors = K[8], results = K[9], unique = K[10], meta = K[11], inbox = K[12],
     rejected = K[13], wake = K[14], resources = K[15], events = K[16],
+    claims = K[17], parked = K[18], groups = K[19], holders = K[20],
   }
 end
 
@@ -289,4 +290,80 @@ local function enqueue_doc(k, now, job, doc, cap, via)
   if job.run_at then due = job.run_at elseif job.delay_ms then due = now + job.delay_ms end
   return enqueue_one(k, now, id, job.priority or 0, job.max_attempts or 0, due, job.unique_key or '',
     doc, cap, via)
+end
+
+-- Group concurrency (meta `group_limit`; absent = no limit). A claimed job
+-- with a `group` counts in `groups` (group -> active jobs) and is named in
+-- `holders` (id -> group) until it leaves `active`. A popped job whose group
+-- is full waits in `parked` (all scores 0, ordered by member) instead of
+-- blocking the jobs behind it; its member keeps its pending score so it goes
+-- back to the same place in line.
+local PARK_BATCH = 1000
+
+local function park_prefix(group)
+  return fmt_int(#group) .. ':' .. group .. ':'
+end
+
+local function park_member(group, score, id)
+  return park_prefix(group) .. string.format('%017d', score) .. ':' .. id
+end
+
+-- A parked member's pending score and id, after the group's prefix.
+local function parked_entry(member)
+  local len, rest = string.match(member, '^(%d+):(.*)$')
+  if not len then return nil end
+  local score, id = string.match(string.sub(rest, tonumber(len) + 2), '^(%d+):(.*)$')
+  return tonumber(score), id
+end
+
+-- Moves parked members back to `pending`; returns how many.
+local function unpark(k, members)
+  if #members == 0 then return 0 end
+  redis.call('ZREM', k.parked, unpack(members))
+  local zargs = {}
+  for _, m in ipairs(members) do
+    local score, id = parked_entry(m)
+    if score then
+      zargs[#zargs + 1] = score
+      zargs[#zargs + 1] = id
+    end
+  end
+  if #zargs > 0 then redis.call('ZADD', k.pending, unpack(zargs)) end
+  return #zargs / 2
+end
+
+-- Gives back the group slots of jobs leaving `active` (`ids`), and moves
+-- parked jobs of those groups back to `pending`, as many as slots are free.
+-- Costs one HMGET of `holders` when no job holds a slot. Call after
+-- allow_when_full. Returns true when jobs went back to pending (wake them).
+local function release_groups(k, ids)
+  local held = redis.call('HMGET', k.holders, unpack(ids))
+  local freed, gone = {}, {}
+  for i = 1, #ids do
+    local g = held[i]
+    if g then
+      gone[#gone + 1] = ids[i]
+      freed[g] = (freed[g] or 0) + 1
+    end
+  end
+  if #gone == 0 then return false end
+  redis.call('HDEL', k.holders, unpack(gone))
+  local limit = tonumber(redis.call('HGET', k.meta, 'group_limit'))
+  local moved = 0
+  for g, n in pairs(freed) do
+    local left = redis.call('HINCRBY', k.groups, g, -n)
+    if left <= 0 then
+      redis.call('HDEL', k.groups, g)
+      left = 0
+    end
+    -- No limit any more: every parked job of the group may run (bounded).
+    local room = PARK_BATCH
+    if limit then room = limit - left end
+    if room > 0 then
+      local p = park_prefix(g)
+      moved = moved + unpark(k,
+        redis.call('ZRANGEBYLEX', k.parked, '[' .. p, '(' .. p .. ';', 'LIMIT', 0, room))
+    end
+  end
+  return moved > 0
 end

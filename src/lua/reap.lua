@@ -17,6 +17,8 @@ if #expired == 0 then return { 0, 0 } end
 
 allow_when_full(k)
 redis.call('ZREM', k.active, unpack(expired))
+-- A crashed holder's group slot returns with its lease.
+if release_groups(k, expired) then wake(k) end
 local cap = events_cap(k)
 local records = redis.call('HMGET', k.jobs, unpack(expired))
 local runs = redis.call('HMGET', k.runs, unpack(expired))

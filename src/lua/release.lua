@@ -4,6 +4,7 @@
 -- KEYS: the queue's keys (keys::PARTS order).
 -- ARGV: 2 per job: id, token
 -- Events (when on): `released` per job, with the attempt it gave back.
+-- Group slots are given back as in complete.lua.
 -- Returns: one integer per job: 1 released, 0 stale token (nothing changed)
 local k = queue_keys(KEYS)
 local ids = ids_of(ARGV, 1, 2)
@@ -36,6 +37,7 @@ for _, i in ipairs(mine) do
   end
 end
 redis.call('ZREM', k.active, unpack(gone))
+if release_groups(k, gone) then wake(k) end
 redis.call('HSET', k.runs, unpack(run_args))
 if #zargs > 0 then
   redis.call('ZADD', k.pending, unpack(zargs))

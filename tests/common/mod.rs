@@ -193,7 +193,7 @@ pub async fn snapshot(con: &mut redis::aio::MultiplexedConnection, q: &QueueKeys
     for (part, key) in redq::keys::PARTS.iter().zip(q.all()) {
         let kind: String = redis::cmd("TYPE").arg(key).query_async(con).await.unwrap();
         match (kind.as_str(), *part) {
-            (_, "pending" | "scheduled" | "active" | "dead" | "done") => {
+            (_, "pending" | "scheduled" | "active" | "dead" | "done" | "claims" | "parked") => {
                 let v: Vec<(String, f64)> = redis::cmd("ZRANGE")
                     .arg(key)
                     .arg(0)

@@ -1,0 +1,452 @@
+//! Limits across daemons: the queue rate limit (a sliding window) and group
+//! concurrency, enforced by the claim script. First their contracts through
+//! the store, then two and three embedded daemons at once against one
+//! private Redis, with library handlers keeping their own records.
+//!
+//! No test sleeps to let something happen: tests wait on channels, counters
+//! and semaphores under bounded time-outs. (A rate-limited run takes as long
+//! as its windows do: that is what it measures.)
+
+mod common;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::{within, RedisServer};
+use redq::config::{self, Config};
+use redq::daemon::{Counters, DaemonHandle, WorkerBuilder};
+use redq::store::{Completion, Retention};
+use redq::{JobContext, NewJob, Outcome};
+use tokio::sync::{mpsc, Semaphore};
+use tokio::time::Instant;
+
+const LEASE: Duration = Duration::from_secs(30);
+const KEEP_NONE: Retention = Retention {
+    keep: 0,
+    max_age: Duration::ZERO,
+};
+const DEAD: Retention = Retention {
+    keep: 100,
+    max_age: Duration::ZERO,
+};
+
+fn job(n: i64) -> NewJob {
+    NewJob::new(&n).unwrap()
+}
+
+fn payload_n(ctx: &JobContext) -> i64 {
+    ctx.payload.get().parse().expect("payload is an integer")
+}
+
+async fn zcard(redis: &RedisServer, key: &str) -> u64 {
+    redis::cmd("ZCARD")
+        .arg(key)
+        .query_async(&mut redis.con().await)
+        .await
+        .unwrap()
+}
+
+// ------------------------------------------------- contracts of the script
+
+#[tokio::test]
+async fn a_rate_limited_claim_hands_out_the_room_left_and_says_when_room_returns() {
+    let redis = RedisServer::start();
+    let client = redis.client().await;
+    let store = client.store();
+    let q = store.queue("q").unwrap();
+    store
+        .set_limits(&q, Some((3, Duration::from_secs(60))), None)
+        .await
+        .unwrap();
+    let jobs = (0..5).map(job).collect();
+    client.enqueue_many("q", jobs).await.unwrap();
+
+    let first = store.claim(&q, 10, LEASE, 0, 0).await.unwrap();
+    assert_eq!(first.jobs.len(), 3, "the room of the window");
+    assert!(first.throttled);
+    assert_eq!(first.next_due_ms, Some(first.now_ms + 60_000));
+
+    // Full window: nothing more, the same answer, and the rest wait unspent.
+    let second = store.claim(&q, 10, LEASE, 0, 0).await.unwrap();
+    assert!(second.jobs.is_empty());
+    assert!(second.throttled);
+    assert_eq!(second.next_due_ms, Some(first.now_ms + 60_000));
+    assert_eq!(zcard(&redis, q.pending()).await, 2);
+    assert_eq!(zcard(&redis, q.active()).await, 3);
+
+    // Completing does not give room back: the window counts claims.
+    let done: Vec<Completion> = first
+        .jobs
+        .iter()
+        .map(|j| Completion {
+            id: &j.id,
+            token: j.token,
+            unique_key: None,
+            result: None,
+        })
+        .collect();
+    store.complete(&q, &done, KEEP_NONE).await.unwrap();
+    assert!(store
+        .claim(&q, 10, LEASE, 0, 0)
+        .await
+        .unwrap()
+        .jobs
+        .is_empty());
+
+    // Lifting the limit lets the waiting jobs run, each on its first attempt.
+    store.set_limits(&q, None, None).await.unwrap();
+    let rest = store.claim(&q, 10, LEASE, 0, 0).await.unwrap();
+    assert_eq!(rest.jobs.len(), 2);
+    assert!(!rest.throttled);
+    assert!(rest.jobs.iter().all(|j| j.attempt == 1));
+}
+
+#[tokio::test]
+async fn the_rate_window_slides_room_returns_when_the_oldest_claim_leaves_it() {
+    let redis = RedisServer::start();
+    let client = redis.client().await;
+    let store = client.store();
+    let q = store.queue("q").unwrap();
+    let per = Duration::from_millis(300);
+    store.set_limits(&q, Some((2, per)), None).await.unwrap();
+    client
+        .enqueue_many("q", (0..4).map(job).collect())
+        .await
+        .unwrap();
+
+    let a = store.claim(&q, 1, LEASE, 0, 0).await.unwrap();
+    assert_eq!(a.jobs.len(), 1);
+    assert!(!a.throttled, "room was left for the rest of the want");
+    let later = redis_clock_at(store, &q, a.now_ms + 100).await;
+    let b = store.claim(&q, 5, LEASE, 0, 0).await.unwrap();
+    assert!(b.now_ms >= later);
+    assert_eq!(b.jobs.len(), 1);
+    assert!(b.throttled);
+    // Room returns when the first claim leaves the window, not the second.
+    let due = b.next_due_ms.unwrap();
+    assert_eq!(due, a.now_ms + 300);
+    let just_before = store.claim(&q, 5, LEASE, 0, 0).await.unwrap();
+    if just_before.now_ms < due {
+        assert!(just_before.jobs.is_empty());
+    }
+    redis_clock_at(store, &q, due).await;
+    let c = store.claim(&q, 5, LEASE, 0, 0).await.unwrap();
+    assert!(c.now_ms < b.now_ms + 300, "the test was too slow to tell");
+    assert_eq!(c.jobs.len(), 1, "one claim left the window, one job fits");
+    assert!(c.throttled);
+    assert_eq!(c.next_due_ms, Some(b.now_ms + 300));
+}
+
+/// Waits until Redis's clock reaches `t` (reading it with claims of nothing).
+async fn redis_clock_at(store: &redq::store::Store, q: &redq::keys::QueueKeys, t: i64) -> i64 {
+    within(5, async {
+        loop {
+            let now = store.claim(q, 0, LEASE, 0, 0).await.unwrap().now_ms;
+            if now >= t {
+                return now;
+            }
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_full_group_parks_its_jobs_and_others_run_past_them() {
+    let redis = RedisServer::start();
+    let client = redis.client().await;
+    let store = client.store();
+    let q = store.queue("q").unwrap();
+    store.set_limits(&q, None, Some(1)).await.unwrap();
+    let jobs = vec![
+        job(1).group("a").id("a1"),
+        job(2).group("a").id("a2"),
+        job(3).group("a").id("a3"),
+        job(4).group("b").id("b1"),
+        job(5).id("free"),
+    ];
+    client.enqueue_many("q", jobs).await.unwrap();
+
+    let got = store.claim(&q, 10, LEASE, 0, 0).await.unwrap();
+    let ids: Vec<&str> = got.jobs.iter().map(|j| j.id.as_str()).collect();
+    assert_eq!(ids, ["a1", "b1", "free"]);
+    assert_eq!(zcard(&redis, q.parked()).await, 2);
+    assert_eq!(zcard(&redis, q.pending()).await, 0);
+    // A parked job is pending to its readers (`redq job`, export).
+    let parked = client.job("q", "a3").await.unwrap().unwrap();
+    assert_eq!(parked.state, redq::inspect::JobState::Pending);
+    assert_eq!(parked.attempts, 0);
+
+    // a1 completes: one parked job of `a` goes back in line, in order.
+    let a1 = &got.jobs[0];
+    store
+        .complete(
+            &q,
+            &[Completion {
+                id: &a1.id,
+                token: a1.token,
+                unique_key: None,
+                result: None,
+            }],
+            KEEP_NONE,
+        )
+        .await
+        .unwrap();
+    let next = store.claim(&q, 10, LEASE, 0, 0).await.unwrap();
+    let ids: Vec<&str> = next.jobs.iter().map(|j| j.id.as_str()).collect();
+    assert_eq!(ids, ["a2"]);
+    assert_eq!(next.jobs[0].attempt, 1, "parking spends no attempt");
+
+    // a2's holder dies: when its lease expires the slot returns with it.
+    let reaped = store.queue("q").unwrap();
+    redis::cmd("ZADD")
+        .arg(reaped.active())
+        .arg("XX")
+        .arg(0)
+        .arg("a2")
+        .query_async::<()>(&mut redis.con().await)
+        .await
+        .unwrap();
+    assert_eq!(store.reap(&q, 10, 5, DEAD).await.unwrap(), (1, 0));
+    let after = store.claim(&q, 10, LEASE, 0, 0).await.unwrap();
+    let mut ids: Vec<&str> = after.jobs.iter().map(|j| j.id.as_str()).collect();
+    ids.sort_unstable();
+    assert_eq!(ids, ["a2"], "a2 is back first in line, a3 stays parked");
+    assert_eq!(after.jobs[0].attempt, 2);
+    assert_eq!(zcard(&redis, q.parked()).await, 1);
+
+    // Lifting the limit lets the parked job run.
+    store.set_limits(&q, None, None).await.unwrap();
+    let last = store.claim(&q, 10, LEASE, 0, 0).await.unwrap();
+    let ids: Vec<&str> = last.jobs.iter().map(|j| j.id.as_str()).collect();
+    assert_eq!(ids, ["a3"]);
+    assert_eq!(zcard(&redis, q.parked()).await, 0);
+}
+
+// ---------------------------------------------------------- many daemons
+
+const DAEMON: &str =
+    "listen = \"127.0.0.1:0\"\nreap_interval = \"100ms\"\nshutdown_timeout = \"10s\"\n";
+
+fn config(redis: &RedisServer, daemon: &str, queue: &str) -> Config {
+    let text = format!(
+        "[redis]\nurl = \"{}\"\n\n[daemon]\n{DAEMON}{daemon}\n[queues.q]\nlease = \"2s\"\nlease_renew = \"300ms\"\nmax_attempts = 3\n{queue}\n",
+        redis.url()
+    );
+    config::read_str(&text).unwrap_or_else(|e| panic!("{e}\n{text}"))
+}
+
+struct Running {
+    handle: DaemonHandle,
+    counters: Arc<Counters>,
+    task: tokio::task::JoinHandle<redq::Result<()>>,
+}
+
+async fn launch(builder: WorkerBuilder) -> Running {
+    let daemon = within(10, builder.start()).await.expect("daemon starts");
+    let (handle, counters) = (daemon.handle(), daemon.counters());
+    Running {
+        handle,
+        counters,
+        task: tokio::spawn(daemon.run()),
+    }
+}
+
+impl Running {
+    async fn stop(self) {
+        self.handle.shutdown();
+        within(20, self.task)
+            .await
+            .expect("daemon task")
+            .expect("daemon run");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_daemons_never_start_more_than_the_rate_limit_in_any_window() {
+    let redis = RedisServer::start();
+    let client = redis.client().await;
+    let (jobs, per) = (4usize, Duration::from_millis(500));
+    // An idle look every 30s: only the claim's own "room again at" can keep
+    // the jobs moving within the test's time.
+    let cfg = || {
+        config(
+            &redis,
+            "inbox_poll = \"30s\"\n",
+            "concurrency = 2\nrate_limit = { jobs = 4, per = \"500ms\" }\n",
+        )
+    };
+    let (tx, mut rx) = mpsc::unbounded_channel::<(Instant, i64, u32, usize)>();
+    let mut daemons = Vec::new();
+    for d in 0..3 {
+        let tx = tx.clone();
+        let handler = move |ctx: JobContext| {
+            let _ = tx.send((Instant::now(), payload_n(&ctx), ctx.attempt, d));
+            std::future::ready(Outcome::Done { result: None })
+        };
+        daemons.push(launch(WorkerBuilder::new(cfg()).handler("q", handler)).await);
+    }
+    let total = 14;
+    let began = Instant::now();
+    client
+        .enqueue_many("q", (0..total).map(job).collect())
+        .await
+        .unwrap();
+    let mut starts = Vec::new();
+    for _ in 0..total {
+        starts.push(within(10, rx.recv()).await.expect("handler channel"));
+    }
+    let took = began.elapsed();
+
+    starts.sort_by_key(|s| s.0);
+    let mut ns: Vec<i64> = starts.iter().map(|s| s.1).collect();
+    ns.sort_unstable();
+    assert_eq!(ns, (0..total).collect::<Vec<_>>(), "each job ran once");
+    assert!(
+        starts.iter().all(|s| s.2 == 1),
+        "held-back jobs spend no attempt: {starts:?}"
+    );
+    // Every window of `per`, from each start on, holds at most `jobs` starts.
+    // The handlers' clock lags Redis's by the hand-over time, which varies a
+    // little from job to job: the window is shortened by that margin.
+    let window = per - Duration::from_millis(60);
+    for (i, s) in starts.iter().enumerate() {
+        let inside = starts[i..]
+            .iter()
+            .take_while(|t| t.0 - s.0 < window)
+            .count();
+        assert!(
+            inside <= jobs,
+            "{inside} starts within {window:?} of start {i}: {starts:?}"
+        );
+    }
+    // 14 jobs at 4 per 500ms need three full windows after the first: ~1.5s.
+    assert!(took >= Duration::from_millis(1400), "{took:?}");
+    assert!(
+        took < Duration::from_secs(5),
+        "the fetchers waited for a poll, not for room: {took:?}"
+    );
+    let by = |d: usize| starts.iter().filter(|s| s.3 == d).count();
+    assert!(
+        (0..3).filter(|d| by(*d) > 0).count() >= 2,
+        "several daemons took part: {starts:?}"
+    );
+    for d in &daemons {
+        assert_eq!(Counters::get(&d.counters.retried), 0);
+        assert_eq!(Counters::get(&d.counters.dead), 0);
+    }
+    for d in daemons {
+        d.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn group_concurrency_holds_across_daemons_and_other_groups_run_meanwhile() {
+    let redis = RedisServer::start();
+    let client = redis.client().await;
+    let limit = 2;
+    // Jobs of group `g` hold their slot until the test lets them go.
+    let gate = Arc::new(Semaphore::new(0));
+    let running = Arc::new(AtomicUsize::new(0));
+    let most = Arc::new(AtomicUsize::new(0));
+    let (started_tx, mut started) = mpsc::unbounded_channel::<(String, i64, u32)>();
+    let seen_running = Arc::new(Mutex::new(Vec::new()));
+    let mut daemons = Vec::new();
+    for _ in 0..3 {
+        let (gate, running, most, tx, seen) = (
+            gate.clone(),
+            running.clone(),
+            most.clone(),
+            started_tx.clone(),
+            seen_running.clone(),
+        );
+        let handler = move |ctx: JobContext| {
+            let (gate, running, most, tx, seen) = (
+                gate.clone(),
+                running.clone(),
+                most.clone(),
+                tx.clone(),
+                seen.clone(),
+            );
+            async move {
+                let n = payload_n(&ctx);
+                if n < 100 {
+                    // Group `g`.
+                    let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                    most.fetch_max(now, Ordering::SeqCst);
+                    let _ = tx.send(("g".into(), n, ctx.attempt));
+                    gate.acquire().await.expect("gate").forget();
+                    running.fetch_sub(1, Ordering::SeqCst);
+                } else {
+                    // Group `h`: notes how many `g` jobs run as it does.
+                    seen.lock().unwrap().push(running.load(Ordering::SeqCst));
+                    let _ = tx.send(("h".into(), n, ctx.attempt));
+                }
+                Outcome::Done { result: None }
+            }
+        };
+        let cfg = config(
+            &redis,
+            "inbox_poll = \"100ms\"\n",
+            "concurrency = 4\ngroup_concurrency = 2\n",
+        );
+        daemons.push(launch(WorkerBuilder::new(cfg).handler("q", handler)).await);
+    }
+    // Six `g` jobs first in line, then two `h` jobs behind them.
+    let mut jobs: Vec<NewJob> = (0..6).map(|n| job(n).group("g")).collect();
+    jobs.extend((100..102).map(|n| job(n).group("h")));
+    client.enqueue_many("q", jobs).await.unwrap();
+
+    let mut g_started = 0;
+    let mut h_done = 0;
+    while g_started < limit || h_done < 2 {
+        let (group, _, attempt) = within(10, started.recv()).await.expect("handler channel");
+        assert_eq!(attempt, 1);
+        if group == "g" {
+            g_started += 1;
+        } else {
+            h_done += 1;
+        }
+    }
+    // `h` ran while `g` held its slots and four `g` jobs waited: no
+    // head-of-line blocking, and no third `g` job started.
+    assert_eq!(g_started, limit);
+    assert_eq!(running.load(Ordering::SeqCst), limit);
+    assert!(seen_running.lock().unwrap().iter().all(|n| *n <= limit));
+    let q = client.store().queue("q").unwrap();
+    assert_eq!(zcard(&redis, q.parked()).await, 4);
+
+    // Let the `g` jobs go; each that ends frees its slot for a parked one.
+    for _ in 0..6 {
+        gate.add_permits(1);
+    }
+    while g_started < 6 {
+        let (group, _, attempt) = within(10, started.recv()).await.expect("handler channel");
+        assert_eq!((group.as_str(), attempt), ("g", 1));
+        g_started += 1;
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while daemons
+        .iter()
+        .map(|d| Counters::get(&d.counters.succeeded))
+        .sum::<u64>()
+        < 8
+    {
+        assert!(Instant::now() < deadline, "not every job succeeded");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        most.load(Ordering::SeqCst) <= limit,
+        "more than {limit} `g` jobs ran at once"
+    );
+    assert_eq!(zcard(&redis, q.parked()).await, 0);
+    let groups: std::collections::HashMap<String, String> = redis::cmd("HGETALL")
+        .arg(q.groups())
+        .query_async(&mut redis.con().await)
+        .await
+        .unwrap();
+    assert!(groups.is_empty(), "every slot was given back: {groups:?}");
+    for d in daemons {
+        d.stop().await;
+    }
+}
