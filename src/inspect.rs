@@ -83,6 +83,29 @@ pub struct Rates {
     pub succeeded_per_sec: f64,
     /// Attempts that failed (retried or dead).
     pub failed_per_sec: f64,
+    /// Run-time percentiles over the current and previous minute, in ms: the
+    /// upper bound of the histogram bucket holding the percentile (None when
+    /// nothing ran).
+    pub run_p50_ms: Option<f64>,
+    pub run_p99_ms: Option<f64>,
+}
+
+/// The upper bound (ms) of the bucket where the cumulative count reaches `q`.
+fn bucket_percentile(counts: &[u64], q: f64) -> Option<f64> {
+    let total: u64 = counts.iter().sum();
+    if total == 0 {
+        return None;
+    }
+    let want = (total as f64 * q).ceil().max(1.0) as u64;
+    let bounds = crate::observe::Metrics::run_bucket_bounds();
+    let mut seen = 0;
+    for (i, n) in counts.iter().enumerate() {
+        seen += n;
+        if seen >= want {
+            return Some(bounds.get(i).map_or(f64::INFINITY, |b| b * 1000.0));
+        }
+    }
+    None
 }
 
 /// A job in the dead set.
@@ -260,6 +283,9 @@ pub async fn last_minute(store: &Store, queues: &[QueueKeys]) -> Result<Vec<Rate
                 .arg(q.rate(m))
                 .arg("succeeded")
                 .arg("failed");
+            for b in 0..=crate::observe::Metrics::run_bucket_bounds().len() {
+                pipe.arg(format!("r{b}"));
+            }
         }
     }
     let buckets: Vec<Vec<Option<u64>>> = pipe.query_async(&mut con).await?;
@@ -273,9 +299,15 @@ pub async fn last_minute(store: &Store, queues: &[QueueKeys]) -> Result<Vec<Rate
         .map(|(i, _)| {
             let (cur, prev) = (buckets.get(2 * i), buckets.get(2 * i + 1));
             let rate = |f: usize| (count(cur, f) + count(prev, f) * prev_weight) / 60.0;
+            let nb = crate::observe::Metrics::run_bucket_bounds().len() + 1;
+            let runs: Vec<u64> = (0..nb)
+                .map(|b| (count(cur, 2 + b) + count(prev, 2 + b)) as u64)
+                .collect();
             Rates {
                 succeeded_per_sec: rate(0),
                 failed_per_sec: rate(1),
+                run_p50_ms: bucket_percentile(&runs, 0.50),
+                run_p99_ms: bucket_percentile(&runs, 0.99),
             }
         })
         .collect())

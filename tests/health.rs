@@ -258,6 +258,13 @@ handler = {{ builtin = "fail" }}
     let bad_rate = row("bad")["failed_per_sec"].as_f64().unwrap();
     assert!(bad_rate > 0.0 && bad_rate <= 0.05 + 1e-9, "{bad_rate}");
     assert_eq!(row("bad")["succeeded_per_sec"], 0.0);
+    // Run-time percentiles come from the same buckets: no-op runs take well
+    // under a second.
+    let p50 = row("ok")["run_p50_ms"]
+        .as_f64()
+        .expect("a p50 for a queue that ran");
+    let p99 = row("ok")["run_p99_ms"].as_f64().unwrap();
+    assert!(p50 <= p99 && p99 <= 1000.0, "{p50} {p99}");
 
     handle.shutdown();
     within(20, run).await.unwrap().unwrap();

@@ -265,7 +265,7 @@ fn print_stats(stats: &[QueueStats], json: bool) -> Result<()> {
         return Ok(());
     }
     println!(
-        "{:<24} {:>9} {:>9} {:>7} {:>7} {:>9} {:>7} {:>8} {:>8} {:>8}",
+        "{:<24} {:>9} {:>9} {:>7} {:>7} {:>9} {:>7} {:>8} {:>8} {:>8} {:>9} {:>9}",
         "QUEUE",
         "PENDING",
         "SCHEDULED",
@@ -275,12 +275,14 @@ fn print_stats(stats: &[QueueStats], json: bool) -> Result<()> {
         "INBOX",
         "REJECTED",
         "OK/S",
-        "FAILED/S"
+        "FAILED/S",
+        "RUN P50",
+        "RUN P99"
     );
     for s in stats {
         let r = s.last_minute.unwrap_or_default();
         println!(
-            "{:<24} {:>9} {:>9} {:>7} {:>7} {:>9} {:>7} {:>8} {:>8.2} {:>8.2}{}",
+            "{:<24} {:>9} {:>9} {:>7} {:>7} {:>9} {:>7} {:>8} {:>8.2} {:>8.2} {:>9} {:>9}{}",
             s.queue,
             s.pending,
             s.scheduled,
@@ -291,6 +293,8 @@ fn print_stats(stats: &[QueueStats], json: bool) -> Result<()> {
             s.rejected,
             r.succeeded_per_sec,
             r.failed_per_sec,
+            percentile(r.run_p50_ms),
+            percentile(r.run_p99_ms),
             if s.paused { "  (paused)" } else { "" }
         );
     }
@@ -355,4 +359,13 @@ async fn import(client: &Client, queue: &str, input: Option<std::path::PathBuf>)
     (imported, skipped) = (imported + i, skipped + s);
     println!("imported {imported} jobs into {queue}; skipped {skipped} whose id exists; refused {refused} lines");
     Ok(if refused > 0 { 1 } else { 0 })
+}
+
+/// A bucket bound as `<=N ms`, `-` when nothing ran.
+fn percentile(ms: Option<f64>) -> String {
+    match ms {
+        Some(v) if v.is_finite() => format!("<={v}ms"),
+        Some(_) => ">600s".into(),
+        None => "-".into(),
+    }
 }

@@ -112,7 +112,8 @@ pub(crate) async fn redis_now_ms(store: &Store) -> Result<i64> {
 }
 
 /// Per-queue (succeeded, failed) totals already published.
-type Published = HashMap<Arc<str>, (u64, u64)>;
+/// Per queue: succeeded, failed, and run-time bucket counts already published.
+type Published = HashMap<Arc<str>, (u64, u64, Vec<u64>)>;
 
 /// The heartbeat loop: beats now and every [`EVERY`] until `stop`, then
 /// publishes the last counts and removes the daemon's entry.
@@ -199,12 +200,27 @@ async fn publish_rates(shared: &Shared, now_ms: i64, published: &mut Published) 
         let ok = m.jobs_total(&q.name, JobOutcome::Succeeded);
         let failed =
             m.jobs_total(&q.name, JobOutcome::Failed) + m.jobs_total(&q.name, JobOutcome::Dead);
-        let (ok0, failed0) = published.get(&q.name).copied().unwrap_or((0, 0));
+        let runs = m.run_time_buckets(&q.name).unwrap_or_default();
+        let (ok0, failed0, runs0) = published.get(&q.name).cloned().unwrap_or_default();
         let (d_ok, d_failed) = (ok.saturating_sub(ok0), failed.saturating_sub(failed0));
-        if d_ok == 0 && d_failed == 0 {
+        let d_runs: Vec<u64> = runs
+            .iter()
+            .enumerate()
+            .map(|(i, n)| n.saturating_sub(runs0.get(i).copied().unwrap_or(0)))
+            .collect();
+        if d_ok == 0 && d_failed == 0 && d_runs.iter().all(|n| *n == 0) {
             continue;
         }
         let key = q.keys.rate(minute);
+        // Run times by histogram bucket (fields r0, r1, ...), for the
+        // percentiles `redq stats` shows.
+        for (i, n) in d_runs.iter().enumerate().filter(|(_, n)| **n > 0) {
+            pipe.cmd("HINCRBY")
+                .arg(&key)
+                .arg(format!("r{i}"))
+                .arg(*n)
+                .ignore();
+        }
         pipe.cmd("HINCRBY")
             .arg(&key)
             .arg("succeeded")
@@ -219,7 +235,7 @@ async fn publish_rates(shared: &Shared, now_ms: i64, published: &mut Published) 
             .arg(&key)
             .arg(ms(RATE_TTL))
             .ignore();
-        next.push((q.name.clone(), (ok, failed)));
+        next.push((q.name.clone(), (ok, failed, runs)));
     }
     if next.is_empty() {
         return Ok(());

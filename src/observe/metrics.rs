@@ -202,6 +202,30 @@ impl Metrics {
         });
     }
 
+    /// Run-time histogram of a queue as per-bucket (not cumulative) counts,
+    /// in the order of [`Metrics::run_bucket_bounds`] plus a last `+Inf` bucket.
+    pub fn run_time_buckets(&self, queue: &str) -> Option<Vec<u64>> {
+        let map = self.queues.read().ok()?;
+        let q = map.get(queue)?;
+        let cumulative = q.run.snapshot().cumulative;
+        let mut prev = 0;
+        Some(
+            cumulative
+                .iter()
+                .map(|c| {
+                    let n = c.saturating_sub(prev);
+                    prev = *c;
+                    n
+                })
+                .collect(),
+        )
+    }
+
+    /// Upper bounds (seconds) of the run-time buckets, without `+Inf`.
+    pub fn run_bucket_bounds() -> &'static [f64] {
+        &super::histogram::BUCKETS
+    }
+
     /// Sets `redq_jobs_in_flight{queue}`.
     pub fn set_in_flight(&self, queue: &str, n: u64) {
         self.with_queue(queue, |q| q.in_flight.store(n, Relaxed));
