@@ -412,3 +412,14 @@ fn the_repository_example_loads() {
     let _lock = ENV_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     assert_eq!(load(Some(&path), &Overrides::new()).unwrap(), c);
 }
+
+#[test]
+fn tls_urls_are_refused_until_supported() {
+    let err = load_from_str("[redis]\nurl = \"rediss://db.example:6380\"\n")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("redis.url") && err.contains("not supported"),
+        "{err}"
+    );
+}
