@@ -59,6 +59,22 @@ pub enum Command {
         /// Print JSON
         #[arg(long)]
         json: bool,
+        /// Run every scenario this many times; report medians with min–max
+        #[arg(long, default_value_t = 1)]
+        repeat: u32,
+        /// Scenarios to run, comma-separated: a batch enqueue, b single enqueue,
+        /// c process, d latency, e memory, f idle
+        #[arg(long, default_value = "a,b,c,d,e,f")]
+        scenarios: String,
+        /// How long the latency scenario enqueues at 1000 jobs/s
+        #[arg(long, default_value_t = 10.0)]
+        latency_secs: f64,
+        /// How long the idle scenario watches the daemon
+        #[arg(long, default_value_t = 5.0)]
+        idle_secs: f64,
+        /// Also run the same scenarios on another queue: `bullmq`
+        #[arg(long, value_parser = ["bullmq"])]
+        compare: Option<String>,
     },
     /// Enqueue a job; prints its id
     Enqueue(EnqueueArgs),
@@ -201,7 +217,23 @@ pub async fn main(cli: Cli) -> u8 {
             jobs,
             ref concurrency,
             json,
-        } => return bench(jobs, concurrency, json).await,
+            repeat,
+            ref scenarios,
+            latency_secs,
+            idle_secs,
+            ref compare,
+        } => {
+            let opts = crate::bench::Options {
+                jobs,
+                concurrency: concurrency.clone(),
+                repeat,
+                scenarios: scenarios.clone(),
+                latency_secs,
+                idle_secs,
+                compare_bullmq: compare.is_some(),
+            };
+            return bench(&opts, json).await;
+        }
         _ => {}
     }
     let target = match Target::resolve(
@@ -239,26 +271,17 @@ pub async fn main(cli: Cli) -> u8 {
     }
 }
 
-async fn bench(jobs: u64, concurrency: &[u32], json: bool) -> u8 {
-    match crate::bench::run(jobs, concurrency).await {
-        Ok(results) if json => {
+async fn bench(opts: &crate::bench::Options, json: bool) -> u8 {
+    match crate::bench::run(opts).await {
+        Ok(report) if json => {
             println!(
                 "{}",
-                serde_json::to_string_pretty(&results).unwrap_or_default()
+                serde_json::to_string_pretty(&report).unwrap_or_default()
             );
             0
         }
-        Ok(results) => {
-            println!(
-                "{:<45} {:>9} {:>9} {:>12}",
-                "SCENARIO", "JOBS", "SECONDS", "JOBS/SEC"
-            );
-            for r in results {
-                println!(
-                    "{:<45} {:>9} {:>9.2} {:>12.0}",
-                    r.scenario, r.jobs, r.seconds, r.jobs_per_sec
-                );
-            }
+        Ok(report) => {
+            crate::bench::print_table(&report);
             0
         }
         Err(e) => {

@@ -1,0 +1,329 @@
+//! `redq bench`: measures the queue through the real daemon on a private
+//! `redis-server` it starts itself (on a free port, never the Redis on 6379),
+//! and optionally BullMQ on the same server in the same run.
+//!
+//! Scenarios (pick with `--scenarios a,c,…`), each on a flushed server:
+//! - `a` enqueue, batches of 1000 jobs per round trip;
+//! - `b` single enqueues from 50 concurrent producers sharing one client;
+//! - `c` process pre-enqueued jobs with the built-in no-op handler at each
+//!   `--concurrency` (default 50 and 200), plain and with random priorities;
+//! - `d` latency: enqueue → handler start at a steady 1000 jobs/s into an
+//!   idle running daemon (p50/p95/p99/max);
+//! - `e` memory: peak RSS of the bench process while processing at
+//!   concurrency 200, and Redis `used_memory` per 100k waiting jobs with
+//!   priorities;
+//! - `f` idle: Redis commands per second and the process's CPU with an idle
+//!   daemon and empty queues.
+//!
+//! With `--repeat R` every scenario runs R times (alternating redq and
+//! BullMQ runs under `--compare bullmq`) and the table shows medians with
+//! min–max.
+
+mod bullmq;
+mod report;
+mod scenarios;
+mod server;
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+
+pub use report::print_table;
+
+/// Which way a number is better.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Better {
+    Higher,
+    Lower,
+}
+
+/// One measured number of one run.
+#[derive(Debug, Clone)]
+pub struct Sample {
+    /// Stable id shared with the BullMQ script (`a`, `c200p`, `d_p99`, …).
+    pub id: String,
+    pub label: String,
+    pub unit: &'static str,
+    pub better: Better,
+    pub value: f64,
+}
+
+impl Sample {
+    fn new(
+        id: impl Into<String>,
+        label: impl Into<String>,
+        unit: &'static str,
+        better: Better,
+        value: f64,
+    ) -> Sample {
+        Sample {
+            id: id.into(),
+            label: label.into(),
+            unit,
+            better,
+            value,
+        }
+    }
+}
+
+/// Median and range over the repetitions.
+#[derive(Debug, Clone, Serialize)]
+pub struct Stat {
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+    pub samples: Vec<f64>,
+}
+
+impl Stat {
+    fn of(mut samples: Vec<f64>) -> Option<Stat> {
+        if samples.is_empty() {
+            return None;
+        }
+        let sorted = {
+            samples.sort_by(f64::total_cmp);
+            samples.clone()
+        };
+        let n = sorted.len();
+        let median = if n % 2 == 1 {
+            sorted[n / 2]
+        } else {
+            (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0
+        };
+        Some(Stat {
+            median,
+            min: sorted[0],
+            max: sorted[n - 1],
+            samples,
+        })
+    }
+}
+
+/// One line of the table: redq's numbers and, when compared, BullMQ's.
+#[derive(Debug, Clone, Serialize)]
+pub struct Row {
+    pub id: String,
+    pub scenario: String,
+    pub unit: String,
+    pub better: Better,
+    pub redq: Stat,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bullmq: Option<Stat>,
+    /// redq median / BullMQ median.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ratio: Option<f64>,
+}
+
+/// Everything one `redq bench` produced.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub redis_server: String,
+    pub cpus: usize,
+    pub jobs: u64,
+    pub repeat: u32,
+    pub scenarios: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bullmq_version: Option<String>,
+    /// Why a requested comparison did not run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub compare_skipped: Option<String>,
+    pub rows: Vec<Row>,
+}
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Jobs per scenario (a, b, c, and e's memory fill).
+    pub jobs: u64,
+    /// Concurrencies for scenario c.
+    pub concurrency: Vec<u32>,
+    pub repeat: u32,
+    /// Scenario letters, a–f.
+    pub scenarios: String,
+    /// How long scenario d enqueues at 1000 jobs/s.
+    pub latency_secs: f64,
+    /// How long scenario f watches the idle daemon.
+    pub idle_secs: f64,
+    /// Also run BullMQ (`--compare bullmq`).
+    pub compare_bullmq: bool,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            jobs: 100_000,
+            concurrency: vec![50, 200],
+            repeat: 1,
+            scenarios: "a,b,c,d,e,f".into(),
+            latency_secs: 10.0,
+            idle_secs: 5.0,
+            compare_bullmq: false,
+        }
+    }
+}
+
+/// Parses `a,c,…` into the set of letters, refusing unknown ones.
+pub fn parse_scenarios(list: &str) -> Result<String> {
+    let mut out = String::new();
+    for part in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        match part {
+            "a" | "b" | "c" | "d" | "e" | "f" => {
+                if !out.contains(part) {
+                    out.push_str(part)
+                }
+            }
+            other => {
+                return Err(Error::Config(format!(
+                "--scenarios: unknown scenario {other:?} (expected letters a–f, comma-separated)"
+            )))
+            }
+        }
+    }
+    if out.is_empty() {
+        return Err(Error::Config("--scenarios: no scenario named".into()));
+    }
+    let mut v: Vec<char> = out.chars().collect();
+    v.sort_unstable();
+    Ok(v.into_iter().collect())
+}
+
+/// Runs the benchmark and gathers the rows.
+pub async fn run(opts: &Options) -> Result<Report> {
+    let letters = parse_scenarios(&opts.scenarios)?;
+    if opts.jobs == 0 || opts.repeat == 0 {
+        return Err(Error::Config(
+            "--jobs and --repeat must be at least 1".into(),
+        ));
+    }
+    let srv = server::Private::start().await?;
+    let redis_server = srv.version().await.unwrap_or_default();
+
+    let mut compare_skipped = None;
+    let bull = if opts.compare_bullmq {
+        match bullmq::Runner::find() {
+            Ok(r) => Some(r),
+            Err(why) => {
+                eprintln!("redq bench: BullMQ comparison skipped: {why}");
+                compare_skipped = Some(why);
+                None
+            }
+        }
+    } else {
+        None
+    };
+
+    // Collected per id, in first-seen order.
+    let mut order: Vec<Sample> = Vec::new();
+    let mut redq_vals: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    let mut bull_vals: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    let mut bullmq_version = None;
+
+    for rep in 0..opts.repeat {
+        if opts.repeat > 1 {
+            eprintln!(
+                "redq bench: repetition {} of {}: redq",
+                rep + 1,
+                opts.repeat
+            );
+        }
+        let samples = scenarios::run_all(&srv, opts, &letters).await?;
+        for s in samples {
+            if !order.iter().any(|o| o.id == s.id) {
+                order.push(s.clone());
+            }
+            redq_vals.entry(s.id.clone()).or_default().push(s.value);
+        }
+        if let Some(b) = &bull {
+            eprintln!(
+                "redq bench: repetition {} of {}: BullMQ",
+                rep + 1,
+                opts.repeat
+            );
+            srv.flush().await?;
+            let out = b.run(&srv.url, opts, &letters).await?;
+            bullmq_version = Some(out.version);
+            for (id, v) in out.values {
+                bull_vals.entry(id).or_default().push(v);
+            }
+            srv.flush().await?;
+        }
+    }
+
+    let rows = order
+        .into_iter()
+        .filter_map(|s| {
+            let redq = Stat::of(redq_vals.remove(&s.id).unwrap_or_default())?;
+            let bullmq = Stat::of(bull_vals.remove(&s.id).unwrap_or_default());
+            let ratio = bullmq
+                .as_ref()
+                .filter(|b| b.median != 0.0)
+                .map(|b| redq.median / b.median);
+            Some(Row {
+                id: s.id,
+                scenario: s.label,
+                unit: s.unit.into(),
+                better: s.better,
+                redq,
+                bullmq,
+                ratio,
+            })
+        })
+        .collect();
+
+    Ok(Report {
+        redis_server,
+        cpus: std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1),
+        jobs: opts.jobs,
+        repeat: opts.repeat,
+        scenarios: letters,
+        bullmq_version,
+        compare_skipped,
+        rows,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scenarios_parse_and_refuse_unknown_letters() {
+        assert_eq!(parse_scenarios("c, a,c").unwrap(), "ac");
+        assert!(parse_scenarios("a,z").is_err());
+        assert!(parse_scenarios("").is_err());
+    }
+
+    #[test]
+    fn median_and_range() {
+        let s = Stat::of(vec![3.0, 1.0, 2.0]).unwrap();
+        assert_eq!((s.median, s.min, s.max), (2.0, 1.0, 3.0));
+        assert_eq!(Stat::of(vec![1.0, 4.0]).unwrap().median, 2.5);
+    }
+
+    /// The one end-to-end smoke run CI does: 200 jobs, scenarios a and c.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn smoke_run_a_and_c() {
+        if std::process::Command::new("redis-server")
+            .arg("--version")
+            .output()
+            .is_err()
+        {
+            eprintln!("redis-server not installed; skipping");
+            return;
+        }
+        let opts = Options {
+            jobs: 200,
+            scenarios: "a,c".into(),
+            ..Options::default()
+        };
+        let report = run(&opts).await.unwrap();
+        let ids: Vec<&str> = report.rows.iter().map(|r| r.id.as_str()).collect();
+        assert_eq!(ids, ["a", "c50", "c200", "c50p", "c200p"]);
+        assert!(report.rows.iter().all(|r| r.redq.median > 0.0));
+    }
+}

@@ -1,0 +1,402 @@
+//! redq's side of the scenarios. Each starts on a flushed private server.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+
+use super::server::Private;
+use super::{Better, Options, Sample};
+use crate::config::{self, Config};
+use crate::daemon::{Counters, WorkerBuilder};
+use crate::error::{Error, Result};
+use crate::handler::{JobContext, Outcome};
+use crate::{Client, NewJob};
+
+const PRODUCERS: u64 = 50;
+const LATENCY_RATE: u64 = 1000;
+
+fn err(msg: impl Into<String>) -> Error {
+    Error::Config(format!("bench: {}", msg.into()))
+}
+
+fn per_sec(jobs: u64, took: Duration) -> f64 {
+    jobs as f64 / took.as_secs_f64().max(1e-9)
+}
+
+/// Runs the chosen scenarios once, in order a–f.
+pub async fn run_all(srv: &Private, opts: &Options, letters: &str) -> Result<Vec<Sample>> {
+    let mut out = Vec::new();
+    let n = opts.jobs;
+    if letters.contains('a') {
+        srv.flush().await?;
+        let took = enqueue_batches(&srv.url, "bench", n, false).await?;
+        out.push(Sample::new(
+            "a",
+            "enqueue, batches of 1000",
+            "jobs/s",
+            Better::Higher,
+            per_sec(n, took),
+        ));
+    }
+    if letters.contains('b') {
+        srv.flush().await?;
+        let took = enqueue_single(&srv.url, "bench", n).await?;
+        out.push(Sample::new(
+            "b",
+            format!("enqueue, single, {PRODUCERS} producers"),
+            "jobs/s",
+            Better::Higher,
+            per_sec(n, took),
+        ));
+    }
+    let mut rss_c200 = None;
+    if letters.contains('c') {
+        for prio in [false, true] {
+            for &c in &opts.concurrency {
+                srv.flush().await?;
+                enqueue_batches(&srv.url, "bench", n, prio).await?;
+                let measure = c == 200 && !prio && letters.contains('e');
+                let (took, rss) = process(&srv.url, "bench", n, c, measure).await?;
+                if measure {
+                    rss_c200 = rss;
+                }
+                let (id, label) = if prio {
+                    (
+                        format!("c{c}p"),
+                        format!("process, concurrency {c}, random priorities"),
+                    )
+                } else {
+                    (format!("c{c}"), format!("process, concurrency {c}"))
+                };
+                out.push(Sample::new(
+                    id,
+                    label,
+                    "jobs/s",
+                    Better::Higher,
+                    per_sec(n, took),
+                ));
+            }
+        }
+    }
+    if letters.contains('d') {
+        srv.flush().await?;
+        let lat = latency(&srv.url, opts.latency_secs).await?;
+        for (name, v) in [
+            ("p50", lat[0]),
+            ("p95", lat[1]),
+            ("p99", lat[2]),
+            ("max", lat[3]),
+        ] {
+            out.push(Sample::new(
+                format!("d_{name}"),
+                format!("latency {name}, enqueue → handler start, {LATENCY_RATE}/s"),
+                "ms",
+                Better::Lower,
+                v,
+            ));
+        }
+    }
+    if letters.contains('e') {
+        let rss = match rss_c200 {
+            Some(r) => Some(r),
+            None => {
+                srv.flush().await?;
+                enqueue_batches(&srv.url, "bench", n, false).await?;
+                process(&srv.url, "bench", n, 200, true).await?.1
+            }
+        };
+        if let Some(rss) = rss {
+            out.push(Sample::new(
+                "e_rss",
+                "peak RSS, whole bench process, processing at c200",
+                "MiB",
+                Better::Lower,
+                rss,
+            ));
+        }
+        srv.flush().await?;
+        let before = srv.info_u64("memory", "used_memory").await?;
+        enqueue_batches(&srv.url, "bench", n, true).await?;
+        let after = srv.info_u64("memory", "used_memory").await?;
+        let per_100k = after.saturating_sub(before) as f64 * 100_000.0 / n as f64;
+        out.push(Sample::new(
+            "e_mem",
+            "Redis used_memory per 100k waiting jobs, priorities",
+            "MiB",
+            Better::Lower,
+            per_100k / (1024.0 * 1024.0),
+        ));
+    }
+    if letters.contains('f') {
+        srv.flush().await?;
+        let (cmds, cpu) = idle(srv, opts.idle_secs).await?;
+        out.push(Sample::new(
+            "f_cmds",
+            "idle: Redis commands per second",
+            "cmd/s",
+            Better::Lower,
+            cmds,
+        ));
+        out.push(Sample::new(
+            "f_cpu",
+            "idle: CPU of the whole bench process",
+            "% core",
+            Better::Lower,
+            cpu,
+        ));
+    }
+    Ok(out)
+}
+
+/// (a) and the fill for (c) and (e): `jobs` small jobs, 1000 per call.
+async fn enqueue_batches(url: &str, queue: &str, jobs: u64, priorities: bool) -> Result<Duration> {
+    let client = Client::connect(url, "redq").await?;
+    let mut rng = rand::rng();
+    let started = Instant::now();
+    let mut i = 0;
+    while i < jobs {
+        let n = (jobs - i).min(1000);
+        let batch = (i..i + n)
+            .map(|k| {
+                let j = NewJob::new(&k)?;
+                Ok(if priorities {
+                    j.priority(rng.random_range(0..10))
+                } else {
+                    j
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        client.enqueue_many(queue, batch).await?;
+        i += n;
+    }
+    Ok(started.elapsed())
+}
+
+/// (b): 50 tasks sharing one client, each enqueueing its share one at a time.
+async fn enqueue_single(url: &str, queue: &str, jobs: u64) -> Result<Duration> {
+    let client = Arc::new(Client::connect(url, "redq").await?);
+    // Register the queue before the clock starts, like a warmed-up producer.
+    client.enqueue(queue, NewJob::new(&-1)?).await?;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for p in 0..PRODUCERS {
+        let client = client.clone();
+        let queue = queue.to_owned();
+        let share = jobs / PRODUCERS + u64::from(p < jobs % PRODUCERS);
+        tasks.push(tokio::spawn(async move {
+            for k in 0..share {
+                client
+                    .enqueue(&queue, NewJob::new(&(p * 1_000_000 + k))?)
+                    .await?;
+            }
+            Ok::<(), Error>(())
+        }));
+    }
+    for t in tasks {
+        t.await.map_err(|e| err(e.to_string()))??;
+    }
+    Ok(started.elapsed())
+}
+
+fn daemon_config(url: &str, queue: &str, concurrency: u32, noop: bool) -> Result<Config> {
+    let handler = if noop {
+        "handler = { builtin = \"noop\" }\n"
+    } else {
+        ""
+    };
+    // WorkerBuilder::start validates, knowing which queues have library handlers.
+    Ok(config::read_str(&format!(
+        "[redis]\nurl = \"{url}\"\n[daemon]\nlisten = \"127.0.0.1:0\"\n[queues.{queue}]\nconcurrency = {concurrency}\n{handler}"
+    ))?)
+}
+
+/// Resets the kernel's peak-RSS mark of this process (Linux ≥ 4.0).
+fn reset_peak_rss() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}
+
+/// VmHWM of this process, MiB.
+fn peak_rss_mib() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kb: f64 = s
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kb / 1024.0)
+}
+
+/// (c): starts a daemon with the no-op handler on pre-enqueued jobs and
+/// times it until every job's completion is recorded in Redis. With
+/// `measure_rss`, also returns the process's peak RSS over the run.
+async fn process(
+    url: &str,
+    queue: &str,
+    jobs: u64,
+    concurrency: u32,
+    measure_rss: bool,
+) -> Result<(Duration, Option<f64>)> {
+    let cfg = daemon_config(url, queue, concurrency, true)?;
+    let reset = measure_rss && reset_peak_rss();
+    let started = Instant::now();
+    let daemon = WorkerBuilder::new(cfg).start().await?;
+    let handle = daemon.handle();
+    let counters = daemon.counters();
+    let run = tokio::spawn(daemon.run());
+    let mut last = (0, Instant::now());
+    loop {
+        let done = Counters::get(&counters.succeeded);
+        if done >= jobs {
+            break;
+        }
+        if done != last.0 {
+            last = (done, Instant::now());
+        } else if last.1.elapsed() > Duration::from_secs(30) {
+            handle.shutdown();
+            return Err(err(format!("processing stalled at {done} of {jobs} jobs")));
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let took = started.elapsed();
+    let rss = if reset { peak_rss_mib() } else { None };
+    handle.shutdown();
+    let _ = run.await;
+    let client = Client::connect(url, "redq").await?;
+    let s = client.stats(&[queue.to_owned()]).await?;
+    let left = s
+        .first()
+        .map(|s| s.pending + s.active + s.scheduled)
+        .unwrap_or(0);
+    let done = Counters::get(&counters.succeeded);
+    if left != 0 || done != jobs {
+        return Err(err(format!(
+            "lost track: {done} of {jobs} jobs succeeded, {left} left in the queue"
+        )));
+    }
+    Ok((took, rss))
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// (d): a running, idle daemon with a library handler that records when it
+/// starts; jobs are enqueued at a steady rate, each stamped just before its
+/// enqueue call on the same clock. Returns p50, p95, p99, max in ms.
+async fn latency(url: &str, secs: f64) -> Result<[f64; 4]> {
+    let queue = "latency";
+    let total = ((secs * LATENCY_RATE as f64).round() as usize).max(1);
+    let base = Instant::now();
+    let started: Arc<Vec<AtomicU64>> = Arc::new((0..total).map(|_| AtomicU64::new(0)).collect());
+    let seen = Arc::new(AtomicU64::new(0));
+    let handler = {
+        let started = started.clone();
+        let seen = seen.clone();
+        move |job: JobContext| {
+            let at = base.elapsed().as_nanos() as u64;
+            if let Ok(i) = job.payload.get().parse::<usize>() {
+                if let Some(slot) = started.get(i) {
+                    slot.store(at.max(1), Ordering::Relaxed);
+                    seen.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            async { Outcome::Done { result: None } }
+        }
+    };
+    let cfg = daemon_config(url, queue, 50, false)?;
+    let client = Arc::new(Client::connect(url, "redq").await?);
+    // Warm up: registers the queue, so every timed call is a plain enqueue
+    // (the handler ignores this job's payload).
+    client.enqueue(queue, NewJob::new(&-1)?).await?;
+    let daemon = WorkerBuilder::new(cfg)
+        .handler(queue, handler)
+        .start()
+        .await?;
+    let handle = daemon.handle();
+    let run = tokio::spawn(daemon.run());
+    // Let the daemon settle into idle (blocked waiting for work).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let enqueued: Arc<Vec<AtomicU64>> = Arc::new((0..total).map(|_| AtomicU64::new(0)).collect());
+    let failures = Arc::new(AtomicU64::new(0));
+    let mut tick = tokio::time::interval(Duration::from_nanos(1_000_000_000 / LATENCY_RATE));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    for i in 0..total {
+        tick.tick().await;
+        let job = NewJob::new(&i)?;
+        let client = client.clone();
+        let enqueued = enqueued.clone();
+        let failures = failures.clone();
+        tokio::spawn(async move {
+            enqueued[i].store(base.elapsed().as_nanos() as u64, Ordering::Relaxed);
+            if client.enqueue(queue, job).await.is_err() {
+                failures.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while (seen.load(Ordering::Relaxed) as usize) < total && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    handle.shutdown();
+    let _ = run.await;
+    let fails = failures.load(Ordering::Relaxed);
+    let got = seen.load(Ordering::Relaxed) as usize;
+    if fails > 0 || got < total {
+        return Err(err(format!(
+            "latency: {got} of {total} jobs started, {fails} enqueues failed"
+        )));
+    }
+    let mut ms: Vec<f64> = (0..total)
+        .map(|i| {
+            let s = started[i].load(Ordering::Relaxed) as f64;
+            let e = enqueued[i].load(Ordering::Relaxed) as f64;
+            (s - e).max(0.0) / 1e6
+        })
+        .collect();
+    ms.sort_by(f64::total_cmp);
+    Ok([
+        percentile(&ms, 50.0),
+        percentile(&ms, 95.0),
+        percentile(&ms, 99.0),
+        *ms.last().unwrap_or(&f64::NAN),
+    ])
+}
+
+fn cpu_seconds() -> f64 {
+    // SAFETY: getrusage only writes into the struct we hand it.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) } != 0 {
+        return f64::NAN;
+    }
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+/// (f): an idle daemon on empty queues; Redis commands per second (less
+/// the one INFO that reads the counter) and this process's CPU share.
+async fn idle(srv: &Private, secs: f64) -> Result<(f64, f64)> {
+    let cfg = daemon_config(&srv.url, "idle", 50, true)?;
+    let daemon = WorkerBuilder::new(cfg).start().await?;
+    let handle = daemon.handle();
+    let run = tokio::spawn(daemon.run());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let c0 = srv.info_u64("stats", "total_commands_processed").await?;
+    let (t0, cpu0) = (Instant::now(), cpu_seconds());
+    tokio::time::sleep(Duration::from_secs_f64(secs.max(0.1))).await;
+    let (wall, cpu1) = (t0.elapsed().as_secs_f64(), cpu_seconds());
+    let c1 = srv.info_u64("stats", "total_commands_processed").await?;
+    handle.shutdown();
+    let _ = run.await;
+    let cmds = c1.saturating_sub(c0).saturating_sub(1) as f64 / wall;
+    Ok((cmds, (cpu1 - cpu0) / wall * 100.0))
+}
