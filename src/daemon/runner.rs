@@ -145,54 +145,37 @@ async fn run_inner(
     } else {
         rt.cfg.max_attempts
     };
-    let report = match outcome {
+    // A failed attempt is retried after a delay, or buried (`None`).
+    let (retry_in, error) = match outcome {
         Outcome::Done { result } => {
             tracing::debug!(
                 elapsed_ms = started.elapsed().as_millis() as u64,
                 "succeeded"
             );
-            Report::Complete {
+            rt.writer.send(Report::Complete {
                 id,
                 token,
                 unique,
                 result,
                 spent,
-            }
+            });
+            return true;
         }
         Outcome::Dead { error } => {
             tracing::warn!(%error, "failed for good; moving it to the dead set");
-            Report::Fail {
-                id,
-                token,
-                retry_in: None,
-                error,
-                unique,
-                spent: Some(spent),
-            }
+            (None, error)
         }
         Outcome::Fail { error } | Outcome::Retry { error, .. } if job.attempt >= max_attempts => {
             tracing::warn!(%error, "failed on the last attempt ({max_attempts}); moving it to the dead set");
-            let error = format!("attempt {} of {max_attempts}: {error}", job.attempt);
-            Report::Fail {
-                id,
-                token,
-                retry_in: None,
-                error,
-                unique,
-                spent: Some(spent),
-            }
+            (
+                None,
+                format!("attempt {} of {max_attempts}: {error}", job.attempt),
+            )
         }
         Outcome::Fail { error } => {
             let delay = backoff::delay(&rt.cfg.backoff, job.attempt);
             tracing::info!(%error, retry_in_ms = delay.as_millis() as u64, "failed; will retry");
-            Report::Fail {
-                id,
-                token,
-                retry_in: Some(delay),
-                error,
-                unique,
-                spent: Some(spent),
-            }
+            (Some(delay), error)
         }
         Outcome::Retry { after, error } => {
             let delay = if after.is_zero() {
@@ -201,15 +184,16 @@ async fn run_inner(
                 after
             };
             tracing::info!(%error, retry_in_ms = delay.as_millis() as u64, "asked to retry later");
-            Report::Fail {
-                id,
-                token,
-                retry_in: Some(delay),
-                error,
-                unique,
-                spent: Some(spent),
-            }
+            (Some(delay), error)
         }
+    };
+    let report = Report::Fail {
+        id,
+        token,
+        retry_in,
+        error,
+        unique,
+        spent: Some(spent),
     };
     rt.writer.send(report);
     true
