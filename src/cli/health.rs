@@ -10,21 +10,13 @@ use serde_json::{json, Value};
 use crate::cli::{Target, EXIT_UNAVAILABLE};
 use crate::daemon::heartbeat::{self, DaemonInfo};
 use crate::error::Error;
-use crate::store::Store;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub async fn run(target: &Target, json: bool, max_age: Duration) -> u8 {
     let max_age_ms = i64::try_from(max_age.as_millis()).unwrap_or(i64::MAX);
-    let store = match Store::connect_with(
-        &target.url,
-        &target.prefix,
-        CONNECT_TIMEOUT,
-        COMMAND_TIMEOUT,
-    )
-    .await
-    {
+    let store = match target.store(CONNECT_TIMEOUT, COMMAND_TIMEOUT).await {
         Ok(s) => s,
         Err(e) => return redis_failed(json, max_age_ms, &e),
     };

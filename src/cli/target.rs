@@ -39,6 +39,15 @@ struct LenientRedis {
 }
 
 impl Target {
+    /// Connects to the target Redis with these connect and command time-outs.
+    pub async fn store(
+        &self,
+        connect: std::time::Duration,
+        command: std::time::Duration,
+    ) -> Result<crate::store::Store> {
+        crate::store::Store::connect_with(&self.url, &self.prefix, connect, command).await
+    }
+
     pub fn resolve(
         config: Option<&Path>,
         url: Option<&str>,

@@ -24,7 +24,6 @@ use tokio::signal::unix::{signal, SignalKind};
 use crate::cli::{Target, EXIT_UNAVAILABLE};
 use crate::error::Error;
 use crate::keys::QueueKeys;
-use crate::store::Store;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
@@ -103,14 +102,7 @@ impl Event {
 }
 
 pub async fn run(target: &Target, queue: &str, json: bool, from_start: bool) -> u8 {
-    let store = match Store::connect_with(
-        &target.url,
-        &target.prefix,
-        CONNECT_TIMEOUT,
-        COMMAND_TIMEOUT,
-    )
-    .await
-    {
+    let store = match target.store(CONNECT_TIMEOUT, COMMAND_TIMEOUT).await {
         Ok(s) => s,
         Err(e) => return failed(&e),
     };
