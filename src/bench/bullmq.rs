@@ -64,7 +64,7 @@ impl Runner {
             .join(",");
         let letters = letters
             .chars()
-            .filter(|c| *c != 'f')
+            .filter(|c| !matches!(c, 'f' | 'g'))
             .map(String::from)
             .collect::<Vec<_>>()
             .join(",");

@@ -13,7 +13,9 @@
 //!   concurrency 200, and Redis `used_memory` per 100k waiting jobs with
 //!   priorities;
 //! - `f` idle: Redis commands per second and the process's CPU with an idle
-//!   daemon and empty queues.
+//!   daemon and empty queues;
+//! - `g` two daemons (in this process, each with its own connections) on
+//!   one queue against one daemon, at the highest `--concurrency`.
 //!
 //! With `--repeat R` every scenario runs R times (alternating redq and
 //! BullMQ runs under `--compare bullmq`) and the table shows medians with
@@ -141,7 +143,7 @@ pub struct Options {
     /// Concurrencies for scenario c.
     pub concurrency: Vec<u32>,
     pub repeat: u32,
-    /// Scenario letters, a–f.
+    /// Scenario letters, a–g.
     pub scenarios: String,
     /// How long scenario d enqueues at 1000 jobs/s.
     pub latency_secs: f64,
@@ -157,7 +159,7 @@ impl Default for Options {
             jobs: 100_000,
             concurrency: vec![50, 200],
             repeat: 1,
-            scenarios: "a,b,c,d,e,f".into(),
+            scenarios: "a,b,c,d,e,f,g".into(),
             latency_secs: 10.0,
             idle_secs: 5.0,
             compare_bullmq: false,
@@ -170,14 +172,14 @@ pub fn parse_scenarios(list: &str) -> Result<String> {
     let mut out = String::new();
     for part in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
         match part {
-            "a" | "b" | "c" | "d" | "e" | "f" => {
+            "a" | "b" | "c" | "d" | "e" | "f" | "g" => {
                 if !out.contains(part) {
                     out.push_str(part)
                 }
             }
             other => {
                 return Err(Error::Config(format!(
-                "--scenarios: unknown scenario {other:?} (expected letters a–f, comma-separated)"
+                "--scenarios: unknown scenario {other:?} (expected letters a–g, comma-separated)"
             )))
             }
         }

@@ -25,7 +25,7 @@ fn per_sec(jobs: u64, took: Duration) -> f64 {
     jobs as f64 / took.as_secs_f64().max(1e-9)
 }
 
-/// Runs the chosen scenarios once, in order a–f.
+/// Runs the chosen scenarios once, in order a–g.
 pub async fn run_all(srv: &Private, opts: &Options, letters: &str) -> Result<Vec<Sample>> {
     let mut out = Vec::new();
     let n = opts.jobs;
@@ -58,9 +58,9 @@ pub async fn run_all(srv: &Private, opts: &Options, letters: &str) -> Result<Vec
                 srv.flush().await?;
                 enqueue_batches(&srv.url, "bench", n, prio).await?;
                 let measure = c == 200 && !prio && letters.contains('e');
-                let (took, rss) = process(&srv.url, "bench", n, c, measure).await?;
+                let run = process(srv, "bench", n, c, 1, measure).await?;
                 if measure {
-                    rss_c200 = rss;
+                    rss_c200 = run.rss;
                 }
                 let (id, label) = if prio {
                     (
@@ -71,13 +71,35 @@ pub async fn run_all(srv: &Private, opts: &Options, letters: &str) -> Result<Vec
                     (format!("c{c}"), format!("process, concurrency {c}"))
                 };
                 out.push(Sample::new(
-                    id,
+                    id.clone(),
                     label,
                     "jobs/s",
                     Better::Higher,
-                    per_sec(n, took),
+                    per_sec(n, run.took),
+                ));
+                out.push(Sample::new(
+                    format!("{id}_rcpu"),
+                    format!("  Redis CPU per job, {id}"),
+                    "µs",
+                    Better::Lower,
+                    run.redis_us_per_job,
                 ));
             }
+        }
+    }
+    if letters.contains('g') {
+        let c = opts.concurrency.iter().copied().max().unwrap_or(200);
+        for daemons in [1, 2] {
+            srv.flush().await?;
+            enqueue_batches(&srv.url, "bench", n, false).await?;
+            let run = process(srv, "bench", n, c, daemons, false).await?;
+            out.push(Sample::new(
+                format!("g{daemons}"),
+                format!("process, {daemons} daemon(s) × concurrency {c}"),
+                "jobs/s",
+                Better::Higher,
+                per_sec(n, run.took),
+            ));
         }
     }
     if letters.contains('d') {
@@ -104,7 +126,7 @@ pub async fn run_all(srv: &Private, opts: &Options, letters: &str) -> Result<Vec
             None => {
                 srv.flush().await?;
                 enqueue_batches(&srv.url, "bench", n, false).await?;
-                process(&srv.url, "bench", n, 200, true).await?.1
+                process(srv, "bench", n, 200, 1, true).await?.rss
             }
         };
         if let Some(rss) = rss {
@@ -231,54 +253,114 @@ fn peak_rss_mib() -> Option<f64> {
     Some(kb / 1024.0)
 }
 
-/// (c): starts a daemon with the no-op handler on pre-enqueued jobs and
-/// times it until every job's completion is recorded in Redis. With
-/// `measure_rss`, also returns the process's peak RSS over the run.
+/// What one processing run measured.
+struct Processed {
+    took: Duration,
+    /// Peak RSS of this process over the run (with `measure_rss`).
+    rss: Option<f64>,
+    /// Redis CPU (user + sys of the server) per processed job, µs.
+    redis_us_per_job: f64,
+}
+
+/// Redis's own CPU seconds so far (user + sys, `INFO cpu`).
+async fn redis_cpu(srv: &Private) -> Result<f64> {
+    let user: f64 = srv
+        .info_field("cpu", "used_cpu_user")
+        .await?
+        .parse()
+        .unwrap_or(f64::NAN);
+    let sys: f64 = srv
+        .info_field("cpu", "used_cpu_sys")
+        .await?
+        .parse()
+        .unwrap_or(f64::NAN);
+    Ok(user + sys)
+}
+
+/// (c), (g): starts `daemons` daemons with the no-op handler on pre-enqueued
+/// jobs and times them until every job's completion is recorded in Redis.
+/// With `measure_rss`, also returns the process's peak RSS over the run.
+/// With `REDQ_BENCH_PROFILE` set, prints Redis's `INFO commandstats` for the
+/// run to stderr.
 async fn process(
-    url: &str,
+    srv: &Private,
     queue: &str,
     jobs: u64,
     concurrency: u32,
+    daemons: usize,
     measure_rss: bool,
-) -> Result<(Duration, Option<f64>)> {
+) -> Result<Processed> {
+    let url = srv.url.as_str();
     let cfg = daemon_config(url, queue, concurrency, true)?;
+    let profile = std::env::var_os("REDQ_BENCH_PROFILE").is_some();
+    if profile {
+        srv.reset_stats().await?;
+    }
+    let cpu0 = redis_cpu(srv).await?;
     let reset = measure_rss && reset_peak_rss();
     let started = Instant::now();
-    let daemon = WorkerBuilder::new(cfg).start().await?;
-    let handle = daemon.handle();
-    let counters = daemon.counters();
-    let run = tokio::spawn(daemon.run());
+    let mut running = Vec::new();
+    for _ in 0..daemons.max(1) {
+        let daemon = WorkerBuilder::new(cfg.clone()).start().await?;
+        let handle = daemon.handle();
+        let counters = daemon.counters();
+        running.push((handle, counters, tokio::spawn(daemon.run())));
+    }
+    let succeeded = |running: &[(_, Arc<Counters>, _)]| -> u64 {
+        running
+            .iter()
+            .map(|(_, c, _)| Counters::get(&c.succeeded))
+            .sum()
+    };
     let mut last = (0, Instant::now());
     loop {
-        let done = Counters::get(&counters.succeeded);
+        let done = succeeded(&running);
         if done >= jobs {
             break;
         }
         if done != last.0 {
             last = (done, Instant::now());
         } else if last.1.elapsed() > Duration::from_secs(30) {
-            handle.shutdown();
+            for (h, _, _) in &running {
+                h.shutdown();
+            }
             return Err(err(format!("processing stalled at {done} of {jobs} jobs")));
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     let took = started.elapsed();
+    let cpu1 = redis_cpu(srv).await?;
     let rss = if reset { peak_rss_mib() } else { None };
-    handle.shutdown();
-    let _ = run.await;
+    if profile {
+        eprintln!(
+            "redq bench: profile, {jobs} jobs, concurrency {concurrency}, {daemons} daemon(s), {:.1} µs Redis CPU per job\n{}",
+            (cpu1 - cpu0) * 1e6 / jobs as f64,
+            srv.commandstats().await?
+        );
+    }
+    for (h, _, _) in &running {
+        h.shutdown();
+    }
+    let done = succeeded(&running);
+    for (_, _, run) in running {
+        let _ = run.await;
+    }
     let client = Client::connect(url, "redq").await?;
     let s = client.stats(&[queue.to_owned()]).await?;
     let left = s
         .first()
         .map(|s| s.pending + s.active + s.scheduled)
         .unwrap_or(0);
-    let done = Counters::get(&counters.succeeded);
     if left != 0 || done != jobs {
         return Err(err(format!(
             "lost track: {done} of {jobs} jobs succeeded, {left} left in the queue"
         )));
     }
-    Ok((took, rss))
+    Ok(Processed {
+        took,
+        rss,
+        redis_us_per_job: (cpu1 - cpu0) * 1e6 / jobs as f64,
+    })
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {

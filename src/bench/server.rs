@@ -42,6 +42,20 @@ impl Private {
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
             .args(["--maxmemory-policy", "noeviction"])
+            // Extra server settings for experiments, e.g. "hash-max-listpack-entries 0".
+            .args(
+                std::env::var("REDQ_BENCH_REDIS_ARGS")
+                    .unwrap_or_default()
+                    .split_whitespace()
+                    .enumerate()
+                    .map(|(i, a)| {
+                        if i % 2 == 0 {
+                            format!("--{a}")
+                        } else {
+                            a.to_owned()
+                        }
+                    }),
+            )
             .arg("--dir")
             .arg(&dir)
             .stdout(Stdio::null())
@@ -110,6 +124,35 @@ impl Private {
             .await?
             .parse()
             .map_err(|e| cfg_err(format!("INFO {field}: {e}")))
+    }
+
+    /// Zeroes Redis's command statistics (`CONFIG RESETSTAT`).
+    pub async fn reset_stats(&self) -> Result<()> {
+        let mut con = self.con();
+        redis::cmd("CONFIG")
+            .arg("RESETSTAT")
+            .query_async::<()>(&mut con)
+            .await
+            .map_err(cfg_err)
+    }
+
+    /// `INFO commandstats`, one line per command, busiest first.
+    pub async fn commandstats(&self) -> Result<String> {
+        let mut con = self.con();
+        let text: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query_async(&mut con)
+            .await
+            .map_err(cfg_err)?;
+        let usec = |l: &str| -> u64 {
+            l.split(',')
+                .find_map(|f| f.strip_prefix("usec="))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        };
+        let mut lines: Vec<&str> = text.lines().filter(|l| l.starts_with("cmdstat_")).collect();
+        lines.sort_by_key(|l| std::cmp::Reverse(usec(l)));
+        Ok(lines.join("\n"))
     }
 
     pub async fn version(&self) -> Result<String> {

@@ -63,8 +63,8 @@ pub enum Command {
         #[arg(long, default_value_t = 1)]
         repeat: u32,
         /// Scenarios to run, comma-separated: a batch enqueue, b single enqueue,
-        /// c process, d latency, e memory, f idle
-        #[arg(long, default_value = "a,b,c,d,e,f")]
+        /// c process, d latency, e memory, f idle, g two daemons
+        #[arg(long, default_value = "a,b,c,d,e,f,g")]
         scenarios: String,
         /// How long the latency scenario enqueues at 1000 jobs/s
         #[arg(long, default_value_t = 10.0)]
