@@ -63,6 +63,8 @@ pub struct JobInfo {
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct QueueStats {
     pub queue: String,
+    /// Ready to run: in `pending`, or parked behind a full group or a
+    /// tenant's rate limit.
     pub pending: u64,
     pub scheduled: u64,
     pub active: u64,
@@ -184,9 +186,10 @@ pub async fn jobs(
             (_, _, Some(_), ..) => JobState::Scheduled,
             (_, _, _, Some(_), _) => JobState::Dead,
             (.., Some(_)) => JobState::Succeeded,
-            // Parked: popped while its group was at `group_concurrency`, it
-            // waits (in `parked`, not by id) to go back to `pending`.
-            _ if stored.doc.group.is_some() => JobState::Pending,
+            // Parked: popped while its group was at `group_concurrency` or its
+            // tenant at its rate limit, it waits (in `parked` or
+            // `tenant_parked`, not by id) to go back to `pending`.
+            _ if stored.doc.group.is_some() || stored.doc.tenant.is_some() => JobState::Pending,
             // States change only inside scripts, which an atomic read cannot
             // split: a record with no state is left over from foreign writes.
             _ => {
@@ -236,6 +239,8 @@ pub async fn stats(store: &Store, queues: &[QueueKeys]) -> Result<Vec<QueueStats
     let mut pipe = redis::pipe();
     for q in queues {
         pipe.zcard(q.pending())
+            .zcard(q.parked())
+            .zcard(q.tenant_parked())
             .zcard(q.scheduled())
             .zcard(q.active())
             .zcard(q.dead())
@@ -247,19 +252,20 @@ pub async fn stats(store: &Store, queues: &[QueueKeys]) -> Result<Vec<QueueStats
     let counts: Vec<u64> = pipe.query_async(&mut store.connection()).await?;
     Ok(queues
         .iter()
-        .zip(counts.chunks(8))
+        .zip(counts.chunks(10))
         .map(|(q, c)| {
             let n = |i: usize| c.get(i).copied().unwrap_or(0);
             QueueStats {
                 queue: q.queue().to_owned(),
-                pending: n(0),
-                scheduled: n(1),
-                active: n(2),
-                dead: n(3),
-                succeeded: n(4),
-                inbox: n(5),
-                rejected: n(6),
-                paused: n(7) == 1,
+                // Parked jobs (full group, tenant over its limit) wait too.
+                pending: n(0) + n(1) + n(2),
+                scheduled: n(3),
+                active: n(4),
+                dead: n(5),
+                succeeded: n(6),
+                inbox: n(7),
+                rejected: n(8),
+                paused: n(9) == 1,
                 last_minute: None,
             }
         })

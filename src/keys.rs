@@ -17,7 +17,7 @@ pub const DEFAULT_PREFIX: &str = "redq";
 pub const MAX_NAME_LEN: usize = 128;
 
 /// The parts of a queue's keyspace, in the order scripts receive them as `KEYS[1..]`.
-pub const PARTS: [&str; 20] = [
+pub const PARTS: [&str; 23] = [
     "jobs",      // HASH  id -> stored job record (see job::StoredJob)
     "pending",   // ZSET  id -> priority/FIFO score
     "scheduled", // ZSET  id -> due time (Redis ms)
@@ -29,16 +29,20 @@ pub const PARTS: [&str; 20] = [
     "results",   // HASH  id -> result text (only when retention keeps them)
     "unique",    // HASH  unique_key -> id of the live job holding it
     "meta",      // HASH  seq, fence, paused, max_doc_bytes, events (stream cap; absent = off),
-    //                 rate_jobs, rate_per_ms, group_limit (absent = no limit), parking (jobs may be parked)
-    "inbox",     // LIST  raw job documents pushed by any client (LPUSH)
-    "rejected",  // LIST  inbox documents refused, with the reason
-    "wake",      // LIST  wake-up marker for idle daemons (at most one element)
-    "resources", // HASH  id -> resources JSON of the latest command run (handler::Resources)
-    "events",    // STREAM lifecycle events, only when meta `events` is set (capped, MAXLEN ~)
-    "claims",    // ZSET  fencing token -> claim time (Redis ms): the rate limit's sliding window
+    //                 rate_jobs, rate_per_ms, group_limit (absent = no limit), parking (jobs may be parked),
+    //                 tenant_rate ("<jobs>,<per_ms>,<overrides 0|1>"; absent = no tenant limits)
+    "inbox",         // LIST  raw job documents pushed by any client (LPUSH)
+    "rejected",      // LIST  inbox documents refused, with the reason
+    "wake",          // LIST  wake-up marker for idle daemons (at most one element)
+    "resources",     // HASH  id -> resources JSON of the latest command run (handler::Resources)
+    "events",        // STREAM lifecycle events, only when meta `events` is set (capped, MAXLEN ~)
+    "claims", // ZSET  fencing token -> claim time (Redis ms): the rate limit's sliding window
     "parked", // ZSET  "<len>:<group>:<pending score>:<id>" (all scores 0): jobs whose group was full
     "groups", // HASH  group -> jobs of the group now active (group_concurrency)
     "holders", // HASH  id -> group, for each active job counted in `groups`
+    "tenant_limits", // HASH  tenant -> "<jobs>,<per_ms>": per-tenant overrides of meta `tenant_rate`
+    "tenant_parked", // ZSET  "<len>:<tenant>:<pending score>:<id>" (all scores 0): jobs whose tenant had no room
+    "tenant_due", // ZSET  tenant -> Redis ms when it has room again, for each tenant with parked jobs
 ];
 
 /// True when `name` is 1–128 characters from `A-Z a-z 0-9 _ . - :`.
@@ -202,6 +206,24 @@ impl QueueKeys {
     }
     pub fn holders(&self) -> &str {
         self.part("holders")
+    }
+    pub fn tenant_limits(&self) -> &str {
+        self.part("tenant_limits")
+    }
+    pub fn tenant_parked(&self) -> &str {
+        self.part("tenant_parked")
+    }
+    pub fn tenant_due(&self) -> &str {
+        self.part("tenant_due")
+    }
+
+    /// `<prefix>:{<queue>}:claims:<tenant>`: a ZSET, fencing token -> claim
+    /// time (Redis ms), one tenant's rate window. claim.lua derives it from
+    /// the `claims` key it is given (same hash tag, same Cluster slot) and
+    /// lets it expire one window after the tenant's last claim; not one of
+    /// [`PARTS`].
+    pub fn tenant_claims(&self, tenant: &str) -> String {
+        format!("{}:{tenant}", self.claims())
     }
 
     /// `<prefix>:{<queue>}:cron`: a HASH, `[[cron]]` entry key -> last tick

@@ -66,6 +66,17 @@ pub struct Claimed {
     pub jobs: Vec<ClaimedJob>,
 }
 
+/// A queue's per-tenant rate limits: at most `jobs` claims per window of
+/// `per` for each job `tenant`, over all daemons.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TenantLimits {
+    /// The limit of every tenant without an override; `None`: only the
+    /// tenants in `overrides` are limited.
+    pub default: Option<(u32, Duration)>,
+    /// (tenant, (jobs, per)): limits that replace the default for one tenant.
+    pub overrides: Vec<(String, (u32, Duration))>,
+}
+
 /// How many finished jobs a queue keeps, and for how long (0 = no age limit).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Retention {
@@ -444,6 +455,21 @@ impl Store {
         Ok(())
     }
 
+    /// Sets (or, with `None`, lifts) a queue's per-tenant rate limits, as the
+    /// daemon does at start and reload; atomic, so no claim sees half of them.
+    /// Jobs parked by a lifted limit come back at their tenant's due time.
+    pub async fn set_tenant_limits(
+        &self,
+        q: &QueueKeys,
+        tenants: Option<&TenantLimits>,
+    ) -> Result<()> {
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        tenant_limits_into(&mut pipe, q, tenants);
+        pipe.query_async::<()>(&mut self.con.clone()).await?;
+        Ok(())
+    }
+
     /// Stops every daemon from claiming jobs of this queue; enqueues still work.
     pub async fn pause(&self, q: &QueueKeys) -> Result<()> {
         redis::cmd("HSET")
@@ -496,6 +522,34 @@ pub(crate) fn limits_into(
         Some(n) => pipe.hset(meta, "group_limit", n).ignore(),
         None => pipe.hdel(meta, "group_limit").ignore(),
     };
+}
+
+/// Adds the commands that write a queue's per-tenant limits (read by
+/// claim.lua) to `pipe`: the default and an "overrides exist" flag in the
+/// meta field `tenant_rate`, the overrides in `tenant_limits`, replaced whole.
+/// Make `pipe` atomic so a claim never sees the hash between DEL and HSET.
+pub(crate) fn tenant_limits_into(
+    pipe: &mut redis::Pipeline,
+    q: &QueueKeys,
+    tenants: Option<&TenantLimits>,
+) {
+    pipe.del(q.tenant_limits()).ignore();
+    let Some(t) = tenants else {
+        pipe.hdel(q.meta(), "tenant_rate").ignore();
+        return;
+    };
+    let (jobs, per) = t.default.map_or((0, 0), |(j, p)| (j, ms(p).max(1)));
+    let fields: Vec<(&str, String)> = t
+        .overrides
+        .iter()
+        .map(|(name, (j, p))| (name.as_str(), format!("{j},{}", ms(*p).max(1))))
+        .collect();
+    if !fields.is_empty() {
+        pipe.hset_multiple(q.tenant_limits(), &fields).ignore();
+    }
+    let flag = u8::from(!fields.is_empty());
+    pipe.hset(q.meta(), "tenant_rate", format!("{jobs},{per},{flag}"))
+        .ignore();
 }
 
 fn array(v: Value, context: &'static str) -> Result<Vec<Value>> {

@@ -1,5 +1,5 @@
-//! Limits across daemons: the queue rate limit (a sliding window) and group
-//! concurrency, enforced by the claim script. First their contracts through
+//! Limits across daemons: the queue rate limit (a sliding window), per-tenant
+//! rate limits and group concurrency, enforced by the claim script. First their contracts through
 //! the store, then two and three embedded daemons at once against one
 //! private Redis, with library handlers keeping their own records.
 //!
@@ -16,7 +16,7 @@ use std::time::Duration;
 use common::{within, RedisServer};
 use redq::config::{self, Config};
 use redq::daemon::{Counters, DaemonHandle, WorkerBuilder};
-use redq::store::{Completion, Retention};
+use redq::store::{Completion, Retention, TenantLimits};
 use redq::{JobContext, NewJob, Outcome};
 use tokio::sync::{mpsc, Semaphore};
 use tokio::time::Instant;
@@ -33,6 +33,10 @@ const DEAD: Retention = Retention {
 
 fn job(n: i64) -> NewJob {
     NewJob::new(&n).unwrap()
+}
+
+fn ids(jobs: &[redq::store::ClaimedJob]) -> Vec<&str> {
+    jobs.iter().map(|j| j.id.as_str()).collect()
 }
 
 fn payload_n(ctx: &JobContext) -> i64 {
@@ -221,6 +225,153 @@ async fn a_full_group_parks_its_jobs_and_others_run_past_them() {
     let ids: Vec<&str> = last.jobs.iter().map(|j| j.id.as_str()).collect();
     assert_eq!(ids, ["a3"]);
     assert_eq!(zcard(&redis, q.parked()).await, 0);
+}
+
+#[tokio::test]
+async fn a_tenant_over_its_limit_is_parked_and_other_tenants_run_past_it() {
+    let redis = RedisServer::start();
+    let client = redis.client().await;
+    let store = client.store();
+    let q = store.queue("q").unwrap();
+    // Only `a` is limited: 2 per minute; `b` is not.
+    let limits = TenantLimits {
+        default: None,
+        overrides: vec![("a".to_owned(), (2, Duration::from_secs(60)))],
+    };
+    store.set_tenant_limits(&q, Some(&limits)).await.unwrap();
+    let mut jobs: Vec<NewJob> = (0..10)
+        .map(|n| job(n).tenant("a").id(format!("a{n}")))
+        .collect();
+    jobs.extend((0..10).map(|n| job(100 + n).tenant("b").id(format!("b{n}"))));
+    client.enqueue_many("q", jobs).await.unwrap();
+
+    // a's ten are first in line: two fit its window, eight are parked, and
+    // the claim pops on to fill its slots with b's.
+    let got = store.claim(&q, 10, LEASE, 0, 0).await.unwrap();
+    assert_eq!(
+        ids(&got.jobs),
+        ["a0", "a1", "b0", "b1", "b2", "b3", "b4", "b5", "b6", "b7"]
+    );
+    assert!(got.jobs.iter().all(|j| j.attempt == 1));
+    assert!(!got.throttled, "the queue itself is not rate limited");
+    assert_eq!(
+        got.next_due_ms,
+        Some(got.now_ms + 60_000),
+        "a's room returns"
+    );
+    assert_eq!(zcard(&redis, q.tenant_parked()).await, 8);
+    assert_eq!(zcard(&redis, q.pending()).await, 2);
+    // A parked job is waiting to its readers, with no attempt spent.
+    let a5 = client.job("q", "a5").await.unwrap().unwrap();
+    assert_eq!(a5.state, redq::inspect::JobState::Pending);
+    assert_eq!(a5.attempts, 0);
+    let stats = client.stats(&["q".to_owned()]).await.unwrap();
+    assert_eq!(stats[0].pending, 10, "parked jobs count as waiting");
+
+    // b's last two; a stays parked and the answer says when it has room.
+    let next = store.claim(&q, 10, LEASE, 0, 0).await.unwrap();
+    assert_eq!(ids(&next.jobs), ["b8", "b9"]);
+    assert_eq!(next.next_due_ms, Some(got.now_ms + 60_000));
+    let empty = store.claim(&q, 10, LEASE, 0, 0).await.unwrap();
+    assert!(empty.jobs.is_empty());
+    assert_eq!(empty.next_due_ms, Some(got.now_ms + 60_000));
+
+    // Lifting the limits: a's parked jobs run at once, in order, first attempt.
+    store.set_tenant_limits(&q, None).await.unwrap();
+    let rest = store.claim(&q, 10, LEASE, 0, 0).await.unwrap();
+    assert_eq!(
+        ids(&rest.jobs),
+        ["a2", "a3", "a4", "a5", "a6", "a7", "a8", "a9"]
+    );
+    assert!(rest.jobs.iter().all(|j| j.attempt == 1));
+    assert_eq!(rest.next_due_ms, None);
+    assert_eq!(zcard(&redis, q.tenant_parked()).await, 0);
+    assert_eq!(zcard(&redis, q.tenant_due()).await, 0);
+}
+
+#[tokio::test]
+async fn a_tenant_override_beats_the_default_and_untenanted_jobs_are_free() {
+    let redis = RedisServer::start();
+    let client = redis.client().await;
+    let store = client.store();
+    let q = store.queue("q").unwrap();
+    let per = Duration::from_secs(60);
+    let limits = TenantLimits {
+        default: Some((1, per)),
+        overrides: vec![("acme".to_owned(), (3, per))],
+    };
+    store.set_tenant_limits(&q, Some(&limits)).await.unwrap();
+    let mut jobs: Vec<NewJob> = (0..5)
+        .map(|n| job(n).tenant("acme").id(format!("acme{n}")))
+        .collect();
+    jobs.extend((0..5).map(|n| job(10 + n).tenant("zed").id(format!("zed{n}"))));
+    jobs.extend((0..2).map(|n| job(20 + n).id(format!("free{n}"))));
+    client.enqueue_many("q", jobs).await.unwrap();
+
+    let got = store.claim(&q, 20, LEASE, 0, 0).await.unwrap();
+    assert_eq!(
+        ids(&got.jobs),
+        ["acme0", "acme1", "acme2", "zed0", "free0", "free1"]
+    );
+    assert_eq!(zcard(&redis, q.tenant_parked()).await, 6);
+    assert_eq!(got.next_due_ms, Some(got.now_ms + 60_000));
+
+    // An override alone limits only its tenant.
+    let limits = TenantLimits {
+        default: None,
+        overrides: vec![("acme".to_owned(), (3, per))],
+    };
+    store.set_tenant_limits(&q, Some(&limits)).await.unwrap();
+    client
+        .enqueue_many(
+            "q",
+            (0..3)
+                .map(|n| job(30 + n).tenant("new").id(format!("new{n}")))
+                .collect(),
+        )
+        .await
+        .unwrap();
+    let more = store.claim(&q, 20, LEASE, 0, 0).await.unwrap();
+    assert_eq!(ids(&more.jobs), ["new0", "new1", "new2"]);
+}
+
+#[tokio::test]
+async fn a_tenants_room_returns_when_its_oldest_claim_leaves_the_window() {
+    let redis = RedisServer::start();
+    let client = redis.client().await;
+    let store = client.store();
+    let q = store.queue("q").unwrap();
+    let limits = TenantLimits {
+        default: Some((2, Duration::from_millis(300))),
+        overrides: vec![],
+    };
+    store.set_tenant_limits(&q, Some(&limits)).await.unwrap();
+    client
+        .enqueue_many(
+            "q",
+            (0..5)
+                .map(|n| job(n).tenant("t").id(format!("t{n}")))
+                .collect(),
+        )
+        .await
+        .unwrap();
+    let a = store.claim(&q, 1, LEASE, 0, 0).await.unwrap();
+    assert_eq!(ids(&a.jobs), ["t0"]);
+    redis_clock_at(store, &q, a.now_ms + 100).await;
+    let b = store.claim(&q, 5, LEASE, 0, 0).await.unwrap();
+    assert_eq!(ids(&b.jobs), ["t1"]);
+    let due = b.next_due_ms.expect("a due time");
+    assert_eq!(due, a.now_ms + 300, "the first claim leaves first");
+    redis_clock_at(store, &q, due).await;
+    let c = store.claim(&q, 5, LEASE, 0, 0).await.unwrap();
+    assert!(c.now_ms < b.now_ms + 300, "the test was too slow to tell");
+    assert_eq!(
+        ids(&c.jobs),
+        ["t2"],
+        "one claim left the window, one job fits"
+    );
+    assert_eq!(c.next_due_ms, Some(b.now_ms + 300));
+    assert_eq!(c.jobs[0].attempt, 1);
 }
 
 // ---------------------------------------------------------- many daemons
@@ -449,4 +600,141 @@ async fn group_concurrency_holds_across_daemons_and_other_groups_run_meanwhile()
     for d in daemons {
         d.stop().await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_daemons_keep_each_tenant_within_its_limit_and_others_are_not_held_back() {
+    let redis = RedisServer::start();
+    let client = redis.client().await;
+    let (jobs, per) = (2usize, Duration::from_millis(500));
+    // Only `slow` is limited (an override without a default). An idle look
+    // every 30s: only the claims' own "room again at" keeps `slow` moving.
+    let cfg = || {
+        config(
+            &redis,
+            "inbox_poll = \"30s\"\n",
+            "concurrency = 2\n[queues.q.tenant_rate_limits]\nslow = { jobs = 2, per = \"500ms\" }\n",
+        )
+    };
+    let (tx, mut rx) = mpsc::unbounded_channel::<(Instant, String, u32, usize)>();
+    let mut daemons = Vec::new();
+    for d in 0..3 {
+        let tx = tx.clone();
+        let handler = move |ctx: JobContext| {
+            let tenant = ctx.tenant.clone().unwrap_or_default();
+            let _ = tx.send((Instant::now(), tenant, ctx.attempt, d));
+            std::future::ready(Outcome::Done { result: None })
+        };
+        daemons.push(launch(WorkerBuilder::new(cfg()).handler("q", handler)).await);
+    }
+    // `slow`'s jobs are first in line, `fast`'s behind them.
+    let (n_slow, n_fast) = (8, 12);
+    let mut batch: Vec<NewJob> = (0..n_slow).map(|n| job(n).tenant("slow")).collect();
+    batch.extend((0..n_fast).map(|n| job(100 + n).tenant("fast")));
+    let began = Instant::now();
+    client.enqueue_many("q", batch).await.unwrap();
+    let mut starts = Vec::new();
+    for _ in 0..n_slow + n_fast {
+        starts.push(within(10, rx.recv()).await.expect("handler channel"));
+    }
+    let took = began.elapsed();
+    starts.sort_by_key(|s| s.0);
+    assert!(
+        starts.iter().all(|s| s.2 == 1),
+        "parked jobs spend no attempt: {starts:?}"
+    );
+    let slow: Vec<Instant> = starts
+        .iter()
+        .filter(|s| s.1 == "slow")
+        .map(|s| s.0)
+        .collect();
+    let fast: Vec<Instant> = starts
+        .iter()
+        .filter(|s| s.1 == "fast")
+        .map(|s| s.0)
+        .collect();
+    assert_eq!((slow.len(), fast.len()), (8, 12), "each job ran once");
+    // Every window of `per`, from each `slow` start on, holds at most `jobs`
+    // of its starts (shortened by the hand-over margin, as above).
+    let window = per - Duration::from_millis(60);
+    for (i, s) in slow.iter().enumerate() {
+        let inside = slow[i..].iter().take_while(|t| **t - *s < window).count();
+        assert!(
+            inside <= jobs,
+            "{inside} `slow` starts within {window:?} of its start {i}: {starts:?}"
+        );
+    }
+    // `fast` was not held back behind `slow`'s parked jobs: all of it ran
+    // before `slow` had room for its third job, one window in.
+    let fast_last = *fast.last().unwrap();
+    assert!(fast_last < slow[2], "{starts:?}");
+    assert!(fast_last - began < Duration::from_millis(400), "{starts:?}");
+    // 8 `slow` jobs at 2 per 500ms need three windows after the first: ~1.5s.
+    assert!(took >= Duration::from_millis(1400), "{took:?}");
+    assert!(
+        took < Duration::from_secs(5),
+        "the fetchers waited for a poll, not for room: {took:?}"
+    );
+    let by = |d: usize| starts.iter().filter(|s| s.3 == d).count();
+    assert!(
+        (0..3).filter(|d| by(*d) > 0).count() >= 2,
+        "several daemons took part: {starts:?}"
+    );
+    let q = client.store().queue("q").unwrap();
+    assert_eq!(zcard(&redis, q.tenant_parked()).await, 0);
+    for d in daemons {
+        d.stop().await;
+    }
+}
+
+#[test]
+fn tenant_limit_mistakes_name_the_key_path() {
+    let base = "[queues.q]\nhandler = { builtin = \"noop\" }\n";
+    let err = |extra: &str| {
+        config::load_from_str(&format!("{base}{extra}"))
+            .expect_err("config should be refused")
+            .to_string()
+    };
+    let e = err("tenant_rate_limit = { jobs = 0, per = \"1s\" }\n");
+    assert!(
+        e.contains("queues.q.tenant_rate_limit.jobs: must be at least 1"),
+        "{e}"
+    );
+    let e = err("tenant_rate_limit = { jobs = 5, per = \"0s\" }\n");
+    assert!(
+        e.contains("queues.q.tenant_rate_limit.per: must be at least 1ms"),
+        "{e}"
+    );
+    let e = err("[queues.q.tenant_rate_limits]\nacme = { jobs = 0, per = \"1s\" }\n");
+    assert!(
+        e.contains("queues.q.tenant_rate_limits.acme.jobs: must be at least 1"),
+        "{e}"
+    );
+    let e = err("[queues.q.tenant_rate_limits]\n\"\" = { jobs = 1, per = \"1s\" }\n");
+    assert!(
+        e.contains("queues.q.tenant_rate_limits.\"\": a tenant name must be 1-512 bytes"),
+        "{e}"
+    );
+    let long = "x".repeat(513);
+    let e = err(&format!(
+        "[queues.q.tenant_rate_limits]\n{long} = {{ jobs = 1, per = \"1s\" }}\n"
+    ));
+    assert!(
+        e.contains(&format!(
+            "queues.q.tenant_rate_limits.{long}: a tenant name"
+        )),
+        "{e}"
+    );
+    let e = err("[queues.q.tenant_rate_limits]\nacme = { jobs = 1, per = \"1s\", burst = 2 }\n");
+    assert!(e.contains("queues.q.tenant_rate_limits.acme"), "{e}");
+    let ok = config::load_from_str(&format!(
+        "{base}tenant_rate_limit = {{ jobs = 10, per = \"1s\" }}\n[queues.q.tenant_rate_limits]\n\"acme corp\" = {{ jobs = 50, per = \"1m\" }}\n"
+    ))
+    .unwrap();
+    let t = ok.queues["q"].tenant_limits().unwrap();
+    assert_eq!(t.default, Some((10, Duration::from_secs(1))));
+    assert_eq!(
+        t.overrides,
+        [("acme corp".to_owned(), (50, Duration::from_secs(60)))]
+    );
 }

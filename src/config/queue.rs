@@ -5,6 +5,7 @@
 //! Checks of single values live here; rules across tables (pools, library
 //! handlers) live in `validate`.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -17,6 +18,8 @@ pub const MAX_CONCURRENCY: u32 = 10_000;
 pub const MAX_ATTEMPTS: u32 = 1_000;
 pub const MAX_WEIGHT: u32 = 1_000;
 pub const MAX_EVENTS_MAXLEN: u64 = 100_000_000;
+/// Longest tenant name, in bytes (as for a job's `tenant`).
+pub const MAX_TENANT_LEN: usize = 512;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -61,6 +64,14 @@ pub struct QueueConfig {
     /// At most this many active jobs per job `group`, across all daemons. Default none.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub group_concurrency: Option<u32>,
+    /// At most `jobs` claims per `per` for each job `tenant`, across all
+    /// daemons; jobs without a tenant are not limited. Default none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tenant_rate_limit: Option<RateLimitConfig>,
+    /// Per-tenant limits (tenant name, 1–512 bytes -> limit) that replace
+    /// `tenant_rate_limit` for that tenant; one may exist without a default. Default none.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub tenant_rate_limits: BTreeMap<String, RateLimitConfig>,
     /// Lifecycle events on the Redis Stream `<prefix>:{<queue>}:events` (`redq watch`). Default false.
     pub events: bool,
     /// About how many events the stream keeps (XADD MAXLEN ~), 1–100000000. Default 10000.
@@ -108,6 +119,8 @@ impl Default for QueueConfig {
             weight: 1,
             rate_limit: None,
             group_concurrency: None,
+            tenant_rate_limit: None,
+            tenant_rate_limits: BTreeMap::new(),
             events: false,
             events_maxlen: 10_000,
         }
@@ -136,6 +149,26 @@ impl QueueConfig {
             .as_ref()
             .and_then(HandlerConfig::timeout)
             .unwrap_or(self.timeout)
+    }
+
+    /// True when `tenant_rate_limit` or `tenant_rate_limits` is set.
+    pub fn has_tenant_limits(&self) -> bool {
+        self.tenant_rate_limit.is_some() || !self.tenant_rate_limits.is_empty()
+    }
+
+    /// The per-tenant rate limits as the store writes them (`None` when neither is set).
+    pub fn tenant_limits(&self) -> Option<crate::store::TenantLimits> {
+        if !self.has_tenant_limits() {
+            return None;
+        }
+        Some(crate::store::TenantLimits {
+            default: self.tenant_rate_limit.as_ref().map(|r| (r.jobs, r.per)),
+            overrides: self
+                .tenant_rate_limits
+                .iter()
+                .map(|(t, r)| (t.clone(), (r.jobs, r.per)))
+                .collect(),
+        })
     }
 
     pub(super) fn check(&self, name: &str, p: &mut Problems) {
@@ -210,16 +243,19 @@ impl QueueConfig {
             format!("{} is out of range 1-{MAX_WEIGHT}", self.weight),
         );
         if let Some(r) = &self.rate_limit {
+            r.check(&at(&["rate_limit"]), p);
+        }
+        if let Some(r) = &self.tenant_rate_limit {
+            r.check(&at(&["tenant_rate_limit"]), p);
+        }
+        for (tenant, r) in &self.tenant_rate_limits {
+            let path = ["queues", name, "tenant_rate_limits", tenant.as_str()];
             p.check(
-                r.jobs > 0,
-                &at(&["rate_limit", "jobs"]),
-                "must be at least 1",
+                (1..=MAX_TENANT_LEN).contains(&tenant.len()),
+                &path,
+                format!("a tenant name must be 1-{MAX_TENANT_LEN} bytes, like a job's `tenant`"),
             );
-            p.check(
-                r.per >= Duration::from_millis(1),
-                &at(&["rate_limit", "per"]),
-                "must be at least 1ms",
-            );
+            r.check(&path, p);
         }
         if let Some(g) = self.group_concurrency {
             p.check(
@@ -239,5 +275,21 @@ impl QueueConfig {
         if let Some(h) = &self.handler {
             h.check(&at(&["handler"]), p);
         }
+    }
+}
+
+impl RateLimitConfig {
+    /// Checks `jobs` and `per` of the limit at `path`.
+    fn check(&self, path: &[&str], p: &mut Problems) {
+        p.check(
+            self.jobs > 0,
+            &[path, &["jobs"]].concat(),
+            "must be at least 1",
+        );
+        p.check(
+            self.per >= Duration::from_millis(1),
+            &[path, &["per"]].concat(),
+            "must be at least 1ms",
+        );
     }
 }

@@ -9,6 +9,10 @@
 //! whose rate limit holds back ready jobs says when it has room again
 //! (`next_due_ms` with `throttled`): the fetcher sleeps exactly until then,
 //! and its idle look does not count that queue's waiting jobs as work.
+//! Jobs parked by a per-tenant rate limit are not in `pending`: the claim's
+//! `next_due_ms` includes when a tenant has room again, and the idle look of
+//! a queue with tenant limits counts tenants waiting for room (`tenant_due`),
+//! so parked jobs move on even if the daemon that parked them is gone.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -218,6 +222,9 @@ impl Pool {
                 pipe.llen(q.keys.inbox());
                 if !throttled.contains(&q.name) {
                     pipe.zcard(q.keys.pending());
+                }
+                if q.cfg.has_tenant_limits() {
+                    pipe.zcard(q.keys.tenant_due());
                 }
             }
             let counts: redis::RedisResult<Vec<u64>> =

@@ -280,7 +280,9 @@ impl Daemon {
         let names: Vec<&str> = config.queues.keys().map(String::as_str).collect();
         inspect::register(store, &names).await?;
         let mut con = store.connection();
+        // Atomic: a claim sees each queue's old limits or its new ones.
         let mut pipe = redis::pipe();
+        pipe.atomic();
         for (name, queue) in &config.queues {
             let keys = store.queue(name)?;
             let meta = keys.meta().to_owned();
@@ -293,6 +295,7 @@ impl Daemon {
                 queue.rate_limit.as_ref().map(|r| (r.jobs, r.per)),
                 queue.group_concurrency,
             );
+            crate::store::tenant_limits_into(&mut pipe, &keys, queue.tenant_limits().as_ref());
             // Lifecycle events: the scripts read the stream's cap here (absent = off).
             if queue.events {
                 pipe.hset(&meta, "events", queue.events_maxlen).ignore();

@@ -15,8 +15,26 @@
 --     whose group is full is parked (see prelude) and the claim pops on, so
 --     other groups are not blocked behind it. Only with group_limit set is
 --     a job's document decoded here.
---   parking: set while jobs may be parked; with group_limit gone, the claim
---     moves them back to pending.
+--   tenant_rate: "<jobs>,<per_ms>,<overrides 0|1>" (jobs 0: no default):
+--     at most jobs claims of one job `tenant` in any per_ms window, over
+--     every claimer; `tenant_limits` (tenant -> "<jobs>,<per_ms>") overrides
+--     it per tenant when the flag is 1. Each tenant's window is its own ZSET
+--     `<claims>:<tenant>`, the one key name this script builds: it extends
+--     the `claims` key it was given, so it has the same {queue} hash tag and
+--     Cluster slot, and expires one window after the tenant's last claim.
+--     A popped job whose tenant has no room is parked in `tenant_parked`
+--     (like a group's, so it keeps its place in line; no attempt spent) and
+--     the claim pops on, so other tenants are not held back. `tenant_due`
+--     holds when each tenant with parked jobs has room again; each claim
+--     first moves the parked jobs of due tenants back to `pending` (as many
+--     as their room, bounded) and reschedules the rest, and next_due_ms
+--     includes the earliest such time. Jobs without a tenant are not
+--     tenant-limited; with tenant_rate absent no document is decoded for it.
+--   parking: set while jobs may be parked (group or tenant); with the limit
+--     gone, the claim moves them back to pending.
+-- All of this is one script, so the counts it reads cannot change before its
+-- claims are recorded: over all daemons no window ever holds more claims
+-- than its limit.
 -- KEYS: the queue's keys (keys::PARTS order).
 -- ARGV[1] how many jobs the caller can start now (0: only promote and drain)
 -- ARGV[2] lease length in ms (deadline = Redis now + lease)
@@ -25,12 +43,18 @@
 -- Events (when on): `enqueued` (via=inbox) per inbox document taken, `started` per job.
 -- Returns: {now_ms, next_due_ms (-1 = none), paused (0|1), throttled (0|1),
 --           then 4 per job: id, fencing token, attempt number, job record}
+--   next_due_ms: when fewer than ARGV[1] jobs were handed out, the soonest of
+--   the next scheduled job, the queue's room (throttled) and a tenant's room;
+--   now_ms when jobs may be ready that this call had no rounds left to reach.
+--   throttled is about the queue's rate limit only: tenant-parked jobs are
+--   not in `pending`.
+local TENANT_BATCH = 100 -- due tenants handled per call
 local k = queue_keys(KEYS)
 local want, lease = tonumber(ARGV[1]), tonumber(ARGV[2])
 local now = now_ms()
 -- One read of meta: paused, the events cap, the document size limit, limits.
 local meta = redis.call('HMGET', k.meta, 'paused', 'events', 'max_doc_bytes',
-  'rate_jobs', 'rate_per_ms', 'group_limit', 'parking')
+  'rate_jobs', 'rate_per_ms', 'group_limit', 'parking', 'tenant_rate')
 if meta[1] then
   return { now, -1, 1, 0 }
 end
@@ -74,13 +98,84 @@ end
 
 local rate_jobs, rate_per = tonumber(meta[4]), tonumber(meta[5])
 local group_limit = tonumber(meta[6])
-if meta[7] and not group_limit then
-  -- The limit was lifted: parked jobs go back in line (bounded per call).
-  unpark(k, redis.call('ZRANGE', k.parked, 0, PARK_BATCH - 1))
-  if redis.call('EXISTS', k.parked) == 0 then redis.call('HDEL', k.meta, 'parking') end
+local tenant_on = meta[8] and true or false
+local t_jobs, t_per, t_over
+if tenant_on then
+  local j, p, o = string.match(meta[8], '^(%d+),(%d+),([01])$')
+  t_jobs, t_per, t_over = tonumber(j), tonumber(p), o == '1'
+end
+
+-- Per tenant met in this call: its window {jobs, per, key, used} (used
+-- counts this call's claims too), or false when the tenant has no limit.
+local tenants = {}
+local function tenant_window(t)
+  local w = tenants[t]
+  if w ~= nil then return w end
+  local jobs, per = t_jobs, t_per
+  if t_over then
+    local j, p = string.match(redis.call('HGET', k.tenant_limits, t) or '', '^(%d+),(%d+)$')
+    if j then jobs, per = tonumber(j), tonumber(p) end
+  end
+  if not jobs or jobs < 1 or not per or per < 1 then
+    tenants[t] = false
+    return false
+  end
+  local key = k.claims .. ':' .. t
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', now - per)
+  w = { jobs = jobs, per = per, key = key, used = redis.call('ZCARD', key) }
+  tenants[t] = w
+  return w
+end
+-- When a full tenant has room again: its oldest claim leaves the window
+-- (a claim of this call, not yet recorded, leaves it at now + per).
+local function room_at(w)
+  local oldest = redis.call('ZRANGE', w.key, 0, 0, 'WITHSCORES')
+  return (tonumber(oldest[2]) or now) + w.per
+end
+local function tenant_range(t)
+  local p = park_prefix(t)
+  return '[' .. p, '(' .. p .. ';'
+end
+
+if meta[7] then
+  if not group_limit then
+    -- The limit was lifted: parked jobs go back in line (bounded per call).
+    unpark(k, redis.call('ZRANGE', k.parked, 0, PARK_BATCH - 1))
+  end
+  if redis.call('EXISTS', k.parked, k.tenant_parked) == 0 then redis.call('HDEL', k.meta, 'parking') end
+end
+if tenant_on or meta[7] then
+  -- Tenants whose room has returned: their parked jobs go back in line, as
+  -- many as fit (all, bounded, when the tenant has no limit any more); the
+  -- pop below checks them again. The rest wait for the next room. With
+  -- tenant limits lifted, every tenant is due.
+  local due
+  if tenant_on then
+    due = redis.call('ZRANGEBYSCORE', k.tenant_due, '-inf', now, 'LIMIT', 0, TENANT_BATCH)
+  else
+    due = redis.call('ZRANGE', k.tenant_due, 0, TENANT_BATCH - 1)
+  end
+  for _, t in ipairs(due) do
+    local w = tenant_on and tenant_window(t)
+    local room = PARK_BATCH
+    if w then room = w.jobs - w.used end
+    local lo, hi = tenant_range(t)
+    if room > 0 then
+      unpark(k, redis.call('ZRANGEBYLEX', k.tenant_parked, lo, hi, 'LIMIT', 0, room), k.tenant_parked)
+    end
+    if redis.call('ZLEXCOUNT', k.tenant_parked, lo, hi) == 0 then
+      redis.call('ZREM', k.tenant_due, t)
+    else
+      redis.call('ZADD', k.tenant_due, w and room_at(w) or now, t)
+    end
+  end
 end
 
 local out = { now, -1, 0, 0 }
+-- next_due_ms: the soonest of the times given.
+local function sooner(t)
+  if t and (out[2] < 0 or t < out[2]) then out[2] = t end
+end
 -- How many jobs may start: the caller's free slots, less what the rate
 -- limit has left in the window ending now.
 local budget = want
@@ -92,11 +187,14 @@ end
 
 local ids, records = {}, {}
 local counts, grouped, parked = {}, {}, {}
-local rounds = 0
+local tparked, tfull, tenant_of = {}, {}, {}
+local rounds, drained = 0, false
 while #ids < budget and rounds < 8 do
   rounds = rounds + 1
-  local popped = redis.call('ZPOPMIN', k.pending, budget - #ids)
+  local asked = budget - #ids
+  local popped = redis.call('ZPOPMIN', k.pending, asked)
   local n = #popped / 2
+  if n < asked then drained = true end
   if n == 0 then break end
   local batch = {}
   for i = 1, n do batch[i] = popped[2 * i - 1] end
@@ -104,12 +202,22 @@ while #ids < budget and rounds < 8 do
   for i = 1, n do
     -- An id without a record has nothing to run; it is not handed out.
     if recs[i] then
-      local group
+      local doc, group, w
+      if group_limit or tenant_on then doc = record_doc(recs[i]) end
       if group_limit then
-        group = record_doc(recs[i]).group
+        group = doc.group
         if type(group) ~= 'string' then group = nil end
       end
-      if group then
+      if tenant_on and type(doc.tenant) == 'string' then
+        w = tenant_window(doc.tenant)
+      end
+      if w and w.used >= w.jobs then
+        -- The tenant's window is full: park the job (a group slot is not taken).
+        tparked[#tparked + 1] = 0
+        tparked[#tparked + 1] = park_member(doc.tenant, tonumber(popped[2 * i]), batch[i])
+        tfull[doc.tenant] = w
+        group = false
+      elseif group then
         local c = counts[group]
         if not c then
           c = tonumber(redis.call('HGET', k.groups, group)) or 0
@@ -127,15 +235,33 @@ while #ids < budget and rounds < 8 do
         ids[#ids + 1] = batch[i]
         records[#ids] = recs[i]
         grouped[#ids] = group
+        if w then
+          w.used = w.used + 1
+          tenant_of[#ids] = w
+        end
       end
     end
   end
   -- Without parking, one pop is all: a short pop means pending is empty.
-  if #parked == 0 then break end
+  if #parked == 0 and #tparked == 0 then break end
 end
 if #parked > 0 then
   redis.call('ZADD', k.parked, unpack(parked))
+end
+if #tparked > 0 then
+  redis.call('ZADD', k.tenant_parked, unpack(tparked))
+  for t, w in pairs(tfull) do
+    redis.call('ZADD', k.tenant_due, room_at(w), t)
+  end
+end
+if #parked > 0 or #tparked > 0 then
   redis.call('HSET', k.meta, 'parking', '1')
+  -- Out of rounds with room left and jobs maybe ready: come back at once.
+  if #ids < budget and not drained then sooner(now) end
+end
+if tenant_on or meta[7] then
+  local first = redis.call('ZRANGE', k.tenant_due, 0, 0, 'WITHSCORES')
+  sooner(tonumber(first[2]))
 end
 
 local throttled = budget < want and redis.call('ZCARD', k.pending) > 0
@@ -144,11 +270,11 @@ if throttled then
   out[4] = 1
   if #ids == 0 then
     local oldest = redis.call('ZRANGE', k.claims, 0, 0, 'WITHSCORES')
-    out[2] = (tonumber(oldest[2]) or now) + rate_per
+    sooner((tonumber(oldest[2]) or now) + rate_per)
   end
 elseif #ids < want then
   local first = redis.call('ZRANGE', k.scheduled, 0, 0, 'WITHSCORES')
-  if first[2] then out[2] = tonumber(first[2]) end
+  sooner(tonumber(first[2]))
 end
 local n = #ids
 if n == 0 then return out end
@@ -156,7 +282,7 @@ if n == 0 then return out end
 local runs = redis.call('HMGET', k.runs, unpack(ids))
 local last = redis.call('HINCRBY', k.meta, 'fence', n)
 local deadline = now + lease
-local hargs, zargs, cargs, gargs = {}, {}, {}, {}
+local hargs, zargs, cargs, gargs, targs = {}, {}, {}, {}, {}
 for i = 1, n do
   local attempts = parse_run(runs[i]) + 1
   local token = fmt_int(last - n + i)
@@ -170,6 +296,16 @@ for i = 1, n do
     gargs[#gargs + 1] = ids[i]
     gargs[#gargs + 1] = grouped[i]
   end
+  local w = tenant_of[i]
+  if w then
+    local a = targs[w]
+    if not a then
+      a = {}
+      targs[w] = a
+    end
+    a[#a + 1] = now
+    a[#a + 1] = token
+  end
   out[#out + 1] = ids[i]
   out[#out + 1] = token
   out[#out + 1] = attempts
@@ -182,8 +318,12 @@ if rate_jobs and rate_per then
   redis.call('ZADD', k.claims, unpack(cargs))
   if throttled then
     local oldest = redis.call('ZRANGE', k.claims, 0, 0, 'WITHSCORES')
-    out[2] = (tonumber(oldest[2]) or now) + rate_per
+    sooner((tonumber(oldest[2]) or now) + rate_per)
   end
+end
+for w, a in pairs(targs) do
+  redis.call('ZADD', w.key, unpack(a))
+  redis.call('PEXPIRE', w.key, w.per)
 end
 if #gargs > 0 then
   redis.call('HSET', k.holders, unpack(gargs))

@@ -15,7 +15,7 @@ local function keys_from_base(base)
   local K = {}
   for i, part in ipairs({ 'jobs', 'pending', 'scheduled', 'active', 'dead', 'done', 'runs', 'errors',
     'results', 'unique', 'meta', 'inbox', 'rejected', 'wake', 'resources', 'events', 'claims', 'parked',
-    'groups', 'holders' }) do
+    'groups', 'holders', 'tenant_limits', 'tenant_parked', 'tenant_due' }) do
     K[i] = base .. ':' .. part
   end
   return queue_keys(K)

@@ -2,7 +2,7 @@
 -- Function library. src/scripts.rs puts this text in front of each script
 -- when it builds it, so each script Redis runs is self-contained.
 --
--- Keys: every script receives the queue's keys as KEYS[1..20] in the order
+-- Keys: every script receives the queue's keys as KEYS[1..23] in the order
 -- of keys::PARTS (src/keys.rs); queue_keys() names them. All carry the same
 -- {queue} hash tag, so a script never leaves its Redis Cluster slot.
 --
@@ -24,6 +24,7 @@ local function queue_keys(K)
     runs = K[7], errors = K[8], results = K[9], unique = K[10], meta = K[11], inbox = K[12],
     rejected = K[13], wake = K[14], resources = K[15], events = K[16],
     claims = K[17], parked = K[18], groups = K[19], holders = K[20],
+    tenant_limits = K[21], tenant_parked = K[22], tenant_due = K[23],
   }
 end
 
@@ -316,10 +317,11 @@ local function parked_entry(member)
   return tonumber(score), id
 end
 
--- Moves parked members back to `pending`; returns how many.
-local function unpark(k, members)
+-- Moves members of a parked set (`parked`, or `tenant_parked` when `set` is
+-- given) back to `pending`; returns how many.
+local function unpark(k, members, set)
   if #members == 0 then return 0 end
-  redis.call('ZREM', k.parked, unpack(members))
+  redis.call('ZREM', set or k.parked, unpack(members))
   local zargs = {}
   for _, m in ipairs(members) do
     local score, id = parked_entry(m)
