@@ -8,6 +8,7 @@
 //! - [`client`]: the producer API (enqueue, inspect, stats) used by Rust programs and the CLI.
 //! - [`config`]: `workers.toml`, read with figment and validated.
 //! - [`handler`]: what a job runs: command, HTTP, or Rust code.
+//! - [`lock`], [`leader`]: distributed locks, and a renewed leader lease built on them.
 //! - [`error`]: the library's error type.
 
 pub mod bench;
@@ -20,6 +21,7 @@ pub mod handler;
 pub mod inspect;
 pub mod job;
 pub mod keys;
+pub mod leader;
 pub mod lock;
 pub mod observe;
 pub mod scripts;

@@ -13,6 +13,9 @@
 //! asynchronous replication a lock can be lost and granted twice. It is not
 //! Redlock and makes no claims across several independent Redis servers.
 //!
+//! For a duty that must run in one process at a time, [`crate::leader`]
+//! builds a renewed leader lease on these locks.
+//!
 //! Keys: `<prefix>:lock:{<name>}` and `<prefix>:lock:{<name>}:fence`, one
 //! hash tag, so a lock lives on one Redis Cluster slot.
 
@@ -51,13 +54,19 @@ pub enum Acquired {
     },
 }
 
-fn lock_keys(store: &Store, name: &str) -> Result<(String, String)> {
-    if !keys::is_valid_name(name) {
-        return Err(Error::InvalidName(format!(
-            "lock name {name:?} must be 1-{} characters from A-Z a-z 0-9 _ . - :",
-            keys::MAX_NAME_LEN
-        )));
+/// Refuses a lock name that is not 1-128 of `A-Z a-z 0-9 _ . - :`.
+pub(crate) fn check_name(name: &str) -> Result<()> {
+    if keys::is_valid_name(name) {
+        return Ok(());
     }
+    Err(Error::InvalidName(format!(
+        "lock name {name:?} must be 1-{} characters from A-Z a-z 0-9 _ . - :",
+        keys::MAX_NAME_LEN
+    )))
+}
+
+fn lock_keys(store: &Store, name: &str) -> Result<(String, String)> {
+    check_name(name)?;
     let key = format!("{}:lock:{{{name}}}", store.prefix());
     let fence = format!("{key}:fence");
     Ok((key, fence))

@@ -324,7 +324,7 @@ fn non_loopback_listen_needs_listen_public() {
 #[test]
 fn every_problem_is_reported_one_per_line() {
     let e = load_from_str(&format!(
-        "[redis]\nkey_prefix = \"a b\"\n[daemon]\nshutdown_timeout = \"0s\"\n\
+        "[redis]\nkey_prefix = \"a b\"\n[daemon]\nshutdown_timeout = \"0s\"\nleader_ttl = \"50ms\"\n\
          [queues.q]\nconcurrency = 0\nmax_attempts = 0\nbackoff = {{ base = \"2h\", max = \"1h\", jitter = 1.5 }}\n\
          handler = {{ builtin = \"fail\", timeout = \"0s\" }}\n[queues.\"bad name\"]\n{NOOP}\n\
          [[cron]]\nschedule = \"\"\nqueue = \"nope\""
@@ -336,6 +336,7 @@ fn every_problem_is_reported_one_per_line() {
     for expected in [
         "redis.key_prefix: ",
         "daemon.shutdown_timeout: must be more than 0s",
+        "daemon.leader_ttl: must be at least 100ms",
         "queues.q.concurrency: 0 is out of range 1-10000",
         "queues.q.max_attempts: 0 is out of range 1-1000",
         "queues.q.backoff.base: 2h is more than backoff.max (1h)",

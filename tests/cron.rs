@@ -2,8 +2,12 @@
 //! once; after downtime only the latest missed tick runs; a new entry does
 //! not backfill; bad schedules and time zones are refused with their key.
 //!
-//! One-second schedules keep the waits short. Tests poll Redis under a
-//! deadline; the only waiting on the clock is for ticks to pass.
+//! Only the daemon holding the cron leader lease evaluates the entries; the
+//! compare-and-set in Redis keeps ticks exactly-once whoever offers them. When
+//! the leader shuts down, another daemon takes the duty over.
+//!
+//! One-second schedules and a short leader lease keep the waits short. Tests
+//! poll Redis under a deadline; the only waiting on the clock is for ticks to pass.
 
 mod common;
 
@@ -30,6 +34,7 @@ url = "{}"
 [daemon]
 listen = "127.0.0.1:0"
 shutdown_timeout = "5s"
+leader_ttl = "1500ms"
 [queues.kept]
 keep_completed = 100000
 handler = {{ builtin = "noop" }}
@@ -44,8 +49,15 @@ keep_completed = 0
 
 type Runs = Arc<Mutex<Vec<String>>>;
 
+/// A started daemon: how to stop it, its run task, and its `/metrics` URL.
+struct Running {
+    handle: DaemonHandle,
+    run: JoinHandle<redq::Result<()>>,
+    metrics: String,
+}
+
 /// Starts a daemon whose library handler on `gone` records the ids it runs.
-async fn start(config: Config, runs: &Runs) -> (DaemonHandle, JoinHandle<redq::Result<()>>) {
+async fn start(config: Config, runs: &Runs) -> Running {
     let runs = runs.clone();
     let daemon: Daemon = WorkerBuilder::new(config)
         .handler("gone", move |ctx: JobContext| {
@@ -58,8 +70,44 @@ async fn start(config: Config, runs: &Runs) -> (DaemonHandle, JoinHandle<redq::R
         .start()
         .await
         .unwrap();
+    let metrics = format!("http://{}/metrics", daemon.http_addr());
     let handle = daemon.handle();
-    (handle, tokio::spawn(daemon.run()))
+    Running {
+        handle,
+        run: tokio::spawn(daemon.run()),
+        metrics,
+    }
+}
+
+/// Whether the daemon says it holds the cron lease (`redq_leader{duty="cron"}`).
+async fn leads(d: &Running) -> bool {
+    let body = reqwest::get(&d.metrics)
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    body.lines()
+        .any(|l| l.trim() == r#"redq_leader{duty="cron"} 1"#)
+}
+
+/// Waits (bounded) until exactly one of `daemons` leads cron; returns its index.
+async fn the_leader(daemons: &[Running]) -> usize {
+    within(10, async {
+        loop {
+            let mut leading = Vec::new();
+            for (i, d) in daemons.iter().enumerate() {
+                if leads(d).await {
+                    leading.push(i);
+                }
+            }
+            if let [one] = leading[..] {
+                return one;
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    })
+    .await
 }
 
 async fn redis_ms(con: &mut redis::aio::MultiplexedConnection) -> i64 {
@@ -135,12 +183,14 @@ priority = 5
         }
     })
     .await;
+    // One daemon runs the entries; the others wait for its lease.
+    the_leader(&daemons).await;
     let stopped = redis_ms(&mut con).await;
-    for (handle, _) in &daemons {
-        handle.shutdown();
+    for d in &daemons {
+        d.handle.shutdown();
     }
-    for (_, run) in daemons {
-        within(20, run).await.unwrap().unwrap();
+    for d in daemons {
+        within(20, d.run).await.unwrap().unwrap();
     }
 
     // Ticks whole seconds after every daemon ran, and at most those after the first started.
@@ -197,6 +247,58 @@ priority = 5
     let (status, _): (String, i64) = inv.invoke_async(&mut con).await.unwrap();
     assert_eq!(status, "seen");
     assert!(job_ids(&mut con, "gone").await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cron_moves_to_another_daemon_when_the_leader_shuts_down() {
+    let redis = RedisServer::start();
+    let mut con = redis.con().await;
+    let cron = r#"
+[[cron]]
+name = "beat"
+schedule = "* * * * * *"
+queue = "kept"
+"#;
+    let runs: Runs = Arc::default();
+    let mut daemons = Vec::new();
+    for _ in 0..3 {
+        daemons.push(start(config(&redis, cron), &runs).await);
+    }
+    let count = |con: &mut redis::aio::MultiplexedConnection| {
+        let mut con = con.clone();
+        async move { job_ids(&mut con, "kept").await.len() }
+    };
+    // Twice: the leader shuts down, another daemon takes over and ticks go on.
+    for _ in 0..2 {
+        within(10, async {
+            while count(&mut con).await < 2 {
+                tokio::time::sleep(POLL).await;
+            }
+        })
+        .await;
+        let old = daemons.remove(the_leader(&daemons).await);
+        old.handle.shutdown();
+        within(20, old.run).await.unwrap().unwrap();
+        let before = count(&mut con).await;
+        let next = the_leader(&daemons).await;
+        within(10, async {
+            while count(&mut con).await < before + 2 {
+                tokio::time::sleep(POLL).await;
+            }
+        })
+        .await;
+        assert!(leads(&daemons[next]).await, "the new leader still leads");
+    }
+    for d in &daemons {
+        d.handle.shutdown();
+    }
+    for d in daemons {
+        within(20, d.run).await.unwrap().unwrap();
+    }
+    // Each tick once, none skipped across both hand-overs.
+    let beat = ticks(&job_ids(&mut con, "kept").await, "beat");
+    assert!(beat.len() >= 6, "{beat:?}");
+    assert_consecutive_seconds(&beat, "beat");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -262,11 +364,11 @@ queue = "kept"
         assert_eq!(job_ids(&mut con, "kept").await, vec![expected.clone()]);
         tokio::time::sleep(POLL).await;
     }
-    for (handle, _) in &daemons {
-        handle.shutdown();
+    for d in &daemons {
+        d.handle.shutdown();
     }
-    for (_, run) in daemons {
-        within(20, run).await.unwrap().unwrap();
+    for d in daemons {
+        within(20, d.run).await.unwrap().unwrap();
     }
     let recorded: Vec<(String, i64)> = redis::cmd("HGETALL")
         .arg(&record)

@@ -39,6 +39,11 @@ pub struct DaemonConfig {
     /// How long per-day usage totals (`redq usage`) are kept after their day. Default 90d.
     #[serde(with = "duration")]
     pub usage_retention: Duration,
+    /// TTL of the leader lease that picks the one daemon running leader-only
+    /// duties (cron); renewed every third of it. A leader that dies without
+    /// stepping down holds the duties up to this long. At least 100ms. Default 10s.
+    #[serde(with = "duration")]
+    pub leader_ttl: Duration,
 }
 
 /// How log lines are written.
@@ -63,6 +68,7 @@ impl Default for DaemonConfig {
             reap_interval: Duration::from_secs(1),
             inbox_poll: Duration::from_secs(1),
             usage_retention: Duration::from_secs(90 * 24 * 60 * 60),
+            leader_ttl: Duration::from_secs(10),
         }
     }
 }
@@ -103,6 +109,11 @@ impl DaemonConfig {
         ] {
             p.check(!d.is_zero(), &at(key), "must be more than 0s");
         }
+        p.check(
+            self.leader_ttl >= crate::leader::MIN_TTL,
+            &at("leader_ttl"),
+            "must be at least 100ms",
+        );
         p.check(
             self.max_payload_bytes > 0,
             &at("max_payload_bytes"),

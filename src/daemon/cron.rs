@@ -1,22 +1,32 @@
 //! The cron loop: enqueues the ticks of `[[cron]]` entries, each exactly once
 //! however many daemons run and however their clocks differ.
 //!
-//! Every daemon runs this loop; no leader is needed. Each round reads Redis's
-//! clock (`TIME`, never the host's), finds for each entry its latest tick at
-//! or before that time (in the entry's time zone), and hands it to
+//! Only the leader evaluates the entries: every daemon with the same set of
+//! entries contends for one [`Leader`] lease (named after that set, see
+//! [`leader_name`]), and the others wait. That spares Redis a round of calls
+//! per daemon; it is not what makes ticks exactly-once. Daemons whose sets
+//! differ (a rolling change of `workers.toml`) contend for different leases,
+//! so no entry is left without a daemon, and two leaders may offer one tick.
+//!
+//! The safety net, whoever offers a tick: each round reads Redis's clock
+//! (`TIME`, never the host's), finds for each entry its latest tick at or
+//! before that time (in the entry's time zone), and hands it to
 //! `cron_enqueue.lua`. The script keeps the last tick handled per entry in
 //! `<prefix>:{<queue>}:cron` and enqueues a tick only when it is later than
 //! that one (compare-and-set), under the deterministic id
-//! `cron:<entry key>:<tick Unix ms>`. So a second daemon, a late one, or one
-//! whose tick was already run and deleted enqueues nothing.
+//! `cron:<entry key>:<tick Unix ms>`. So a second leader (a lease lost during a
+//! long pause), a late one, or one whose tick was already run and deleted
+//! enqueues nothing.
 //!
 //! Policy after downtime: only the most recent missed tick runs, once; older
-//! missed ticks are skipped. A new entry (no tick recorded) starts from now:
-//! its latest past tick is recorded, not run, and the next one runs.
+//! missed ticks are skipped. That includes a hand-over: after a graceful
+//! step-down the next daemon leads within a third of `daemon.leader_ttl`;
+//! after a crash, within the TTL. A new entry (no tick recorded) starts from
+//! now: its latest past tick is recorded, not run, and the next one runs.
 //!
 //! The loop sleeps until the next tick of any entry, at most [`MAX_WAIT`], and
 //! stops with its token. On reload the supervisor stops it and starts a new
-//! one with the new entries.
+//! one with the new entries (keeping the lease when the set is unchanged).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -30,6 +40,8 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::job::NewJob;
 use crate::keys::QueueKeys;
+use crate::leader::{Leader, LeaderWatch};
+use crate::observe::Metrics;
 use crate::scripts::SCRIPTS;
 use crate::store::Store;
 
@@ -145,6 +157,44 @@ pub(crate) fn entries(config: &Config) -> std::result::Result<Vec<Entry>, Vec<St
     }
 }
 
+/// The `duty` label of `redq_leader`.
+pub(crate) const DUTY: &str = "cron";
+
+/// The leader lease of daemons running exactly these entries: `cron:<hash>`
+/// of every entry's queue and key; `None` when there are no entries (then the
+/// daemon does not contend, so it never takes the duty from one that has them).
+pub(crate) fn leader_name(entries: &[Entry]) -> Option<String> {
+    if entries.is_empty() {
+        return None;
+    }
+    let mut ids: Vec<(&str, &str)> = entries
+        .iter()
+        .map(|e| (e.queue.queue(), e.key.as_str()))
+        .collect();
+    ids.sort_unstable();
+    let text = serde_json::json!(ids).to_string();
+    // FNV-1a, 64 bits: the same on every host and build.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in text.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    Some(format!("{DUTY}:{h:016x}"))
+}
+
+/// Starts contending for the lease of `entries`; `None` without entries.
+pub(crate) fn start_leader(store: &Store, entries: &[Entry], ttl: Duration) -> Option<Leader> {
+    let name = leader_name(entries)?;
+    match Leader::start(store.clone(), &name, ttl) {
+        Ok(leader) => Some(leader),
+        Err(e) => {
+            // Not reachable with a validated ttl and a hashed name; never fatal.
+            tracing::error!(error = %e, "cron: cannot start the leader lease; cron does not run");
+            None
+        }
+    }
+}
+
 /// What the script did with one tick.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Outcome {
@@ -205,11 +255,13 @@ pub(crate) async fn offer(
     Ok((outcome, last))
 }
 
-/// Runs the entries until `stop`.
+/// Runs the entries while `leader` says this daemon leads, until `stop`.
 pub(crate) async fn run(
     store: Store,
     entries: Vec<Entry>,
     max_doc_bytes: usize,
+    mut leader: LeaderWatch,
+    metrics: std::sync::Arc<Metrics>,
     stop: CancellationToken,
 ) {
     if entries.is_empty() {
@@ -218,29 +270,58 @@ pub(crate) async fn run(
     tracing::info!(entries = entries.len(), "cron started");
     // The last tick known handled, per entry: spares a script call per round.
     let mut handled: Vec<Option<i64>> = vec![None; entries.len()];
+    let mut led: Option<u64> = None;
     loop {
-        let wait = match redis_now_ms(&store).await {
-            Ok(now) => {
-                let mut next = now + MAX_WAIT.as_millis() as i64;
-                for (entry, handled) in entries.iter().zip(handled.iter_mut()) {
-                    round(&store, entry, now, max_doc_bytes, handled).await;
-                    if let Some(t) = entry.next_tick(now) {
-                        next = next.min(t);
-                    }
+        let fence = leader.fence();
+        metrics.set_leader(DUTY, fence.is_some());
+        if fence != led {
+            match fence {
+                Some(fence) => tracing::info!(
+                    fence,
+                    "cron: this daemon is the leader; running the entries"
+                ),
+                None if led.is_some() => {
+                    tracing::info!("cron: no longer the leader; another daemon runs the entries")
                 }
-                // A millisecond past the tick, so Redis's clock has reached it.
-                Duration::from_millis(u64::try_from(next - now + 1).unwrap_or(1))
+                None => {}
             }
-            Err(e) => {
-                tracing::debug!(error = %e, "cron: cannot read Redis's clock");
-                MAX_WAIT
-            }
+            led = fence;
+        }
+        let wait = match fence {
+            // Not the leader: wait for that to change. A term can lapse
+            // without a wake-up (see `LeaderWatch::changed`), hence the bound.
+            None => MAX_WAIT,
+            Some(fence) => match redis_now_ms(&store).await {
+                Ok(now) => {
+                    let mut next = now + MAX_WAIT.as_millis() as i64;
+                    for (entry, handled) in entries.iter().zip(handled.iter_mut()) {
+                        // Stop offering as soon as the term ends (the script
+                        // would refuse a duplicate anyway).
+                        if leader.fence() == Some(fence) {
+                            round(&store, entry, now, max_doc_bytes, handled, fence).await;
+                        }
+                        if let Some(t) = entry.next_tick(now) {
+                            next = next.min(t);
+                        }
+                    }
+                    // A millisecond past the tick, so Redis's clock has reached it.
+                    Duration::from_millis(u64::try_from(next - now + 1).unwrap_or(1))
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "cron: cannot read Redis's clock");
+                    MAX_WAIT
+                }
+            },
         };
         tokio::select! {
-            _ = stop.cancelled() => return,
+            _ = stop.cancelled() => break,
             _ = tokio::time::sleep(wait.min(MAX_WAIT)) => {}
+            // Gained or lost the lease: look again at once. A false (the
+            // lease task ended) is only seen at a step-down, just before `stop`.
+            true = leader.changed() => {}
         }
     }
+    metrics.set_leader(DUTY, false);
 }
 
 async fn round(
@@ -249,6 +330,7 @@ async fn round(
     now: i64,
     max_doc_bytes: usize,
     handled: &mut Option<i64>,
+    fence: u64,
 ) {
     let Some(tick) = entry.latest_tick(now) else {
         return;
@@ -263,7 +345,7 @@ async fn round(
             }
             match outcome {
                 Outcome::Created => tracing::debug!(
-                    entry = %entry.path, queue = entry.queue.queue(), id = %entry.job_id(tick),
+                    entry = %entry.path, queue = entry.queue.queue(), id = %entry.job_id(tick), fence,
                     "cron: enqueued a tick"
                 ),
                 Outcome::Started => tracing::info!(
@@ -271,7 +353,7 @@ async fn round(
                     "cron: new entry; its first tick runs at the next occurrence"
                 ),
                 Outcome::Exists => tracing::warn!(
-                    entry = %entry.path, id = %entry.job_id(tick),
+                    entry = %entry.path, id = %entry.job_id(tick), fence,
                     "cron: the tick's job already existed; not enqueued again"
                 ),
                 Outcome::Seen | Outcome::Future => {}

@@ -9,10 +9,17 @@
 //! dedicated connection so idle daemons do not poll), and [`notify`]
 //! (systemd). [`signals`] maps signals to actions.
 //!
-//! Start order: Redis checks → function library → writers → lease keeper →
-//! reaper → waker → pools → READY. Stop order: pools stop claiming → running
-//! jobs drain to `shutdown_timeout` → the rest are stopped and released →
-//! writers flush → keeper, reaper, waker stop → exit.
+//! Leader-only duties run under a [`crate::leader::Leader`] lease: today
+//! [`cron`], whose loop runs on every daemon but evaluates the entries only
+//! while this daemon holds the lease. The others (reaper, promotion, retention
+//! in the writers, heartbeat, depth poller) stay on every daemon: each works
+//! on the queues that daemon serves, or reports about that daemon.
+//!
+//! Start order: Redis checks → function library → writers → pools → cron and
+//! its lease → lease keeper → reaper → waker → READY. Stop order: cron stops
+//! and releases its lease → pools stop claiming → running jobs drain to
+//! `shutdown_timeout` → the rest are stopped and released → writers flush →
+//! keeper, reaper, waker stop → exit.
 
 mod backoff;
 mod cron;

@@ -29,6 +29,7 @@ use crate::config::{self, Config, Order, Overrides, QueueConfig};
 use crate::error::{Error, Result};
 use crate::handler::Handler;
 use crate::inspect;
+use crate::leader::Leader;
 use crate::observe::{Health, Metrics};
 use crate::scripts;
 use crate::store::Store;
@@ -232,11 +233,29 @@ pub struct Daemon {
     fetchers: Vec<JoinHandle<()>>,
     writers: Vec<JoinHandle<()>>,
     draining: Vec<Arc<Pool>>,
-    /// Stops the running cron loop (a new one starts on each reload).
-    cron: Option<CancellationToken>,
+    /// The running cron loop and its leader lease (a new loop starts on each reload).
+    cron: Option<CronDuty>,
     tx: mpsc::UnboundedSender<Action>,
     rx: mpsc::UnboundedReceiver<Action>,
     http_addr: std::net::SocketAddr,
+}
+
+/// The cron loop's stop token and the leader lease it runs under (`None`
+/// without entries: such a daemon does not contend).
+struct CronDuty {
+    stop: CancellationToken,
+    leader: Option<Leader>,
+    ttl: Duration,
+}
+
+impl CronDuty {
+    /// Stops the loop and releases the lease, so another daemon leads at once.
+    async fn step_down(self) {
+        self.stop.cancel();
+        if let Some(leader) = self.leader {
+            leader.step_down().await;
+        }
+    }
 }
 
 /// Asks a running daemon to reload or shut down (what the signals do).
@@ -349,16 +368,44 @@ impl Daemon {
         if let Ok(mut p) = self.shared.pools.lock() {
             *p = next;
         }
-        if let Some(old) = self.cron.replace(self.stop.child_token()) {
-            old.cancel();
-        }
-        self.tasks.retain(|t| !t.is_finished());
-        let (store, bytes) = (self.shared.store.clone(), config.daemon.max_payload_bytes);
-        let token = self.cron.clone().unwrap_or_default();
-        self.tasks
-            .push(tokio::spawn(cron::run(store, cron_entries, bytes, token)));
+        self.restart_cron(cron_entries, &config).await;
         self.config = config;
         Ok(())
+    }
+
+    /// Replaces the cron loop with one running `entries`. The leader lease
+    /// is kept when it would be the same (same entries, same TTL), so a
+    /// reload does not hand the duty over; otherwise the old one steps down.
+    async fn restart_cron(&mut self, entries: Vec<cron::Entry>, config: &Config) {
+        let ttl = config.daemon.leader_ttl;
+        let name = cron::leader_name(&entries);
+        let mut leader = None;
+        if let Some(old) = self.cron.take() {
+            old.stop.cancel();
+            let same = old.ttl == ttl
+                && old.leader.as_ref().map(|l| l.name()) == name.as_deref()
+                && name.is_some();
+            if same {
+                leader = old.leader;
+            } else {
+                old.step_down().await;
+            }
+        }
+        let store = &self.shared.store;
+        let leader = leader.or_else(|| cron::start_leader(store, &entries, ttl));
+        let stop = self.stop.child_token();
+        self.tasks.retain(|t| !t.is_finished());
+        if let Some(watch) = leader.as_ref().map(Leader::watch) {
+            self.tasks.push(tokio::spawn(cron::run(
+                store.clone(),
+                entries,
+                config.daemon.max_payload_bytes,
+                watch,
+                self.shared.metrics.clone(),
+                stop.clone(),
+            )));
+        }
+        self.cron = Some(CronDuty { stop, leader, ttl });
     }
 
     fn start_pool(&mut self, spec: &PoolSpec) -> Result<Arc<Pool>> {
@@ -466,6 +513,11 @@ impl Daemon {
     async fn shutdown(mut self) {
         notify::stopping();
         self.shared.health.set_draining(true);
+        // Leader-only duties first: releasing the lease lets another daemon
+        // take them at once instead of waiting out the drain or the TTL.
+        if let Some(cron) = self.cron.take() {
+            cron.step_down().await;
+        }
         let pools: Vec<Arc<Pool>> = self
             .shared
             .pools

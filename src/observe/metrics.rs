@@ -7,13 +7,13 @@
 //! - Label sets are bounded: `queue` (names from the config; at most
 //!   [`MAX_QUEUES`] distinct, later ones are counted in
 //!   `redq_metrics_dropped_total` and otherwise ignored), `outcome` and `state`
-//!   (fixed enums), `le`, `version`. Never job ids or tenants.
+//!   (fixed enums), `le`, `version`, `duty` (fixed in code). Never job ids or tenants.
 //! - A scrape reads atomics only; it never touches Redis. Queue depth gauges
 //!   are whatever the daemon last passed to [`Metrics::set_queue_depths`].
 //!
 //! Called by the daemon (recording) and `http.rs` (`/metrics`).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -134,6 +134,8 @@ pub struct Metrics {
     pub(super) redis_up: AtomicBool,
     /// `f64` bits of the last round-trip time in seconds; NaN until measured.
     pub(super) redis_rtt_bits: AtomicU64,
+    /// `redq_leader{duty}`: duty names are fixed in code, so the labels are bounded.
+    pub(super) leader: RwLock<BTreeMap<&'static str, bool>>,
 }
 
 impl Metrics {
@@ -146,6 +148,7 @@ impl Metrics {
             dropped: AtomicU64::new(0),
             redis_up: AtomicBool::new(false),
             redis_rtt_bits: AtomicU64::new(f64::NAN.to_bits()),
+            leader: RwLock::new(BTreeMap::new()),
         })
     }
 
@@ -260,6 +263,12 @@ impl Metrics {
             self.redis_rtt_bits
                 .store(rtt.as_secs_f64().to_bits(), Relaxed);
         }
+    }
+
+    /// Sets `redq_leader{duty}`: whether this daemon holds the leader lease of `duty`.
+    pub fn set_leader(&self, duty: &'static str, leader: bool) {
+        let mut map = self.leader.write().unwrap_or_else(|e| e.into_inner());
+        map.insert(duty, leader);
     }
 
     /// Estimated (p50, p99) of `queue`'s run times since the previous call,

@@ -161,6 +161,15 @@ impl Metrics {
         let help = "Always 1; the version label names the build.";
         header(out, name, "gauge", help);
         sample(out, name, &[("version", &self.version)], 1);
+        let leader = read(&self.leader).clone();
+        if !leader.is_empty() {
+            let name = "redq_leader";
+            let help = "1 while this daemon holds the leader lease of the duty, else 0.";
+            header(out, name, "gauge", help);
+            for (duty, held) in leader {
+                sample(out, name, &[("duty", duty)], u8::from(held));
+            }
+        }
         let name = "redq_metrics_dropped_total";
         let help = format!("Metric updates ignored because over {MAX_QUEUES} queues were seen.");
         header(out, name, "counter", &help);
