@@ -305,6 +305,31 @@ fn lease_must_be_three_times_the_renewal() {
 }
 
 #[test]
+fn cron_catch_up_defaults_to_twice_the_leader_ttl_and_at_least_a_minute() {
+    let d = load_from_str("").unwrap().daemon;
+    assert_eq!(d.cron_catch_up, None);
+    assert_eq!(d.effective_cron_catch_up(), Duration::from_secs(60));
+    let d = load_from_str("[daemon]\nleader_ttl = \"45s\"")
+        .unwrap()
+        .daemon;
+    assert_eq!(d.effective_cron_catch_up(), Duration::from_secs(90));
+    let d = load_from_str("[daemon]\nleader_ttl = \"1500ms\"\ncron_catch_up = \"3s\"")
+        .unwrap()
+        .daemon;
+    assert_eq!(d.effective_cron_catch_up(), Duration::from_secs(3));
+    let e = err("[daemon]\ncron_catch_up = \"19s\"");
+    assert!(
+        e.starts_with("daemon.cron_catch_up: 19s is less than 2 × daemon.leader_ttl (10s)"),
+        "{e}"
+    );
+    let e = err("[daemon]\ncron_catch_up = \"soon\"");
+    assert!(
+        e.starts_with("daemon.cron_catch_up: invalid duration"),
+        "{e}"
+    );
+}
+
+#[test]
 fn non_loopback_listen_needs_listen_public() {
     let e = err("[daemon]\nlisten = \"0.0.0.0:9464\"");
     assert!(

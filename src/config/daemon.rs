@@ -44,6 +44,13 @@ pub struct DaemonConfig {
     /// stepping down holds the duties up to this long. At least 100ms. Default 10s.
     #[serde(with = "duration")]
     pub leader_ttl: Duration,
+    /// How far back a cron leader catches up: when every tick an entry missed
+    /// since its last handled one is at most this old (a hand-over, a slow
+    /// round), each runs, in order; when an older one was missed (real
+    /// downtime), only the latest runs. At least 2 × `leader_ttl`, so a
+    /// crashed leader's successor loses nothing. Default max(2 × `leader_ttl`, 1m).
+    #[serde(with = "duration::option", skip_serializing_if = "Option::is_none")]
+    pub cron_catch_up: Option<Duration>,
 }
 
 /// How log lines are written.
@@ -69,6 +76,7 @@ impl Default for DaemonConfig {
             inbox_poll: Duration::from_secs(1),
             usage_retention: Duration::from_secs(90 * 24 * 60 * 60),
             leader_ttl: Duration::from_secs(10),
+            cron_catch_up: None,
         }
     }
 }
@@ -77,6 +85,12 @@ impl DaemonConfig {
     /// The parsed `listen` address (valid once the config is validated).
     pub fn listen_addr(&self) -> Option<SocketAddr> {
         self.listen.parse().ok()
+    }
+
+    /// `cron_catch_up`, or max(2 × `leader_ttl`, 1m) when unset.
+    pub fn effective_cron_catch_up(&self) -> Duration {
+        self.cron_catch_up
+            .unwrap_or((self.leader_ttl * 2).max(Duration::from_secs(60)))
     }
 
     pub(super) fn check(&self, p: &mut Problems) {
@@ -114,6 +128,18 @@ impl DaemonConfig {
             &at("leader_ttl"),
             "must be at least 100ms",
         );
+        if let Some(window) = self.cron_catch_up {
+            p.check(
+                window >= self.leader_ttl * 2,
+                &at("cron_catch_up"),
+                format!(
+                    "{} is less than 2 × daemon.leader_ttl ({}); the successor of a crashed \
+                     leader starts up to a TTL later and would skip the ticks missed meanwhile",
+                    duration::format(window),
+                    duration::format(self.leader_ttl)
+                ),
+            );
+        }
         p.check(
             self.max_payload_bytes > 0,
             &at("max_payload_bytes"),
