@@ -18,11 +18,16 @@
 //! long pause), a late one, or one whose tick was already run and deleted
 //! enqueues nothing.
 //!
-//! Policy after downtime: only the most recent missed tick runs, once; older
-//! missed ticks are skipped. That includes a hand-over: after a graceful
-//! step-down the next daemon leads within a third of `daemon.leader_ttl`;
-//! after a crash, within the TTL. A new entry (no tick recorded) starts from
-//! now: its latest past tick is recorded, not run, and the next one runs.
+//! Missed ticks: each round, for each entry, the leader lists the ticks after
+//! the entry's last handled one (read from the record once per term, then
+//! kept from the script's answers) up to now, in the entry's time zone, and
+//! offers them oldest first, one script call each. When all of them are at
+//! most `daemon.cron_catch_up` old (a hand-over after a step-down or a crash,
+//! a slow round) each runs, at most [`CATCH_UP_BATCH`] per entry and round,
+//! the rest at once in the next round. When an older one was missed (real
+//! downtime, no daemon at all) only the most recent missed tick runs, once;
+//! older ones are skipped. A new entry (no tick recorded) starts from now: its
+//! latest past tick is recorded, not run, and the next one runs.
 //!
 //! The loop sleeps until the next tick of any entry, at most [`MAX_WAIT`], and
 //! stops with its token. On reload the supervisor stops it and starts a new
@@ -47,6 +52,21 @@ use crate::store::Store;
 
 /// Longest sleep between two checks, so clock steps and reloads are seen soon.
 pub const MAX_WAIT: Duration = Duration::from_secs(1);
+
+/// Most missed ticks of one entry offered in one round; the rest follow in
+/// the next round, at once, so one entry cannot hold up the others for long.
+pub const CATCH_UP_BATCH: usize = 100;
+
+/// The ticks of an entry due in a round, after its last handled one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Due {
+    /// Every missed tick is within the catch-up window: these run, oldest
+    /// first; `more` when the batch is full and later missed ticks remain.
+    CatchUp { ticks: Vec<i64>, more: bool },
+    /// A tick older than the window was missed (downtime): only `latest` runs;
+    /// the missed ticks from `first` on are skipped.
+    Downtime { first: i64, latest: i64 },
+}
 
 /// One `[[cron]]` entry, ready to run.
 pub(crate) struct Entry {
@@ -86,6 +106,31 @@ impl Entry {
         let now = self.at(now_ms)?;
         let t = self.cron.find_next_occurrence(&now, false).ok()?;
         Some(t.timestamp_millis())
+    }
+
+    /// The ticks to offer after `last` (the last tick handled) up to
+    /// `now_ms`: all of them, at most `batch`, when the oldest is at most
+    /// `window` old; otherwise only the latest. `None` when none is missed.
+    pub fn due(&self, last: i64, now_ms: i64, window: Duration, batch: usize) -> Option<Due> {
+        let latest = self.latest_tick(now_ms)?;
+        let first = self.next_tick(last).filter(|&t| t <= latest)?;
+        let window_ms = i64::try_from(window.as_millis()).unwrap_or(i64::MAX);
+        if now_ms.saturating_sub(first) > window_ms {
+            return Some(Due::Downtime { first, latest });
+        }
+        let mut ticks = vec![first];
+        let mut more = false;
+        while let Some(t) = self
+            .next_tick(ticks[ticks.len() - 1])
+            .filter(|&t| t <= latest)
+        {
+            if ticks.len() == batch {
+                more = true;
+                break;
+            }
+            ticks.push(t);
+        }
+        Some(Due::CatchUp { ticks, more })
     }
 
     fn document(&self, id: String, max_doc_bytes: usize) -> Result<String> {
@@ -255,11 +300,28 @@ pub(crate) async fn offer(
     Ok((outcome, last))
 }
 
+/// The entry's last tick handled, from its record; `None` without one.
+async fn last_tick(store: &Store, entry: &Entry) -> Result<Option<i64>> {
+    Ok(redis::cmd("HGET")
+        .arg(entry.queue.cron())
+        .arg(&entry.key)
+        .query_async(&mut store.connection())
+        .await?)
+}
+
+/// What every round of the loop needs besides the entries.
+pub(crate) struct Settings {
+    /// `daemon.max_payload_bytes`.
+    pub max_doc_bytes: usize,
+    /// `daemon.cron_catch_up` (effective).
+    pub catch_up: Duration,
+}
+
 /// Runs the entries while `leader` says this daemon leads, until `stop`.
 pub(crate) async fn run(
     store: Store,
     entries: Vec<Entry>,
-    max_doc_bytes: usize,
+    settings: Settings,
     mut leader: LeaderWatch,
     metrics: std::sync::Arc<Metrics>,
     stop: CancellationToken,
@@ -268,7 +330,8 @@ pub(crate) async fn run(
         return;
     }
     tracing::info!(entries = entries.len(), "cron started");
-    // The last tick known handled, per entry: spares a script call per round.
+    // The last tick known handled, per entry (`None`: read the record). A new
+    // term starts from the records: another leader may have moved them.
     let mut handled: Vec<Option<i64>> = vec![None; entries.len()];
     let mut led: Option<u64> = None;
     loop {
@@ -286,6 +349,7 @@ pub(crate) async fn run(
                 None => {}
             }
             led = fence;
+            handled.fill(None);
         }
         let wait = match fence {
             // Not the leader: wait for that to change. A term can lapse
@@ -294,18 +358,23 @@ pub(crate) async fn run(
             Some(fence) => match redis_now_ms(&store).await {
                 Ok(now) => {
                     let mut next = now + MAX_WAIT.as_millis() as i64;
+                    let mut more = false;
                     for (entry, handled) in entries.iter().zip(handled.iter_mut()) {
-                        // Stop offering as soon as the term ends (the script
-                        // would refuse a duplicate anyway).
-                        if leader.fence() == Some(fence) {
-                            round(&store, entry, now, max_doc_bytes, handled, fence).await;
-                        }
+                        let term = Term {
+                            leader: &leader,
+                            fence,
+                        };
+                        more |= round(&store, entry, now, &settings, handled, term).await;
                         if let Some(t) = entry.next_tick(now) {
                             next = next.min(t);
                         }
                     }
-                    // A millisecond past the tick, so Redis's clock has reached it.
-                    Duration::from_millis(u64::try_from(next - now + 1).unwrap_or(1))
+                    if more {
+                        Duration::ZERO
+                    } else {
+                        // A millisecond past the tick, so Redis's clock has reached it.
+                        Duration::from_millis(u64::try_from(next - now + 1).unwrap_or(1))
+                    }
                 }
                 Err(e) => {
                     tracing::debug!(error = %e, "cron: cannot read Redis's clock");
@@ -324,44 +393,107 @@ pub(crate) async fn run(
     metrics.set_leader(DUTY, false);
 }
 
+/// The term a round runs in: ticks are offered only while it lasts (the
+/// script would refuse a duplicate anyway).
+#[derive(Clone, Copy)]
+struct Term<'a> {
+    leader: &'a LeaderWatch,
+    fence: u64,
+}
+
+impl Term<'_> {
+    fn lasts(&self) -> bool {
+        self.leader.fence() == Some(self.fence)
+    }
+}
+
+/// Offers the due ticks of `entry`, oldest first, and keeps `handled` up to
+/// date; true when missed ticks remain for the next round.
 async fn round(
     store: &Store,
     entry: &Entry,
     now: i64,
-    max_doc_bytes: usize,
+    settings: &Settings,
     handled: &mut Option<i64>,
-    fence: u64,
-) {
-    let Some(tick) = entry.latest_tick(now) else {
-        return;
+    term: Term<'_>,
+) -> bool {
+    let Some(latest) = entry.latest_tick(now) else {
+        return false;
     };
-    if handled.is_some_and(|h| tick <= h) {
-        return;
+    if handled.is_some_and(|h| latest <= h) || !term.lasts() {
+        return false;
     }
-    match offer(store, entry, tick, max_doc_bytes).await {
-        Ok((outcome, last)) => {
-            if outcome != Outcome::Future {
+    if handled.is_none() {
+        match last_tick(store, entry).await {
+            Ok(last) => *handled = last,
+            Err(e) => {
+                tracing::warn!(entry = %entry.path, error = %e, "cron: cannot read the last tick handled; retrying");
+                return false;
+            }
+        }
+    }
+    let (ticks, more) = match *handled {
+        // First sight: the script records the tick without running it.
+        None => (vec![latest], false),
+        Some(last) => match entry.due(last, now, settings.catch_up, CATCH_UP_BATCH) {
+            None => return false,
+            Some(Due::CatchUp { ticks, more }) => {
+                if ticks.len() > 1 {
+                    tracing::info!(
+                        entry = %entry.path, queue = entry.queue.queue(), ticks = ticks.len(), more, fence = term.fence,
+                        "cron: catching up on missed ticks"
+                    );
+                }
+                (ticks, more)
+            }
+            Some(Due::Downtime { first, latest }) => {
+                tracing::warn!(
+                    entry = %entry.path, queue = entry.queue.queue(), first_missed_ms = first, latest_ms = latest,
+                    catch_up = %crate::config::duration::format(settings.catch_up),
+                    "cron: ticks older than daemon.cron_catch_up were missed (downtime); only the latest runs"
+                );
+                (vec![latest], false)
+            }
+        },
+    };
+    for tick in ticks {
+        // A 'seen' answer may have moved the record past some of them.
+        if handled.is_some_and(|h| tick <= h) {
+            continue;
+        }
+        if !term.lasts() {
+            return false;
+        }
+        match offer(store, entry, tick, settings.max_doc_bytes).await {
+            Ok((Outcome::Future, _)) => return false,
+            Ok((outcome, last)) => {
                 *handled = Some(last.max(tick));
+                log_outcome(entry, tick, &outcome, term.fence);
             }
-            match outcome {
-                Outcome::Created => tracing::debug!(
-                    entry = %entry.path, queue = entry.queue.queue(), id = %entry.job_id(tick), fence,
-                    "cron: enqueued a tick"
-                ),
-                Outcome::Started => tracing::info!(
-                    entry = %entry.path, queue = entry.queue.queue(),
-                    "cron: new entry; its first tick runs at the next occurrence"
-                ),
-                Outcome::Exists => tracing::warn!(
-                    entry = %entry.path, id = %entry.job_id(tick), fence,
-                    "cron: the tick's job already existed; not enqueued again"
-                ),
-                Outcome::Seen | Outcome::Future => {}
+            Err(e) => {
+                tracing::warn!(entry = %entry.path, error = %e, "cron: could not enqueue a tick; retrying");
+                return false;
             }
         }
-        Err(e) => {
-            tracing::warn!(entry = %entry.path, error = %e, "cron: could not enqueue a tick; retrying")
-        }
+    }
+    more
+}
+
+fn log_outcome(entry: &Entry, tick: i64, outcome: &Outcome, fence: u64) {
+    match outcome {
+        Outcome::Created => tracing::debug!(
+            entry = %entry.path, queue = entry.queue.queue(), id = %entry.job_id(tick), fence,
+            "cron: enqueued a tick"
+        ),
+        Outcome::Started => tracing::info!(
+            entry = %entry.path, queue = entry.queue.queue(),
+            "cron: new entry; its first tick runs at the next occurrence"
+        ),
+        Outcome::Exists => tracing::warn!(
+            entry = %entry.path, id = %entry.job_id(tick), fence,
+            "cron: the tick's job already existed; not enqueued again"
+        ),
+        Outcome::Seen | Outcome::Future => {}
     }
 }
 
@@ -403,6 +535,84 @@ mod tests {
         let now = ms("2024-07-01T12:00:00Z");
         assert_eq!(e.latest_tick(now), Some(ms("2024-07-01T07:00:00Z")));
         assert_eq!(e.next_tick(now), Some(ms("2024-07-02T07:00:00Z")));
+    }
+
+    #[test]
+    fn missed_ticks_within_the_window_all_run_in_batches() {
+        let e = entry("*/1 * * * * *", None);
+        let last = ms("2024-05-01T12:00:00Z");
+        let now = ms("2024-05-01T12:00:05.500Z");
+        let minute = Duration::from_secs(60);
+        let secs = |n: std::ops::RangeInclusive<i64>| n.map(|s| last + s * 1000).collect();
+        assert_eq!(
+            e.due(last, now, minute, 100),
+            Some(Due::CatchUp {
+                ticks: secs(1..=5),
+                more: false
+            })
+        );
+        assert_eq!(
+            e.due(last, now, minute, 3),
+            Some(Due::CatchUp {
+                ticks: secs(1..=3),
+                more: true
+            })
+        );
+        // Nothing missed: the latest tick is the last handled one.
+        assert_eq!(e.due(last, last + 999, minute, 100), None);
+        // A clock that stepped back: nothing either.
+        assert_eq!(e.due(last, last - 5000, minute, 100), None);
+        // Exactly as old as the window still catches up.
+        assert_eq!(
+            e.due(last, last + 2000, Duration::from_secs(1), 100),
+            Some(Due::CatchUp {
+                ticks: secs(1..=2),
+                more: false
+            })
+        );
+    }
+
+    #[test]
+    fn after_a_gap_longer_than_the_window_only_the_latest_runs() {
+        let e = entry("*/1 * * * * *", None);
+        let last = ms("2024-05-01T12:00:00Z");
+        let now = ms("2024-05-01T12:00:05.500Z");
+        assert_eq!(
+            e.due(last, now, Duration::from_secs(3), 100),
+            Some(Due::Downtime {
+                first: last + 1000,
+                latest: last + 5000
+            })
+        );
+        // Years of downtime cost one step, not one per missed tick.
+        let yearly = entry("0 0 0 1 1 *", None);
+        assert_eq!(
+            yearly.due(
+                ms("2000-01-01T00:00:00Z"),
+                now,
+                Duration::from_secs(60),
+                100
+            ),
+            Some(Due::Downtime {
+                first: ms("2001-01-01T00:00:00Z"),
+                latest: ms("2024-01-01T00:00:00Z")
+            })
+        );
+    }
+
+    #[test]
+    fn missed_ticks_follow_the_time_zone() {
+        // 02:30 does not exist in Paris on 31 March 2024 (clocks jump 02:00 -> 03:00).
+        let e = entry("0 30 1-3 * * *", Some("Europe/Paris"));
+        let last = ms("2024-03-30T23:30:00Z"); // 00:30 CET
+        let now = ms("2024-03-31T01:45:00Z"); // 03:45 CEST
+        assert_eq!(
+            e.due(last, now, Duration::from_secs(3 * 3600), 100),
+            Some(Due::CatchUp {
+                ticks: vec![ms("2024-03-31T00:30:00Z"), ms("2024-03-31T01:30:00Z")],
+                more: false
+            })
+        );
     }
 
     #[test]

@@ -399,7 +399,10 @@ impl Daemon {
             self.tasks.push(tokio::spawn(cron::run(
                 store.clone(),
                 entries,
-                config.daemon.max_payload_bytes,
+                cron::Settings {
+                    max_doc_bytes: config.daemon.max_payload_bytes,
+                    catch_up: config.daemon.effective_cron_catch_up(),
+                },
                 watch,
                 self.shared.metrics.clone(),
                 stop.clone(),

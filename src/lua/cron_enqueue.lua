@@ -5,7 +5,8 @@
 -- record moves to it in the same step (compare-and-set), so a late daemon,
 -- or one offering a tick whose job already ran and was deleted, enqueues
 -- nothing. An entry with no record starts now: its tick is recorded, not
--- enqueued (no backfill).
+-- enqueued (no backfill). The daemon offers missed ticks oldest first, one
+-- call each, so catching up after a hand-over keeps every tick once.
 -- KEYS: the queue's keys (keys::PARTS order), then <prefix>:{<queue>}:cron (last).
 -- ARGV: entry key, tick (Unix ms), job id, document JSON, priority
 -- Returns: status, the entry's last tick handled; status is 'created',
