@@ -1,10 +1,13 @@
 //! `[[cron]]`: several daemons against one Redis enqueue each tick exactly
-//! once; after downtime only the latest missed tick runs; a new entry does
-//! not backfill; bad schedules and time zones are refused with their key.
+//! once; a hand-over (graceful or a crash) loses no tick; after downtime
+//! longer than `daemon.cron_catch_up` only the latest missed tick runs; a new
+//! entry does not backfill; bad schedules and time zones are refused with
+//! their key.
 //!
 //! Only the daemon holding the cron leader lease evaluates the entries; the
 //! compare-and-set in Redis keeps ticks exactly-once whoever offers them. When
-//! the leader shuts down, another daemon takes the duty over.
+//! the leader shuts down or dies, another daemon takes the duty over and runs
+//! the ticks missed meanwhile.
 //!
 //! One-second schedules and a short leader lease keep the waits short. Tests
 //! poll Redis under a deadline; the only waiting on the clock is for ticks to pass.
@@ -93,6 +96,10 @@ async fn leads(d: &Running) -> bool {
 
 /// Waits (bounded) until exactly one of `daemons` leads cron; returns its index.
 async fn the_leader(daemons: &[Running]) -> usize {
+    the_leader_of(&daemons.iter().collect::<Vec<_>>()).await
+}
+
+async fn the_leader_of(daemons: &[&Running]) -> usize {
     within(10, async {
         loop {
             let mut leading = Vec::new();
@@ -108,6 +115,100 @@ async fn the_leader(daemons: &[Running]) -> usize {
         }
     })
     .await
+}
+
+/// A daemon on a runtime of its own, so a test can kill it like a crashed
+/// process: shutting the runtime down drops every task at once, with no
+/// step-down and nothing written to Redis (its locks and leases expire).
+struct Process {
+    rt: Option<tokio::runtime::Runtime>,
+    daemon: Running,
+}
+
+impl Process {
+    async fn start(config: Config, runs: &Runs) -> Process {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let runs = runs.clone();
+        let daemon = within(20, rt.spawn(async move { start(config, &runs).await }))
+            .await
+            .unwrap();
+        Process {
+            rt: Some(rt),
+            daemon,
+        }
+    }
+
+    /// Kills the daemon abruptly.
+    fn crash(mut self) {
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+
+    /// Shuts the daemon down gracefully (bounded).
+    async fn stop(mut self) {
+        self.daemon.handle.shutdown();
+        within(20, &mut self.daemon.run).await.unwrap().unwrap();
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        // Dropping a runtime inside another one panics; this does not block.
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// The ids of a queue's `enqueued` events, in order, repeats included (the
+/// queue needs `events = true`): a tick enqueued twice shows twice, even when
+/// its job completed and was deleted in between.
+async fn enqueued(con: &mut redis::aio::MultiplexedConnection, queue: &str) -> Vec<String> {
+    let keys = QueueKeys::new("redq", queue).unwrap();
+    let entries: Vec<(String, Vec<String>)> = redis::cmd("XRANGE")
+        .arg(keys.events())
+        .arg("-")
+        .arg("+")
+        .query_async(con)
+        .await
+        .unwrap();
+    entries
+        .into_iter()
+        .filter_map(|(_, kv)| {
+            let field = |name: &str| {
+                kv.chunks(2)
+                    .find(|c| c[0] == name)
+                    .map(|c| c.get(1).cloned().unwrap_or_default())
+            };
+            (field("event").as_deref() == Some("enqueued"))
+                .then(|| field("id"))
+                .flatten()
+        })
+        .collect()
+}
+
+/// The ticks of `entry` among `ids` (all of them of that entry or not),
+/// asserting that none repeats.
+fn ticks_once(ids: &[String], entry: &str) -> Vec<i64> {
+    let prefix = format!("cron:{entry}:");
+    let mine: Vec<String> = ids
+        .iter()
+        .filter(|id| id.starts_with(&prefix))
+        .cloned()
+        .collect();
+    let out = ticks(&mine, entry);
+    let unique: BTreeSet<i64> = out.iter().copied().collect();
+    assert_eq!(
+        unique.len(),
+        out.len(),
+        "{entry}: a tick was enqueued twice: {out:?}"
+    );
+    out
 }
 
 async fn redis_ms(con: &mut redis::aio::MultiplexedConnection) -> i64 {
@@ -299,6 +400,149 @@ queue = "kept"
     let beat = ticks(&job_ids(&mut con, "kept").await, "beat");
     assert!(beat.len() >= 6, "{beat:?}");
     assert_consecutive_seconds(&beat, "beat");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_crashed_leader_loses_no_tick() {
+    let redis = RedisServer::start();
+    let mut con = redis.con().await;
+    // `beat` deletes completed jobs and records every enqueue as an event.
+    let cron = r#"
+[queues.beat]
+handler = { builtin = "noop" }
+events = true
+[[cron]]
+name = "pulse"
+schedule = "* * * * * *"
+queue = "beat"
+"#;
+    let mut config = config(&redis, cron);
+    // A crashed leader holds the duty for up to the TTL: several ticks.
+    config.daemon.leader_ttl = Duration::from_secs(3);
+    let runs: Runs = Arc::default();
+    let mut daemons = Vec::new();
+    for _ in 0..3 {
+        daemons.push(Process::start(config.clone(), &runs).await);
+    }
+    let count = |con: &mut redis::aio::MultiplexedConnection| {
+        let mut con = con.clone();
+        async move { enqueued(&mut con, "beat").await.len() }
+    };
+    within(15, async {
+        while count(&mut con).await < 2 {
+            tokio::time::sleep(POLL).await;
+        }
+    })
+    .await;
+    let running: Vec<&Running> = daemons.iter().map(|p| &p.daemon).collect();
+    let old = the_leader_of(&running).await;
+    let crashed_at = redis_ms(&mut con).await;
+    daemons.remove(old).crash();
+
+    // Another daemon leads once the lock expires and ticks go on.
+    let running: Vec<&Running> = daemons.iter().map(|p| &p.daemon).collect();
+    let next = the_leader_of(&running).await;
+    let before = count(&mut con).await;
+    within(15, async {
+        while count(&mut con).await < before + 2 {
+            tokio::time::sleep(POLL).await;
+        }
+    })
+    .await;
+    let took_over_at = redis_ms(&mut con).await;
+    assert!(leads(running[next]).await, "the new leader still leads");
+    for d in daemons {
+        d.stop().await;
+    }
+
+    let pulse = ticks_once(&enqueued(&mut con, "beat").await, "pulse");
+    assert_consecutive_seconds(&pulse, "pulse");
+    // The ticks span the hand-over, which took longer than a tick.
+    assert!(
+        pulse.first().is_some_and(|&t| t < crashed_at)
+            && pulse.last().is_some_and(|&t| t > crashed_at + 2000),
+        "crashed at {crashed_at}, took over by {took_over_at}: {pulse:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn downtime_longer_than_the_catch_up_window_runs_only_the_latest_tick() {
+    let redis = RedisServer::start();
+    let mut con = redis.con().await;
+    let cron = r#"
+[queues.beat]
+handler = { builtin = "noop" }
+events = true
+[[cron]]
+name = "near"
+schedule = "* * * * * *"
+queue = "beat"
+[[cron]]
+name = "far"
+schedule = "* * * * * *"
+queue = "beat"
+"#;
+    let mut config = config(&redis, cron);
+    config.daemon.cron_catch_up = Some(Duration::from_secs(10));
+    config
+        .validate_with(&["gone".to_owned()].into())
+        .expect("the window is at least 2 × leader_ttl");
+    // Daemons stopped 3s ago for `near` (within the window: every tick runs)
+    // and a minute ago for `far` (downtime: only the latest runs).
+    let now = redis_ms(&mut con).await / 1000 * 1000;
+    let record = QueueKeys::new("redq", "beat").unwrap().cron();
+    let _: () = redis::cmd("HSET")
+        .arg(&record)
+        .arg("near")
+        .arg(now - 3000)
+        .arg("far")
+        .arg(now - 60_000)
+        .query_async(&mut con)
+        .await
+        .unwrap();
+
+    let runs: Runs = Arc::default();
+    let mut daemons = Vec::new();
+    for _ in 0..2 {
+        daemons.push(start(config.clone(), &runs).await);
+    }
+    let started = redis_ms(&mut con).await;
+    within(15, async {
+        loop {
+            let ids = enqueued(&mut con, "beat").await;
+            let far = ids.iter().filter(|i| i.starts_with("cron:far:")).count();
+            if far >= 3 {
+                break;
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    })
+    .await;
+    for d in &daemons {
+        d.handle.shutdown();
+    }
+    for d in daemons {
+        within(20, d.run).await.unwrap().unwrap();
+    }
+
+    let ids = enqueued(&mut con, "beat").await;
+    let near = ticks_once(&ids, "near");
+    assert_consecutive_seconds(&near, "near");
+    assert_eq!(
+        near.first(),
+        Some(&(now - 2000)),
+        "near catches up: {near:?}"
+    );
+    let far = ticks_once(&ids, "far");
+    assert_consecutive_seconds(&far, "far");
+    // The first tick run is the latest at the leader's first round; none of
+    // the minute before the daemons started.
+    let started_tick = started / 1000 * 1000;
+    assert!(
+        far.first()
+            .is_some_and(|&t| t >= now && t <= started_tick + 2000),
+        "far skips the downtime and runs its latest tick (daemons started at {started}): {far:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
