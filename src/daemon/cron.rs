@@ -9,8 +9,8 @@
 //! so no entry is left without a daemon, and two leaders may offer one tick.
 //!
 //! The safety net, whoever offers a tick: each round reads Redis's clock
-//! (`TIME`, never the host's), finds for each entry its latest tick at or
-//! before that time (in the entry's time zone), and hands it to
+//! (`TIME`, never the host's), finds for each entry the ticks due at or
+//! before that time (in the entry's time zone, see below), and hands each to
 //! `cron_enqueue.lua`. The script keeps the last tick handled per entry in
 //! `<prefix>:{<queue>}:cron` and enqueues a tick only when it is later than
 //! that one (compare-and-set), under the deterministic id
