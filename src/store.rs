@@ -237,18 +237,19 @@ impl Store {
             inbox.to_string(),
         ];
         let reply = array(self.run(|s| &s.claim, q, args).await?, "claim")?;
-        let (head, rest) = reply.split_at(reply.len().min(4));
+        let (head, rest) = reply.split_at(reply.len().min(5));
         let now_ms = int(head.first(), "claim")?;
         let next_due = int(head.get(1), "claim")?;
-        let mut jobs = Vec::with_capacity(rest.len() / 4);
-        for job in rest.chunks(4) {
-            let record = text(job.get(3), "claim")?;
+        // Tokens are consecutive from the first (see claim.lua).
+        let first_token = u64::try_from(int(head.get(4), "claim")?)
+            .map_err(|_| Error::protocol("claim", "token is not a positive integer"))?;
+        let mut jobs = Vec::with_capacity(rest.len() / 3);
+        for (i, job) in rest.chunks(3).enumerate() {
+            let record = text(job.get(2), "claim")?;
             jobs.push(ClaimedJob {
                 id: text(job.first(), "claim")?,
-                token: text(job.get(1), "claim")?
-                    .parse()
-                    .map_err(|_| Error::protocol("claim", "token is not an integer"))?,
-                attempt: u32::try_from(int(job.get(2), "claim")?).unwrap_or(u32::MAX),
+                token: first_token + i as u64,
+                attempt: u32::try_from(int(job.get(1), "claim")?).unwrap_or(u32::MAX),
                 record: StoredJob::parse(&record),
             });
         }
@@ -284,19 +285,33 @@ impl Store {
             return Ok(Vec::new());
         }
         let keep_result = keep.keep > 0;
-        let mut args = vec![keep.keep.to_string(), ms(keep.max_age).to_string()];
+        // complete.lua's layout: id and token per job, then extras only for
+        // the jobs that have any (see the script's header).
+        let mut args = Vec::with_capacity(3 + 2 * done.len());
+        args.extend([
+            keep.keep.to_string(),
+            ms(keep.max_age).to_string(),
+            done.len().to_string(),
+        ]);
+        for c in done {
+            args.extend([c.id.to_owned(), c.token.to_string()]);
+        }
         for (i, c) in done.iter().enumerate() {
-            args.extend([
-                c.id.to_owned(),
-                c.token.to_string(),
-                c.unique_key.unwrap_or_default().to_owned(),
-                if keep_result {
-                    c.result.unwrap_or_default().to_owned()
-                } else {
-                    String::new()
-                },
-                resources.get(i).copied().flatten().unwrap_or("").to_owned(),
-            ]);
+            let unique = c.unique_key.unwrap_or_default();
+            let result = if keep_result {
+                c.result.unwrap_or_default()
+            } else {
+                ""
+            };
+            let res = resources.get(i).copied().flatten().unwrap_or("");
+            if !(unique.is_empty() && result.is_empty() && res.is_empty()) {
+                args.extend([
+                    (i + 1).to_string(),
+                    unique.to_owned(),
+                    result.to_owned(),
+                    res.to_owned(),
+                ]);
+            }
         }
         flags(self.run(|s| &s.complete, q, args).await?, "complete")
     }
@@ -499,6 +514,29 @@ impl Store {
 
 /// Adds the commands that write a queue's limits to its `meta` hash (read by
 /// claim.lua) to `pipe`.
+/// The field of `runs` that keeps it a real hash table (see [`keep_runs_hashed`]).
+/// Not a valid job id (ids never contain `~`), so no job ever uses it.
+pub const RUNS_PIN_FIELD: &str = "~pin";
+
+/// Keeps the queue's `runs` hash in Redis's hash-table encoding. Redis stores
+/// a hash with few fields (`hash-max-listpack-entries`, default 128) and short
+/// values (`hash-max-listpack-value`, default 64 bytes) as a listpack, which it
+/// searches linearly on every field access. `runs` holds one entry per running
+/// job and every claim and completion touches one field per job, so at the
+/// sizes a busy daemon keeps it (~its concurrency) each batch cost
+/// O(concurrency²): profiling showed a quarter of Redis's time in that search.
+/// One field whose value is longer than any listpack value converts the hash
+/// for good (Redis never converts back while the key exists), making each
+/// access O(1). The daemon writes it at start and on every reload.
+pub(crate) fn keep_runs_hashed(pipe: &mut redis::Pipeline, q: &QueueKeys) {
+    pipe.hset(
+        q.runs(),
+        RUNS_PIN_FIELD,
+        "keeps this hash out of Redis's listpack encoding: field lookups stay O(1) (redq)",
+    )
+    .ignore();
+}
+
 pub(crate) fn limits_into(
     pipe: &mut redis::Pipeline,
     q: &QueueKeys,

@@ -325,7 +325,20 @@ mod tests {
         };
         let report = run(&opts).await.unwrap();
         let ids: Vec<&str> = report.rows.iter().map(|r| r.id.as_str()).collect();
-        assert_eq!(ids, ["a", "c50", "c200", "c50p", "c200p"]);
+        assert_eq!(
+            ids,
+            [
+                "a",
+                "c50",
+                "c50_rcpu",
+                "c200",
+                "c200_rcpu",
+                "c50p",
+                "c50p_rcpu",
+                "c200p",
+                "c200p_rcpu"
+            ]
+        );
         assert!(report.rows.iter().all(|r| r.redq.median > 0.0));
     }
 }

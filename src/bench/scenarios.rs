@@ -262,6 +262,21 @@ struct Processed {
     redis_us_per_job: f64,
 }
 
+/// With `REDQ_BENCH_CALLGRIND` set (and the server run under
+/// `valgrind --tool=callgrind` through `REDQ_BENCH_REDIS_SERVER`), zeroes or
+/// dumps the server's instruction counts, so a profile covers exactly one
+/// processing run: instruction counts do not depend on what else the machine
+/// is doing. See benches/README.md.
+fn callgrind(srv: &Private, action: &str) {
+    if std::env::var_os("REDQ_BENCH_CALLGRIND").is_some() {
+        let _ = std::process::Command::new("callgrind_control")
+            .arg(action)
+            .arg(srv.pid().to_string())
+            .stdout(std::process::Stdio::null())
+            .status();
+    }
+}
+
 /// Redis's own CPU seconds so far (user + sys, `INFO cpu`).
 async fn redis_cpu(srv: &Private) -> Result<f64> {
     let user: f64 = srv
@@ -297,6 +312,7 @@ async fn process(
         srv.reset_stats().await?;
     }
     let cpu0 = redis_cpu(srv).await?;
+    callgrind(srv, "--zero");
     let reset = measure_rss && reset_peak_rss();
     let started = Instant::now();
     let mut running = Vec::new();
@@ -330,6 +346,7 @@ async fn process(
     }
     let took = started.elapsed();
     let cpu1 = redis_cpu(srv).await?;
+    callgrind(srv, "--dump");
     let rss = if reset { peak_rss_mib() } else { None };
     if profile {
         eprintln!(

@@ -38,29 +38,31 @@ impl Private {
             .port();
         let dir = std::env::temp_dir().join(format!("redq-bench-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).map_err(|e| cfg_err(format!("{}: {e}", dir.display())))?;
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
-            .args(["--maxmemory-policy", "noeviction"])
-            // Extra server settings for experiments, e.g. "hash-max-listpack-entries 0".
-            .args(
-                std::env::var("REDQ_BENCH_REDIS_ARGS")
-                    .unwrap_or_default()
-                    .split_whitespace()
-                    .enumerate()
-                    .map(|(i, a)| {
-                        if i % 2 == 0 {
-                            format!("--{a}")
-                        } else {
-                            a.to_owned()
-                        }
-                    }),
-            )
-            .arg("--dir")
-            .arg(&dir)
-            .stdout(Stdio::null())
-            .spawn()
-            .map_err(|e| cfg_err(format!("cannot start redis-server (is it installed?): {e}")))?;
+        let child = Command::new(
+            std::env::var("REDQ_BENCH_REDIS_SERVER").unwrap_or_else(|_| "redis-server".into()),
+        )
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+        .args(["--maxmemory-policy", "noeviction"])
+        // Extra server settings for experiments, e.g. "hash-max-listpack-entries 0".
+        .args(
+            std::env::var("REDQ_BENCH_REDIS_ARGS")
+                .unwrap_or_default()
+                .split_whitespace()
+                .enumerate()
+                .map(|(i, a)| {
+                    if i % 2 == 0 {
+                        format!("--{a}")
+                    } else {
+                        a.to_owned()
+                    }
+                }),
+        )
+        .arg("--dir")
+        .arg(&dir)
+        .stdout(Stdio::null())
+        .spawn()
+        .map_err(|e| cfg_err(format!("cannot start redis-server (is it installed?): {e}")))?;
         let url = format!("redis://127.0.0.1:{port}");
         let mut last = String::new();
         for _ in 0..200 {
@@ -89,6 +91,10 @@ impl Private {
         Err(cfg_err(format!(
             "the private redis-server did not come up: {last}"
         )))
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     pub fn con(&self) -> ConnectionManager {

@@ -307,6 +307,7 @@ impl Daemon {
             let meta = keys.meta().to_owned();
             pipe.hset(&meta, "max_doc_bytes", config.daemon.max_payload_bytes)
                 .ignore();
+            crate::store::keep_runs_hashed(&mut pipe, &keys);
             // Limits: claim.lua reads them here (absent = no limit).
             crate::store::limits_into(
                 &mut pipe,

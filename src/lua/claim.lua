@@ -42,7 +42,9 @@
 -- ARGV[4] at most this many inbox documents are taken
 -- Events (when on): `enqueued` (via=inbox) per inbox document taken, `started` per job.
 -- Returns: {now_ms, next_due_ms (-1 = none), paused (0|1), throttled (0|1),
---           then 4 per job: id, fencing token, attempt number, job record}
+--           first token (0 = no job), then 3 per job: id, attempt number, job record}
+--   The jobs' fencing tokens are consecutive: the i-th job (from 0) holds
+--   first token + i, so the reply carries one number, not one per job.
 --   next_due_ms: when fewer than ARGV[1] jobs were handed out, the soonest of
 --   the next scheduled job, the queue's room (throttled) and a tenant's room;
 --   now_ms when jobs may be ready that this call had no rounds left to reach.
@@ -56,7 +58,7 @@ local now = now_ms()
 local meta = redis.call('HMGET', k.meta, 'paused', 'events', 'max_doc_bytes',
   'rate_jobs', 'rate_per_ms', 'group_limit', 'parking', 'tenant_rate')
 if meta[1] then
-  return { now, -1, 1, 0 }
+  return { now, -1, 1, 0, 0 }
 end
 local cap = tonumber(meta[2]) or 0
 allow_when_full(k)
@@ -171,7 +173,7 @@ if tenant_on or meta[7] then
   end
 end
 
-local out = { now, -1, 0, 0 }
+local out = { now, -1, 0, 0, 0 }
 -- next_due_ms: the soonest of the times given.
 local function sooner(t)
   if t and (out[2] < 0 or t < out[2]) then out[2] = t end
@@ -192,12 +194,21 @@ local rounds, drained = 0, false
 while #ids < budget and rounds < 8 do
   rounds = rounds + 1
   local asked = budget - #ids
-  local popped = redis.call('ZPOPMIN', k.pending, asked)
-  local n = #popped / 2
+  local batch, popped
+  if group_limit or tenant_on then
+    -- Parking needs each job's pending score.
+    popped = redis.call('ZPOPMIN', k.pending, asked)
+    batch = {}
+    for i = 1, #popped / 2 do batch[i] = popped[2 * i - 1] end
+  else
+    -- Without limits the scores are not needed: taking the first `asked`
+    -- members by rank spares Redis formatting a score per job.
+    batch = redis.call('ZRANGE', k.pending, 0, asked - 1)
+    if #batch > 0 then redis.call('ZREMRANGEBYRANK', k.pending, 0, #batch - 1) end
+  end
+  local n = #batch
   if n < asked then drained = true end
   if n == 0 then break end
-  local batch = {}
-  for i = 1, n do batch[i] = popped[2 * i - 1] end
   local recs = redis.call('HMGET', k.jobs, unpack(batch))
   for i = 1, n do
     -- An id without a record has nothing to run; it is not handed out.
@@ -282,18 +293,28 @@ if n == 0 then return out end
 local runs = redis.call('HMGET', k.runs, unpack(ids))
 local last = redis.call('HINCRBY', k.meta, 'fence', n)
 local deadline = now + lease
+-- Per-job work is kept to table stores and one integer format (the token):
+-- numbers passed to Redis as numbers would each be formatted as a double.
+local started, until_ms = fmt_int(now), fmt_int(deadline)
+local tail = ',' .. started
 local hargs, zargs, cargs, gargs, targs = {}, {}, {}, {}, {}
+out[5] = last - n + 1
+local o = #out
 for i = 1, n do
-  local attempts = parse_run(runs[i]) + 1
+  local id = ids[i]
+  local attempts = 1
+  if runs[i] then attempts = parse_run(runs[i]) + 1 end
   local token = fmt_int(last - n + i)
-  hargs[#hargs + 1] = ids[i]
-  hargs[#hargs + 1] = run_entry(attempts, token, now)
-  zargs[#zargs + 1] = deadline
-  zargs[#zargs + 1] = ids[i]
-  cargs[#cargs + 1] = now
-  cargs[#cargs + 1] = token
+  hargs[2 * i - 1] = id
+  hargs[2 * i] = (attempts == 1 and '1' or fmt_int(attempts)) .. ',' .. token .. tail
+  zargs[2 * i - 1] = until_ms
+  zargs[2 * i] = id
+  if rate_jobs then
+    cargs[2 * i - 1] = started
+    cargs[2 * i] = token
+  end
   if grouped[i] then
-    gargs[#gargs + 1] = ids[i]
+    gargs[#gargs + 1] = id
     gargs[#gargs + 1] = grouped[i]
   end
   local w = tenant_of[i]
@@ -303,14 +324,14 @@ for i = 1, n do
       a = {}
       targs[w] = a
     end
-    a[#a + 1] = now
+    a[#a + 1] = started
     a[#a + 1] = token
   end
-  out[#out + 1] = ids[i]
-  out[#out + 1] = token
-  out[#out + 1] = attempts
-  out[#out + 1] = records[i]
-  emit(k, cap, 'started', ids[i], attempts, 'lease_until_ms', fmt_int(deadline))
+  out[o + 1] = id
+  out[o + 2] = attempts
+  out[o + 3] = records[i]
+  o = o + 3
+  if cap > 0 then emit(k, cap, 'started', id, attempts, 'lease_until_ms', until_ms) end
 end
 redis.call('HSET', k.runs, unpack(hargs))
 redis.call('ZADD', k.active, unpack(zargs))

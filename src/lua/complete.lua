@@ -5,23 +5,32 @@
 -- KEYS: the queue's keys (keys::PARTS order).
 -- ARGV[1] keep_count: completed jobs kept (0 = delete at once)
 -- ARGV[2] keep_age_ms: kept jobs older than this are deleted (0 = no age limit)
--- ARGV[3..] 5 per job: id, token, unique_key ('' = none), result ('' = none),
---   resources JSON ('' = none; kept in `resources` while the job is kept)
+-- ARGV[3] n: how many jobs
+-- ARGV[4..3+2n] 2 per job: id, token
+-- then, only for jobs that have any, 4 per job: job index (1..n), unique_key
+--   ('' = none), result ('' = none), resources JSON ('' = none; kept in
+--   `resources` while the job is kept). Most completions have none, so the
+--   common case passes two strings per job.
 -- Events (when on): `succeeded` per completed job, with run_ms.
 -- Group slots (group_concurrency) of completed jobs are given back and parked jobs of their groups go back in line.
 -- Returns: one integer per job: 1 completed, 0 stale token (nothing changed)
 -- A kept job keeps its run entry (attempts, start time) with the token cleared.
 local k = queue_keys(KEYS)
-local keep, keep_age = tonumber(ARGV[1]), tonumber(ARGV[2])
-local ids = ids_of(ARGV, 3, 5)
+local keep, keep_age, n = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local ids = {}
+for i = 1, n do ids[i] = ARGV[2 * i + 2] end
+local uniques, results, resources = {}, {}, {}
+for a = 4 + 2 * n, #ARGV, 4 do
+  local i = tonumber(ARGV[a])
+  uniques[i], results[i], resources[i] = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
+end
 local runs = redis.call('HMGET', k.runs, unpack(ids))
-local out, done, at, idx = {}, {}, {}, {}
-for i, id in ipairs(ids) do
-  local _, token = parse_run(runs[i])
-  if token ~= '0' and token == ARGV[5 * i - 1] then
+local out, done, idx = {}, {}, {}
+for i = 1, n do
+  local token = runs[i] and run_token(runs[i])
+  if token and token ~= '0' and token == ARGV[2 * i + 3] then
     out[i] = 1
-    done[#done + 1] = id
-    at[#done] = 5 * i - 2
+    done[#done + 1] = ids[i]
     idx[#done] = i
   else
     out[i] = 0
@@ -33,7 +42,8 @@ allow_when_full(k)
 redis.call('ZREM', k.active, unpack(done))
 if release_groups(k, done) then wake(k) end
 for j, id in ipairs(done) do
-  release_unique(k, ARGV[at[j] + 2], id)
+  local unique = uniques[idx[j]]
+  if unique and unique ~= '' then release_unique(k, unique, id) end
 end
 local cap = events_cap(k)
 if cap > 0 then
@@ -52,13 +62,13 @@ if keep > 0 then
     local attempts, _, started = parse_run(runs[idx[j]])
     run_args[#run_args + 1] = id
     run_args[#run_args + 1] = run_entry(attempts, '0', started)
-    local result = ARGV[at[j] + 3]
-    if result ~= '' then
+    local result = results[idx[j]]
+    if result and result ~= '' then
       rargs[#rargs + 1] = id
       rargs[#rargs + 1] = result
     end
-    local res = ARGV[at[j] + 4]
-    if res ~= '' then
+    local res = resources[idx[j]]
+    if res and res ~= '' then
       res_args[#res_args + 1] = id
       res_args[#res_args + 1] = res
     end
@@ -69,9 +79,6 @@ if keep > 0 then
   if #res_args > 0 then redis.call('HSET', k.resources, unpack(res_args)) end
   trim_retention(k, k.done, now, keep, keep_age, math.max(100, 2 * #done))
 else
-  redis.call('HDEL', k.runs, unpack(done))
-  redis.call('HDEL', k.jobs, unpack(done))
-  redis.call('HDEL', k.errors, unpack(done))
-  redis.call('HDEL', k.resources, unpack(done))
+  hdel_all({ k.runs, k.jobs, k.errors, k.resources }, done)
 end
 return out

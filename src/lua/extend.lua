@@ -11,11 +11,12 @@ local ids = ids_of(ARGV, 2, 2)
 local runs = redis.call('HMGET', k.runs, unpack(ids))
 local now = now_ms()
 local out, zargs = { now }, {}
+local until_ms = fmt_int(now + lease)
 for i, id in ipairs(ids) do
-  local _, token = parse_run(runs[i])
-  if token ~= '0' and token == ARGV[2 * i + 1] then
+  local token = runs[i] and run_token(runs[i])
+  if token and token ~= '0' and token == ARGV[2 * i + 1] then
     out[i + 1] = 1
-    zargs[#zargs + 1] = now + lease
+    zargs[#zargs + 1] = until_ms
     zargs[#zargs + 1] = id
   else
     out[i + 1] = 0

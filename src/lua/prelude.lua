@@ -64,6 +64,11 @@ local function parse_run(v)
   return tonumber(a) or 0, t or '0', tonumber(s) or 0
 end
 
+-- The token of a run entry that holds one ('0' or nil when not held).
+local function run_token(v)
+  return string.match(v, '^%d+,(%d+),')
+end
+
 local function run_entry(attempts, token, started)
   return fmt_int(attempts) .. ',' .. token .. ',' .. fmt_int(started)
 end
@@ -125,12 +130,17 @@ local function release_unique(k, unique, id)
   end
 end
 
+-- HDEL of `ids` from each hash that exists. Most queues never write some
+-- of them (errors without failures, results and resources without
+-- retention): EXISTS once spares passing every id to a missing key.
+local function hdel_all(hashes, ids)
+  for _, h in ipairs(hashes) do
+    if redis.call('EXISTS', h) == 1 then redis.call('HDEL', h, unpack(ids)) end
+  end
+end
+
 local function delete_jobs(k, ids)
-  redis.call('HDEL', k.jobs, unpack(ids))
-  redis.call('HDEL', k.runs, unpack(ids))
-  redis.call('HDEL', k.errors, unpack(ids))
-  redis.call('HDEL', k.results, unpack(ids))
-  redis.call('HDEL', k.resources, unpack(ids))
+  hdel_all({ k.jobs, k.runs, k.errors, k.results, k.resources }, ids)
 end
 
 -- Bounds a retention set (`done` or `dead`): drops members older than
@@ -339,6 +349,8 @@ end
 -- Costs one HMGET of `holders` when no job holds a slot. Call after
 -- allow_when_full. Returns true when jobs went back to pending (wake them).
 local function release_groups(k, ids)
+  -- Without group limits no job holds a slot: skip the per-job lookup.
+  if redis.call('EXISTS', k.holders) == 0 then return false end
   local held = redis.call('HMGET', k.holders, unpack(ids))
   local freed, gone = {}, {}
   for i = 1, #ids do
