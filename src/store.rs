@@ -14,6 +14,7 @@ use crate::error::{Error, Result};
 use crate::job::{PreparedJob, StoredJob};
 use crate::keys::{self, QueueKeys};
 use crate::scripts::{Scripts, SCRIPTS};
+use crate::usage::Tally;
 
 /// Connection to Redis plus the key prefix.
 #[derive(Clone)]
@@ -167,9 +168,23 @@ impl Store {
         q: &QueueKeys,
         args: Vec<String>,
     ) -> Result<Value> {
+        self.run_with(pick, q, None, args).await
+    }
+
+    /// [`Store::run`] with one more key after the queue's (same hash tag).
+    async fn run_with(
+        &self,
+        pick: fn(&Scripts) -> &redis::Script,
+        q: &QueueKeys,
+        extra_key: Option<&str>,
+        args: Vec<String>,
+    ) -> Result<Value> {
         let script = pick(&SCRIPTS);
         let mut inv = script.prepare_invoke();
         for k in q.all() {
+            inv.key(k);
+        }
+        if let Some(k) = extra_key {
             inv.key(k);
         }
         for a in args {
@@ -269,17 +284,22 @@ impl Store {
         done: &[Completion<'_>],
         keep: Retention,
     ) -> Result<Vec<bool>> {
-        self.complete_with(q, done, keep, &[]).await
+        self.complete_with(q, done, keep, &[], None, Duration::ZERO)
+            .await
     }
 
     /// [`Store::complete`], also keeping each job's resources JSON (`resources[i]`
-    /// for `done[i]`; missing or `None`: none) while the job is kept.
+    /// for `done[i]`; missing or `None`: none) while the job is kept, and
+    /// adding the batch's `usage` in the same atomic step (not when every
+    /// job of the batch is stale, as on a resend after a lost reply).
     pub async fn complete_with(
         &self,
         q: &QueueKeys,
         done: &[Completion<'_>],
         keep: Retention,
         resources: &[Option<&str>],
+        usage: Option<&Tally>,
+        usage_retention: Duration,
     ) -> Result<Vec<bool>> {
         if done.is_empty() {
             return Ok(Vec::new());
@@ -287,12 +307,13 @@ impl Store {
         let keep_result = keep.keep > 0;
         // complete.lua's layout: id and token per job, then extras only for
         // the jobs that have any (see the script's header).
-        let mut args = Vec::with_capacity(3 + 2 * done.len());
+        let mut args = Vec::with_capacity(5 + 2 * done.len());
         args.extend([
             keep.keep.to_string(),
             ms(keep.max_age).to_string(),
             done.len().to_string(),
         ]);
+        let usage_key = usage_args(&mut args, q, usage, usage_retention);
         for c in done {
             args.extend([c.id.to_owned(), c.token.to_string()]);
         }
@@ -313,7 +334,11 @@ impl Store {
                 ]);
             }
         }
-        flags(self.run(|s| &s.complete, q, args).await?, "complete")
+        flags(
+            self.run_with(|s| &s.complete, q, usage_key.as_deref(), args)
+                .await?,
+            "complete",
+        )
     }
 
     /// Records failures: each job is scheduled for a retry or moved to the dead set.
@@ -323,22 +348,27 @@ impl Store {
         failed: &[Failure<'_>],
         dead: Retention,
     ) -> Result<Vec<FailResult>> {
-        self.fail_with(q, failed, dead, &[]).await
+        self.fail_with(q, failed, dead, &[], None, Duration::ZERO)
+            .await
     }
 
     /// [`Store::fail`], also keeping each job's resources JSON (`resources[i]` for
-    /// `failed[i]`; missing or `None`: none).
+    /// `failed[i]`; missing or `None`: none), and adding `usage` as
+    /// [`Store::complete_with`] does.
     pub async fn fail_with(
         &self,
         q: &QueueKeys,
         failed: &[Failure<'_>],
         dead: Retention,
         resources: &[Option<&str>],
+        usage: Option<&Tally>,
+        usage_retention: Duration,
     ) -> Result<Vec<FailResult>> {
         if failed.is_empty() {
             return Ok(Vec::new());
         }
         let mut args = vec![dead.keep.to_string(), ms(dead.max_age).to_string()];
+        let usage_key = usage_args(&mut args, q, usage, usage_retention);
         for (i, f) in failed.iter().enumerate() {
             args.extend([
                 f.id.to_owned(),
@@ -349,7 +379,11 @@ impl Store {
                 resources.get(i).copied().flatten().unwrap_or("").to_owned(),
             ]);
         }
-        let reply = array(self.run(|s| &s.fail, q, args).await?, "fail")?;
+        let reply = array(
+            self.run_with(|s| &s.fail, q, usage_key.as_deref(), args)
+                .await?,
+            "fail",
+        )?;
         reply
             .iter()
             .map(|v| match int(Some(v), "fail")? {
@@ -535,6 +569,28 @@ pub(crate) fn keep_runs_hashed(pipe: &mut redis::Pipeline, q: &QueueKeys) {
         "keeps this hash out of Redis's listpack encoding: field lookups stay O(1) (redq)",
     )
     .ignore();
+}
+
+/// Appends the usage section of complete.lua / fail.lua (field count, expiry,
+/// then field and amount pairs; "0", "0" for none) and returns the day hash
+/// to pass as the extra key.
+fn usage_args(
+    args: &mut Vec<String>,
+    q: &QueueKeys,
+    usage: Option<&Tally>,
+    retention: Duration,
+) -> Option<String> {
+    match usage.filter(|t| !t.is_empty()) {
+        Some(t) => {
+            let (key, more) = t.script_args(q, retention);
+            args.extend(more);
+            Some(key)
+        }
+        None => {
+            args.extend(["0".to_owned(), "0".to_owned()]);
+            None
+        }
+    }
 }
 
 pub(crate) fn limits_into(

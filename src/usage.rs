@@ -9,9 +9,11 @@
 //! split at its *last* separator, and reported names may not contain it, so a
 //! tenant holding any character is still read back unambiguously.
 //!
-//! Each result writer adds one batch in one atomic pipeline (`MULTI`; every
-//! key of the batch shares the queue's hash tag), and sets each day's hash to
-//! expire a retention (`daemon.usage_retention`) after the end of its day.
+//! The daemon's result writer adds each batch's usage inside the same
+//! `complete.lua` / `fail.lua` call that records the batch's results (the day
+//! hash shares the queue's hash tag), so usage is added exactly once per
+//! recorded batch, and sets the day's hash to expire a retention
+//! (`daemon.usage_retention`) after the end of its day.
 //! Reading is O(days) per queue: one `HGETALL` per queue and day, in one
 //! pipeline.
 
@@ -162,18 +164,31 @@ pub fn split_field(field: &str) -> Option<(&str, &str)> {
     field.rsplit_once(FIELD_SEP)
 }
 
-/// One write batch's usage, summed before it goes to Redis.
-#[derive(Debug, Default)]
+/// One write batch's usage on one day, summed before it goes to Redis. The
+/// daemon's writer hands it to `complete.lua` / `fail.lua` (see
+/// [`Tally::script_args`]), so the usage of a batch is added in the same
+/// atomic step as the batch's results: once, even when a batch is sent again
+/// after its reply was lost (the retry finds every job already finished and
+/// adds nothing).
+#[derive(Debug)]
 pub struct Tally {
-    sums: BTreeMap<(Day, String), f64>,
+    day: Day,
+    sums: BTreeMap<String, f64>,
 }
 
 impl Tally {
-    /// Adds one finished attempt of `tenant` on `day`: [`JOBS`] 1, [`RUN_SECONDS`]
+    pub fn new(day: Day) -> Tally {
+        Tally {
+            day,
+            sums: BTreeMap::new(),
+        }
+    }
+
+    /// Adds one finished attempt of `tenant`: [`JOBS`] 1, [`RUN_SECONDS`]
     /// `run`, and the reported `usage` (already [`sanitize`]d).
-    pub fn add(&mut self, day: Day, tenant: Option<&str>, run: Duration, usage: &Usage) {
+    pub fn add(&mut self, tenant: Option<&str>, run: Duration, usage: &Usage) {
         let mut add = |name: &str, n: f64| {
-            *self.sums.entry((day, field(tenant, name))).or_default() += n;
+            *self.sums.entry(field(tenant, name)).or_default() += n;
         };
         add(JOBS, 1.0);
         add(RUN_SECONDS, run.as_secs_f64());
@@ -186,41 +201,18 @@ impl Tally {
         self.sums.is_empty()
     }
 
-    /// One atomic pipeline: `HINCRBYFLOAT` per (day, field), then `EXPIREAT`
-    /// per day's hash, `retention` after the end of its day.
-    pub fn pipeline(&self, q: &QueueKeys, retention: Duration) -> redis::Pipeline {
-        let mut pipe = redis::pipe();
-        pipe.atomic();
-        let mut days = Vec::new();
-        for ((day, field), n) in &self.sums {
-            pipe.cmd("HINCRBYFLOAT")
-                .arg(q.usage_day(&day.to_string()))
-                .arg(field)
-                .arg(format_number(*n))
-                .ignore();
-            if days.last() != Some(day) {
-                days.push(*day);
-            }
+    /// The day's hash key (an extra script key, same hash tag as the queue),
+    /// and the arguments the scripts take: the number of fields, when the
+    /// hash expires (Unix s: `retention` after the end of its day), then
+    /// field and amount (as `HINCRBYFLOAT` reads it) per field.
+    pub fn script_args(&self, q: &QueueKeys, retention: Duration) -> (String, Vec<String>) {
+        let at = self.day.end_secs().saturating_add(retention.as_secs());
+        let mut args = Vec::with_capacity(2 + 2 * self.sums.len());
+        args.extend([self.sums.len().to_string(), at.to_string()]);
+        for (field, n) in &self.sums {
+            args.extend([field.clone(), format_number(*n)]);
         }
-        for day in days {
-            let at = day.end_secs().saturating_add(retention.as_secs());
-            pipe.cmd("EXPIREAT")
-                .arg(q.usage_day(&day.to_string()))
-                .arg(at)
-                .ignore();
-        }
-        pipe
-    }
-
-    /// Writes the tally (see [`Tally::pipeline`]).
-    pub async fn write(&self, store: &Store, q: &QueueKeys, retention: Duration) -> Result<()> {
-        if self.is_empty() {
-            return Ok(());
-        }
-        self.pipeline(q, retention)
-            .query_async::<()>(&mut store.connection())
-            .await?;
-        Ok(())
+        (q.usage_day(&self.day.to_string()), args)
     }
 }
 

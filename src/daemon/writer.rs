@@ -148,10 +148,11 @@ async fn write(ctx: &WriterCtx, store: &Store, batch: &[Report], counters: &Coun
     let mut failed = Vec::new();
     let mut released = Vec::new();
     let (mut done_res, mut failed_res) = (Vec::new(), Vec::new());
-    let (mut tally, today) = (Tally::default(), Day::today());
-    let mut count = |spent: &Spent| {
-        let tenant = spent.tenant.as_deref();
-        tally.add(today, tenant, spent.run, &spent.usage);
+    // Usage goes with the results it belongs to, in the same script call.
+    let today = Day::today();
+    let (mut done_usage, mut failed_usage) = (Tally::new(today), Tally::new(today));
+    let count = |tally: &mut Tally, spent: &Spent| {
+        tally.add(spent.tenant.as_deref(), spent.run, &spent.usage);
         spent
             .resources
             .as_ref()
@@ -172,7 +173,7 @@ async fn write(ctx: &WriterCtx, store: &Store, batch: &[Report], counters: &Coun
                     unique_key: unique.as_deref(),
                     result: result.as_deref(),
                 });
-                done_res.push(count(spent));
+                done_res.push(count(&mut done_usage, spent));
             }
             Report::Fail {
                 id,
@@ -189,29 +190,32 @@ async fn write(ctx: &WriterCtx, store: &Store, batch: &[Report], counters: &Coun
                     error,
                     unique_key: unique.as_deref(),
                 });
-                failed_res.push(spent.as_ref().and_then(&mut count));
+                failed_res.push(spent.as_ref().and_then(|s| count(&mut failed_usage, s)));
             }
             Report::Release { id, token } => released.push((id.as_str(), *token)),
         }
     }
     let done_res: Vec<Option<&str>> = done_res.iter().map(Option::as_deref).collect();
     let failed_res: Vec<Option<&str>> = failed_res.iter().map(Option::as_deref).collect();
-    let (c, f, r, u) = tokio::join!(
-        with_retry(ctx, || store
-            .complete_with(&ctx.keys, &done, ctx.keep, &done_res)),
+    let (c, f, r) = tokio::join!(
+        with_retry(ctx, || store.complete_with(
+            &ctx.keys,
+            &done,
+            ctx.keep,
+            &done_res,
+            Some(&done_usage),
+            ctx.usage_retention
+        )),
         with_retry(ctx, || store.fail_with(
             &ctx.keys,
             &failed,
             ctx.dead,
-            &failed_res
+            &failed_res,
+            Some(&failed_usage),
+            ctx.usage_retention
         )),
         with_retry(ctx, || store.release(&ctx.keys, &released)),
-        with_retry(ctx, || tally.write(store, &ctx.keys, ctx.usage_retention)),
     );
-    if u.is_none() {
-        tracing::error!(queue = %ctx.name, attempts = done.len() + failed.len(),
-            "usage of these attempts is not counted: writing it failed");
-    }
     let (c, f, r) = (
         c.unwrap_or_default(),
         f.unwrap_or_default(),

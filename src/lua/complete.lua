@@ -6,7 +6,11 @@
 -- ARGV[1] keep_count: completed jobs kept (0 = delete at once)
 -- ARGV[2] keep_age_ms: kept jobs older than this are deleted (0 = no age limit)
 -- ARGV[3] n: how many jobs
--- ARGV[4..3+2n] 2 per job: id, token
+-- ARGV[4..] the batch's usage: field count u, expiry (Unix s), then u field
+--   and amount pairs, added (HINCRBYFLOAT) to KEYS[#KEYS], the day's usage
+--   hash, unless every job of the batch is stale: a batch sent again after
+--   its reply was lost adds nothing the second time.
+-- then 2 per job: id, token
 -- then, only for jobs that have any, 4 per job: job index (1..n), unique_key
 --   ('' = none), result ('' = none), resources JSON ('' = none; kept in
 --   `resources` while the job is kept). Most completions have none, so the
@@ -17,10 +21,14 @@
 -- A kept job keeps its run entry (attempts, start time) with the token cleared.
 local k = queue_keys(KEYS)
 local keep, keep_age, n = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local ids = {}
-for i = 1, n do ids[i] = ARGV[2 * i + 2] end
+local _, first = usage_count(ARGV, 4)
+local ids, tokens = {}, {}
+for i = 1, n do
+  ids[i] = ARGV[first + 2 * i - 2]
+  tokens[i] = ARGV[first + 2 * i - 1]
+end
 local uniques, results, resources = {}, {}, {}
-for a = 4 + 2 * n, #ARGV, 4 do
+for a = first + 2 * n, #ARGV, 4 do
   local i = tonumber(ARGV[a])
   uniques[i], results[i], resources[i] = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
 end
@@ -28,7 +36,7 @@ local runs = redis.call('HMGET', k.runs, unpack(ids))
 local out, done, idx = {}, {}, {}
 for i = 1, n do
   local token = runs[i] and run_token(runs[i])
-  if token and token ~= '0' and token == ARGV[2 * i + 3] then
+  if token and token ~= '0' and token == tokens[i] then
     out[i] = 1
     done[#done + 1] = ids[i]
     idx[#done] = i
@@ -39,6 +47,7 @@ end
 if #done == 0 then return out end
 
 allow_when_full(k)
+add_usage(KEYS, ARGV, 4)
 redis.call('ZREM', k.active, unpack(done))
 if release_groups(k, done) then wake(k) end
 for j, id in ipairs(done) do

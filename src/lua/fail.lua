@@ -4,20 +4,23 @@
 -- KEYS: the queue's keys (keys::PARTS order).
 -- ARGV[1] dead_keep: most jobs kept in the dead set
 -- ARGV[2] dead_age_ms: dead jobs older than this are deleted (0 = no age limit)
--- ARGV[3..] 6 per job: id, token, retry delay in ms (-1 = dead now), error text, unique_key ('' = none),
+-- ARGV[3..] the batch's usage, as in complete.lua (added unless every job is stale)
+-- then 6 per job: id, token, retry delay in ms (-1 = dead now), error text, unique_key ('' = none),
 --   resources JSON of the attempt ('' = none; kept in `resources`)
 -- Events (when on): `failed` (error, retry_at_ms) per retry, `dead` (error) per death.
 -- Group slots are given back as in complete.lua.
 -- Returns: one integer per job: 1 retry scheduled, 2 dead, 0 stale token (nothing changed)
 local k = queue_keys(KEYS)
 local dead_keep, dead_age = tonumber(ARGV[1]), tonumber(ARGV[2])
-local ids = ids_of(ARGV, 3, 6)
+local _, first = usage_count(ARGV, 3)
+local ids = ids_of(ARGV, first, 6)
+local o = first - 3 -- ARGV offset of the jobs: job i's fields start at o + 6i - 3
 local runs = redis.call('HMGET', k.runs, unpack(ids))
 local now = now_ms()
 local out, mine = {}, {}
 for i, id in ipairs(ids) do
   local _, token = parse_run(runs[i])
-  if token ~= '0' and token == ARGV[6 * i - 2] then
+  if token ~= '0' and token == ARGV[o + 6 * i - 2] then
     mine[#mine + 1] = id
   end
   out[i] = 0
@@ -25,6 +28,7 @@ end
 if #mine == 0 then return out end
 
 allow_when_full(k)
+add_usage(KEYS, ARGV, 3)
 redis.call('ZREM', k.active, unpack(mine))
 if release_groups(k, mine) then wake(k) end
 local cap = events_cap(k)
@@ -32,13 +36,13 @@ local retry_z, dead_ids, dead_errors, errs, run_args, res_args = {}, {}, {}, {},
 local dead_attempts = {}
 for i, id in ipairs(ids) do
   local attempts, token, started = parse_run(runs[i])
-  if token ~= '0' and token == ARGV[6 * i - 2] then
-    local delay, err = tonumber(ARGV[6 * i - 1]), ARGV[6 * i]
+  if token ~= '0' and token == ARGV[o + 6 * i - 2] then
+    local delay, err = tonumber(ARGV[o + 6 * i - 1]), ARGV[o + 6 * i]
     run_args[#run_args + 1] = id
     run_args[#run_args + 1] = run_entry(attempts, '0', started)
-    if ARGV[6 * i + 2] ~= '' then
+    if ARGV[o + 6 * i + 2] ~= '' then
       res_args[#res_args + 1] = id
-      res_args[#res_args + 1] = ARGV[6 * i + 2]
+      res_args[#res_args + 1] = ARGV[o + 6 * i + 2]
     end
     if delay >= 0 then
       out[i] = 1
@@ -53,7 +57,7 @@ for i, id in ipairs(ids) do
       dead_attempts[#dead_ids] = attempts
       dead_errors[#dead_errors + 1] = id
       dead_errors[#dead_errors + 1] = err
-      release_unique(k, ARGV[6 * i + 1], id)
+      release_unique(k, ARGV[o + 6 * i + 1], id)
     end
   end
 end

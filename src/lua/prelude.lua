@@ -130,6 +130,24 @@ local function release_unique(k, unique, id)
   end
 end
 
+-- Usage of a batch of finished attempts (complete.lua, fail.lua): ARGV[at]
+-- fields, ARGV[at + 1] when the day's hash expires (Unix s), then field and
+-- amount pairs, added to the day's hash, the key after the queue's. Returns
+-- the index of the first ARGV after the section. Call after allow_when_full.
+local function usage_count(args, at)
+  return tonumber(args[at]), at + 2 + 2 * tonumber(args[at])
+end
+
+local function add_usage(keys, args, at)
+  local n = tonumber(args[at])
+  if n == 0 then return end
+  local key = keys[#keys]
+  for a = at + 2, at + 2 * n, 2 do
+    redis.call('HINCRBYFLOAT', key, args[a], args[a + 1])
+  end
+  redis.call('EXPIREAT', key, args[at + 1])
+end
+
 -- HDEL of `ids` from each hash that exists. Most queues never write some
 -- of them (errors without failures, results and resources without
 -- retention): EXISTS once spares passing every id to a missing key.
