@@ -9,6 +9,7 @@ use std::time::Duration;
 use common::{snapshot, within, RedisServer};
 use redq::inspect::JobState;
 use redq::store::{Completion, EnqueueStatus, FailResult, Failure, Retention, Store};
+use redq::usage::{self, Day, Tally};
 use redq::NewJob;
 use serde_json::json;
 
@@ -749,4 +750,51 @@ async fn at_maxmemory_enqueue_fails_with_oom_but_freeing_transitions_still_work(
         store.complete(&q, &done, KEEP_NONE).await.unwrap(),
         vec![true]
     );
+}
+
+#[tokio::test]
+async fn a_batch_resent_after_a_lost_reply_adds_its_usage_once() {
+    let redis = RedisServer::start();
+    let client = redis.client().await;
+    let store = client.store();
+    let q = store.queue("q").unwrap();
+    for n in 0..3 {
+        client.enqueue("q", job(n)).await.unwrap();
+    }
+    let got = claim(store, "q", 3).await;
+    let done: Vec<Completion> = got
+        .jobs
+        .iter()
+        .map(|j| Completion {
+            id: &j.id,
+            token: j.token,
+            unique_key: None,
+            result: None,
+        })
+        .collect();
+    let day = Day::today();
+    let mut tally = Tally::new(day);
+    for _ in &done {
+        tally.add(
+            Some("acme"),
+            Duration::from_millis(500),
+            &Default::default(),
+        );
+    }
+    let retention = Duration::from_secs(3600);
+    // The first send is applied; the resend (as after a lost reply) finds
+    // every job finished and adds nothing.
+    for want in [true, false] {
+        let applied = store
+            .complete_with(&q, &done, KEEP_NONE, &[], Some(&tally), retention)
+            .await
+            .unwrap();
+        assert_eq!(applied, vec![want; 3]);
+    }
+    let totals = usage::totals(store, &["q".to_owned()], Some("acme"), day, day)
+        .await
+        .unwrap();
+    assert_eq!(totals.len(), 1, "{totals:?}");
+    assert_eq!(totals[0].usage.get(usage::JOBS), Some(&3.0));
+    assert_eq!(totals[0].usage.get(usage::RUN_SECONDS), Some(&1.5));
 }
