@@ -4,9 +4,9 @@
 //! tag puts all of a queue's keys on one Redis Cluster slot, so every script,
 //! which only ever touches one queue, runs on one slot.
 //!
-//! Scripts receive a queue's keys in the fixed order of [`QueueKeys::all`];
-//! `src/lua/prelude.lua` reads them in the same order, and the `redq` Redis
-//! Function derives the same names from the base key `<prefix>:{<queue>}`.
+//! Scripts (and the `redq` Redis Function) receive only the base key
+//! `<prefix>:{<queue>}` ([`QueueKeys::base`]) and derive the others from it
+//! with the part names of [`PARTS`], which `src/lua/prelude.lua` lists too.
 
 use crate::error::{Error, Result};
 
@@ -16,7 +16,7 @@ pub const DEFAULT_PREFIX: &str = "redq";
 /// Longest queue name, job id or prefix accepted.
 pub const MAX_NAME_LEN: usize = 128;
 
-/// The parts of a queue's keyspace, in the order scripts receive them as `KEYS[1..]`.
+/// The parts of a queue's keyspace (prelude.lua's `QUEUE_PARTS` lists the same).
 pub const PARTS: [&str; 23] = [
     "jobs",      // HASH  id -> stored job record (see job::StoredJob)
     "pending",   // ZSET  id -> priority/FIFO score
@@ -137,7 +137,7 @@ impl QueueKeys {
         &self.base
     }
 
-    /// Every key, in the order scripts read them.
+    /// Every key, in the order of [`PARTS`].
     pub fn all(&self) -> &[String] {
         &self.all
     }

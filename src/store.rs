@@ -181,9 +181,7 @@ impl Store {
     ) -> Result<Value> {
         let script = pick(&SCRIPTS);
         let mut inv = script.prepare_invoke();
-        for k in q.all() {
-            inv.key(k);
-        }
+        inv.key(q.base());
         if let Some(k) = extra_key {
             inv.key(k);
         }

@@ -113,9 +113,7 @@ pub async fn import(
     }
     let script = &crate::scripts::SCRIPTS.import;
     let mut inv = script.prepare_invoke();
-    for k in q.all() {
-        inv.key(k);
-    }
+    inv.key(q.base());
     for (j, doc) in jobs {
         let state = match j.state {
             JobState::Pending => "pending",

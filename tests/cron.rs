@@ -335,9 +335,7 @@ priority = 5
     // A late daemon offering a tick whose job ran and was deleted adds nothing.
     let q = QueueKeys::new("redq", "gone").unwrap();
     let mut inv = SCRIPTS.cron_enqueue.prepare_invoke();
-    for k in q.all() {
-        inv.key(k);
-    }
+    inv.key(q.base());
     inv.key(q.cron());
     let old = gone[0];
     inv.arg(&key)

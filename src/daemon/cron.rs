@@ -274,9 +274,7 @@ pub(crate) async fn offer(
     let id = entry.job_id(tick_ms);
     let doc = entry.document(id.clone(), max_doc_bytes)?;
     let mut inv = SCRIPTS.cron_enqueue.prepare_invoke();
-    for k in entry.queue.all() {
-        inv.key(k);
-    }
+    inv.key(entry.queue.base());
     inv.key(entry.queue.cron());
     inv.arg(&entry.key)
         .arg(tick_ms)

@@ -35,7 +35,7 @@
 -- All of this is one script, so the counts it reads cannot change before its
 -- claims are recorded: over all daemons no window ever holds more claims
 -- than its limit.
--- KEYS: the queue's keys (keys::PARTS order).
+-- KEYS[1] the queue's base key <prefix>:{<queue>} (prelude derives the rest).
 -- ARGV[1] how many jobs the caller can start now (0: only promote and drain)
 -- ARGV[2] lease length in ms (deadline = Redis now + lease)
 -- ARGV[3] at most this many due scheduled jobs are promoted

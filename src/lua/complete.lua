@@ -2,12 +2,13 @@
 -- Fencing: a job completes only if the caller's token is the job's current
 -- token; otherwise (lease lost, job taken over) nothing changes for it.
 -- Works at maxmemory: it frees memory (see allow_when_full).
--- KEYS: the queue's keys (keys::PARTS order).
+-- KEYS[1] the queue's base key <prefix>:{<queue>} (prelude derives the rest);
+--   KEYS[2] the day's usage hash <prefix>:{<queue>}:usage:<day>, when usage is given.
 -- ARGV[1] keep_count: completed jobs kept (0 = delete at once)
 -- ARGV[2] keep_age_ms: kept jobs older than this are deleted (0 = no age limit)
 -- ARGV[3] n: how many jobs
 -- ARGV[4..] the batch's usage: field count u, expiry (Unix s), then u field
---   and amount pairs, added (HINCRBYFLOAT) to KEYS[#KEYS], the day's usage
+--   and amount pairs, added (HINCRBYFLOAT) to KEYS[2], the day's usage
 --   hash, unless every job of the batch is stale: a batch sent again after
 --   its reply was lost adds nothing the second time.
 -- then 2 per job: id, token

@@ -2,7 +2,7 @@
 -- Atomic per call: either Redis refuses the first write (OOM) and nothing is
 -- written, or every job is added. Ids that exist are no-ops; a live holder of
 -- a unique key wins over a newcomer.
--- KEYS: the queue's keys (keys::PARTS order).
+-- KEYS[1] the queue's base key <prefix>:{<queue>} (prelude derives the rest).
 -- ARGV: 7 per job: id, document JSON, priority, max_attempts (0 = queue's),
 --       delay_ms, run_at_ms (0 = none), unique_key ('' = none)
 -- Events (when on): `enqueued` per created job.

@@ -12,13 +12,7 @@
 -- FCALL_RO redq_version 0 -> the library version (a hash of its source)
 
 local function keys_from_base(base)
-  local K = {}
-  for i, part in ipairs({ 'jobs', 'pending', 'scheduled', 'active', 'dead', 'done', 'runs', 'errors',
-    'results', 'unique', 'meta', 'inbox', 'rejected', 'wake', 'resources', 'events', 'claims', 'parked',
-    'groups', 'holders', 'tenant_limits', 'tenant_parked', 'tenant_due' }) do
-    K[i] = base .. ':' .. part
-  end
-  return queue_keys(K)
+  return queue_keys({ base })
 end
 
 local function fcall_enqueue(keys, args)

@@ -2,9 +2,10 @@
 -- Function library. src/scripts.rs puts this text in front of each script
 -- when it builds it, so each script Redis runs is self-contained.
 --
--- Keys: every script receives the queue's keys as KEYS[1..23] in the order
--- of keys::PARTS (src/keys.rs); queue_keys() names them. All carry the same
--- {queue} hash tag, so a script never leaves its Redis Cluster slot.
+-- Keys: every script receives the queue's base key "<prefix>:{<queue>}" as
+-- KEYS[1] (then any extra key it documents); queue_keys() derives the rest.
+-- All carry the same {queue} hash tag, so a script never leaves its Redis
+-- Cluster slot.
 --
 -- Job record (field of `jobs`): "<priority>;<max_attempts or 0>;<enqueued_ms>;<document JSON>"
 -- Run entry  (field of `runs`): "<attempts>,<token>,<started_ms>"; token 0 = not held.
@@ -18,14 +19,33 @@ local MAX_TEXT_LEN = 512
 local DEFAULT_MAX_DOC_BYTES = 1048576
 local NAME_PATTERN = '^[%w_%.%-:]+$'
 
+-- The parts of a queue's keyspace (keys::PARTS lists the same names).
+local QUEUE_PARTS = {
+  'jobs', 'pending', 'scheduled', 'active', 'dead', 'done', 'runs', 'errors', 'results', 'unique',
+  'meta', 'inbox', 'rejected', 'wake', 'resources', 'events', 'claims', 'parked', 'groups',
+  'holders', 'tenant_limits', 'tenant_parked', 'tenant_due',
+}
+local IS_PART = {}
+-- (A numeric loop: this runs when the Function library loads, where Redis
+-- offers no ipairs.)
+for i = 1, #QUEUE_PARTS do IS_PART[QUEUE_PARTS[i]] = true end
+
+-- The queue's keys, named by part (k.jobs, k.pending, ...), derived from
+-- the base key K[1] = "<prefix>:{<queue>}" the first time each is used.
+-- Every derived key carries the base key's {queue} hash tag, so it lives on
+-- the slot Redis Cluster routed the call to. Passing one key instead of
+-- all of them spares every call (a single enqueue above all) turning ~20
+-- key names into Redis and Lua strings it mostly never uses.
 local function queue_keys(K)
-  return {
-    jobs = K[1], pending = K[2], scheduled = K[3], active = K[4], dead = K[5], done = K[6],
-    runs = K[7], errors = K[8], results = K[9], unique = K[10], meta = K[11], inbox = K[12],
-    rejected = K[13], wake = K[14], resources = K[15], events = K[16],
-    claims = K[17], parked = K[18], groups = K[19], holders = K[20],
-    tenant_limits = K[21], tenant_parked = K[22], tenant_due = K[23],
-  }
+  local base = K[1]
+  return setmetatable({}, {
+    __index = function(t, part)
+      if not IS_PART[part] then error('redq: no key part named ' .. tostring(part)) end
+      local key = base .. ':' .. part
+      rawset(t, part, key)
+      return key
+    end,
+  })
 end
 
 local function fmt_int(x)
@@ -132,7 +152,7 @@ end
 
 -- Usage of a batch of finished attempts (complete.lua, fail.lua): ARGV[at]
 -- fields, ARGV[at + 1] when the day's hash expires (Unix s), then field and
--- amount pairs, added to the day's hash, the key after the queue's. Returns
+-- amount pairs, added to the day's hash KEYS[2]. Returns
 -- the index of the first ARGV after the section. Call after allow_when_full.
 local function usage_count(args, at)
   return tonumber(args[at]), at + 2 + 2 * tonumber(args[at])
@@ -141,7 +161,7 @@ end
 local function add_usage(keys, args, at)
   local n = tonumber(args[at])
   if n == 0 then return end
-  local key = keys[#keys]
+  local key = keys[2]
   for a = at + 2, at + 2 * n, 2 do
     redis.call('HINCRBYFLOAT', key, args[a], args[a + 1])
   end

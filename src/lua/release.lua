@@ -1,7 +1,7 @@
 -- release.lua: give claimed jobs back without spending an attempt (used on
 -- shutdown). Each goes to the front of its priority band in `pending`.
 -- Fencing as in complete.lua. Works at maxmemory.
--- KEYS: the queue's keys (keys::PARTS order).
+-- KEYS[1] the queue's base key <prefix>:{<queue>} (prelude derives the rest).
 -- ARGV: 2 per job: id, token
 -- Events (when on): `released` per job, with the attempt it gave back.
 -- Group slots are given back as in complete.lua.
