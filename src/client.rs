@@ -9,12 +9,14 @@
 //! ```
 
 use std::collections::HashSet;
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
 
 use crate::error::Result;
 use crate::inspect::{self, DeadJob, JobInfo, QueueStats};
-use crate::job::{NewJob, DEFAULT_MAX_DOC_BYTES};
+use crate::job::{NewJob, PreparedJob, DEFAULT_MAX_DOC_BYTES};
 use crate::keys::QueueKeys;
 use crate::scripts::{self, LibraryStatus};
 use crate::store::{Enqueued, Store};
@@ -25,6 +27,70 @@ pub struct Client {
     max_doc_bytes: usize,
     /// Queues this client has put in the registry already (one SADD per queue per process).
     registered: Mutex<HashSet<String>>,
+    /// Single enqueues on their way to Redis (see [`Client::enqueue`]);
+    /// started by the first one.
+    singles: OnceLock<mpsc::UnboundedSender<Single>>,
+}
+
+/// One single enqueue waiting for its batch.
+struct Single {
+    q: QueueKeys,
+    job: PreparedJob,
+    reply: oneshot::Sender<Result<Enqueued>>,
+}
+
+/// Most single enqueues sent in one script call.
+const COALESCE_MAX: usize = 1000;
+
+/// Sends single enqueues to Redis one batch at a time: whatever arrived
+/// while the previous batch was in flight goes in the next call (grouped by
+/// queue, in arrival order). It never waits for more, so a lone enqueue
+/// costs what it did alone; many producers sharing a client share round
+/// trips and script calls instead of queueing behind each other's.
+async fn coalesce(store: Store, mut rx: mpsc::UnboundedReceiver<Single>) {
+    let mut batch = Vec::new();
+    while let Some(first) = rx.recv().await {
+        batch.push(first);
+        while batch.len() < COALESCE_MAX {
+            match rx.try_recv() {
+                Ok(s) => batch.push(s),
+                Err(_) => break,
+            }
+        }
+        while !batch.is_empty() {
+            // The first waiting job's queue, and every job for it, in order.
+            let q = batch[0].q.clone();
+            let (mine, rest): (Vec<Single>, Vec<Single>) =
+                batch.drain(..).partition(|s| s.q.base() == q.base());
+            batch = rest;
+            let (jobs, replies): (Vec<PreparedJob>, Vec<_>) =
+                mine.into_iter().map(|s| (s.job, s.reply)).unzip();
+            match store.enqueue(&q, &jobs).await {
+                Ok(out) if out.len() == replies.len() => {
+                    for (reply, e) in replies.into_iter().zip(out) {
+                        let _ = reply.send(Ok(e));
+                    }
+                }
+                Ok(out) => {
+                    let detail = format!("{} replies for {} jobs", out.len(), replies.len());
+                    for reply in replies {
+                        let _ = reply.send(Err(crate::Error::protocol("enqueue", detail.clone())));
+                    }
+                }
+                Err(e) => {
+                    // The first caller gets the error itself, the others copies.
+                    let mut replies = replies.into_iter();
+                    let first = replies.next();
+                    for reply in replies {
+                        let _ = reply.send(Err(e.shared()));
+                    }
+                    if let Some(first) = first {
+                        let _ = first.send(Err(e));
+                    }
+                }
+            }
+        }
+    }
 }
 
 impl Client {
@@ -39,6 +105,7 @@ impl Client {
             store,
             max_doc_bytes: DEFAULT_MAX_DOC_BYTES,
             registered: Mutex::new(HashSet::new()),
+            singles: OnceLock::new(),
         }
     }
 
@@ -73,11 +140,24 @@ impl Client {
         Ok(())
     }
 
-    /// Enqueues one job.
+    /// Enqueues one job. Single enqueues issued at the same time through one
+    /// client (many tasks sharing it) travel together in one script call;
+    /// each still gets its own answer, and a lone one is sent at once.
     pub async fn enqueue(&self, queue: &str, job: NewJob) -> Result<Enqueued> {
-        let mut out = self.enqueue_many(queue, vec![job]).await?;
-        out.pop()
-            .ok_or_else(|| crate::Error::protocol("enqueue", "no reply for the job"))
+        let q = self.store.queue(queue)?;
+        let job = job.prepare(self.max_doc_bytes)?;
+        self.register(queue).await?;
+        let tx = self.singles.get_or_init(|| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            tokio::spawn(coalesce(self.store.clone(), rx));
+            tx
+        });
+        let (reply, answer) = oneshot::channel();
+        tx.send(Single { q, job, reply })
+            .map_err(|_| crate::Error::protocol("enqueue", "the enqueue task has stopped"))?;
+        answer
+            .await
+            .map_err(|_| crate::Error::protocol("enqueue", "the enqueue task has stopped"))?
     }
 
     /// Enqueues many jobs into one queue in one round trip. Every job is checked

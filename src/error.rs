@@ -30,6 +30,27 @@ pub enum Error {
 }
 
 impl Error {
+    /// The same error again, for one more of the callers it concerns (a
+    /// batch that failed as a whole): same variant and message, so
+    /// [`Error::is_transient`] answers the same.
+    pub fn shared(&self) -> Error {
+        match self {
+            Error::InvalidJob(m) => Error::InvalidJob(m.clone()),
+            Error::InvalidName(m) => Error::InvalidName(m.clone()),
+            Error::Config(m) => Error::Config(m.clone()),
+            Error::Redis(e) => Error::Redis(match (e.code(), e.detail()) {
+                (Some(code), Some(detail)) => {
+                    redis::RedisError::from((e.kind(), "redis error", format!("{code} {detail}")))
+                }
+                _ => redis::RedisError::from((e.kind(), "redis error", e.to_string())),
+            }),
+            Error::Protocol { context, detail } => Error::Protocol {
+                context,
+                detail: detail.clone(),
+            },
+        }
+    }
+
     /// True when trying again later may succeed (connection lost, Redis busy or loading, failover).
     pub fn is_transient(&self) -> bool {
         match self {

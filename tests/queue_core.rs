@@ -798,3 +798,68 @@ async fn a_batch_resent_after_a_lost_reply_adds_its_usage_once() {
     assert_eq!(totals[0].usage.get(usage::JOBS), Some(&3.0));
     assert_eq!(totals[0].usage.get(usage::RUN_SECONDS), Some(&1.5));
 }
+
+/// Single enqueues issued at once through one shared client travel in fewer
+/// script calls than jobs, and each caller still gets its own answer: its
+/// own id, and "duplicate" with the holder's id when another job of the same
+/// batch took its unique key first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_single_enqueues_share_calls_and_keep_their_own_answers() {
+    let redis = RedisServer::start();
+    let client = std::sync::Arc::new(redis.client().await);
+    client.enqueue("q", job(-1)).await.unwrap(); // registers the queue
+    let calls = |info: String| -> u64 {
+        info.lines()
+            .find_map(|l| l.strip_prefix("cmdstat_evalsha:calls="))
+            .and_then(|v| v.split(',').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    let before = calls(redis.cli(&["INFO", "commandstats"]).unwrap());
+    let n = 300;
+    let tasks: Vec<_> = (0..n)
+        .map(|i| {
+            let client = client.clone();
+            tokio::spawn(async move {
+                // Every tenth job shares unique key "u<i/10>" with the one before it.
+                let key = format!("u{}", i / 2);
+                let j = if i % 10 < 2 {
+                    job(i).unique_key(key)
+                } else {
+                    job(i)
+                };
+                (i, client.enqueue("q", j).await.unwrap())
+            })
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for t in tasks {
+        answers.push(within(10, t).await.unwrap());
+    }
+    let after = calls(redis.cli(&["INFO", "commandstats"]).unwrap());
+    assert!(
+        after - before < n as u64,
+        "{} calls for {n} jobs",
+        after - before
+    );
+
+    let created: Vec<_> = answers
+        .iter()
+        .filter(|(_, e)| e.status == EnqueueStatus::Created)
+        .collect();
+    let duplicates = answers
+        .iter()
+        .filter(|(_, e)| e.status == EnqueueStatus::Duplicate)
+        .count();
+    // Pairs (0,1), (10,11), ... share a key: one of each pair is created.
+    assert_eq!(duplicates, n as usize / 10, "{answers:?}");
+    assert_eq!(created.len(), n as usize - n as usize / 10);
+    let ids: HashSet<&str> = created.iter().map(|(_, e)| e.id.as_str()).collect();
+    assert_eq!(ids.len(), created.len(), "every created job has its own id");
+    // Each answer is about the caller's own job: its payload is stored under its id.
+    for (i, e) in &created {
+        let info = client.job("q", &e.id).await.unwrap().unwrap();
+        let v: serde_json::Value = serde_json::from_str(info.payload.get()).unwrap();
+        assert_eq!(v["n"].as_i64(), Some(*i), "job {}", e.id);
+    }
+}
