@@ -10,15 +10,41 @@
 local k = queue_keys(KEYS)
 local now = now_ms()
 local cap = events_cap(k)
-local out = {}
+-- One place in line per job, reserved at once (unused ones leave gaps,
+-- which only order jobs). Also the call's first write: at maxmemory Redis
+-- refuses it and nothing is written.
+local seq = redis.call('HINCRBY', k.meta, 'seq', #ARGV / 7) - #ARGV / 7
+local nows = fmt_int(now)
+local out, zargs = {}, {}
 for i = 1, #ARGV, 7 do
+  local id, doc, unique = ARGV[i], ARGV[i + 1], ARGV[i + 6]
   local due = now + tonumber(ARGV[i + 4])
   local run_at = tonumber(ARGV[i + 5])
   if run_at > 0 then due = run_at end
-  local status, id = enqueue_one(k, now, ARGV[i], tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3]),
-    due, ARGV[i + 6], ARGV[i + 1], cap, 'enqueue')
+  seq = seq + 1
+  local status
+  if unique == '' and due <= now then
+    -- The common case, two element operations: HSETNX both checks that
+    -- the id is new and stores the record (priority and max_attempts are
+    -- the integers the client sent, as text); the pending entries go in
+    -- one ZADD below.
+    if redis.call('HSETNX', k.jobs, id, ARGV[i + 2] .. ';' .. ARGV[i + 3] .. ';' .. nows .. ';' .. doc) == 1 then
+      status = 'created'
+      zargs[#zargs + 1] = fmt_int(pending_score(tonumber(ARGV[i + 2]), seq))
+      zargs[#zargs + 1] = id
+      if cap > 0 then
+        emit(k, cap, 'enqueued', id, 0, 'via', 'enqueue', 'priority', ARGV[i + 2])
+      end
+    else
+      status = 'exists'
+    end
+  else
+    status, id = enqueue_one(k, now, id, tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3]),
+      due, unique, doc, cap, 'enqueue', seq)
+  end
   out[#out + 1] = status
   out[#out + 1] = id
 end
+if #zargs > 0 then redis.call('ZADD', k.pending, unpack(zargs)) end
 wake(k)
 return out

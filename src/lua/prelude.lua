@@ -224,7 +224,8 @@ end
 -- 'created', 'exists' (this id is already known: no-op) or 'duplicate'
 -- (a live job holds the unique key; id is that job's). A created job emits
 -- `enqueued` (with `via`, the way it came in) when cap > 0.
-local function enqueue_one(k, now, id, priority, max_attempts, due, unique, doc, cap, via)
+-- seq: the job's place in line if the caller reserved one (nil: take the next).
+local function enqueue_one(k, now, id, priority, max_attempts, due, unique, doc, cap, via, seq)
   if redis.call('HEXISTS', k.jobs, id) == 1 then
     return 'exists', id
   end
@@ -243,7 +244,7 @@ local function enqueue_one(k, now, id, priority, max_attempts, due, unique, doc,
     redis.call('ZADD', k.scheduled, due, id)
     emit(k, cap, 'enqueued', id, 0, 'via', via or '-', 'priority', fmt_int(priority), 'due_ms', fmt_int(due))
   else
-    local seq = redis.call('HINCRBY', k.meta, 'seq', 1)
+    seq = seq or redis.call('HINCRBY', k.meta, 'seq', 1)
     redis.call('ZADD', k.pending, pending_score(priority, seq), id)
     emit(k, cap, 'enqueued', id, 0, 'via', via or '-', 'priority', fmt_int(priority))
   end
