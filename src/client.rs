@@ -34,7 +34,8 @@ pub struct Client {
 
 /// One single enqueue waiting for its batch.
 struct Single {
-    q: QueueKeys,
+    /// The queue's name, checked (its keys are built once per batch).
+    queue: String,
     job: PreparedJob,
     reply: oneshot::Sender<Result<Enqueued>>,
 }
@@ -59,13 +60,17 @@ async fn coalesce(store: Store, mut rx: mpsc::UnboundedReceiver<Single>) {
         }
         while !batch.is_empty() {
             // The first waiting job's queue, and every job for it, in order.
-            let q = batch[0].q.clone();
+            let queue = batch[0].queue.clone();
             let (mine, rest): (Vec<Single>, Vec<Single>) =
-                batch.drain(..).partition(|s| s.q.base() == q.base());
+                batch.drain(..).partition(|s| s.queue == queue);
             batch = rest;
             let (jobs, replies): (Vec<PreparedJob>, Vec<_>) =
                 mine.into_iter().map(|s| (s.job, s.reply)).unzip();
-            match store.enqueue(&q, &jobs).await {
+            let sent = match store.queue(&queue) {
+                Ok(q) => store.enqueue(&q, &jobs).await,
+                Err(e) => Err(e),
+            };
+            match sent {
                 Ok(out) if out.len() == replies.len() => {
                     for (reply, e) in replies.into_iter().zip(out) {
                         let _ = reply.send(Ok(e));
@@ -144,7 +149,7 @@ impl Client {
     /// client (many tasks sharing it) travel together in one script call;
     /// each still gets its own answer, and a lone one is sent at once.
     pub async fn enqueue(&self, queue: &str, job: NewJob) -> Result<Enqueued> {
-        let q = self.store.queue(queue)?;
+        crate::keys::check_queue_name(queue)?;
         let job = job.prepare(self.max_doc_bytes)?;
         self.register(queue).await?;
         let tx = self.singles.get_or_init(|| {
@@ -153,8 +158,12 @@ impl Client {
             tx
         });
         let (reply, answer) = oneshot::channel();
-        tx.send(Single { q, job, reply })
-            .map_err(|_| crate::Error::protocol("enqueue", "the enqueue task has stopped"))?;
+        tx.send(Single {
+            queue: queue.to_owned(),
+            job,
+            reply,
+        })
+        .map_err(|_| crate::Error::protocol("enqueue", "the enqueue task has stopped"))?;
         answer
             .await
             .map_err(|_| crate::Error::protocol("enqueue", "the enqueue task has stopped"))?
