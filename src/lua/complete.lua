@@ -22,7 +22,7 @@
 -- A kept job keeps its run entry (attempts, start time) with the token cleared.
 local k = queue_keys(KEYS)
 local keep, keep_age, n = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local _, first = usage_count(ARGV, 4)
+local first = after_usage(ARGV, 4)
 local ids, tokens = {}, {}
 for i = 1, n do
   ids[i] = ARGV[first + 2 * i - 2]

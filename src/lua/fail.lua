@@ -13,7 +13,7 @@
 -- Returns: one integer per job: 1 retry scheduled, 2 dead, 0 stale token (nothing changed)
 local k = queue_keys(KEYS)
 local dead_keep, dead_age = tonumber(ARGV[1]), tonumber(ARGV[2])
-local _, first = usage_count(ARGV, 3)
+local first = after_usage(ARGV, 3)
 local ids = ids_of(ARGV, first, 6)
 local o = first - 3 -- ARGV offset of the jobs: job i's fields start at o + 6i - 3
 local runs = redis.call('HMGET', k.runs, unpack(ids))

@@ -152,12 +152,13 @@ end
 
 -- Usage of a batch of finished attempts (complete.lua, fail.lua): ARGV[at]
 -- fields, ARGV[at + 1] when the day's hash expires (Unix s), then field and
--- amount pairs, added to the day's hash KEYS[2]. Returns
--- the index of the first ARGV after the section. Call after allow_when_full.
-local function usage_count(args, at)
-  return tonumber(args[at]), at + 2 + 2 * tonumber(args[at])
+-- amount pairs, added to the day's hash KEYS[2].
+-- The index of the first ARGV after the usage section that starts at `at`.
+local function after_usage(args, at)
+  return at + 2 + 2 * tonumber(args[at])
 end
 
+-- Adds the usage section that starts at `at`. Call after allow_when_full.
 local function add_usage(keys, args, at)
   local n = tonumber(args[at])
   if n == 0 then return end
