@@ -261,7 +261,7 @@ impl Store {
             let record = text(job.get(2), "claim")?;
             jobs.push(ClaimedJob {
                 id: text(job.first(), "claim")?,
-                token: first_token + i as u64,
+                token: first_token.saturating_add(i as u64),
                 attempt: u32::try_from(int(job.get(1), "claim")?).unwrap_or(u32::MAX),
                 record: StoredJob::parse(&record),
             });
