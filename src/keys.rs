@@ -17,7 +17,7 @@ pub const DEFAULT_PREFIX: &str = "redq";
 pub const MAX_NAME_LEN: usize = 128;
 
 /// The parts of a queue's keyspace (prelude.lua's `QUEUE_PARTS` lists the same).
-pub const PARTS: [&str; 23] = [
+pub const PARTS: [&str; 24] = [
     "jobs",      // HASH  id -> stored job record (see job::StoredJob)
     "pending",   // ZSET  id -> priority/FIFO score
     "scheduled", // ZSET  id -> due time (Redis ms)
@@ -43,6 +43,7 @@ pub const PARTS: [&str; 23] = [
     "tenant_limits", // HASH  tenant -> "<jobs>,<per_ms>": per-tenant overrides of meta `tenant_rate`
     "tenant_parked", // ZSET  "<len>:<tenant>:<pending score>:<id>" (all scores 0): jobs whose tenant had no room
     "tenant_due", // ZSET  tenant -> Redis ms when it has room again, for each tenant with parked jobs
+    "idle", // HASH  daemon id -> "<free slots>,<lease_ms>,<expires_ms>": daemons waiting for a direct hand-off
 ];
 
 /// True when `name` is 1–128 characters from `A-Z a-z 0-9 _ . - :`.
@@ -216,6 +217,18 @@ impl QueueKeys {
     pub fn tenant_due(&self) -> &str {
         self.part("tenant_due")
     }
+    pub fn idle(&self) -> &str {
+        self.part("idle")
+    }
+
+    /// `<prefix>:{<queue>}:handoff:<daemon id>`: a LIST, one element per
+    /// enqueue call that leased jobs directly to that daemon (JSON array:
+    /// now_ms, first token, then id, attempt, record per job). The daemon's
+    /// waker blocks on it; the scripts derive it from the base key (same hash
+    /// tag); it expires with the lease. Not one of [`PARTS`].
+    pub fn handoff(&self, daemon: &str) -> String {
+        format!("{}:handoff:{daemon}", self.base)
+    }
 
     /// `<prefix>:{<queue>}:claims:<tenant>`: a ZSET, fencing token -> claim
     /// time (Redis ms), one tenant's rate window. claim.lua derives it from
@@ -234,8 +247,8 @@ impl QueueKeys {
     }
 
     /// `<prefix>:{<queue>}:usage:<YYYY-MM-DD>`: the usage totals of one UTC day
-    /// (a HASH, field `<tenant>` U+001F `<name>`; see [`crate::usage`]). Written by
-    /// plain commands, never by scripts, so it is not one of [`PARTS`].
+    /// (a HASH, field `<tenant>` U+001F `<name>`; see [`crate::usage`]). Added to
+    /// by complete.lua and fail.lua, which receive it as KEYS[2]; not one of [`PARTS`].
     pub fn usage_day(&self, day: &str) -> String {
         format!("{}:usage:{day}", self.base)
     }

@@ -67,6 +67,52 @@ pub struct Claimed {
     pub jobs: Vec<ClaimedJob>,
 }
 
+/// Reads one element of a daemon's hand-off list (see [`QueueKeys::handoff`]):
+/// jobs an enqueue leased directly to that daemon, as a claim would have.
+/// `paused`, `throttled` and `next_due_ms` do not apply.
+pub fn parse_handoff(payload: &str) -> Result<Claimed> {
+    let bad = |why: &str| Error::protocol("handoff", why.to_owned());
+    let v: serde_json::Value =
+        serde_json::from_str(payload).map_err(|e| bad(&format!("not JSON: {e}")))?;
+    let items = v.as_array().ok_or_else(|| bad("not a JSON array"))?;
+    let int = |i: usize| -> Result<i64> {
+        match items.get(i) {
+            Some(serde_json::Value::String(s)) => s.parse().ok(),
+            Some(serde_json::Value::Number(n)) => n.as_i64(),
+            _ => None,
+        }
+        .ok_or_else(|| bad("expected an integer"))
+    };
+    let text = |i: usize| -> Result<String> {
+        items
+            .get(i)
+            .and_then(|x| x.as_str())
+            .map(str::to_owned)
+            .ok_or_else(|| bad("expected a string"))
+    };
+    let now_ms = int(0)?;
+    let first_token = u64::try_from(int(1)?).map_err(|_| bad("token is not a positive integer"))?;
+    let n = items.len().saturating_sub(2) / 3;
+    let mut jobs = Vec::with_capacity(n);
+    for i in 0..n {
+        let at = 2 + 3 * i;
+        let record = text(at + 2)?;
+        jobs.push(ClaimedJob {
+            id: text(at)?,
+            token: first_token.saturating_add(i as u64),
+            attempt: u32::try_from(int(at + 1)?).unwrap_or(u32::MAX),
+            record: StoredJob::parse(&record),
+        });
+    }
+    Ok(Claimed {
+        now_ms,
+        next_due_ms: None,
+        paused: false,
+        throttled: false,
+        jobs,
+    })
+}
+
 /// A queue's per-tenant rate limits: at most `jobs` claims per window of
 /// `per` for each job `tenant`, over all daemons.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -243,12 +289,31 @@ impl Store {
         promote: usize,
         inbox: usize,
     ) -> Result<Claimed> {
-        let args = vec![
+        self.claim_as(q, max, lease, promote, inbox, None).await
+    }
+
+    /// [`Store::claim`] by the daemon `idle.0`: when the claim leaves it with
+    /// free slots, it is registered for direct hand-off of newly enqueued
+    /// jobs for `idle.1` (see [`parse_handoff`]); any other claim by it ends
+    /// that registration.
+    pub async fn claim_as(
+        &self,
+        q: &QueueKeys,
+        max: usize,
+        lease: Duration,
+        promote: usize,
+        inbox: usize,
+        idle: Option<(&str, Duration)>,
+    ) -> Result<Claimed> {
+        let mut args = vec![
             max.to_string(),
             ms(lease).to_string(),
             promote.to_string(),
             inbox.to_string(),
         ];
+        if let Some((daemon, ttl)) = idle {
+            args.extend([daemon.to_owned(), ms(ttl).to_string()]);
+        }
         let reply = array(self.run(|s| &s.claim, q, args).await?, "claim")?;
         let (head, rest) = reply.split_at(reply.len().min(5));
         let now_ms = int(head.first(), "claim")?;
@@ -273,6 +338,22 @@ impl Store {
             throttled: int(head.get(3), "claim")? == 1,
             jobs,
         })
+    }
+
+    /// Ends `daemon`'s hand-off registration on `q` and takes what was
+    /// already handed to it (raw list elements, for [`parse_handoff`]).
+    /// Atomic: an enqueue either ran before (its element is taken here) or
+    /// after (it finds no registration).
+    pub async fn end_handoff(&self, q: &QueueKeys, daemon: &str) -> Result<Vec<String>> {
+        let key = q.handoff(daemon);
+        let (_, taken, _): (i64, Vec<String>, i64) = redis::pipe()
+            .atomic()
+            .hdel(q.idle(), daemon)
+            .lrange(&key, 0, -1)
+            .del(&key)
+            .query_async(&mut self.connection())
+            .await?;
+        Ok(taken)
     }
 
     /// Records successes; returns per job whether it completed (false: stale token).

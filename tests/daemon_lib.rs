@@ -786,16 +786,17 @@ async fn the_daemon_reconnects_after_a_redis_restart() {
     // Counters are not asserted here: a write in flight when Redis died may
     // have been applied with its reply lost; its retry is then refused as
     // stale (safely) and counted as such, not as a success.
-    // Only the daemon claims and completes: it reconnected and reloaded
-    // those scripts into the new server after NOSCRIPT.
+    // Only the daemon completes: it reconnected and reloaded that script
+    // into the new server after NOSCRIPT. (The job itself may not have been
+    // claimed: the daemon's hand-off registration survived in the AOF, so
+    // the enqueue could lease the job to it directly.)
     let loaded: Vec<i64> = redis::cmd("SCRIPT")
         .arg("EXISTS")
-        .arg(SCRIPTS.claim.get_hash())
         .arg(SCRIPTS.complete.get_hash())
         .query_async(&mut redis.con().await)
         .await
         .unwrap();
-    assert_eq!(loaded, [1, 1]);
+    assert_eq!(loaded, [1]);
     d.stop().await;
 }
 
@@ -882,4 +883,42 @@ async fn an_enqueue_wakes_an_idle_daemon_at_once() {
     assert_eq!(n, Some(1));
     tracing::info!(elapsed = ?sent.elapsed(), "woken");
     d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_daemon_is_handed_jobs_directly_and_unregisters_when_it_stops() {
+    let redis = RedisServer::start();
+    let (handler, mut ran) = recording();
+    let cfg = config(&redis, "", &queue("q", "concurrency = 4"));
+    let d = launch(WorkerBuilder::new(cfg).handler("q", handler)).await;
+    let client = redis.client().await;
+    let q = client.store().queue("q").unwrap();
+    let registered = || async {
+        let n: u64 = redis::cmd("HLEN")
+            .arg(q.idle())
+            .query_async(&mut redis.con().await)
+            .await
+            .unwrap();
+        n
+    };
+    // Its first claim found nothing: it waits for a hand-off.
+    eventually("the idle daemon to register", || async {
+        registered().await == 1
+    })
+    .await;
+    for n in 1..=3 {
+        let id = client.enqueue("q", job(n)).await.unwrap().id;
+        assert_eq!(recv(&mut ran).await, n);
+        succeeded(&client, "q", &id).await;
+    }
+    // Each came leased in its enqueue's reply to the daemon's blocking pop,
+    // not through a wake-up and a claim.
+    assert_eq!(Counters::get(&d.counters.handed_off), 3);
+    d.stop().await;
+    // Stopped: no registration left for enqueues to hand jobs to, nothing
+    // left in its list, and a new job waits in line.
+    assert_eq!(registered().await, 0);
+    let id = client.enqueue("q", job(4)).await.unwrap().id;
+    let info = client.job("q", &id).await.unwrap().unwrap();
+    assert_eq!(info.state, JobState::Pending);
 }

@@ -863,3 +863,172 @@ async fn concurrent_single_enqueues_share_calls_and_keep_their_own_answers() {
         assert_eq!(v["n"].as_i64(), Some(*i), "job {}", e.id);
     }
 }
+
+/// A daemon's hand-off registration and list, read raw.
+async fn registration(
+    redis: &RedisServer,
+    q: &redq::keys::QueueKeys,
+    daemon: &str,
+) -> Option<String> {
+    redis::cmd("HGET")
+        .arg(q.idle())
+        .arg(daemon)
+        .query_async(&mut redis.con().await)
+        .await
+        .unwrap()
+}
+
+async fn handed(redis: &RedisServer, q: &redq::keys::QueueKeys, daemon: &str) -> Vec<String> {
+    redis::cmd("LRANGE")
+        .arg(q.handoff(daemon))
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut redis.con().await)
+        .await
+        .unwrap()
+}
+
+const IDLE_TTL: Duration = Duration::from_secs(60);
+
+#[tokio::test]
+async fn an_enqueue_leases_the_head_of_the_line_to_a_registered_idle_daemon() {
+    let redis = RedisServer::start();
+    let client = redis.client().await;
+    let store = client.store();
+    let q = store.queue("q").unwrap();
+    // A claim that finds nothing leaves the caller with 3 free slots: it registers.
+    let none = store
+        .claim_as(&q, 3, LEASE, 0, 0, Some(("d1", IDLE_TTL)))
+        .await
+        .unwrap();
+    assert!(none.jobs.is_empty());
+    let reg = registration(&redis, &q, "d1").await.expect("registered");
+    assert!(reg.starts_with("3,30000,"), "{reg}");
+
+    let jobs = (0..5).map(job).collect();
+    client.enqueue_many("q", jobs).await.unwrap();
+    // One element for the call, holding the first three jobs in line, leased.
+    let list = handed(&redis, &q, "d1").await;
+    assert_eq!(list.len(), 1);
+    let got = redq::store::parse_handoff(&list[0]).unwrap();
+    assert_eq!(
+        got.jobs.iter().map(payload_n).collect::<Vec<_>>(),
+        [0, 1, 2]
+    );
+    assert!(got.jobs.iter().all(|j| j.attempt == 1));
+    let s = snapshot(&mut redis.con().await, &q).await;
+    assert_eq!(s.zset("pending").len(), 2);
+    let active: HashSet<String> = s.zset("active").into_iter().collect();
+    assert_eq!(active, got.jobs.iter().map(|j| j.id.clone()).collect());
+    // Its three slots are used: the registration is over; the rest wakes others.
+    assert_eq!(registration(&redis, &q, "d1").await, None);
+    assert_eq!(s.lists["wake"].len(), 1);
+    // The tokens are the jobs' fencing tokens: completing with them works.
+    let done: Vec<Completion> = got
+        .jobs
+        .iter()
+        .map(|j| Completion {
+            id: &j.id,
+            token: j.token,
+            unique_key: None,
+            result: None,
+        })
+        .collect();
+    assert_eq!(
+        store.complete(&q, &done, KEEP_NONE).await.unwrap(),
+        [true; 3]
+    );
+    // The next claim takes up where the hand-off stopped.
+    let rest = claim(store, "q", 10).await;
+    assert_eq!(rest.jobs.iter().map(payload_n).collect::<Vec<_>>(), [3, 4]);
+}
+
+#[tokio::test]
+async fn no_hand_off_when_the_registration_expired_the_queue_is_paused_or_limited() {
+    let redis = RedisServer::start();
+    let client = redis.client().await;
+    let store = client.store();
+    let q = store.queue("q").unwrap();
+
+    // Expired (a registration of 0 ms expires at once): removed, nothing handed.
+    store
+        .claim_as(&q, 3, LEASE, 0, 0, Some(("d1", Duration::ZERO)))
+        .await
+        .unwrap();
+    client.enqueue("q", job(0)).await.unwrap();
+    assert!(handed(&redis, &q, "d1").await.is_empty());
+    assert_eq!(registration(&redis, &q, "d1").await, None);
+    assert_eq!(claim(store, "q", 10).await.jobs.len(), 1);
+
+    // Paused: the job waits in line.
+    store
+        .claim_as(&q, 3, LEASE, 0, 0, Some(("d1", IDLE_TTL)))
+        .await
+        .unwrap();
+    store.pause(&q).await.unwrap();
+    client.enqueue("q", job(1)).await.unwrap();
+    assert!(handed(&redis, &q, "d1").await.is_empty());
+    store.resume(&q).await.unwrap();
+
+    // A rate limit needs the claim's checks: a claim does not register.
+    store
+        .set_limits(&q, Some((100, Duration::from_secs(1))), None)
+        .await
+        .unwrap();
+    let got = store
+        .claim_as(&q, 3, LEASE, 0, 0, Some(("d1", IDLE_TTL)))
+        .await
+        .unwrap();
+    assert_eq!(got.jobs.len(), 1);
+    assert_eq!(registration(&redis, &q, "d1").await, None);
+    client.enqueue("q", job(2)).await.unwrap();
+    assert!(handed(&redis, &q, "d1").await.is_empty());
+}
+
+#[tokio::test]
+async fn a_busy_claim_or_ending_the_registration_stops_hand_offs() {
+    let redis = RedisServer::start();
+    let client = redis.client().await;
+    let store = client.store();
+    let q = store.queue("q").unwrap();
+    store
+        .claim_as(&q, 3, LEASE, 0, 0, Some(("d1", IDLE_TTL)))
+        .await
+        .unwrap();
+    client.enqueue("q", job(0)).await.unwrap();
+    assert_eq!(handed(&redis, &q, "d1").await.len(), 1);
+    // Two slots left.
+    assert!(registration(&redis, &q, "d1")
+        .await
+        .unwrap()
+        .starts_with("2,"));
+
+    // Ending it takes what was handed over and not yet received.
+    let taken = store.end_handoff(&q, "d1").await.unwrap();
+    assert_eq!(taken.len(), 1);
+    assert_eq!(redq::store::parse_handoff(&taken[0]).unwrap().jobs.len(), 1);
+    assert_eq!(registration(&redis, &q, "d1").await, None);
+    assert!(handed(&redis, &q, "d1").await.is_empty());
+
+    // A claim that fills every slot it asked for ends the registration.
+    store
+        .claim_as(&q, 3, LEASE, 0, 0, Some(("d1", IDLE_TTL)))
+        .await
+        .unwrap();
+    // (Jobs enqueued while paused wait in line instead of being handed off.)
+    store.pause(&q).await.unwrap();
+    client
+        .enqueue_many("q", (1..=3).map(job).collect())
+        .await
+        .unwrap();
+    store.resume(&q).await.unwrap();
+    assert!(registration(&redis, &q, "d1").await.is_some());
+    let busy = store
+        .claim_as(&q, 1, LEASE, 0, 0, Some(("d1", IDLE_TTL)))
+        .await
+        .unwrap();
+    assert_eq!(busy.jobs.len(), 1);
+    assert_eq!(registration(&redis, &q, "d1").await, None);
+    client.enqueue("q", job(4)).await.unwrap();
+    assert!(handed(&redis, &q, "d1").await.is_empty());
+}

@@ -118,7 +118,7 @@ type Published = HashMap<Arc<str>, (u64, u64, Vec<u64>)>;
 /// The heartbeat loop: beats now and every [`EVERY`] until `stop`, then
 /// publishes the last counts and removes the daemon's entry.
 pub(crate) async fn run(shared: Arc<Shared>, stop: CancellationToken) {
-    let id = daemon_id();
+    let id = shared.id.clone();
     let started = unix_ms();
     let mut published = Published::new();
     tracing::info!(daemon = %id, "heartbeat started");

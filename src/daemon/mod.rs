@@ -86,6 +86,8 @@ pub struct Counters {
     pub retried: AtomicU64,
     pub dead: AtomicU64,
     pub released: AtomicU64,
+    /// Jobs received by direct hand-off from an enqueue (not claimed).
+    pub handed_off: AtomicU64,
     pub lease_lost: AtomicU64,
     pub stale_refused: AtomicU64,
     pub running: AtomicI64,

@@ -13,8 +13,19 @@
 //! `next_due_ms` includes when a tenant has room again, and the idle look of
 //! a queue with tenant limits counts tenants waiting for room (`tenant_due`),
 //! so parked jobs move on even if the daemon that parked them is gone.
+//!
+//! Direct hand-off: a claim that leaves the pool with free slots registers
+//! this daemon in the queue's `idle` hash with that many slots, and the
+//! enqueues that follow lease their jobs to it inside the enqueue script and
+//! push them onto this daemon's hand-off list, where the waker's BLPOP
+//! receives them and [`Pool::accept`] starts them: one hop from enqueue to
+//! handler instead of wake marker → BLPOP → claim. A registration counts
+//! down the slots it offered; the pool claims again (renewing it) when half
+//! are used or it is half way to expiring. Jobs that arrive when every slot
+//! is taken (a registration and a claim crossed) are released back to the
+//! head of the line, no attempt spent.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{Notify, Semaphore};
@@ -22,15 +33,35 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::leases::Leases;
+use super::writer::Report;
 use super::{runner, Counters, QueueRt};
 use crate::config::Order;
-use crate::store::Store;
+use crate::store::{self, ClaimedJob, Store};
 
 /// Due scheduled jobs promoted, and inbox documents taken, per claim.
 const PROMOTE_BATCH: usize = 200;
 const INBOX_BATCH: usize = 100;
 /// How long a saturated pool waits for more free slots before claiming.
 const GATHER: Duration = Duration::from_millis(2);
+/// Shortest life of a hand-off registration (see [`registration_ttl`]).
+const MIN_REGISTRATION: Duration = Duration::from_secs(10);
+
+/// How long a hand-off registration lasts: long enough that an idle pool
+/// renews it at most every few seconds, short enough that a daemon that
+/// died stops being handed jobs soon.
+fn registration_ttl(inbox_poll: Duration) -> Duration {
+    (inbox_poll * 3).max(MIN_REGISTRATION)
+}
+
+/// The pool's hand-off registration, as far as it knows.
+#[derive(Default)]
+struct Registration {
+    /// When the claim that made it was sent (`None`: not registered).
+    at: Option<Instant>,
+    /// Slots it offered, and jobs received through it since.
+    slots: usize,
+    received: usize,
+}
 
 pub struct Pool {
     pub name: String,
@@ -42,6 +73,14 @@ pub struct Pool {
     pub wake: Arc<Notify>,
     /// Cancelled to stop claiming (quiet); running jobs go on.
     pub quiet: CancellationToken,
+    /// This daemon's id: its name in the queues' `idle` hashes.
+    pub daemon: Arc<str>,
+    registration: Mutex<Registration>,
+    /// Redis's clock against ours, from the latest claim: (sent, Redis ms).
+    clock: Mutex<Option<(Instant, i64)>>,
+    /// Notified when the registration runs low: claim again to renew it.
+    renew: Notify,
+    ctx: Arc<PoolCtx>,
 }
 
 pub struct PoolCtx {
@@ -53,6 +92,135 @@ pub struct PoolCtx {
 }
 
 impl Pool {
+    pub fn new(
+        name: String,
+        queues: Vec<Arc<QueueRt>>,
+        order: Order,
+        concurrency: usize,
+        daemon: Arc<str>,
+        ctx: Arc<PoolCtx>,
+    ) -> Arc<Pool> {
+        Arc::new(Pool {
+            name,
+            queues,
+            order,
+            slots: Arc::new(Semaphore::new(concurrency)),
+            concurrency,
+            wake: Arc::new(Notify::new()),
+            quiet: CancellationToken::new(),
+            daemon,
+            registration: Mutex::new(Registration::default()),
+            clock: Mutex::new(None),
+            renew: Notify::new(),
+            ctx,
+        })
+    }
+
+    /// Starts claimed jobs, one slot each. Jobs beyond the free slots (a
+    /// hand-off and a claim crossed) are released: back to the head of the
+    /// line, no attempt spent.
+    fn start_jobs(
+        &self,
+        ctx: &PoolCtx,
+        q: &Arc<QueueRt>,
+        jobs: Vec<ClaimedJob>,
+        claimed_ms: i64,
+        deadline: Instant,
+    ) -> usize {
+        let mut started = 0;
+        for job in jobs {
+            let Ok(permit) = self.slots.clone().try_acquire_owned() else {
+                tracing::debug!(job = %job.id, queue = %q.name, "no free slot; releasing the job");
+                q.writer.send(Report::Release {
+                    id: job.id,
+                    token: job.token,
+                });
+                continue;
+            };
+            started += 1;
+            let (rt, leases, counters) = (q.clone(), ctx.leases.clone(), ctx.counters.clone());
+            tokio::spawn(async move {
+                runner::run(rt, job, claimed_ms, deadline, leases, counters).await;
+                drop(permit);
+            });
+        }
+        started
+    }
+
+    /// Starts the jobs of one element of this daemon's hand-off list of
+    /// `q`, as the waker received it (called on the waker's task: no hop
+    /// between receiving and starting). Once the pool has stopped claiming,
+    /// they are released instead.
+    pub fn take_handoff(&self, q: &Arc<QueueRt>, payload: &str, received: Instant) {
+        let ctx = &*self.ctx;
+        let claimed = match store::parse_handoff(payload) {
+            Ok(c) => c,
+            Err(e) => {
+                // Its jobs come back when their leases expire.
+                tracing::warn!(queue = %q.name, error = %e, "unreadable hand-off; its jobs return when their leases expire");
+                return;
+            }
+        };
+        if self.quiet.is_cancelled() {
+            for job in claimed.jobs {
+                q.writer.send(Report::Release {
+                    id: job.id,
+                    token: job.token,
+                });
+            }
+            return;
+        }
+        // The lease runs from Redis's `now_ms` of the enqueue. Mapped onto
+        // our clock through the latest claim (whose reply came after it was
+        // sent, so Redis's clock then read at most its now_ms), the estimate
+        // is never later than the real deadline, and never later than a
+        // lease from now.
+        let lease = q.cfg.lease;
+        let latest = received + lease;
+        let deadline = self
+            .clock
+            .lock()
+            .ok()
+            .and_then(|c| *c)
+            .and_then(|(sent, redis_ms)| {
+                let ahead = claimed.now_ms - redis_ms;
+                let at = if ahead >= 0 {
+                    sent.checked_add(Duration::from_millis(ahead.unsigned_abs()))
+                } else {
+                    sent.checked_sub(Duration::from_millis(ahead.unsigned_abs()))
+                };
+                at.and_then(|a| a.checked_add(lease))
+            })
+            .map_or(latest, |d| d.min(latest));
+        let n = claimed.jobs.len();
+        Counters::add(&ctx.counters.handed_off, n as u64);
+        self.start_jobs(ctx, q, claimed.jobs, claimed.now_ms, deadline);
+        let low = self.registration.lock().is_ok_and(|mut r| {
+            r.received += n;
+            r.at.is_some() && r.received * 2 >= r.slots
+        });
+        if low {
+            self.renew.notify_one();
+        }
+    }
+
+    /// Ends this daemon's hand-off registrations and releases what was
+    /// handed over but not yet received (the pool is stopping).
+    async fn end_handoffs(&self, ctx: &PoolCtx) {
+        for q in &self.queues {
+            match ctx.store.end_handoff(&q.keys, &self.daemon).await {
+                Ok(taken) => {
+                    for payload in taken {
+                        self.take_handoff(q, &payload, Instant::now());
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(queue = %q.name, error = %e, "cannot end the hand-off registration; it expires by itself")
+                }
+            }
+        }
+    }
+
     /// Waits until every running job of this pool has finished.
     pub async fn drained(&self) {
         // Taking every permit means every job has given its own back.
@@ -91,7 +259,14 @@ impl Pool {
     }
 
     /// The fetcher loop; returns when `quiet` is cancelled.
-    pub async fn fetch(self: Arc<Self>, ctx: Arc<PoolCtx>) {
+    pub async fn fetch(self: Arc<Self>) {
+        let ctx = self.ctx.clone();
+        self.claim_loop(&ctx).await;
+        self.end_handoffs(&ctx).await;
+    }
+
+    async fn claim_loop(&self, ctx: &PoolCtx) {
+        let ttl = registration_ttl(ctx.inbox_poll);
         let mut error_pause = Duration::from_millis(100);
         loop {
             if self.quiet.is_cancelled() {
@@ -121,6 +296,8 @@ impl Pool {
             let mut throttled: Vec<Arc<str>> = Vec::new();
             let mut filled = false;
             let mut failed = false;
+            let mut asked: Vec<Arc<str>> = Vec::new();
+            let round_sent = Instant::now();
             for q in self.round_order() {
                 let free = self.slots.available_permits();
                 if free == 0 {
@@ -128,12 +305,23 @@ impl Pool {
                     break;
                 }
                 let sent = Instant::now();
+                asked.push(q.name.clone());
                 match ctx
                     .store
-                    .claim(&q.keys, free, q.cfg.lease, PROMOTE_BATCH, INBOX_BATCH)
+                    .claim_as(
+                        &q.keys,
+                        free,
+                        q.cfg.lease,
+                        PROMOTE_BATCH,
+                        INBOX_BATCH,
+                        Some((&self.daemon, ttl)),
+                    )
                     .await
                 {
                     Ok(c) => {
+                        if let Ok(mut clock) = self.clock.lock() {
+                            *clock = Some((sent, c.now_ms));
+                        }
                         if let Some(due) = c.next_due_ms {
                             let wait =
                                 Duration::from_millis(u64::try_from(due - c.now_ms).unwrap_or(0));
@@ -146,22 +334,7 @@ impl Pool {
                         // in strict order a later queue never gets a slot while
                         // an earlier one still has work.
                         let full = c.jobs.len() == free;
-                        for job in c.jobs {
-                            let Ok(permit) = self.slots.clone().try_acquire_owned() else {
-                                // Cannot happen: only this loop takes permits. Give the
-                                // job back to the lease keeper's rescue rather than lose it.
-                                tracing::error!(job = %job.id, "no free slot for a claimed job");
-                                continue;
-                            };
-                            let (rt, leases, counters) =
-                                (q.clone(), ctx.leases.clone(), ctx.counters.clone());
-                            let deadline = sent + q.cfg.lease;
-                            let claimed_ms = c.now_ms;
-                            tokio::spawn(async move {
-                                runner::run(rt, job, claimed_ms, deadline, leases, counters).await;
-                                drop(permit);
-                            });
-                        }
+                        self.start_jobs(ctx, &q, c.jobs, c.now_ms, sent + q.cfg.lease);
                         if full {
                             filled = true;
                             break;
@@ -184,11 +357,49 @@ impl Pool {
             }
             error_pause = Duration::from_millis(100);
             if filled {
+                // Busy: the queues claimed this round ended their
+                // registrations; end those of the queues not reached.
+                self.unregister_others(ctx, &asked).await;
                 continue;
             }
-            if !self.idle_until_work(&ctx, due_in, &throttled).await {
+            if let Ok(mut r) = self.registration.lock() {
+                *r = Registration {
+                    at: Some(round_sent),
+                    slots: self.slots.available_permits(),
+                    received: 0,
+                };
+            }
+            if !self.idle_until_work(ctx, due_in, &throttled, ttl).await {
                 return;
             }
+        }
+    }
+
+    /// After a round that filled every slot: ends the hand-off registrations
+    /// of the queues that round did not ask (a claim ends its own), so
+    /// enqueues stop handing this busy pool jobs. Only on the change from
+    /// registered to busy, so a pool that stays busy pays nothing.
+    async fn unregister_others(&self, ctx: &PoolCtx, asked: &[Arc<str>]) {
+        let was = self
+            .registration
+            .lock()
+            .ok()
+            .and_then(|mut r| r.at.take())
+            .is_some();
+        let others: Vec<&Arc<QueueRt>> = self
+            .queues
+            .iter()
+            .filter(|q| !asked.contains(&q.name))
+            .collect();
+        if !was || others.is_empty() {
+            return;
+        }
+        let mut pipe = redis::pipe();
+        for q in others {
+            pipe.hdel(q.keys.idle(), &*self.daemon).ignore();
+        }
+        if let Err(e) = pipe.query_async::<()>(&mut ctx.store.connection()).await {
+            tracing::debug!(pool = %self.name, error = %e, "cannot end hand-off registrations; they expire by themselves");
         }
     }
 
@@ -204,17 +415,27 @@ impl Pool {
         ctx: &PoolCtx,
         due_in: Option<Duration>,
         throttled: &[Arc<str>],
+        ttl: Duration,
     ) -> bool {
         let due_at = due_in.map(|d| Instant::now() + d);
+        // Claim again half way to the registration's expiry, renewing it.
+        let renew_at = self
+            .registration
+            .lock()
+            .ok()
+            .and_then(|r| r.at)
+            .map(|at| at + ttl / 2);
         loop {
             let tick = Instant::now() + ctx.inbox_poll;
             let until = due_at.map_or(tick, |d| d.min(tick));
             tokio::select! {
                 _ = self.quiet.cancelled() => return false,
                 _ = self.wake.notified() => return true,
+                _ = self.renew.notified() => return true,
                 _ = tokio::time::sleep_until(until) => {}
             }
-            if due_at.is_some_and(|d| Instant::now() >= d) {
+            let now = Instant::now();
+            if due_at.is_some_and(|d| now >= d) || renew_at.is_some_and(|r| now >= r) {
                 return true;
             }
             let mut pipe = redis::pipe();

@@ -11,7 +11,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, Notify, Semaphore};
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -20,7 +20,7 @@ use super::heartbeat;
 use super::leases::{self, Leases, StopReason};
 use super::pool::{Pool, PoolCtx};
 use super::signals::{self, Action};
-use super::waker::{self, Routes};
+use super::waker::{self, Route, Routes};
 use super::writer::{self, WriterCtx};
 use super::{
     cron, dead_retention, notify, observer, reaper, retention, startup, Counters, QueueRt,
@@ -41,6 +41,9 @@ pub struct Shared {
     pub(crate) counters: Arc<Counters>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) health: Arc<Health>,
+    /// This daemon's id (`hostname:pid:random`): its heartbeat entry and its
+    /// name in the queues' hand-off registrations.
+    pub(crate) id: Arc<str>,
     pools: Mutex<Vec<(PoolSpec, Arc<Pool>)>>,
 }
 
@@ -123,6 +126,7 @@ impl WorkerBuilder {
             counters: Arc::new(Counters::default()),
             metrics: Metrics::new(env!("CARGO_PKG_VERSION")),
             health,
+            id: Arc::from(heartbeat::daemon_id()),
             pools: Mutex::new(Vec::new()),
         });
         let stop = CancellationToken::new();
@@ -360,7 +364,11 @@ impl Daemon {
         let mut routes = HashMap::new();
         for (_, pool) in &next {
             for q in &pool.queues {
-                routes.insert(q.keys.wake().to_owned(), pool.wake.clone());
+                routes.insert(q.keys.wake().to_owned(), Route::Wake(pool.wake.clone()));
+                routes.insert(
+                    q.keys.handoff(&self.shared.id),
+                    Route::Handoff(pool.clone(), q.clone()),
+                );
             }
         }
         if let Ok(mut r) = self.routes.write() {
@@ -457,15 +465,6 @@ impl Daemon {
                 in_flight: AtomicU64::new(0),
             }));
         }
-        let pool = Arc::new(Pool {
-            name: spec.name.clone(),
-            queues,
-            order: spec.order,
-            slots: Arc::new(Semaphore::new(spec.concurrency)),
-            concurrency: spec.concurrency,
-            wake: Arc::new(Notify::new()),
-            quiet: CancellationToken::new(),
-        });
         let ctx = Arc::new(PoolCtx {
             store: self.shared.store.clone(),
             leases: self.shared.leases.clone(),
@@ -473,7 +472,15 @@ impl Daemon {
             inbox_poll: self.config.daemon.inbox_poll,
             health: self.shared.health.clone(),
         });
-        self.fetchers.push(tokio::spawn(pool.clone().fetch(ctx)));
+        let pool = Pool::new(
+            spec.name.clone(),
+            queues,
+            spec.order,
+            spec.concurrency,
+            self.shared.id.clone(),
+            ctx,
+        );
+        self.fetchers.push(tokio::spawn(pool.clone().fetch()));
         tracing::info!(pool = %spec.name, concurrency = spec.concurrency, "pool started");
         Ok(pool)
     }

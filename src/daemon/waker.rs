@@ -6,6 +6,10 @@
 //! notifies the pool serving that queue. Claims re-arm the marker when work
 //! remains, so other daemons wake too. On errors it reconnects with capped
 //! backoff.
+//!
+//! The same BLPOP waits on this daemon's hand-off lists (listed first, so
+//! jobs already leased to it are taken before a wake-up): each element is
+//! started by the pool serving that queue (see [`super::pool`]).
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -13,10 +17,22 @@ use std::time::Duration;
 
 use redis::AsyncConnectionConfig;
 use tokio::sync::Notify;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-/// wake key → the pool to notify. Replaced on reload.
-pub type Routes = Arc<RwLock<HashMap<String, Arc<Notify>>>>;
+use super::pool::Pool;
+use super::QueueRt;
+
+/// What a popped list is for.
+pub enum Route {
+    /// A queue's `wake` list: notify the pool serving it.
+    Wake(Arc<Notify>),
+    /// This daemon's hand-off list of a queue: the pool starts its jobs.
+    Handoff(Arc<Pool>, Arc<QueueRt>),
+}
+
+/// list key → its route. Replaced on reload.
+pub type Routes = Arc<RwLock<HashMap<String, Route>>>;
 
 /// How long one BLPOP blocks; bounds how late a reload's new routes apply.
 const BLOCK: Duration = Duration::from_secs(2);
@@ -43,7 +59,14 @@ pub async fn run(client: redis::Client, routes: Routes, stop: CancellationToken)
         loop {
             let keys: Vec<String> = routes
                 .read()
-                .map(|r| r.keys().cloned().collect())
+                .map(|r| {
+                    let mut keys: Vec<(bool, &String)> = r
+                        .iter()
+                        .map(|(k, route)| (matches!(route, Route::Wake(_)), k))
+                        .collect();
+                    keys.sort();
+                    keys.into_iter().map(|(_, k)| k.clone()).collect()
+                })
                 .unwrap_or_default();
             if keys.is_empty() {
                 tokio::select! { _ = stop.cancelled() => return, _ = tokio::time::sleep(BLOCK) => continue }
@@ -55,9 +78,16 @@ pub async fn run(client: redis::Client, routes: Routes, stop: CancellationToken)
                 r = blpop.query_async(&mut con) => r,
             };
             match popped {
-                Ok(Some((key, _))) => {
-                    if let Some(n) = routes.read().ok().and_then(|r| r.get(&key).cloned()) {
-                        n.notify_one();
+                Ok(Some((key, payload))) => {
+                    let received = Instant::now();
+                    if let Ok(r) = routes.read() {
+                        match r.get(&key) {
+                            Some(Route::Wake(n)) => n.notify_one(),
+                            Some(Route::Handoff(pool, queue)) => {
+                                pool.take_handoff(queue, &payload, received);
+                            }
+                            None => {}
+                        }
                     }
                 }
                 Ok(None) => {}

@@ -40,6 +40,14 @@
 -- ARGV[2] lease length in ms (deadline = Redis now + lease)
 -- ARGV[3] at most this many due scheduled jobs are promoted
 -- ARGV[4] at most this many inbox documents are taken
+-- ARGV[5] the caller's daemon id ('' or absent: no hand-off registration)
+-- ARGV[6] how long a registration lasts (ms)
+--   When the claim leaves the caller with free slots (fewer jobs than
+--   ARGV[1]) on a queue with no limit and not throttled, it registers the
+--   caller in `idle` for direct hand-off of the next enqueued jobs (see
+--   hand_off in the prelude) with that many slots; any other claim by the
+--   caller ends its registration, since the caller is busy or its slots are
+--   counted again.
 -- Events (when on): `enqueued` (via=inbox) per inbox document taken, `started` per job.
 -- Returns: {now_ms, next_due_ms (-1 = none), paused (0|1), throttled (0|1),
 --           first token (0 = no job), then 3 per job: id, attempt number, job record}
@@ -57,7 +65,9 @@ local now = now_ms()
 -- One read of meta: paused, the events cap, the document size limit, limits.
 local meta = redis.call('HMGET', k.meta, 'paused', 'events', 'max_doc_bytes',
   'rate_jobs', 'rate_per_ms', 'group_limit', 'parking', 'tenant_rate')
+local daemon = ARGV[5] or ''
 if meta[1] then
+  if daemon ~= '' then redis.call('HDEL', k.idle, daemon) end
   return { now, -1, 1, 0, 0 }
 end
 local cap = tonumber(meta[2]) or 0
@@ -288,53 +298,42 @@ elseif #ids < want then
   sooner(tonumber(first[2]))
 end
 local n = #ids
+if daemon ~= '' then
+  if n < want and out[4] == 0 and not (rate_jobs or group_limit or tenant_on or meta[7]) then
+    redis.call('HSET', k.idle, daemon,
+      fmt_int(want - n) .. ',' .. fmt_int(lease) .. ',' .. fmt_int(now + tonumber(ARGV[6])))
+  else
+    redis.call('HDEL', k.idle, daemon)
+  end
+end
 if n == 0 then return out end
 
-local runs = redis.call('HMGET', k.runs, unpack(ids))
-local last = redis.call('HINCRBY', k.meta, 'fence', n)
-local deadline = now + lease
--- Per-job work is kept to table stores and one integer format (the token):
--- numbers passed to Redis as numbers would each be formatted as a double.
-local started, until_ms = fmt_int(now), fmt_int(deadline)
-local tail = ',' .. started
-local hargs, zargs, cargs, gargs, targs = {}, {}, {}, {}, {}
-out[5] = last - n + 1
-local o = #out
-for i = 1, n do
-  local id = ids[i]
-  local attempts = 1
-  if runs[i] then attempts = parse_run(runs[i]) + 1 end
-  local token = fmt_int(last - n + i)
-  hargs[2 * i - 1] = id
-  hargs[2 * i] = (attempts == 1 and '1' or fmt_int(attempts)) .. ',' .. token .. tail
-  zargs[2 * i - 1] = until_ms
-  zargs[2 * i] = id
-  if rate_jobs then
-    cargs[2 * i - 1] = started
-    cargs[2 * i] = token
-  end
-  if grouped[i] then
-    gargs[#gargs + 1] = id
-    gargs[#gargs + 1] = grouped[i]
-  end
-  local w = tenant_of[i]
-  if w then
-    local a = targs[w]
-    if not a then
-      a = {}
-      targs[w] = a
+out[5] = lease_jobs(k, ids, records, now, lease, cap, out)
+local started = fmt_int(now)
+local cargs, gargs, targs = {}, {}, {}
+if rate_jobs or group_limit or tenant_on then
+  for i = 1, n do
+    local token = fmt_int(out[5] + i - 1)
+    if rate_jobs then
+      cargs[2 * i - 1] = started
+      cargs[2 * i] = token
     end
-    a[#a + 1] = started
-    a[#a + 1] = token
+    if grouped[i] then
+      gargs[#gargs + 1] = ids[i]
+      gargs[#gargs + 1] = grouped[i]
+    end
+    local w = tenant_of[i]
+    if w then
+      local a = targs[w]
+      if not a then
+        a = {}
+        targs[w] = a
+      end
+      a[#a + 1] = started
+      a[#a + 1] = token
+    end
   end
-  out[o + 1] = id
-  out[o + 2] = attempts
-  out[o + 3] = records[i]
-  o = o + 3
-  if cap > 0 then emit(k, cap, 'started', id, attempts, 'lease_until_ms', until_ms) end
 end
-redis.call('HSET', k.runs, unpack(hargs))
-redis.call('ZADD', k.active, unpack(zargs))
 if rate_jobs and rate_per then
   redis.call('ZADD', k.claims, unpack(cargs))
   if throttled then

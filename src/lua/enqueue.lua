@@ -5,7 +5,8 @@
 -- KEYS[1] the queue's base key <prefix>:{<queue>} (prelude derives the rest).
 -- ARGV: 7 per job: id, document JSON, priority, max_attempts (0 = queue's),
 --       delay_ms, run_at_ms (0 = none), unique_key ('' = none)
--- Events (when on): `enqueued` per created job.
+-- Events (when on): `enqueued` per created job; `started` per job handed
+--   off to an idle daemon (see hand_off in the prelude).
 -- Returns: 2 per job: status ('created' | 'exists' | 'duplicate'), id
 local k = queue_keys(KEYS)
 local now = now_ms()
@@ -46,5 +47,7 @@ for i = 1, #ARGV, 7 do
   out[#out + 1] = id
 end
 if #zargs > 0 then redis.call('ZADD', k.pending, unpack(zargs)) end
-wake(k)
+-- An idle daemon that registered takes the head of the line directly;
+-- what is left wakes one that did not.
+if not hand_off(k, now, cap) then wake(k) end
 return out

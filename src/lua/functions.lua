@@ -31,7 +31,7 @@ local function fcall_enqueue(keys, args)
     return redis.error_reply('ERR invalid job: ' .. tostring(job))
   end
   local _, id = enqueue_doc(k, now, job, args[1], cap, 'fcall')
-  wake(k)
+  if not hand_off(k, now, cap) then wake(k) end
   return id
 end
 

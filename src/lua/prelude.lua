@@ -23,7 +23,7 @@ local NAME_PATTERN = '^[%w_%.%-:]+$'
 local QUEUE_PARTS = {
   'jobs', 'pending', 'scheduled', 'active', 'dead', 'done', 'runs', 'errors', 'results', 'unique',
   'meta', 'inbox', 'rejected', 'wake', 'resources', 'events', 'claims', 'parked', 'groups',
-  'holders', 'tenant_limits', 'tenant_parked', 'tenant_due',
+  'holders', 'tenant_limits', 'tenant_parked', 'tenant_due', 'idle',
 }
 local IS_PART = {}
 -- (A numeric loop: this runs when the Function library loads, where Redis
@@ -38,7 +38,7 @@ for i = 1, #QUEUE_PARTS do IS_PART[QUEUE_PARTS[i]] = true end
 -- key names into Redis and Lua strings it mostly never uses.
 local function queue_keys(K)
   local base = K[1]
-  return setmetatable({}, {
+  return setmetatable({ base = base }, {
     __index = function(t, part)
       if not IS_PART[part] then error('redq: no key part named ' .. tostring(part)) end
       local key = base .. ':' .. part
@@ -134,6 +134,102 @@ end
 local function event_text(s)
   if #s > EVENT_TEXT_MAX then return string.sub(s, 1, EVENT_TEXT_MAX) end
   return s
+end
+
+-- Leases `ids` (just taken from the head of `pending`; `records` their job
+-- records, all present) to one caller until now + lease: the attempt
+-- number from `runs`, fencing tokens from meta `fence` (consecutive: the
+-- i-th job holds first + i - 1), run entries, lease deadlines in `active`,
+-- `started` events. Appends id, attempt, record per job to `out`; returns
+-- the first token. Per job only table stores and one integer format:
+-- numbers passed to Redis as numbers would each be formatted as a double.
+local function lease_jobs(k, ids, records, now, lease, cap, out)
+  local n = #ids
+  local runs = redis.call('HMGET', k.runs, unpack(ids))
+  local last = redis.call('HINCRBY', k.meta, 'fence', n)
+  local until_ms = fmt_int(now + lease)
+  local tail = ',' .. fmt_int(now)
+  local hargs, zargs = {}, {}
+  local o = #out
+  for i = 1, n do
+    local id = ids[i]
+    local attempts = 1
+    if runs[i] then attempts = parse_run(runs[i]) + 1 end
+    hargs[2 * i - 1] = id
+    hargs[2 * i] = (attempts == 1 and '1' or fmt_int(attempts)) .. ',' .. fmt_int(last - n + i) .. tail
+    zargs[2 * i - 1] = until_ms
+    zargs[2 * i] = id
+    out[o + 1] = id
+    out[o + 2] = attempts
+    out[o + 3] = records[i]
+    o = o + 3
+    if cap > 0 then emit(k, cap, 'started', id, attempts, 'lease_until_ms', until_ms) end
+  end
+  redis.call('HSET', k.runs, unpack(hargs))
+  redis.call('ZADD', k.active, unpack(zargs))
+  return last - n + 1
+end
+
+-- Direct hand-off. A daemon whose claim left it with free slots registers
+-- in `idle` (claim.lua: daemon id -> "<slots>,<lease_ms>,<expires_ms>") and
+-- blocks on its own hand-off list <base>:handoff:<daemon id> (same hash
+-- tag). An enqueue then leases the jobs at the head of `pending` to such a
+-- daemon itself, exactly as a claim would (same order, tokens, run
+-- entries, deadlines), and pushes them as one element onto that list:
+-- enqueue -> handler start is one hop instead of wake marker -> pop ->
+-- claim. Only for queues with no limit that needs the claim's checks (rate,
+-- group, tenant) and not paused. A registration counts down the slots it
+-- offered and ends when they are used or it expires; a daemon that died
+-- stops getting jobs once its registration expires, and what it got comes
+-- back through lease expiry like any job of a crashed daemon. The list
+-- expires with the lease, so a dead daemon's list does not stay.
+-- Element: JSON array [now_ms, first token, then id, attempt, record per job].
+-- Returns true when it left `pending` empty (no wake-up needed).
+local function handoff_key(k, daemon)
+  return k.base .. ':handoff:' .. daemon
+end
+
+local function hand_off(k, now, cap)
+  local idle = redis.call('HGETALL', k.idle)
+  if #idle == 0 then return false end
+  local meta = redis.call('HMGET', k.meta, 'paused', 'rate_jobs', 'group_limit', 'tenant_rate', 'parking')
+  if meta[1] or meta[2] or meta[3] or meta[4] or meta[5] then return false end
+  for i = 1, #idle, 2 do
+    local daemon = idle[i]
+    local left, lease, expires = string.match(idle[i + 1], '^(%d+),(%d+),(%d+)$')
+    left, lease, expires = tonumber(left), tonumber(lease), tonumber(expires)
+    if not left or left < 1 or expires <= now then
+      redis.call('HDEL', k.idle, daemon)
+    else
+      local ids = redis.call('ZRANGE', k.pending, 0, left - 1)
+      if #ids == 0 then return true end
+      redis.call('ZREMRANGEBYRANK', k.pending, 0, #ids - 1)
+      local records = redis.call('HMGET', k.jobs, unpack(ids))
+      -- An id without a record has nothing to run (as in claim.lua).
+      local live, recs = {}, {}
+      for j = 1, #ids do
+        if records[j] then
+          live[#live + 1] = ids[j]
+          recs[#live] = records[j]
+        end
+      end
+      if #live > 0 then
+        local out = { fmt_int(now), '0' }
+        out[2] = fmt_int(lease_jobs(k, live, recs, now, lease, cap, out))
+        local key = handoff_key(k, daemon)
+        redis.call('RPUSH', key, cjson.encode(out))
+        redis.call('PEXPIRE', key, lease)
+        left = left - #live
+      end
+      if left < 1 then
+        redis.call('HDEL', k.idle, daemon)
+      else
+        redis.call('HSET', k.idle, daemon, fmt_int(left) .. ',' .. fmt_int(lease) .. ',' .. fmt_int(expires))
+      end
+      if #ids < left + #live then return true end
+    end
+  end
+  return false
 end
 
 local function ids_of(args, first, stride)
