@@ -18,7 +18,7 @@
 //! this daemon in the queue's `idle` hash with that many slots, and the
 //! enqueues that follow lease their jobs to it inside the enqueue script and
 //! push them onto this daemon's hand-off list, where the waker's BLPOP
-//! receives them and [`Pool::accept`] starts them: one hop from enqueue to
+//! receives them and [`Pool::take_handoff`] starts them: one hop from enqueue to
 //! handler instead of wake marker → BLPOP → claim. A registration counts
 //! down the slots it offered; the pool claims again (renewing it) when half
 //! are used or it is half way to expiring. Jobs that arrive when every slot
@@ -126,8 +126,7 @@ impl Pool {
         jobs: Vec<ClaimedJob>,
         claimed_ms: i64,
         deadline: Instant,
-    ) -> usize {
-        let mut started = 0;
+    ) {
         for job in jobs {
             let Ok(permit) = self.slots.clone().try_acquire_owned() else {
                 tracing::debug!(job = %job.id, queue = %q.name, "no free slot; releasing the job");
@@ -137,14 +136,12 @@ impl Pool {
                 });
                 continue;
             };
-            started += 1;
             let (rt, leases, counters) = (q.clone(), ctx.leases.clone(), ctx.counters.clone());
             tokio::spawn(async move {
                 runner::run(rt, job, claimed_ms, deadline, leases, counters).await;
                 drop(permit);
             });
         }
-        started
     }
 
     /// Starts the jobs of one element of this daemon's hand-off list of

@@ -10,6 +10,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::FutureExt;
 use tokio::time::Instant;
 use tracing::Instrument;
 
@@ -199,11 +200,18 @@ async fn run_inner(
     true
 }
 
-/// Runs the handler in its own task (in the job's span) and waits for it, its
-/// time-out, or a stop.
+/// Runs the handler (in the job's span) and waits for it, its time-out, or a
+/// stop. The handler's future is polled here, in the runner's task, not
+/// spawned: a job starts without a second task hop. A panic is caught as
+/// a failed attempt; a handler that does not stop within its grace period
+/// is dropped (which cancels it, as aborting its task would).
 async fn supervise(rt: &QueueRt, ctx: JobContext, stop: &Stop, timeout: Duration) -> RunReport {
     let handler = rt.handler.clone();
-    let mut task = tokio::spawn(async move { handler.run(ctx).await }.in_current_span());
+    let mut task = std::pin::pin!(std::panic::AssertUnwindSafe(
+        async move { handler.run(ctx).await }
+    )
+    .catch_unwind()
+    .in_current_span());
     let joined = tokio::select! {
         r = &mut task => Some(r),
         _ = tokio::time::sleep(timeout) => {
@@ -218,8 +226,8 @@ async fn supervise(rt: &QueueRt, ctx: JobContext, stop: &Stop, timeout: Duration
         // period to clean up (a command handler kills its process group).
         None => match tokio::time::timeout(rt.grace, &mut task).await {
             Ok(r) => r,
+            // Returning drops the handler's future.
             Err(_) => {
-                task.abort();
                 return Outcome::Fail {
                     error: format!(
                         "handler did not stop within {:?} of being told to",
@@ -232,8 +240,7 @@ async fn supervise(rt: &QueueRt, ctx: JobContext, stop: &Stop, timeout: Duration
     };
     let mut report = match joined {
         Ok(r) => r,
-        Err(e) if e.is_panic() => {
-            let p = e.into_panic();
+        Err(p) => {
             let msg = p
                 .downcast_ref::<&str>()
                 .map(|s| s.to_string())
@@ -244,10 +251,6 @@ async fn supervise(rt: &QueueRt, ctx: JobContext, stop: &Stop, timeout: Duration
             }
             .into()
         }
-        Err(_) => Outcome::Fail {
-            error: "handler task was cancelled".into(),
-        }
-        .into(),
     };
     if stop.reason() == StopReason::Timeout {
         // Keep what the run reported and used; only the outcome is the time-out.
