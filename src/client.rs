@@ -9,7 +9,8 @@
 //! ```
 
 use std::collections::HashSet;
-use std::sync::{Mutex, OnceLock};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
@@ -30,6 +31,18 @@ pub struct Client {
     /// Single enqueues on their way to Redis (see [`Client::enqueue`]);
     /// started by the first one.
     singles: OnceLock<mpsc::UnboundedSender<Single>>,
+    /// Single-enqueue calls in flight (sent directly or by the coalescing task).
+    in_flight: Arc<AtomicUsize>,
+}
+
+/// Counts one call in flight until dropped (also when the caller's future
+/// is dropped mid-call).
+struct InFlight(Arc<AtomicUsize>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// One single enqueue waiting for its batch.
@@ -48,7 +61,11 @@ const COALESCE_MAX: usize = 1000;
 /// queue, in arrival order). It never waits for more, so a lone enqueue
 /// costs what it did alone; many producers sharing a client share round
 /// trips and script calls instead of queueing behind each other's.
-async fn coalesce(store: Store, mut rx: mpsc::UnboundedReceiver<Single>) {
+async fn coalesce(
+    store: Store,
+    mut rx: mpsc::UnboundedReceiver<Single>,
+    in_flight: Arc<AtomicUsize>,
+) {
     let mut batch = Vec::new();
     while let Some(first) = rx.recv().await {
         batch.push(first);
@@ -66,10 +83,13 @@ async fn coalesce(store: Store, mut rx: mpsc::UnboundedReceiver<Single>) {
             batch = rest;
             let (jobs, replies): (Vec<PreparedJob>, Vec<_>) =
                 mine.into_iter().map(|s| (s.job, s.reply)).unzip();
+            in_flight.fetch_add(1, Ordering::AcqRel);
+            let call = InFlight(in_flight.clone());
             let sent = match store.queue(&queue) {
                 Ok(q) => store.enqueue(&q, &jobs).await,
                 Err(e) => Err(e),
             };
+            drop(call);
             match sent {
                 Ok(out) if out.len() == replies.len() => {
                     for (reply, e) in replies.into_iter().zip(out) {
@@ -111,6 +131,7 @@ impl Client {
             max_doc_bytes: DEFAULT_MAX_DOC_BYTES,
             registered: Mutex::new(HashSet::new()),
             singles: OnceLock::new(),
+            in_flight: Arc::new(AtomicUsize::new(0)),
         }
     }
 
@@ -147,14 +168,31 @@ impl Client {
 
     /// Enqueues one job. Single enqueues issued at the same time through one
     /// client (many tasks sharing it) travel together in one script call;
-    /// each still gets its own answer, and a lone one is sent at once.
+    /// each still gets its own answer, and a lone one is sent at once, from
+    /// the caller's own task.
     pub async fn enqueue(&self, queue: &str, job: NewJob) -> Result<Enqueued> {
         crate::keys::check_queue_name(queue)?;
         let job = job.prepare(self.max_doc_bytes)?;
         self.register(queue).await?;
+        if self
+            .in_flight
+            .compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            // Nothing in flight: no batch to join, so no hop through the
+            // coalescing task. Calls that start while this one is out queue
+            // there and go together.
+            let _call = InFlight(self.in_flight.clone());
+            let q = self.store.queue(queue)?;
+            let mut out = self.store.enqueue(&q, std::slice::from_ref(&job)).await?;
+            return match (out.pop(), out.is_empty()) {
+                (Some(e), true) => Ok(e),
+                _ => Err(crate::Error::protocol("enqueue", "expected one reply")),
+            };
+        }
         let tx = self.singles.get_or_init(|| {
             let (tx, rx) = mpsc::unbounded_channel();
-            tokio::spawn(coalesce(self.store.clone(), rx));
+            tokio::spawn(coalesce(self.store.clone(), rx, self.in_flight.clone()));
             tx
         });
         let (reply, answer) = oneshot::channel();
