@@ -922,3 +922,41 @@ async fn an_idle_daemon_is_handed_jobs_directly_and_unregisters_when_it_stops() 
     let info = client.job("q", &id).await.unwrap().unwrap();
     assert_eq!(info.state, JobState::Pending);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_daemon_renews_its_hand_off_registration_without_a_script() {
+    let redis = RedisServer::start();
+    let (handler, _ran) = recording();
+    let cfg = config(&redis, "inbox_poll = \"100ms\"", &queue("q", ""));
+    let d = launch(WorkerBuilder::new(cfg).handler("q", handler)).await;
+    let q = redis.client().await.store().queue("q").unwrap();
+    let entry = || async {
+        let all: Vec<(String, String)> = redis::cmd("HGETALL")
+            .arg(q.idle())
+            .query_async(&mut redis.con().await)
+            .await
+            .unwrap();
+        all.into_iter().next().map(|(_, v)| v)
+    };
+    let expires = |v: &str| -> i64 { v.rsplit(',').next().unwrap().parse().unwrap() };
+    eventually("the idle daemon to register", || async {
+        entry().await.is_some()
+    })
+    .await;
+    let first = entry().await.expect("registered");
+    let scripts = script_calls(&info(&redis, "commandstats").await);
+    // Half way to its expiry (10 s at least) the registration is renewed.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let renewed = loop {
+        let now = entry().await.expect("still registered");
+        if expires(&now) > expires(&first) {
+            break now;
+        }
+        assert!(Instant::now() < deadline, "not renewed: {now}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // Same free slots, by one HSET in the idle look, not by a claim.
+    assert_eq!(renewed.split(',').next(), first.split(',').next());
+    assert_eq!(script_calls(&info(&redis, "commandstats").await), scripts);
+    d.stop().await;
+}

@@ -21,7 +21,8 @@
 //! receives them and [`Pool::take_handoff`] starts them: one hop from enqueue to
 //! handler instead of wake marker → BLPOP → claim. A registration counts
 //! down the slots it offered; the pool claims again (renewing it) when half
-//! are used or it is half way to expiring. Jobs that arrive when every slot
+//! are used, and an idle pool renews it half way to its expiry with one
+//! HSET in its idle look. Jobs that arrive when every slot
 //! is taken (a registration and a claim crossed) are released back to the
 //! head of the line, no attempt spent.
 
@@ -372,6 +373,38 @@ impl Pool {
         }
     }
 
+    /// Adds to `pipe` the renewal of this idle pool's hand-off registrations
+    /// (each queue without a limit: its claims register, limited ones do
+    /// not), offering the slots free now until `ttl` from now on Redis's
+    /// clock, as the latest claim saw it. False when there is no such
+    /// reading yet (the caller claims instead).
+    fn renew_into(&self, pipe: &mut redis::Pipeline, now: Instant, ttl: Duration) -> bool {
+        let Some((sent, redis_ms)) = self.clock.lock().ok().and_then(|c| *c) else {
+            return false;
+        };
+        let elapsed = i64::try_from(now.saturating_duration_since(sent).as_millis()).unwrap_or(0);
+        let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
+        let expires = redis_ms.saturating_add(elapsed).saturating_add(ttl_ms);
+        let free = self.slots.available_permits();
+        for q in &self.queues {
+            let limited = q.cfg.rate_limit.is_some()
+                || q.cfg.group_concurrency.is_some()
+                || q.cfg.has_tenant_limits();
+            if !limited {
+                let value = format!("{free},{},{expires}", q.cfg.lease.as_millis());
+                pipe.hset(q.keys.idle(), &*self.daemon, value).ignore();
+            }
+        }
+        if let Ok(mut r) = self.registration.lock() {
+            *r = Registration {
+                at: Some(now),
+                slots: free,
+                received: 0,
+            };
+        }
+        true
+    }
+
     /// After a round that filled every slot: ends the hand-off registrations
     /// of the queues that round did not ask (a claim ends its own), so
     /// enqueues stop handing this busy pool jobs. Only on the change from
@@ -415,8 +448,9 @@ impl Pool {
         ttl: Duration,
     ) -> bool {
         let due_at = due_in.map(|d| Instant::now() + d);
-        // Claim again half way to the registration's expiry, renewing it.
-        let renew_at = self
+        // Half way to the registration's expiry it is renewed, in the same
+        // pipeline as the look below (no claim: one HSET per queue).
+        let mut renew_at = self
             .registration
             .lock()
             .ok()
@@ -432,10 +466,16 @@ impl Pool {
                 _ = tokio::time::sleep_until(until) => {}
             }
             let now = Instant::now();
-            if due_at.is_some_and(|d| now >= d) || renew_at.is_some_and(|r| now >= r) {
+            if due_at.is_some_and(|d| now >= d) {
                 return true;
             }
             let mut pipe = redis::pipe();
+            if renew_at.is_some_and(|r| now >= r) {
+                if !self.renew_into(&mut pipe, now, ttl) {
+                    return true;
+                }
+                renew_at = Some(now + ttl / 2);
+            }
             for q in &self.queues {
                 pipe.llen(q.keys.inbox());
                 if !throttled.contains(&q.name) {

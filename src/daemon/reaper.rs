@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::dead_retention;
@@ -16,14 +17,47 @@ const BATCH: usize = 200;
 /// The reaper's name in `/healthz`.
 pub const LOOP: &str = "reaper";
 
+/// How often the reaper reads Redis's clock; in between it adds the offset
+/// it measured to the local clock.
+const CLOCK_SYNC: Duration = Duration::from_secs(60);
+
+/// Redis's clock as seen from here: Redis ms minus local Unix ms, when read.
+#[derive(Default)]
+struct Clock {
+    offset_ms: Option<i64>,
+    synced: Option<Instant>,
+}
+
+impl Clock {
+    fn due(&self) -> bool {
+        self.offset_ms.is_none() || self.synced.is_none_or(|s| s.elapsed() >= CLOCK_SYNC)
+    }
+
+    fn local_ms() -> i64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+    }
+
+    fn sync(&mut self, redis_ms: i64) {
+        self.offset_ms = Some(redis_ms - Self::local_ms());
+        self.synced = Some(Instant::now());
+    }
+
+    fn redis_now(&self) -> i64 {
+        Self::local_ms() + self.offset_ms.unwrap_or(0)
+    }
+}
+
 pub async fn run(shared: Arc<Shared>, every: Duration, stop: CancellationToken) {
+    let mut clock = Clock::default();
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(every) => {}
         }
         let queues = shared.queues();
-        let expired = match earliest_expired(&shared, &queues).await {
+        let expired = match earliest_expired(&shared, &queues, &mut clock).await {
             Ok(flags) => flags,
             Err(e) => {
                 tracing::debug!(error = %e, "reading lease deadlines failed");
@@ -57,14 +91,24 @@ pub async fn run(shared: Arc<Shared>, every: Duration, stop: CancellationToken) 
 }
 
 /// Per queue, whether its earliest lease deadline has passed on Redis's clock:
-/// one pipeline (TIME and the head of each `active` set), so an idle daemon
-/// runs the reap script only where a lease has actually expired.
+/// one pipeline (the head of each `active` set, and Redis's TIME once a
+/// minute), so an idle daemon runs the reap script only where a lease has
+/// actually expired. Between readings Redis's clock is the local clock plus
+/// the offset last measured; an error of a few ms only moves when the
+/// script is called, and the script decides on Redis's own clock.
 async fn earliest_expired(
     shared: &Shared,
     queues: &[Arc<super::QueueRt>],
+    clock: &mut Clock,
 ) -> crate::Result<Vec<bool>> {
+    if queues.is_empty() {
+        return Ok(Vec::new());
+    }
+    let sync = clock.due();
     let mut pipe = redis::pipe();
-    pipe.cmd("TIME");
+    if sync {
+        pipe.cmd("TIME");
+    }
     for q in queues {
         pipe.cmd("ZRANGE")
             .arg(q.keys.active())
@@ -73,8 +117,14 @@ async fn earliest_expired(
             .arg("WITHSCORES");
     }
     let reply: Vec<redis::Value> = pipe.query_async(&mut shared.store.connection()).await?;
-    let (now_ms, heads) = crate::store::split_time(reply, "reaper")?;
-    let now_ms = now_ms as f64;
+    let heads = if sync {
+        let (now_ms, heads) = crate::store::split_time(reply, "reaper")?;
+        clock.sync(now_ms);
+        heads
+    } else {
+        reply
+    };
+    let now_ms = clock.redis_now() as f64;
     let parse = |e: redis::ParsingError| crate::Error::protocol("reaper", e.to_string());
     heads
         .into_iter()
