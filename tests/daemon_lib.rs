@@ -960,3 +960,89 @@ async fn an_idle_daemon_renews_its_hand_off_registration_without_a_script() {
     assert_eq!(script_calls(&info(&redis, "commandstats").await), scripts);
     d.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn jobs_handed_to_idle_daemons_run_once_each() {
+    let redis = RedisServer::start();
+    let (handler, mut ran) = recording();
+    let mut daemons = Vec::new();
+    for _ in 0..3 {
+        let cfg = config(&redis, "", &queue("q", "concurrency = 4"));
+        daemons.push(launch(WorkerBuilder::new(cfg).handler("q", handler.clone())).await);
+    }
+    let client = Arc::new(redis.client().await);
+    let q = client.store().queue("q").unwrap();
+    eventually("three idle daemons to register", || async {
+        let n: u64 = redis::cmd("HLEN")
+            .arg(q.idle())
+            .query_async(&mut redis.con().await)
+            .await
+            .unwrap();
+        n == 3
+    })
+    .await;
+    // Eight producers, single enqueues: hand-offs, wake-ups and claims mix,
+    // and hand-offs can cross claims (the daemon then releases the extra).
+    let n = 400;
+    let producers: Vec<_> = (0..8)
+        .map(|p| {
+            let client = client.clone();
+            tokio::spawn(async move {
+                for i in (p..n).step_by(8) {
+                    client.enqueue("q", job(i)).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for p in producers {
+        within(20, p).await.unwrap();
+    }
+    let mut seen = std::collections::HashSet::new();
+    while seen.len() < n as usize {
+        let got = recv(&mut ran).await;
+        assert!(seen.insert(got), "job {got} ran twice");
+    }
+    let handed: u64 = daemons
+        .iter()
+        .map(|d| Counters::get(&d.counters.handed_off))
+        .sum();
+    assert!(handed > 0, "no job came by hand-off");
+    for d in daemons {
+        d.stop().await;
+    }
+    // Nothing ran twice after the last one either, and nothing is left.
+    assert!(ran.try_recv().is_err());
+    let stats = client.stats(&["q".to_owned()]).await.unwrap();
+    assert_eq!((stats[0].pending, stats[0].active), (0, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_handed_to_a_daemon_that_died_come_back_when_their_lease_expires() {
+    let redis = RedisServer::start();
+    let client = redis.client().await;
+    let store = client.store();
+    let q = store.queue("q").unwrap();
+    // A daemon registered, then died (it never reads its hand-off list).
+    store
+        .claim_as(
+            &q,
+            4,
+            Duration::from_secs(1),
+            0,
+            0,
+            Some(("ghost", Duration::from_secs(60))),
+        )
+        .await
+        .unwrap();
+    let id = client.enqueue("q", job(7)).await.unwrap().id;
+    let info = client.job("q", &id).await.unwrap().unwrap();
+    assert_eq!(info.state, JobState::Active);
+    // A live daemon's reaper takes it back after the lease, and it runs.
+    let (handler, mut ran) = recording();
+    let d =
+        launch(WorkerBuilder::new(config(&redis, "", &queue("q", ""))).handler("q", handler)).await;
+    assert_eq!(recv(&mut ran).await, 7);
+    let info = succeeded(&client, "q", &id).await;
+    assert_eq!(info.attempts, 2);
+    d.stop().await;
+}
