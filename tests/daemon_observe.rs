@@ -90,6 +90,12 @@ async fn metrics_count_outcomes_and_health_follows_redis() {
         sample(&body, r#"redq_jobs_total{queue="ok",outcome="dead"}"#),
         Some(0.0)
     );
+    // Each started once, by its own claim or by a hand-off from the enqueue.
+    let started = |via: &str| {
+        let name = format!(r#"redq_jobs_started_total{{queue="ok",via="{via}"}}"#);
+        sample(&body, &name).expect("a sample per way")
+    };
+    assert_eq!(started("claim") + started("handoff"), 20.0);
     // Depth gauges come from the poller, a few seconds at most behind.
     let (_, body) = wait_for(&metrics, |_, b| {
         sample(b, r#"redq_queue_jobs{queue="bad",state="dead"}"#) == Some(3.0)

@@ -37,6 +37,7 @@ use super::leases::Leases;
 use super::writer::Report;
 use super::{runner, Counters, QueueRt};
 use crate::config::Order;
+use crate::observe::Start;
 use crate::store::{self, ClaimedJob, Store};
 
 /// Due scheduled jobs promoted, and inbox documents taken, per claim.
@@ -127,7 +128,10 @@ impl Pool {
         jobs: Vec<ClaimedJob>,
         claimed_ms: i64,
         deadline: Instant,
+        via: Start,
     ) {
+        let n = jobs.len();
+        let mut released = 0;
         for job in jobs {
             let Ok(permit) = self.slots.clone().try_acquire_owned() else {
                 tracing::debug!(job = %job.id, queue = %q.name, "no free slot; releasing the job");
@@ -135,6 +139,7 @@ impl Pool {
                     id: job.id,
                     token: job.token,
                 });
+                released += 1;
                 continue;
             };
             let (rt, leases, counters) = (q.clone(), ctx.leases.clone(), ctx.counters.clone());
@@ -143,6 +148,7 @@ impl Pool {
                 drop(permit);
             });
         }
+        q.metrics.jobs_started(&q.name, via, (n - released) as u64);
     }
 
     /// Starts the jobs of one element of this daemon's hand-off list of
@@ -192,7 +198,14 @@ impl Pool {
             .map_or(latest, |d| d.min(latest));
         let n = claimed.jobs.len();
         Counters::add(&ctx.counters.handed_off, n as u64);
-        self.start_jobs(ctx, q, claimed.jobs, claimed.now_ms, deadline);
+        self.start_jobs(
+            ctx,
+            q,
+            claimed.jobs,
+            claimed.now_ms,
+            deadline,
+            Start::Handoff,
+        );
         let low = self.registration.lock().is_ok_and(|mut r| {
             r.received += n;
             r.at.is_some() && r.received * 2 >= r.slots
@@ -332,7 +345,8 @@ impl Pool {
                         // in strict order a later queue never gets a slot while
                         // an earlier one still has work.
                         let full = c.jobs.len() == free;
-                        self.start_jobs(ctx, &q, c.jobs, c.now_ms, sent + q.cfg.lease);
+                        let deadline = sent + q.cfg.lease;
+                        self.start_jobs(ctx, &q, c.jobs, c.now_ms, deadline, Start::Claim);
                         if full {
                             filled = true;
                             break;

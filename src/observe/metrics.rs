@@ -64,6 +64,26 @@ impl JobOutcome {
     }
 }
 
+/// How a job reached this daemon: `redq_jobs_started_total{via}`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Start {
+    /// Taken by the daemon's own claim.
+    Claim = 0,
+    /// Leased to it by an enqueue while it was idle (direct hand-off).
+    Handoff = 1,
+}
+
+impl Start {
+    pub const ALL: [Start; 2] = [Start::Claim, Start::Handoff];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Start::Claim => "claim",
+            Start::Handoff => "handoff",
+        }
+    }
+}
+
 /// A queue's depth by state, read from Redis by the daemon (O(1) reads).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct QueueDepths {
@@ -93,6 +113,8 @@ pub(super) struct QueueMetrics {
     pub(super) end_to_end: Histogram,
     pub(super) run_window: Window,
     pub(super) in_flight: AtomicU64,
+    /// Jobs started, in [`Start::ALL`] order.
+    pub(super) started: [AtomicU64; 2],
     /// In [`STATES`] order.
     pub(super) depths: [AtomicU64; STATES.len()],
     pub(super) depths_known: AtomicBool,
@@ -114,6 +136,7 @@ impl QueueMetrics {
             end_to_end: Histogram::new(),
             run_window: Window::new(),
             in_flight: AtomicU64::new(0),
+            started: std::array::from_fn(|_| AtomicU64::new(0)),
             depths: std::array::from_fn(|_| AtomicU64::new(0)),
             depths_known: AtomicBool::new(false),
             oldest_pending_micros: AtomicU64::new(0),
@@ -161,6 +184,13 @@ impl Metrics {
     pub fn job_outcome(&self, queue: &str, outcome: JobOutcome, n: u64) {
         self.with_queue(queue, |q| {
             q.outcomes[outcome as usize].fetch_add(n, Relaxed);
+        });
+    }
+
+    /// Adds `n` to `redq_jobs_started_total{queue, via}`.
+    pub fn jobs_started(&self, queue: &str, via: Start, n: u64) {
+        self.with_queue(queue, |q| {
+            q.started[via as usize].fetch_add(n, Relaxed);
         });
     }
 

@@ -9,7 +9,7 @@
 use std::sync::atomic::Ordering::Relaxed;
 
 use super::histogram::{Histogram, BUCKET_LABELS};
-use super::metrics::{read, JobOutcome, Metrics, QueueMetrics, MAX_QUEUES, STATES};
+use super::metrics::{read, JobOutcome, Metrics, QueueMetrics, Start, MAX_QUEUES, STATES};
 use super::text::{header, sample};
 
 /// Picks one of a queue's histograms.
@@ -63,6 +63,16 @@ impl Metrics {
                     &labels,
                     q.outcomes[outcome as usize].load(Relaxed),
                 );
+            }
+        }
+
+        let name = "redq_jobs_started_total";
+        let help = "Jobs started by this daemon, by queue and how they came: its own claim, or a direct hand-off from an enqueue.";
+        header(out_, name, "counter", help);
+        for (queue, q) in &queues {
+            for via in Start::ALL {
+                let labels = [("queue", *queue), ("via", via.as_str())];
+                sample(out_, name, &labels, q.started[via as usize].load(Relaxed));
             }
         }
 
