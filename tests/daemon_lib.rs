@@ -1046,3 +1046,55 @@ async fn jobs_handed_to_a_daemon_that_died_come_back_when_their_lease_expires() 
     assert_eq!(info.attempts, 2);
     d.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_handed_over_beyond_the_free_slots_are_released_unspent_and_run_later() {
+    let redis = RedisServer::start();
+    let (tx, mut ran) = mpsc::unbounded_channel();
+    let handler = move |ctx: JobContext| {
+        let _ = tx.send((payload_n(&ctx), ctx.attempt));
+        std::future::ready(Outcome::Done { result: None })
+    };
+    let cfg = config(&redis, "", &queue("q", "concurrency = 1"));
+    let d = launch(WorkerBuilder::new(cfg).handler("q", handler)).await;
+    let client = redis.client().await;
+    let q = client.store().queue("q").unwrap();
+    let mut con = redis.con().await;
+    eventually("the idle daemon to register", || async {
+        let all: Vec<String> = redis::cmd("HKEYS")
+            .arg(q.idle())
+            .query_async(&mut redis.con().await)
+            .await
+            .unwrap();
+        !all.is_empty()
+    })
+    .await;
+    let ids: Vec<String> = redis::cmd("HKEYS")
+        .arg(q.idle())
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    let daemon = &ids[0];
+    // As if a registration and a claim had crossed: it offers five slots,
+    // the daemon has one.
+    let _: () = redis::cmd("HSET")
+        .arg(q.idle())
+        .arg(daemon)
+        .arg(format!("5,1000,{}", i64::MAX / 2))
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    client
+        .enqueue_many("q", (1..=5).map(job).collect())
+        .await
+        .unwrap();
+    let mut seen = std::collections::BTreeMap::new();
+    while seen.len() < 5 {
+        let (n, attempt) = recv(&mut ran).await;
+        assert!(seen.insert(n, attempt).is_none(), "job {n} ran twice");
+    }
+    // One started at once; the other four went back unspent and ran later.
+    assert!(seen.values().all(|a| *a == 1), "{seen:?}");
+    assert_eq!(Counters::get(&d.counters.released), 4);
+    d.stop().await;
+}
