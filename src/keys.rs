@@ -43,7 +43,7 @@ pub const PARTS: [&str; 24] = [
     "tenant_limits", // HASH  tenant -> "<jobs>,<per_ms>": per-tenant overrides of meta `tenant_rate`
     "tenant_parked", // ZSET  "<len>:<tenant>:<pending score>:<id>" (all scores 0): jobs whose tenant had no room
     "tenant_due", // ZSET  tenant -> Redis ms when it has room again, for each tenant with parked jobs
-    "idle", // HASH  daemon id -> "<free slots>,<lease_ms>,<expires_ms>": daemons waiting for a direct hand-off
+    "idle", // HASH  "<daemon id>.<pool number>" -> "<free slots>,<lease_ms>,<expires_ms>": idle pools waiting for a direct hand-off
 ];
 
 /// True when `name` is 1–128 characters from `A-Z a-z 0-9 _ . - :`.
@@ -221,8 +221,9 @@ impl QueueKeys {
         self.part("idle")
     }
 
-    /// `<prefix>:{<queue>}:handoff:<daemon id>`: a LIST, one element per
-    /// enqueue call that leased jobs directly to that daemon (JSON array:
+    /// `<prefix>:{<queue>}:handoff:<name>`: a LIST, one element per
+    /// enqueue call that leased jobs directly to the pool registered as
+    /// `name` in `idle` ("<daemon id>.<pool number>"; JSON array:
     /// now_ms, first token, then id, attempt, record per job). The daemon's
     /// waker blocks on it; the scripts derive it from the base key (same hash
     /// tag); it expires with the lease. Not one of [`PARTS`].

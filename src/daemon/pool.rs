@@ -75,7 +75,8 @@ pub struct Pool {
     pub wake: Arc<Notify>,
     /// Cancelled to stop claiming (quiet); running jobs go on.
     pub quiet: CancellationToken,
-    /// This daemon's id: its name in the queues' `idle` hashes.
+    /// This pool's name in the queues' `idle` hashes and hand-off lists:
+    /// the daemon's id and the pool's number in it.
     pub daemon: Arc<str>,
     registration: Mutex<Registration>,
     /// Redis's clock against ours, from the latest claim: (sent, Redis ms).

@@ -154,6 +154,7 @@ impl WorkerBuilder {
             cron: None,
             tx,
             rx,
+            pools_started: 0,
         };
         daemon.apply(self.config).await?;
         let keeper = leases::keep(
@@ -242,6 +243,8 @@ pub struct Daemon {
     tx: mpsc::UnboundedSender<Action>,
     rx: mpsc::UnboundedReceiver<Action>,
     http_addr: std::net::SocketAddr,
+    /// Pools started so far (numbers each pool's hand-off name).
+    pools_started: u64,
 }
 
 /// The cron loop's stop token and the leader lease it runs under (`None`
@@ -366,7 +369,7 @@ impl Daemon {
             for q in &pool.queues {
                 routes.insert(q.keys.wake().to_owned(), Route::Wake(pool.wake.clone()));
                 routes.insert(
-                    q.keys.handoff(&self.shared.id),
+                    q.keys.handoff(&pool.daemon),
                     Route::Handoff(pool.clone(), q.clone()),
                 );
             }
@@ -477,9 +480,12 @@ impl Daemon {
             queues,
             spec.order,
             spec.concurrency,
-            self.shared.id.clone(),
+            // Each pool its own name in the hand-off registrations, so a
+            // pool replaced on reload cannot end its successor's.
+            Arc::from(format!("{}.{}", self.shared.id, self.pools_started)),
             ctx,
         );
+        self.pools_started += 1;
         self.fetchers.push(tokio::spawn(pool.clone().fetch()));
         tracing::info!(pool = %spec.name, concurrency = spec.concurrency, "pool started");
         Ok(pool)

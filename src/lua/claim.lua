@@ -40,7 +40,8 @@
 -- ARGV[2] lease length in ms (deadline = Redis now + lease)
 -- ARGV[3] at most this many due scheduled jobs are promoted
 -- ARGV[4] at most this many inbox documents are taken
--- ARGV[5] the caller's daemon id ('' or absent: no hand-off registration)
+-- ARGV[5] the caller's name for hand-off, "<daemon id>.<pool number>" ('' or
+--   absent: no registration)
 -- ARGV[6] how long a registration lasts (ms)
 --   When the claim leaves the caller with free slots (fewer jobs than
 --   ARGV[1]) on a queue with no limit and not throttled, it registers the
