@@ -41,8 +41,8 @@ pub struct Shared {
     pub(crate) counters: Arc<Counters>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) health: Arc<Health>,
-    /// This daemon's id (`hostname:pid:random`): its heartbeat entry and its
-    /// name in the queues' hand-off registrations.
+    /// This daemon's id (`hostname:pid:random`): its heartbeat entry, and
+    /// the start of its pools' names in the queues' hand-off registrations.
     pub(crate) id: Arc<str>,
     pools: Mutex<Vec<(PoolSpec, Arc<Pool>)>>,
 }

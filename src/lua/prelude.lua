@@ -170,10 +170,10 @@ local function lease_jobs(k, ids, records, now, lease, cap, out)
   return last - n + 1
 end
 
--- Direct hand-off. A daemon whose claim left it with free slots registers
--- in `idle` (claim.lua: daemon id -> "<slots>,<lease_ms>,<expires_ms>") and
--- blocks on its own hand-off list <base>:handoff:<daemon id> (same hash
--- tag). An enqueue then leases the jobs at the head of `pending` to such a
+-- Direct hand-off. A daemon's pool whose claim left it with free slots
+-- registers in `idle` (claim.lua: "<daemon id>.<pool number>" ->
+-- "<slots>,<lease_ms>,<expires_ms>"), and the daemon blocks on that name's
+-- hand-off list <base>:handoff:<name> (same hash tag). An enqueue then leases the jobs at the head of `pending` to such a
 -- daemon itself, exactly as a claim would (same order, tokens, run
 -- entries, deadlines), and pushes them as one element onto that list:
 -- enqueue -> handler start is one hop instead of wake marker -> pop ->
