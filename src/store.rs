@@ -52,6 +52,19 @@ pub struct ClaimedJob {
     pub record: std::result::Result<StoredJob, String>,
 }
 
+impl ClaimedJob {
+    /// The `i`-th job (from 0) of a claim or hand-off whose fencing tokens
+    /// run consecutively from `first_token`.
+    fn nth(first_token: u64, i: usize, id: String, attempt: i64, record: &str) -> ClaimedJob {
+        ClaimedJob {
+            id,
+            token: first_token.saturating_add(i as u64),
+            attempt: u32::try_from(attempt).unwrap_or(u32::MAX),
+            record: StoredJob::parse(record),
+        }
+    }
+}
+
 /// The reply of one claim call.
 #[derive(Debug, Clone)]
 pub struct Claimed {
@@ -96,13 +109,13 @@ pub fn parse_handoff(payload: &str) -> Result<Claimed> {
     let mut jobs = Vec::with_capacity(n);
     for i in 0..n {
         let at = 2 + 3 * i;
-        let record = text(at + 2)?;
-        jobs.push(ClaimedJob {
-            id: text(at)?,
-            token: first_token.saturating_add(i as u64),
-            attempt: u32::try_from(int(at + 1)?).unwrap_or(u32::MAX),
-            record: StoredJob::parse(&record),
-        });
+        jobs.push(ClaimedJob::nth(
+            first_token,
+            i,
+            text(at)?,
+            int(at + 1)?,
+            &text(at + 2)?,
+        ));
     }
     Ok(Claimed {
         now_ms,
@@ -323,13 +336,13 @@ impl Store {
             .map_err(|_| Error::protocol("claim", "token is not a positive integer"))?;
         let mut jobs = Vec::with_capacity(rest.len() / 3);
         for (i, job) in rest.chunks(3).enumerate() {
-            let record = text(job.get(2), "claim")?;
-            jobs.push(ClaimedJob {
-                id: text(job.first(), "claim")?,
-                token: first_token.saturating_add(i as u64),
-                attempt: u32::try_from(int(job.get(1), "claim")?).unwrap_or(u32::MAX),
-                record: StoredJob::parse(&record),
-            });
+            jobs.push(ClaimedJob::nth(
+                first_token,
+                i,
+                text(job.first(), "claim")?,
+                int(job.get(1), "claim")?,
+                &text(job.get(2), "claim")?,
+            ));
         }
         Ok(Claimed {
             now_ms,

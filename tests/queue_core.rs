@@ -34,6 +34,18 @@ async fn claim(store: &Store, queue: &str, max: usize) -> redq::store::Claimed {
         .unwrap()
 }
 
+/// Plain successes (no unique key, no result) for claimed jobs.
+fn completions(jobs: &[redq::store::ClaimedJob]) -> Vec<Completion<'_>> {
+    jobs.iter()
+        .map(|j| Completion {
+            id: &j.id,
+            token: j.token,
+            unique_key: None,
+            result: None,
+        })
+        .collect()
+}
+
 fn payload_n(j: &redq::store::ClaimedJob) -> i64 {
     let v: serde_json::Value =
         serde_json::from_str(j.record.as_ref().unwrap().doc.payload.get()).unwrap();
@@ -762,16 +774,7 @@ async fn a_batch_resent_after_a_lost_reply_adds_its_usage_once() {
         client.enqueue("q", job(n)).await.unwrap();
     }
     let got = claim(store, "q", 3).await;
-    let done: Vec<Completion> = got
-        .jobs
-        .iter()
-        .map(|j| Completion {
-            id: &j.id,
-            token: j.token,
-            unique_key: None,
-            result: None,
-        })
-        .collect();
+    let done = completions(&got.jobs);
     let day = Day::today();
     let mut tally = Tally::new(day);
     for _ in &done {
@@ -924,16 +927,7 @@ async fn an_enqueue_leases_the_head_of_the_line_to_a_registered_idle_daemon() {
     assert_eq!(registration(&redis, &q, "d1").await, None);
     assert_eq!(s.lists["wake"].len(), 1);
     // The tokens are the jobs' fencing tokens: completing with them works.
-    let done: Vec<Completion> = got
-        .jobs
-        .iter()
-        .map(|j| Completion {
-            id: &j.id,
-            token: j.token,
-            unique_key: None,
-            result: None,
-        })
-        .collect();
+    let done = completions(&got.jobs);
     assert_eq!(
         store.complete(&q, &done, KEEP_NONE).await.unwrap(),
         [true; 3]

@@ -465,22 +465,19 @@ async fn latency(url: &str, secs: f64) -> Result<[f64; 5]> {
             "latency: {got} of {total} jobs started, {fails} enqueues failed"
         )));
     }
-    let mut ms: Vec<f64> = (0..total)
-        .map(|i| {
-            let s = started[i].load(Ordering::Relaxed) as f64;
-            let e = enqueued[i].load(Ordering::Relaxed) as f64;
-            (s - e).max(0.0) / 1e6
-        })
-        .collect();
-    ms.sort_by(f64::total_cmp);
-    let mut calls: Vec<f64> = (0..total)
-        .map(|i| {
-            let r = returned[i].load(Ordering::Relaxed) as f64;
-            let e = enqueued[i].load(Ordering::Relaxed) as f64;
-            (r - e).max(0.0) / 1e6
-        })
-        .collect();
-    calls.sort_by(f64::total_cmp);
+    // Per job, ms from its enqueue stamp to `until`'s, sorted.
+    let spans = |until: &[AtomicU64]| {
+        let mut v: Vec<f64> = (0..total)
+            .map(|i| {
+                let u = until[i].load(Ordering::Relaxed) as f64;
+                let e = enqueued[i].load(Ordering::Relaxed) as f64;
+                (u - e).max(0.0) / 1e6
+            })
+            .collect();
+        v.sort_by(f64::total_cmp);
+        v
+    };
+    let (ms, calls) = (spans(&started), spans(&returned));
     Ok([
         percentile(&ms, 50.0),
         percentile(&ms, 95.0),
