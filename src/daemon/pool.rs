@@ -83,6 +83,11 @@ pub struct Pool {
     clock: Mutex<Option<(Instant, i64)>>,
     /// Notified when the registration runs low: claim again to renew it.
     renew: Notify,
+    /// Set once the waker's blocking pop includes this pool's hand-off
+    /// lists: only then does the pool register for hand-off, so a pool
+    /// started by a reload is not handed jobs that would wait for the
+    /// waker's next pop.
+    listening: std::sync::atomic::AtomicBool,
     ctx: Arc<PoolCtx>,
 }
 
@@ -115,8 +120,25 @@ impl Pool {
             registration: Mutex::new(Registration::default()),
             clock: Mutex::new(None),
             renew: Notify::new(),
+            listening: std::sync::atomic::AtomicBool::new(false),
             ctx,
         })
+    }
+
+    /// Called by the waker before a blocking pop that includes this pool's
+    /// hand-off lists. The first time, the pool claims again so that it
+    /// registers.
+    pub fn listened_to(&self) {
+        if !self
+            .listening
+            .swap(true, std::sync::atomic::Ordering::AcqRel)
+        {
+            self.renew.notify_one();
+        }
+    }
+
+    fn listened(&self) -> bool {
+        self.listening.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Starts claimed jobs, one slot each. Jobs beyond the free slots (a
@@ -326,7 +348,7 @@ impl Pool {
                         q.cfg.lease,
                         PROMOTE_BATCH,
                         INBOX_BATCH,
-                        Some((&self.daemon, ttl)),
+                        self.listened().then_some((&*self.daemon, ttl)),
                     )
                     .await
                 {
@@ -397,6 +419,9 @@ impl Pool {
         let Some((sent, redis_ms)) = self.clock.lock().ok().and_then(|c| *c) else {
             return false;
         };
+        if !self.listened() {
+            return true;
+        }
         let elapsed = i64::try_from(now.saturating_duration_since(sent).as_millis()).unwrap_or(0);
         let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
         let expires = redis_ms.saturating_add(elapsed).saturating_add(ttl_ms);

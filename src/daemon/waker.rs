@@ -62,7 +62,12 @@ pub async fn run(client: redis::Client, routes: Routes, stop: CancellationToken)
                 .map(|r| {
                     let mut keys: Vec<(bool, &String)> = r
                         .iter()
-                        .map(|(k, route)| (matches!(route, Route::Wake(_)), k))
+                        .map(|(k, route)| {
+                            if let Route::Handoff(pool, _) = route {
+                                pool.listened_to();
+                            }
+                            (matches!(route, Route::Wake(_)), k)
+                        })
                         .collect();
                     keys.sort();
                     keys.into_iter().map(|(_, k)| k.clone()).collect()
