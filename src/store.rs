@@ -305,10 +305,10 @@ impl Store {
         self.claim_as(q, max, lease, promote, inbox, None).await
     }
 
-    /// [`Store::claim`] by the daemon `idle.0`: when the claim leaves it with
-    /// free slots, it is registered for direct hand-off of newly enqueued
-    /// jobs for `idle.1` (see [`parse_handoff`]); any other claim by it ends
-    /// that registration.
+    /// [`Store::claim`] by the pool named `idle.0` ("<daemon id>.<pool
+    /// number>"): when the claim leaves it with free slots, it is registered
+    /// for direct hand-off of newly enqueued jobs for `idle.1` (see
+    /// [`parse_handoff`]); any other claim by it ends that registration.
     pub async fn claim_as(
         &self,
         q: &QueueKeys,

@@ -222,6 +222,15 @@ fn quiet_panics(marker: &'static str) {
     });
 }
 
+/// A queue's hand-off registrations (`idle`): pool name → slots, lease, expiry.
+async fn registrations(redis: &RedisServer, q: &redq::keys::QueueKeys) -> Vec<(String, String)> {
+    redis::cmd("HGETALL")
+        .arg(q.idle())
+        .query_async(&mut redis.con().await)
+        .await
+        .unwrap()
+}
+
 /// Script calls (EVALSHA and EVAL) counted in `INFO commandstats`.
 fn script_calls(stats: &std::collections::HashMap<String, String>) -> u64 {
     ["cmdstat_evalsha", "cmdstat_eval"]
@@ -893,14 +902,7 @@ async fn an_idle_daemon_is_handed_jobs_directly_and_unregisters_when_it_stops() 
     let d = launch(WorkerBuilder::new(cfg).handler("q", handler)).await;
     let client = redis.client().await;
     let q = client.store().queue("q").unwrap();
-    let registered = || async {
-        let n: u64 = redis::cmd("HLEN")
-            .arg(q.idle())
-            .query_async(&mut redis.con().await)
-            .await
-            .unwrap();
-        n
-    };
+    let registered = || async { registrations(&redis, &q).await.len() };
     // Its first claim found nothing: it waits for a hand-off.
     eventually("the idle daemon to register", || async {
         registered().await == 1
@@ -931,12 +933,11 @@ async fn an_idle_daemon_renews_its_hand_off_registration_without_a_script() {
     let d = launch(WorkerBuilder::new(cfg).handler("q", handler)).await;
     let q = redis.client().await.store().queue("q").unwrap();
     let entry = || async {
-        let all: Vec<(String, String)> = redis::cmd("HGETALL")
-            .arg(q.idle())
-            .query_async(&mut redis.con().await)
+        registrations(&redis, &q)
             .await
-            .unwrap();
-        all.into_iter().next().map(|(_, v)| v)
+            .into_iter()
+            .next()
+            .map(|(_, v)| v)
     };
     let expires = |v: &str| -> i64 { v.rsplit(',').next().unwrap().parse().unwrap() };
     eventually("the idle daemon to register", || async {
@@ -973,12 +974,7 @@ async fn jobs_handed_to_idle_daemons_run_once_each() {
     let client = Arc::new(redis.client().await);
     let q = client.store().queue("q").unwrap();
     eventually("three idle daemons to register", || async {
-        let n: u64 = redis::cmd("HLEN")
-            .arg(q.idle())
-            .query_async(&mut redis.con().await)
-            .await
-            .unwrap();
-        n == 3
+        registrations(&redis, &q).await.len() == 3
     })
     .await;
     // Eight producers, single enqueues: hand-offs, wake-ups and claims mix,
@@ -1061,20 +1057,10 @@ async fn jobs_handed_over_beyond_the_free_slots_are_released_unspent_and_run_lat
     let q = client.store().queue("q").unwrap();
     let mut con = redis.con().await;
     eventually("the idle daemon to register", || async {
-        let all: Vec<String> = redis::cmd("HKEYS")
-            .arg(q.idle())
-            .query_async(&mut redis.con().await)
-            .await
-            .unwrap();
-        !all.is_empty()
+        !registrations(&redis, &q).await.is_empty()
     })
     .await;
-    let ids: Vec<String> = redis::cmd("HKEYS")
-        .arg(q.idle())
-        .query_async(&mut con)
-        .await
-        .unwrap();
-    let daemon = &ids[0];
+    let daemon = &registrations(&redis, &q).await[0].0;
     // As if a registration and a claim had crossed: it offers five slots,
     // the daemon has one.
     let _: () = redis::cmd("HSET")
