@@ -90,6 +90,11 @@ pub async fn run(shared: Arc<Shared>, stats_interval: Duration, stop: Cancellati
                 (None, Vec::new())
             }
         };
+        // Redis's state goes out with the depths just set, before the
+        // library check below (another round trip), so a scrape never sees
+        // fresh depths beside a stale `redq_redis_up`.
+        shared.metrics.set_redis(rtt.is_some(), rtt);
+        shared.health.set_redis_ok(rtt.is_some());
         polls = polls.wrapping_add(1);
         if rtt.is_some() && polls % LIBRARY_EVERY == 1 {
             // A Redis restarted without persistence has lost the function
@@ -102,8 +107,6 @@ pub async fn run(shared: Arc<Shared>, stats_interval: Duration, stop: Cancellati
                 Err(e) => tracing::debug!(error = %e, "checking the function library failed"),
             }
         }
-        shared.metrics.set_redis(rtt.is_some(), rtt);
-        shared.health.set_redis_ok(rtt.is_some());
         shared.health.beat(LOOP);
         notify::status(&status_line(&shared));
         let (healthy, body) = shared.health.healthz();
