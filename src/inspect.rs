@@ -242,7 +242,8 @@ pub async fn stats(store: &Store, queues: &[QueueKeys]) -> Result<Vec<QueueStats
             .zcard(q.parked())
             .zcard(q.tenant_parked())
             .zcard(q.scheduled())
-            .zcard(q.active())
+            // Running jobs: every member but the skiplist pin (score +inf).
+            .zcount(q.active(), "-inf", "(+inf")
             .zcard(q.dead())
             .zcard(q.done())
             .llen(q.inbox())

@@ -663,6 +663,28 @@ pub(crate) fn keep_runs_hashed(pipe: &mut redis::Pipeline, q: &QueueKeys) {
     .ignore();
 }
 
+/// The member of `active` that keeps it a skiplist (see [`keep_active_skiplisted`]).
+/// Not a valid job id (ids never contain `~`), and its score is `+inf`, so
+/// no lease ever expires it and it sorts after every running job.
+pub const ACTIVE_PIN_MEMBER: &str =
+    "~pin: keeps this sorted set out of Redis's listpack encoding: ZADD and ZREM stay O(log n) (redq)";
+
+/// Keeps the queue's `active` sorted set in Redis's skiplist encoding, for
+/// the reason [`keep_runs_hashed`] gives for `runs`: below
+/// `zset-max-listpack-entries` (default 128) members Redis stores a sorted
+/// set as a listpack, where every ZADD searches the whole list for the
+/// member and again for its place by score. `active` holds one member per
+/// running job, so at a concurrency under 128 each claim of n jobs cost
+/// O(n × concurrency): callgrind put a fifth of Redis's instructions at
+/// concurrency 50 in that search. One member longer than any listpack entry
+/// converts it for good. Its score is `+inf`: the reaper's
+/// `ZRANGEBYSCORE -inf <now>` never sees it, and [`crate::inspect::stats`]
+/// leaves it out of the count. The daemon writes it at start and on every
+/// reload, beside the `runs` pin.
+pub(crate) fn keep_active_skiplisted(pipe: &mut redis::Pipeline, q: &QueueKeys) {
+    pipe.zadd(q.active(), ACTIVE_PIN_MEMBER, "+inf").ignore();
+}
+
 /// Appends the usage section of complete.lua / fail.lua (field count, expiry,
 /// then field and amount pairs; "0", "0" for none) and returns the day hash
 /// to pass as the extra key.

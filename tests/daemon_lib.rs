@@ -543,6 +543,71 @@ async fn no_more_jobs_run_at_once_than_the_concurrency() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_keeps_runs_and_active_in_constant_time_encodings_and_counts_no_pin() {
+    // Below 128 entries Redis keeps hashes and sorted sets as listpacks,
+    // searched linearly on every access; a busy daemon touches `runs` and
+    // `active` once per job. The daemon pins both out of that encoding, and
+    // nothing that counts or reaps running jobs may see the pins.
+    let redis = RedisServer::start();
+    let client = redis.client().await;
+    let gate = Arc::new(Semaphore::new(0));
+    let (tx, mut started) = mpsc::unbounded_channel::<()>();
+    let handler = {
+        let gate = gate.clone();
+        move |_ctx: JobContext| {
+            let (gate, tx) = (gate.clone(), tx.clone());
+            async move {
+                let _ = tx.send(());
+                gate.acquire().await.expect("gate").forget();
+                Outcome::Done { result: None }
+            }
+        }
+    };
+    let q = queue("q", "concurrency = 4");
+    let d = launch(WorkerBuilder::new(config(&redis, "", &q)).handler("q", handler)).await;
+    let keys = client.store().queue("q").unwrap();
+    let mut con = redis.con().await;
+    let encoding_con = con.clone();
+    let encoding = move |key: String| {
+        let mut con = encoding_con.clone();
+        async move {
+            redis::cmd("OBJECT")
+                .arg("ENCODING")
+                .arg(key)
+                .query_async::<String>(&mut con)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(encoding(keys.runs().to_owned()).await, "hashtable");
+    assert_eq!(encoding(keys.active().to_owned()).await, "skiplist");
+
+    client
+        .enqueue_many("q", (0..6).map(job).collect())
+        .await
+        .unwrap();
+    for _ in 0..4 {
+        recv(&mut started).await;
+    }
+    let stats = client.stats(&["q".to_owned()]).await.unwrap();
+    assert_eq!((stats[0].active, stats[0].pending), (4, 2), "{stats:?}");
+    gate.add_permits(6);
+    counter_reaches("succeeded", &d.counters.succeeded, 6).await;
+    let stats = client.stats(&["q".to_owned()]).await.unwrap();
+    assert_eq!((stats[0].active, stats[0].pending), (0, 0), "{stats:?}");
+    // The reaper ran meanwhile (every 100ms here) and left the pin alone.
+    let pin: Option<f64> = redis::cmd("ZSCORE")
+        .arg(keys.active())
+        .arg(redq::store::ACTIVE_PIN_MEMBER)
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert_eq!(pin, Some(f64::INFINITY));
+    assert_eq!(encoding(keys.active().to_owned()).await, "skiplist");
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_strict_pool_empties_its_first_queue_before_the_next() {
     let redis = RedisServer::start();
     let client = redis.client().await;

@@ -315,6 +315,7 @@ impl Daemon {
             pipe.hset(&meta, "max_doc_bytes", config.daemon.max_payload_bytes)
                 .ignore();
             crate::store::keep_runs_hashed(&mut pipe, &keys);
+            crate::store::keep_active_skiplisted(&mut pipe, &keys);
             // Limits: claim.lua reads them here (absent = no limit).
             crate::store::limits_into(
                 &mut pipe,
