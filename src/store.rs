@@ -83,39 +83,50 @@ pub struct Claimed {
 /// Reads one element of a daemon's hand-off list (see [`QueueKeys::handoff`]):
 /// jobs an enqueue leased directly to that daemon, as a claim would have.
 /// `paused`, `throttled` and `next_due_ms` do not apply.
+///
+/// The element (written by `hand_off` in prelude.lua) is
+/// `<now_ms>,<first token>` and then, per job,
+/// `\n<id>,<attempt>,<record length in bytes>\n<record>`: the record is
+/// passed through as it is, so its length, not a delimiter, ends it.
 pub fn parse_handoff(payload: &str) -> Result<Claimed> {
     let bad = |why: &str| Error::protocol("handoff", why.to_owned());
-    let v: serde_json::Value =
-        serde_json::from_str(payload).map_err(|e| bad(&format!("not JSON: {e}")))?;
-    let items = v.as_array().ok_or_else(|| bad("not a JSON array"))?;
-    let int = |i: usize| -> Result<i64> {
-        match items.get(i) {
-            Some(serde_json::Value::String(s)) => s.parse().ok(),
-            Some(serde_json::Value::Number(n)) => n.as_i64(),
-            _ => None,
-        }
-        .ok_or_else(|| bad("expected an integer"))
+    let int = |s: Option<&str>, what: &str| -> Result<i64> {
+        s.and_then(|s| s.parse().ok())
+            .ok_or_else(|| bad(&format!("{what} is not an integer")))
     };
-    let text = |i: usize| -> Result<String> {
-        items
-            .get(i)
-            .and_then(|x| x.as_str())
-            .map(str::to_owned)
-            .ok_or_else(|| bad("expected a string"))
-    };
-    let now_ms = int(0)?;
-    let first_token = u64::try_from(int(1)?).map_err(|_| bad("token is not a positive integer"))?;
-    let n = items.len().saturating_sub(2) / 3;
-    let mut jobs = Vec::with_capacity(n);
-    for i in 0..n {
-        let at = 2 + 3 * i;
+    let (head, mut rest) = payload.split_once('\n').unwrap_or((payload, ""));
+    let mut fields = head.split(',');
+    let now_ms = int(fields.next(), "now_ms")?;
+    let first_token = u64::try_from(int(fields.next(), "the first token")?)
+        .map_err(|_| bad("the first token is not a positive integer"))?;
+    let mut jobs = Vec::new();
+    while !rest.is_empty() {
+        let (line, after) = rest
+            .split_once('\n')
+            .ok_or_else(|| bad("a job line without its record"))?;
+        let mut fields = line.rsplitn(3, ',');
+        let len = usize::try_from(int(fields.next(), "the record length")?)
+            .map_err(|_| bad("the record length is negative"))?;
+        let attempt = int(fields.next(), "the attempt")?;
+        let id = fields
+            .next()
+            .ok_or_else(|| bad("a job line without an id"))?;
+        let record = after
+            .get(..len)
+            .ok_or_else(|| bad("a record shorter than its length"))?;
         jobs.push(ClaimedJob::nth(
             first_token,
-            i,
-            text(at)?,
-            int(at + 1)?,
-            &text(at + 2)?,
+            jobs.len(),
+            id.to_owned(),
+            attempt,
+            record,
         ));
+        let tail = &after[len..];
+        rest = match tail.strip_prefix('\n') {
+            Some(next) => next,
+            None if tail.is_empty() => tail,
+            None => return Err(bad("a record longer than its length")),
+        };
     }
     Ok(Claimed {
         now_ms,
@@ -814,4 +825,50 @@ pub(crate) fn split_time(
     let (sec, usec): (i64, i64) =
         redis::from_redis_value(time).map_err(|e| Error::protocol(context, e.to_string()))?;
     Ok((sec * 1000 + usec / 1000, rest))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_handoff;
+
+    #[test]
+    fn a_hand_off_element_is_read_by_lengths_whatever_its_records_hold() {
+        // Records as FCALL producers may store them: raw newlines, commas
+        // and multi-byte characters inside the document.
+        let r1 = "0;0;1700000000000;{\"payload\":\"a,b\\nc\"}";
+        let r2 = "5;3;1700000000001;{\n \"payload\": \"é\\n,\"\n}";
+        let element = format!(
+            "1700000000002,41\nid-1,1,{}\n{r1}\nid-2,4,{}\n{r2}",
+            r1.len(),
+            r2.len()
+        );
+        let got = parse_handoff(&element).unwrap();
+        assert_eq!(got.now_ms, 1_700_000_000_002);
+        let jobs: Vec<_> = got
+            .jobs
+            .iter()
+            .map(|j| (j.id.as_str(), j.attempt, j.token))
+            .collect();
+        assert_eq!(jobs, [("id-1", 1, 41), ("id-2", 4, 42)]);
+        let priority = got.jobs[1].record.as_ref().unwrap().priority;
+        assert_eq!(priority, 5);
+    }
+
+    #[test]
+    fn a_damaged_hand_off_element_is_an_error_not_a_panic() {
+        for bad in [
+            "",
+            "x,1",
+            "1,-1",
+            "1,1\nid,1,99\nshort",
+            "1,1\nid,1,2\nlonger",
+            "1,1\nid,1\nab",
+            "1,1\nid,1,1\né",
+            "1,1\nno newline after the job line",
+        ] {
+            assert!(parse_handoff(bad).is_err(), "{bad:?}");
+        }
+        // No jobs at all is a valid (empty) element.
+        assert!(parse_handoff("1,1").unwrap().jobs.is_empty());
+    }
 }

@@ -937,6 +937,97 @@ async fn an_enqueue_leases_the_head_of_the_line_to_a_registered_idle_daemon() {
     assert_eq!(rest.jobs.iter().map(payload_n).collect::<Vec<_>>(), [3, 4]);
 }
 
+/// INFO commandstats calls of one command, 0 when it never ran.
+async fn calls_of(redis: &RedisServer, command: &str) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut redis.con().await)
+        .await
+        .unwrap();
+    let prefix = format!("cmdstat_{command}:calls=");
+    info.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |n| n.parse().unwrap())
+}
+
+#[tokio::test]
+async fn a_single_enqueue_into_an_empty_queue_is_leased_without_entering_the_line() {
+    let redis = RedisServer::start();
+    let client = redis.client().await;
+    let store = client.store();
+    let q = store.queue("q").unwrap();
+    store
+        .claim_as(&q, 3, LEASE, 0, 0, Some(("d1", IDLE_TTL)))
+        .await
+        .unwrap();
+    let _: () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query_async(&mut redis.con().await)
+        .await
+        .unwrap();
+    let id = client.enqueue("q", job(7)).await.unwrap().id;
+
+    let list = handed(&redis, &q, "d1").await;
+    assert_eq!(list.len(), 1);
+    let got = redq::store::parse_handoff(&list[0]).unwrap();
+    assert_eq!(got.jobs.len(), 1);
+    assert_eq!(
+        (got.jobs[0].id.as_str(), payload_n(&got.jobs[0])),
+        (id.as_str(), 7)
+    );
+    // Straight to the daemon: never added to `pending` nor taken from it.
+    for command in ["zremrangebyrank", "zrange"] {
+        assert_eq!(calls_of(&redis, command).await, 0, "{command}");
+    }
+    let s = snapshot(&mut redis.con().await, &q).await;
+    assert!(s.zset("pending").is_empty());
+    assert_eq!(s.zset("active"), std::slice::from_ref(&id));
+    assert!(registration(&redis, &q, "d1")
+        .await
+        .unwrap()
+        .starts_with("2,"));
+    assert_eq!(
+        store
+            .complete(&q, &completions(&got.jobs), KEEP_NONE)
+            .await
+            .unwrap(),
+        [true]
+    );
+}
+
+#[tokio::test]
+async fn a_single_enqueue_behind_waiting_jobs_is_handed_off_in_its_place_in_line() {
+    let redis = RedisServer::start();
+    let client = redis.client().await;
+    let store = client.store();
+    let q = store.queue("q").unwrap();
+    store
+        .claim_as(&q, 3, LEASE, 0, 0, Some(("d1", IDLE_TTL)))
+        .await
+        .unwrap();
+    // Two jobs wait (enqueued while paused, so not handed off), then one
+    // more arrives with a higher priority than the second.
+    store.pause(&q).await.unwrap();
+    client.enqueue("q", job(0).priority(1)).await.unwrap();
+    client.enqueue("q", job(1)).await.unwrap();
+    store.resume(&q).await.unwrap();
+    assert!(handed(&redis, &q, "d1").await.is_empty());
+    client.enqueue("q", job(2).priority(1)).await.unwrap();
+
+    let list = handed(&redis, &q, "d1").await;
+    assert_eq!(list.len(), 1);
+    let got = redq::store::parse_handoff(&list[0]).unwrap();
+    assert_eq!(
+        got.jobs.iter().map(payload_n).collect::<Vec<_>>(),
+        [0, 2, 1]
+    );
+    assert!(snapshot(&mut redis.con().await, &q)
+        .await
+        .zset("pending")
+        .is_empty());
+}
+
 #[tokio::test]
 async fn no_hand_off_when_the_registration_expired_the_queue_is_paused_or_limited() {
     let redis = RedisServer::start();

@@ -17,6 +17,7 @@ local cap = events_cap(k)
 local seq = redis.call('HINCRBY', k.meta, 'seq', #ARGV / 7) - #ARGV / 7
 local nows = fmt_int(now)
 local out, zargs = {}, {}
+local fresh_record -- the record of the last job created due now
 for i = 1, #ARGV, 7 do
   local id, doc, unique = ARGV[i], ARGV[i + 1], ARGV[i + 6]
   local due = now + tonumber(ARGV[i + 4])
@@ -29,7 +30,9 @@ for i = 1, #ARGV, 7 do
     -- the id is new and stores the record (priority and max_attempts are
     -- the integers the client sent, as text); the pending entries go in
     -- one ZADD below.
-    if redis.call('HSETNX', k.jobs, id, ARGV[i + 2] .. ';' .. ARGV[i + 3] .. ';' .. nows .. ';' .. doc) == 1 then
+    local record = ARGV[i + 2] .. ';' .. ARGV[i + 3] .. ';' .. nows .. ';' .. doc
+    if redis.call('HSETNX', k.jobs, id, record) == 1 then
+      fresh_record = record
       status = 'created'
       zargs[#zargs + 1] = fmt_int(pending_score(tonumber(ARGV[i + 2]), seq))
       zargs[#zargs + 1] = id
@@ -46,8 +49,15 @@ for i = 1, #ARGV, 7 do
   out[#out + 1] = status
   out[#out + 1] = id
 end
-if #zargs > 0 then redis.call('ZADD', k.pending, unpack(zargs)) end
 -- An idle daemon that registered takes the head of the line directly;
--- what is left wakes one that did not.
-if not hand_off(k, now, cap) then wake(k) end
+-- what is left wakes one that did not. One new job (a single enqueue) goes
+-- to hand_off as it is: into an empty queue it is leased without passing
+-- through `pending` (three commands fewer on the latency path).
+local fresh = nil
+if #zargs == 2 then
+  fresh = { zargs[1], zargs[2], fresh_record }
+elseif #zargs > 0 then
+  redis.call('ZADD', k.pending, unpack(zargs))
+end
+if not hand_off(k, now, cap, fresh) then wake(k) end
 return out

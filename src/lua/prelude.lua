@@ -173,27 +173,52 @@ end
 -- Direct hand-off. A daemon's pool whose claim left it with free slots
 -- registers in `idle` (claim.lua: "<daemon id>.<pool number>" ->
 -- "<slots>,<lease_ms>,<expires_ms>"), and the daemon blocks on that name's
--- hand-off list <base>:handoff:<name> (same hash tag). An enqueue then leases the jobs at the head of `pending` to such a
--- daemon itself, exactly as a claim would (same order, tokens, run
--- entries, deadlines), and pushes them as one element onto that list:
--- enqueue -> handler start is one hop instead of wake marker -> pop ->
--- claim. Only for queues with no limit that needs the claim's checks (rate,
--- group, tenant) and not paused. A registration counts down the slots it
--- offered and ends when they are used or it expires; a daemon that died
--- stops getting jobs once its registration expires, and what it got comes
--- back through lease expiry like any job of a crashed daemon. The list
--- expires with the lease, so a dead daemon's list does not stay.
--- Element: JSON array [now_ms, first token, then id, attempt, record per job].
--- Returns true when it left `pending` empty (no wake-up needed).
+-- hand-off list <base>:handoff:<name> (same hash tag). An enqueue then
+-- leases the jobs at the head of `pending` to such a daemon itself, exactly
+-- as a claim would (same order, tokens, run entries, deadlines), and pushes
+-- them as one element onto that list: enqueue -> handler start is one hop
+-- instead of wake marker -> pop -> claim. Only for queues with no limit
+-- that needs the claim's checks (rate, group, tenant) and not paused. A
+-- registration counts down the slots it offered and ends when they are used
+-- or it expires; a daemon that died stops getting jobs once its
+-- registration expires, and what it got comes back through lease expiry
+-- like any job of a crashed daemon. The list expires with the lease, so a
+-- dead daemon's list does not stay.
+-- Element (store::parse_handoff reads it): "<now_ms>,<first token>" then
+-- per job "\n<id>,<attempt>,<record length in bytes>\n<record>". Lengths,
+-- not JSON: the record is passed through as it is, with no escaping.
 local function handoff_key(k, daemon)
   return k.base .. ':handoff:' .. daemon
 end
 
-local function hand_off(k, now, cap)
+local function handoff_element(now, first_token, out)
+  local parts = { fmt_int(now) .. ',' .. fmt_int(first_token) }
+  for j = 1, #out, 3 do
+    local record = out[j + 2]
+    parts[#parts + 1] = '\n' .. out[j] .. ',' .. fmt_int(out[j + 1]) .. ',' .. fmt_int(#record) .. '\n' .. record
+  end
+  return table.concat(parts)
+end
+
+-- Hands the head of `pending` to registered idle daemons. `fresh`, when
+-- given, is the one job this call just created, due now, not yet in
+-- `pending` ({ score, id, record }): with `pending` empty it is the head of
+-- the line, so it is leased without the round trip through `pending`
+-- (the single enqueue into an idle queue, where latency counts); otherwise
+-- it goes into `pending` first. Returns true when `pending` is left empty
+-- (no wake-up needed).
+local function hand_off(k, now, cap, fresh)
   local idle = redis.call('HGETALL', k.idle)
-  if #idle == 0 then return false end
-  local meta = redis.call('HMGET', k.meta, 'paused', 'rate_jobs', 'group_limit', 'tenant_rate', 'parking')
-  if meta[1] or meta[2] or meta[3] or meta[4] or meta[5] then return false end
+  local blocked = #idle == 0
+  if not blocked then
+    local meta = redis.call('HMGET', k.meta, 'paused', 'rate_jobs', 'group_limit', 'tenant_rate', 'parking')
+    blocked = meta[1] or meta[2] or meta[3] or meta[4] or meta[5]
+  end
+  if fresh and (blocked or redis.call('ZCARD', k.pending) > 0) then
+    redis.call('ZADD', k.pending, fresh[1], fresh[2])
+    fresh = nil
+  end
+  if blocked then return false end
   for i = 1, #idle, 2 do
     local daemon = idle[i]
     local left, lease, expires = string.match(idle[i + 1], '^(%d+),(%d+),(%d+)$')
@@ -201,10 +226,17 @@ local function hand_off(k, now, cap)
     if not left or left < 1 or expires <= now then
       redis.call('HDEL', k.idle, daemon)
     else
-      local ids = redis.call('ZRANGE', k.pending, 0, left - 1)
-      if #ids == 0 then return true end
-      redis.call('ZREMRANGEBYRANK', k.pending, 0, #ids - 1)
-      local records = redis.call('HMGET', k.jobs, unpack(ids))
+      local ids, records
+      local direct = fresh ~= nil
+      if direct then
+        ids, records = { fresh[2] }, { fresh[3] }
+        fresh = nil
+      else
+        ids = redis.call('ZRANGE', k.pending, 0, left - 1)
+        if #ids == 0 then return true end
+        redis.call('ZREMRANGEBYRANK', k.pending, 0, #ids - 1)
+        records = redis.call('HMGET', k.jobs, unpack(ids))
+      end
       -- An id without a record has nothing to run (as in claim.lua).
       local live, recs = {}, {}
       for j = 1, #ids do
@@ -214,10 +246,10 @@ local function hand_off(k, now, cap)
         end
       end
       if #live > 0 then
-        local out = { fmt_int(now), '0' }
-        out[2] = fmt_int(lease_jobs(k, live, recs, now, lease, cap, out))
+        local out = {}
+        local first = lease_jobs(k, live, recs, now, lease, cap, out)
         local key = handoff_key(k, daemon)
-        redis.call('RPUSH', key, cjson.encode(out))
+        redis.call('RPUSH', key, handoff_element(now, first, out))
         redis.call('PEXPIRE', key, lease)
         left = left - #live
       end
@@ -226,9 +258,11 @@ local function hand_off(k, now, cap)
       else
         redis.call('HSET', k.idle, daemon, fmt_int(left) .. ',' .. fmt_int(lease) .. ',' .. fmt_int(expires))
       end
-      if #ids < left + #live then return true end
+      if direct or #ids < left + #live then return true end
     end
   end
+  -- Every registration had expired: the fresh job waits in line.
+  if fresh then redis.call('ZADD', k.pending, fresh[1], fresh[2]) end
   return false
 end
 
