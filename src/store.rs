@@ -5,6 +5,8 @@
 //! (`enqueue`, `claim`, `complete`, `fail`, `extend`, `release`) serve many
 //! jobs in that one trip. Read-only inspection lives in [`crate::inspect`].
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -13,7 +15,7 @@ use redis::Value;
 use crate::error::{Error, Result};
 use crate::job::{PreparedJob, StoredJob};
 use crate::keys::{self, QueueKeys};
-use crate::scripts::{Scripts, SCRIPTS};
+use crate::scripts::{Scripts, Transition, SCRIPTS};
 use crate::usage::Tally;
 
 /// Connection to Redis plus the key prefix.
@@ -21,6 +23,9 @@ use crate::usage::Tally;
 pub struct Store {
     con: ConnectionManager,
     prefix: String,
+    /// Whether Redis has functions (7.0+): transitions run as functions of
+    /// the internal library; without, as EVAL scripts.
+    functions: Arc<AtomicBool>,
 }
 
 /// What happened to one enqueued job.
@@ -214,6 +219,7 @@ impl Store {
         Ok(Store {
             con,
             prefix: prefix.to_owned(),
+            functions: Arc::new(AtomicBool::new(true)),
         })
     }
 
@@ -234,7 +240,7 @@ impl Store {
 
     async fn run(
         &self,
-        pick: fn(&Scripts) -> &redis::Script,
+        pick: fn(&Scripts) -> &Transition,
         q: &QueueKeys,
         args: Vec<String>,
     ) -> Result<Value> {
@@ -242,15 +248,47 @@ impl Store {
     }
 
     /// [`Store::run`] with one more key after the queue's (same hash tag).
+    ///
+    /// One round trip: `FCALL` of the transition's function in the internal
+    /// library. Only when Redis answers that the function is not there (a
+    /// new version, a Redis restarted without persistence, `FUNCTION
+    /// FLUSH`) does it load the library and call again; nothing ran the
+    /// first time, so the second call is the only one that acts. A Redis
+    /// without functions (< 7.0) gets the same Lua as an EVAL script, and so
+    /// does a call whose library Redis refused to load (at `maxmemory`,
+    /// where `FUNCTION LOAD` is refused but a freeing transition must run).
     async fn run_with(
         &self,
-        pick: fn(&Scripts) -> &redis::Script,
+        pick: fn(&Scripts) -> &Transition,
         q: &QueueKeys,
         extra_key: Option<&str>,
         args: Vec<String>,
     ) -> Result<Value> {
-        let script = pick(&SCRIPTS);
-        let mut inv = script.prepare_invoke();
+        let t = pick(&SCRIPTS);
+        let mut con = self.con.clone();
+        if self.functions.load(Ordering::Relaxed) {
+            let mut call = redis::cmd("FCALL");
+            call.arg(&t.function)
+                .arg(1 + usize::from(extra_key.is_some()))
+                .arg(q.base())
+                .arg(extra_key)
+                .arg(&args);
+            match call.query_async(&mut con).await {
+                Ok(v) => return Ok(v),
+                Err(e) if e.to_string().contains("Function not found") => {
+                    match crate::scripts::load_internal_library(&mut con).await {
+                        Ok(()) => return Ok(call.query_async(&mut con).await?),
+                        Err(Error::Redis(e)) if e.code() == Some("OOM") => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                Err(e) if e.to_string().contains("unknown command") => {
+                    self.functions.store(false, Ordering::Relaxed);
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let mut inv = t.script.prepare_invoke();
         inv.key(q.base());
         if let Some(k) = extra_key {
             inv.key(k);
@@ -258,7 +296,7 @@ impl Store {
         for a in args {
             inv.arg(a);
         }
-        Ok(inv.invoke_async(&mut self.con.clone()).await?)
+        Ok(inv.invoke_async(&mut con).await?)
     }
 
     /// Adds checked jobs to one queue in one round trip.

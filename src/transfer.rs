@@ -111,7 +111,7 @@ pub async fn import(
     if jobs.is_empty() {
         return Ok((0, 0));
     }
-    let script = &crate::scripts::SCRIPTS.import;
+    let script = &crate::scripts::SCRIPTS.import.script;
     let mut inv = script.prepare_invoke();
     inv.key(q.base());
     for (j, doc) in jobs {

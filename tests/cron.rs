@@ -334,7 +334,7 @@ priority = 5
 
     // A late daemon offering a tick whose job ran and was deleted adds nothing.
     let q = QueueKeys::new("redq", "gone").unwrap();
-    let mut inv = SCRIPTS.cron_enqueue.prepare_invoke();
+    let mut inv = SCRIPTS.cron_enqueue.script.prepare_invoke();
     inv.key(q.base());
     inv.key(q.cron());
     let old = gone[0];

@@ -762,6 +762,65 @@ async fn at_maxmemory_enqueue_fails_with_oom_but_freeing_transitions_still_work(
         store.complete(&q, &done, KEEP_NONE).await.unwrap(),
         vec![true]
     );
+
+    // With the functions gone (a new version, a flushed library) Redis
+    // refuses to load them while full; the freeing transitions still run,
+    // as EVAL scripts.
+    redis
+        .cli(&["FUNCTION", "DELETE", redq::scripts::internal_library_name()])
+        .unwrap();
+    let got = within(10, store.claim(&q, 1, LEASE, 10, 10)).await.unwrap();
+    assert_eq!(got.jobs.len(), 1);
+    assert_eq!(
+        store
+            .complete(&q, &completions(&got.jobs), KEEP_NONE)
+            .await
+            .unwrap(),
+        vec![true]
+    );
+}
+
+#[tokio::test]
+async fn transitions_run_as_functions_loaded_again_when_redis_lost_them() {
+    let redis = RedisServer::start();
+    let client = redis.client().await;
+    let store = client.store();
+    let q = store.queue("q").unwrap();
+    client.enqueue("q", job(0)).await.unwrap();
+    // The internal library holds every transition, and a call is an FCALL:
+    // no per-call prelude as an EVAL script would run.
+    let listed = redis
+        .cli(&["FUNCTION", "LIST", "LIBRARYNAME", "redqi_*"])
+        .unwrap();
+    assert!(
+        listed.contains(redq::scripts::internal_library_name()),
+        "{listed}"
+    );
+    for t in [
+        "enqueue", "claim", "complete", "fail", "extend", "release", "reap",
+    ] {
+        assert!(
+            listed.contains(&format!("{}_{t}", redq::scripts::internal_library_name())),
+            "{t}: {listed}"
+        );
+    }
+    assert!(calls_of(&redis, "fcall").await >= 1);
+    assert_eq!(calls_of(&redis, "evalsha").await, 0);
+
+    // Lost (FUNCTION FLUSH, or a Redis restarted without persistence): the
+    // next call loads the library again and acts once.
+    redis.cli(&["FUNCTION", "FLUSH"]).unwrap();
+    client.enqueue("q", job(1)).await.unwrap();
+    let got = claim(store, "q", 10).await;
+    assert_eq!(got.jobs.iter().map(payload_n).collect::<Vec<_>>(), [0, 1]);
+    assert_eq!(
+        store
+            .complete(&q, &completions(&got.jobs), KEEP_NONE)
+            .await
+            .unwrap(),
+        [true, true]
+    );
+    assert_eq!(calls_of(&redis, "evalsha").await, 0);
 }
 
 #[tokio::test]

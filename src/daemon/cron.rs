@@ -273,7 +273,7 @@ pub(crate) async fn offer(
 ) -> Result<(Outcome, i64)> {
     let id = entry.job_id(tick_ms);
     let doc = entry.document(id.clone(), max_doc_bytes)?;
-    let mut inv = SCRIPTS.cron_enqueue.prepare_invoke();
+    let mut inv = SCRIPTS.cron_enqueue.script.prepare_invoke();
     inv.key(entry.queue.base());
     inv.key(entry.queue.cron());
     inv.arg(&entry.key)
