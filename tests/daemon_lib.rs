@@ -895,8 +895,8 @@ async fn an_idle_daemon_does_not_poll_redis() {
             .unwrap();
         (total, script_calls(&info(&redis, "commandstats").await))
     };
-    // Start once the first claim is done (it loads the functions on first
-    // use): a claim that finds nothing registers the pool for hand-offs.
+    // Start once the first claim is done: a claim that finds nothing
+    // registers the pool for hand-offs.
     let q = redq::keys::QueueKeys::new("redq", "q").unwrap();
     eventually("the first claim", || async {
         !registrations(&redis, &q).await.is_empty()

@@ -108,6 +108,15 @@ impl WorkerBuilder {
         let mut con = store.connection();
         startup::check(&mut con).await?;
         scripts::ensure_library(&mut con).await?;
+        // The transitions' library now rather than at the first claim; a
+        // Redis at maxmemory refuses it, and the transitions then run as
+        // EVAL scripts until it loads.
+        match scripts::load_internal_library(&mut con).await {
+            Err(Error::Redis(e)) if e.code() == Some("OOM") => {
+                tracing::warn!(error = %e, "Redis is at maxmemory: the transitions run as EVAL scripts until their library loads");
+            }
+            loaded => loaded?,
+        }
         let health = Arc::new(Health::new());
         health.set_redis_ok(true);
         health.set_scripts_loaded(true);
