@@ -952,6 +952,15 @@ async fn handed(redis: &RedisServer, q: &redq::keys::QueueKeys, daemon: &str) ->
 
 const IDLE_TTL: Duration = Duration::from_secs(60);
 
+/// Registers pool "d1" for hand-offs of `q` with 3 free slots, as its claim
+/// that found nothing would.
+async fn register_d1(store: &Store, q: &redq::keys::QueueKeys) -> redq::store::Claimed {
+    store
+        .claim_as(q, 3, LEASE, 0, 0, Some(("d1", IDLE_TTL)))
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 async fn an_enqueue_leases_the_head_of_the_line_to_a_registered_idle_daemon() {
     let redis = RedisServer::start();
@@ -959,10 +968,7 @@ async fn an_enqueue_leases_the_head_of_the_line_to_a_registered_idle_daemon() {
     let store = client.store();
     let q = store.queue("q").unwrap();
     // A claim that finds nothing leaves the caller with 3 free slots: it registers.
-    let none = store
-        .claim_as(&q, 3, LEASE, 0, 0, Some(("d1", IDLE_TTL)))
-        .await
-        .unwrap();
+    let none = register_d1(store, &q).await;
     assert!(none.jobs.is_empty());
     let reg = registration(&redis, &q, "d1").await.expect("registered");
     assert!(reg.starts_with("3,30000,"), "{reg}");
@@ -1016,10 +1022,7 @@ async fn a_single_enqueue_into_an_empty_queue_is_leased_without_entering_the_lin
     let client = redis.client().await;
     let store = client.store();
     let q = store.queue("q").unwrap();
-    store
-        .claim_as(&q, 3, LEASE, 0, 0, Some(("d1", IDLE_TTL)))
-        .await
-        .unwrap();
+    register_d1(store, &q).await;
     let _: () = redis::cmd("CONFIG")
         .arg("RESETSTAT")
         .query_async(&mut redis.con().await)
@@ -1061,10 +1064,7 @@ async fn a_single_enqueue_behind_waiting_jobs_is_handed_off_in_its_place_in_line
     let client = redis.client().await;
     let store = client.store();
     let q = store.queue("q").unwrap();
-    store
-        .claim_as(&q, 3, LEASE, 0, 0, Some(("d1", IDLE_TTL)))
-        .await
-        .unwrap();
+    register_d1(store, &q).await;
     // Two jobs wait (enqueued while paused, so not handed off), then one
     // more arrives with a higher priority than the second.
     store.pause(&q).await.unwrap();
@@ -1105,10 +1105,7 @@ async fn no_hand_off_when_the_registration_expired_the_queue_is_paused_or_limite
     assert_eq!(claim(store, "q", 10).await.jobs.len(), 1);
 
     // Paused: the job waits in line.
-    store
-        .claim_as(&q, 3, LEASE, 0, 0, Some(("d1", IDLE_TTL)))
-        .await
-        .unwrap();
+    register_d1(store, &q).await;
     store.pause(&q).await.unwrap();
     client.enqueue("q", job(1)).await.unwrap();
     assert!(handed(&redis, &q, "d1").await.is_empty());
@@ -1135,10 +1132,7 @@ async fn a_busy_claim_or_ending_the_registration_stops_hand_offs() {
     let client = redis.client().await;
     let store = client.store();
     let q = store.queue("q").unwrap();
-    store
-        .claim_as(&q, 3, LEASE, 0, 0, Some(("d1", IDLE_TTL)))
-        .await
-        .unwrap();
+    register_d1(store, &q).await;
     client.enqueue("q", job(0)).await.unwrap();
     assert_eq!(handed(&redis, &q, "d1").await.len(), 1);
     // Two slots left.
@@ -1155,10 +1149,7 @@ async fn a_busy_claim_or_ending_the_registration_stops_hand_offs() {
     assert!(handed(&redis, &q, "d1").await.is_empty());
 
     // A claim that fills every slot it asked for ends the registration.
-    store
-        .claim_as(&q, 3, LEASE, 0, 0, Some(("d1", IDLE_TTL)))
-        .await
-        .unwrap();
+    register_d1(store, &q).await;
     // (Jobs enqueued while paused wait in line instead of being handed off.)
     store.pause(&q).await.unwrap();
     client
