@@ -216,18 +216,21 @@ pub async fn ensure_library<C: redis::aio::ConnectionLike>(con: &mut C) -> Resul
     Ok(LibraryStatus::Loaded)
 }
 
-/// Loads the internal library ([`internal_library_name`]) into Redis. A
-/// library of that name is the same Lua (the name is its hash), so "already
-/// exists" (another process loaded it first) is success.
-pub async fn load_internal_library<C: redis::aio::ConnectionLike>(con: &mut C) -> Result<()> {
+/// Loads the internal library ([`internal_library_name`]) into Redis:
+/// `true` once it is there, `false` when Redis refused it for being at
+/// `maxmemory` (`FUNCTION LOAD` needs memory; the transitions then run as
+/// EVAL scripts). A library of that name is the same Lua (the name is its
+/// hash), so "already exists" (another process loaded it first) is success.
+pub async fn load_internal_library<C: redis::aio::ConnectionLike>(con: &mut C) -> Result<bool> {
     let loaded: redis::RedisResult<String> = redis::cmd("FUNCTION")
         .arg("LOAD")
         .arg(internal_library_source())
         .query_async(con)
         .await;
     match loaded {
-        Ok(_) => Ok(()),
-        Err(e) if e.to_string().contains("already exists") => Ok(()),
+        Ok(_) => Ok(true),
+        Err(e) if e.to_string().contains("already exists") => Ok(true),
+        Err(e) if e.code() == Some("OOM") => Ok(false),
         Err(e) => Err(e.into()),
     }
 }

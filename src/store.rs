@@ -276,10 +276,8 @@ impl Store {
             match call.query_async(&mut con).await {
                 Ok(v) => return Ok(v),
                 Err(e) if e.to_string().contains("Function not found") => {
-                    match crate::scripts::load_internal_library(&mut con).await {
-                        Ok(()) => return Ok(call.query_async(&mut con).await?),
-                        Err(Error::Redis(e)) if e.code() == Some("OOM") => {}
-                        Err(e) => return Err(e),
+                    if crate::scripts::load_internal_library(&mut con).await? {
+                        return Ok(call.query_async(&mut con).await?);
                     }
                 }
                 Err(e) if e.to_string().contains("unknown command") => {

@@ -111,11 +111,8 @@ impl WorkerBuilder {
         // The transitions' library now rather than at the first claim; a
         // Redis at maxmemory refuses it, and the transitions then run as
         // EVAL scripts until it loads.
-        match scripts::load_internal_library(&mut con).await {
-            Err(Error::Redis(e)) if e.code() == Some("OOM") => {
-                tracing::warn!(error = %e, "Redis is at maxmemory: the transitions run as EVAL scripts until their library loads");
-            }
-            loaded => loaded?,
+        if !scripts::load_internal_library(&mut con).await? {
+            tracing::warn!("Redis is at maxmemory: the transitions run as EVAL scripts until their library loads");
         }
         let health = Arc::new(Health::new());
         health.set_redis_ok(true);

@@ -166,6 +166,21 @@ impl RedisServer {
             .await
             .unwrap()
     }
+
+    /// How many times `command` (lower case, as `INFO commandstats` names
+    /// it: "fcall", "evalsha") has run since start or `CONFIG RESETSTAT`.
+    pub async fn command_calls(&self, command: &str) -> u64 {
+        let info: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query_async(&mut self.con().await)
+            .await
+            .unwrap();
+        let prefix = format!("cmdstat_{command}:calls=");
+        info.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .and_then(|rest| rest.split(',').next())
+            .map_or(0, |n| n.parse().unwrap())
+    }
 }
 
 impl Drop for RedisServer {
