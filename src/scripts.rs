@@ -25,13 +25,9 @@ use crate::error::Result;
 const PRELUDE: &str = include_str!("lua/prelude.lua");
 const FUNCTIONS: &str = include_str!("lua/functions.lua");
 
-/// One transition: its name, its body (without the prelude) and whether it
-/// must run when Redis is at `maxmemory` (it frees memory or keeps leases
-/// alive: see `allow_when_full` in the prelude).
+/// One transition, in both of its forms.
 pub struct Transition {
     pub name: &'static str,
-    body: &'static str,
-    allow_oom: bool,
     /// The same text as an EVAL script (prelude + body), for Redis without
     /// functions and for callers that pass their own keys.
     pub script: Script,
@@ -39,14 +35,17 @@ pub struct Transition {
     pub function: String,
 }
 
-fn transition(name: &'static str, body: &'static str, allow_oom: bool) -> Transition {
+fn transition(name: &'static str, body: &'static str) -> Transition {
     Transition {
         name,
-        body,
-        allow_oom,
         script: Script::new(&format!("{PRELUDE}\n{body}")),
-        function: format!("{}_{name}", internal_library_name()),
+        function: function_name(name),
     }
+}
+
+/// The function of transition `name` in the internal library.
+fn function_name(name: &str) -> String {
+    format!("{}_{name}", internal_library_name())
 }
 
 /// Every internal script, built once.
@@ -64,6 +63,9 @@ pub struct Scripts {
     pub cron_enqueue: Transition,
 }
 
+/// Each transition: its name, its body (without the prelude) and whether it
+/// must run when Redis is at `maxmemory` (it frees memory or keeps leases
+/// alive: see `allow_when_full` in the prelude).
 const BODIES: [(&str, &str, bool); 11] = [
     ("enqueue", include_str!("lua/enqueue.lua"), false),
     ("claim", include_str!("lua/claim.lua"), true),
@@ -80,7 +82,7 @@ const BODIES: [(&str, &str, bool); 11] = [
 
 pub static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| {
     let [enqueue, claim, complete, fail, extend, release, reap, dead_retry, dead_purge, import, cron_enqueue] =
-        BODIES.map(|(name, body, allow_oom)| transition(name, body, allow_oom));
+        BODIES.map(|(name, body, _)| transition(name, body));
     Scripts {
         enqueue,
         claim,
@@ -95,24 +97,6 @@ pub static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| {
         cron_enqueue,
     }
 });
-
-impl Scripts {
-    fn all(&self) -> [&Transition; 11] {
-        [
-            &self.enqueue,
-            &self.claim,
-            &self.complete,
-            &self.fail,
-            &self.extend,
-            &self.release,
-            &self.reap,
-            &self.dead_retry,
-            &self.dead_purge,
-            &self.import,
-            &self.cron_enqueue,
-        ]
-    }
-}
 
 /// FNV-1a, 64 bits: stable across builds and platforms.
 fn fnv(parts: &[&str]) -> u64 {
@@ -147,13 +131,11 @@ pub fn internal_library_name() -> &'static str {
 /// (called with the same KEYS and ARGV as the EVAL script).
 pub fn internal_library_source() -> String {
     let mut src = format!("#!lua name={}\n{PRELUDE}\n", internal_library_name());
-    for t in SCRIPTS.all() {
-        let flags = if t.allow_oom { "{ 'allow-oom' }" } else { "{}" };
+    for (name, body, allow_oom) in BODIES {
+        let flags = if allow_oom { "{ 'allow-oom' }" } else { "{}" };
         src.push_str(&format!(
             "-- {name}.lua\nredis.register_function {{ function_name = '{function}', flags = {flags}, callback = function(KEYS, ARGV)\n{body}\nend }}\n",
-            name = t.name,
-            function = t.function,
-            body = t.body,
+            function = function_name(name),
         ));
     }
     src
