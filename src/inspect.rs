@@ -143,19 +143,18 @@ pub async fn jobs(
     for hash in [q.jobs(), q.runs(), q.errors(), q.results(), q.resources()] {
         pipe.cmd("HMGET").arg(hash).arg(ids);
     }
-    for set in [q.pending(), q.scheduled(), q.active(), q.dead(), q.done()] {
+    for set in [q.scheduled(), q.active(), q.dead(), q.done()] {
         pipe.cmd("ZMSCORE").arg(set).arg(ids);
     }
     type Texts = Vec<Option<String>>;
     type Scores = Vec<Option<f64>>;
     #[allow(clippy::type_complexity)]
-    let (records, runs, errors, results, resources, pending, scheduled, active, dead, done): (
+    let (records, runs, errors, results, resources, scheduled, active, dead, done): (
         Texts,
         Texts,
         Texts,
         Texts,
         Texts,
-        Scores,
         Scores,
         Scores,
         Scores,
@@ -172,32 +171,22 @@ pub async fn jobs(
         let stored = StoredJob::parse(&record)
             .map_err(|e| Error::protocol("job record", format!("job {id}: {e}")))?;
         let (attempts, started) = parse_run(text(&runs, i).as_deref());
-        let (p, s, a, d, f) = (
-            at(&pending, i),
+        let (s, a, d, f) = (
             at(&scheduled, i),
             at(&active, i),
             at(&dead, i),
             at(&done, i),
         );
-        let state = match (a, p, s, d, f) {
+        let state = match (a, s, d, f) {
             (Some(_), ..) => JobState::Active,
-            (_, Some(_), ..) => JobState::Pending,
-            (_, _, Some(_), ..) if attempts > 0 => JobState::Retrying,
-            (_, _, Some(_), ..) => JobState::Scheduled,
-            (_, _, _, Some(_), _) => JobState::Dead,
+            (_, Some(_), ..) if attempts > 0 => JobState::Retrying,
+            (_, Some(_), ..) => JobState::Scheduled,
+            (_, _, Some(_), _) => JobState::Dead,
             (.., Some(_)) => JobState::Succeeded,
-            // Parked: popped while its group was at `group_concurrency` or its
-            // tenant at its rate limit, it waits (in `parked` or
-            // `tenant_parked`, not by id) to go back to `pending`.
-            _ if stored.doc.group.is_some() || stored.doc.tenant.is_some() => JobState::Pending,
-            // States change only inside scripts, which an atomic read cannot
-            // split: a record with no state is left over from foreign writes.
-            _ => {
-                return Err(Error::protocol(
-                    "job",
-                    format!("job {id} has a record but no state"),
-                ))
-            }
+            // In line (a list, not indexed by id), or parked: popped while its
+            // group was at `group_concurrency` or its tenant at its rate
+            // limit, it waits in `parked` or `tenant_parked` to go back in line.
+            _ => JobState::Pending,
         };
         let doc = stored.doc;
         let info = JobInfo {
@@ -234,11 +223,25 @@ fn parse_run(run: Option<&str>) -> (u32, Option<i64>) {
     (attempts, started)
 }
 
-/// Depths of each queue: one pipeline, O(1) per queue.
-pub async fn stats(store: &Store, queues: &[QueueKeys]) -> Result<Vec<QueueStats>> {
+/// The priorities with jobs in line, per queue, highest first.
+async fn line_levels(store: &Store, queues: &[QueueKeys]) -> Result<Vec<Vec<String>>> {
     let mut pipe = redis::pipe();
     for q in queues {
-        pipe.zcard(q.pending())
+        pipe.zrange(q.waiting(), 0, -1);
+    }
+    Ok(pipe.query_async(&mut store.connection()).await?)
+}
+
+/// Depths of each queue: two pipelines, O(1) per queue and priority in line.
+pub async fn stats(store: &Store, queues: &[QueueKeys]) -> Result<Vec<QueueStats>> {
+    let levels = line_levels(store, queues).await?;
+    let mut pipe = redis::pipe();
+    for (q, levels) in queues.iter().zip(&levels) {
+        for level in levels {
+            pipe.llen(q.line(level));
+        }
+        // What an earlier version left in its sorted set waits too.
+        pipe.zcard(q.legacy_pending())
             .zcard(q.parked())
             .zcard(q.tenant_parked())
             .zcard(q.scheduled())
@@ -251,15 +254,19 @@ pub async fn stats(store: &Store, queues: &[QueueKeys]) -> Result<Vec<QueueStats
             .hexists(q.meta(), "paused");
     }
     let counts: Vec<u64> = pipe.query_async(&mut store.connection()).await?;
+    let mut rest = counts.as_slice();
     Ok(queues
         .iter()
-        .zip(counts.chunks(10))
-        .map(|(q, c)| {
+        .zip(&levels)
+        .map(|(q, levels)| {
+            let (line, after) = rest.split_at(levels.len().min(rest.len()));
+            let (c, after) = after.split_at(10.min(after.len()));
+            rest = after;
             let n = |i: usize| c.get(i).copied().unwrap_or(0);
             QueueStats {
                 queue: q.queue().to_owned(),
                 // Parked jobs (full group, tenant over its limit) wait too.
-                pending: n(0) + n(1) + n(2),
+                pending: line.iter().sum::<u64>() + n(0) + n(1) + n(2),
                 scheduled: n(3),
                 active: n(4),
                 dead: n(5),
@@ -385,8 +392,8 @@ pub async fn register(store: &Store, queues: &[&str]) -> Result<()> {
     Ok(())
 }
 
-/// How long the job at the head of each queue's `pending` set (the next to
-/// run) has waited since it was enqueued, on Redis's clock; `None` when empty.
+/// How long the job at the head of each queue's line (the next to run) has
+/// waited since it was enqueued, on Redis's clock; `None` when empty.
 pub async fn head_ages(
     store: &Store,
     queues: &[QueueKeys],
@@ -395,21 +402,27 @@ pub async fn head_ages(
     let mut pipe = redis::pipe();
     pipe.cmd("TIME");
     for q in queues {
-        pipe.cmd("ZRANGE").arg(q.pending()).arg(0).arg(0);
+        pipe.zrange(q.waiting(), 0, 0);
     }
     let reply: Vec<redis::Value> = pipe.query_async(&mut con).await?;
     let (now_ms, rest) = crate::store::split_time(reply, "head ages")?;
-    let heads: Vec<Vec<String>> = rest
+    let tops: Vec<Vec<String>> = rest
         .into_iter()
         .map(|v| {
             redis::from_redis_value(v).map_err(|e| Error::protocol("head ages", e.to_string()))
         })
         .collect::<Result<_>>()?;
     let mut pipe = redis::pipe();
+    for (q, top) in queues.iter().zip(&tops) {
+        // No priority in line: the list of a name no priority has, empty.
+        pipe.lindex(q.line(top.first().map_or("none", String::as_str)), 0);
+    }
+    let heads: Vec<Option<String>> = pipe.query_async(&mut con).await?;
+    let mut pipe = redis::pipe();
     for (q, head) in queues.iter().zip(&heads) {
         pipe.cmd("HGET")
             .arg(q.jobs())
-            .arg(head.first().map(String::as_str).unwrap_or(""));
+            .arg(head.as_deref().unwrap_or(""));
     }
     let records: Vec<Option<String>> = pipe.query_async(&mut con).await?;
     Ok(records

@@ -17,18 +17,19 @@ pub const DEFAULT_PREFIX: &str = "redq";
 pub const MAX_NAME_LEN: usize = 128;
 
 /// The parts of a queue's keyspace (prelude.lua's `QUEUE_PARTS` lists the same).
-pub const PARTS: [&str; 24] = [
+pub const PARTS: [&str; 25] = [
     "jobs",      // HASH  id -> stored job record (see job::StoredJob)
-    "pending",   // ZSET  id -> priority/FIFO score
+    "waiting", // ZSET  priority -> -priority, for each priority with jobs in line (see QueueKeys::line)
+    "pending", // ZSET  id -> priority/FIFO score: the line as earlier versions kept it; claims move it into `waiting`
     "scheduled", // ZSET  id -> due time (Redis ms)
-    "active",    // ZSET  id -> lease deadline (Redis ms)
-    "dead",      // ZSET  id -> time of death (Redis ms)
-    "done",      // ZSET  id -> time of completion (only when retention keeps them)
-    "runs",      // HASH  id -> "attempts,token,started_ms"
-    "errors",    // HASH  id -> last error text
-    "results",   // HASH  id -> result text (only when retention keeps them)
-    "unique",    // HASH  unique_key -> id of the live job holding it
-    "meta",      // HASH  seq, fence, paused, max_doc_bytes, events (stream cap; absent = off),
+    "active",  // ZSET  id -> lease deadline (Redis ms)
+    "dead",    // ZSET  id -> time of death (Redis ms)
+    "done",    // ZSET  id -> time of completion (only when retention keeps them)
+    "runs",    // HASH  id -> "attempts,token,started_ms"
+    "errors",  // HASH  id -> last error text
+    "results", // HASH  id -> result text (only when retention keeps them)
+    "unique",  // HASH  unique_key -> id of the live job holding it
+    "meta",    // HASH  seq, fence, paused, max_doc_bytes, events (stream cap; absent = off),
     //                 rate_jobs, rate_per_ms, group_limit (absent = no limit), parking (jobs may be parked),
     //                 tenant_rate ("<jobs>,<per_ms>,<overrides 0|1>"; absent = no tenant limits)
     "inbox",         // LIST  raw job documents pushed by any client (LPUSH)
@@ -151,7 +152,19 @@ impl QueueKeys {
     pub fn jobs(&self) -> &str {
         self.part("jobs")
     }
-    pub fn pending(&self) -> &str {
+    /// The priorities with jobs in line (`waiting`); each one's jobs are
+    /// the list [`QueueKeys::line`].
+    pub fn waiting(&self) -> &str {
+        self.part("waiting")
+    }
+    /// The list of ids waiting at `priority`, head first:
+    /// `<base>:waiting:<priority>`. Not one of [`PARTS`].
+    pub fn line(&self, priority: &str) -> String {
+        format!("{}:{priority}", self.waiting())
+    }
+    /// The line as earlier versions kept it (one sorted set); claims move
+    /// what is left there into the lists.
+    pub fn legacy_pending(&self) -> &str {
         self.part("pending")
     }
     pub fn scheduled(&self) -> &str {
@@ -270,7 +283,8 @@ mod tests {
     fn every_key_carries_the_queue_hash_tag() {
         let k = QueueKeys::new("redq", "emails").unwrap();
         assert_eq!(k.base(), "redq:{emails}");
-        assert_eq!(k.pending(), "redq:{emails}:pending");
+        assert_eq!(k.waiting(), "redq:{emails}:waiting");
+        assert_eq!(k.line("-3"), "redq:{emails}:waiting:-3");
         assert_eq!(k.wake(), "redq:{emails}:wake");
         assert!(k.all().iter().all(|key| key.starts_with("redq:{emails}:")));
         assert_eq!(k.all().len(), PARTS.len());

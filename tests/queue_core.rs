@@ -70,6 +70,72 @@ async fn higher_priority_first_and_fifo_within_a_priority() {
 }
 
 #[tokio::test]
+async fn small_claims_cross_priorities_in_order_and_leave_no_empty_priority_behind() {
+    let redis = RedisServer::start();
+    let client = redis.client().await;
+    let store = client.store();
+    let q = store.queue("q").unwrap();
+    // Three jobs at priority 2 (claimed exactly by the first claim), two at
+    // 0, one at -1: every claim ends on or crosses a priority's last job.
+    let prios = [0, 2, -1, 2, 0, 2];
+    let jobs = prios
+        .iter()
+        .enumerate()
+        .map(|(i, p)| job(i as i64).priority(*p))
+        .collect();
+    client.enqueue_many("q", jobs).await.unwrap();
+    let mut order = Vec::new();
+    let mut con = redis.con().await;
+    for (n, levels) in [(3, vec!["0", "-1"]), (1, vec!["0", "-1"]), (2, vec![])] {
+        let got = claim(store, "q", n).await;
+        order.extend(got.jobs.iter().map(payload_n));
+        // `waiting` names exactly the priorities with jobs left (the helper
+        // also checks that none of them has an empty list).
+        let s = snapshot(&mut con, &q).await;
+        assert_eq!(s.zset("waiting"), levels, "after {order:?}");
+        assert_eq!(s.line().len(), 6 - order.len());
+    }
+    assert_eq!(order, [1, 3, 5, 0, 4, 2]);
+    let exists: bool = redis::cmd("EXISTS")
+        .arg(q.waiting())
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert!(!exists, "an empty line leaves no `waiting` key");
+}
+
+#[tokio::test]
+async fn jobs_an_earlier_version_left_in_its_sorted_set_are_claimed_in_order() {
+    let redis = RedisServer::start();
+    let client = redis.client().await;
+    let store = client.store();
+    let q = store.queue("q").unwrap();
+    // As the previous layout wrote them: the record in `jobs`, the id in
+    // the sorted set `pending` scored (1000 - priority) * 2^42 + seq.
+    let mut con = redis.con().await;
+    let band = |p: i64, seq: i64| ((1000 - p) * (1_i64 << 42) + seq).to_string();
+    for (id, p, seq) in [("old-a", 0, 1), ("old-b", 5, 2), ("old-c", 0, 3)] {
+        let record = format!("{p};0;1;{{\"payload\":{{\"n\":0}},\"priority\":{p}}}");
+        let _: () = redis::pipe()
+            .hset(q.jobs(), id, record)
+            .zadd(q.legacy_pending(), id, band(p, seq))
+            .query_async(&mut con)
+            .await
+            .unwrap();
+    }
+    client.enqueue("q", job(1).priority(5)).await.unwrap();
+    assert_eq!(client.stats(&["q".into()]).await.unwrap()[0].pending, 4);
+    let info = client.job("q", "old-c").await.unwrap().unwrap();
+    assert_eq!(info.state, JobState::Pending);
+
+    let got = claim(store, "q", 10).await;
+    let ids: Vec<&str> = got.jobs.iter().map(|j| j.id.as_str()).collect();
+    // The old ones join the tail of their priority's line, in their order.
+    assert_eq!(&ids[1..], ["old-b", "old-a", "old-c"]);
+    assert!(snapshot(&mut con, &q).await.zset("pending").is_empty());
+}
+
+#[tokio::test]
 async fn delayed_jobs_wait_until_due_then_are_promoted_in_priority_order() {
     let redis = RedisServer::start();
     let client = redis.client().await;
@@ -978,7 +1044,7 @@ async fn an_enqueue_leases_the_head_of_the_line_to_a_registered_idle_daemon() {
     );
     assert!(got.jobs.iter().all(|j| j.attempt == 1));
     let s = snapshot(&mut redis.con().await, &q).await;
-    assert_eq!(s.zset("pending").len(), 2);
+    assert_eq!(s.line().len(), 2);
     let active: HashSet<String> = s.zset("active").into_iter().collect();
     assert_eq!(active, got.jobs.iter().map(|j| j.id.clone()).collect());
     // Its three slots are used: the registration is over; the rest wakes others.
@@ -1017,12 +1083,13 @@ async fn a_single_enqueue_into_an_empty_queue_is_leased_without_entering_the_lin
         (got.jobs[0].id.as_str(), payload_n(&got.jobs[0])),
         (id.as_str(), 7)
     );
-    // Straight to the daemon: never added to `pending` nor taken from it.
-    for command in ["zremrangebyrank", "zrange"] {
+    // Straight to the daemon: never added to the line nor taken from it.
+    for command in ["lpop", "zrange"] {
         assert_eq!(redis.command_calls(command).await, 0, "{command}");
     }
     let s = snapshot(&mut redis.con().await, &q).await;
-    assert!(s.zset("pending").is_empty());
+    assert!(s.line().is_empty());
+    assert!(s.zset("waiting").is_empty());
     assert_eq!(s.zset("active"), std::slice::from_ref(&id));
     assert!(registration(&redis, &q, "d1")
         .await
@@ -1060,10 +1127,7 @@ async fn a_single_enqueue_behind_waiting_jobs_is_handed_off_in_its_place_in_line
         got.jobs.iter().map(payload_n).collect::<Vec<_>>(),
         [0, 2, 1]
     );
-    assert!(snapshot(&mut redis.con().await, &q)
-        .await
-        .zset("pending")
-        .is_empty());
+    assert!(snapshot(&mut redis.con().await, &q).await.line().is_empty());
 }
 
 #[tokio::test]

@@ -519,7 +519,7 @@ impl Pool {
             for q in &self.queues {
                 pipe.llen(q.keys.inbox());
                 if !throttled.contains(&q.name) {
-                    pipe.zcard(q.keys.pending());
+                    pipe.zcard(q.keys.waiting());
                 }
                 if q.cfg.has_tenant_limits() {
                     pipe.zcard(q.keys.tenant_due());

@@ -1,16 +1,16 @@
 -- claim.lua: hand up to N ready jobs to one caller, each under a lease.
--- Atomic, so two claimers never get the same job: ZPOPMIN removes the ids
--- from `pending` in the same step that records the new fencing tokens and
--- lease deadlines. Before claiming it moves due scheduled jobs to `pending`
--- and turns inbox documents into jobs (bounded batches). A paused queue
--- hands out nothing.
+-- Atomic, so two claimers never get the same job: LPOP removes the ids from
+-- the head of the line (see line_pop in the prelude) in the same step that
+-- records the new fencing tokens and lease deadlines. Before claiming it
+-- moves due scheduled jobs into line and turns inbox documents into jobs
+-- (bounded batches). A paused queue hands out nothing.
 -- Limits, read from `meta` (written by the daemon at start and reload):
 --   rate_jobs, rate_per_ms: at most rate_jobs claims in any rate_per_ms
 --     window, over every claimer. `claims` holds the claims of the last
 --     window (token -> Redis ms), trimmed each call; a claim hands out at
 --     most the room left, and when that stops it while jobs wait, returns
 --     throttled = 1 and next_due_ms = when the oldest claim leaves the window.
---     Jobs held back stay in `pending`: no attempt is spent.
+--     Jobs held back stay in line: no attempt is spent.
 --   group_limit: at most this many active jobs per job `group`; a popped job
 --     whose group is full is parked (see prelude) and the claim pops on, so
 --     other groups are not blocked behind it. Only with group_limit set is
@@ -26,12 +26,12 @@
 --     (like a group's, so it keeps its place in line; no attempt spent) and
 --     the claim pops on, so other tenants are not held back. `tenant_due`
 --     holds when each tenant with parked jobs has room again; each claim
---     first moves the parked jobs of due tenants back to `pending` (as many
+--     first moves the parked jobs of due tenants back in line (as many
 --     as their room, bounded) and reschedules the rest, and next_due_ms
 --     includes the earliest such time. Jobs without a tenant are not
 --     tenant-limited; with tenant_rate absent no document is decoded for it.
 --   parking: set while jobs may be parked (group or tenant); with the limit
---     gone, the claim moves them back to pending.
+--     gone, the claim moves them back in line.
 -- All of this is one script, so the counts it reads cannot change before its
 -- claims are recorded: over all daemons no window ever holds more claims
 -- than its limit.
@@ -58,7 +58,7 @@
 --   the next scheduled job, the queue's room (throttled) and a tenant's room;
 --   now_ms when jobs may be ready that this call had no rounds left to reach.
 --   throttled is about the queue's rate limit only: tenant-parked jobs are
---   not in `pending`.
+--   not in line.
 local TENANT_BATCH = 100 -- due tenants handled per call
 local k = queue_keys(KEYS)
 local want, lease = tonumber(ARGV[1]), tonumber(ARGV[2])
@@ -80,17 +80,14 @@ if promote > 0 then
   if #due > 0 then
     redis.call('ZREM', k.scheduled, unpack(due))
     local records = redis.call('HMGET', k.jobs, unpack(due))
-    local last = redis.call('HINCRBY', k.meta, 'seq', #due)
-    local zargs = {}
+    local entries = {}
     for i, id in ipairs(due) do
-      if records[i] then
-        zargs[#zargs + 1] = pending_score(record_header(records[i]), last - #due + i)
-        zargs[#zargs + 1] = id
-      end
+      if records[i] then entries[#entries + 1] = { record_header(records[i]), id } end
     end
-    if #zargs > 0 then redis.call('ZADD', k.pending, unpack(zargs)) end
+    line_add_all(k, entries, false)
   end
 end
+adopt_legacy_line(k)
 
 local inbox = tonumber(ARGV[4])
 if inbox > 0 then
@@ -205,21 +202,14 @@ local rounds, drained = 0, false
 while #ids < budget and rounds < 8 do
   rounds = rounds + 1
   local asked = budget - #ids
-  local batch, popped
-  if group_limit or tenant_on then
-    -- Parking needs each job's pending score.
-    popped = redis.call('ZPOPMIN', k.pending, asked)
-    batch = {}
-    for i = 1, #popped / 2 do batch[i] = popped[2 * i - 1] end
-  else
-    -- Without limits the scores are not needed: taking the first `asked`
-    -- members by rank spares Redis formatting a score per job.
-    batch = redis.call('ZRANGE', k.pending, 0, asked - 1)
-    if #batch > 0 then redis.call('ZREMRANGEBYRANK', k.pending, 0, #batch - 1) end
-  end
+  local batch, levels = line_pop(k, asked)
   local n = #batch
   if n < asked then drained = true end
   if n == 0 then break end
+  -- Parking keeps each job's place in line: places for this round, reserved
+  -- at once (one HINCRBY, only under limits that may park).
+  local seq = 0
+  if group_limit or tenant_on then seq = redis.call('HINCRBY', k.meta, 'seq', n) - n end
   local recs = redis.call('HMGET', k.jobs, unpack(batch))
   for i = 1, n do
     -- An id without a record has nothing to run; it is not handed out.
@@ -236,7 +226,7 @@ while #ids < budget and rounds < 8 do
       if w and w.used >= w.jobs then
         -- The tenant's window is full: park the job (a group slot is not taken).
         tparked[#tparked + 1] = 0
-        tparked[#tparked + 1] = park_member(doc.tenant, tonumber(popped[2 * i]), batch[i])
+        tparked[#tparked + 1] = park_member(doc.tenant, park_score(levels[i], seq + i), batch[i])
         tfull[doc.tenant] = w
         group = false
       elseif group then
@@ -247,7 +237,7 @@ while #ids < budget and rounds < 8 do
         end
         if c >= group_limit then
           parked[#parked + 1] = 0
-          parked[#parked + 1] = park_member(group, tonumber(popped[2 * i]), batch[i])
+          parked[#parked + 1] = park_member(group, park_score(levels[i], seq + i), batch[i])
           group = false
         else
           counts[group] = c + 1
@@ -264,7 +254,7 @@ while #ids < budget and rounds < 8 do
       end
     end
   end
-  -- Without parking, one pop is all: a short pop means pending is empty.
+  -- Without parking, one pop is all: a short pop means the line is empty.
   if #parked == 0 and #tparked == 0 then break end
 end
 if #parked > 0 then
@@ -286,7 +276,7 @@ if tenant_on or meta[7] then
   sooner(tonumber(first[2]))
 end
 
-local throttled = budget < want and redis.call('ZCARD', k.pending) > 0
+local throttled = budget < want and not line_empty(k)
 if throttled then
   -- Capacity returns when the oldest claim in the window (ours included) leaves it.
   out[4] = 1
@@ -357,7 +347,7 @@ if #gargs > 0 then
   end
 end
 -- The caller took all it could and work remains: wake another daemon.
-if n == want and redis.call('ZCARD', k.pending) > 0 then
+if n == want and not line_empty(k) then
   wake(k)
 end
 return out

@@ -24,9 +24,8 @@ for i, id in ipairs(ARGV) do
         redis.call('ZREM', k.dead, id)
         redis.call('HDEL', k.runs, id)
         if unique then redis.call('HSET', k.unique, unique, id) end
-        local seq = redis.call('HINCRBY', k.meta, 'seq', 1)
         local priority = record_header(record)
-        redis.call('ZADD', k.pending, pending_score(priority, seq), id)
+        line_add(k, priority, { id })
         if cap < 0 then cap = events_cap(k) end
         emit(k, cap, 'enqueued', id, 0, 'via', 'dead_retry', 'priority', fmt_int(priority))
         out[i] = 1

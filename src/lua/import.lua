@@ -30,8 +30,7 @@ for i = 1, #ARGV, 8 do
       if state == 'scheduled' or state == 'retrying' then
         redis.call('ZADD', k.scheduled, at, id)
       else
-        local seq = redis.call('HINCRBY', k.meta, 'seq', 1)
-        redis.call('ZADD', k.pending, pending_score(record_header(record), seq), id)
+        line_add(k, record_header(record), { id })
       end
       if unique ~= '' and not redis.call('HGET', k.unique, unique) then
         redis.call('HSET', k.unique, unique, id)

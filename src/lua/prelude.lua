@@ -11,7 +11,6 @@
 -- Run entry  (field of `runs`): "<attempts>,<token>,<started_ms>"; token 0 = not held.
 
 local PRIORITY_MIN, PRIORITY_MAX = -1000, 1000
-local SEQ_SPAN = 4398046511104 -- 2^42 FIFO positions per priority band
 local MAX_DELAY_MS = 315360000000 -- ten years
 local MAX_ATTEMPTS = 1000
 local MAX_TIMEOUT_MS = 604800000 -- one week
@@ -21,7 +20,7 @@ local NAME_PATTERN = '^[%w_%.%-:]+$'
 
 -- The parts of a queue's keyspace (keys::PARTS lists the same names).
 local QUEUE_PARTS = {
-  'jobs', 'pending', 'scheduled', 'active', 'dead', 'done', 'runs', 'errors', 'results', 'unique',
+  'jobs', 'waiting', 'pending', 'scheduled', 'active', 'dead', 'done', 'runs', 'errors', 'results', 'unique',
   'meta', 'inbox', 'rejected', 'wake', 'resources', 'events', 'claims', 'parked', 'groups',
   'holders', 'tenant_limits', 'tenant_parked', 'tenant_due', 'idle',
 }
@@ -30,7 +29,7 @@ local IS_PART = {}
 -- offers no ipairs.)
 for i = 1, #QUEUE_PARTS do IS_PART[QUEUE_PARTS[i]] = true end
 
--- The queue's keys, named by part (k.jobs, k.pending, ...), derived from
+-- The queue's keys, named by part (k.jobs, k.waiting, ...), derived from
 -- the base key K[1] = "<prefix>:{<queue>}" the first time each is used.
 -- Every derived key carries the base key's {queue} hash tag, so it lives on
 -- the slot Redis Cluster routed the call to. Passing one key instead of
@@ -58,11 +57,106 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
--- Score in `pending` (lowest pops first): higher priority, lower band; within
--- a band the sequence keeps first-in first-out. Exact below 2^53. The
--- sequence wraps after 2^42 entries into one queue.
-local function pending_score(priority, seq)
+-- The line of jobs ready to run. Per priority a LIST `waiting:<priority>`
+-- of ids, head first; `waiting` (ZSET priority -> -priority) names the
+-- priorities whose list is not empty, highest first. Jobs enter at the tail
+-- (enqueue, promotion, retry from the dead set) or go back to the head
+-- (lease expired, released at shutdown, unparked) and leave only from the
+-- head (claim, hand-off): nothing is removed from the middle, which is what
+-- lets a list hold the line. A list entry costs ~a tenth of a sorted-set
+-- entry (no score, no skiplist node, no dict entry), which is most of what a
+-- waiting job costs in Redis besides its record.
+-- Invariant: a priority is in `waiting` exactly when its list exists.
+local function line_key(k, level)
+  return k.waiting .. ':' .. level
+end
+
+-- Adds ids (in order) to the line at priority `priority`: at the tail, or
+-- at the head when `front` (ids[1] then first in line).
+local function line_add(k, priority, ids, front)
+  local level = fmt_int(priority)
+  local len
+  if front then
+    -- LPUSH puts each argument at the head in turn: reversed, ids[1] ends first.
+    local rev, n = {}, #ids
+    for i = 1, n do rev[i] = ids[n + 1 - i] end
+    len = redis.call('LPUSH', line_key(k, level), unpack(rev))
+  else
+    len = redis.call('RPUSH', line_key(k, level), unpack(ids))
+  end
+  if len == #ids then redis.call('ZADD', k.waiting, -priority, level) end
+end
+
+-- Adds { priority, id } pairs, in order, one push per priority.
+local function line_add_all(k, entries, front)
+  local by, order = {}, {}
+  for _, e in ipairs(entries) do
+    local ids = by[e[1]]
+    if not ids then
+      ids = {}
+      by[e[1]] = ids
+      order[#order + 1] = e[1]
+    end
+    ids[#ids + 1] = e[2]
+  end
+  for _, p in ipairs(order) do line_add(k, p, by[p], front) end
+end
+
+-- Takes up to n ids from the head of the line, highest priority first.
+-- Returns the ids and, parallel, their priorities. One ZRANGE and one LPOP
+-- per priority visited, plus EXISTS when a pop took exactly what it asked
+-- (the list may just have emptied; `waiting` must then lose the level).
+local function line_pop(k, n)
+  local ids, levels = {}, {}
+  while #ids < n do
+    local top = redis.call('ZRANGE', k.waiting, 0, 0)[1]
+    if not top then break end
+    local key, asked = line_key(k, top), n - #ids
+    local got = redis.call('LPOP', key, asked)
+    if not got or #got < asked or redis.call('EXISTS', key) == 0 then
+      redis.call('ZREM', k.waiting, top)
+    end
+    if got then
+      local p = tonumber(top)
+      for _, id in ipairs(got) do
+        ids[#ids + 1] = id
+        levels[#ids] = p
+      end
+    end
+  end
+  return ids, levels
+end
+
+-- True when no job waits in the line.
+local function line_empty(k)
+  return redis.call('EXISTS', k.waiting) == 0
+end
+
+-- Order key of a parked job (see park_member): its priority band, then its
+-- place in line within the band, so parked jobs go back in their order.
+local SEQ_SPAN = 4398046511104 -- 2^42 places per priority band
+local function park_score(priority, seq)
   return (PRIORITY_MAX - priority) * SEQ_SPAN + seq % SEQ_SPAN
+end
+
+local function park_priority(score)
+  return PRIORITY_MAX - math.floor(score / SEQ_SPAN)
+end
+
+-- Daemons before the lists kept the line in one sorted set, `pending`
+-- (score = park_score(priority, seq)). A claim moves what such a daemon or
+-- producer left there to the tail of the lists, in order, LEGACY_BATCH per
+-- call: one EXISTS per claim when there is none.
+local LEGACY_BATCH = 1000
+local function adopt_legacy_line(k)
+  if redis.call('EXISTS', k.pending) == 0 then return end
+  local old = redis.call('ZRANGE', k.pending, 0, LEGACY_BATCH - 1, 'WITHSCORES')
+  redis.call('ZREMRANGEBYRANK', k.pending, 0, #old / 2 - 1)
+  local entries = {}
+  for i = 1, #old, 2 do
+    entries[#entries + 1] = { park_priority(tonumber(old[i + 1]) or 0), old[i] }
+  end
+  line_add_all(k, entries, false)
 end
 
 local function record_header(record)
@@ -136,7 +230,7 @@ local function event_text(s)
   return s
 end
 
--- Leases `ids` (just taken from the head of `pending`; `records` their job
+-- Leases `ids` (just taken from the head of the line; `records` their job
 -- records, all present) to one caller until now + lease: the attempt
 -- number from `runs`, fencing tokens from meta `fence` (consecutive: the
 -- i-th job holds first + i - 1), run entries, lease deadlines in `active`,
@@ -174,7 +268,7 @@ end
 -- registers in `idle` (claim.lua: "<daemon id>.<pool number>" ->
 -- "<slots>,<lease_ms>,<expires_ms>"), and the daemon blocks on that name's
 -- hand-off list <base>:handoff:<name> (same hash tag). An enqueue then
--- leases the jobs at the head of `pending` to such a daemon itself, exactly
+-- leases the jobs at the head of the line to such a daemon itself, exactly
 -- as a claim would (same order, tokens, run entries, deadlines), and pushes
 -- them as one element onto that list: enqueue -> handler start is one hop
 -- instead of wake marker -> pop -> claim. Only for queues with no limit
@@ -200,13 +294,12 @@ local function handoff_element(now, first_token, out)
   return table.concat(parts)
 end
 
--- Hands the head of `pending` to registered idle daemons. `fresh`, when
--- given, is the one job this call just created, due now, not yet in
--- `pending` ({ score, id, record }): with `pending` empty it is the head of
--- the line, so it is leased without the round trip through `pending`
--- (the single enqueue into an idle queue, where latency counts); otherwise
--- it goes into `pending` first. Returns true when `pending` is left empty
--- (no wake-up needed).
+-- Hands the head of the line to registered idle daemons. `fresh`, when
+-- given, is the one job this call just created, due now, not yet in line
+-- ({ priority, id, record }): with the line empty it is the head of the
+-- line, so it is leased without the round trip through a list (the single
+-- enqueue into an idle queue, where latency counts); otherwise it joins the
+-- line first. Returns true when the line is left empty (no wake-up needed).
 local function hand_off(k, now, cap, fresh)
   local idle = redis.call('HGETALL', k.idle)
   local blocked = #idle == 0
@@ -214,8 +307,8 @@ local function hand_off(k, now, cap, fresh)
     local meta = redis.call('HMGET', k.meta, 'paused', 'rate_jobs', 'group_limit', 'tenant_rate', 'parking')
     blocked = meta[1] or meta[2] or meta[3] or meta[4] or meta[5]
   end
-  if fresh and (blocked or redis.call('ZCARD', k.pending) > 0) then
-    redis.call('ZADD', k.pending, fresh[1], fresh[2])
+  if fresh and (blocked or not line_empty(k)) then
+    line_add(k, fresh[1], { fresh[2] })
     fresh = nil
   end
   if blocked then return false end
@@ -232,9 +325,8 @@ local function hand_off(k, now, cap, fresh)
         ids, records = { fresh[2] }, { fresh[3] }
         fresh = nil
       else
-        ids = redis.call('ZRANGE', k.pending, 0, left - 1)
+        ids = line_pop(k, left)
         if #ids == 0 then return true end
-        redis.call('ZREMRANGEBYRANK', k.pending, 0, #ids - 1)
         records = redis.call('HMGET', k.jobs, unpack(ids))
       end
       -- An id without a record has nothing to run (as in claim.lua).
@@ -262,7 +354,7 @@ local function hand_off(k, now, cap, fresh)
     end
   end
   -- Every registration had expired: the fresh job waits in line.
-  if fresh then redis.call('ZADD', k.pending, fresh[1], fresh[2]) end
+  if fresh then line_add(k, fresh[1], { fresh[2] }) end
   return false
 end
 
@@ -355,8 +447,7 @@ end
 -- 'created', 'exists' (this id is already known: no-op) or 'duplicate'
 -- (a live job holds the unique key; id is that job's). A created job emits
 -- `enqueued` (with `via`, the way it came in) when cap > 0.
--- seq: the job's place in line if the caller reserved one (nil: take the next).
-local function enqueue_one(k, now, id, priority, max_attempts, due, unique, doc, cap, via, seq)
+local function enqueue_one(k, now, id, priority, max_attempts, due, unique, doc, cap, via)
   if redis.call('HEXISTS', k.jobs, id) == 1 then
     return 'exists', id
   end
@@ -375,8 +466,7 @@ local function enqueue_one(k, now, id, priority, max_attempts, due, unique, doc,
     redis.call('ZADD', k.scheduled, due, id)
     emit(k, cap, 'enqueued', id, 0, 'via', via or '-', 'priority', fmt_int(priority), 'due_ms', fmt_int(due))
   else
-    seq = seq or redis.call('HINCRBY', k.meta, 'seq', 1)
-    redis.call('ZADD', k.pending, pending_score(priority, seq), id)
+    line_add(k, priority, { id })
     emit(k, cap, 'enqueued', id, 0, 'via', via or '-', 'priority', fmt_int(priority))
   end
   return 'created', id
@@ -477,8 +567,8 @@ end
 -- with a `group` counts in `groups` (group -> active jobs) and is named in
 -- `holders` (id -> group) until it leaves `active`. A popped job whose group
 -- is full waits in `parked` (all scores 0, ordered by member) instead of
--- blocking the jobs behind it; its member keeps its pending score so it goes
--- back to the same place in line.
+-- blocking the jobs behind it; its member keeps its priority and place in
+-- line (park_score), so it goes back ahead of the jobs that were behind it.
 local PARK_BATCH = 1000
 
 local function park_prefix(group)
@@ -489,7 +579,7 @@ local function park_member(group, score, id)
   return park_prefix(group) .. string.format('%017d', score) .. ':' .. id
 end
 
--- A parked member's pending score and id, after the group's prefix.
+-- A parked member's park_score and id, after the group's prefix.
 local function parked_entry(member)
   local len, rest = string.match(member, '^(%d+):(.*)$')
   if not len then return nil end
@@ -498,26 +588,27 @@ local function parked_entry(member)
 end
 
 -- Moves members of a parked set (`parked`, or `tenant_parked` when `set` is
--- given) back to `pending`; returns how many.
+-- given) back to the head of the line, in their order (they were popped
+-- from the head, ahead of every job still in line); returns how many.
 local function unpark(k, members, set)
   if #members == 0 then return 0 end
   redis.call('ZREM', set or k.parked, unpack(members))
-  local zargs = {}
+  local back = {}
   for _, m in ipairs(members) do
     local score, id = parked_entry(m)
-    if score then
-      zargs[#zargs + 1] = score
-      zargs[#zargs + 1] = id
-    end
+    if score then back[#back + 1] = { score, id } end
   end
-  if #zargs > 0 then redis.call('ZADD', k.pending, unpack(zargs)) end
-  return #zargs / 2
+  -- Members of several groups or tenants come sorted per group only.
+  table.sort(back, function(a, b) return a[1] < b[1] end)
+  for _, e in ipairs(back) do e[1] = park_priority(e[1]) end
+  line_add_all(k, back, true)
+  return #back
 end
 
 -- Gives back the group slots of jobs leaving `active` (`ids`), and moves
--- parked jobs of those groups back to `pending`, as many as slots are free.
+-- parked jobs of those groups back in line, as many as slots are free.
 -- Costs one HMGET of `holders` when no job holds a slot. Call after
--- allow_when_full. Returns true when jobs went back to pending (wake them).
+-- allow_when_full. Returns true when jobs went back in line (wake them).
 local function release_groups(k, ids)
   -- Without group limits no job holds a slot: skip the per-job lookup.
   if redis.call('EXISTS', k.holders) == 0 then return false end

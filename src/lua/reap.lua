@@ -23,7 +23,7 @@ local cap = events_cap(k)
 local records = redis.call('HMGET', k.jobs, unpack(expired))
 local runs = redis.call('HMGET', k.runs, unpack(expired))
 local default_max = tonumber(ARGV[2])
-local zargs, run_args, errs, dead_ids, dead_errors, dead_attempts = {}, {}, {}, {}, {}, {}
+local back, run_args, errs, dead_ids, dead_errors, dead_attempts = {}, {}, {}, {}, {}, {}
 for i, id in ipairs(expired) do
   local attempts, _, started = parse_run(runs[i])
   run_args[#run_args + 1] = id
@@ -39,8 +39,7 @@ for i, id in ipairs(expired) do
         'lease expired on attempt %d of %d: the worker died or lost contact with Redis', attempts, max)
       release_unique(k, record_doc(records[i]).unique_key, id)
     else
-      zargs[#zargs + 1] = pending_score(priority, 0)
-      zargs[#zargs + 1] = id
+      back[#back + 1] = { priority, id }
       errs[#errs + 1] = id
       errs[#errs + 1] = string.format(
         'lease expired on attempt %d: the worker died or lost contact with Redis', attempts)
@@ -49,10 +48,10 @@ for i, id in ipairs(expired) do
   end
 end
 redis.call('HSET', k.runs, unpack(run_args))
-if #zargs > 0 then
-  redis.call('ZADD', k.pending, unpack(zargs))
+if #back > 0 then
+  line_add_all(k, back, true)
   redis.call('HSET', k.errors, unpack(errs))
   wake(k)
 end
 bury(k, now, dead_ids, dead_errors, tonumber(ARGV[3]), tonumber(ARGV[4]), cap, dead_attempts)
-return { #zargs / 2, #dead_ids }
+return { #back, #dead_ids }

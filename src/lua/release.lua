@@ -1,5 +1,5 @@
 -- release.lua: give claimed jobs back without spending an attempt (used on
--- shutdown). Each goes to the front of its priority band in `pending`.
+-- shutdown). Each goes back to the head of its priority's line.
 -- Fencing as in complete.lua. Works at maxmemory.
 -- KEYS[1] the queue's base key <prefix>:{<queue>} (prelude derives the rest).
 -- ARGV: 2 per job: id, token
@@ -22,7 +22,7 @@ if #mine == 0 then return out end
 allow_when_full(k)
 local cap = events_cap(k)
 local records = redis.call('HMGET', k.jobs, unpack(ids))
-local zargs, run_args, gone = {}, {}, {}
+local back, run_args, gone = {}, {}, {}
 for _, i in ipairs(mine) do
   local id = ids[i]
   local attempts, _, started = parse_run(runs[i])
@@ -32,15 +32,14 @@ for _, i in ipairs(mine) do
   run_args[#run_args + 1] = run_entry(math.max(attempts - 1, 0), '0', started)
   emit(k, cap, 'released', id, attempts)
   if records[i] then
-    zargs[#zargs + 1] = pending_score(record_header(records[i]), 0)
-    zargs[#zargs + 1] = id
+    back[#back + 1] = { record_header(records[i]), id }
   end
 end
 redis.call('ZREM', k.active, unpack(gone))
 if release_groups(k, gone) then wake(k) end
 redis.call('HSET', k.runs, unpack(run_args))
-if #zargs > 0 then
-  redis.call('ZADD', k.pending, unpack(zargs))
+if #back > 0 then
+  line_add_all(k, back, true)
   wake(k)
 end
 return out

@@ -201,6 +201,39 @@ impl Snapshot {
     pub fn zset(&self, part: &str) -> Vec<String> {
         self.sets[part].iter().map(|(m, _)| m.clone()).collect()
     }
+
+    /// The ids waiting in line, in the order claims take them.
+    pub fn line(&self) -> Vec<String> {
+        self.lists["line"].clone()
+    }
+}
+
+/// The ids waiting in line, in the order claims take them (highest
+/// priority first, each priority's list head first).
+pub async fn line(con: &mut redis::aio::MultiplexedConnection, q: &QueueKeys) -> Vec<String> {
+    let levels: Vec<String> = redis::cmd("ZRANGE")
+        .arg(q.waiting())
+        .arg(0)
+        .arg(-1)
+        .query_async(con)
+        .await
+        .unwrap();
+    let mut ids = Vec::new();
+    for level in levels {
+        let part: Vec<String> = redis::cmd("LRANGE")
+            .arg(q.line(&level))
+            .arg(0)
+            .arg(-1)
+            .query_async(con)
+            .await
+            .unwrap();
+        assert!(
+            !part.is_empty(),
+            "priority {level} is in `waiting` with an empty list"
+        );
+        ids.extend(part);
+    }
+    ids
 }
 
 pub async fn snapshot(con: &mut redis::aio::MultiplexedConnection, q: &QueueKeys) -> Snapshot {
@@ -208,7 +241,11 @@ pub async fn snapshot(con: &mut redis::aio::MultiplexedConnection, q: &QueueKeys
     for (part, key) in redq::keys::PARTS.iter().zip(q.all()) {
         let kind: String = redis::cmd("TYPE").arg(key).query_async(con).await.unwrap();
         match (kind.as_str(), *part) {
-            (_, "pending" | "scheduled" | "active" | "dead" | "done" | "claims" | "parked") => {
+            (
+                _,
+                "waiting" | "pending" | "scheduled" | "active" | "dead" | "done" | "claims"
+                | "parked" | "tenant_parked" | "tenant_due",
+            ) => {
                 let v: Vec<(String, f64)> = redis::cmd("ZRANGE")
                     .arg(key)
                     .arg(0)
@@ -257,6 +294,7 @@ pub async fn snapshot(con: &mut redis::aio::MultiplexedConnection, q: &QueueKeys
             }
         }
     }
+    s.lists.insert("line".into(), line(con, q).await);
     s
 }
 
