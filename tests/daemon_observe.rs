@@ -161,7 +161,7 @@ async fn a_lost_function_library_is_loaded_again() {
         }
     })
     .await;
-    assert_eq!(id.trim().len(), 36, "{id}");
+    assert_eq!(id.trim().len(), 26, "{id}");
     handle.shutdown();
     within(20, run).await.unwrap().unwrap();
 }

@@ -65,8 +65,25 @@ async fn fcall_enqueues_and_the_payload_arrives_byte_for_byte() {
     let doc =
         r#"{"payload":{"b":[],"x":1.50,"s":"a\/b","u":"\u00e9"},"priority":3,"tenant":"acme"}"#;
     let id = fcall(&redis, "emails", doc);
-    assert_eq!(id.len(), 36, "a UUID: {id}");
-    assert_eq!(&id[14..15], "7", "version 7: {id}");
+    // The Rust client's form: 26 base32 characters, sorting by time.
+    assert_eq!(id.len(), 26, "{id}");
+    assert!(id
+        .bytes()
+        .all(|b| b.is_ascii_digit() || b.is_ascii_uppercase()));
+    // Its first 10 characters are Redis's time in ms, as in ids made here.
+    let ms = |id: &str| {
+        id[..10].bytes().fold(0u64, |n, b| {
+            let d = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+                .iter()
+                .position(|&c| c == b);
+            n * 32 + d.expect("a base32 character") as u64
+        })
+    };
+    let made_here = redq::job::new_id();
+    assert!(
+        ms(&id).abs_diff(ms(&made_here)) < 60_000,
+        "{id} {made_here}"
+    );
     let jobs = claim_all(client.store(), "emails").await;
     assert_eq!(jobs.len(), 1);
     let rec = jobs[0].record.as_ref().unwrap();

@@ -539,13 +539,26 @@ local function check_doc(doc, max_bytes, now)
   return job
 end
 
--- A UUIDv7 made inside Redis: 48 bits of Redis time, then a per-queue
--- counter (unique within the queue) mixed with pseudo-random bits.
+-- Job ids in the Rust client's form (job::new_id): 26 characters of
+-- Crockford's base32, the first 10 the time in ms (so ids sort by time).
+local CROCKFORD = '0123456789ABCDEFGHJKMNPQRSTVWXYZ'
+local function base32(n, width)
+  local t = {}
+  for i = width, 1, -1 do
+    local d = n % 32
+    t[i] = string.sub(CROCKFORD, d + 1, d + 1)
+    n = (n - d) / 32
+  end
+  return table.concat(t)
+end
+
+-- An id made inside Redis: Redis time, then 40 bits of a per-queue counter
+-- (unique within the queue) and 40 pseudo-random bits. Every number stays
+-- below 2^53, exact in Lua's doubles.
 local function new_job_id(k, now)
   local n = redis.call('HINCRBY', k.meta, 'idseq', 1)
-  return string.format('%08x-%04x-7%03x-%04x-%012x',
-    math.floor(now / 65536), now % 65536, math.random(0, 4095),
-    0x8000 + math.random(0, 16383), n % 281474976710656)
+  return base32(now, 10) .. base32(n % 1099511627776, 8)
+    .. base32(math.random(0, 1048575) * 1048576 + math.random(0, 1048575), 8)
 end
 
 -- The document size limit and the events cap, in one read of meta.
