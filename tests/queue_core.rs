@@ -52,17 +52,21 @@ fn payload_n(j: &redq::store::ClaimedJob) -> i64 {
     v["n"].as_i64().unwrap()
 }
 
-#[tokio::test]
-async fn higher_priority_first_and_fifo_within_a_priority() {
-    let redis = RedisServer::start();
-    let client = redis.client().await;
-    let prios = [0, 5, 0, 5, -3, 1000, -1000, 0];
+/// Enqueues job(i) with priority prios[i], in one batch.
+async fn enqueue_with_priorities(client: &redq::Client, prios: &[i64]) {
     let jobs = prios
         .iter()
         .enumerate()
         .map(|(i, p)| job(i as i64).priority(*p))
         .collect();
     client.enqueue_many("q", jobs).await.unwrap();
+}
+
+#[tokio::test]
+async fn higher_priority_first_and_fifo_within_a_priority() {
+    let redis = RedisServer::start();
+    let client = redis.client().await;
+    enqueue_with_priorities(&client, &[0, 5, 0, 5, -3, 1000, -1000, 0]).await;
     let got = claim(client.store(), "q", 100).await;
     let order: Vec<i64> = got.jobs.iter().map(payload_n).collect();
     assert_eq!(order, vec![5, 1, 3, 0, 2, 7, 4, 6]);
@@ -77,13 +81,7 @@ async fn small_claims_cross_priorities_in_order_and_leave_no_empty_priority_behi
     let q = store.queue("q").unwrap();
     // Three jobs at priority 2 (claimed exactly by the first claim), two at
     // 0, one at -1: every claim ends on or crosses a priority's last job.
-    let prios = [0, 2, -1, 2, 0, 2];
-    let jobs = prios
-        .iter()
-        .enumerate()
-        .map(|(i, p)| job(i as i64).priority(*p))
-        .collect();
-    client.enqueue_many("q", jobs).await.unwrap();
+    enqueue_with_priorities(&client, &[0, 2, -1, 2, 0, 2]).await;
     let mut order = Vec::new();
     let mut con = redis.con().await;
     for (n, levels) in [(3, vec!["0", "-1"]), (1, vec!["0", "-1"]), (2, vec![])] {
