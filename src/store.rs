@@ -297,6 +297,18 @@ impl Store {
         Ok(inv.invoke_async(&mut con).await?)
     }
 
+    /// Runs `import.lua` (see [`crate::transfer::import`]): 8 arguments per job.
+    pub(crate) async fn import(&self, q: &QueueKeys, args: Vec<String>) -> Result<Value> {
+        self.run(|s| &s.import, q, args).await
+    }
+
+    /// Runs `cron_enqueue.lua` (see `daemon::cron::offer`), which also
+    /// reads and writes the queue's cron record.
+    pub(crate) async fn cron_enqueue(&self, q: &QueueKeys, args: Vec<String>) -> Result<Value> {
+        self.run_with(|s| &s.cron_enqueue, q, Some(&q.cron()), args)
+            .await
+    }
+
     /// Adds checked jobs to one queue in one round trip.
     pub async fn enqueue(&self, q: &QueueKeys, jobs: &[PreparedJob]) -> Result<Vec<Enqueued>> {
         if jobs.is_empty() {

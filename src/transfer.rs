@@ -111,9 +111,7 @@ pub async fn import(
     if jobs.is_empty() {
         return Ok((0, 0));
     }
-    let script = &crate::scripts::SCRIPTS.import.script;
-    let mut inv = script.prepare_invoke();
-    inv.key(q.base());
+    let mut args = Vec::with_capacity(jobs.len() * 8);
     for (j, doc) in jobs {
         let state = match j.state {
             JobState::Pending => "pending",
@@ -130,16 +128,19 @@ pub async fn import(
             j.enqueued_at_ms,
             j.document.get()
         );
-        inv.arg(&j.id)
-            .arg(record)
-            .arg(state)
-            .arg(j.at_ms.unwrap_or(0))
-            .arg(j.attempts)
-            .arg(j.last_error.as_deref().unwrap_or(""))
-            .arg(j.result.as_deref().unwrap_or(""))
-            .arg(doc.unique_key.as_deref().unwrap_or(""));
+        args.extend([
+            j.id.clone(),
+            record,
+            state.to_owned(),
+            j.at_ms.unwrap_or(0).to_string(),
+            j.attempts.to_string(),
+            j.last_error.clone().unwrap_or_default(),
+            j.result.clone().unwrap_or_default(),
+            doc.unique_key.clone().unwrap_or_default(),
+        ]);
     }
-    let reply: Vec<redis::Value> = inv.invoke_async(&mut store.connection()).await?;
+    let reply: Vec<redis::Value> = redis::from_redis_value(store.import(q, args).await?)
+        .map_err(|e| Error::protocol("import", e.to_string()))?;
     let mut imported = 0;
     for v in &reply {
         imported += u64::from(int(Some(v), "import")? == 1);

@@ -47,7 +47,6 @@ use crate::job::NewJob;
 use crate::keys::QueueKeys;
 use crate::leader::{Leader, LeaderWatch};
 use crate::observe::Metrics;
-use crate::scripts::SCRIPTS;
 use crate::store::Store;
 
 /// Longest sleep between two checks, so clock steps and reloads are seen soon.
@@ -273,15 +272,16 @@ pub(crate) async fn offer(
 ) -> Result<(Outcome, i64)> {
     let id = entry.job_id(tick_ms);
     let doc = entry.document(id.clone(), max_doc_bytes)?;
-    let mut inv = SCRIPTS.cron_enqueue.script.prepare_invoke();
-    inv.key(entry.queue.base());
-    inv.key(entry.queue.cron());
-    inv.arg(&entry.key)
-        .arg(tick_ms)
-        .arg(&id)
-        .arg(doc)
-        .arg(entry.priority);
-    let (status, last): (String, i64) = inv.invoke_async(&mut store.connection()).await?;
+    let args = vec![
+        entry.key.clone(),
+        tick_ms.to_string(),
+        id,
+        doc,
+        entry.priority.to_string(),
+    ];
+    let (status, last): (String, i64) =
+        redis::from_redis_value(store.cron_enqueue(&entry.queue, args).await?)
+            .map_err(|e| Error::protocol("cron_enqueue", e.to_string()))?;
     let outcome = match status.as_str() {
         "created" => Outcome::Created,
         "exists" => Outcome::Exists,
