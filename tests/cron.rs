@@ -332,7 +332,8 @@ priority = 5
     );
     assert!(job_ids(&mut con, "gone").await.is_empty());
 
-    // A late daemon offering a tick whose job ran and was deleted adds nothing.
+    // A late daemon offering a tick whose job ran and was deleted adds
+    // nothing (through the same Lua as an EVAL script, as a Redis < 7 runs it).
     let q = QueueKeys::new("redq", "gone").unwrap();
     let mut inv = SCRIPTS.cron_enqueue.script.prepare_invoke();
     inv.key(q.base());

@@ -177,6 +177,10 @@ async fn export_then_import_restores_every_job_in_its_state() {
         .await
         .unwrap();
     assert_eq!(dup.id, "pending-1");
+    // Import runs as a function of the internal library, not as a script.
+    assert!(dst.command_calls("fcall").await >= 2);
+    assert_eq!(dst.command_calls("evalsha").await, 0);
+    assert_eq!(dst.command_calls("eval").await, 0);
 }
 
 #[test]
