@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 /// Everything a handler may know about the job it runs.
 #[derive(Debug, Clone)]
 pub struct JobContext {
-    /// The job's id (UUIDv7 unless the producer chose one).
+    /// The job's id (26 base32 characters, see [`crate::job::new_id`], unless the producer chose one).
     pub id: String,
     /// The queue the job was claimed from.
     pub queue: String,
