@@ -368,6 +368,8 @@ impl Store {
     /// number>"): when the claim leaves it with free slots, it is registered
     /// for direct hand-off of newly enqueued jobs for `idle.1` (see
     /// [`parse_handoff`]); any other claim by it ends that registration.
+    ///
+    /// One call hands out at most [`MAX_CALL_JOBS`] jobs, whatever `max`.
     pub async fn claim_as(
         &self,
         q: &QueueKeys,
@@ -378,7 +380,7 @@ impl Store {
         idle: Option<(&str, Duration)>,
     ) -> Result<Claimed> {
         let mut args = vec![
-            max.to_string(),
+            max.min(MAX_CALL_JOBS).to_string(),
             ms(lease).to_string(),
             promote.to_string(),
             inbox.to_string(),
@@ -552,33 +554,37 @@ impl Store {
         held: &[(&str, u64)],
         lease: Duration,
     ) -> Result<(i64, Vec<bool>)> {
-        if held.is_empty() {
-            return Ok((0, Vec::new()));
+        let mut first_now = None;
+        let mut ok = Vec::with_capacity(held.len());
+        // At most MAX_CALL_JOBS per call; `now` is the first call's (the
+        // earliest, so deadlines computed from it are never late).
+        for part in held.chunks(MAX_CALL_JOBS) {
+            let mut args = vec![ms(lease).to_string()];
+            for (id, token) in part {
+                args.extend([(*id).to_owned(), token.to_string()]);
+            }
+            let reply = array(self.run(|s| &s.extend, q, args).await?, "extend")?;
+            first_now.get_or_insert(int(reply.first(), "extend")?);
+            for v in reply.iter().skip(1) {
+                ok.push(int(Some(v), "extend")? == 1);
+            }
         }
-        let mut args = vec![ms(lease).to_string()];
-        for (id, token) in held {
-            args.extend([(*id).to_owned(), token.to_string()]);
-        }
-        let reply = array(self.run(|s| &s.extend, q, args).await?, "extend")?;
-        let now = int(reply.first(), "extend")?;
-        let ok = reply
-            .iter()
-            .skip(1)
-            .map(|v| int(Some(v), "extend").map(|n| n == 1))
-            .collect::<Result<_>>()?;
-        Ok((now, ok))
+        Ok((first_now.unwrap_or(0), ok))
     }
 
     /// Gives jobs back without spending an attempt; per job whether it was released.
     pub async fn release(&self, q: &QueueKeys, held: &[(&str, u64)]) -> Result<Vec<bool>> {
-        if held.is_empty() {
-            return Ok(Vec::new());
+        // At most MAX_CALL_JOBS per call, the last ones first: each call puts
+        // its jobs at the head of the line, so the first ones end up first.
+        let mut parts: Vec<Vec<bool>> = Vec::new();
+        for part in held.rchunks(MAX_CALL_JOBS) {
+            let args = part
+                .iter()
+                .flat_map(|(id, t)| [(*id).to_owned(), t.to_string()])
+                .collect();
+            parts.push(flags(self.run(|s| &s.release, q, args).await?, "release")?);
         }
-        let args = held
-            .iter()
-            .flat_map(|(id, t)| [(*id).to_owned(), t.to_string()])
-            .collect();
-        flags(self.run(|s| &s.release, q, args).await?, "release")
+        Ok(parts.into_iter().rev().flatten().collect())
     }
 
     /// Rescues up to `limit` jobs whose lease expired; returns (requeued, dead).
@@ -697,8 +703,12 @@ impl Store {
     }
 }
 
-/// Adds the commands that write a queue's limits to its `meta` hash (read by
-/// claim.lua) to `pipe`.
+/// Most jobs one call claims, renews or releases. A script passes each
+/// call's ids to Redis commands as Lua values, and Lua's `unpack` takes at
+/// most ~8000 of them; a claim of more (a pool of up to 10 000 slots) would
+/// fail after taking its jobs from the line. Callers split larger sets.
+pub const MAX_CALL_JOBS: usize = 1000;
+
 /// The field of `runs` that keeps it a real hash table (see [`keep_runs_hashed`]).
 /// Not a valid job id (ids never contain `~`), so no job ever uses it.
 pub const RUNS_PIN_FIELD: &str = "~pin";
@@ -766,6 +776,8 @@ fn usage_args(
     }
 }
 
+/// Adds the commands that write a queue's limits to its `meta` hash (read by
+/// claim.lua) to `pipe`.
 pub(crate) fn limits_into(
     pipe: &mut redis::Pipeline,
     q: &QueueKeys,

@@ -134,6 +134,55 @@ async fn jobs_an_earlier_version_left_in_its_sorted_set_are_claimed_in_order() {
 }
 
 #[tokio::test]
+async fn batches_beyond_luas_unpack_limit_are_split_and_lose_nothing() {
+    // Lua's unpack() takes at most ~8000 values: a script that passed a
+    // whole batch through it at once failed halfway (after taking jobs
+    // from the line, for a claim).
+    let redis = RedisServer::start();
+    let client = redis.client().await;
+    let store = client.store();
+    let q = store.queue("q").unwrap();
+    let n = 9000;
+    client
+        .enqueue_many("q", (0..n).map(job).collect())
+        .await
+        .unwrap();
+    assert_eq!(client.stats(&["q".into()]).await.unwrap()[0].pending, 9000);
+
+    // A claim hands out at most MAX_CALL_JOBS, in order.
+    let max = redq::store::MAX_CALL_JOBS;
+    let mut held = Vec::new();
+    for round in 0..5 {
+        let got = claim(store, "q", 5 * max).await;
+        assert_eq!(got.jobs.len(), max, "round {round}");
+        held.extend(got.jobs);
+    }
+    let order: Vec<i64> = held.iter().map(payload_n).collect();
+    assert_eq!(order, (0..5000).collect::<Vec<_>>());
+
+    // Renewing and releasing 5000 leases work, in calls of MAX_CALL_JOBS.
+    let pairs: Vec<(&str, u64)> = held.iter().map(|j| (j.id.as_str(), j.token)).collect();
+    let (_, renewed) = store.extend(&q, &pairs, LEASE).await.unwrap();
+    assert_eq!(renewed, vec![true; 5000]);
+    assert_eq!(store.release(&q, &pairs).await.unwrap(), vec![true; 5000]);
+
+    // Released jobs are back at the head of the line in their order, and
+    // every job is there once.
+    let line = common::line(&mut redis.con().await, &q).await;
+    assert_eq!(line.len(), 9000);
+    assert_eq!(line.iter().collect::<HashSet<_>>().len(), 9000);
+    let mut all = Vec::new();
+    loop {
+        let got = claim(store, "q", max).await;
+        if got.jobs.is_empty() {
+            break;
+        }
+        all.extend(got.jobs.iter().map(payload_n));
+    }
+    assert_eq!(all, (0..n).collect::<Vec<_>>());
+}
+
+#[tokio::test]
 async fn delayed_jobs_wait_until_due_then_are_promoted_in_priority_order() {
     let redis = RedisServer::start();
     let client = redis.client().await;

@@ -345,7 +345,9 @@ impl Pool {
             let mut asked: Vec<Arc<str>> = Vec::new();
             let round_sent = Instant::now();
             for q in self.round_order() {
-                let free = self.slots.available_permits();
+                // A claim takes at most MAX_CALL_JOBS; a bigger pool's
+                // round claims that many and goes round again (filled).
+                let free = self.slots.available_permits().min(store::MAX_CALL_JOBS);
                 if free == 0 {
                     filled = true;
                     break;

@@ -36,7 +36,8 @@
 -- claims are recorded: over all daemons no window ever holds more claims
 -- than its limit.
 -- KEYS[1] the queue's base key <prefix>:{<queue>} (prelude derives the rest).
--- ARGV[1] how many jobs the caller can start now (0: only promote and drain)
+-- ARGV[1] how many jobs the caller can start now (0: only promote and drain;
+--   at most CALL_JOBS_MAX are handed out per call)
 -- ARGV[2] lease length in ms (deadline = Redis now + lease)
 -- ARGV[3] at most this many due scheduled jobs are promoted
 -- ARGV[4] at most this many inbox documents are taken
@@ -61,7 +62,7 @@
 --   not in line.
 local TENANT_BATCH = 100 -- due tenants handled per call
 local k = queue_keys(KEYS)
-local want, lease = tonumber(ARGV[1]), tonumber(ARGV[2])
+local want, lease = math.min(tonumber(ARGV[1]), CALL_JOBS_MAX), tonumber(ARGV[2])
 local now = now_ms()
 -- One read of meta: paused, the events cap, the document size limit, limits.
 local meta = redis.call('HMGET', k.meta, 'paused', 'events', 'max_doc_bytes',

@@ -17,6 +17,9 @@ local MAX_TIMEOUT_MS = 604800000 -- one week
 local MAX_TEXT_LEN = 512
 local DEFAULT_MAX_DOC_BYTES = 1048576
 local NAME_PATTERN = '^[%w_%.%-:]+$'
+-- Most jobs one call claims or hands off, and most values passed through
+-- one unpack(): Lua's unpack takes at most ~8000 (store::MAX_CALL_JOBS).
+local CALL_JOBS_MAX = 1000
 
 -- The parts of a queue's keyspace (keys::PARTS lists the same names).
 local QUEUE_PARTS = {
@@ -75,16 +78,22 @@ end
 -- at the head when `front` (ids[1] then first in line).
 local function line_add(k, priority, ids, front)
   local level = fmt_int(priority)
-  local len
+  local key, n, len = line_key(k, level), #ids, 0
+  -- In pieces of CALL_JOBS_MAX (a batch enqueue may hold more).
   if front then
-    -- LPUSH puts each argument at the head in turn: reversed, ids[1] ends first.
-    local rev, n = {}, #ids
-    for i = 1, n do rev[i] = ids[n + 1 - i] end
-    len = redis.call('LPUSH', line_key(k, level), unpack(rev))
+    -- LPUSH puts each argument at the head in turn: from the last id back,
+    -- so ids[1] ends first.
+    for hi = n, 1, -CALL_JOBS_MAX do
+      local part = {}
+      for i = hi, math.max(1, hi - CALL_JOBS_MAX + 1), -1 do part[#part + 1] = ids[i] end
+      len = redis.call('LPUSH', key, unpack(part))
+    end
   else
-    len = redis.call('RPUSH', line_key(k, level), unpack(ids))
+    for lo = 1, n, CALL_JOBS_MAX do
+      len = redis.call('RPUSH', key, unpack(ids, lo, math.min(n, lo + CALL_JOBS_MAX - 1)))
+    end
   end
-  if len == #ids then redis.call('ZADD', k.waiting, -priority, level) end
+  if len == n then redis.call('ZADD', k.waiting, -priority, level) end
 end
 
 -- Adds { priority, id } pairs, in order, one push per priority.
@@ -321,11 +330,12 @@ local function hand_off(k, now, cap, fresh)
     else
       local ids, records
       local direct = fresh ~= nil
+      local asked = math.min(left, CALL_JOBS_MAX)
       if direct then
         ids, records = { fresh[2] }, { fresh[3] }
         fresh = nil
       else
-        ids = line_pop(k, left)
+        ids = line_pop(k, asked)
         if #ids == 0 then return true end
         records = redis.call('HMGET', k.jobs, unpack(ids))
       end
@@ -350,7 +360,8 @@ local function hand_off(k, now, cap, fresh)
       else
         redis.call('HSET', k.idle, daemon, fmt_int(left) .. ',' .. fmt_int(lease) .. ',' .. fmt_int(expires))
       end
-      if direct or #ids < left + #live then return true end
+      -- A short pop emptied the line.
+      if direct or #ids < asked then return true end
     end
   end
   -- Every registration had expired: the fresh job waits in line.
