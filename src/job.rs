@@ -18,8 +18,9 @@ use serde_json::value::RawValue;
 use crate::error::{Error, Result};
 use crate::keys;
 
-/// Lowest priority accepted. Scores stay exact integers below 2^53: 2001
-/// priority bands of 2^42 FIFO sequence numbers each.
+/// Lowest priority accepted. Each priority in use has its own list in the
+/// line; a parked job's order key (prelude.lua, `park_score`) stays an exact
+/// integer below 2^53: 2001 priority bands of 2^42 places each.
 pub const PRIORITY_MIN: i64 = -1000;
 /// Highest priority accepted (runs first).
 pub const PRIORITY_MAX: i64 = 1000;
