@@ -5,6 +5,8 @@
 //! PING, a process exiting) with bounded time-outs, never fixed sleeps.
 #![allow(dead_code)]
 
+pub mod daemon;
+
 use std::collections::BTreeMap;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
