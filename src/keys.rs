@@ -234,6 +234,14 @@ impl QueueKeys {
         self.part("idle")
     }
 
+    /// `<prefix>:{<queue>}:due`: a Pub/Sub channel, not a key. A script that
+    /// makes a job the queue's earliest scheduled one publishes its due time
+    /// (Redis ms) here (`announce_due` in prelude.lua); every daemon's
+    /// promoter listens, so none polls `scheduled`.
+    pub fn due_channel(&self) -> String {
+        format!("{}:due", self.base)
+    }
+
     /// `<prefix>:{<queue>}:handoff:<name>`: a LIST, one element per
     /// enqueue call that leased jobs directly to the pool registered as
     /// `name` in `idle` ("<daemon id>.<pool number>"; JSON array:

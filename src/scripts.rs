@@ -61,12 +61,13 @@ pub struct Scripts {
     pub dead_purge: Transition,
     pub import: Transition,
     pub cron_enqueue: Transition,
+    pub promote: Transition,
 }
 
 /// Each transition: its name, its body (without the prelude) and whether it
 /// must run when Redis is at `maxmemory` (it frees memory or keeps leases
 /// alive: see `allow_when_full` in the prelude).
-const BODIES: [(&str, &str, bool); 11] = [
+const BODIES: [(&str, &str, bool); 12] = [
     ("enqueue", include_str!("lua/enqueue.lua"), false),
     ("claim", include_str!("lua/claim.lua"), true),
     ("complete", include_str!("lua/complete.lua"), true),
@@ -78,10 +79,11 @@ const BODIES: [(&str, &str, bool); 11] = [
     ("dead_purge", include_str!("lua/dead_purge.lua"), true),
     ("import", include_str!("lua/import.lua"), false),
     ("cron_enqueue", include_str!("lua/cron_enqueue.lua"), false),
+    ("promote", include_str!("lua/promote.lua"), true),
 ];
 
 pub static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| {
-    let [enqueue, claim, complete, fail, extend, release, reap, dead_retry, dead_purge, import, cron_enqueue] =
+    let [enqueue, claim, complete, fail, extend, release, reap, dead_retry, dead_purge, import, cron_enqueue, promote] =
         BODIES.map(|(name, body, _)| transition(name, body));
     Scripts {
         enqueue,
@@ -95,6 +97,7 @@ pub static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| {
         dead_purge,
         import,
         cron_enqueue,
+        promote,
     }
 });
 

@@ -85,6 +85,18 @@ pub struct Claimed {
     pub jobs: Vec<ClaimedJob>,
 }
 
+/// The reply of one promote call ([`Store::promote`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Promoted {
+    /// Redis's clock when it ran (ms).
+    pub now_ms: i64,
+    /// Jobs moved into line.
+    pub moved: u64,
+    /// When the earliest job still scheduled is due (Redis ms); at or before
+    /// `now_ms` when more were due than one call moves.
+    pub next_due_ms: Option<i64>,
+}
+
 /// Reads one element of a daemon's hand-off list (see [`QueueKeys::handoff`]):
 /// jobs an enqueue leased directly to that daemon, as a claim would have.
 /// `paused`, `throttled` and `next_due_ms` do not apply.
@@ -604,6 +616,45 @@ impl Store {
         let reply = array(self.run(|s| &s.reap, q, args).await?, "reap")?;
         let n = |i| int(reply.get(i), "reap").map(|v| u64::try_from(v).unwrap_or(0));
         Ok((n(0)?, n(1)?))
+    }
+
+    /// Moves up to `limit` due scheduled jobs of `q` into line (delayed
+    /// jobs, retries), hands them to idle daemons or wakes one (promote.lua).
+    pub async fn promote(&self, q: &QueueKeys, limit: usize) -> Result<Promoted> {
+        let args = vec![limit.min(MAX_CALL_JOBS).to_string()];
+        let reply = array(self.run(|s| &s.promote, q, args).await?, "promote")?;
+        let next = int(reply.get(2), "promote")?;
+        Ok(Promoted {
+            now_ms: int(reply.first(), "promote")?,
+            moved: u64::try_from(int(reply.get(1), "promote")?).unwrap_or(0),
+            next_due_ms: (next >= 0).then_some(next),
+        })
+    }
+
+    /// Redis's clock (ms) and, per queue, when its earliest scheduled job is
+    /// due (`None`: nothing scheduled), in one pipeline.
+    pub async fn scheduled_heads(&self, queues: &[&QueueKeys]) -> Result<(i64, Vec<Option<i64>>)> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("TIME");
+        for q in queues {
+            pipe.cmd("ZRANGE")
+                .arg(q.scheduled())
+                .arg(0)
+                .arg(0)
+                .arg("WITHSCORES");
+        }
+        let reply: Vec<Value> = pipe.query_async(&mut self.con.clone()).await?;
+        let (now_ms, heads) = split_time(reply, "scheduled_heads")?;
+        let heads = heads
+            .into_iter()
+            .map(|v| {
+                let head: Vec<(String, f64)> = redis::from_redis_value(v)
+                    .map_err(|e| Error::protocol("scheduled_heads", e.to_string()))?;
+                // Due times are whole ms well inside f64's exact range.
+                Ok(head.first().map(|(_, due)| *due as i64))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok((now_ms, heads))
     }
 
     /// Puts dead jobs back in line; per id: 1 requeued, 0 not dead, 2 unique key taken.

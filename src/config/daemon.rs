@@ -30,7 +30,8 @@ pub struct DaemonConfig {
     pub stats_interval: Duration,
     /// Largest job document accepted, in bytes. Default 1048576 (1 MiB).
     pub max_payload_bytes: usize,
-    /// How often expired leases are looked for and scheduled jobs promoted. Default 1s.
+    /// How often expired leases are looked for. Default 1s. (Scheduled jobs
+    /// start at their due time: see `daemon::promoter`.)
     #[serde(with = "duration")]
     pub reap_interval: Duration,
     /// How often inbox lists are drained when no wake-up arrives. Default 1s.

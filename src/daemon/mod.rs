@@ -6,8 +6,9 @@
 //! Results go through a per-queue [`writer`] that batches them. Background
 //! duties are small components, each one loop over its tick and a stop
 //! signal: the [`leases`] keeper, the [`reaper`], the [`waker`] (blocks on a
-//! dedicated connection so idle daemons do not poll), and [`notify`]
-//! (systemd). [`signals`] maps signals to actions.
+//! dedicated connection so idle daemons do not poll), the [`promoter`]
+//! (starts scheduled jobs at their due time, told of new ones by Pub/Sub),
+//! and [`notify`] (systemd). [`signals`] maps signals to actions.
 //!
 //! Leader-only duties run under a [`crate::leader::Leader`] lease: today
 //! [`cron`], whose loop runs on every daemon but evaluates the entries only
@@ -16,10 +17,11 @@
 //! on the queues that daemon serves, or reports about that daemon.
 //!
 //! Start order: Redis checks → function library → writers → pools → cron and
-//! its lease → lease keeper → reaper → waker → READY. Stop order: cron stops
-//! and releases its lease → pools stop claiming → running jobs drain to
-//! `shutdown_timeout` → the rest are stopped and released → writers flush →
-//! keeper, reaper, waker stop → exit.
+//! its lease → lease keeper → reaper → waker → promoter → READY. Stop order:
+//! cron stops and releases its lease → pools stop claiming → running jobs
+//! drain to `shutdown_timeout` → the rest are stopped and released → writers
+//! flush → keeper, reaper, waker, promoter stop → exit. The promoter runs on
+//! through the drain: what falls due then is handed to other daemons.
 
 mod backoff;
 mod cron;
@@ -29,6 +31,7 @@ mod leases;
 mod notify;
 mod observer;
 mod pool;
+mod promoter;
 mod reaper;
 mod runner;
 mod signals;

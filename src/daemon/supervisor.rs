@@ -19,6 +19,7 @@ use super::handlers::{self, Library};
 use super::heartbeat;
 use super::leases::{self, Leases, StopReason};
 use super::pool::{Pool, PoolCtx};
+use super::promoter::{self, Promoter};
 use super::signals::{self, Action};
 use super::waker::{self, Route, Routes};
 use super::writer::{self, WriterCtx};
@@ -45,6 +46,8 @@ pub struct Shared {
     /// the start of its pools' names in the queues' hand-off registrations.
     pub(crate) id: Arc<str>,
     pools: Mutex<Vec<(PoolSpec, Arc<Pool>)>>,
+    /// Told the queues served, at start and on reload.
+    promoter: Arc<Promoter>,
 }
 
 impl Shared {
@@ -134,6 +137,7 @@ impl WorkerBuilder {
             health,
             id: Arc::from(heartbeat::daemon_id()),
             pools: Mutex::new(Vec::new()),
+            promoter: Arc::new(Promoter::default()),
         });
         let stop = CancellationToken::new();
         let routes: Routes = Arc::new(RwLock::new(HashMap::new()));
@@ -176,9 +180,21 @@ impl WorkerBuilder {
             every,
             stop.clone(),
         )));
-        daemon
-            .tasks
-            .push(tokio::spawn(waker::run(redis_client, routes, stop.clone())));
+        daemon.tasks.push(tokio::spawn(waker::run(
+            redis_client.clone(),
+            routes,
+            stop.clone(),
+        )));
+        daemon.tasks.push(tokio::spawn(promoter::run(
+            store.clone(),
+            shared.promoter.clone(),
+            stop.clone(),
+        )));
+        daemon.tasks.push(tokio::spawn(promoter::listen(
+            redis_client,
+            shared.promoter.clone(),
+            stop.clone(),
+        )));
         let stats_interval = daemon.config.daemon.stats_interval;
         daemon.tasks.push(tokio::spawn(observer::run(
             shared.clone(),
@@ -387,6 +403,7 @@ impl Daemon {
         if let Ok(mut p) = self.shared.pools.lock() {
             *p = next;
         }
+        self.shared.promoter.set_queues(&self.shared.queues());
         self.restart_cron(cron_entries, &config).await;
         self.config = config;
         Ok(())

@@ -76,18 +76,7 @@ local cap = tonumber(meta[2]) or 0
 allow_when_full(k)
 
 local promote = tonumber(ARGV[3])
-if promote > 0 then
-  local due = redis.call('ZRANGEBYSCORE', k.scheduled, '-inf', now, 'LIMIT', 0, promote)
-  if #due > 0 then
-    redis.call('ZREM', k.scheduled, unpack(due))
-    local records = redis.call('HMGET', k.jobs, unpack(due))
-    local entries = {}
-    for i, id in ipairs(due) do
-      if records[i] then entries[#entries + 1] = { record_header(records[i]), id } end
-    end
-    line_add_all(k, entries, false)
-  end
-end
+if promote > 0 then promote_due(k, now, promote) end
 adopt_legacy_line(k)
 
 local inbox = tonumber(ARGV[4])

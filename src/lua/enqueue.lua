@@ -7,6 +7,8 @@
 --       delay_ms, run_at_ms (0 = none), unique_key ('' = none)
 -- Events (when on): `enqueued` per created job; `started` per job handed
 --   off to an idle daemon (see hand_off in the prelude).
+-- Publishes: a delayed job's due time on <base>:due when it is now the
+--   queue's earliest scheduled job (see announce_due in the prelude).
 -- Returns: 2 per job: status ('created' | 'exists' | 'duplicate'), id
 local k = queue_keys(KEYS)
 local now = now_ms()

@@ -9,6 +9,8 @@
 -- then 6 per job: id, token, retry delay in ms (-1 = dead now), error text, unique_key ('' = none),
 --   resources JSON of the attempt ('' = none; kept in `resources`)
 -- Events (when on): `failed` (error, retry_at_ms) per retry, `dead` (error) per death.
+-- Publishes: the earliest retry time on <base>:due when a retry is now the
+--   queue's earliest scheduled job (see announce_due in the prelude).
 -- Group slots are given back as in complete.lua.
 -- Returns: one integer per job: 1 retry scheduled, 2 dead, 0 stale token (nothing changed)
 local k = queue_keys(KEYS)
@@ -67,7 +69,11 @@ if #res_args > 0 then redis.call('HSET', k.resources, unpack(res_args)) end
 if #retry_z > 0 then
   redis.call('ZADD', k.scheduled, unpack(retry_z))
   redis.call('HSET', k.errors, unpack(errs))
-  wake(k)
+  -- The promoters run the retries when due (one message when one of them
+  -- is now the earliest scheduled job).
+  local soonest = retry_z[1]
+  for i = 3, #retry_z, 2 do soonest = math.min(soonest, retry_z[i]) end
+  announce_due(k, soonest)
 end
 bury(k, now, dead_ids, dead_errors, dead_keep, dead_age, cap, dead_attempts)
 return out

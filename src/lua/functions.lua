@@ -9,6 +9,8 @@
 --   same slot). An id that exists, or a unique key a live job holds, returns
 --   that job's id. With events on for the queue, a new job emits `enqueued`
 --   (via=fcall) on <prefix>:{<queue>}:events.
+--   A delayed job that is now the queue's earliest publishes its due time
+--   on <prefix>:{<queue>}:due, which the daemons' promoters listen to.
 -- FCALL_RO redq_version 0 -> the library version (a hash of its source)
 
 local function keys_from_base(base)

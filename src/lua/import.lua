@@ -29,6 +29,7 @@ for i = 1, #ARGV, 8 do
     else
       if state == 'scheduled' or state == 'retrying' then
         redis.call('ZADD', k.scheduled, at, id)
+        announce_due(k, at)
       else
         line_add(k, record_header(record), { id })
       end

@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod daemon;
+pub mod embedded;
 
 use std::collections::BTreeMap;
 use std::net::TcpListener;
