@@ -599,19 +599,22 @@ impl Store {
         Ok(parts.into_iter().rev().flatten().collect())
     }
 
-    /// Rescues up to `limit` jobs whose lease expired; returns (requeued, dead).
+    /// Rescues up to `limit` jobs whose lease expired at least `grace` ago
+    /// (the daemon passes [`TAKEOVER_GRACE`]); returns (requeued, dead).
     pub async fn reap(
         &self,
         q: &QueueKeys,
         limit: usize,
         default_max_attempts: u32,
         dead: Retention,
+        grace: Duration,
     ) -> Result<(u64, u64)> {
         let args = vec![
             limit.to_string(),
             default_max_attempts.to_string(),
             dead.keep.to_string(),
             ms(dead.max_age).to_string(),
+            ms(grace).to_string(),
         ];
         let reply = array(self.run(|s| &s.reap, q, args).await?, "reap")?;
         let n = |i| int(reply.get(i), "reap").map(|v| u64::try_from(v).unwrap_or(0));
@@ -759,6 +762,14 @@ impl Store {
 /// most ~8000 of them; a claim of more (a pool of up to 10 000 slots) would
 /// fail after taking its jobs from the line. Callers split larger sets.
 pub const MAX_CALL_JOBS: usize = 1000;
+
+/// How long after a lease's deadline (on Redis's clock) the job may be
+/// taken over. A daemon stops a job whose lease it could not renew
+/// `daemon::leases::self_fence_margin` (at most 500 ms) before the deadline
+/// on its own monotonic clock, which runs no later than Redis's; the grace
+/// is larger than that margin, so the old run is over before the new one
+/// starts even when the old daemon's timer fired late.
+pub const TAKEOVER_GRACE: Duration = Duration::from_secs(1);
 
 /// The field of `runs` that keeps it a real hash table (see [`keep_runs_hashed`]).
 /// Not a valid job id (ids never contain `~`), so no job ever uses it.

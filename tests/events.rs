@@ -182,14 +182,20 @@ async fn lifecycle(redis: &RedisServer, client: &redq::Client, queue: &str) {
         .extend(&q, &[(&c.id, c.token)], Duration::ZERO)
         .await
         .unwrap();
-    assert_eq!(store.reap(&q, 10, 5, DEAD).await.unwrap(), (1, 0));
+    assert_eq!(
+        store.reap(&q, 10, 5, DEAD, Duration::ZERO).await.unwrap(),
+        (1, 0)
+    );
     let c = claim(store, &q, 1).await.remove(0);
     assert_eq!(c.attempt, 2);
     store
         .extend(&q, &[(&c.id, c.token)], Duration::ZERO)
         .await
         .unwrap();
-    assert_eq!(store.reap(&q, 10, 2, DEAD).await.unwrap(), (0, 1));
+    assert_eq!(
+        store.reap(&q, 10, 2, DEAD, Duration::ZERO).await.unwrap(),
+        (0, 1)
+    );
 }
 
 /// prelude.lua's `QUEUE_PARTS`, from which every script and the Function
@@ -371,7 +377,10 @@ async fn at_maxmemory_with_events_on_freeing_transitions_still_work_and_emit() {
         .extend(&q, &[(&c.id, c.token)], Duration::ZERO)
         .await
         .unwrap();
-    assert_eq!(store.reap(&q, 10, 5, DEAD).await.unwrap(), (1, 0));
+    assert_eq!(
+        store.reap(&q, 10, 5, DEAD, Duration::ZERO).await.unwrap(),
+        (1, 0)
+    );
     assert_eq!(
         store.complete(&q, &[done(d)], KEEP_NONE).await.unwrap(),
         vec![true]

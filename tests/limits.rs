@@ -211,7 +211,10 @@ async fn a_full_group_parks_its_jobs_and_others_run_past_them() {
         .query_async::<()>(&mut redis.con().await)
         .await
         .unwrap();
-    assert_eq!(store.reap(&q, 10, 5, DEAD).await.unwrap(), (1, 0));
+    assert_eq!(
+        store.reap(&q, 10, 5, DEAD, Duration::ZERO).await.unwrap(),
+        (1, 0)
+    );
     let after = store.claim(&q, 10, LEASE, 0, 0).await.unwrap();
     let mut ids: Vec<&str> = after.jobs.iter().map(|j| j.id.as_str()).collect();
     ids.sort_unstable();

@@ -324,7 +324,10 @@ async fn a_stale_token_is_refused_everywhere_and_changes_nothing() {
         .extend(&q, &[(&j.id, j.token)], Duration::ZERO)
         .await
         .unwrap();
-    assert_eq!(store.reap(&q, 10, 5, DEAD).await.unwrap(), (1, 0));
+    assert_eq!(
+        store.reap(&q, 10, 5, DEAD, Duration::ZERO).await.unwrap(),
+        (1, 0)
+    );
     let old = [Completion {
         id: &j.id,
         token: j.token,
@@ -373,20 +376,50 @@ async fn an_expired_lease_spends_an_attempt_and_ends_dead_when_they_run_out() {
     // A lease of 0 ms has expired as soon as it is granted.
     let first = store.claim(&q, 1, Duration::ZERO, 0, 0).await.unwrap();
     assert_eq!(first.jobs.len(), 1);
-    assert_eq!(store.reap(&q, 10, 25, DEAD).await.unwrap(), (1, 0));
+    assert_eq!(
+        store.reap(&q, 10, 25, DEAD, Duration::ZERO).await.unwrap(),
+        (1, 0)
+    );
     let info = client.job("q", &id).await.unwrap().unwrap();
     assert_eq!((info.state, info.attempts), (JobState::Pending, 1));
     assert!(info.last_error.unwrap().contains("lease expired"));
     store.claim(&q, 1, Duration::ZERO, 0, 0).await.unwrap();
-    assert_eq!(store.reap(&q, 10, 25, DEAD).await.unwrap(), (0, 1));
+    assert_eq!(
+        store.reap(&q, 10, 25, DEAD, Duration::ZERO).await.unwrap(),
+        (0, 1)
+    );
     let info = client.job("q", &id).await.unwrap().unwrap();
     assert_eq!((info.state, info.attempts), (JobState::Dead, 2));
     assert!(info.last_error.unwrap().contains("attempt 2 of 2"));
     assert_eq!(
-        store.reap(&q, 10, 25, DEAD).await.unwrap(),
+        store.reap(&q, 10, 25, DEAD, Duration::ZERO).await.unwrap(),
         (0, 0),
         "nothing left to reap"
     );
+}
+
+#[tokio::test]
+async fn a_lease_is_taken_over_only_a_grace_after_its_deadline() {
+    let redis = RedisServer::start();
+    let client = redis.client().await;
+    let store = client.store();
+    let q = store.queue("q").unwrap();
+    client.enqueue("q", job(1)).await.unwrap();
+    let grace = redq::store::TAKEOVER_GRACE;
+    let claimed = store.claim(&q, 1, Duration::ZERO, 0, 0).await.unwrap();
+    let deadline = claimed.now_ms;
+    // Expired on Redis's clock, but within the grace: its holder may still
+    // be stopping it.
+    assert_eq!(store.reap(&q, 10, 5, DEAD, grace).await.unwrap(), (0, 0));
+    let mut con = redis.con().await;
+    loop {
+        let (s, us): (i64, i64) = redis::cmd("TIME").query_async(&mut con).await.unwrap();
+        if s * 1000 + us / 1000 > deadline + grace.as_millis() as i64 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(store.reap(&q, 10, 5, DEAD, grace).await.unwrap(), (1, 0));
 }
 
 #[tokio::test]
@@ -864,7 +897,10 @@ async fn at_maxmemory_enqueue_fails_with_oom_but_freeing_transitions_still_work(
         .extend(&q, &[(&c.id, c.token)], Duration::ZERO)
         .await
         .unwrap();
-    assert_eq!(store.reap(&q, 10, 5, DEAD).await.unwrap(), (1, 0));
+    assert_eq!(
+        store.reap(&q, 10, 5, DEAD, Duration::ZERO).await.unwrap(),
+        (1, 0)
+    );
     let done = [Completion {
         id: &d.id,
         token: d.token,

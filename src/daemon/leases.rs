@@ -3,16 +3,26 @@
 //!
 //! A job whose renewal is refused (its token is stale: the lease expired and
 //! the job was rescued) is stopped with [`StopReason::LeaseLost`], and its
-//! outcome is never written. So is a job whose lease may already have
-//! expired on Redis because renewals could not get through: the local
-//! deadline is the time the last successful renewal was *sent* plus the
-//! lease, measured on the monotonic clock, which is never later than Redis's.
-
+//! outcome is never written.
+//!
+//! Self-fencing: each running job also watches its own lease deadline
+//! ([`Leases::insert`] hands the runner a receiver), which is the time the
+//! last successful renewal (or the claim) was *sent* plus the lease,
+//! measured on the monotonic clock: never later than the deadline Redis
+//! holds, which starts when the call runs there. The runner stops the job
+//! [`self_fence_margin`] before it, whatever a renewal call is doing (one
+//! that hangs on a partitioned connection included), and drops the handler
+//! at once (a command handler's process group gets SIGKILL). Another daemon
+//! takes the job over only [`crate::store::TAKEOVER_GRACE`] after Redis's
+//! deadline, so the old run has stopped by then with margin + grace to
+//! spare. Each renewal call gives up after [`renew_call_timeout`], well
+//! inside a renewal interval, so a slow call does not hold up the next.
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -56,10 +66,25 @@ impl Stop {
     }
 }
 
+/// How long before its local lease deadline a job is stopped: room for a
+/// late timer and the kill itself. A tenth of the lease, at most 500 ms, so
+/// it stays below [`crate::store::TAKEOVER_GRACE`].
+pub fn self_fence_margin(lease: Duration) -> Duration {
+    (lease / 10).min(Duration::from_millis(500))
+}
+
+/// How long one renewal call may take before the keeper gives up on it:
+/// half the renewal interval (so at most a sixth of the lease), and never
+/// more than Redis's `command_timeout`.
+pub fn renew_call_timeout(renew_every: Duration, command_timeout: Duration) -> Duration {
+    (renew_every / 2).min(command_timeout)
+}
+
 struct Held {
     rt: Arc<QueueRt>,
     token: u64,
-    deadline: Instant,
+    /// The local lease deadline; the runner watches it.
+    deadline: watch::Sender<Instant>,
     stop: Stop,
     /// The outcome is with the writer: a refused renewal then means the
     /// write got there first, not a lost lease (a stale write is logged there).
@@ -77,17 +102,28 @@ pub struct Leases {
 }
 
 impl Leases {
-    pub fn insert(&self, rt: &Arc<QueueRt>, id: &str, token: u64, deadline: Instant, stop: Stop) {
+    /// Holds `id` under `token` until `deadline` (local, monotonic); the
+    /// receiver follows the deadline as renewals move it.
+    pub fn insert(
+        &self,
+        rt: &Arc<QueueRt>,
+        id: &str,
+        token: u64,
+        deadline: Instant,
+        stop: Stop,
+    ) -> watch::Receiver<Instant> {
+        let (tx, rx) = watch::channel(deadline);
         if let Ok(mut m) = self.held.lock() {
             let held = Held {
                 rt: rt.clone(),
                 token,
-                deadline,
+                deadline: tx,
                 stop,
                 reported: false,
             };
             m.insert((rt.name.clone(), id.to_owned()), held);
         }
+        rx
     }
 
     pub fn remove(&self, queue: &Arc<str>, ids: &[&str]) {
@@ -123,8 +159,11 @@ impl Leases {
         }
     }
 
-    /// Renews every lease once; stops jobs whose lease is lost or may be.
-    pub async fn renew_all(&self, store: &Store) {
+    /// Renews every lease once, one call per queue, all queues at once;
+    /// stops jobs whose lease is lost. Each call gives up after
+    /// [`renew_call_timeout`] (the jobs' own deadlines stop them if
+    /// renewals keep failing).
+    pub async fn renew_all(&self, store: &Store, command_timeout: Duration) {
         let mut by_queue: ByQueue = HashMap::new();
         if let Ok(m) = self.held.lock() {
             for ((q, id), h) in m.iter() {
@@ -134,50 +173,52 @@ impl Leases {
                 entry.1.push((id.clone(), h.token));
             }
         }
-        for (queue, (rt, jobs)) in by_queue {
+        let calls = by_queue.into_iter().map(|(queue, (rt, jobs))| async move {
             let sent = Instant::now();
             let pairs: Vec<(&str, u64)> = jobs.iter().map(|(id, t)| (id.as_str(), *t)).collect();
-            match store.extend(&rt.keys, &pairs, rt.cfg.lease).await {
-                Ok((_, renewed)) => {
-                    if let Ok(mut m) = self.held.lock() {
-                        for ((id, token), ok) in jobs.iter().zip(renewed) {
-                            let Some(h) = m.get_mut(&(queue.clone(), id.clone())) else {
-                                continue;
-                            };
-                            if h.token != *token {
-                                continue;
-                            }
-                            if ok {
-                                h.deadline = sent + rt.cfg.lease;
-                            } else if h.reported {
-                                tracing::debug!(queue = %queue, job = %id, "renewal refused: the job's outcome was written first");
-                            } else {
-                                tracing::warn!(queue = %queue, job = %id, "lease lost: the job was taken over; its result will not be written");
-                                h.stop.stop(StopReason::LeaseLost);
-                            }
-                        }
-                    }
-                }
-                Err(e) => {
+            let limit = renew_call_timeout(rt.cfg.effective_lease_renew(), command_timeout);
+            match tokio::time::timeout(limit, store.extend(&rt.keys, &pairs, rt.cfg.lease)).await {
+                Ok(Ok((_, renewed))) => self.renewed(&queue, &rt, &jobs, &renewed, sent),
+                Ok(Err(e)) => {
                     tracing::warn!(queue = %queue, error = %e, "could not renew {} leases", pairs.len())
                 }
+                Err(_) => tracing::warn!(
+                    queue = %queue,
+                    "could not renew {} leases: no answer within {limit:?}",
+                    pairs.len()
+                ),
             }
-        }
-        self.expire_overdue();
+        });
+        futures::future::join_all(calls).await;
     }
 
-    /// Stops jobs whose lease may have expired on Redis by now.
-    fn expire_overdue(&self) {
-        let now = Instant::now();
-        if let Ok(m) = self.held.lock() {
-            for ((q, id), h) in m.iter() {
-                // A small margin: stop before the lease can lapse, not after.
-                let margin = (h.rt.cfg.lease / 10).min(Duration::from_secs(1));
-                if now + margin >= h.deadline && h.stop.reason() == StopReason::None && !h.reported
-                {
-                    tracing::warn!(queue = %q, job = %id, "lease may have expired (renewals failed); stopping the job");
-                    h.stop.stop(StopReason::LeaseLost);
-                }
+    /// Applies one queue's renewal reply: moves the deadlines of the jobs
+    /// renewed (from when the call was `sent`), stops those refused.
+    fn renewed(
+        &self,
+        queue: &Arc<str>,
+        rt: &QueueRt,
+        jobs: &[(String, u64)],
+        renewed: &[bool],
+        sent: Instant,
+    ) {
+        let Ok(m) = self.held.lock() else {
+            return;
+        };
+        for ((id, token), ok) in jobs.iter().zip(renewed) {
+            let Some(h) = m.get(&(queue.clone(), id.clone())) else {
+                continue;
+            };
+            if h.token != *token {
+                continue;
+            }
+            if *ok {
+                h.deadline.send_replace(sent + rt.cfg.lease);
+            } else if h.reported {
+                tracing::debug!(queue = %queue, job = %id, "renewal refused: the job's outcome was written first");
+            } else {
+                tracing::warn!(queue = %queue, job = %id, "lease lost: the job was taken over; its result will not be written");
+                h.stop.stop(StopReason::LeaseLost);
             }
         }
     }
@@ -203,6 +244,7 @@ pub const LOOP: &str = "lease keeper";
 pub async fn keep(
     leases: Leases,
     store: Store,
+    command_timeout: Duration,
     stop: CancellationToken,
     health: Arc<crate::observe::Health>,
 ) {
@@ -212,7 +254,29 @@ pub async fn keep(
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(wait) => {}
         }
-        leases.renew_all(&store).await;
+        leases.renew_all(&store, command_timeout).await;
         health.beat(LOOP);
+    }
+}
+
+/// Resolves once the lease deadline `rx` follows is within `margin` and
+/// was not moved meanwhile (or the keeper dropped the job's entry).
+pub async fn lease_ends(mut rx: watch::Receiver<Instant>, margin: Duration) {
+    loop {
+        let deadline = *rx.borrow_and_update();
+        let stop_at = deadline.checked_sub(margin).unwrap_or(deadline);
+        tokio::select! {
+            _ = tokio::time::sleep_until(stop_at) => {
+                if !rx.has_changed().unwrap_or(false) {
+                    return;
+                }
+            }
+            changed = rx.changed() => {
+                if changed.is_err() {
+                    // The entry is gone: the job's outcome is with the writer.
+                    std::future::pending::<()>().await;
+                }
+            }
+        }
     }
 }

@@ -68,7 +68,13 @@ pub async fn run(shared: Arc<Shared>, every: Duration, stop: CancellationToken) 
             loop {
                 match shared
                     .store
-                    .reap(&q.keys, BATCH, q.cfg.max_attempts, dead_retention(&q.cfg))
+                    .reap(
+                        &q.keys,
+                        BATCH,
+                        q.cfg.max_attempts,
+                        dead_retention(&q.cfg),
+                        crate::store::TAKEOVER_GRACE,
+                    )
                     .await
                 {
                     Ok((requeued, dead)) => {
@@ -124,7 +130,8 @@ async fn earliest_expired(
     } else {
         reply
     };
-    let now_ms = clock.redis_now() as f64;
+    // Leases count as expired TAKEOVER_GRACE after their deadline (reap.lua).
+    let now_ms = (clock.redis_now() - crate::store::TAKEOVER_GRACE.as_millis() as i64) as f64;
     let parse = |e: redis::ParsingError| crate::Error::protocol("reaper", e.to_string());
     heads
         .into_iter()

@@ -14,7 +14,7 @@ use futures::FutureExt;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use super::leases::{Leases, Stop, StopReason};
+use super::leases::{self, Leases, Stop, StopReason};
 use super::writer::{Report, Spent};
 use super::{backoff, Counters, QueueRt};
 use crate::handler::{JobContext, Outcome, RunReport};
@@ -65,7 +65,7 @@ async fn run_inner(
     counters: &Counters,
 ) -> bool {
     let stop = Stop::default();
-    leases.insert(rt, &job.id, job.token, lease_deadline, stop.clone());
+    let lease = leases.insert(rt, &job.id, job.token, lease_deadline, stop.clone());
     let record = match job.record {
         Ok(r) => r,
         Err(reason) => {
@@ -102,7 +102,7 @@ async fn run_inner(
         outcome,
         usage,
         resources,
-    } = supervise(rt, ctx, &stop, timeout).await;
+    } = supervise(rt, ctx, &stop, timeout, lease).await;
     let run = started.elapsed();
     if let Some(r) = &resources {
         rt.metrics.add_resources(&rt.name, r);
@@ -200,34 +200,63 @@ async fn run_inner(
     true
 }
 
-/// Runs the handler (in the job's span) and waits for it, its time-out, or a
-/// stop. The handler's future is polled here, in the runner's task, not
-/// spawned: a job starts without a second task hop. A panic is caught as
-/// a failed attempt; a handler that does not stop within its grace period
-/// is dropped (which cancels it, as aborting its task would).
-async fn supervise(rt: &QueueRt, ctx: JobContext, stop: &Stop, timeout: Duration) -> RunReport {
+/// Runs the handler (in the job's span) and waits for it, its time-out, a
+/// stop, or the end of its lease. The handler's future is polled here, in
+/// the runner's task, not spawned: a job starts without a second task hop.
+/// A panic is caught as a failed attempt. A handler stopped by a time-out or
+/// a shutdown gets its grace period to clean up (a command handler signals
+/// its process group) and is dropped after it. A job whose lease is lost, or
+/// about to lapse ([`leases::self_fence_margin`] before the local deadline),
+/// is dropped at once: another worker may take it over, so nothing of it may
+/// go on (dropping a command handler SIGKILLs its process group).
+async fn supervise(
+    rt: &QueueRt,
+    ctx: JobContext,
+    stop: &Stop,
+    timeout: Duration,
+    lease: tokio::sync::watch::Receiver<Instant>,
+) -> RunReport {
     let handler = rt.handler.clone();
     let mut task = std::pin::pin!(std::panic::AssertUnwindSafe(
         async move { handler.run(ctx).await }
     )
     .catch_unwind()
     .in_current_span());
+    let mut lease_ends = std::pin::pin!(leases::lease_ends(
+        lease,
+        leases::self_fence_margin(rt.cfg.lease)
+    ));
+    let fence = |stop: &Stop| {
+        tracing::warn!("lease about to lapse (renewals failed); stopping the job at once");
+        stop.stop(StopReason::LeaseLost);
+    };
     let joined = tokio::select! {
         r = &mut task => Some(r),
         _ = tokio::time::sleep(timeout) => {
             stop.stop(StopReason::Timeout);
             None
         }
+        _ = &mut lease_ends => {
+            fence(stop);
+            None
+        }
         _ = stop.token.cancelled() => None,
     };
+    // Returning drops the handler's future.
+    let lost = || Outcome::Fail {
+        error: "lease lost".into(),
+    };
+    if stop.reason() == StopReason::LeaseLost {
+        return lost().into();
+    }
     let joined = match joined {
         Some(r) => r,
         // Stopped: the handler was told through ctx.cancel; give it a grace
-        // period to clean up (a command handler kills its process group).
-        None => match tokio::time::timeout(rt.grace, &mut task).await {
-            Ok(r) => r,
-            // Returning drops the handler's future.
-            Err(_) => {
+        // period to clean up (a command handler kills its process group),
+        // unless the lease ends first.
+        None => tokio::select! {
+            r = &mut task => r,
+            _ = tokio::time::sleep(rt.grace) => {
                 return Outcome::Fail {
                     error: format!(
                         "handler did not stop within {:?} of being told to",
@@ -235,6 +264,10 @@ async fn supervise(rt: &QueueRt, ctx: JobContext, stop: &Stop, timeout: Duration
                     ),
                 }
                 .into();
+            }
+            _ = &mut lease_ends => {
+                fence(stop);
+                return lost().into();
             }
         },
     };

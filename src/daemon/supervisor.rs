@@ -170,6 +170,7 @@ impl WorkerBuilder {
         let keeper = leases::keep(
             shared.leases.clone(),
             store.clone(),
+            daemon.config.redis.command_timeout,
             stop.clone(),
             shared.health.clone(),
         );

@@ -8,11 +8,17 @@
 -- ARGV[1] at most this many jobs
 -- ARGV[2] max attempts for jobs that did not set their own
 -- ARGV[3] dead_keep, ARGV[4] dead_age_ms (as in fail.lua)
+-- ARGV[5] takeover grace in ms (store::TAKEOVER_GRACE; absent = 0): a lease
+--   counts as expired only this long after its deadline. Its holder stops
+--   the job a safety margin before the deadline on its own clock; the grace
+--   keeps the takeover after that stop even when the holder's timer ran
+--   late, so two runs of one job never overlap.
 -- Events (when on): `lease_expired` (error) per job back in line, `dead` (error) per death.
 -- Returns: {requeued, dead}
 local k = queue_keys(KEYS)
 local now = now_ms()
-local expired = redis.call('ZRANGEBYSCORE', k.active, '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
+local expired = redis.call('ZRANGEBYSCORE', k.active, '-inf', now - (tonumber(ARGV[5]) or 0),
+  'LIMIT', 0, tonumber(ARGV[1]))
 if #expired == 0 then return { 0, 0 } end
 
 allow_when_full(k)

@@ -7,6 +7,7 @@
 
 pub mod daemon;
 pub mod embedded;
+pub mod proxy;
 
 use std::collections::BTreeMap;
 use std::net::TcpListener;

@@ -1,0 +1,110 @@
+//! Faults injected by the tests themselves, against real `redq run`
+//! processes and the test's own redis-server: a daemon cut off from Redis
+//! (a proxy that blackholes or resets its connections), ...
+//!
+//! Every wait is a bounded poll of a condition (a file a handler wrote, a
+//! process's death, a job's state); a failing test prints the daemons' logs.
+
+mod common;
+
+use std::fs;
+use std::path::Path;
+
+use common::daemon::*;
+use common::proxy::{Fault, Proxy};
+use common::RedisServer;
+
+/// A handler that writes its pid, then the time (Unix ms) every ~20 ms to
+/// `$OUT/run.<fence>` until it is killed: each run of a job leaves its own
+/// file, and the files show when each run was alive.
+const TICKER: &str = r#"
+run="$OUT/run.$REDQ_FENCE"
+echo "pid $$" > "$run"
+while :; do date +%s%3N >> "$run"; sleep 0.02; done
+"#;
+
+/// The runs so far: (fence, pid, times written).
+fn runs(dir: &Path) -> Vec<(u64, i32, Vec<i64>)> {
+    let mut out = Vec::new();
+    for e in fs::read_dir(dir).unwrap().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(fence) = name.strip_prefix("run.").and_then(|f| f.parse().ok()) else {
+            continue;
+        };
+        let text = fs::read_to_string(e.path()).unwrap_or_default();
+        let mut lines = text.lines();
+        let Some(pid) = lines
+            .next()
+            .and_then(|l| l.strip_prefix("pid "))
+            .and_then(|p| p.parse().ok())
+        else {
+            continue;
+        };
+        // A line being written may be cut short: keep whole times only.
+        let times = lines
+            .filter(|l| l.len() == 13)
+            .filter_map(|l| l.parse().ok())
+            .collect();
+        out.push((fence, pid, times));
+    }
+    out.sort();
+    out
+}
+
+/// One daemon runs a job with its Redis traffic going through a proxy; the
+/// proxy then fails with `fault`, and a second daemon (straight to Redis)
+/// takes the job over once its lease has expired. The first run must be
+/// over before the second starts.
+fn no_overlap_when_cut_off(fault: Fault) {
+    let redis = RedisServer::start();
+    let proxy = Proxy::start(redis.port);
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let ticker = script(d, "ticker.sh", TICKER);
+    let queues = format!(
+        "[queues.q]\nconcurrency = 1\nmax_attempts = 5\nlease = \"2s\"\nlease_renew = \"500ms\"\n\
+         handler = {}\n",
+        command_handler(&ticker, &[], d, ", timeout = \"120s\"")
+    );
+    let (cut, direct) = (d.join("cut.toml"), d.join("direct.toml"));
+    fs::write(&cut, config(&proxy.url(), "2s", &queues)).unwrap();
+    fs::write(&direct, config(&redis.url(), "2s", &queues)).unwrap();
+    let _a = Daemon::start(&cut, &d.join("cut.log"), &[]);
+    fcall(&redis, "q", r#"{"payload":{},"id":"j1"}"#);
+    let (first, pid) = wait_for("the first run", secs(10), || {
+        runs(d)
+            .first()
+            .filter(|(_, _, t)| !t.is_empty())
+            .map(|(f, p, _)| (*f, *p))
+    });
+    let mut reap = Reap(vec![pid]);
+    let _b = Daemon::start(&direct, &d.join("direct.log"), &[]);
+
+    proxy.set(fault);
+    let second = wait_for("another daemon to take the job over", secs(20), || {
+        runs(d)
+            .into_iter()
+            .find(|(f, _, t)| *f != first && !t.is_empty())
+    });
+    reap.0.push(second.1);
+    wait_dead(pid, "the first run's handler");
+    let all = runs(d);
+    let old = &all.iter().find(|(f, _, _)| *f == first).unwrap().2;
+    let (last_old, first_new) = (*old.last().unwrap(), second.2[0]);
+    assert!(
+        last_old < first_new,
+        "the first run was still alive at {last_old}, {} ms after the second started at {first_new}",
+        last_old - first_new
+    );
+    assert!(second.0 > first, "the takeover has a newer fencing token");
+}
+
+#[test]
+fn a_partitioned_daemon_stops_its_job_before_another_takes_it_over() {
+    no_overlap_when_cut_off(Fault::Blackhole);
+}
+
+#[test]
+fn a_daemon_whose_connections_are_reset_stops_its_job_before_another_takes_it_over() {
+    no_overlap_when_cut_off(Fault::Reset);
+}
