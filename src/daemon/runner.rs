@@ -247,6 +247,10 @@ async fn supervise(
         error: "lease lost".into(),
     };
     if stop.reason() == StopReason::LeaseLost {
+        // One last poll, so a handler sees ctx.cancel and does what it does
+        // at once (a command handler sends SIGTERM), then it is dropped (a
+        // command handler's process group gets SIGKILL): no grace.
+        let _ = (&mut task).now_or_never();
         return lost().into();
     }
     let joined = match joined {
@@ -267,6 +271,7 @@ async fn supervise(
             }
             _ = &mut lease_ends => {
                 fence(stop);
+                let _ = (&mut task).now_or_never();
                 return lost().into();
             }
         },
