@@ -71,6 +71,11 @@ impl Error {
         }
     }
 
+    /// True when Redis refused a write for being at `maxmemory` (noeviction).
+    pub fn is_oom(&self) -> bool {
+        matches!(self, Error::Redis(e) if e.code() == Some("OOM"))
+    }
+
     pub(crate) fn protocol(context: &'static str, detail: impl Into<String>) -> Self {
         Error::Protocol {
             context,

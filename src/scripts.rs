@@ -62,12 +62,13 @@ pub struct Scripts {
     pub import: Transition,
     pub cron_enqueue: Transition,
     pub promote: Transition,
+    pub configure: Transition,
 }
 
 /// Each transition: its name, its body (without the prelude) and whether it
 /// must run when Redis is at `maxmemory` (it frees memory or keeps leases
 /// alive: see `allow_when_full` in the prelude).
-const BODIES: [(&str, &str, bool); 12] = [
+const BODIES: [(&str, &str, bool); 13] = [
     ("enqueue", include_str!("lua/enqueue.lua"), false),
     ("claim", include_str!("lua/claim.lua"), true),
     ("complete", include_str!("lua/complete.lua"), true),
@@ -80,10 +81,11 @@ const BODIES: [(&str, &str, bool); 12] = [
     ("import", include_str!("lua/import.lua"), false),
     ("cron_enqueue", include_str!("lua/cron_enqueue.lua"), false),
     ("promote", include_str!("lua/promote.lua"), true),
+    ("configure", include_str!("lua/configure.lua"), true),
 ];
 
 pub static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| {
-    let [enqueue, claim, complete, fail, extend, release, reap, dead_retry, dead_purge, import, cron_enqueue, promote] =
+    let [enqueue, claim, complete, fail, extend, release, reap, dead_retry, dead_purge, import, cron_enqueue, promote, configure] =
         BODIES.map(|(name, body, _)| transition(name, body));
     Scripts {
         enqueue,
@@ -98,6 +100,7 @@ pub static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| {
         import,
         cron_enqueue,
         promote,
+        configure,
     }
 });
 

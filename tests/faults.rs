@@ -108,3 +108,43 @@ fn a_partitioned_daemon_stops_its_job_before_another_takes_it_over() {
 fn a_daemon_whose_connections_are_reset_stops_its_job_before_another_takes_it_over() {
     no_overlap_when_cut_off(Fault::Reset);
 }
+
+/// Fills a Redis under `maxmemory` (noeviction) with jobs of `queue`
+/// (`redq enqueue`) until it refuses more; returns how many it took.
+fn fill_to_maxmemory(redis: &RedisServer, queue: &str) -> usize {
+    let payload = format!("\"{}\"", "x".repeat(100_000));
+    for n in 0..500 {
+        let out = run_bounded(
+            redq().args(["--redis-url", &redis.url(), "enqueue", queue, &payload]),
+            secs(10),
+        );
+        if out.code != Some(0) {
+            assert!(out.stderr.contains("OOM"), "{}", out.stderr);
+            assert!(n > 0, "Redis refused the first job: {}", out.stderr);
+            return n;
+        }
+    }
+    panic!("Redis never filled up");
+}
+
+#[test]
+fn a_daemon_starts_and_drains_a_redis_at_maxmemory() {
+    let redis =
+        RedisServer::start_with(&["--maxmemory", "4mb", "--maxmemory-policy", "noeviction"]);
+    let n = fill_to_maxmemory(&redis, "q");
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let ok = script(d, "ok.sh", "cat > /dev/null\n");
+    let queues = format!(
+        "[queues.q]\nconcurrency = 4\nkeep_completed = 0\nevents = true\nhandler = {}\n",
+        command_handler(&ok, &[], d, "")
+    );
+    let cfg = d.join("w.toml");
+    fs::write(&cfg, config(&redis.url(), "2s", &queues)).unwrap();
+    let mut daemon = Daemon::start(&cfg, &d.join("redq.log"), &[]);
+    wait_for(&format!("the {n} jobs to drain"), secs(30), || {
+        let s = stats(&redis.url(), "q");
+        (s["pending"] == 0 && s["active"] == 0).then_some(())
+    });
+    assert!(daemon.exited().is_none(), "{}", daemon.log());
+}

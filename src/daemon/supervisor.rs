@@ -33,7 +33,7 @@ use crate::inspect;
 use crate::leader::Leader;
 use crate::observe::{Health, Metrics};
 use crate::scripts;
-use crate::store::Store;
+use crate::store::{QueueSettings, Store};
 
 /// State every component shares.
 pub struct Shared {
@@ -110,7 +110,18 @@ impl WorkerBuilder {
                 .await?;
         let mut con = store.connection();
         startup::check(&mut con).await?;
-        scripts::ensure_library(&mut con).await?;
+        // The producers' library: at maxmemory Redis refuses to load it;
+        // the daemon drains without it, and loads it once Redis has room
+        // (the observer checks it every poll).
+        match scripts::ensure_library(&mut con).await {
+            Err(e) if e.is_oom() => tracing::warn!(
+                "Redis is at maxmemory and refused to load the `redq` function library: \
+                 FCALL redq_enqueue is unavailable until it has room (the daemon loads it then)"
+            ),
+            other => {
+                other?;
+            }
+        }
         // The transitions' library now rather than at the first claim; a
         // Redis at maxmemory refuses it, and the transitions then run as
         // EVAL scripts until it loads.
@@ -327,34 +338,27 @@ impl Daemon {
         let cron_entries = cron::entries(&config).map_err(|p| Error::Config(p.join("\n")))?;
         let store = &self.shared.store;
         let names: Vec<&str> = config.queues.keys().map(String::as_str).collect();
-        inspect::register(store, &names).await?;
-        let mut con = store.connection();
-        // Atomic: a claim sees each queue's old limits or its new ones.
-        let mut pipe = redis::pipe();
-        pipe.atomic();
-        for (name, queue) in &config.queues {
-            let keys = store.queue(name)?;
-            let meta = keys.meta().to_owned();
-            pipe.hset(&meta, "max_doc_bytes", config.daemon.max_payload_bytes)
-                .ignore();
-            crate::store::keep_runs_hashed(&mut pipe, &keys);
-            crate::store::keep_active_skiplisted(&mut pipe, &keys);
-            // Limits: claim.lua reads them here (absent = no limit).
-            crate::store::limits_into(
-                &mut pipe,
-                &keys,
-                queue.rate_limit.as_ref().map(|r| (r.jobs, r.per)),
-                queue.group_concurrency,
-            );
-            crate::store::tenant_limits_into(&mut pipe, &keys, queue.tenant_limits().as_ref());
-            // Lifecycle events: the scripts read the stream's cap here (absent = off).
-            if queue.events {
-                pipe.hset(&meta, "events", queue.events_maxlen).ignore();
-            } else {
-                pipe.hdel(&meta, "events").ignore();
-            }
+        // The registry only lists queues for `redq stats`: at maxmemory the
+        // daemon runs without it (a later reload or restart adds them).
+        match inspect::register(store, &names).await {
+            Err(e) if e.is_oom() => tracing::warn!(
+                "Redis is at maxmemory: the queues were not added to the registry `redq stats` lists; \
+                 they are served all the same"
+            ),
+            other => other?,
         }
-        pipe.query_async::<()>(&mut con).await?;
+        // One atomic call per queue (it works at maxmemory): a claim sees
+        // each queue's old settings or its new ones.
+        for (name, queue) in &config.queues {
+            let settings = QueueSettings {
+                max_doc_bytes: config.daemon.max_payload_bytes,
+                events_cap: queue.events.then_some(queue.events_maxlen),
+                rate: queue.rate_limit.as_ref().map(|r| (r.jobs, r.per)),
+                group: queue.group_concurrency,
+                tenants: queue.tenant_limits(),
+            };
+            store.set_up_queue(&store.queue(name)?, &settings).await?;
+        }
 
         let wanted = pool_specs(&config);
         let current: Vec<(PoolSpec, Arc<Pool>)> = self

@@ -18,6 +18,9 @@ use crate::keys::{self, QueueKeys};
 use crate::scripts::{Scripts, Transition, SCRIPTS};
 use crate::usage::Tally;
 
+mod setup;
+pub use setup::{QueueSettings, TenantLimits, ACTIVE_PIN_MEMBER, RUNS_PIN_FIELD};
+
 /// Connection to Redis plus the key prefix.
 #[derive(Clone)]
 pub struct Store {
@@ -152,17 +155,6 @@ pub fn parse_handoff(payload: &str) -> Result<Claimed> {
         throttled: false,
         jobs,
     })
-}
-
-/// A queue's per-tenant rate limits: at most `jobs` claims per window of
-/// `per` for each job `tenant`, over all daemons.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct TenantLimits {
-    /// The limit of every tenant without an override; `None`: only the
-    /// tenants in `overrides` are limited.
-    pub default: Option<(u32, Duration)>,
-    /// (tenant, (jobs, per)): limits that replace the default for one tenant.
-    pub overrides: Vec<(String, (u32, Duration))>,
 }
 
 /// How many finished jobs a queue keeps, and for how long (0 = no age limit).
@@ -700,36 +692,6 @@ impl Store {
         }
     }
 
-    /// Sets (or, with `None`, lifts) a queue's limits, as the daemon does at
-    /// start and reload: at most `rate.0` claims in any window of `rate.1`,
-    /// and at most `group` active jobs per job `group`, across all daemons.
-    pub async fn set_limits(
-        &self,
-        q: &QueueKeys,
-        rate: Option<(u32, Duration)>,
-        group: Option<u32>,
-    ) -> Result<()> {
-        let mut pipe = redis::pipe();
-        limits_into(&mut pipe, q, rate, group);
-        pipe.query_async::<()>(&mut self.con.clone()).await?;
-        Ok(())
-    }
-
-    /// Sets (or, with `None`, lifts) a queue's per-tenant rate limits, as the
-    /// daemon does at start and reload; atomic, so no claim sees half of them.
-    /// Jobs parked by a lifted limit come back at their tenant's due time.
-    pub async fn set_tenant_limits(
-        &self,
-        q: &QueueKeys,
-        tenants: Option<&TenantLimits>,
-    ) -> Result<()> {
-        let mut pipe = redis::pipe();
-        pipe.atomic();
-        tenant_limits_into(&mut pipe, q, tenants);
-        pipe.query_async::<()>(&mut self.con.clone()).await?;
-        Ok(())
-    }
-
     /// Stops every daemon from claiming jobs of this queue; enqueues still work.
     pub async fn pause(&self, q: &QueueKeys) -> Result<()> {
         redis::cmd("HSET")
@@ -771,51 +733,6 @@ pub const MAX_CALL_JOBS: usize = 1000;
 /// starts even when the old daemon's timer fired late.
 pub const TAKEOVER_GRACE: Duration = Duration::from_secs(1);
 
-/// The field of `runs` that keeps it a real hash table (see [`keep_runs_hashed`]).
-/// Not a valid job id (ids never contain `~`), so no job ever uses it.
-pub const RUNS_PIN_FIELD: &str = "~pin";
-
-/// Keeps the queue's `runs` hash in Redis's hash-table encoding. Redis stores
-/// a hash with few fields (`hash-max-listpack-entries`, default 128) and short
-/// values (`hash-max-listpack-value`, default 64 bytes) as a listpack, which it
-/// searches linearly on every field access. `runs` holds one entry per running
-/// job and every claim and completion touches one field per job, so at the
-/// sizes a busy daemon keeps it (~its concurrency) each batch cost
-/// O(concurrency²): profiling showed a quarter of Redis's time in that search.
-/// One field whose value is longer than any listpack value converts the hash
-/// for good (Redis never converts back while the key exists), making each
-/// access O(1). The daemon writes it at start and on every reload.
-pub(crate) fn keep_runs_hashed(pipe: &mut redis::Pipeline, q: &QueueKeys) {
-    pipe.hset(
-        q.runs(),
-        RUNS_PIN_FIELD,
-        "keeps this hash out of Redis's listpack encoding: field lookups stay O(1) (redq)",
-    )
-    .ignore();
-}
-
-/// The member of `active` that keeps it a skiplist (see [`keep_active_skiplisted`]).
-/// Not a valid job id (ids never contain `~`), and its score is `+inf`, so
-/// no lease ever expires it and it sorts after every running job.
-pub const ACTIVE_PIN_MEMBER: &str =
-    "~pin: keeps this sorted set out of Redis's listpack encoding: ZADD and ZREM stay O(log n) (redq)";
-
-/// Keeps the queue's `active` sorted set in Redis's skiplist encoding, for
-/// the reason [`keep_runs_hashed`] gives for `runs`: below
-/// `zset-max-listpack-entries` (default 128) members Redis stores a sorted
-/// set as a listpack, where every ZADD searches the whole list for the
-/// member and again for its place by score. `active` holds one member per
-/// running job, so at a concurrency under 128 each claim of n jobs cost
-/// O(n × concurrency): callgrind put a fifth of Redis's instructions at
-/// concurrency 50 in that search. One member longer than any listpack entry
-/// converts it for good. Its score is `+inf`: the reaper's
-/// `ZRANGEBYSCORE -inf <now>` never sees it, and [`crate::inspect::stats`]
-/// leaves it out of the count. The daemon writes it at start and on every
-/// reload, beside the `runs` pin.
-pub(crate) fn keep_active_skiplisted(pipe: &mut redis::Pipeline, q: &QueueKeys) {
-    pipe.zadd(q.active(), ACTIVE_PIN_MEMBER, "+inf").ignore();
-}
-
 /// Appends the usage section of complete.lua / fail.lua (field count, expiry,
 /// then field and amount pairs; "0", "0" for none) and returns the day hash
 /// to pass as the extra key.
@@ -836,61 +753,6 @@ fn usage_args(
             None
         }
     }
-}
-
-/// Adds the commands that write a queue's limits to its `meta` hash (read by
-/// claim.lua) to `pipe`.
-pub(crate) fn limits_into(
-    pipe: &mut redis::Pipeline,
-    q: &QueueKeys,
-    rate: Option<(u32, Duration)>,
-    group: Option<u32>,
-) {
-    let meta = q.meta();
-    match rate {
-        Some((jobs, per)) => pipe
-            .hset_multiple(
-                meta,
-                &[
-                    ("rate_jobs", u64::from(jobs)),
-                    ("rate_per_ms", ms(per).max(1)),
-                ],
-            )
-            .ignore(),
-        None => pipe.hdel(meta, &["rate_jobs", "rate_per_ms"]).ignore(),
-    };
-    match group {
-        Some(n) => pipe.hset(meta, "group_limit", n).ignore(),
-        None => pipe.hdel(meta, "group_limit").ignore(),
-    };
-}
-
-/// Adds the commands that write a queue's per-tenant limits (read by
-/// claim.lua) to `pipe`: the default and an "overrides exist" flag in the
-/// meta field `tenant_rate`, the overrides in `tenant_limits`, replaced whole.
-/// Make `pipe` atomic so a claim never sees the hash between DEL and HSET.
-pub(crate) fn tenant_limits_into(
-    pipe: &mut redis::Pipeline,
-    q: &QueueKeys,
-    tenants: Option<&TenantLimits>,
-) {
-    pipe.del(q.tenant_limits()).ignore();
-    let Some(t) = tenants else {
-        pipe.hdel(q.meta(), "tenant_rate").ignore();
-        return;
-    };
-    let (jobs, per) = t.default.map_or((0, 0), |(j, p)| (j, ms(p).max(1)));
-    let fields: Vec<(&str, String)> = t
-        .overrides
-        .iter()
-        .map(|(name, (j, p))| (name.as_str(), format!("{j},{}", ms(*p).max(1))))
-        .collect();
-    if !fields.is_empty() {
-        pipe.hset_multiple(q.tenant_limits(), &fields).ignore();
-    }
-    let flag = u8::from(!fields.is_empty());
-    pipe.hset(q.meta(), "tenant_rate", format!("{jobs},{per},{flag}"))
-        .ignore();
 }
 
 fn array(v: Value, context: &'static str) -> Result<Vec<Value>> {
