@@ -282,9 +282,28 @@ local function event_text(s)
   return s
 end
 
+-- Fencing tokens of a queue's jobs: n consecutive numbers from the first
+-- returned, each larger than any issued before, even by a Redis that lost
+-- its latest writes (a failover to a replica that lagged, an AOF cut short
+-- by a power loss). The counter (meta `fence`) alone would hand out again
+-- the numbers the lost writes had issued, and two holders of one job would
+-- then share a token. So a token is at least Redis's clock in ms times
+-- FENCES_PER_MS: after a restart that lost the last seconds, new tokens
+-- start above every token issued before the restart, as long as tokens were
+-- issued at fewer than FENCES_PER_MS per ms on average (the counter runs
+-- ahead of the clock only past that rate) and Redis's clock did not go back.
+-- Tokens stay below 2^53 (exact in Lua's numbers) until the year 2255.
+local FENCES_PER_MS = 1000
+local function take_fences(k, now, n)
+  local last = tonumber(redis.call('HGET', k.meta, 'fence')) or 0
+  local first = math.max(last + 1, now * FENCES_PER_MS)
+  redis.call('HSET', k.meta, 'fence', fmt_int(first + n - 1))
+  return first
+end
+
 -- Leases `ids` (just taken from the head of the line; `records` their job
 -- records, all present) to one caller until now + lease: the attempt
--- number from `runs`, fencing tokens from meta `fence` (consecutive: the
+-- number from `runs`, fencing tokens from take_fences (consecutive: the
 -- i-th job holds first + i - 1), run entries, lease deadlines in `active`,
 -- `started` events. Appends id, attempt, record per job to `out`; returns
 -- the first token. Per job only table stores and one integer format:
@@ -292,7 +311,7 @@ end
 local function lease_jobs(k, ids, records, now, lease, cap, out)
   local n = #ids
   local runs = redis.call('HMGET', k.runs, unpack(ids))
-  local last = redis.call('HINCRBY', k.meta, 'fence', n)
+  local last = take_fences(k, now, n) + n - 1
   local until_ms = fmt_int(now + lease)
   local tail = ',' .. fmt_int(now)
   local hargs, zargs = {}, {}
