@@ -16,18 +16,21 @@
 //! - Time-out or cancellation: the program's process group gets SIGTERM, then SIGKILL
 //!   after `kill_grace`. When the program exits, whatever it left running in its
 //!   process group is killed too: a job's processes never outlive it.
+//! - Nor do they outlive the daemon: if it dies, even by SIGKILL, the process guard
+//!   (`handler/guard.rs`) kills every process group it started, grandchildren included.
 //! - Usage: `REDQ_USAGE_FILE` names an empty file made for this attempt. The program
 //!   may write a JSON object of numbers to it (`{"tokens": 812, "cost_usd": 0.0031}`);
 //!   redq reads it once the program has ended and deletes it. A file that is not such
 //!   an object, or is larger than [`MAX_USAGE_FILE_BYTES`], is ignored with a warning
 //!   (entries that are not numbers are dropped one by one); it never fails the job.
-//! - On Linux the program gets SIGKILL if the daemon dies (`PR_SET_PDEATHSIG`). That
-//!   signal follows the *thread* that spawned it, so call [`CommandHandler::run`] from an
-//!   async task, never from a `spawn_blocking` thread.
+//! - On Linux the program also gets SIGKILL if the daemon dies (`PR_SET_PDEATHSIG`),
+//!   which follows the *thread* that spawned it: call [`CommandHandler::run`] from an
+//!   async task.
 //!
 //! The child is reaped here, by `wait4` on a blocking thread, which also yields its
 //! resource usage. The group is only ever signalled while the child is unreaped, so its
-//! id cannot have been reused by an unrelated process.
+//! id cannot have been reused by an unrelated process; for the same reason the guard
+//! is told the group has ended before the child is reaped.
 
 use std::collections::BTreeMap;
 use std::io::{self, Read};
@@ -45,7 +48,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::pipe;
 use tokio_util::sync::CancellationToken;
 
-use super::{Handler, JobContext, Outcome, Resources, RunReport, Usage};
+use super::{guard, Handler, JobContext, Outcome, Resources, RunReport, Usage};
 
 /// Exit code meaning "this attempt failed, retry later" (EX_TEMPFAIL).
 pub const EXIT_RETRY: i32 = 75;
@@ -196,6 +199,7 @@ impl CommandHandler {
             Err(e) => return CommandRun::not_started(started, self.spawn_error(e)),
         };
         let (pid, reaped) = (child.id() as libc::pid_t, Mutex::new(false));
+        guard::register(pid);
         let group = Arc::new(Group { pid, reaped });
         let _kill_on_drop = KillOnDrop(group.clone());
         let (stdin, stdout, stderr) =
@@ -565,12 +569,14 @@ impl Group {
         while unsafe { libc::waitid(libc::P_PID, self.pid as libc::id_t, &mut info, flags) } == -1 {
             let e = io::Error::last_os_error();
             if e.kind() != io::ErrorKind::Interrupted {
+                guard::unregister(self.pid); // Not our child to wait for, nor our group.
                 return Err(e);
             }
         }
         let mut reaped = self.reaped.lock().unwrap_or_else(PoisonError::into_inner);
-        // The child is a zombie now, so the group id is still ours to signal.
+        // The child is a zombie now: the group id stays ours to signal and to unregister.
         unsafe { libc::kill(-self.pid, libc::SIGKILL) };
+        guard::unregister(self.pid);
         let (mut status, mut usage) = (0, unsafe { std::mem::zeroed::<libc::rusage>() });
         while unsafe { libc::wait4(self.pid, &mut status, 0, &mut usage) } == -1 {
             let e = io::Error::last_os_error();
