@@ -23,9 +23,10 @@
 //!   redq reads it once the program has ended and deletes it. A file that is not such
 //!   an object, or is larger than [`MAX_USAGE_FILE_BYTES`], is ignored with a warning
 //!   (entries that are not numbers are dropped one by one); it never fails the job.
-//! - On Linux the program also gets SIGKILL if the daemon dies (`PR_SET_PDEATHSIG`),
-//!   which follows the *thread* that spawned it: call [`CommandHandler::run`] from an
-//!   async task.
+//!
+//! Programs start by posix_spawn, not a fork of the daemon (no `pre_exec` hook), and a
+//! bare `argv[0]` is found here in the program's `PATH`, since std forks to search a
+//! `PATH` set for the child (the program still sees the configured `argv[0]`).
 //!
 //! The child is reaped here, by `wait4` on a blocking thread, which also yields its
 //! resource usage. The group is only ever signalled while the child is unreaped, so its
@@ -299,7 +300,7 @@ impl CommandHandler {
         self.spec.argv.first().map(String::as_str).unwrap_or("")
     }
 
-    /// The command with its clean environment, own process group and death signal.
+    /// The command with its clean environment and own process group.
     fn command(
         &self,
         ctx: &JobContext,
@@ -321,10 +322,14 @@ impl CommandHandler {
             );
             return Err(io::Error::new(io::ErrorKind::InvalidInput, msg));
         }
-        let mut cmd = std::process::Command::new(program);
-        cmd.args(args).env_clear();
-        let path = std::env::var_os("PATH").filter(|p| !p.is_empty());
-        cmd.env("PATH", path.unwrap_or_else(|| DEFAULT_PATH.into()));
+        let path = program_path();
+        let found = match program.contains('/') {
+            true => PathBuf::from(program),
+            false => find_in_path(program, &path)
+                .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOENT))?,
+        };
+        let mut cmd = std::process::Command::new(found);
+        cmd.arg0(program).args(args).env_clear().env("PATH", path);
         for name in &self.spec.env_allow {
             if let Some(value) = std::env::var_os(name) {
                 cmd.env(name, value);
@@ -346,12 +351,6 @@ impl CommandHandler {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .process_group(0);
-        #[cfg(target_os = "linux")]
-        {
-            let parent = std::process::id() as libc::pid_t;
-            // SAFETY: the closure only makes async-signal-safe calls and does not allocate.
-            unsafe { cmd.pre_exec(move || die_with_parent(parent)) };
-        }
         Ok(cmd)
     }
 
@@ -513,19 +512,28 @@ pub fn resolve_program(argv0: &str) -> Result<PathBuf, String> {
         }
         return check_executable(path).map(|()| path.to_path_buf());
     }
-    let search = std::env::var_os("PATH")
+    let search = program_path();
+    find_in_path(argv0, &search).ok_or_else(|| {
+        format!(
+            "program `{argv0}` was not found in PATH ({}); install it, or give its absolute path",
+            search.to_string_lossy()
+        )
+    })
+}
+
+/// The `PATH` programs get: redq's own, or [`DEFAULT_PATH`] when it has none.
+fn program_path() -> std::ffi::OsString {
+    std::env::var_os("PATH")
         .filter(|p| !p.is_empty())
-        .unwrap_or_else(|| DEFAULT_PATH.into());
-    std::env::split_paths(&search)
+        .unwrap_or_else(|| DEFAULT_PATH.into())
+}
+
+/// The first executable file `name` in the absolute directories of `search`.
+fn find_in_path(name: &str, search: &std::ffi::OsStr) -> Option<PathBuf> {
+    std::env::split_paths(search)
         .filter(|dir| dir.is_absolute())
-        .map(|dir| dir.join(argv0))
+        .map(|dir| dir.join(name))
         .find(|candidate| check_executable(candidate).is_ok())
-        .ok_or_else(|| {
-            format!(
-                "program `{argv0}` was not found in PATH ({}); install it, or give its absolute path",
-                search.to_string_lossy()
-            )
-        })
 }
 
 fn check_executable(path: &Path) -> Result<(), String> {
@@ -596,20 +604,6 @@ impl Drop for KillOnDrop {
     fn drop(&mut self) {
         self.0.signal(libc::SIGKILL);
     }
-}
-
-#[cfg(target_os = "linux")]
-fn die_with_parent(parent: libc::pid_t) -> io::Result<()> {
-    let signal = libc::SIGKILL as libc::c_ulong;
-    // SAFETY: prctl and getppid are async-signal-safe.
-    if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, signal, 0, 0, 0) } == -1 {
-        return Err(io::Error::last_os_error());
-    }
-    // If the daemon died between fork and prctl, the death signal would never come.
-    if unsafe { libc::getppid() } != parent {
-        return Err(io::Error::from_raw_os_error(libc::ESRCH));
-    }
-    Ok(())
 }
 
 /// Reads a pipe to its end (or until `stop`), keeping the first `cap` bytes; returns
