@@ -4,6 +4,7 @@
 
 use std::cell::Cell;
 use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;
 
@@ -433,6 +434,20 @@ async fn spawn_failures_name_the_program() {
     let error = error_of(&run(spec, ctx("{}")).await.outcome).to_string();
     assert!(
         error.contains("script.sh") && error.contains("chmod +x"),
+        "{error}"
+    );
+
+    // posix_spawn, unlike execvp, runs no shell for a script without `#!`.
+    let bare = dir.path().join("bare.sh");
+    std::fs::write(&bare, "echo hi\n").unwrap();
+    std::fs::set_permissions(&bare, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let spec = CommandSpec {
+        argv: vec![bare.display().to_string()],
+        ..Default::default()
+    };
+    let error = error_of(&run(spec, ctx("{}")).await.outcome).to_string();
+    assert!(
+        error.contains("bare.sh") && error.contains("#!/bin/sh"),
         "{error}"
     );
 

@@ -24,14 +24,13 @@
 //!   an object, or is larger than [`MAX_USAGE_FILE_BYTES`], is ignored with a warning
 //!   (entries that are not numbers are dropped one by one); it never fails the job.
 //!
-//! Programs start by posix_spawn, not a fork of the daemon (no `pre_exec` hook), and a
-//! bare `argv[0]` is found here in the program's `PATH`, since std forks to search a
-//! `PATH` set for the child (the program still sees the configured `argv[0]`).
+//! Programs start by posix_spawn, not a fork of the daemon (no `pre_exec` hook; no shell
+//! is tried for a script without its `#!` line), and a bare `argv[0]` is found here in
+//! the program's `PATH`, since std forks to search a `PATH` set for the child.
 //!
 //! The child is reaped here, by `wait4` on a blocking thread, which also yields its
-//! resource usage. The group is only ever signalled while the child is unreaped, so its
-//! id cannot have been reused by an unrelated process; for the same reason the guard
-//! is told the group has ended before the child is reaped.
+//! resource usage. The group is only ever signalled (or unregistered from the guard)
+//! while the child is unreaped, so its id cannot have been reused by another process.
 
 use std::collections::BTreeMap;
 use std::io::{self, Read};
@@ -362,6 +361,7 @@ impl CommandHandler {
             Some(libc::EACCES) => {
                 "; check that the program is executable (chmod +x) and its directory readable"
             }
+            Some(libc::ENOEXEC) => "; a script needs a first line such as `#!/bin/sh`",
             _ => "",
         };
         format!("cannot start program `{}`: {e}{hint}", self.program())
