@@ -495,8 +495,8 @@ fn a_killed_daemons_job_is_finished_by_another_after_the_lease_expires() {
     let url = redis.url();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    // Attempt 1 hangs (as the handler process itself, so PDEATHSIG reaches
-    // it); later attempts finish at once.
+    // Attempt 1 hangs (its processes die with the daemon: see
+    // tests/process_guard.rs); later attempts finish at once.
     let handler = script(
         d,
         "once.sh",
@@ -529,7 +529,7 @@ printf 'finished on attempt %s' "$REDQ_ATTEMPT"
     let killed_at = now_ms();
     daemons[holder].signal(libc::SIGKILL);
     daemons[holder].wait_exit(secs(5));
-    wait_dead(reap.0[0], "the killed daemon's handler (PR_SET_PDEATHSIG)");
+    wait_dead(reap.0[0], "the killed daemon's handler (the process guard)");
 
     let j = wait_state(&url, "k", &id, &["succeeded"], secs(15));
     assert_eq!(j["attempts"], 2, "{j:#}");

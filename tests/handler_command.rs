@@ -1,7 +1,10 @@
 //! The command handler against real processes: stdin, environment, exit codes,
-//! output caps, large payloads, time-out, cancellation and process-group clean-up.
+//! output caps, large payloads, time-out, cancellation, process-group clean-up,
+//! and programs started by posix_spawn rather than a fork of the daemon.
 
+use std::cell::Cell;
 use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;
 
@@ -434,11 +437,76 @@ async fn spawn_failures_name_the_program() {
         "{error}"
     );
 
+    // posix_spawn, unlike execvp, runs no shell for a script without `#!`.
+    let bare = dir.path().join("bare.sh");
+    std::fs::write(&bare, "echo hi\n").unwrap();
+    std::fs::set_permissions(&bare, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let spec = CommandSpec {
+        argv: vec![bare.display().to_string()],
+        ..Default::default()
+    };
+    let error = error_of(&run(spec, ctx("{}")).await.outcome).to_string();
+    assert!(
+        error.contains("bare.sh") && error.contains("#!/bin/sh"),
+        "{error}"
+    );
+
     let empty = run(CommandSpec::default(), ctx("{}")).await;
     assert!(
         error_of(&empty.outcome).contains("argv is empty"),
         "{:?}",
         empty.outcome
+    );
+}
+
+thread_local! {
+    /// Forks made by this thread, counted by a `pthread_atfork` hook.
+    static FORKS: Cell<u32> = const { Cell::new(0) };
+}
+
+unsafe extern "C" fn count_fork() {
+    FORKS.with(|n| n.set(n.get() + 1));
+}
+
+/// A fork runs the `pthread_atfork` hooks in the forking thread; posix_spawn
+/// (vfork and exec) runs none. The current-thread runtime spawns on this thread.
+#[tokio::test]
+async fn programs_start_by_posix_spawn_found_by_path_or_in_path_with_argv0_and_cwd_kept() {
+    assert_eq!(
+        unsafe { libc::pthread_atfork(Some(count_fork), None, None) },
+        0
+    );
+    // The process's first spawn may fork the process guard, once.
+    assert!(matches!(
+        run(sh("true"), ctx("{}")).await.outcome,
+        Outcome::Done { .. }
+    ));
+    let before = FORKS.with(Cell::get);
+    let dir = tempfile::tempdir().unwrap();
+    let cwd = dir.path().canonicalize().unwrap();
+    for program in ["sh", "/bin/sh"] {
+        let spec = CommandSpec {
+            argv: vec![
+                program.into(),
+                "-c".into(),
+                r#"printf '%s %s' "$0" "$(pwd)""#.into(),
+            ],
+            cwd: Some(cwd.clone()),
+            ..Default::default()
+        };
+        let run = run(spec, ctx("{}")).await;
+        let expected = format!("{program} {}", cwd.display());
+        assert_eq!(
+            run.outcome,
+            Outcome::Done {
+                result: Some(expected)
+            }
+        );
+    }
+    assert_eq!(
+        FORKS.with(Cell::get),
+        before,
+        "a program was started by fork"
     );
 }
 

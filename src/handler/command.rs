@@ -16,18 +16,21 @@
 //! - Time-out or cancellation: the program's process group gets SIGTERM, then SIGKILL
 //!   after `kill_grace`. When the program exits, whatever it left running in its
 //!   process group is killed too: a job's processes never outlive it.
+//! - Nor do they outlive the daemon: if it dies, even by SIGKILL, the process guard
+//!   (`handler/guard.rs`) kills every process group it started, grandchildren included.
 //! - Usage: `REDQ_USAGE_FILE` names an empty file made for this attempt. The program
 //!   may write a JSON object of numbers to it (`{"tokens": 812, "cost_usd": 0.0031}`);
 //!   redq reads it once the program has ended and deletes it. A file that is not such
 //!   an object, or is larger than [`MAX_USAGE_FILE_BYTES`], is ignored with a warning
 //!   (entries that are not numbers are dropped one by one); it never fails the job.
-//! - On Linux the program gets SIGKILL if the daemon dies (`PR_SET_PDEATHSIG`). That
-//!   signal follows the *thread* that spawned it, so call [`CommandHandler::run`] from an
-//!   async task, never from a `spawn_blocking` thread.
+//!
+//! Programs start by posix_spawn, not a fork of the daemon (no `pre_exec` hook; no shell
+//! is tried for a script without its `#!` line), and a bare `argv[0]` is found here in
+//! the program's `PATH`, since std forks to search a `PATH` set for the child.
 //!
 //! The child is reaped here, by `wait4` on a blocking thread, which also yields its
-//! resource usage. The group is only ever signalled while the child is unreaped, so its
-//! id cannot have been reused by an unrelated process.
+//! resource usage. The group is only ever signalled (or unregistered from the guard)
+//! while the child is unreaped, so its id cannot have been reused by another process.
 
 use std::collections::BTreeMap;
 use std::io::{self, Read};
@@ -45,7 +48,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::pipe;
 use tokio_util::sync::CancellationToken;
 
-use super::{Handler, JobContext, Outcome, Resources, RunReport, Usage};
+use super::{guard, Handler, JobContext, Outcome, Resources, RunReport, Usage};
 
 /// Exit code meaning "this attempt failed, retry later" (EX_TEMPFAIL).
 pub const EXIT_RETRY: i32 = 75;
@@ -196,6 +199,7 @@ impl CommandHandler {
             Err(e) => return CommandRun::not_started(started, self.spawn_error(e)),
         };
         let (pid, reaped) = (child.id() as libc::pid_t, Mutex::new(false));
+        guard::register(pid);
         let group = Arc::new(Group { pid, reaped });
         let _kill_on_drop = KillOnDrop(group.clone());
         let (stdin, stdout, stderr) =
@@ -295,7 +299,7 @@ impl CommandHandler {
         self.spec.argv.first().map(String::as_str).unwrap_or("")
     }
 
-    /// The command with its clean environment, own process group and death signal.
+    /// The command with its clean environment and own process group.
     fn command(
         &self,
         ctx: &JobContext,
@@ -317,10 +321,14 @@ impl CommandHandler {
             );
             return Err(io::Error::new(io::ErrorKind::InvalidInput, msg));
         }
-        let mut cmd = std::process::Command::new(program);
-        cmd.args(args).env_clear();
-        let path = std::env::var_os("PATH").filter(|p| !p.is_empty());
-        cmd.env("PATH", path.unwrap_or_else(|| DEFAULT_PATH.into()));
+        let path = program_path();
+        let found = match program.contains('/') {
+            true => PathBuf::from(program),
+            false => find_in_path(program, &path)
+                .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOENT))?,
+        };
+        let mut cmd = std::process::Command::new(found);
+        cmd.arg0(program).args(args).env_clear().env("PATH", path);
         for name in &self.spec.env_allow {
             if let Some(value) = std::env::var_os(name) {
                 cmd.env(name, value);
@@ -342,12 +350,6 @@ impl CommandHandler {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .process_group(0);
-        #[cfg(target_os = "linux")]
-        {
-            let parent = std::process::id() as libc::pid_t;
-            // SAFETY: the closure only makes async-signal-safe calls and does not allocate.
-            unsafe { cmd.pre_exec(move || die_with_parent(parent)) };
-        }
         Ok(cmd)
     }
 
@@ -359,6 +361,7 @@ impl CommandHandler {
             Some(libc::EACCES) => {
                 "; check that the program is executable (chmod +x) and its directory readable"
             }
+            Some(libc::ENOEXEC) => "; a script needs a first line such as `#!/bin/sh`",
             _ => "",
         };
         format!("cannot start program `{}`: {e}{hint}", self.program())
@@ -509,19 +512,28 @@ pub fn resolve_program(argv0: &str) -> Result<PathBuf, String> {
         }
         return check_executable(path).map(|()| path.to_path_buf());
     }
-    let search = std::env::var_os("PATH")
+    let search = program_path();
+    find_in_path(argv0, &search).ok_or_else(|| {
+        format!(
+            "program `{argv0}` was not found in PATH ({}); install it, or give its absolute path",
+            search.to_string_lossy()
+        )
+    })
+}
+
+/// The `PATH` programs get: redq's own, or [`DEFAULT_PATH`] when it has none.
+fn program_path() -> std::ffi::OsString {
+    std::env::var_os("PATH")
         .filter(|p| !p.is_empty())
-        .unwrap_or_else(|| DEFAULT_PATH.into());
-    std::env::split_paths(&search)
+        .unwrap_or_else(|| DEFAULT_PATH.into())
+}
+
+/// The first executable file `name` in the absolute directories of `search`.
+fn find_in_path(name: &str, search: &std::ffi::OsStr) -> Option<PathBuf> {
+    std::env::split_paths(search)
         .filter(|dir| dir.is_absolute())
-        .map(|dir| dir.join(argv0))
+        .map(|dir| dir.join(name))
         .find(|candidate| check_executable(candidate).is_ok())
-        .ok_or_else(|| {
-            format!(
-                "program `{argv0}` was not found in PATH ({}); install it, or give its absolute path",
-                search.to_string_lossy()
-            )
-        })
 }
 
 fn check_executable(path: &Path) -> Result<(), String> {
@@ -565,12 +577,14 @@ impl Group {
         while unsafe { libc::waitid(libc::P_PID, self.pid as libc::id_t, &mut info, flags) } == -1 {
             let e = io::Error::last_os_error();
             if e.kind() != io::ErrorKind::Interrupted {
+                guard::unregister(self.pid); // Not our child to wait for, nor our group.
                 return Err(e);
             }
         }
         let mut reaped = self.reaped.lock().unwrap_or_else(PoisonError::into_inner);
-        // The child is a zombie now, so the group id is still ours to signal.
+        // The child is a zombie now: the group id stays ours to signal and to unregister.
         unsafe { libc::kill(-self.pid, libc::SIGKILL) };
+        guard::unregister(self.pid);
         let (mut status, mut usage) = (0, unsafe { std::mem::zeroed::<libc::rusage>() });
         while unsafe { libc::wait4(self.pid, &mut status, 0, &mut usage) } == -1 {
             let e = io::Error::last_os_error();
@@ -590,20 +604,6 @@ impl Drop for KillOnDrop {
     fn drop(&mut self) {
         self.0.signal(libc::SIGKILL);
     }
-}
-
-#[cfg(target_os = "linux")]
-fn die_with_parent(parent: libc::pid_t) -> io::Result<()> {
-    let signal = libc::SIGKILL as libc::c_ulong;
-    // SAFETY: prctl and getppid are async-signal-safe.
-    if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, signal, 0, 0, 0) } == -1 {
-        return Err(io::Error::last_os_error());
-    }
-    // If the daemon died between fork and prctl, the death signal would never come.
-    if unsafe { libc::getppid() } != parent {
-        return Err(io::Error::from_raw_os_error(libc::ESRCH));
-    }
-    Ok(())
 }
 
 /// Reads a pipe to its end (or until `stop`), keeping the first `cap` bytes; returns

@@ -6,6 +6,8 @@
 //! The worker turns the outcome into a Redis transition (complete, retry, dead).
 //! Three kinds exist: [`command`] (an external program), [`http`] (a POST to
 //! an endpoint) and library handlers (any Rust type implementing [`Handler`]).
+//! The private `guard` module kills the command handlers' process groups when
+//! the daemon dies, however it dies.
 //!
 //! Handlers never touch Redis and never see redq's credentials. They must
 //! return promptly once `ctx.cancel` fires (time-out, lost lease, shutdown):
@@ -13,6 +15,7 @@
 //! cancellation only leaks work, never blocks the daemon.
 
 pub mod command;
+mod guard;
 pub mod http;
 
 use std::time::Duration;
