@@ -262,3 +262,147 @@ async fn rust_and_lua_agree_on_what_is_valid() {
         );
     }
 }
+
+/// `FCALL redq_enqueue` with a document given as raw bytes.
+async fn fcall_bytes(redis: &RedisServer, queue: &str, doc: &[u8]) -> Result<String, String> {
+    redis::cmd("FCALL")
+        .arg("redq_enqueue")
+        .arg(1)
+        .arg(format!("redq:{{{queue}}}"))
+        .arg(doc)
+        .query_async(&mut redis.con().await)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+#[tokio::test]
+async fn documents_that_are_not_utf8_are_refused_like_the_rust_side_does() {
+    let (redis, client) = setup().await;
+    let bad: [&[u8]; 6] = [
+        b"{\"payload\":\"\xc3\x28\"}", // a lead byte without its continuation
+        b"{\"payload\":\"\xc0\xaf\"}", // an overlong form of '/'
+        b"{\"payload\":\"\xed\xa0\x80\"}", // a UTF-16 surrogate
+        b"{\"payload\":\"\xf4\x90\x80\x80\"}", // past U+10FFFF
+        b"{\"payload\":\"ok\",\"tenant\":\"\xff\"}",
+        b"{\"payload\":\"cut \xe2\x9c\"}",
+    ];
+    for doc in bad {
+        assert!(
+            serde_json::from_slice::<JobDoc>(doc).is_err(),
+            "Rust refuses {doc:?}"
+        );
+        let err = fcall_bytes(&redis, "utf", doc).await.unwrap_err();
+        assert!(err.contains("not valid UTF-8"), "{doc:?}: {err}");
+    }
+    let good = "{\"payload\":\"h\u{e9}llo \u{2713} \u{1f389} \u{10ffff}\"}".as_bytes();
+    assert!(serde_json::from_slice::<JobDoc>(good).is_ok());
+    fcall_bytes(&redis, "utf", good).await.unwrap();
+    // From the inbox, a document that is not UTF-8 is kept aside with the reason.
+    let q = client.store().queue("utf").unwrap();
+    let _: () = redis::cmd("LPUSH")
+        .arg(q.inbox())
+        .arg(bad[0])
+        .query_async(&mut redis.con().await)
+        .await
+        .unwrap();
+    let jobs = claim_all(client.store(), "utf").await;
+    assert_eq!(jobs.len(), 1, "only the good one");
+    let rejected: Vec<Vec<u8>> = redis::cmd("LRANGE")
+        .arg(q.rejected())
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut redis.con().await)
+        .await
+        .unwrap();
+    assert_eq!(rejected.len(), 1);
+    let text = String::from_utf8_lossy(&rejected[0]);
+    assert!(text.contains("not valid UTF-8"), "{text}");
+}
+
+/// A record written straight into Redis, past every check, larger than the
+/// queue's document limit: at the head of the line, ahead of `next`.
+async fn plant_oversize(redis: &RedisServer, q: &redq::keys::QueueKeys, limit: usize) -> String {
+    let mut con = redis.con().await;
+    let _: () = redis::cmd("HSET")
+        .arg(q.meta())
+        .arg("max_doc_bytes")
+        .arg(limit)
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    let doc = format!(r#"{{"payload":"{}"}}"#, "x".repeat(limit * 5));
+    let _: () = redis::cmd("HSET")
+        .arg(q.jobs())
+        .arg("huge")
+        .arg(format!("0;0;1700000000000;{doc}"))
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    let _: () = redis::pipe()
+        .cmd("LPUSH")
+        .arg(q.line("0"))
+        .arg("huge")
+        .ignore()
+        .cmd("ZADD")
+        .arg(q.waiting())
+        .arg(0)
+        .arg("0")
+        .ignore()
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    doc.len().to_string()
+}
+
+#[tokio::test]
+async fn a_record_over_the_document_limit_goes_dead_unread_at_claim_and_hand_off() {
+    let (redis, client) = setup().await;
+    let store = client.store();
+    let q = store.queue("big").unwrap();
+    let limit = 10_000;
+
+    // Claimed: the record is not handed out, the job behind it is.
+    fcall(&redis, "big", r#"{"payload":"small","id":"next"}"#);
+    let bytes = plant_oversize(&redis, &q, limit).await;
+    let jobs = claim_all(store, "big").await;
+    let ids: Vec<&str> = jobs.iter().map(|j| j.id.as_str()).collect();
+    assert_eq!(ids, ["next"]);
+    let info = client.job("big", "huge").await.unwrap().unwrap();
+    assert_eq!(info.state, redq::inspect::JobState::Dead);
+    let error = info.last_error.unwrap();
+    assert!(
+        error.contains(&format!("{bytes} bytes")) && error.contains("limit is 10000"),
+        "{error}"
+    );
+
+    // Handed off to an idle daemon by an enqueue: the same.
+    let _: () = redis::cmd("DEL")
+        .arg(q.dead())
+        .arg(q.jobs())
+        .query_async(&mut redis.con().await)
+        .await
+        .unwrap();
+    let lease = Duration::from_secs(30);
+    let got = store
+        .claim_as(&q, 4, lease, 0, 0, Some(("d1.0", Duration::from_secs(60))))
+        .await
+        .unwrap();
+    assert!(got.jobs.is_empty());
+    plant_oversize(&redis, &q, limit).await;
+    fcall(&redis, "big", r#"{"payload":"small","id":"after"}"#);
+    let handed: Vec<String> = redis::cmd("LRANGE")
+        .arg(q.handoff("d1.0"))
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut redis.con().await)
+        .await
+        .unwrap();
+    let ids: Vec<String> = handed
+        .iter()
+        .flat_map(|e| redq::store::parse_handoff(e).unwrap().jobs)
+        .map(|j| j.id)
+        .collect();
+    assert_eq!(ids, ["after"]);
+    let info = client.job("big", "huge").await.unwrap().unwrap();
+    assert_eq!(info.state, redq::inspect::JobState::Dead);
+}

@@ -50,7 +50,8 @@
 --   hand_off in the prelude) with that many slots; any other claim by the
 --   caller ends its registration, since the caller is busy or its slots are
 --   counted again.
--- Events (when on): `enqueued` (via=inbox) per inbox document taken, `started` per job.
+-- Events (when on): `enqueued` (via=inbox) per inbox document taken, `started` per job,
+--   `dead` per job whose record is over the document limit (buried unread).
 -- Returns: {now_ms, next_due_ms (-1 = none), paused (0|1), throttled (0|1),
 --           first token (0 = no job), then 3 per job: id, attempt number, job record}
 --   The jobs' fencing tokens are consecutive: the i-th job (from 0) holds
@@ -73,6 +74,7 @@ if meta[1] then
   return { now, -1, 1, 0, 0 }
 end
 local cap = tonumber(meta[2]) or 0
+local max_bytes = tonumber(meta[3]) or DEFAULT_MAX_DOC_BYTES
 allow_when_full(k)
 
 local promote = tonumber(ARGV[3])
@@ -83,7 +85,6 @@ local inbox = tonumber(ARGV[4])
 if inbox > 0 then
   local docs = redis.call('RPOP', k.inbox, inbox)
   if docs then
-    local max_bytes = tonumber(meta[3]) or DEFAULT_MAX_DOC_BYTES
     for _, doc in ipairs(docs) do
       local ok, job = pcall(check_doc, doc, max_bytes, now)
       if ok then
@@ -203,7 +204,11 @@ while #ids < budget and rounds < 8 do
   local recs = redis.call('HMGET', k.jobs, unpack(batch))
   for i = 1, n do
     -- An id without a record has nothing to run; it is not handed out.
-    if recs[i] then
+    -- Nor is an oversize record: it goes to the dead set unread.
+    local big = recs[i] and oversize(recs[i], max_bytes)
+    if big then
+      bury_oversize(k, now, batch[i], big, max_bytes, cap)
+    elseif recs[i] then
       local doc, group, w
       if group_limit or tenant_on then doc = record_doc(recs[i]) end
       if group_limit then

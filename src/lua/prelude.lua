@@ -282,6 +282,28 @@ local function event_text(s)
   return s
 end
 
+-- A job record whose document is larger than the queue's limit (written
+-- straight into Redis, past every check) is never handed to a daemon, which
+-- would have to load it whole: oversize() says how many bytes its document
+-- has when it is over `max_bytes` (nil otherwise), and bury_oversize moves
+-- it to the dead set with the reason. The anchored match reads only the
+-- record's short header.
+local function oversize(record, max_bytes)
+  if #record <= max_bytes then return nil end
+  local header = string.match(record, '^%-?%d+;%d+;%d+;')
+  local bytes = #record - (header and #header or 0)
+  if bytes > max_bytes then return bytes end
+  return nil
+end
+
+local function bury_oversize(k, now, id, bytes, max_bytes, cap)
+  local reason = string.format(
+    'the job document is %d bytes; the limit is %d bytes (daemon.max_payload_bytes): not run', bytes, max_bytes)
+  redis.call('ZADD', k.dead, now, id)
+  redis.call('HSET', k.errors, id, reason)
+  emit(k, cap, 'dead', id, 0, 'error', reason)
+end
+
 -- Fencing tokens of a queue's jobs: n consecutive numbers from the first
 -- returned, each larger than any issued before, even by a Redis that lost
 -- its latest writes (a failover to a replica that lagged, an AOF cut short
@@ -374,9 +396,12 @@ end
 local function hand_off(k, now, cap, fresh)
   local idle = redis.call('HGETALL', k.idle)
   local blocked = #idle == 0
+  local max_bytes
   if not blocked then
-    local meta = redis.call('HMGET', k.meta, 'paused', 'rate_jobs', 'group_limit', 'tenant_rate', 'parking')
+    local meta = redis.call('HMGET', k.meta, 'paused', 'rate_jobs', 'group_limit', 'tenant_rate', 'parking',
+      'max_doc_bytes')
     blocked = meta[1] or meta[2] or meta[3] or meta[4] or meta[5]
+    max_bytes = tonumber(meta[6]) or DEFAULT_MAX_DOC_BYTES
   end
   if fresh and (blocked or not line_empty(k)) then
     line_add(k, fresh[1], { fresh[2] })
@@ -401,10 +426,14 @@ local function hand_off(k, now, cap, fresh)
         if #ids == 0 then return true end
         records = redis.call('HMGET', k.jobs, unpack(ids))
       end
-      -- An id without a record has nothing to run (as in claim.lua).
+      -- An id without a record has nothing to run, and an oversize
+      -- record is buried unread (as in claim.lua).
       local live, recs = {}, {}
       for j = 1, #ids do
-        if records[j] then
+        local big = records[j] and oversize(records[j], max_bytes)
+        if big then
+          bury_oversize(k, now, ids[j], big, max_bytes, cap)
+        elseif records[j] then
           live[#live + 1] = ids[j]
           recs[#live] = records[j]
         end
@@ -546,12 +575,48 @@ local function enqueue_one(k, now, id, priority, max_attempts, due, unique, doc,
   return 'created', id
 end
 
+-- The position of the first byte of `s` that does not start a valid UTF-8
+-- sequence (overlong forms, surrogates and code points past U+10FFFF
+-- included), or nil. JSON is UTF-8 text, and cjson passes invalid bytes
+-- inside strings through; the Rust side refuses them, so this does too.
+-- Costs one scan in C for an ASCII document; byte checks per non-ASCII
+-- character otherwise.
+local function bad_utf8(s)
+  local n = #s
+  local i = string.find(s, '[\128-\255]')
+  while i do
+    local c = string.byte(s, i)
+    local len, lo, hi = 0, 128, 191
+    if c >= 194 and c <= 223 then len = 1
+    elseif c == 224 then len, lo = 2, 160
+    elseif c == 237 then len, hi = 2, 159
+    elseif c >= 225 and c <= 239 then len = 2
+    elseif c == 240 then len, lo = 3, 144
+    elseif c >= 241 and c <= 243 then len = 3
+    elseif c == 244 then len, hi = 3, 143
+    else return i end
+    if i + len > n then return i end
+    local b = string.byte(s, i + 1)
+    if b < lo or b > hi then return i end
+    for j = 2, len do
+      b = string.byte(s, i + j)
+      if b < 128 or b > 191 then return i end
+    end
+    i = string.find(s, '[\128-\255]', i + len + 1)
+  end
+  return nil
+end
+
 -- The rules of a job document (Rust twin: job::check_doc). Raises a message
 -- naming the field and the rule. Returns the decoded document.
 local strict_json
 local function check_doc(doc, max_bytes, now)
   if #doc > max_bytes then
     error(string.format('field "payload": the job document is %d bytes; the limit is %d bytes (daemon.max_payload_bytes)', #doc, max_bytes), 0)
+  end
+  local bad = bad_utf8(doc)
+  if bad then
+    error(string.format('not valid UTF-8 (byte %d of the document); send JSON text encoded as UTF-8', bad), 0)
   end
   if not strict_json then
     strict_json = cjson.new()
