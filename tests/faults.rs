@@ -226,3 +226,97 @@ async fn fencing_tokens_never_repeat_after_redis_loses_its_latest_writes() {
         "tokens issued after the rollback {again:?} must exceed the lost ones {lost:?} (kept: {kept:?})"
     );
 }
+
+/// Every how often the daemon's observer checks Redis in these tests: its
+/// tick is half the systemd watchdog interval when one is set.
+const FAST_OBSERVER: (&str, &str) = ("WATCHDOG_USEC", "1000000");
+
+fn simple_daemon(redis_url: &str, d: &Path, queue_extra: &str) -> std::path::PathBuf {
+    let ok = script(d, "ok.sh", "cat > /dev/null\n");
+    let queues = format!(
+        "[queues.q]\nconcurrency = 2\nkeep_completed = 10\n{queue_extra}handler = {}\n",
+        command_handler(&ok, &[], d, "")
+    );
+    let cfg = d.join("w.toml");
+    fs::write(&cfg, config(redis_url, "2s", &queues)).unwrap();
+    cfg
+}
+
+#[test]
+fn a_redis_that_lost_its_data_is_reported_and_the_queues_settings_written_again() {
+    let mut redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let cfg = simple_daemon(
+        &redis.url(),
+        d,
+        "rate_limit = { jobs = 1000, per = \"1s\" }\n",
+    );
+    let mut daemon = Daemon::start(&cfg, &d.join("redq.log"), &[FAST_OBSERVER]);
+    let meta = |r: &RedisServer| r.cli(&["HGET", "redq:{q}:meta", "rate_jobs"]).unwrap();
+    assert_eq!(meta(&redis).trim(), "1000");
+
+    // No persistence: the restarted Redis is empty.
+    redis.restart();
+    daemon.wait_log("Redis lost redq's data", 1, secs(15));
+    let lost = wait_for("the data-loss counter", secs(10), || {
+        let (_, body) = http_get(&daemon.listen, "/metrics")?;
+        sample(&body, "redq_redis_data_lost_total").filter(|n| *n >= 1.0)
+    });
+    assert_eq!(lost, 1.0);
+    wait_for("the queue's limits written again", secs(10), || {
+        (meta(&redis).trim() == "1000").then_some(())
+    });
+    let id = fcall(&redis, "q", r#"{"payload":{}}"#);
+    wait_state(&redis.url(), "q", &id, &["succeeded"], secs(10));
+    assert!(daemon.exited().is_none());
+}
+
+#[test]
+fn readyz_says_not_ready_while_redis_takes_no_writes() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let cfg = simple_daemon(&redis.url(), d, "");
+    let daemon = Daemon::start(&cfg, &d.join("redq.log"), &[FAST_OBSERVER]);
+    let ready = || http_get(&daemon.listen, "/readyz");
+    wait_for("ready", secs(10), || ready().filter(|(c, _)| *c == 200));
+    // Reads and PING still answer; writes wait out the pause.
+    redis.cli(&["CLIENT", "PAUSE", "6000", "WRITE"]).unwrap();
+    let (_, body) = wait_for("not ready during the pause", secs(5), || {
+        ready().filter(|(c, _)| *c == 503)
+    });
+    let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        (&body["redis"], &body["writes"]),
+        (&true.into(), &false.into()),
+        "{body}"
+    );
+    wait_for("ready after the pause", secs(15), || {
+        ready().filter(|(c, _)| *c == 200)
+    });
+}
+
+#[test]
+fn a_reload_that_points_at_another_redis_is_refused_and_the_daemon_goes_on() {
+    let (redis, other) = (RedisServer::start(), RedisServer::start());
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let cfg = simple_daemon(&redis.url(), d, "");
+    let mut daemon = Daemon::start(&cfg, &d.join("redq.log"), &[]);
+    let moved = fs::read_to_string(&cfg)
+        .unwrap()
+        .replace(&redis.url(), &other.url());
+    write_atomic(&cfg, &moved);
+    daemon.signal(libc::SIGHUP);
+    daemon.wait_log("redis.url changed", 1, secs(10));
+    assert!(
+        daemon.log().contains("restart the daemon"),
+        "{}",
+        daemon.log()
+    );
+    // Still serving the Redis it started with, and nothing written to the other.
+    let id = fcall(&redis, "q", r#"{"payload":{}}"#);
+    wait_state(&redis.url(), "q", &id, &["succeeded"], secs(10));
+    assert_eq!(other.cli(&["DBSIZE"]).unwrap().trim(), "0");
+}

@@ -30,6 +30,7 @@ use crate::config::{self, Config, Order, Overrides, QueueConfig};
 use crate::error::{Error, Result};
 use crate::handler::Handler;
 use crate::inspect;
+use crate::keys::QueueKeys;
 use crate::leader::Leader;
 use crate::observe::{Health, Metrics};
 use crate::scripts;
@@ -48,9 +49,33 @@ pub struct Shared {
     pools: Mutex<Vec<(PoolSpec, Arc<Pool>)>>,
     /// Told the queues served, at start and on reload.
     promoter: Arc<Promoter>,
+    /// Each configured queue's settings as written to Redis (at start, on
+    /// reload, and again when Redis is found to have lost them).
+    settings: Mutex<Vec<(QueueKeys, QueueSettings)>>,
 }
 
 impl Shared {
+    /// Writes every configured queue's settings to Redis and lists the
+    /// queues in the registry. At maxmemory the registry is left out (it only
+    /// lists queues for `redq stats`); the settings are written all the same.
+    pub(crate) async fn set_up_queues(&self) -> Result<()> {
+        let settings = self.settings.lock().map(|s| s.clone()).unwrap_or_default();
+        let names: Vec<&str> = settings.iter().map(|(k, _)| k.queue()).collect();
+        match inspect::register(&self.store, &names).await {
+            Err(e) if e.is_oom() => tracing::warn!(
+                "Redis is at maxmemory: the queues were not added to the registry `redq stats` lists; \
+                 they are served all the same"
+            ),
+            other => other?,
+        }
+        // One atomic call per queue (it works at maxmemory): a claim sees
+        // each queue's old settings or its new ones.
+        for (keys, s) in &settings {
+            self.store.set_up_queue(keys, s).await?;
+        }
+        Ok(())
+    }
+
     /// Every queue served now.
     pub(crate) fn queues(&self) -> Vec<Arc<QueueRt>> {
         self.pools
@@ -149,6 +174,7 @@ impl WorkerBuilder {
             id: Arc::from(heartbeat::daemon_id()),
             pools: Mutex::new(Vec::new()),
             promoter: Arc::new(Promoter::default()),
+            settings: Mutex::new(Vec::new()),
         });
         let stop = CancellationToken::new();
         let routes: Routes = Arc::new(RwLock::new(HashMap::new()));
@@ -337,28 +363,21 @@ impl Daemon {
     async fn apply(&mut self, config: Config) -> Result<()> {
         let cron_entries = cron::entries(&config).map_err(|p| Error::Config(p.join("\n")))?;
         let store = &self.shared.store;
-        let names: Vec<&str> = config.queues.keys().map(String::as_str).collect();
-        // The registry only lists queues for `redq stats`: at maxmemory the
-        // daemon runs without it (a later reload or restart adds them).
-        match inspect::register(store, &names).await {
-            Err(e) if e.is_oom() => tracing::warn!(
-                "Redis is at maxmemory: the queues were not added to the registry `redq stats` lists; \
-                 they are served all the same"
-            ),
-            other => other?,
-        }
-        // One atomic call per queue (it works at maxmemory): a claim sees
-        // each queue's old settings or its new ones.
+        let mut settings = Vec::new();
         for (name, queue) in &config.queues {
-            let settings = QueueSettings {
+            let s = QueueSettings {
                 max_doc_bytes: config.daemon.max_payload_bytes,
                 events_cap: queue.events.then_some(queue.events_maxlen),
                 rate: queue.rate_limit.as_ref().map(|r| (r.jobs, r.per)),
                 group: queue.group_concurrency,
                 tenants: queue.tenant_limits(),
             };
-            store.set_up_queue(&store.queue(name)?, &settings).await?;
+            settings.push((store.queue(name)?, s));
         }
+        if let Ok(mut s) = self.shared.settings.lock() {
+            *s = settings;
+        }
+        self.shared.set_up_queues().await?;
 
         let wanted = pool_specs(&config);
         let current: Vec<(PoolSpec, Arc<Pool>)> = self
@@ -532,6 +551,7 @@ impl Daemon {
                     let lib: BTreeSet<String> = self.library.keys().cloned().collect();
                     c.validate_with(&lib)?;
                     handlers::check_runnable(&c)?;
+                    restart_only(&self.config, &c)?;
                     Ok(c)
                 }),
         };
@@ -633,6 +653,57 @@ impl Daemon {
             "redq daemon stopped"
         );
     }
+}
+
+/// Refuses a reload that changes where or how the daemon reaches Redis:
+/// every connection, script library and queue key would have to move at
+/// once, and a half-moved daemon would serve two Redis servers. Settings
+/// read only at start are applied at the next restart, with a warning.
+fn restart_only(running: &Config, new: &Config) -> Result<()> {
+    if new.redis != running.redis {
+        let changed: Vec<&str> = [
+            ("redis.url", new.redis.url != running.redis.url),
+            (
+                "redis.key_prefix",
+                new.redis.key_prefix != running.redis.key_prefix,
+            ),
+            (
+                "redis.connect_timeout",
+                new.redis.connect_timeout != running.redis.connect_timeout,
+            ),
+            (
+                "redis.command_timeout",
+                new.redis.command_timeout != running.redis.command_timeout,
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(name, differs)| differs.then_some(name))
+        .collect();
+        return Err(Error::Config(format!(
+            "{} changed: [redis] settings apply only at start; restart the daemon to use them \
+             (a reload cannot move running jobs to another Redis)",
+            changed.join(", ")
+        )));
+    }
+    let (d, n) = (&running.daemon, &new.daemon);
+    for (name, differs) in [
+        (
+            "daemon.listen",
+            d.listen != n.listen || d.listen_public != n.listen_public,
+        ),
+        ("daemon.log_format", d.log_format != n.log_format),
+        ("daemon.log_level", d.log_level != n.log_level),
+        ("daemon.reap_interval", d.reap_interval != n.reap_interval),
+        (
+            "daemon.stats_interval",
+            d.stats_interval != n.stats_interval,
+        ),
+    ] {
+        if differs {
+            tracing::warn!("{name} changed: it applies at the next restart");
+        }
+    }
+    Ok(())
 }
 
 async fn wait_for_shutdown(rx: &mut mpsc::UnboundedReceiver<Action>) {

@@ -255,6 +255,8 @@ impl Drop for Reap {
 
 /// A `redq run` process; its stderr (the log) goes to a file.
 pub struct Daemon {
+    /// `daemon.listen`: where `/metrics`, `/healthz` and `/readyz` are served.
+    pub listen: String,
     child: Child,
     log: PathBuf,
     status: Option<ExitStatus>,
@@ -271,11 +273,12 @@ impl Daemon {
     }
 
     pub fn spawn(config: &Path, log: &Path, env: &[(&str, &str)]) -> Daemon {
+        let listen = format!("127.0.0.1:{}", free_port());
         let child = redq()
             .arg("--config")
             .arg(config)
             .arg("run")
-            .env("REDQ_DAEMON__LISTEN", format!("127.0.0.1:{}", free_port()))
+            .env("REDQ_DAEMON__LISTEN", &listen)
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -283,6 +286,7 @@ impl Daemon {
             .spawn()
             .expect("spawn redq run");
         Daemon {
+            listen,
             child,
             log: log.to_owned(),
             status: None,
@@ -355,4 +359,24 @@ pub fn parse_env(text: &str) -> BTreeMap<String, String> {
         .filter_map(|l| l.split_once('='))
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .collect()
+}
+
+/// `GET path` from `addr` over plain HTTP/1.0: the status and the body
+/// (`None` when nothing answers).
+pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let status = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())?;
+    Some((status, body))
+}
+
+/// The value of an unlabelled sample in a Prometheus text body.
+pub fn sample(body: &str, name: &str) -> Option<f64> {
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }
