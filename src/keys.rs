@@ -107,6 +107,20 @@ pub fn daemon(prefix: &str, id: &str) -> String {
     format!("{prefix}:daemon:{id}")
 }
 
+/// The STRING a daemon writes once (SET NX) with a random value: the mark
+/// that this Redis holds redq's data under `prefix`. When it vanishes or
+/// changes, Redis lost what it held (a restart without persistence, a
+/// flush, a failover to an empty replica). Plain commands only, no hash tag.
+pub fn epoch(prefix: &str) -> String {
+    format!("{prefix}:epoch")
+}
+
+/// A key that never exists: the daemon's readiness probe deletes it, a write
+/// that needs no memory, to learn whether Redis accepts writes now.
+pub fn write_probe(prefix: &str) -> String {
+    format!("{prefix}:probe")
+}
+
 /// All key names of one queue.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QueueKeys {

@@ -206,6 +206,17 @@ async fn readyz_follows_redis_scripts_and_draining() {
     health.set_redis_ok(true);
     assert_eq!(server.probe("/readyz").await.0, 200);
 
+    // Redis answers but takes no writes (paused, a replica): not ready.
+    health.set_writes_ok(false);
+    let (code, body) = server.probe("/readyz").await;
+    assert_eq!(code, 503, "{body}");
+    assert_eq!(
+        (&body["redis"], &body["writes"]),
+        (&Value::Bool(true), &Value::Bool(false))
+    );
+    health.set_writes_ok(true);
+    assert_eq!(server.probe("/readyz").await.0, 200);
+
     health.set_draining(true);
     let (code, body) = server.probe("/readyz").await;
     assert_eq!(code, 503, "{body}");

@@ -31,6 +31,7 @@ mod leases;
 mod notify;
 mod observer;
 mod pool;
+mod probe;
 mod promoter;
 mod reaper;
 mod runner;

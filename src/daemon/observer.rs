@@ -13,7 +13,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::supervisor::Shared;
-use super::{notify, Counters, QueueRt};
+use super::{notify, probe, Counters, QueueRt};
 use crate::config::DaemonConfig;
 use crate::error::{Error, Result};
 use crate::inspect;
@@ -77,6 +77,7 @@ pub async fn run(shared: Arc<Shared>, stats_interval: Duration, stop: Cancellati
     let mut last_summary = Instant::now();
     let mut last: BTreeMap<Arc<str>, (u64, u64)> = BTreeMap::new();
     let mut polls: u32 = 0;
+    let mut epoch = probe::mark(&shared).await;
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
@@ -95,6 +96,9 @@ pub async fn run(shared: Arc<Shared>, stats_interval: Duration, stop: Cancellati
         // fresh depths beside a stale `redq_redis_up`.
         shared.metrics.set_redis(rtt.is_some(), rtt);
         shared.health.set_redis_ok(rtt.is_some());
+        if rtt.is_some() {
+            probe::check(&shared, &mut epoch).await;
+        }
         polls = polls.wrapping_add(1);
         if rtt.is_some() && polls % LIBRARY_EVERY == 1 {
             // A Redis restarted without persistence has lost the function

@@ -5,8 +5,11 @@
 //!   beaten within its allowed staleness. A loop's registration counts as its
 //!   first beat, so a loop that never starts turns unhealthy after one
 //!   staleness period.
-//! - Ready (`/readyz`): Redis answered the last check, the scripts are loaded,
-//!   and the daemon is not draining. Starts not ready.
+//! - Ready (`/readyz`): Redis answered the last check, accepted the last
+//!   write probe (a paused Redis or a replica answers reads but no writes,
+//!   and no job moves then), the scripts are loaded, and the daemon is not
+//!   draining. Starts not ready (writes count as accepted until a probe says
+//!   otherwise).
 //!
 //! Invariants: time comes from one injected clock (tests use a manual one,
 //! never sleeps); a beat takes a mutex and a lookup by `&str`, allocating only
@@ -34,6 +37,7 @@ type Clock = Box<dyn Fn() -> Instant + Send + Sync>;
 pub struct Health {
     clock: Clock,
     redis_ok: AtomicBool,
+    writes_ok: AtomicBool,
     scripts_loaded: AtomicBool,
     draining: AtomicBool,
     loops: Mutex<BTreeMap<String, LoopState>>,
@@ -56,6 +60,7 @@ impl Health {
         Health {
             clock: Box::new(clock),
             redis_ok: AtomicBool::new(false),
+            writes_ok: AtomicBool::new(true),
             scripts_loaded: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             loops: Mutex::new(BTreeMap::new()),
@@ -100,6 +105,11 @@ impl Health {
         self.redis_ok.store(ok, Relaxed);
     }
 
+    /// Whether Redis accepted the last write probe in time.
+    pub fn set_writes_ok(&self, ok: bool) {
+        self.writes_ok.store(ok, Relaxed);
+    }
+
     /// Whether redq's scripts and function library are loaded into Redis.
     pub fn set_scripts_loaded(&self, loaded: bool) {
         self.scripts_loaded.store(loaded, Relaxed);
@@ -132,15 +142,17 @@ impl Health {
     }
 
     /// Readiness and its JSON body:
-    /// `{"status":"unavailable","redis":false,"scripts":true,"draining":false}`.
+    /// `{"status":"unavailable","redis":true,"writes":false,"scripts":true,"draining":false}`.
     pub fn readyz(&self) -> (bool, Value) {
         let redis = self.redis_ok.load(Relaxed);
+        let writes = self.writes_ok.load(Relaxed);
         let scripts = self.scripts_loaded.load(Relaxed);
         let draining = self.draining.load(Relaxed);
-        let ok = redis && scripts && !draining;
+        let ok = redis && writes && scripts && !draining;
         let body = json!({
             "status": status(ok),
             "redis": redis,
+            "writes": writes,
             "scripts": scripts,
             "draining": draining,
         });

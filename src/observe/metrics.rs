@@ -155,6 +155,8 @@ pub struct Metrics {
     pub(super) queues: RwLock<HashMap<Box<str>, Box<QueueMetrics>>>,
     pub(super) dropped: AtomicU64,
     pub(super) redis_up: AtomicBool,
+    /// `redq_redis_data_lost_total`: times Redis was found without redq's data.
+    pub(super) redis_data_lost: AtomicU64,
     /// `f64` bits of the last round-trip time in seconds; NaN until measured.
     pub(super) redis_rtt_bits: AtomicU64,
     /// `redq_leader{duty}`: duty names are fixed in code, so the labels are bounded.
@@ -170,6 +172,7 @@ impl Metrics {
             queues: RwLock::new(HashMap::new()),
             dropped: AtomicU64::new(0),
             redis_up: AtomicBool::new(false),
+            redis_data_lost: AtomicU64::new(0),
             redis_rtt_bits: AtomicU64::new(f64::NAN.to_bits()),
             leader: RwLock::new(BTreeMap::new()),
         })
@@ -283,6 +286,11 @@ impl Metrics {
             q.oldest_pending_micros.store(age, Relaxed);
             q.depths_known.store(true, Relaxed);
         });
+    }
+
+    /// Counts one more time Redis was found without redq's data.
+    pub fn redis_data_lost(&self) {
+        self.redis_data_lost.fetch_add(1, Relaxed);
     }
 
     /// Sets `redq_redis_up`, and `redq_redis_rtt_seconds` when a round trip was measured

@@ -164,6 +164,11 @@ impl Metrics {
         let help = "1 when the last Redis check succeeded, else 0.";
         header(out, name, "gauge", help);
         sample(out, name, &[], u8::from(self.redis_up.load(Relaxed)));
+        let name = "redq_redis_data_lost_total";
+        let help =
+            "Times Redis was found without redq's data (a restart without persistence, a flush).";
+        header(out, name, "counter", help);
+        sample(out, name, &[], self.redis_data_lost.load(Relaxed));
         let name = "redq_uptime_seconds";
         header(out, name, "gauge", "Seconds since the daemon started.");
         sample(out, name, &[], self.started.elapsed().as_secs_f64());
