@@ -183,9 +183,9 @@ pub async fn jobs(
             (_, Some(_), ..) => JobState::Scheduled,
             (_, _, Some(_), _) => JobState::Dead,
             (.., Some(_)) => JobState::Succeeded,
-            // In line (a list, not indexed by id), or parked: popped while its
+            // Pending (in a list, not indexed by id), or parked: popped while its
             // group was at `group_concurrency` or its tenant at its rate
-            // limit, it waits in `parked` or `tenant_parked` to go back in line.
+            // limit, it waits in `parked` or `tenant_parked` to go back to pending.
             _ => JobState::Pending,
         };
         let doc = stored.doc;
@@ -223,26 +223,24 @@ fn parse_run(run: Option<&str>) -> (u32, Option<i64>) {
     (attempts, started)
 }
 
-/// The priorities with jobs in line, per queue, highest first.
-async fn line_levels(store: &Store, queues: &[QueueKeys]) -> Result<Vec<Vec<String>>> {
+/// The priorities with jobs pending, per queue, highest first.
+async fn pending_levels(store: &Store, queues: &[QueueKeys]) -> Result<Vec<Vec<String>>> {
     let mut pipe = redis::pipe();
     for q in queues {
-        pipe.zrange(q.waiting(), 0, -1);
+        pipe.zrange(q.pending(), 0, -1);
     }
     Ok(pipe.query_async(&mut store.connection()).await?)
 }
 
-/// Depths of each queue: two pipelines, O(1) per queue and priority in line.
+/// Depths of each queue: two pipelines, O(1) per queue and priority pending.
 pub async fn stats(store: &Store, queues: &[QueueKeys]) -> Result<Vec<QueueStats>> {
-    let levels = line_levels(store, queues).await?;
+    let levels = pending_levels(store, queues).await?;
     let mut pipe = redis::pipe();
     for (q, levels) in queues.iter().zip(&levels) {
         for level in levels {
-            pipe.llen(q.line(level));
+            pipe.llen(q.pending_list(level));
         }
-        // What an earlier version left in its sorted set waits too.
-        pipe.zcard(q.legacy_pending())
-            .zcard(q.parked())
+        pipe.zcard(q.parked())
             .zcard(q.tenant_parked())
             .zcard(q.scheduled())
             // Running jobs: every member but the skiplist pin (score +inf).
@@ -260,20 +258,20 @@ pub async fn stats(store: &Store, queues: &[QueueKeys]) -> Result<Vec<QueueStats
         .zip(&levels)
         .map(|(q, levels)| {
             let (line, after) = rest.split_at(levels.len().min(rest.len()));
-            let (c, after) = after.split_at(10.min(after.len()));
+            let (c, after) = after.split_at(9.min(after.len()));
             rest = after;
             let n = |i: usize| c.get(i).copied().unwrap_or(0);
             QueueStats {
                 queue: q.queue().to_owned(),
                 // Parked jobs (full group, tenant over its limit) wait too.
-                pending: line.iter().sum::<u64>() + n(0) + n(1) + n(2),
-                scheduled: n(3),
-                active: n(4),
-                dead: n(5),
-                succeeded: n(6),
-                inbox: n(7),
-                rejected: n(8),
-                paused: n(9) == 1,
+                pending: line.iter().sum::<u64>() + n(0) + n(1),
+                scheduled: n(2),
+                active: n(3),
+                dead: n(4),
+                succeeded: n(5),
+                inbox: n(6),
+                rejected: n(7),
+                paused: n(8) == 1,
                 last_minute: None,
             }
         })
@@ -392,7 +390,7 @@ pub async fn register(store: &Store, queues: &[&str]) -> Result<()> {
     Ok(())
 }
 
-/// How long the job at the head of each queue's line (the next to run) has
+/// How long the next job to run of each queue (the head of its pending jobs) has
 /// waited since it was enqueued, on Redis's clock; `None` when empty.
 pub async fn head_ages(
     store: &Store,
@@ -402,7 +400,7 @@ pub async fn head_ages(
     let mut pipe = redis::pipe();
     pipe.cmd("TIME");
     for q in queues {
-        pipe.zrange(q.waiting(), 0, 0);
+        pipe.zrange(q.pending(), 0, 0);
     }
     let reply: Vec<redis::Value> = pipe.query_async(&mut con).await?;
     let (now_ms, rest) = crate::store::split_time(reply, "head ages")?;
@@ -414,8 +412,11 @@ pub async fn head_ages(
         .collect::<Result<_>>()?;
     let mut pipe = redis::pipe();
     for (q, top) in queues.iter().zip(&tops) {
-        // No priority in line: the list of a name no priority has, empty.
-        pipe.lindex(q.line(top.first().map_or("none", String::as_str)), 0);
+        // No priority pending: the list of a name no priority has, empty.
+        pipe.lindex(
+            q.pending_list(top.first().map_or("none", String::as_str)),
+            0,
+        );
     }
     let heads: Vec<Option<String>> = pipe.query_async(&mut con).await?;
     let mut pipe = redis::pipe();

@@ -18,8 +18,8 @@ use serde_json::value::RawValue;
 use crate::error::{Error, Result};
 use crate::keys;
 
-/// Lowest priority accepted. Each priority in use has its own list in the
-/// line; a parked job's order key (prelude.lua, `park_score`) stays an exact
+/// Lowest priority accepted. Each priority in use has its own list of
+/// pending jobs; a parked job's order key (prelude.lua, `park_score`) stays an exact
 /// integer below 2^53: 2001 priority bands of 2^42 places each.
 pub const PRIORITY_MIN: i64 = -1000;
 /// Highest priority accepted (runs first).

@@ -17,10 +17,9 @@ pub const DEFAULT_PREFIX: &str = "redq";
 pub const MAX_NAME_LEN: usize = 128;
 
 /// The parts of a queue's keyspace (prelude.lua's `QUEUE_PARTS` lists the same).
-pub const PARTS: [&str; 25] = [
+pub const PARTS: [&str; 24] = [
     "jobs",      // HASH  id -> stored job record (see job::StoredJob)
-    "waiting", // ZSET  priority -> -priority, for each priority with jobs in line (see QueueKeys::line)
-    "pending", // ZSET  id -> priority/FIFO score: the line as earlier versions kept it; claims move it into `waiting`
+    "pending", // ZSET  priority -> -priority, for each priority with pending jobs (see QueueKeys::pending_list)
     "scheduled", // ZSET  id -> due time (Redis ms)
     "active",  // ZSET  id -> lease deadline (Redis ms)
     "dead",    // ZSET  id -> time of death (Redis ms)
@@ -166,20 +165,15 @@ impl QueueKeys {
     pub fn jobs(&self) -> &str {
         self.part("jobs")
     }
-    /// The priorities with jobs in line (`waiting`); each one's jobs are
-    /// the list [`QueueKeys::line`].
-    pub fn waiting(&self) -> &str {
-        self.part("waiting")
-    }
-    /// The list of ids waiting at `priority`, head first:
-    /// `<base>:waiting:<priority>`. Not one of [`PARTS`].
-    pub fn line(&self, priority: &str) -> String {
-        format!("{}:{priority}", self.waiting())
-    }
-    /// The line as earlier versions kept it (one sorted set); claims move
-    /// what is left there into the lists.
-    pub fn legacy_pending(&self) -> &str {
+    /// The priorities with pending jobs, highest first; each one's jobs
+    /// are the list [`QueueKeys::pending_list`].
+    pub fn pending(&self) -> &str {
         self.part("pending")
+    }
+    /// The ids of the jobs pending at `priority`, next first:
+    /// `<base>:pending:<priority>`. Not one of [`PARTS`].
+    pub fn pending_list(&self, priority: &str) -> String {
+        format!("{}:{priority}", self.pending())
     }
     pub fn scheduled(&self) -> &str {
         self.part("scheduled")
@@ -305,8 +299,8 @@ mod tests {
     fn every_key_carries_the_queue_hash_tag() {
         let k = QueueKeys::new("redq", "emails").unwrap();
         assert_eq!(k.base(), "redq:{emails}");
-        assert_eq!(k.waiting(), "redq:{emails}:waiting");
-        assert_eq!(k.line("-3"), "redq:{emails}:waiting:-3");
+        assert_eq!(k.pending(), "redq:{emails}:pending");
+        assert_eq!(k.pending_list("-3"), "redq:{emails}:pending:-3");
         assert_eq!(k.wake(), "redq:{emails}:wake");
         assert!(k.all().iter().all(|key| key.starts_with("redq:{emails}:")));
         assert_eq!(k.all().len(), PARTS.len());

@@ -147,7 +147,7 @@ fn redis_is_found_by_flag_then_env_then_config_file() {
     let (code, _, err) = run(redq(&["--config", cfg, "enqueue", "q", "1"]));
     assert_eq!(code, 0, "{err}");
     assert_eq!(
-        redis.cli(&["LLEN", "custom:{q}:waiting:0"]).unwrap().trim(),
+        redis.cli(&["LLEN", "custom:{q}:pending:0"]).unwrap().trim(),
         "1"
     );
     // The environment beats the file; the flag beats the environment.

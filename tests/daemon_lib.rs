@@ -818,7 +818,7 @@ async fn an_idle_daemon_is_handed_jobs_directly_and_unregisters_when_it_stops() 
     assert_eq!(Counters::get(&d.counters.handed_off), 3);
     d.stop().await;
     // Stopped: no registration left for enqueues to hand jobs to, nothing
-    // left in its list, and a new job waits in line.
+    // left in its list, and a new job stays pending.
     assert_eq!(registered().await, 0);
     let id = client.enqueue("q", job(4)).await.unwrap().id;
     let info = client.job("q", &id).await.unwrap().unwrap();

@@ -123,7 +123,7 @@ fn failure<'a>(
 
 /// Runs every transition once over a queue: enqueue (client, FCALL, inbox,
 /// scheduled), claim, complete, fail (retry and dead), dead retry, release,
-/// reap (back in line, then dead).
+/// reap (back to pending, then dead).
 async fn lifecycle(redis: &RedisServer, client: &redq::Client, queue: &str) {
     let store = client.store();
     let q = store.queue(queue).unwrap();

@@ -76,7 +76,10 @@ async fn a_rate_limited_claim_hands_out_the_room_left_and_says_when_room_returns
     assert!(second.jobs.is_empty());
     assert!(second.throttled);
     assert_eq!(second.next_due_ms, Some(first.now_ms + 60_000));
-    assert_eq!(common::line(&mut redis.con().await, &q).await.len(), 2);
+    assert_eq!(
+        common::pending_ids(&mut redis.con().await, &q).await.len(),
+        2
+    );
     assert_eq!(zcard(&redis, q.active()).await, 3);
 
     // Completing does not give room back: the window counts claims.
@@ -175,13 +178,15 @@ async fn a_full_group_parks_its_jobs_and_others_run_past_them() {
     let ids: Vec<&str> = got.jobs.iter().map(|j| j.id.as_str()).collect();
     assert_eq!(ids, ["a1", "b1", "free"]);
     assert_eq!(zcard(&redis, q.parked()).await, 2);
-    assert!(common::line(&mut redis.con().await, &q).await.is_empty());
+    assert!(common::pending_ids(&mut redis.con().await, &q)
+        .await
+        .is_empty());
     // A parked job is pending to its readers (`redq job`, export).
     let parked = client.job("q", "a3").await.unwrap().unwrap();
     assert_eq!(parked.state, redq::inspect::JobState::Pending);
     assert_eq!(parked.attempts, 0);
 
-    // a1 completes: one parked job of `a` goes back in line, in order.
+    // a1 completes: one parked job of `a` goes back to pending, in order.
     let a1 = &got.jobs[0];
     store
         .complete(
@@ -218,7 +223,7 @@ async fn a_full_group_parks_its_jobs_and_others_run_past_them() {
     let after = store.claim(&q, 10, LEASE, 0, 0).await.unwrap();
     let mut ids: Vec<&str> = after.jobs.iter().map(|j| j.id.as_str()).collect();
     ids.sort_unstable();
-    assert_eq!(ids, ["a2"], "a2 is back first in line, a3 stays parked");
+    assert_eq!(ids, ["a2"], "a2 is back first pending, a3 stays parked");
     assert_eq!(after.jobs[0].attempt, 2);
     assert_eq!(zcard(&redis, q.parked()).await, 1);
 
@@ -248,7 +253,7 @@ async fn a_tenant_over_its_limit_is_parked_and_other_tenants_run_past_it() {
     jobs.extend((0..10).map(|n| job(100 + n).tenant("b").id(format!("b{n}"))));
     client.enqueue_many("q", jobs).await.unwrap();
 
-    // a's ten are first in line: two fit its window, eight are parked, and
+    // a's ten are first pending: two fit its window, eight are parked, and
     // the claim pops on to fill its slots with b's.
     let got = store.claim(&q, 10, LEASE, 0, 0).await.unwrap();
     assert_eq!(
@@ -263,7 +268,10 @@ async fn a_tenant_over_its_limit_is_parked_and_other_tenants_run_past_it() {
         "a's room returns"
     );
     assert_eq!(zcard(&redis, q.tenant_parked()).await, 8);
-    assert_eq!(common::line(&mut redis.con().await, &q).await.len(), 2);
+    assert_eq!(
+        common::pending_ids(&mut redis.con().await, &q).await.len(),
+        2
+    );
     // A parked job is waiting to its readers, with no attempt spent.
     let a5 = client.job("q", "a5").await.unwrap().unwrap();
     assert_eq!(a5.state, redq::inspect::JobState::Pending);
@@ -546,7 +554,7 @@ async fn group_concurrency_holds_across_daemons_and_other_groups_run_meanwhile()
         );
         daemons.push(launch(WorkerBuilder::new(cfg).handler("q", handler)).await);
     }
-    // Six `g` jobs first in line, then two `h` jobs behind them.
+    // Six `g` jobs first pending, then two `h` jobs behind them.
     let mut jobs: Vec<NewJob> = (0..6).map(|n| job(n).group("g")).collect();
     jobs.extend((100..102).map(|n| job(n).group("h")));
     client.enqueue_many("q", jobs).await.unwrap();
@@ -630,7 +638,7 @@ async fn three_daemons_keep_each_tenant_within_its_limit_and_others_are_not_held
         };
         daemons.push(launch(WorkerBuilder::new(cfg()).handler("q", handler)).await);
     }
-    // `slow`'s jobs are first in line, `fast`'s behind them.
+    // `slow`'s jobs are first pending, `fast`'s behind them.
     let (n_slow, n_fast) = (8, 12);
     let mut batch: Vec<NewJob> = (0..n_slow).map(|n| job(n).tenant("slow")).collect();
     batch.extend((0..n_fast).map(|n| job(100 + n).tenant("fast")));

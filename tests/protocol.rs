@@ -320,7 +320,7 @@ async fn documents_that_are_not_utf8_are_refused_like_the_rust_side_does() {
 }
 
 /// A record written straight into Redis, past every check, larger than the
-/// queue's document limit: at the head of the line, ahead of `next`.
+/// queue's document limit: at the head of the pending jobs, ahead of `next`.
 async fn plant_oversize(redis: &RedisServer, q: &redq::keys::QueueKeys, limit: usize) -> String {
     let mut con = redis.con().await;
     let _: () = redis::cmd("HSET")
@@ -340,11 +340,11 @@ async fn plant_oversize(redis: &RedisServer, q: &redq::keys::QueueKeys, limit: u
         .unwrap();
     let _: () = redis::pipe()
         .cmd("LPUSH")
-        .arg(q.line("0"))
+        .arg(q.pending_list("0"))
         .arg("huge")
         .ignore()
         .cmd("ZADD")
-        .arg(q.waiting())
+        .arg(q.pending())
         .arg(0)
         .arg("0")
         .ignore()

@@ -87,50 +87,19 @@ async fn small_claims_cross_priorities_in_order_and_leave_no_empty_priority_behi
     for (n, levels) in [(3, vec!["0", "-1"]), (1, vec!["0", "-1"]), (2, vec![])] {
         let got = claim(store, "q", n).await;
         order.extend(got.jobs.iter().map(payload_n));
-        // `waiting` names exactly the priorities with jobs left (the helper
+        // `pending` names exactly the priorities with jobs left (the helper
         // also checks that none of them has an empty list).
         let s = snapshot(&mut con, &q).await;
-        assert_eq!(s.zset("waiting"), levels, "after {order:?}");
-        assert_eq!(s.line().len(), 6 - order.len());
+        assert_eq!(s.zset("pending"), levels, "after {order:?}");
+        assert_eq!(s.pending_ids().len(), 6 - order.len());
     }
     assert_eq!(order, [1, 3, 5, 0, 4, 2]);
     let exists: bool = redis::cmd("EXISTS")
-        .arg(q.waiting())
+        .arg(q.pending())
         .query_async(&mut con)
         .await
         .unwrap();
-    assert!(!exists, "an empty line leaves no `waiting` key");
-}
-
-#[tokio::test]
-async fn jobs_an_earlier_version_left_in_its_sorted_set_are_claimed_in_order() {
-    let redis = RedisServer::start();
-    let client = redis.client().await;
-    let store = client.store();
-    let q = store.queue("q").unwrap();
-    // As the previous layout wrote them: the record in `jobs`, the id in
-    // the sorted set `pending` scored (1000 - priority) * 2^42 + seq.
-    let mut con = redis.con().await;
-    let band = |p: i64, seq: i64| ((1000 - p) * (1_i64 << 42) + seq).to_string();
-    for (id, p, seq) in [("old-a", 0, 1), ("old-b", 5, 2), ("old-c", 0, 3)] {
-        let record = format!("{p};0;1;{{\"payload\":{{\"n\":0}},\"priority\":{p}}}");
-        let _: () = redis::pipe()
-            .hset(q.jobs(), id, record)
-            .zadd(q.legacy_pending(), id, band(p, seq))
-            .query_async(&mut con)
-            .await
-            .unwrap();
-    }
-    client.enqueue("q", job(1).priority(5)).await.unwrap();
-    assert_eq!(client.stats(&["q".into()]).await.unwrap()[0].pending, 4);
-    let info = client.job("q", "old-c").await.unwrap().unwrap();
-    assert_eq!(info.state, JobState::Pending);
-
-    let got = claim(store, "q", 10).await;
-    let ids: Vec<&str> = got.jobs.iter().map(|j| j.id.as_str()).collect();
-    // The old ones join the tail of their priority's line, in their order.
-    assert_eq!(&ids[1..], ["old-b", "old-a", "old-c"]);
-    assert!(snapshot(&mut con, &q).await.zset("pending").is_empty());
+    assert!(!exists, "an empty line leaves no `pending` key");
 }
 
 #[tokio::test]
@@ -166,9 +135,9 @@ async fn batches_beyond_luas_unpack_limit_are_split_and_lose_nothing() {
     assert_eq!(renewed, vec![true; 5000]);
     assert_eq!(store.release(&q, &pairs).await.unwrap(), vec![true; 5000]);
 
-    // Released jobs are back at the head of the line in their order, and
+    // Released jobs are back at the head of the pending jobs in their order, and
     // every job is there once.
-    let line = common::line(&mut redis.con().await, &q).await;
+    let line = common::pending_ids(&mut redis.con().await, &q).await;
     assert_eq!(line.len(), 9000);
     assert_eq!(line.iter().collect::<HashSet<_>>().len(), 9000);
     let mut all = Vec::new();
@@ -1117,7 +1086,7 @@ async fn an_enqueue_leases_the_head_of_the_line_to_a_registered_idle_daemon() {
 
     let jobs = (0..5).map(job).collect();
     client.enqueue_many("q", jobs).await.unwrap();
-    // One element for the call, holding the first three jobs in line, leased.
+    // One element for the call, holding the first three jobs pending, leased.
     let list = handed(&redis, &q, "d1").await;
     assert_eq!(list.len(), 1);
     let got = redq::store::parse_handoff(&list[0]).unwrap();
@@ -1127,7 +1096,7 @@ async fn an_enqueue_leases_the_head_of_the_line_to_a_registered_idle_daemon() {
     );
     assert!(got.jobs.iter().all(|j| j.attempt == 1));
     let s = snapshot(&mut redis.con().await, &q).await;
-    assert_eq!(s.line().len(), 2);
+    assert_eq!(s.pending_ids().len(), 2);
     let active: HashSet<String> = s.zset("active").into_iter().collect();
     assert_eq!(active, got.jobs.iter().map(|j| j.id.clone()).collect());
     // Its three slots are used: the registration is over; the rest wakes others.
@@ -1171,8 +1140,8 @@ async fn a_single_enqueue_into_an_empty_queue_is_leased_without_entering_the_lin
         assert_eq!(redis.command_calls(command).await, 0, "{command}");
     }
     let s = snapshot(&mut redis.con().await, &q).await;
-    assert!(s.line().is_empty());
-    assert!(s.zset("waiting").is_empty());
+    assert!(s.pending_ids().is_empty());
+    assert!(s.zset("pending").is_empty());
     assert_eq!(s.zset("active"), std::slice::from_ref(&id));
     assert!(registration(&redis, &q, "d1")
         .await
@@ -1210,7 +1179,10 @@ async fn a_single_enqueue_behind_waiting_jobs_is_handed_off_in_its_place_in_line
         got.jobs.iter().map(payload_n).collect::<Vec<_>>(),
         [0, 2, 1]
     );
-    assert!(snapshot(&mut redis.con().await, &q).await.line().is_empty());
+    assert!(snapshot(&mut redis.con().await, &q)
+        .await
+        .pending_ids()
+        .is_empty());
 }
 
 #[tokio::test]
@@ -1230,7 +1202,7 @@ async fn no_hand_off_when_the_registration_expired_the_queue_is_paused_or_limite
     assert_eq!(registration(&redis, &q, "d1").await, None);
     assert_eq!(claim(store, "q", 10).await.jobs.len(), 1);
 
-    // Paused: the job waits in line.
+    // Paused: the job stays pending.
     register_d1(store, &q).await;
     store.pause(&q).await.unwrap();
     client.enqueue("q", job(1)).await.unwrap();
@@ -1276,7 +1248,7 @@ async fn a_busy_claim_or_ending_the_registration_stops_hand_offs() {
 
     // A claim that fills every slot it asked for ends the registration.
     register_d1(store, &q).await;
-    // (Jobs enqueued while paused wait in line instead of being handed off.)
+    // (Jobs enqueued while paused wait pending instead of being handed off.)
     store.pause(&q).await.unwrap();
     client
         .enqueue_many("q", (1..=3).map(job).collect())

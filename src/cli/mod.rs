@@ -182,7 +182,7 @@ pub enum DeadCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Put dead jobs back in line with fresh attempts
+    /// Put dead jobs back to pending with fresh attempts
     Retry {
         queue: String,
         ids: Vec<String>,

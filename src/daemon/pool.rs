@@ -26,7 +26,7 @@
 //! are used, and an idle pool renews it half way to its expiry with one
 //! HSET in its idle look. Jobs that arrive when every slot
 //! is taken (a registration and a claim crossed) are released back to the
-//! head of the line, no attempt spent.
+//! head of the pending jobs, no attempt spent.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -145,7 +145,7 @@ impl Pool {
 
     /// Starts claimed jobs, one slot each. Jobs beyond the free slots (a
     /// hand-off and a claim crossed) are released: back to the head of the
-    /// line, no attempt spent.
+    /// pending jobs, no attempt spent.
     fn start_jobs(
         &self,
         ctx: &PoolCtx,
@@ -534,7 +534,7 @@ impl Pool {
             for q in &self.queues {
                 pipe.llen(q.keys.inbox());
                 if !throttled.contains(&q.name) {
-                    pipe.zcard(q.keys.waiting());
+                    pipe.zcard(q.keys.pending());
                 }
                 if q.cfg.has_tenant_limits() {
                     pipe.zcard(q.keys.tenant_due());

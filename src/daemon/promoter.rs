@@ -5,7 +5,7 @@
 //! It keeps, per queue this daemon serves, the earliest due time Redis
 //! reported, sleeps until the earliest of them (on Redis's clock, mapped
 //! onto ours through the offset the latest reply showed), then runs
-//! promote.lua, which moves what is due into line and hands it to idle
+//! promote.lua, which moves what is due into pending and hands it to idle
 //! daemons or wakes one, and replies with the next due time. It re-arms
 //! when told of an earlier time: a script that makes a job a queue's
 //! earliest publishes the due time on the queue's channel
@@ -282,7 +282,7 @@ async fn promote_due(store: &Store, p: &Promoter) -> bool {
                         tracing::debug!(
                             queue = keys.queue(),
                             moved,
-                            "scheduled jobs due: moved into line"
+                            "scheduled jobs due: moved into pending"
                         );
                     }
                     // Still due after a call that moved nothing: a damaged
@@ -297,7 +297,7 @@ async fn promote_due(store: &Store, p: &Promoter) -> bool {
                     p.answered(channel, Some((now_ms, next)));
                 }
                 Err(e) => {
-                    tracing::warn!(queue = keys.queue(), error = %e, "cannot move due scheduled jobs into line; retrying");
+                    tracing::warn!(queue = keys.queue(), error = %e, "cannot move due scheduled jobs into pending; retrying");
                     p.answered(channel, None);
                     for (other, _) in due.iter().filter(|(c, _)| c != channel) {
                         p.answered(other, None);

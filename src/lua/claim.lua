@@ -1,8 +1,8 @@
 -- claim.lua: hand up to N ready jobs to one caller, each under a lease.
 -- Atomic, so two claimers never get the same job: LPOP removes the ids from
--- the head of the line (see line_pop in the prelude) in the same step that
+-- the head of the pending jobs (see pending_pop in the prelude) in the same step that
 -- records the new fencing tokens and lease deadlines. Before claiming it
--- moves due scheduled jobs into line and turns inbox documents into jobs
+-- moves due scheduled jobs into pending and turns inbox documents into jobs
 -- (bounded batches). A paused queue hands out nothing.
 -- Limits, read from `meta` (written by the daemon at start and reload):
 --   rate_jobs, rate_per_ms: at most rate_jobs claims in any rate_per_ms
@@ -10,7 +10,7 @@
 --     window (token -> Redis ms), trimmed each call; a claim hands out at
 --     most the room left, and when that stops it while jobs wait, returns
 --     throttled = 1 and next_due_ms = when the oldest claim leaves the window.
---     Jobs held back stay in line: no attempt is spent.
+--     Jobs held back stay pending: no attempt is spent.
 --   group_limit: at most this many active jobs per job `group`; a popped job
 --     whose group is full is parked (see prelude) and the claim pops on, so
 --     other groups are not blocked behind it. Only with group_limit set is
@@ -23,15 +23,15 @@
 --     the `claims` key it was given, so it has the same {queue} hash tag and
 --     Cluster slot, and expires one window after the tenant's last claim.
 --     A popped job whose tenant has no room is parked in `tenant_parked`
---     (like a group's, so it keeps its place in line; no attempt spent) and
+--     (like a group's, so it keeps its place among the pending jobs; no attempt spent) and
 --     the claim pops on, so other tenants are not held back. `tenant_due`
 --     holds when each tenant with parked jobs has room again; each claim
---     first moves the parked jobs of due tenants back in line (as many
+--     first moves the parked jobs of due tenants back to pending (as many
 --     as their room, bounded) and reschedules the rest, and next_due_ms
 --     includes the earliest such time. Jobs without a tenant are not
 --     tenant-limited; with tenant_rate absent no document is decoded for it.
 --   parking: set while jobs may be parked (group or tenant); with the limit
---     gone, the claim moves them back in line.
+--     gone, the claim moves them back to pending.
 -- All of this is one script, so the counts it reads cannot change before its
 -- claims are recorded: over all daemons no window ever holds more claims
 -- than its limit.
@@ -60,7 +60,7 @@
 --   the next scheduled job, the queue's room (throttled) and a tenant's room;
 --   now_ms when jobs may be ready that this call had no rounds left to reach.
 --   throttled is about the queue's rate limit only: tenant-parked jobs are
---   not in line.
+--   not pending.
 local TENANT_BATCH = 100 -- due tenants handled per call
 local k = queue_keys(KEYS)
 local want, lease = math.min(tonumber(ARGV[1]), CALL_JOBS_MAX), tonumber(ARGV[2])
@@ -79,7 +79,6 @@ allow_when_full(k)
 
 local promote = tonumber(ARGV[3])
 if promote > 0 then promote_due(k, now, promote) end
-adopt_legacy_line(k)
 
 local inbox = tonumber(ARGV[4])
 if inbox > 0 then
@@ -140,13 +139,13 @@ end
 
 if meta[7] then
   if not group_limit then
-    -- The limit was lifted: parked jobs go back in line (bounded per call).
+    -- The limit was lifted: parked jobs go back to pending (bounded per call).
     unpark(k, redis.call('ZRANGE', k.parked, 0, PARK_BATCH - 1))
   end
   if redis.call('EXISTS', k.parked, k.tenant_parked) == 0 then redis.call('HDEL', k.meta, 'parking') end
 end
 if tenant_on or meta[7] then
-  -- Tenants whose room has returned: their parked jobs go back in line, as
+  -- Tenants whose room has returned: their parked jobs go back to pending, as
   -- many as fit (all, bounded, when the tenant has no limit any more); the
   -- pop below checks them again. The rest wait for the next room. With
   -- tenant limits lifted, every tenant is due.
@@ -193,11 +192,11 @@ local rounds, drained = 0, false
 while #ids < budget and rounds < 8 do
   rounds = rounds + 1
   local asked = budget - #ids
-  local batch, levels = line_pop(k, asked)
+  local batch, levels = pending_pop(k, asked)
   local n = #batch
   if n < asked then drained = true end
   if n == 0 then break end
-  -- Parking keeps each job's place in line: places for this round, reserved
+  -- Parking keeps each job's place among the pending jobs: places for this round, reserved
   -- at once (one HINCRBY, only under limits that may park).
   local seq = 0
   if group_limit or tenant_on then seq = redis.call('HINCRBY', k.meta, 'seq', n) - n end
@@ -249,7 +248,7 @@ while #ids < budget and rounds < 8 do
       end
     end
   end
-  -- Without parking, one pop is all: a short pop means the line is empty.
+  -- Without parking, one pop is all: a short pop means nothing is pending.
   if #parked == 0 and #tparked == 0 then break end
 end
 if #parked > 0 then
@@ -271,7 +270,7 @@ if tenant_on or meta[7] then
   sooner(tonumber(first[2]))
 end
 
-local throttled = budget < want and not line_empty(k)
+local throttled = budget < want and not pending_empty(k)
 if throttled then
   -- Capacity returns when the oldest claim in the window (ours included) leaves it.
   out[4] = 1
@@ -342,7 +341,7 @@ if #gargs > 0 then
   end
 end
 -- The caller took all it could and work remains: wake another daemon.
-if n == want and not line_empty(k) then
+if n == want and not pending_empty(k) then
   wake(k)
 end
 return out

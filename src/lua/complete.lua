@@ -17,7 +17,7 @@
 --   `resources` while the job is kept). Most completions have none, so the
 --   common case passes two strings per job.
 -- Events (when on): `succeeded` per completed job, with run_ms.
--- Group slots (group_concurrency) of completed jobs are given back and parked jobs of their groups go back in line.
+-- Group slots (group_concurrency) of completed jobs are given back and parked jobs of their groups go back to pending.
 -- Returns: one integer per job: 1 completed, 0 stale token (nothing changed)
 -- A kept job keeps its run entry (attempts, start time) with the token cleared.
 local k = queue_keys(KEYS)

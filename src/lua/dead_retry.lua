@@ -1,9 +1,9 @@
--- dead_retry.lua: put dead jobs back in line with a fresh set of attempts.
+-- dead_retry.lua: put dead jobs back to pending with a fresh set of attempts.
 -- The last error is kept for reference. A job whose unique key another live
 -- job now holds stays dead.
 -- KEYS[1] the queue's base key <prefix>:{<queue>} (prelude derives the rest).
 -- ARGV: job ids
--- Events (when on): `enqueued` (via=dead_retry) per job back in line.
+-- Events (when on): `enqueued` (via=dead_retry) per job back to pending.
 -- Returns: one integer per id: 1 requeued, 0 not in the dead set, 2 unique key held by a live job
 local k = queue_keys(KEYS)
 local out = {}
@@ -25,7 +25,7 @@ for i, id in ipairs(ARGV) do
         redis.call('HDEL', k.runs, id)
         if unique then redis.call('HSET', k.unique, unique, id) end
         local priority = record_header(record)
-        line_add(k, priority, { id })
+        pending_push(k, priority, { id })
         if cap < 0 then cap = events_cap(k) end
         emit(k, cap, 'enqueued', id, 0, 'via', 'dead_retry', 'priority', fmt_int(priority))
         out[i] = 1

@@ -25,7 +25,7 @@ for i = 1, #ARGV, 7 do
   if unique == '' and due <= now then
     -- The common case, two element operations: HSETNX both checks that
     -- the id is new and stores the record (priority and max_attempts are
-    -- the integers the client sent, as text); the ids join the line below,
+    -- the integers the client sent, as text); the ids become pending below,
     -- one push per priority. HSETNX is also the call's first write: at
     -- maxmemory Redis refuses it and nothing is written.
     local record = ARGV[i + 2] .. ';' .. ARGV[i + 3] .. ';' .. nows .. ';' .. doc
@@ -46,15 +46,15 @@ for i = 1, #ARGV, 7 do
   out[#out + 1] = status
   out[#out + 1] = id
 end
--- An idle daemon that registered takes the head of the line directly;
+-- An idle daemon that registered takes the head of the pending jobs directly;
 -- what is left wakes one that did not. One new job (a single enqueue) goes
 -- to hand_off as it is: into an empty queue it is leased without passing
--- through the line (two commands fewer on the latency path).
+-- through the pending lists (two commands fewer on the latency path).
 local fresh = nil
 if #created == 1 then
   fresh = { created[1][1], created[1][2], fresh_record }
 elseif #created > 0 then
-  line_add_all(k, created, false)
+  pending_push_all(k, created, false)
 end
 if not hand_off(k, now, cap, fresh) then wake(k) end
 return out

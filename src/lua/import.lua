@@ -31,7 +31,7 @@ for i = 1, #ARGV, 8 do
         redis.call('ZADD', k.scheduled, at, id)
         announce_due(k, at)
       else
-        line_add(k, record_header(record), { id })
+        pending_push(k, record_header(record), { id })
       end
       if unique ~= '' and not redis.call('HGET', k.unique, unique) then
         redis.call('HSET', k.unique, unique, id)

@@ -23,7 +23,7 @@ local CALL_JOBS_MAX = 1000
 
 -- The parts of a queue's keyspace (keys::PARTS lists the same names).
 local QUEUE_PARTS = {
-  'jobs', 'waiting', 'pending', 'scheduled', 'active', 'dead', 'done', 'runs', 'errors', 'results', 'unique',
+  'jobs', 'pending', 'scheduled', 'active', 'dead', 'done', 'runs', 'errors', 'results', 'unique',
   'meta', 'inbox', 'rejected', 'wake', 'resources', 'events', 'claims', 'parked', 'groups',
   'holders', 'tenant_limits', 'tenant_parked', 'tenant_due', 'idle',
 }
@@ -32,7 +32,7 @@ local IS_PART = {}
 -- offers no ipairs.)
 for i = 1, #QUEUE_PARTS do IS_PART[QUEUE_PARTS[i]] = true end
 
--- The queue's keys, named by part (k.jobs, k.waiting, ...), derived from
+-- The queue's keys, named by part (k.jobs, k.pending, ...), derived from
 -- the base key K[1] = "<prefix>:{<queue>}" the first time each is used.
 -- Every derived key carries the base key's {queue} hash tag, so it lives on
 -- the slot Redis Cluster routed the call to. Passing one key instead of
@@ -60,25 +60,26 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
--- The line of jobs ready to run. Per priority a LIST `waiting:<priority>`
--- of ids, head first; `waiting` (ZSET priority -> -priority) names the
--- priorities whose list is not empty, highest first. Jobs enter at the tail
--- (enqueue, promotion, retry from the dead set) or go back to the head
--- (lease expired, released at shutdown, unparked) and leave only from the
--- head (claim, hand-off): nothing is removed from the middle, which is what
--- lets a list hold the line. A list entry costs ~a tenth of a sorted-set
--- entry (no score, no skiplist node, no dict entry), which is most of what a
--- waiting job costs in Redis besides its record.
--- Invariant: a priority is in `waiting` exactly when its list exists.
-local function line_key(k, level)
-  return k.waiting .. ':' .. level
+-- Pending jobs: the jobs ready to run, in the order claims take them. Per
+-- priority a LIST `pending:<priority>` of ids, head first; `pending` (ZSET
+-- priority -> -priority) names the priorities whose list is not empty,
+-- highest first. Jobs enter at the tail (enqueue, promotion, retry from the
+-- dead set) or go back to the head (lease expired, released at shutdown,
+-- unparked) and leave only from the head (claim, hand-off): nothing is
+-- removed from the middle, which is what lets a list hold them. A list
+-- entry costs ~a tenth of a sorted-set entry (no score, no skiplist node, no
+-- dict entry), which is most of what a pending job costs in Redis besides
+-- its record.
+-- Invariant: a priority is in `pending` exactly when its list exists.
+local function pending_key(k, level)
+  return k.pending .. ':' .. level
 end
 
--- Adds ids (in order) to the line at priority `priority`: at the tail, or
--- at the head when `front` (ids[1] then first in line).
-local function line_add(k, priority, ids, front)
+-- Adds ids (in order) to the pending jobs of priority `priority`: at the
+-- tail, or at the head when `front` (ids[1] then the next to run).
+local function pending_push(k, priority, ids, front)
   local level = fmt_int(priority)
-  local key, n, len = line_key(k, level), #ids, 0
+  local key, n, len = pending_key(k, level), #ids, 0
   -- In pieces of CALL_JOBS_MAX (a batch enqueue may hold more).
   if front then
     -- LPUSH puts each argument at the head in turn: from the last id back,
@@ -93,11 +94,11 @@ local function line_add(k, priority, ids, front)
       len = redis.call('RPUSH', key, unpack(ids, lo, math.min(n, lo + CALL_JOBS_MAX - 1)))
     end
   end
-  if len == n then redis.call('ZADD', k.waiting, -priority, level) end
+  if len == n then redis.call('ZADD', k.pending, -priority, level) end
 end
 
 -- Adds { priority, id } pairs, in order, one push per priority.
-local function line_add_all(k, entries, front)
+local function pending_push_all(k, entries, front)
   local by, order = {}, {}
   for _, e in ipairs(entries) do
     local ids = by[e[1]]
@@ -108,22 +109,22 @@ local function line_add_all(k, entries, front)
     end
     ids[#ids + 1] = e[2]
   end
-  for _, p in ipairs(order) do line_add(k, p, by[p], front) end
+  for _, p in ipairs(order) do pending_push(k, p, by[p], front) end
 end
 
--- Takes up to n ids from the head of the line, highest priority first.
+-- Takes up to n pending ids from the head, highest priority first.
 -- Returns the ids and, parallel, their priorities. One ZRANGE and one LPOP
 -- per priority visited, plus EXISTS when a pop took exactly what it asked
--- (the list may just have emptied; `waiting` must then lose the level).
-local function line_pop(k, n)
+-- (the list may just have emptied; `pending` must then lose the level).
+local function pending_pop(k, n)
   local ids, levels = {}, {}
   while #ids < n do
-    local top = redis.call('ZRANGE', k.waiting, 0, 0)[1]
+    local top = redis.call('ZRANGE', k.pending, 0, 0)[1]
     if not top then break end
-    local key, asked = line_key(k, top), n - #ids
+    local key, asked = pending_key(k, top), n - #ids
     local got = redis.call('LPOP', key, asked)
     if not got or #got < asked or redis.call('EXISTS', key) == 0 then
-      redis.call('ZREM', k.waiting, top)
+      redis.call('ZREM', k.pending, top)
     end
     if got then
       local p = tonumber(top)
@@ -136,13 +137,13 @@ local function line_pop(k, n)
   return ids, levels
 end
 
--- True when no job waits in the line.
-local function line_empty(k)
-  return redis.call('EXISTS', k.waiting) == 0
+-- True when no job is pending.
+local function pending_empty(k)
+  return redis.call('EXISTS', k.pending) == 0
 end
 
 -- Order key of a parked job (see park_member): its priority band, then its
--- place in line within the band, so parked jobs go back in their order.
+-- place among the pending jobs within the band, so parked jobs go back in their order.
 local SEQ_SPAN = 4398046511104 -- 2^42 places per priority band
 local function park_score(priority, seq)
   return (PRIORITY_MAX - priority) * SEQ_SPAN + seq % SEQ_SPAN
@@ -150,22 +151,6 @@ end
 
 local function park_priority(score)
   return PRIORITY_MAX - math.floor(score / SEQ_SPAN)
-end
-
--- Daemons before the lists kept the line in one sorted set, `pending`
--- (score = park_score(priority, seq)). A claim moves what such a daemon or
--- producer left there to the tail of the lists, in order, LEGACY_BATCH per
--- call: one EXISTS per claim when there is none.
-local LEGACY_BATCH = 1000
-local function adopt_legacy_line(k)
-  if redis.call('EXISTS', k.pending) == 0 then return end
-  local old = redis.call('ZRANGE', k.pending, 0, LEGACY_BATCH - 1, 'WITHSCORES')
-  redis.call('ZREMRANGEBYRANK', k.pending, 0, #old / 2 - 1)
-  local entries = {}
-  for i = 1, #old, 2 do
-    entries[#entries + 1] = { park_priority(tonumber(old[i + 1]) or 0), old[i] }
-  end
-  line_add_all(k, entries, false)
 end
 
 local function record_header(record)
@@ -229,7 +214,7 @@ local function announce_due(k, due)
   end
 end
 
--- Moves up to n scheduled jobs due by `now` to the tail of the line, in due
+-- Moves up to n scheduled jobs due by `now` to the tail of the pending jobs, in due
 -- order; returns how many. Ids without a record are dropped from
 -- `scheduled` (nothing to run). Call after allow_when_full when the caller
 -- must work at maxmemory.
@@ -242,7 +227,7 @@ local function promote_due(k, now, n)
   for i, id in ipairs(due) do
     if records[i] then entries[#entries + 1] = { record_header(records[i]), id } end
   end
-  line_add_all(k, entries, false)
+  pending_push_all(k, entries, false)
   return #entries
 end
 
@@ -323,7 +308,7 @@ local function take_fences(k, now, n)
   return first
 end
 
--- Leases `ids` (just taken from the head of the line; `records` their job
+-- Leases `ids` (just taken from the head of the pending jobs; `records` their job
 -- records, all present) to one caller until now + lease: the attempt
 -- number from `runs`, fencing tokens from take_fences (consecutive: the
 -- i-th job holds first + i - 1), run entries, lease deadlines in `active`,
@@ -361,7 +346,7 @@ end
 -- registers in `idle` (claim.lua: "<daemon id>.<pool number>" ->
 -- "<slots>,<lease_ms>,<expires_ms>"), and the daemon blocks on that name's
 -- hand-off list <base>:handoff:<name> (same hash tag). An enqueue then
--- leases the jobs at the head of the line to such a daemon itself, exactly
+-- leases the jobs at the head of the pending jobs to such a daemon itself, exactly
 -- as a claim would (same order, tokens, run entries, deadlines), and pushes
 -- them as one element onto that list: enqueue -> handler start is one hop
 -- instead of wake marker -> pop -> claim. Only for queues with no limit
@@ -387,12 +372,13 @@ local function handoff_element(now, first_token, out)
   return table.concat(parts)
 end
 
--- Hands the head of the line to registered idle daemons. `fresh`, when
--- given, is the one job this call just created, due now, not yet in line
--- ({ priority, id, record }): with the line empty it is the head of the
--- line, so it is leased without the round trip through a list (the single
--- enqueue into an idle queue, where latency counts); otherwise it joins the
--- line first. Returns true when the line is left empty (no wake-up needed).
+-- Hands the head of the pending jobs to registered idle daemons. `fresh`,
+-- when given, is the one job this call just created, due now, not yet
+-- pending ({ priority, id, record }): with nothing pending it is the next to
+-- run, so it is leased without the round trip through a list (the single
+-- enqueue into an idle queue, where latency counts); otherwise it becomes
+-- pending first. Returns true when nothing is left pending (no wake-up
+-- needed).
 local function hand_off(k, now, cap, fresh)
   local idle = redis.call('HGETALL', k.idle)
   local blocked = #idle == 0
@@ -403,8 +389,8 @@ local function hand_off(k, now, cap, fresh)
     blocked = meta[1] or meta[2] or meta[3] or meta[4] or meta[5]
     max_bytes = tonumber(meta[6]) or DEFAULT_MAX_DOC_BYTES
   end
-  if fresh and (blocked or not line_empty(k)) then
-    line_add(k, fresh[1], { fresh[2] })
+  if fresh and (blocked or not pending_empty(k)) then
+    pending_push(k, fresh[1], { fresh[2] })
     fresh = nil
   end
   if blocked then return false end
@@ -422,7 +408,7 @@ local function hand_off(k, now, cap, fresh)
         ids, records = { fresh[2] }, { fresh[3] }
         fresh = nil
       else
-        ids = line_pop(k, asked)
+        ids = pending_pop(k, asked)
         if #ids == 0 then return true end
         records = redis.call('HMGET', k.jobs, unpack(ids))
       end
@@ -451,12 +437,12 @@ local function hand_off(k, now, cap, fresh)
       else
         redis.call('HSET', k.idle, daemon, fmt_int(left) .. ',' .. fmt_int(lease) .. ',' .. fmt_int(expires))
       end
-      -- A short pop emptied the line.
+      -- A short pop left nothing pending.
       if direct or #ids < asked then return true end
     end
   end
-  -- Every registration had expired: the fresh job waits in line.
-  if fresh then line_add(k, fresh[1], { fresh[2] }) end
+  -- Every registration had expired: the fresh job stays pending.
+  if fresh then pending_push(k, fresh[1], { fresh[2] }) end
   return false
 end
 
@@ -569,7 +555,7 @@ local function enqueue_one(k, now, id, priority, max_attempts, due, unique, doc,
     announce_due(k, due)
     emit(k, cap, 'enqueued', id, 0, 'via', via or '-', 'priority', fmt_int(priority), 'due_ms', fmt_int(due))
   else
-    line_add(k, priority, { id })
+    pending_push(k, priority, { id })
     emit(k, cap, 'enqueued', id, 0, 'via', via or '-', 'priority', fmt_int(priority))
   end
   return 'created', id
@@ -719,8 +705,9 @@ end
 -- with a `group` counts in `groups` (group -> active jobs) and is named in
 -- `holders` (id -> group) until it leaves `active`. A popped job whose group
 -- is full waits in `parked` (all scores 0, ordered by member) instead of
--- blocking the jobs behind it; its member keeps its priority and place in
--- line (park_score), so it goes back ahead of the jobs that were behind it.
+-- blocking the jobs behind it; its member keeps its priority and place
+-- among the pending jobs (park_score), so it goes back ahead of the jobs
+-- that were behind it.
 local PARK_BATCH = 1000
 
 local function park_prefix(group)
@@ -740,8 +727,8 @@ local function parked_entry(member)
 end
 
 -- Moves members of a parked set (`parked`, or `tenant_parked` when `set` is
--- given) back to the head of the line, in their order (they were popped
--- from the head, ahead of every job still in line); returns how many.
+-- given) back to the head of the pending jobs, in their order (they were popped
+-- from the head, ahead of every job still pending); returns how many.
 local function unpark(k, members, set)
   if #members == 0 then return 0 end
   redis.call('ZREM', set or k.parked, unpack(members))
@@ -753,14 +740,14 @@ local function unpark(k, members, set)
   -- Members of several groups or tenants come sorted per group only.
   table.sort(back, function(a, b) return a[1] < b[1] end)
   for _, e in ipairs(back) do e[1] = park_priority(e[1]) end
-  line_add_all(k, back, true)
+  pending_push_all(k, back, true)
   return #back
 end
 
 -- Gives back the group slots of jobs leaving `active` (`ids`), and moves
--- parked jobs of those groups back in line, as many as slots are free.
+-- parked jobs of those groups back to pending, as many as slots are free.
 -- Costs one HMGET of `holders` when no job holds a slot. Call after
--- allow_when_full. Returns true when jobs went back in line (wake them).
+-- allow_when_full. Returns true when jobs went back to pending (wake them).
 local function release_groups(k, ids)
   -- Without group limits no job holds a slot: skip the per-job lookup.
   if redis.call('EXISTS', k.holders) == 0 then return false end

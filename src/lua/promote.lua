@@ -1,16 +1,16 @@
 -- promote.lua: move the queue's due scheduled jobs (delayed jobs, retries
--- waiting out their backoff) into line, and hand them on at once.
+-- waiting out their backoff) into pending, and hand them on at once.
 -- Run by each daemon's promoter at the earliest due time Redis reported
 -- (src/daemon/promoter.rs), so a due job starts on time on an idle or
 -- partly busy daemon, whatever its pools are doing. Atomic: a job leaves
--- `scheduled` and joins the tail of its priority's line in one step, so two
+-- `scheduled` and joins the tail of its priority's pending list in one step, so two
 -- daemons promoting at the same instant move each job once (the second
 -- finds nothing due). The moved jobs then go as a claim would hand them:
 -- leased directly to idle daemons registered for hand-off (hand_off in the
 -- prelude), and what is left wakes a daemon. Works at maxmemory (it only
 -- moves ids between keys and leases what it hands off).
 -- KEYS[1] the queue's base key <prefix>:{<queue>} (prelude derives the rest):
---   reads and writes scheduled, jobs, waiting, waiting:<priority>, idle,
+--   reads and writes scheduled, jobs, pending, pending:<priority>, idle,
 --   meta (events cap, fencing counter, limits), runs, active,
 --   handoff:<name>, wake, events.
 -- ARGV[1] at most this many jobs per call (capped at CALL_JOBS_MAX)

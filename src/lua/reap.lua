@@ -13,7 +13,7 @@
 --   the job a safety margin before the deadline on its own clock; the grace
 --   keeps the takeover after that stop even when the holder's timer ran
 --   late, so two runs of one job never overlap.
--- Events (when on): `lease_expired` (error) per job back in line, `dead` (error) per death.
+-- Events (when on): `lease_expired` (error) per job back to pending, `dead` (error) per death.
 -- Returns: {requeued, dead}
 local k = queue_keys(KEYS)
 local now = now_ms()
@@ -55,7 +55,7 @@ for i, id in ipairs(expired) do
 end
 redis.call('HSET', k.runs, unpack(run_args))
 if #back > 0 then
-  line_add_all(k, back, true)
+  pending_push_all(k, back, true)
   redis.call('HSET', k.errors, unpack(errs))
   wake(k)
 end

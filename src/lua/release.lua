@@ -1,5 +1,5 @@
 -- release.lua: give claimed jobs back without spending an attempt (used on
--- shutdown). Each goes back to the head of its priority's line.
+-- shutdown). Each goes back to the head of its priority's pending list.
 -- Fencing as in complete.lua. Works at maxmemory.
 -- KEYS[1] the queue's base key <prefix>:{<queue>} (prelude derives the rest).
 -- ARGV: 2 per job: id, token
@@ -39,7 +39,7 @@ redis.call('ZREM', k.active, unpack(gone))
 if release_groups(k, gone) then wake(k) end
 redis.call('HSET', k.runs, unpack(run_args))
 if #back > 0 then
-  line_add_all(k, back, true)
+  pending_push_all(k, back, true)
   wake(k)
 end
 return out

@@ -94,7 +94,7 @@ pub struct Claimed {
 pub struct Promoted {
     /// Redis's clock when it ran (ms).
     pub now_ms: i64,
-    /// Jobs moved into line.
+    /// Jobs moved into pending.
     pub moved: u64,
     /// When the earliest job still scheduled is due (Redis ms); at or before
     /// `now_ms` when more were due than one call moves.
@@ -580,7 +580,7 @@ impl Store {
     /// Gives jobs back without spending an attempt; per job whether it was released.
     pub async fn release(&self, q: &QueueKeys, held: &[(&str, u64)]) -> Result<Vec<bool>> {
         // At most MAX_CALL_JOBS per call, the last ones first: each call puts
-        // its jobs at the head of the line, so the first ones end up first.
+        // its jobs at the head of the pending jobs, so the first ones end up first.
         let mut parts: Vec<Vec<bool>> = Vec::new();
         for part in held.rchunks(MAX_CALL_JOBS) {
             let args = part
@@ -614,7 +614,7 @@ impl Store {
         Ok((n(0)?, n(1)?))
     }
 
-    /// Moves up to `limit` due scheduled jobs of `q` into line (delayed
+    /// Moves up to `limit` due scheduled jobs of `q` into pending (delayed
     /// jobs, retries), hands them to idle daemons or wakes one (promote.lua).
     pub async fn promote(&self, q: &QueueKeys, limit: usize) -> Result<Promoted> {
         let args = vec![limit.min(MAX_CALL_JOBS).to_string()];
@@ -653,7 +653,7 @@ impl Store {
         Ok((now_ms, heads))
     }
 
-    /// Puts dead jobs back in line; per id: 1 requeued, 0 not dead, 2 unique key taken.
+    /// Puts dead jobs back to pending; per id: 1 requeued, 0 not dead, 2 unique key taken.
     pub async fn dead_retry(&self, q: &QueueKeys, ids: &[String]) -> Result<Vec<i64>> {
         if ids.is_empty() {
             return Ok(Vec::new());
@@ -723,7 +723,7 @@ impl Store {
 /// Most jobs one call claims, renews or releases. A script passes each
 /// call's ids to Redis commands as Lua values, and Lua's `unpack` takes at
 /// most ~8000 of them; a claim of more (a pool of up to 10 000 slots) would
-/// fail after taking its jobs from the line. Callers split larger sets.
+/// fail after taking its pending jobs. Callers split larger sets.
 pub const MAX_CALL_JOBS: usize = 1000;
 
 /// How long after a lease's deadline (on Redis's clock) the job may be

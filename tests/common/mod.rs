@@ -206,17 +206,20 @@ impl Snapshot {
         self.sets[part].iter().map(|(m, _)| m.clone()).collect()
     }
 
-    /// The ids waiting in line, in the order claims take them.
-    pub fn line(&self) -> Vec<String> {
-        self.lists["line"].clone()
+    /// The pending ids, in the order claims take them.
+    pub fn pending_ids(&self) -> Vec<String> {
+        self.lists["pending ids"].clone()
     }
 }
 
-/// The ids waiting in line, in the order claims take them (highest
-/// priority first, each priority's list head first).
-pub async fn line(con: &mut redis::aio::MultiplexedConnection, q: &QueueKeys) -> Vec<String> {
+/// The pending ids, in the order claims take them (highest priority
+/// first, each priority's list head first).
+pub async fn pending_ids(
+    con: &mut redis::aio::MultiplexedConnection,
+    q: &QueueKeys,
+) -> Vec<String> {
     let levels: Vec<String> = redis::cmd("ZRANGE")
-        .arg(q.waiting())
+        .arg(q.pending())
         .arg(0)
         .arg(-1)
         .query_async(con)
@@ -225,7 +228,7 @@ pub async fn line(con: &mut redis::aio::MultiplexedConnection, q: &QueueKeys) ->
     let mut ids = Vec::new();
     for level in levels {
         let part: Vec<String> = redis::cmd("LRANGE")
-            .arg(q.line(&level))
+            .arg(q.pending_list(&level))
             .arg(0)
             .arg(-1)
             .query_async(con)
@@ -233,7 +236,7 @@ pub async fn line(con: &mut redis::aio::MultiplexedConnection, q: &QueueKeys) ->
             .unwrap();
         assert!(
             !part.is_empty(),
-            "priority {level} is in `waiting` with an empty list"
+            "priority {level} is in `pending` with an empty list"
         );
         ids.extend(part);
     }
@@ -247,8 +250,8 @@ pub async fn snapshot(con: &mut redis::aio::MultiplexedConnection, q: &QueueKeys
         match (kind.as_str(), *part) {
             (
                 _,
-                "waiting" | "pending" | "scheduled" | "active" | "dead" | "done" | "claims"
-                | "parked" | "tenant_parked" | "tenant_due",
+                "pending" | "scheduled" | "active" | "dead" | "done" | "claims" | "parked"
+                | "tenant_parked" | "tenant_due",
             ) => {
                 let v: Vec<(String, f64)> = redis::cmd("ZRANGE")
                     .arg(key)
@@ -298,7 +301,8 @@ pub async fn snapshot(con: &mut redis::aio::MultiplexedConnection, q: &QueueKeys
             }
         }
     }
-    s.lists.insert("line".into(), line(con, q).await);
+    s.lists
+        .insert("pending ids".into(), pending_ids(con, q).await);
     s
 }
 
