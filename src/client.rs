@@ -20,7 +20,7 @@ use crate::inspect::{self, DeadJob, JobInfo, QueueStats};
 use crate::job::{NewJob, PreparedJob, DEFAULT_MAX_DOC_BYTES};
 use crate::keys::QueueKeys;
 use crate::scripts::{self, LibraryStatus};
-use crate::store::{Enqueued, Store};
+use crate::store::{DeadRetry, Enqueued, Store};
 
 /// A producer's handle on redq. Cheap to share behind an `Arc`.
 pub struct Client {
@@ -269,8 +269,8 @@ impl Client {
         inspect::dead_list(&self.store, &self.store.queue(queue)?, offset, limit).await
     }
 
-    /// Requeues dead jobs by id; per id: 1 requeued, 0 not dead, 2 unique key held by a live job.
-    pub async fn dead_retry(&self, queue: &str, ids: &[String]) -> Result<Vec<i64>> {
+    /// Requeues dead jobs by id; what happened to each.
+    pub async fn dead_retry(&self, queue: &str, ids: &[String]) -> Result<Vec<DeadRetry>> {
         self.store.dead_retry(&self.store.queue(queue)?, ids).await
     }
 
@@ -286,7 +286,7 @@ impl Client {
             }
             let ids: Vec<String> = page.into_iter().map(|d| d.id).collect();
             let done = self.store.dead_retry(&q, &ids).await?;
-            let requeued = done.iter().filter(|r| **r == 1).count();
+            let requeued = done.iter().filter(|r| **r == DeadRetry::Requeued).count();
             // Jobs that stayed (unique key taken) keep their place: skip them.
             skip += ids.len() - requeued;
             total += requeued as u64;

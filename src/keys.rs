@@ -24,7 +24,7 @@ pub const PARTS: [&str; 24] = [
     "active",  // ZSET  id -> lease deadline (Redis ms)
     "dead",    // ZSET  id -> time of death (Redis ms)
     "done",    // ZSET  id -> time of completion (only when retention keeps them)
-    "runs",    // HASH  id -> "attempts,token,started_ms"
+    "runs",    // HASH  id -> "attempts,fence,started_ms"
     "errors",  // HASH  id -> last error text
     "results", // HASH  id -> result text (only when retention keeps them)
     "unique",  // HASH  unique_key -> id of the live job holding it
@@ -36,7 +36,7 @@ pub const PARTS: [&str; 24] = [
     "wake",          // LIST  wake-up marker for idle daemons (at most one element)
     "resources",     // HASH  id -> resources JSON of the latest command run (handler::Resources)
     "events",        // STREAM lifecycle events, only when meta `events` is set (capped, MAXLEN ~)
-    "claims", // ZSET  fencing token -> claim time (Redis ms): the rate limit's sliding window
+    "claims",        // ZSET  fence -> claim time (Redis ms): the rate limit's sliding window
     "parked", // ZSET  "<len>:<group>:<pending score>:<id>" (all scores 0): jobs whose group was full
     "groups", // HASH  group -> jobs of the group now active (group_concurrency)
     "holders", // HASH  id -> group, for each active job counted in `groups`
@@ -253,14 +253,14 @@ impl QueueKeys {
     /// `<prefix>:{<queue>}:handoff:<name>`: a LIST, one element per
     /// enqueue call that leased jobs directly to the pool registered as
     /// `name` in `idle` ("<daemon id>.<pool number>"; JSON array:
-    /// now_ms, first token, then id, attempt, record per job). The daemon's
+    /// now_ms, first fence, then id, attempt, record per job). The daemon's
     /// waker blocks on it; the scripts derive it from the base key (same hash
     /// tag); it expires with the lease. Not one of [`PARTS`].
     pub fn handoff(&self, daemon: &str) -> String {
         format!("{}:handoff:{daemon}", self.base)
     }
 
-    /// `<prefix>:{<queue>}:claims:<tenant>`: a ZSET, fencing token -> claim
+    /// `<prefix>:{<queue>}:claims:<tenant>`: a ZSET, fence -> claim
     /// time (Redis ms), one tenant's rate window. claim.lua derives it from
     /// the `claims` key it is given (same hash tag, same Cluster slot) and
     /// lets it expire one window after the tenant's last claim; not one of

@@ -17,6 +17,7 @@ use common::embedded::*;
 use common::{within, RedisServer};
 use redq::daemon::{Counters, WorkerBuilder};
 use redq::inspect::JobState;
+use redq::store::HandoffOffer;
 use redq::{JobContext, Outcome};
 use tokio::sync::{mpsc, Semaphore};
 use tokio::time::Instant;
@@ -555,7 +556,7 @@ async fn a_lost_lease_cancels_the_handler_and_its_outcome_is_not_written() {
     let id = client.enqueue("q", job(1)).await.unwrap().id;
     assert_eq!(recv(&mut events).await, ("started", 1));
 
-    // Another worker took the job over: its current token is no longer ours.
+    // Another worker took the job over: its current fence is no longer ours.
     let runs = "redq:{q}:runs";
     let out = redis.cli(&["HSET", runs, &id, "1,999999,0"]).unwrap();
     assert_eq!(out.trim(), "0");
@@ -926,7 +927,10 @@ async fn jobs_handed_to_a_daemon_that_died_come_back_when_their_lease_expires() 
             Duration::from_secs(1),
             0,
             0,
-            Some(("ghost", Duration::from_secs(60))),
+            Some(HandoffOffer {
+                name: "ghost",
+                ttl: Duration::from_secs(60),
+            }),
         )
         .await
         .unwrap();

@@ -101,7 +101,7 @@ async fn claim(store: &Store, q: &QueueKeys, max: usize) -> Vec<redq::store::Cla
 fn done<'a>(j: &'a redq::store::ClaimedJob) -> Completion<'a> {
     Completion {
         id: &j.id,
-        token: j.token,
+        fence: j.fence,
         unique_key: None,
         result: None,
     }
@@ -114,7 +114,7 @@ fn failure<'a>(
 ) -> Failure<'a> {
     Failure {
         id: &j.id,
-        token: j.token,
+        fence: j.fence,
         retry_in,
         error,
         unique_key: None,
@@ -170,16 +170,16 @@ async fn lifecycle(redis: &RedisServer, client: &redq::Client, queue: &str) {
     );
     assert_eq!(
         store.dead_retry(&q, &["c".to_owned()]).await.unwrap(),
-        vec![1]
+        vec![redq::store::DeadRetry::Requeued]
     );
     let c = claim(store, &q, 1).await.remove(0);
     assert_eq!(
-        store.release(&q, &[(&c.id, c.token)]).await.unwrap(),
+        store.release(&q, &[(&c.id, c.fence)]).await.unwrap(),
         vec![true]
     );
     let c = claim(store, &q, 1).await.remove(0);
     store
-        .extend(&q, &[(&c.id, c.token)], Duration::ZERO)
+        .extend(&q, &[(&c.id, c.fence)], Duration::ZERO)
         .await
         .unwrap();
     assert_eq!(
@@ -189,7 +189,7 @@ async fn lifecycle(redis: &RedisServer, client: &redq::Client, queue: &str) {
     let c = claim(store, &q, 1).await.remove(0);
     assert_eq!(c.attempt, 2);
     store
-        .extend(&q, &[(&c.id, c.token)], Duration::ZERO)
+        .extend(&q, &[(&c.id, c.fence)], Duration::ZERO)
         .await
         .unwrap();
     assert_eq!(
@@ -363,7 +363,7 @@ async fn at_maxmemory_with_events_on_freeing_transitions_still_work_and_emit() {
         unreachable!()
     };
     assert_eq!(
-        store.release(&q, &[(&a.id, a.token)]).await.unwrap(),
+        store.release(&q, &[(&a.id, a.fence)]).await.unwrap(),
         vec![true]
     );
     assert_eq!(
@@ -374,7 +374,7 @@ async fn at_maxmemory_with_events_on_freeing_transitions_still_work_and_emit() {
         vec![FailResult::Dead]
     );
     store
-        .extend(&q, &[(&c.id, c.token)], Duration::ZERO)
+        .extend(&q, &[(&c.id, c.fence)], Duration::ZERO)
         .await
         .unwrap();
     assert_eq!(

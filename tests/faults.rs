@@ -96,7 +96,7 @@ fn no_overlap_when_cut_off(fault: Fault) {
         "the first run was still alive at {last_old}, {} ms after the second started at {first_new}",
         last_old - first_new
     );
-    assert!(second.0 > first, "the takeover has a newer fencing token");
+    assert!(second.0 > first, "the takeover has a newer fence");
 }
 
 #[test]
@@ -219,11 +219,11 @@ async fn fencing_tokens_never_repeat_after_redis_loses_its_latest_writes() {
         ids(&lost),
         "the lost claim's jobs are pending again"
     );
-    let tokens = |c: &redq::store::Claimed| c.jobs.iter().map(|j| j.token).collect::<Vec<_>>();
-    let (kept, lost, again) = (tokens(&kept), tokens(&lost), tokens(&again));
+    let fences = |c: &redq::store::Claimed| c.jobs.iter().map(|j| j.fence).collect::<Vec<_>>();
+    let (kept, lost, again) = (fences(&kept), fences(&lost), fences(&again));
     assert!(
         again.iter().min() > lost.iter().max(),
-        "tokens issued after the rollback {again:?} must exceed the lost ones {lost:?} (kept: {kept:?})"
+        "fences issued after the rollback {again:?} must exceed the lost ones {lost:?} (kept: {kept:?})"
     );
 }
 

@@ -88,7 +88,7 @@ async fn a_rate_limited_claim_hands_out_the_room_left_and_says_when_room_returns
         .iter()
         .map(|j| Completion {
             id: &j.id,
-            token: j.token,
+            fence: j.fence,
             unique_key: None,
             result: None,
         })
@@ -193,7 +193,7 @@ async fn a_full_group_parks_its_jobs_and_others_run_past_them() {
             &q,
             &[Completion {
                 id: &a1.id,
-                token: a1.token,
+                fence: a1.fence,
                 unique_key: None,
                 result: None,
             }],

@@ -8,6 +8,7 @@ use std::time::Duration;
 use common::{snapshot, RedisServer};
 use redq::job::{check_doc, JobDoc};
 use redq::scripts::LibraryStatus;
+use redq::store::HandoffOffer;
 use redq::store::Store;
 
 async fn setup() -> (RedisServer, redq::Client) {
@@ -384,7 +385,17 @@ async fn a_record_over_the_document_limit_goes_dead_unread_at_claim_and_hand_off
         .unwrap();
     let lease = Duration::from_secs(30);
     let got = store
-        .claim_as(&q, 4, lease, 0, 0, Some(("d1.0", Duration::from_secs(60))))
+        .claim_as(
+            &q,
+            4,
+            lease,
+            0,
+            0,
+            Some(HandoffOffer {
+                name: "d1.0",
+                ttl: Duration::from_secs(60),
+            }),
+        )
         .await
         .unwrap();
     assert!(got.jobs.is_empty());

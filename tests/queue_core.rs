@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use common::{snapshot, within, RedisServer};
 use redq::inspect::JobState;
-use redq::store::{Completion, EnqueueStatus, FailResult, Failure, Retention, Store};
+use redq::store::HandoffOffer;
+use redq::store::{Completion, DeadRetry, EnqueueStatus, FailResult, Failure, Retention, Store};
 use redq::usage::{self, Day, Tally};
 use redq::NewJob;
 use serde_json::json;
@@ -39,7 +40,7 @@ fn completions(jobs: &[redq::store::ClaimedJob]) -> Vec<Completion<'_>> {
     jobs.iter()
         .map(|j| Completion {
             id: &j.id,
-            token: j.token,
+            fence: j.fence,
             unique_key: None,
             result: None,
         })
@@ -130,7 +131,7 @@ async fn batches_beyond_luas_unpack_limit_are_split_and_lose_nothing() {
     assert_eq!(order, (0..5000).collect::<Vec<_>>());
 
     // Renewing and releasing 5000 leases work, in calls of MAX_CALL_JOBS.
-    let pairs: Vec<(&str, u64)> = held.iter().map(|j| (j.id.as_str(), j.token)).collect();
+    let pairs: Vec<(&str, u64)> = held.iter().map(|j| (j.id.as_str(), j.fence)).collect();
     let (_, renewed) = store.extend(&q, &pairs, LEASE).await.unwrap();
     assert_eq!(renewed, vec![true; 5000]);
     assert_eq!(store.release(&q, &pairs).await.unwrap(), vec![true; 5000]);
@@ -218,26 +219,26 @@ async fn concurrent_batch_claims_never_hand_one_job_to_two_claimers() {
                 if got.jobs.is_empty() {
                     return mine;
                 }
-                mine.extend(got.jobs.into_iter().map(|j| (j.id, j.token)));
+                mine.extend(got.jobs.into_iter().map(|j| (j.id, j.fence)));
             }
         }));
     }
     let mut ids = HashSet::new();
-    let mut tokens = HashSet::new();
+    let mut fences = HashSet::new();
     let mut count = 0;
     for t in tasks {
-        for (id, token) in within(60, t).await.unwrap() {
+        for (id, fence) in within(60, t).await.unwrap() {
             count += 1;
             ids.insert(id);
-            tokens.insert(token);
+            fences.insert(fence);
         }
     }
     assert_eq!(count, total as usize, "every job claimed exactly once");
     assert_eq!(ids.len(), total as usize);
     assert_eq!(
-        tokens.len(),
+        fences.len(),
         total as usize,
-        "every claim gets its own token"
+        "every claim gets its own fence"
     );
 }
 
@@ -250,12 +251,12 @@ async fn a_stale_token_is_refused_everywhere_and_changes_nothing() {
     client.enqueue("q", job(1).unique_key("u")).await.unwrap();
     let got = claim(store, "q", 1).await;
     let j = &got.jobs[0];
-    let stale = j.token + 1;
+    let stale = j.fence + 1;
     let mut con = redis.con().await;
     let before = snapshot(&mut con, &q).await;
     let done = [Completion {
         id: &j.id,
-        token: stale,
+        fence: stale,
         unique_key: Some("u"),
         result: None,
     }];
@@ -265,7 +266,7 @@ async fn a_stale_token_is_refused_everywhere_and_changes_nothing() {
     );
     let failed = [Failure {
         id: &j.id,
-        token: stale,
+        fence: stale,
         retry_in: None,
         error: "x",
         unique_key: Some("u"),
@@ -288,9 +289,9 @@ async fn a_stale_token_is_refused_everywhere_and_changes_nothing() {
         "refused writes change nothing"
     );
 
-    // Once the lease expires and the job is rescued, the old holder's token is dead too.
+    // Once the lease expires and the job is rescued, the old holder's fence is dead too.
     store
-        .extend(&q, &[(&j.id, j.token)], Duration::ZERO)
+        .extend(&q, &[(&j.id, j.fence)], Duration::ZERO)
         .await
         .unwrap();
     assert_eq!(
@@ -299,7 +300,7 @@ async fn a_stale_token_is_refused_everywhere_and_changes_nothing() {
     );
     let old = [Completion {
         id: &j.id,
-        token: j.token,
+        fence: j.fence,
         unique_key: Some("u"),
         result: None,
     }];
@@ -310,7 +311,7 @@ async fn a_stale_token_is_refused_everywhere_and_changes_nothing() {
     let again = claim(store, "q", 1).await;
     assert_eq!(again.jobs[0].id, j.id);
     assert_eq!(again.jobs[0].attempt, 2);
-    assert!(again.jobs[0].token > j.token);
+    assert!(again.jobs[0].fence > j.fence);
 }
 
 #[tokio::test]
@@ -322,7 +323,7 @@ async fn extend_moves_the_lease_deadline_for_the_holder() {
     client.enqueue("q", job(1)).await.unwrap();
     let j = claim(store, "q", 1).await.jobs.remove(0);
     let (now, ok) = store
-        .extend(&q, &[(&j.id, j.token)], Duration::from_secs(600))
+        .extend(&q, &[(&j.id, j.fence)], Duration::from_secs(600))
         .await
         .unwrap();
     assert_eq!(ok, vec![true]);
@@ -403,7 +404,7 @@ async fn release_gives_the_job_back_without_spending_an_attempt() {
         .unwrap();
     let a = claim(store, "q", 1).await.jobs.remove(0);
     assert_eq!(
-        store.release(&q, &[(&a.id, a.token)]).await.unwrap(),
+        store.release(&q, &[(&a.id, a.fence)]).await.unwrap(),
         vec![true]
     );
     let info = client.job("q", &a.id).await.unwrap().unwrap();
@@ -430,7 +431,7 @@ async fn failures_retry_with_the_given_delay_then_die_and_dead_jobs_can_be_retri
     let j = claim(store, "q", 1).await.jobs.remove(0);
     let retry = [Failure {
         id: &j.id,
-        token: j.token,
+        fence: j.fence,
         retry_in: Some(Duration::from_secs(60)),
         error: "boom",
         unique_key: Some("k"),
@@ -462,7 +463,7 @@ async fn failures_retry_with_the_given_delay_then_die_and_dead_jobs_can_be_retri
     assert_eq!(j.attempt, 2);
     let dead = [Failure {
         id: &j.id,
-        token: j.token,
+        fence: j.fence,
         retry_in: None,
         error: "gave up",
         unique_key: Some("k"),
@@ -485,7 +486,7 @@ async fn failures_retry_with_the_given_delay_then_die_and_dead_jobs_can_be_retri
             .dead_retry("q", &[id.clone(), "nope".into()])
             .await
             .unwrap(),
-        vec![1, 0]
+        vec![DeadRetry::Requeued, DeadRetry::NotDead]
     );
     let info = client.job("q", &id).await.unwrap().unwrap();
     assert_eq!(
@@ -517,7 +518,7 @@ async fn dead_jobs_can_be_purged_by_id_and_by_age() {
         .iter()
         .map(|j| Failure {
             id: &j.id,
-            token: j.token,
+            fence: j.fence,
             retry_in: None,
             error: "x",
             unique_key: None,
@@ -568,7 +569,7 @@ async fn the_dead_set_is_capped_by_count() {
     for j in &got.jobs {
         let f = [Failure {
             id: &j.id,
-            token: j.token,
+            fence: j.fence,
             retry_in: None,
             error: "x",
             unique_key: None,
@@ -606,7 +607,7 @@ async fn completion_removes_the_job_or_keeps_it_per_retention() {
     let keys: Vec<String> = (0..4).map(|n| format!("u{n}")).collect();
     let first = [Completion {
         id: &got.jobs[0].id,
-        token: got.jobs[0].token,
+        fence: got.jobs[0].fence,
         unique_key: Some(&keys[0]),
         result: Some("r0"),
     }];
@@ -627,7 +628,7 @@ async fn completion_removes_the_job_or_keeps_it_per_retention() {
         .zip(&keys[1..])
         .map(|(j, k)| Completion {
             id: &j.id,
-            token: j.token,
+            fence: j.fence,
             unique_key: Some(k),
             result: Some("ok"),
         })
@@ -640,7 +641,7 @@ async fn completion_removes_the_job_or_keeps_it_per_retention() {
     assert_eq!(s.sets["done"].len(), 2);
     assert_eq!(s.hashes["jobs"].len(), 2);
     assert!(s.sets["active"].is_empty());
-    // Kept jobs keep their run entry (attempts, start) with no token; trimmed ones lose it.
+    // Kept jobs keep their run entry (attempts, start) with no fence; trimmed ones lose it.
     assert_eq!(s.hashes["runs"].len(), 2);
     assert!(
         s.hashes["runs"]
@@ -785,7 +786,7 @@ async fn stats_count_each_state() {
     let q = store.queue("q").unwrap();
     let f = [Failure {
         id: &got.jobs[0].id,
-        token: got.jobs[0].token,
+        fence: got.jobs[0].fence,
         retry_in: None,
         error: "x",
         unique_key: None,
@@ -841,19 +842,19 @@ async fn at_maxmemory_enqueue_fails_with_oom_but_freeing_transitions_still_work(
     };
     assert_eq!(
         store
-            .extend(&q, &[(&a.id, a.token)], LEASE)
+            .extend(&q, &[(&a.id, a.fence)], LEASE)
             .await
             .unwrap()
             .1,
         vec![true]
     );
     assert_eq!(
-        store.release(&q, &[(&a.id, a.token)]).await.unwrap(),
+        store.release(&q, &[(&a.id, a.fence)]).await.unwrap(),
         vec![true]
     );
     let f = [Failure {
         id: &b.id,
-        token: b.token,
+        fence: b.fence,
         retry_in: None,
         error: "x",
         unique_key: None,
@@ -863,7 +864,7 @@ async fn at_maxmemory_enqueue_fails_with_oom_but_freeing_transitions_still_work(
         vec![FailResult::Dead]
     );
     store
-        .extend(&q, &[(&c.id, c.token)], Duration::ZERO)
+        .extend(&q, &[(&c.id, c.fence)], Duration::ZERO)
         .await
         .unwrap();
     assert_eq!(
@@ -872,7 +873,7 @@ async fn at_maxmemory_enqueue_fails_with_oom_but_freeing_transitions_still_work(
     );
     let done = [Completion {
         id: &d.id,
-        token: d.token,
+        fence: d.fence,
         unique_key: None,
         result: None,
     }];
@@ -1067,7 +1068,17 @@ const IDLE_TTL: Duration = Duration::from_secs(60);
 /// that found nothing would.
 async fn register_d1(store: &Store, q: &redq::keys::QueueKeys) -> redq::store::Claimed {
     store
-        .claim_as(q, 3, LEASE, 0, 0, Some(("d1", IDLE_TTL)))
+        .claim_as(
+            q,
+            3,
+            LEASE,
+            0,
+            0,
+            Some(HandoffOffer {
+                name: "d1",
+                ttl: IDLE_TTL,
+            }),
+        )
         .await
         .unwrap()
 }
@@ -1102,7 +1113,7 @@ async fn an_enqueue_leases_the_head_of_the_line_to_a_registered_idle_daemon() {
     // Its three slots are used: the registration is over; the rest wakes others.
     assert_eq!(registration(&redis, &q, "d1").await, None);
     assert_eq!(s.lists["wake"].len(), 1);
-    // The tokens are the jobs' fencing tokens: completing with them works.
+    // The fences are the jobs' fences: completing with them works.
     let done = completions(&got.jobs);
     assert_eq!(
         store.complete(&q, &done, KEEP_NONE).await.unwrap(),
@@ -1194,7 +1205,17 @@ async fn no_hand_off_when_the_registration_expired_the_queue_is_paused_or_limite
 
     // Expired (a registration of 0 ms expires at once): removed, nothing handed.
     store
-        .claim_as(&q, 3, LEASE, 0, 0, Some(("d1", Duration::ZERO)))
+        .claim_as(
+            &q,
+            3,
+            LEASE,
+            0,
+            0,
+            Some(HandoffOffer {
+                name: "d1",
+                ttl: Duration::ZERO,
+            }),
+        )
         .await
         .unwrap();
     client.enqueue("q", job(0)).await.unwrap();
@@ -1215,7 +1236,17 @@ async fn no_hand_off_when_the_registration_expired_the_queue_is_paused_or_limite
         .await
         .unwrap();
     let got = store
-        .claim_as(&q, 3, LEASE, 0, 0, Some(("d1", IDLE_TTL)))
+        .claim_as(
+            &q,
+            3,
+            LEASE,
+            0,
+            0,
+            Some(HandoffOffer {
+                name: "d1",
+                ttl: IDLE_TTL,
+            }),
+        )
         .await
         .unwrap();
     assert_eq!(got.jobs.len(), 1);
@@ -1257,7 +1288,17 @@ async fn a_busy_claim_or_ending_the_registration_stops_hand_offs() {
     store.resume(&q).await.unwrap();
     assert!(registration(&redis, &q, "d1").await.is_some());
     let busy = store
-        .claim_as(&q, 1, LEASE, 0, 0, Some(("d1", IDLE_TTL)))
+        .claim_as(
+            &q,
+            1,
+            LEASE,
+            0,
+            0,
+            Some(HandoffOffer {
+                name: "d1",
+                ttl: IDLE_TTL,
+            }),
+        )
         .await
         .unwrap();
     assert_eq!(busy.jobs.len(), 1);

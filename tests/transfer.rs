@@ -74,21 +74,21 @@ async fn export_then_import_restores_every_job_in_its_state() {
         .await
         .unwrap()
         .jobs;
-    let token = |id: &str| claimed.iter().find(|j| j.id == id).unwrap().token;
+    let fence = |id: &str| claimed.iter().find(|j| j.id == id).unwrap().fence;
     let dead = Retention {
         keep: 100,
         max_age: Duration::ZERO,
     };
     let retry = Failure {
         id: "will-retry",
-        token: token("will-retry"),
+        fence: fence("will-retry"),
         retry_in: Some(Duration::from_secs(600)),
         error: "try later",
         unique_key: None,
     };
     let die = Failure {
         id: "will-die",
-        token: token("will-die"),
+        fence: fence("will-die"),
         retry_in: None,
         error: "bad",
         unique_key: None,
@@ -96,7 +96,7 @@ async fn export_then_import_restores_every_job_in_its_state() {
     store.fail(&q, &[retry, die], dead).await.unwrap();
     let ok = Completion {
         id: "will-succeed",
-        token: token("will-succeed"),
+        fence: fence("will-succeed"),
         unique_key: None,
         result: Some("fine"),
     };

@@ -7,7 +7,7 @@ use crate::client::Client;
 use crate::error::{Error, Result};
 use crate::inspect::{JobInfo, QueueStats};
 use crate::job::NewJob;
-use crate::store::EnqueueStatus;
+use crate::store::{DeadRetry, EnqueueStatus};
 
 pub async fn run(command: Command, target: &Target) -> Result<u8> {
     let client = Client::connect(&target.url, &target.prefix).await?;
@@ -153,12 +153,12 @@ async fn dead(client: &Client, cmd: DeadCommand) -> Result<u8> {
             let mut code = 0;
             for (id, r) in ids.iter().zip(client.dead_retry(&queue, &ids).await?) {
                 match r {
-                    1 => println!("requeued {id}"),
-                    2 => {
+                    DeadRetry::Requeued => println!("requeued {id}"),
+                    DeadRetry::UniqueKeyTaken => {
                         eprintln!("redq: {id} stays dead: a live job holds its unique key");
                         code = 1;
                     }
-                    _ => {
+                    DeadRetry::NotDead => {
                         eprintln!("redq: {id} is not in the dead set of {queue}");
                         code = 1;
                     }

@@ -1,7 +1,7 @@
 //! The lease keeper: renews every in-flight lease in one batched call per
 //! queue, on its own task, independent of handlers.
 //!
-//! A job whose renewal is refused (its token is stale: the lease expired and
+//! A job whose renewal is refused (its fence is stale: the lease expired and
 //! the job was rescued) is stopped with [`StopReason::LeaseLost`], and its
 //! outcome is never written.
 //!
@@ -45,7 +45,7 @@ pub enum StopReason {
 /// Stop signal for one running job: the first reason set wins.
 #[derive(Clone, Default)]
 pub struct Stop {
-    pub token: CancellationToken,
+    pub cancel: CancellationToken,
     reason: Arc<AtomicU8>,
 }
 
@@ -54,7 +54,7 @@ impl Stop {
         let _ = self
             .reason
             .compare_exchange(0, why as u8, Ordering::AcqRel, Ordering::Acquire);
-        self.token.cancel();
+        self.cancel.cancel();
     }
     pub fn reason(&self) -> StopReason {
         match self.reason.load(Ordering::Acquire) {
@@ -82,7 +82,7 @@ pub fn renew_call_timeout(renew_every: Duration, command_timeout: Duration) -> D
 
 struct Held {
     rt: Arc<QueueRt>,
-    token: u64,
+    fence: u64,
     /// The local lease deadline; the runner watches it.
     deadline: watch::Sender<Instant>,
     stop: Stop,
@@ -92,7 +92,7 @@ struct Held {
 }
 
 type Key = (Arc<str>, String);
-/// Per queue: its runtime and the (id, token) pairs held.
+/// Per queue: its runtime and the (id, fence) pairs held.
 type ByQueue = HashMap<Arc<str>, (Arc<QueueRt>, Vec<(String, u64)>)>;
 
 /// Every job this daemon holds a lease on.
@@ -102,13 +102,13 @@ pub struct Leases {
 }
 
 impl Leases {
-    /// Holds `id` under `token` until `deadline` (local, monotonic); the
+    /// Holds `id` under `fence` until `deadline` (local, monotonic); the
     /// receiver follows the deadline as renewals move it.
     pub fn insert(
         &self,
         rt: &Arc<QueueRt>,
         id: &str,
-        token: u64,
+        fence: u64,
         deadline: Instant,
         stop: Stop,
     ) -> watch::Receiver<Instant> {
@@ -116,7 +116,7 @@ impl Leases {
         if let Ok(mut m) = self.held.lock() {
             let held = Held {
                 rt: rt.clone(),
-                token,
+                fence,
                 deadline: tx,
                 stop,
                 reported: false,
@@ -170,7 +170,7 @@ impl Leases {
                 let entry = by_queue
                     .entry(q.clone())
                     .or_insert_with(|| (h.rt.clone(), Vec::new()));
-                entry.1.push((id.clone(), h.token));
+                entry.1.push((id.clone(), h.fence));
             }
         }
         let calls = by_queue.into_iter().map(|(queue, (rt, jobs))| async move {
@@ -205,11 +205,11 @@ impl Leases {
         let Ok(m) = self.held.lock() else {
             return;
         };
-        for ((id, token), ok) in jobs.iter().zip(renewed) {
+        for ((id, fence), ok) in jobs.iter().zip(renewed) {
             let Some(h) = m.get(&(queue.clone(), id.clone())) else {
                 continue;
             };
-            if h.token != *token {
+            if h.fence != *fence {
                 continue;
             }
             if *ok {

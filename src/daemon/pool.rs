@@ -40,7 +40,7 @@ use super::writer::Report;
 use super::{runner, Counters, QueueRt};
 use crate::config::Order;
 use crate::observe::Start;
-use crate::store::{self, ClaimedJob, Store};
+use crate::store::{self, ClaimedJob, HandoffOffer, Store};
 
 /// Due scheduled jobs promoted, and inbox documents taken, per claim.
 const PROMOTE_BATCH: usize = 200;
@@ -79,7 +79,7 @@ pub struct Pool {
     pub quiet: CancellationToken,
     /// This pool's name in the queues' `idle` hashes and hand-off lists:
     /// the daemon's id and the pool's number in it.
-    pub daemon: Arc<str>,
+    pub handoff_name: Arc<str>,
     registration: Mutex<Registration>,
     /// Redis's clock against ours, from the latest claim: (sent, Redis ms).
     clock: Mutex<Option<(Instant, i64)>>,
@@ -107,7 +107,7 @@ impl Pool {
         queues: Vec<Arc<QueueRt>>,
         order: Order,
         concurrency: usize,
-        daemon: Arc<str>,
+        handoff_name: Arc<str>,
         ctx: Arc<PoolCtx>,
     ) -> Arc<Pool> {
         Arc::new(Pool {
@@ -118,7 +118,7 @@ impl Pool {
             concurrency,
             wake: Arc::new(Notify::new()),
             quiet: CancellationToken::new(),
-            daemon,
+            handoff_name,
             registration: Mutex::new(Registration::default()),
             clock: Mutex::new(None),
             renew: Notify::new(),
@@ -162,7 +162,7 @@ impl Pool {
                 tracing::debug!(job = %job.id, queue = %q.name, "no free slot; releasing the job");
                 q.writer.send(Report::Release {
                     id: job.id,
-                    token: job.token,
+                    fence: job.fence,
                 });
                 released += 1;
                 continue;
@@ -194,7 +194,7 @@ impl Pool {
             for job in claimed.jobs {
                 q.writer.send(Report::Release {
                     id: job.id,
-                    token: job.token,
+                    fence: job.fence,
                 });
             }
             return;
@@ -244,7 +244,7 @@ impl Pool {
     /// handed over but not yet received (the pool is stopping).
     async fn end_handoffs(&self, ctx: &PoolCtx) {
         for q in &self.queues {
-            match ctx.store.end_handoff(&q.keys, &self.daemon).await {
+            match ctx.store.end_handoff(&q.keys, &self.handoff_name).await {
                 Ok(taken) => {
                     for payload in taken {
                         self.take_handoff(q, &payload, Instant::now());
@@ -362,7 +362,10 @@ impl Pool {
                         q.cfg.lease,
                         PROMOTE_BATCH,
                         INBOX_BATCH,
-                        self.listened().then_some((&*self.daemon, ttl)),
+                        self.listened().then_some(HandoffOffer {
+                            name: &self.handoff_name,
+                            ttl,
+                        }),
                     )
                     .await
                 {
@@ -447,7 +450,8 @@ impl Pool {
                 || q.cfg.has_tenant_limits();
             if !limited {
                 let value = format!("{free},{},{expires}", q.cfg.lease.as_millis());
-                pipe.hset(q.keys.idle(), &*self.daemon, value).ignore();
+                pipe.hset(q.keys.idle(), &*self.handoff_name, value)
+                    .ignore();
             }
         }
         if let Ok(mut r) = self.registration.lock() {
@@ -481,7 +485,7 @@ impl Pool {
         }
         let mut pipe = redis::pipe();
         for q in others {
-            pipe.hdel(q.keys.idle(), &*self.daemon).ignore();
+            pipe.hdel(q.keys.idle(), &*self.handoff_name).ignore();
         }
         if let Err(e) = pipe.query_async::<()>(&mut ctx.store.connection()).await {
             tracing::debug!(pool = %self.name, error = %e, "cannot end hand-off registrations; they expire by themselves");

@@ -65,14 +65,14 @@ async fn run_inner(
     counters: &Counters,
 ) -> bool {
     let stop = Stop::default();
-    let lease = leases.insert(rt, &job.id, job.token, lease_deadline, stop.clone());
+    let lease = leases.insert(rt, &job.id, job.fence, lease_deadline, stop.clone());
     let record = match job.record {
         Ok(r) => r,
         Err(reason) => {
             tracing::warn!(%reason, "job record cannot be read; moving it to the dead set");
             rt.writer.send(Report::Fail {
                 id: job.id,
-                token: job.token,
+                fence: job.fence,
                 retry_in: None,
                 error: format!("job record cannot be read: {reason}"),
                 unique: None,
@@ -91,10 +91,10 @@ async fn run_inner(
         queue: rt.name.to_string(),
         attempt: job.attempt,
         tenant: doc.tenant.clone(),
-        fence: job.token,
+        fence: job.fence,
         payload: doc.payload,
         timeout,
-        cancel: stop.token.clone(),
+        cancel: stop.cancel.clone(),
     };
     tracing::debug!("started");
     let started = Instant::now();
@@ -125,7 +125,7 @@ async fn run_inner(
         resources,
     };
     let unique = doc.unique_key;
-    let (id, token) = (job.id, job.token);
+    let (id, fence) = (job.id, job.fence);
     match stop.reason() {
         StopReason::LeaseLost => {
             tracing::warn!("stopped: lease lost; the result is not written");
@@ -136,7 +136,7 @@ async fn run_inner(
         }
         StopReason::Shutdown => {
             tracing::info!("stopped by shutdown; giving the job back");
-            rt.writer.send(Report::Release { id, token });
+            rt.writer.send(Report::Release { id, fence });
             return true;
         }
         StopReason::Timeout | StopReason::None => {}
@@ -155,7 +155,7 @@ async fn run_inner(
             );
             rt.writer.send(Report::Complete {
                 id,
-                token,
+                fence,
                 unique,
                 result,
                 spent,
@@ -190,7 +190,7 @@ async fn run_inner(
     };
     let report = Report::Fail {
         id,
-        token,
+        fence,
         retry_in,
         error,
         unique,
@@ -240,7 +240,7 @@ async fn supervise(
             fence(stop);
             None
         }
-        _ = stop.token.cancelled() => None,
+        _ = stop.cancel.cancelled() => None,
     };
     // Returning drops the handler's future.
     let lost = || Outcome::Fail {

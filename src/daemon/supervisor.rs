@@ -416,7 +416,7 @@ impl Daemon {
             for q in &pool.queues {
                 routes.insert(q.keys.wake().to_owned(), Route::Wake(pool.wake.clone()));
                 routes.insert(
-                    q.keys.handoff(&pool.daemon),
+                    q.keys.handoff(&pool.handoff_name),
                     Route::Handoff(pool.clone(), q.clone()),
                 );
             }

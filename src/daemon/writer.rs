@@ -4,7 +4,7 @@
 //! as soon as it arrives plus whatever else is already queued (up to
 //! [`MAX_BATCH`]) and writes them with at most three calls (complete, fail,
 //! release), so under load one round trip serves many jobs and when idle a
-//! result waits for no timer. Stale tokens are counted, never retried.
+//! result waits for no timer. Stale fences are counted, never retried.
 //!
 //! Each finished attempt also carries what it [`Spent`]: its resources go to
 //! the job (in the same complete/fail call) and its usage, with a count and
@@ -48,7 +48,7 @@ pub struct Spent {
 pub enum Report {
     Complete {
         id: String,
-        token: u64,
+        fence: u64,
         unique: Option<String>,
         result: Option<String>,
         spent: Spent,
@@ -56,7 +56,7 @@ pub enum Report {
     /// `retry_in: None` means dead now. `spent: None`: the handler never ran.
     Fail {
         id: String,
-        token: u64,
+        fence: u64,
         retry_in: Option<Duration>,
         error: String,
         unique: Option<String>,
@@ -64,7 +64,7 @@ pub enum Report {
     },
     Release {
         id: String,
-        token: u64,
+        fence: u64,
     },
 }
 
@@ -162,14 +162,14 @@ async fn write(ctx: &WriterCtx, store: &Store, batch: &[Report], counters: &Coun
         match r {
             Report::Complete {
                 id,
-                token,
+                fence,
                 unique,
                 result,
                 spent,
             } => {
                 done.push(Completion {
                     id,
-                    token: *token,
+                    fence: *fence,
                     unique_key: unique.as_deref(),
                     result: result.as_deref(),
                 });
@@ -177,7 +177,7 @@ async fn write(ctx: &WriterCtx, store: &Store, batch: &[Report], counters: &Coun
             }
             Report::Fail {
                 id,
-                token,
+                fence,
                 retry_in,
                 error,
                 unique,
@@ -185,14 +185,14 @@ async fn write(ctx: &WriterCtx, store: &Store, batch: &[Report], counters: &Coun
             } => {
                 failed.push(Failure {
                     id,
-                    token: *token,
+                    fence: *fence,
                     retry_in: *retry_in,
                     error,
                     unique_key: unique.as_deref(),
                 });
                 failed_res.push(spent.as_ref().and_then(|s| count(&mut failed_usage, s)));
             }
-            Report::Release { id, token } => released.push((id.as_str(), *token)),
+            Report::Release { id, fence } => released.push((id.as_str(), *fence)),
         }
     }
     let done_res: Vec<Option<&str>> = done_res.iter().map(Option::as_deref).collect();
@@ -244,7 +244,7 @@ async fn write(ctx: &WriterCtx, store: &Store, batch: &[Report], counters: &Coun
 }
 
 /// Retries one write while Redis is unreachable, up to `give_up_after`.
-/// Safe: a script applied twice for the same token refuses the second as stale.
+/// Safe: a script applied twice for the same fence refuses the second as stale.
 async fn with_retry<T, F, Fut>(ctx: &WriterCtx, mut call: F) -> Option<T>
 where
     F: FnMut() -> Fut,

@@ -36,7 +36,7 @@ pub struct JobContext {
     pub attempt: u32,
     /// The tenant the producer named, if any.
     pub tenant: Option<String>,
-    /// The fencing token of this claim; increases with every claim of the queue.
+    /// The fence of this claim; increases with every claim of the queue.
     pub fence: u64,
     /// The payload exactly as the producer sent it (raw JSON text).
     pub payload: Box<RawValue>,

@@ -1,13 +1,13 @@
 -- claim.lua: hand up to N ready jobs to one caller, each under a lease.
 -- Atomic, so two claimers never get the same job: LPOP removes the ids from
 -- the head of the pending jobs (see pending_pop in the prelude) in the same step that
--- records the new fencing tokens and lease deadlines. Before claiming it
+-- records the new fences and lease deadlines. Before claiming it
 -- moves due scheduled jobs into pending and turns inbox documents into jobs
 -- (bounded batches). A paused queue hands out nothing.
 -- Limits, read from `meta` (written by the daemon at start and reload):
 --   rate_jobs, rate_per_ms: at most rate_jobs claims in any rate_per_ms
 --     window, over every claimer. `claims` holds the claims of the last
---     window (token -> Redis ms), trimmed each call; a claim hands out at
+--     window (fence -> Redis ms), trimmed each call; a claim hands out at
 --     most the room left, and when that stops it while jobs wait, returns
 --     throttled = 1 and next_due_ms = when the oldest claim leaves the window.
 --     Jobs held back stay pending: no attempt is spent.
@@ -53,9 +53,9 @@
 -- Events (when on): `enqueued` (via=inbox) per inbox document taken, `started` per job,
 --   `dead` per job whose record is over the document limit (buried unread).
 -- Returns: {now_ms, next_due_ms (-1 = none), paused (0|1), throttled (0|1),
---           first token (0 = no job), then 3 per job: id, attempt number, job record}
---   The jobs' fencing tokens are consecutive: the i-th job (from 0) holds
---   first token + i, so the reply carries one number, not one per job.
+--           first fence (0 = no job), then 3 per job: id, attempt number, job record}
+--   The jobs' fences are consecutive: the i-th job (from 0) holds
+--   first fence + i, so the reply carries one number, not one per job.
 --   next_due_ms: when fewer than ARGV[1] jobs were handed out, the soonest of
 --   the next scheduled job, the queue's room (throttled) and a tenant's room;
 --   now_ms when jobs may be ready that this call had no rounds left to reach.
@@ -298,10 +298,10 @@ local started = fmt_int(now)
 local cargs, gargs, targs = {}, {}, {}
 if rate_jobs or group_limit or tenant_on then
   for i = 1, n do
-    local token = fmt_int(out[5] + i - 1)
+    local fence = fmt_int(out[5] + i - 1)
     if rate_jobs then
       cargs[2 * i - 1] = started
-      cargs[2 * i] = token
+      cargs[2 * i] = fence
     end
     if grouped[i] then
       gargs[#gargs + 1] = ids[i]
@@ -315,7 +315,7 @@ if rate_jobs or group_limit or tenant_on then
         targs[w] = a
       end
       a[#a + 1] = started
-      a[#a + 1] = token
+      a[#a + 1] = fence
     end
   end
 end

@@ -1,6 +1,6 @@
 -- complete.lua: record success for a batch of claimed jobs.
--- Fencing: a job completes only if the caller's token is the job's current
--- token; otherwise (lease lost, job taken over) nothing changes for it.
+-- Fencing: a job completes only if the caller's fence is the job's current
+-- fence; otherwise (lease lost, job taken over) nothing changes for it.
 -- Works at maxmemory: it frees memory (see allow_when_full).
 -- KEYS[1] the queue's base key <prefix>:{<queue>} (prelude derives the rest);
 --   KEYS[2] the day's usage hash <prefix>:{<queue>}:usage:<day>, when usage is given.
@@ -11,22 +11,22 @@
 --   and amount pairs, added (HINCRBYFLOAT) to KEYS[2], the day's usage
 --   hash, unless every job of the batch is stale: a batch sent again after
 --   its reply was lost adds nothing the second time.
--- then 2 per job: id, token
+-- then 2 per job: id, fence
 -- then, only for jobs that have any, 4 per job: job index (1..n), unique_key
 --   ('' = none), result ('' = none), resources JSON ('' = none; kept in
 --   `resources` while the job is kept). Most completions have none, so the
 --   common case passes two strings per job.
 -- Events (when on): `succeeded` per completed job, with run_ms.
 -- Group slots (group_concurrency) of completed jobs are given back and parked jobs of their groups go back to pending.
--- Returns: one integer per job: 1 completed, 0 stale token (nothing changed)
--- A kept job keeps its run entry (attempts, start time) with the token cleared.
+-- Returns: one integer per job: 1 completed, 0 stale fence (nothing changed)
+-- A kept job keeps its run entry (attempts, start time) with the fence cleared.
 local k = queue_keys(KEYS)
 local keep, keep_age, n = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local first = after_usage(ARGV, 4)
-local ids, tokens = {}, {}
+local ids, fences = {}, {}
 for i = 1, n do
   ids[i] = ARGV[first + 2 * i - 2]
-  tokens[i] = ARGV[first + 2 * i - 1]
+  fences[i] = ARGV[first + 2 * i - 1]
 end
 local uniques, results, resources = {}, {}, {}
 for a = first + 2 * n, #ARGV, 4 do
@@ -36,8 +36,8 @@ end
 local runs = redis.call('HMGET', k.runs, unpack(ids))
 local out, done, idx = {}, {}, {}
 for i = 1, n do
-  local token = runs[i] and run_token(runs[i])
-  if token and token ~= '0' and token == tokens[i] then
+  local fence = runs[i] and run_fence(runs[i])
+  if fence and fence ~= '0' and fence == fences[i] then
     out[i] = 1
     done[#done + 1] = ids[i]
     idx[#done] = i

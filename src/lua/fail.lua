@@ -6,13 +6,13 @@
 -- ARGV[1] dead_keep: most jobs kept in the dead set
 -- ARGV[2] dead_age_ms: dead jobs older than this are deleted (0 = no age limit)
 -- ARGV[3..] the batch's usage, as in complete.lua (added unless every job is stale)
--- then 6 per job: id, token, retry delay in ms (-1 = dead now), error text, unique_key ('' = none),
+-- then 6 per job: id, fence, retry delay in ms (-1 = dead now), error text, unique_key ('' = none),
 --   resources JSON of the attempt ('' = none; kept in `resources`)
 -- Events (when on): `failed` (error, retry_at_ms) per retry, `dead` (error) per death.
 -- Publishes: the earliest retry time on <base>:due when a retry is now the
 --   queue's earliest scheduled job (see announce_due in the prelude).
 -- Group slots are given back as in complete.lua.
--- Returns: one integer per job: 1 retry scheduled, 2 dead, 0 stale token (nothing changed)
+-- Returns: one integer per job: 1 retry scheduled, 2 dead, 0 stale fence (nothing changed)
 local k = queue_keys(KEYS)
 local dead_keep, dead_age = tonumber(ARGV[1]), tonumber(ARGV[2])
 local first = after_usage(ARGV, 3)
@@ -22,8 +22,8 @@ local runs = redis.call('HMGET', k.runs, unpack(ids))
 local now = now_ms()
 local out, mine = {}, {}
 for i, id in ipairs(ids) do
-  local _, token = parse_run(runs[i])
-  if token ~= '0' and token == ARGV[o + 6 * i - 2] then
+  local _, fence = parse_run(runs[i])
+  if fence ~= '0' and fence == ARGV[o + 6 * i - 2] then
     mine[#mine + 1] = id
   end
   out[i] = 0
@@ -38,8 +38,8 @@ local cap = events_cap(k)
 local retry_z, dead_ids, dead_errors, errs, run_args, res_args = {}, {}, {}, {}, {}, {}
 local dead_attempts = {}
 for i, id in ipairs(ids) do
-  local attempts, token, started = parse_run(runs[i])
-  if token ~= '0' and token == ARGV[o + 6 * i - 2] then
+  local attempts, fence, started = parse_run(runs[i])
+  if fence ~= '0' and fence == ARGV[o + 6 * i - 2] then
     local delay, err = tonumber(ARGV[o + 6 * i - 1]), ARGV[o + 6 * i]
     run_args[#run_args + 1] = id
     run_args[#run_args + 1] = run_entry(attempts, '0', started)

@@ -8,7 +8,7 @@
 -- Cluster slot.
 --
 -- Job record (field of `jobs`): "<priority>;<max_attempts or 0>;<enqueued_ms>;<document JSON>"
--- Run entry  (field of `runs`): "<attempts>,<token>,<started_ms>"; token 0 = not held.
+-- Run entry  (field of `runs`): "<attempts>,<fence>,<started_ms>"; fence 0 = not held.
 
 local PRIORITY_MIN, PRIORITY_MAX = -1000, 1000
 local MAX_DELAY_MS = 315360000000 -- ten years
@@ -172,13 +172,13 @@ local function parse_run(v)
   return tonumber(a) or 0, t or '0', tonumber(s) or 0
 end
 
--- The token of a run entry that holds one ('0' or nil when not held).
-local function run_token(v)
+-- The fence of a run entry that holds one ('0' or nil when not held).
+local function run_fence(v)
   return string.match(v, '^%d+,(%d+),')
 end
 
-local function run_entry(attempts, token, started)
-  return fmt_int(attempts) .. ',' .. token .. ',' .. fmt_int(started)
+local function run_entry(attempts, fence, started)
+  return fmt_int(attempts) .. ',' .. fence .. ',' .. fmt_int(started)
 end
 
 -- Leaves one element in `wake` so an idle daemon blocked on it wakes up.
@@ -289,17 +289,17 @@ local function bury_oversize(k, now, id, bytes, max_bytes, cap)
   emit(k, cap, 'dead', id, 0, 'error', reason)
 end
 
--- Fencing tokens of a queue's jobs: n consecutive numbers from the first
+-- Fences of a queue's jobs: n consecutive numbers from the first
 -- returned, each larger than any issued before, even by a Redis that lost
 -- its latest writes (a failover to a replica that lagged, an AOF cut short
 -- by a power loss). The counter (meta `fence`) alone would hand out again
 -- the numbers the lost writes had issued, and two holders of one job would
--- then share a token. So a token is at least Redis's clock in ms times
--- FENCES_PER_MS: after a restart that lost the last seconds, new tokens
--- start above every token issued before the restart, as long as tokens were
+-- then share a fence. So a fence is at least Redis's clock in ms times
+-- FENCES_PER_MS: after a restart that lost the last seconds, new fences
+-- start above every fence issued before the restart, as long as fences were
 -- issued at fewer than FENCES_PER_MS per ms on average (the counter runs
 -- ahead of the clock only past that rate) and Redis's clock did not go back.
--- Tokens stay below 2^53 (exact in Lua's numbers) until the year 2255.
+-- Fences stay below 2^53 (exact in Lua's numbers) until the year 2255.
 local FENCES_PER_MS = 1000
 local function take_fences(k, now, n)
   local last = tonumber(redis.call('HGET', k.meta, 'fence')) or 0
@@ -310,10 +310,10 @@ end
 
 -- Leases `ids` (just taken from the head of the pending jobs; `records` their job
 -- records, all present) to one caller until now + lease: the attempt
--- number from `runs`, fencing tokens from take_fences (consecutive: the
+-- number from `runs`, fences from take_fences (consecutive: the
 -- i-th job holds first + i - 1), run entries, lease deadlines in `active`,
 -- `started` events. Appends id, attempt, record per job to `out`; returns
--- the first token. Per job only table stores and one integer format:
+-- the first fence. Per job only table stores and one integer format:
 -- numbers passed to Redis as numbers would each be formatted as a double.
 local function lease_jobs(k, ids, records, now, lease, cap, out)
   local n = #ids
@@ -347,7 +347,7 @@ end
 -- "<slots>,<lease_ms>,<expires_ms>"), and the daemon blocks on that name's
 -- hand-off list <base>:handoff:<name> (same hash tag). An enqueue then
 -- leases the jobs at the head of the pending jobs to such a daemon itself, exactly
--- as a claim would (same order, tokens, run entries, deadlines), and pushes
+-- as a claim would (same order, fences, run entries, deadlines), and pushes
 -- them as one element onto that list: enqueue -> handler start is one hop
 -- instead of wake marker -> pop -> claim. Only for queues with no limit
 -- that needs the claim's checks (rate, group, tenant) and not paused. A
@@ -356,15 +356,15 @@ end
 -- registration expires, and what it got comes back through lease expiry
 -- like any job of a crashed daemon. The list expires with the lease, so a
 -- dead daemon's list does not stay.
--- Element (store::parse_handoff reads it): "<now_ms>,<first token>" then
+-- Element (store::parse_handoff reads it): "<now_ms>,<first fence>" then
 -- per job "\n<id>,<attempt>,<record length in bytes>\n<record>". Lengths,
 -- not JSON: the record is passed through as it is, with no escaping.
 local function handoff_key(k, daemon)
   return k.base .. ':handoff:' .. daemon
 end
 
-local function handoff_element(now, first_token, out)
-  local parts = { fmt_int(now) .. ',' .. fmt_int(first_token) }
+local function handoff_element(now, first_fence, out)
+  local parts = { fmt_int(now) .. ',' .. fmt_int(first_fence) }
   for j = 1, #out, 3 do
     local record = out[j + 2]
     parts[#parts + 1] = '\n' .. out[j] .. ',' .. fmt_int(out[j + 1]) .. ',' .. fmt_int(#record) .. '\n' .. record

@@ -2,7 +2,7 @@
 -- Redis). The expired attempt counts: the job goes back to the front of its
 -- priority band, or, when it has used all its attempts, to the dead set with
 -- the reason. Bounded per call; safe when many daemons reap at once (a job
--- is rescued by the one call that removes it from `active`). The old token
+-- is rescued by the one call that removes it from `active`). The old fence
 -- is cleared, so the old holder's late writes are refused. Works at maxmemory.
 -- KEYS[1] the queue's base key <prefix>:{<queue>} (prelude derives the rest).
 -- ARGV[1] at most this many jobs

@@ -2,18 +2,18 @@
 -- shutdown). Each goes back to the head of its priority's pending list.
 -- Fencing as in complete.lua. Works at maxmemory.
 -- KEYS[1] the queue's base key <prefix>:{<queue>} (prelude derives the rest).
--- ARGV: 2 per job: id, token
+-- ARGV: 2 per job: id, fence
 -- Events (when on): `released` per job, with the attempt it gave back.
 -- Group slots are given back as in complete.lua.
--- Returns: one integer per job: 1 released, 0 stale token (nothing changed)
+-- Returns: one integer per job: 1 released, 0 stale fence (nothing changed)
 local k = queue_keys(KEYS)
 local ids = ids_of(ARGV, 1, 2)
 local runs = redis.call('HMGET', k.runs, unpack(ids))
 local out, mine = {}, {}
 for i, id in ipairs(ids) do
-  local _, token = parse_run(runs[i])
+  local _, fence = parse_run(runs[i])
   out[i] = 0
-  if token ~= '0' and token == ARGV[2 * i] then
+  if fence ~= '0' and fence == ARGV[2 * i] then
     mine[#mine + 1] = i
   end
 end

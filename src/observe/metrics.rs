@@ -36,7 +36,7 @@ pub enum JobOutcome {
     Released,
     /// The lease could not be renewed; another worker may own the job now.
     LeaseLost,
-    /// Redis refused a write made with a stale fencing token.
+    /// Redis refused a write made with a stale fence.
     StaleRefused,
 }
 

@@ -50,11 +50,11 @@ pub struct Enqueued {
     pub status: EnqueueStatus,
 }
 
-/// One claimed job: run it, then complete, fail or release it with `token`.
+/// One claimed job: run it, then complete, fail or release it with `fence`.
 #[derive(Debug, Clone)]
 pub struct ClaimedJob {
     pub id: String,
-    pub token: u64,
+    pub fence: u64,
     /// 1 on the first attempt.
     pub attempt: u32,
     /// The stored job, or why it could not be read (the caller should bury it).
@@ -62,12 +62,12 @@ pub struct ClaimedJob {
 }
 
 impl ClaimedJob {
-    /// The `i`-th job (from 0) of a claim or hand-off whose fencing tokens
-    /// run consecutively from `first_token`.
-    fn nth(first_token: u64, i: usize, id: String, attempt: i64, record: &str) -> ClaimedJob {
+    /// The `i`-th job (from 0) of a claim or hand-off whose fences
+    /// run consecutively from `first_fence`.
+    fn nth(first_fence: u64, i: usize, id: String, attempt: i64, record: &str) -> ClaimedJob {
         ClaimedJob {
             id,
-            token: first_token.saturating_add(i as u64),
+            fence: first_fence.saturating_add(i as u64),
             attempt: u32::try_from(attempt).unwrap_or(u32::MAX),
             record: StoredJob::parse(record),
         }
@@ -106,7 +106,7 @@ pub struct Promoted {
 /// `paused`, `throttled` and `next_due_ms` do not apply.
 ///
 /// The element (written by `hand_off` in prelude.lua) is
-/// `<now_ms>,<first token>` and then, per job,
+/// `<now_ms>,<first fence>` and then, per job,
 /// `\n<id>,<attempt>,<record length in bytes>\n<record>`: the record is
 /// passed through as it is, so its length, not a delimiter, ends it.
 pub fn parse_handoff(payload: &str) -> Result<Claimed> {
@@ -118,8 +118,8 @@ pub fn parse_handoff(payload: &str) -> Result<Claimed> {
     let (head, mut rest) = payload.split_once('\n').unwrap_or((payload, ""));
     let mut fields = head.split(',');
     let now_ms = int(fields.next(), "now_ms")?;
-    let first_token = u64::try_from(int(fields.next(), "the first token")?)
-        .map_err(|_| bad("the first token is not a positive integer"))?;
+    let first_fence = u64::try_from(int(fields.next(), "the first fence")?)
+        .map_err(|_| bad("the first fence is not a positive integer"))?;
     let mut jobs = Vec::new();
     while !rest.is_empty() {
         let (line, after) = rest
@@ -136,7 +136,7 @@ pub fn parse_handoff(payload: &str) -> Result<Claimed> {
             .get(..len)
             .ok_or_else(|| bad("a record shorter than its length"))?;
         jobs.push(ClaimedJob::nth(
-            first_token,
+            first_fence,
             jobs.len(),
             id.to_owned(),
             attempt,
@@ -169,7 +169,7 @@ pub struct Retention {
 #[derive(Debug, Clone)]
 pub struct Completion<'a> {
     pub id: &'a str,
-    pub token: u64,
+    pub fence: u64,
     pub unique_key: Option<&'a str>,
     pub result: Option<&'a str>,
 }
@@ -178,11 +178,33 @@ pub struct Completion<'a> {
 #[derive(Debug, Clone)]
 pub struct Failure<'a> {
     pub id: &'a str,
-    pub token: u64,
+    pub fence: u64,
     /// `Some(delay)`: retry after the delay; `None`: dead now.
     pub retry_in: Option<Duration>,
     pub error: &'a str,
     pub unique_key: Option<&'a str>,
+}
+
+/// A pool's offer to take direct hand-offs, made with its claims
+/// ([`Store::claim_as`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HandoffOffer<'a> {
+    /// The pool's hand-off name, `<daemon id>.<pool number>`: its field in
+    /// the queue's `idle` hash and the tail of its hand-off list's key.
+    pub name: &'a str,
+    /// How long a registration lasts unless renewed.
+    pub ttl: Duration,
+}
+
+/// What a dead-set retry did to one id ([`Store::dead_retry`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeadRetry {
+    /// Back to pending, with fresh attempts.
+    Requeued,
+    /// Not in the dead set (unknown id, or not dead); nothing changed.
+    NotDead,
+    /// It stays dead: a live job holds its unique key.
+    UniqueKeyTaken,
 }
 
 /// What a fail call did to one job.
@@ -190,7 +212,7 @@ pub struct Failure<'a> {
 pub enum FailResult {
     Retrying,
     Dead,
-    /// The token was not the job's current one; nothing changed.
+    /// The fence was not the job's current one; nothing changed.
     Stale,
 }
 
@@ -369,10 +391,10 @@ impl Store {
         self.claim_as(q, max, lease, promote, inbox, None).await
     }
 
-    /// [`Store::claim`] by the pool named `idle.0` ("<daemon id>.<pool
-    /// number>"): when the claim leaves it with free slots, it is registered
-    /// for direct hand-off of newly enqueued jobs for `idle.1` (see
-    /// [`parse_handoff`]); any other claim by it ends that registration.
+    /// [`Store::claim`] by a pool that takes direct hand-offs (`offer`):
+    /// when the claim leaves it with free slots, it is registered for the
+    /// hand-off of newly enqueued jobs (see [`parse_handoff`]); any other
+    /// claim by it ends that registration.
     ///
     /// One call hands out at most [`MAX_CALL_JOBS`] jobs, whatever `max`.
     pub async fn claim_as(
@@ -382,7 +404,7 @@ impl Store {
         lease: Duration,
         promote: usize,
         inbox: usize,
-        idle: Option<(&str, Duration)>,
+        offer: Option<HandoffOffer<'_>>,
     ) -> Result<Claimed> {
         let mut args = vec![
             max.min(MAX_CALL_JOBS).to_string(),
@@ -390,20 +412,20 @@ impl Store {
             promote.to_string(),
             inbox.to_string(),
         ];
-        if let Some((daemon, ttl)) = idle {
-            args.extend([daemon.to_owned(), ms(ttl).to_string()]);
+        if let Some(o) = offer {
+            args.extend([o.name.to_owned(), ms(o.ttl).to_string()]);
         }
         let reply = array(self.run(|s| &s.claim, q, args).await?, "claim")?;
         let (head, rest) = reply.split_at(reply.len().min(5));
         let now_ms = int(head.first(), "claim")?;
         let next_due = int(head.get(1), "claim")?;
-        // Tokens are consecutive from the first (see claim.lua).
-        let first_token = u64::try_from(int(head.get(4), "claim")?)
-            .map_err(|_| Error::protocol("claim", "token is not a positive integer"))?;
+        // Fences are consecutive from the first (see claim.lua).
+        let first_fence = u64::try_from(int(head.get(4), "claim")?)
+            .map_err(|_| Error::protocol("claim", "fence is not a positive integer"))?;
         let mut jobs = Vec::with_capacity(rest.len() / 3);
         for (i, job) in rest.chunks(3).enumerate() {
             jobs.push(ClaimedJob::nth(
-                first_token,
+                first_fence,
                 i,
                 text(job.first(), "claim")?,
                 int(job.get(1), "claim")?,
@@ -435,7 +457,7 @@ impl Store {
         Ok(taken)
     }
 
-    /// Records successes; returns per job whether it completed (false: stale token).
+    /// Records successes; returns per job whether it completed (false: stale fence).
     pub async fn complete(
         &self,
         q: &QueueKeys,
@@ -463,7 +485,7 @@ impl Store {
             return Ok(Vec::new());
         }
         let keep_result = keep.keep > 0;
-        // complete.lua's layout: id and token per job, then extras only for
+        // complete.lua's layout: id and fence per job, then extras only for
         // the jobs that have any (see the script's header).
         let mut args = Vec::with_capacity(5 + 2 * done.len());
         args.extend([
@@ -473,7 +495,7 @@ impl Store {
         ]);
         let usage_key = usage_args(&mut args, q, usage, usage_retention);
         for c in done {
-            args.extend([c.id.to_owned(), c.token.to_string()]);
+            args.extend([c.id.to_owned(), c.fence.to_string()]);
         }
         for (i, c) in done.iter().enumerate() {
             let unique = c.unique_key.unwrap_or_default();
@@ -530,7 +552,7 @@ impl Store {
         for (i, f) in failed.iter().enumerate() {
             args.extend([
                 f.id.to_owned(),
-                f.token.to_string(),
+                f.fence.to_string(),
                 f.retry_in.map_or("-1".to_owned(), |d| ms(d).to_string()),
                 f.error.to_owned(),
                 f.unique_key.unwrap_or_default().to_owned(),
@@ -565,8 +587,8 @@ impl Store {
         // earliest, so deadlines computed from it are never late).
         for part in held.chunks(MAX_CALL_JOBS) {
             let mut args = vec![ms(lease).to_string()];
-            for (id, token) in part {
-                args.extend([(*id).to_owned(), token.to_string()]);
+            for (id, fence) in part {
+                args.extend([(*id).to_owned(), fence.to_string()]);
             }
             let reply = array(self.run(|s| &s.extend, q, args).await?, "extend")?;
             first_now.get_or_insert(int(reply.first(), "extend")?);
@@ -653,8 +675,8 @@ impl Store {
         Ok((now_ms, heads))
     }
 
-    /// Puts dead jobs back to pending; per id: 1 requeued, 0 not dead, 2 unique key taken.
-    pub async fn dead_retry(&self, q: &QueueKeys, ids: &[String]) -> Result<Vec<i64>> {
+    /// Puts dead jobs back to pending, with fresh attempts; what happened to each id.
+    pub async fn dead_retry(&self, q: &QueueKeys, ids: &[String]) -> Result<Vec<DeadRetry>> {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
@@ -662,7 +684,15 @@ impl Store {
             self.run(|s| &s.dead_retry, q, ids.to_vec()).await?,
             "dead_retry",
         )?;
-        reply.iter().map(|v| int(Some(v), "dead_retry")).collect()
+        reply
+            .iter()
+            .map(|v| match int(Some(v), "dead_retry")? {
+                1 => Ok(DeadRetry::Requeued),
+                0 => Ok(DeadRetry::NotDead),
+                2 => Ok(DeadRetry::UniqueKeyTaken),
+                n => Err(Error::protocol("dead_retry", format!("unknown code {n}"))),
+            })
+            .collect()
     }
 
     /// Deletes the given dead jobs; returns how many were deleted.
@@ -832,7 +862,7 @@ mod tests {
         let jobs: Vec<_> = got
             .jobs
             .iter()
-            .map(|j| (j.id.as_str(), j.attempt, j.token))
+            .map(|j| (j.id.as_str(), j.attempt, j.fence))
             .collect();
         assert_eq!(jobs, [("id-1", 1, 41), ("id-2", 4, 42)]);
         let priority = got.jobs[1].record.as_ref().unwrap().priority;
