@@ -152,6 +152,12 @@ impl QueueConfig {
     }
 
     /// True when `tenant_rate_limit` or `tenant_rate_limits` is set.
+    /// Whether a limit applies that only a claim can check (rate, group,
+    /// tenant): such queues take no direct hand-off.
+    pub fn is_limited(&self) -> bool {
+        self.rate_limit.is_some() || self.group_concurrency.is_some() || self.has_tenant_limits()
+    }
+
     pub fn has_tenant_limits(&self) -> bool {
         self.tenant_rate_limit.is_some() || !self.tenant_rate_limits.is_empty()
     }

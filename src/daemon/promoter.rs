@@ -312,12 +312,12 @@ async fn promote_due(store: &Store, p: &Promoter) -> bool {
 /// The listener: subscribes to the due channels of the queues served and
 /// passes each message to the promoter; after every (re)subscription the
 /// promoter reads every queue again. Returns when `stop` is cancelled.
-pub async fn listen(client: redis::Client, p: Arc<Promoter>, stop: CancellationToken) {
+pub async fn listen(store: Store, p: Arc<Promoter>, stop: CancellationToken) {
     let mut pause = Duration::from_millis(100);
     loop {
         let connected = tokio::select! {
             _ = stop.cancelled() => return,
-            c = tokio::time::timeout(ANSWER_WITHIN, client.get_async_pubsub()) => c,
+            c = tokio::time::timeout(ANSWER_WITHIN, store.subscriber()) => c,
         };
         match connected {
             Ok(Ok(pubsub)) => {

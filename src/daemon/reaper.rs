@@ -96,12 +96,13 @@ pub async fn run(shared: Arc<Shared>, every: Duration, stop: CancellationToken) 
     }
 }
 
-/// Per queue, whether its earliest lease deadline has passed on Redis's clock:
-/// one pipeline (the head of each `active` set, and Redis's TIME once a
-/// minute), so an idle daemon runs the reap script only where a lease has
-/// actually expired. Between readings Redis's clock is the local clock plus
-/// the offset last measured; an error of a few ms only moves when the
-/// script is called, and the script decides on Redis's own clock.
+/// Per queue, whether its earliest lease deadline has passed, by the
+/// takeover grace, on Redis's clock: one pipeline (the first deadline of
+/// each `active` set, and Redis's TIME once a minute), so an idle daemon
+/// runs the reap script only where a lease has actually expired. Between
+/// readings Redis's clock is the local clock plus the offset last measured;
+/// an error of a few ms only moves when the script is called, and the
+/// script decides on Redis's own clock.
 async fn earliest_expired(
     shared: &Shared,
     queues: &[Arc<super::QueueRt>],
@@ -110,36 +111,18 @@ async fn earliest_expired(
     if queues.is_empty() {
         return Ok(Vec::new());
     }
-    let sync = clock.due();
-    let mut pipe = redis::pipe();
-    if sync {
-        pipe.cmd("TIME");
+    let keys: Vec<&crate::keys::QueueKeys> = queues.iter().map(|q| &q.keys).collect();
+    let (now, deadlines) = shared
+        .store
+        .first_lease_deadlines(&keys, clock.due())
+        .await?;
+    if let Some(now) = now {
+        clock.sync(now);
     }
-    for q in queues {
-        pipe.cmd("ZRANGE")
-            .arg(q.keys.active())
-            .arg(0)
-            .arg(0)
-            .arg("WITHSCORES");
-    }
-    let reply: Vec<redis::Value> = pipe.query_async(&mut shared.store.connection()).await?;
-    let heads = if sync {
-        let (now_ms, heads) = crate::store::split_time(reply, "reaper")?;
-        clock.sync(now_ms);
-        heads
-    } else {
-        reply
-    };
     // Leases count as expired TAKEOVER_GRACE after their deadline (reap.lua).
-    let now_ms = (clock.redis_now() - crate::store::TAKEOVER_GRACE.as_millis() as i64) as f64;
-    let parse = |e: redis::ParsingError| crate::Error::protocol("reaper", e.to_string());
-    heads
+    let now_ms = clock.redis_now() - crate::store::TAKEOVER_GRACE.as_millis() as i64;
+    Ok(deadlines
         .into_iter()
-        .map(|v| {
-            let head: Vec<(String, f64)> = redis::from_redis_value(v).map_err(parse)?;
-            Ok(head
-                .first()
-                .is_some_and(|(_, deadline)| *deadline <= now_ms))
-        })
-        .collect()
+        .map(|d| d.is_some_and(|deadline| deadline <= now_ms))
+        .collect())
 }

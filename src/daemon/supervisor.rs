@@ -178,7 +178,6 @@ impl WorkerBuilder {
         });
         let stop = CancellationToken::new();
         let routes: Routes = Arc::new(RwLock::new(HashMap::new()));
-        let redis_client = redis::Client::open(self.config.redis.url.as_str())?;
         let (tx, rx) = mpsc::unbounded_channel();
         if self.signals {
             signals::listen(tx.clone())
@@ -219,7 +218,7 @@ impl WorkerBuilder {
             stop.clone(),
         )));
         daemon.tasks.push(tokio::spawn(waker::run(
-            redis_client.clone(),
+            store.clone(),
             routes,
             stop.clone(),
         )));
@@ -229,7 +228,7 @@ impl WorkerBuilder {
             stop.clone(),
         )));
         daemon.tasks.push(tokio::spawn(promoter::listen(
-            redis_client,
+            store.clone(),
             shared.promoter.clone(),
             stop.clone(),
         )));

@@ -15,13 +15,13 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use redis::AsyncConnectionConfig;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::pool::Pool;
 use super::QueueRt;
+use crate::store::{self, Store};
 
 /// What a popped list is for.
 pub enum Route {
@@ -37,15 +37,12 @@ pub type Routes = Arc<RwLock<HashMap<String, Route>>>;
 /// How long one BLPOP blocks; bounds how late a reload's new routes apply.
 const BLOCK: Duration = Duration::from_secs(2);
 
-pub async fn run(client: redis::Client, routes: Routes, stop: CancellationToken) {
-    let config = AsyncConnectionConfig::new()
-        .set_connection_timeout(Some(Duration::from_secs(5)))
-        .set_response_timeout(Some(BLOCK + Duration::from_secs(5)));
+pub async fn run(store: Store, routes: Routes, stop: CancellationToken) {
     let mut pause = Duration::from_millis(100);
     'connect: loop {
         let mut con = tokio::select! {
             _ = stop.cancelled() => return,
-            c = client.get_multiplexed_async_connection_with_config(&config) => match c {
+            c = store.blocking(Duration::from_secs(5), BLOCK + Duration::from_secs(5)) => match c {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::debug!(error = %e, "waker cannot connect; retrying");
@@ -76,11 +73,9 @@ pub async fn run(client: redis::Client, routes: Routes, stop: CancellationToken)
             if keys.is_empty() {
                 tokio::select! { _ = stop.cancelled() => return, _ = tokio::time::sleep(BLOCK) => continue }
             }
-            let mut blpop = redis::cmd("BLPOP");
-            blpop.arg(&keys).arg(BLOCK.as_secs_f64());
-            let popped: redis::RedisResult<Option<(String, String)>> = tokio::select! {
+            let popped = tokio::select! {
                 _ = stop.cancelled() => return,
-                r = blpop.query_async(&mut con) => r,
+                r = store::pop_first(&mut con, &keys, BLOCK) => r,
             };
             match popped {
                 Ok(Some((key, payload))) => {

@@ -1,0 +1,205 @@
+//! The pool's fetcher: claims as many jobs as it has free slots, in rounds
+//! over its queues, and sleeps when there is nothing to claim until a
+//! wake-up, the next due time, or its idle look finds work.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::{registration_ttl, Offered, Pool, PoolCtx, GATHER, INBOX_BATCH, PROMOTE_BATCH};
+use crate::observe::Start;
+use crate::store::{self, HandoffOffer, IdleLook};
+
+impl Pool {
+    pub(super) async fn claim_loop(&self, ctx: &PoolCtx) {
+        let ttl = registration_ttl(ctx.inbox_poll);
+        let mut error_pause = Duration::from_millis(100);
+        // The last round filled every free slot: the queues have more.
+        let mut busy = false;
+        let gather = self.concurrency * 3 / 4;
+        loop {
+            if self.quiet.is_cancelled() {
+                return;
+            }
+            let free = self.slots.available_permits();
+            if free == 0 || (busy && free < gather) {
+                // Saturated: wait for a slot, then up to GATHER for three
+                // quarters of the pool, so each claim carries a batch. A
+                // busy pool of short jobs would otherwise claim only what
+                // finished during the previous claim's round trip (about
+                // half the pool, in two alternating halves), paying each
+                // call's fixed cost twice as often. Only a busy pool waits,
+                // at most GATHER, then claims what is free.
+                if free == 0 {
+                    tokio::select! {
+                        _ = self.quiet.cancelled() => return,
+                        permit = self.slots.acquire() => drop(permit),
+                    }
+                }
+                let more = u32::try_from(gather).unwrap_or(u32::MAX).max(1);
+                if let Ok(Ok(permits)) =
+                    tokio::time::timeout(GATHER, self.slots.acquire_many(more)).await
+                {
+                    drop(permits);
+                }
+                if self.quiet.is_cancelled() {
+                    return;
+                }
+            }
+            // When the next scheduled job is due, if any (Redis's clock, as a wait).
+            let mut due_in: Option<Duration> = None;
+            // Queues whose rate limit holds back ready jobs until `due_in` or later.
+            let mut throttled: Vec<Arc<str>> = Vec::new();
+            let mut filled = false;
+            let mut failed = false;
+            let mut asked: Vec<Arc<str>> = Vec::new();
+            let round_sent = Instant::now();
+            for q in self.round_order() {
+                // A claim takes at most MAX_CALL_JOBS; a bigger pool's
+                // round claims that many and goes round again (filled).
+                let free = self.slots.available_permits().min(store::MAX_CALL_JOBS);
+                if free == 0 {
+                    filled = true;
+                    break;
+                }
+                let sent = Instant::now();
+                asked.push(q.name.clone());
+                match ctx
+                    .store
+                    .claim_as(
+                        &q.keys,
+                        free,
+                        q.cfg.lease,
+                        PROMOTE_BATCH,
+                        INBOX_BATCH,
+                        self.listened().then_some(HandoffOffer {
+                            name: &self.handoff_name,
+                            ttl,
+                        }),
+                    )
+                    .await
+                {
+                    Ok(c) => {
+                        if let Ok(mut clock) = self.clock.lock() {
+                            *clock = Some((sent, c.now_ms));
+                        }
+                        if let Some(due) = c.next_due_ms {
+                            let wait =
+                                Duration::from_millis(u64::try_from(due - c.now_ms).unwrap_or(0));
+                            due_in = Some(due_in.map_or(wait, |d| d.min(wait)));
+                        }
+                        if c.throttled {
+                            throttled.push(q.name.clone());
+                        }
+                        // A queue that filled every free slot ends the round, so
+                        // in strict order a later queue never gets a slot while
+                        // an earlier one still has work.
+                        let full = c.jobs.len() == free;
+                        let deadline = sent + q.cfg.lease;
+                        self.start_jobs(ctx, &q, c.jobs, c.now_ms, deadline, Start::Claim);
+                        if full {
+                            filled = true;
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        failed = true;
+                        tracing::warn!(pool = %self.name, queue = %q.name, error = %e, "claim failed");
+                    }
+                }
+            }
+            ctx.health.set_redis_ok(!failed);
+            if failed {
+                tokio::select! {
+                    _ = self.quiet.cancelled() => return,
+                    _ = tokio::time::sleep(error_pause) => {}
+                }
+                error_pause = (error_pause * 2).min(Duration::from_secs(5));
+                continue;
+            }
+            error_pause = Duration::from_millis(100);
+            busy = filled;
+            if filled {
+                // Busy: the queues claimed this round ended their
+                // registrations; end those of the queues not reached.
+                self.unregister_others(ctx, &asked).await;
+                continue;
+            }
+            if let Ok(mut r) = self.registration.lock() {
+                *r = Offered {
+                    at: Some(round_sent),
+                    slots: self.slots.available_permits(),
+                    received: 0,
+                };
+            }
+            if !self.idle_until_work(ctx, due_in, &throttled, ttl).await {
+                return;
+            }
+        }
+    }
+
+    /// Sleeps until there may be work: a wake-up, the next due time, or an
+    /// `inbox_poll` tick at which a cheap look (LLEN inbox, ZCARD pending:
+    /// two commands per queue) finds something. The look catches what no
+    /// wake-up announced: inbox documents pushed by foreign producers, and
+    /// jobs whose wake-up another, busy daemon consumed. The pending jobs of
+    /// a `throttled` queue are not work until the due time. Returns false
+    /// when the pool is told to stop.
+    pub(super) async fn idle_until_work(
+        &self,
+        ctx: &PoolCtx,
+        due_in: Option<Duration>,
+        throttled: &[Arc<str>],
+        ttl: Duration,
+    ) -> bool {
+        let due_at = due_in.map(|d| Instant::now() + d);
+        // Half way to the registration's expiry it is renewed, in the same
+        // pipeline as the look below (no claim: one HSET per queue).
+        let mut renew_at = self
+            .registration
+            .lock()
+            .ok()
+            .and_then(|r| r.at)
+            .map(|at| at + ttl / 2);
+        loop {
+            let tick = Instant::now() + ctx.inbox_poll;
+            let until = due_at.map_or(tick, |d| d.min(tick));
+            tokio::select! {
+                _ = self.quiet.cancelled() => return false,
+                _ = self.wake.notified() => return true,
+                _ = self.renew.notified() => return true,
+                _ = tokio::time::sleep_until(until) => {}
+            }
+            let now = Instant::now();
+            if due_at.is_some_and(|d| now >= d) {
+                return true;
+            }
+            let mut renew = Vec::new();
+            if renew_at.is_some_and(|r| now >= r) {
+                let Some(r) = self.renewals(now, ttl) else {
+                    return true;
+                };
+                renew = r;
+                renew_at = Some(now + ttl / 2);
+            }
+            let looks: Vec<IdleLook> = self
+                .queues
+                .iter()
+                .map(|q| IdleLook {
+                    keys: &q.keys,
+                    pending: !throttled.contains(&q.name),
+                    tenant_due: q.cfg.has_tenant_limits(),
+                })
+                .collect();
+            match ctx
+                .store
+                .idle_look(&self.handoff_name, &renew, &looks)
+                .await
+            {
+                Ok(false) => continue,
+                _ => return true,
+            }
+        }
+    }
+}
