@@ -1,12 +1,34 @@
 //! A leader lease: one of several processes runs a duty, chosen by a
 //! [`crate::lock`] held in Redis and renewed in the background.
 //!
-//! [`Leader::start`] spawns a task that tries to take the lock
-//! `<prefix>:lock:{leader:<name>}` with a TTL, and while it holds it renews it
-//! every TTL/3. Its state is cheap to read ([`Leader::fence`],
-//! [`Leader::is_leader`]) and to wait on ([`LeaderWatch::changed`]).
-//! [`Leader::step_down`] releases the lock (compare-and-delete) so a successor
-//! takes over at its next try (within TTL/3) instead of after the TTL.
+//! [`Leader::start`]`(store, "name", ttl)` spawns a task that tries to take
+//! the lock `<prefix>:lock:{leader:<name>}` with a TTL when it is free, and
+//! while it holds it renews it every TTL/3. Whether this process leads is
+//! cheap to read ([`Leader::fence`], [`Leader::is_leader`]) and to wait on
+//! ([`Leader::watch`], then [`LeaderWatch::changed`]). [`Leader::step_down`]
+//! releases the lock (compare-and-delete) so a successor takes over at its
+//! next try (within TTL/3) instead of after the TTL.
+//!
+//! ```no_run
+//! # async fn example(store: redq::store::Store) -> redq::Result<()> {
+//! use std::time::Duration;
+//! use redq::leader::Leader;
+//!
+//! let leader = Leader::start(store, "cleanup", Duration::from_secs(10))?;
+//! let mut watch = leader.watch();
+//! loop {
+//!     if let Some(fence) = watch.fence() {
+//!         // Lead: run one round of the duty, idempotent or passing `fence` on.
+//!     }
+//!     // Wake on a change, and look again at least every second: a term
+//!     // that lapses by the local horizon alone wakes nobody.
+//!     let _ = tokio::time::timeout(Duration::from_secs(1), watch.changed()).await;
+//! #   break;
+//! }
+//! leader.step_down().await;
+//! # Ok(())
+//! # }
+//! ```
 //!
 //! It errs on the side of "not leader". Each grant or renewal is counted from
 //! the moment the request was *sent* (Redis starts the TTL later than that),
@@ -29,6 +51,14 @@
 //! and grant it twice. A leader that dies without stepping down blocks the
 //! duty until its lock expires (up to the TTL). A reply lost on the network
 //! can leave the lock held by nobody who knows it, until the TTL.
+//!
+//! In the daemon it picks the one daemon that evaluates cron: daemons with
+//! the same `[[cron]]` entries share the lease `leader:cron:<hash of the
+//! entries>` with TTL `daemon.leader_ttl`, and a daemon steps down first
+//! thing when it shuts down; `redq_leader{duty="cron"}` in `/metrics` is 1 on
+//! the leader. Exactly-once ticks do not rest on the lease (a compare-and-set
+//! in Redis does that; see `daemon::cron`). Every other background duty runs
+//! on every daemon.
 
 use std::time::Duration;
 

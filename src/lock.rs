@@ -1,6 +1,33 @@
 //! Distributed locks on one Redis: a token, a TTL, renewal, release by
 //! compare-and-delete, and a fencing number that only grows.
 //!
+//! [`try_acquire`]`(&store, "name", ttl)` takes the lock `name` with a random
+//! token and a TTL if nobody holds it, or says how long the current holder's
+//! lock has left ([`Acquired::Busy`]). The [`LockGuard`] it returns can
+//! [`renew`](LockGuard::renew) the TTL and [`release`](LockGuard::release)
+//! the lock (compare-and-delete: only the holder's token works), and carries
+//! [`fence`](LockGuard::fence), a number that grows with every acquisition.
+//! Dropping a guard does not release the lock; its TTL does. Lock names are
+//! 1–128 characters of `A-Z a-z 0-9 _ . - :`.
+//!
+//! ```no_run
+//! # async fn example(store: redq::store::Store) -> redq::Result<()> {
+//! use std::time::Duration;
+//! use redq::lock::{try_acquire, Acquired};
+//!
+//! match try_acquire(&store, "nightly-export", Duration::from_secs(30)).await? {
+//!     Acquired::Held(guard) => {
+//!         // Work well inside the TTL, or hand guard.fence() to what you write.
+//!         let still_ours = guard.renew(Duration::from_secs(30)).await?;
+//!         // ...
+//!         guard.release().await?;
+//!     }
+//!     Acquired::Busy { expires_in } => println!("held elsewhere for up to {expires_in:?}"),
+//! }
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! What it guarantees: while one Redis primary keeps its data, at most one
 //! holder has a given lock at a time, as measured by Redis's clock; a holder
 //! whose TTL lapsed cannot renew or release the lock someone else took since;
@@ -16,8 +43,10 @@
 //! For a duty that must run in one process at a time, [`crate::leader`]
 //! builds a renewed leader lease on these locks.
 //!
-//! Keys: `<prefix>:lock:{<name>}` and `<prefix>:lock:{<name>}:fence`, one
-//! hash tag, so a lock lives on one Redis Cluster slot.
+//! Keys: `<prefix>:lock:{<name>}` (the holder's `<token>:<fence>`, expiring
+//! with the TTL) and `<prefix>:lock:{<name>}:fence` (the fencing counter,
+//! which never expires), one hash tag, so a lock lives on one Redis Cluster
+//! slot. Scripts: `lua/lock_acquire.lua`, `lock_renew.lua`, `lock_release.lua`.
 
 use std::sync::LazyLock;
 use std::time::Duration;

@@ -1,6 +1,6 @@
 //! Command handler: runs an external program for each job.
 //!
-//! Contract with the program (the README repeats it for handler authors):
+//! Contract with the program (docs/operating.md, "Handlers", repeats it for handler authors):
 //! - `argv` runs directly, without a shell; the payload never appears on the command line.
 //! - stdin: the job's payload exactly as the producer sent it (JSON text), then EOF.
 //!   A program that never reads stdin is fine.

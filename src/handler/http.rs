@@ -1,6 +1,6 @@
 //! HTTP handler: POSTs each job as JSON to a URL.
 //!
-//! Contract with the endpoint (the README repeats it for handler authors):
+//! Contract with the endpoint (docs/operating.md, "Handlers", repeats it for handler authors):
 //! - Request: `POST <url>` with `Content-Type: application/json`,
 //!   `Idempotency-Key: <job id>`, the configured headers, and the body
 //!   `{"id", "queue", "attempt", "tenant", "payload"}` (`tenant` is null when none;
