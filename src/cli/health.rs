@@ -3,13 +3,14 @@
 //! `--max-age`; 1 when no daemon is fresh; 69 when Redis is unreachable.
 //! Prints the daemons seen (id, age, running jobs, queues) or the reason.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{json, Value};
 
 use crate::cli::{Target, EXIT_UNAVAILABLE};
-use crate::daemon::heartbeat::{self, DaemonInfo};
+use crate::daemon::heartbeat;
 use crate::error::Error;
+use crate::store::DaemonInfo;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
@@ -20,15 +21,11 @@ pub async fn run(target: &Target, json: bool, max_age: Duration) -> u8 {
         Ok(s) => s,
         Err(e) => return redis_failed(json, max_age_ms, &e),
     };
-    let sent = Instant::now();
-    let ping = redis::cmd("PING")
-        .query_async::<String>(&mut store.connection())
-        .await;
-    let rtt = sent.elapsed();
-    if let Err(e) = ping {
-        return redis_failed(json, max_age_ms, &e.into());
-    }
-    let daemons = match heartbeat::list(&store).await {
+    let rtt = match store.ping().await {
+        Ok(rtt) => rtt,
+        Err(e) => return redis_failed(json, max_age_ms, &e),
+    };
+    let daemons = match store.daemons(heartbeat::KEEP).await {
         Ok(d) => d,
         Err(e) => return redis_failed(json, max_age_ms, &e),
     };

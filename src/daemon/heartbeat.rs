@@ -1,18 +1,8 @@
 //! Heartbeats: every [`EVERY`] a daemon records itself in Redis, so
 //! `redq health` can tell whether any daemon is alive, and publishes how many
 //! jobs each of its queues finished since its last beat, for the per-minute
-//! rates `redq stats` shows.
-//!
-//! Keys (built in [`crate::keys`]), none of which needs SCAN or KEYS to find
-//! and all of which expire by themselves:
-//! - `<prefix>:daemons`: ZSET, member = daemon id, score = Redis ms of its
-//!   last beat; entries older than [`KEEP`] are trimmed on every beat, and
-//!   the set expires [`KEEP`] after the last beat of any daemon.
-//! - `<prefix>:daemon:<id>`: HASH (hostname, pid, version, started_at_ms,
-//!   beat_ms, queues, running), expiring [`KEEP`] after the last beat.
-//! - `<prefix>:{<queue>}:rate:<minute>`: HASH (`succeeded`, `failed`) of jobs
-//!   finished in that Unix minute, summed over daemons; expires after
-//!   [`RATE_TTL`].
+//! rates `redq stats` shows. What is written, and where, is
+//! [`crate::store::heartbeat`]'s.
 //!
 //! A daemon id is `hostname:pid:random`. On a clean stop the daemon removes
 //! its entry; after a crash the entry ages out.
@@ -22,14 +12,12 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use super::supervisor::Shared;
 use crate::error::Result;
-use crate::keys;
 use crate::observe::JobOutcome;
-use crate::store::Store;
+use crate::store::{Beat, RateDelta};
 
 /// The heartbeat loop's name in `/healthz`.
 pub const LOOP: &str = "heartbeat";
@@ -39,21 +27,6 @@ pub const EVERY: Duration = Duration::from_secs(5);
 pub const KEEP: Duration = Duration::from_secs(60);
 /// How long a per-minute rate bucket is kept.
 pub const RATE_TTL: Duration = Duration::from_secs(180);
-
-/// One daemon as its heartbeat describes it.
-#[derive(Debug, Clone, Serialize)]
-pub struct DaemonInfo {
-    pub id: String,
-    /// Time since its last beat, on Redis's clock.
-    pub age_ms: i64,
-    pub hostname: Option<String>,
-    pub pid: Option<u32>,
-    pub version: Option<String>,
-    pub started_at_ms: Option<i64>,
-    pub queues: Vec<String>,
-    /// Jobs running in it at its last beat.
-    pub running: Option<i64>,
-}
 
 /// `hostname:pid:random`, with characters outside `A-Z a-z 0-9 _ . -` in the
 /// host name replaced by `_`.
@@ -99,18 +72,6 @@ fn unix_ms() -> i64 {
         .unwrap_or(0)
 }
 
-fn ms(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
-}
-
-/// Redis's clock, in ms.
-pub(crate) async fn redis_now_ms(store: &Store) -> Result<i64> {
-    let (secs, micros): (i64, i64) = redis::cmd("TIME")
-        .query_async(&mut store.connection())
-        .await?;
-    Ok(secs * 1000 + micros / 1000)
-}
-
 /// Per-queue (succeeded, failed) totals already published.
 /// Per queue: succeeded, failed, and run-time bucket counts already published.
 type Published = HashMap<Arc<str>, (u64, u64, Vec<u64>)>;
@@ -133,9 +94,9 @@ pub(crate) async fn run(shared: Arc<Shared>, stop: CancellationToken) {
         }
     }
     let last = async {
-        let now = redis_now_ms(&shared.store).await?;
+        let now = shared.store.time_ms().await?;
         publish_rates(&shared, now, &mut published).await?;
-        remove(&shared.store, &id).await
+        shared.store.remove_daemon(&id).await
     };
     match tokio::time::timeout(Duration::from_secs(3), last).await {
         Ok(Ok(())) => tracing::debug!(daemon = %id, "heartbeat entry removed"),
@@ -147,56 +108,31 @@ pub(crate) async fn run(shared: Arc<Shared>, stop: CancellationToken) {
 }
 
 async fn beat(shared: &Shared, id: &str, started: i64, published: &mut Published) -> Result<()> {
-    let store = &shared.store;
-    let now = redis_now_ms(store).await?;
-    let zset = keys::daemons(store.prefix());
-    let hash = keys::daemon(store.prefix(), id);
     let queues: Vec<String> = shared.queues().iter().map(|q| q.name.to_string()).collect();
-    let running = shared.counters.running.load(Ordering::Relaxed);
-    let fields: [(&str, String); 7] = [
-        ("hostname", hostname()),
-        ("pid", std::process::id().to_string()),
-        ("version", env!("CARGO_PKG_VERSION").to_owned()),
-        ("started_at_ms", started.to_string()),
-        ("beat_ms", now.to_string()),
-        ("queues", queues.join(",")),
-        ("running", running.to_string()),
-    ];
-    let mut pipe = redis::pipe();
-    pipe.cmd("ZADD")
-        .arg(&zset)
-        .arg(now)
-        .arg(id)
-        .ignore()
-        .cmd("ZREMRANGEBYSCORE")
-        .arg(&zset)
-        .arg("-inf")
-        .arg(format!("({}", now - ms(KEEP)))
-        .ignore()
-        .cmd("PEXPIRE")
-        .arg(&zset)
-        .arg(ms(KEEP))
-        .ignore()
-        .cmd("HSET")
-        .arg(&hash)
-        .arg(&fields[..])
-        .ignore()
-        .cmd("PEXPIRE")
-        .arg(&hash)
-        .arg(ms(KEEP))
-        .ignore();
-    pipe.query_async::<()>(&mut store.connection()).await?;
+    let now = shared
+        .store
+        .beat(&Beat {
+            id,
+            hostname: &hostname(),
+            pid: std::process::id(),
+            version: env!("CARGO_PKG_VERSION"),
+            started_at_ms: started,
+            queues: &queues,
+            running: shared.counters.running.load(Ordering::Relaxed),
+            keep: KEEP,
+        })
+        .await?;
     publish_rates(shared, now, published).await
 }
 
 /// Adds what each queue finished since the last publication to the bucket of
 /// the current minute. O(1) per queue with something to add.
 async fn publish_rates(shared: &Shared, now_ms: i64, published: &mut Published) -> Result<()> {
-    let minute = now_ms / 60_000;
     let m = &shared.metrics;
-    let mut pipe = redis::pipe();
+    let queues = shared.queues();
     let mut next = Vec::new();
-    for q in shared.queues() {
+    let mut deltas = Vec::new();
+    for q in &queues {
         let ok = m.jobs_total(&q.name, JobOutcome::Succeeded);
         let failed =
             m.jobs_total(&q.name, JobOutcome::Failed) + m.jobs_total(&q.name, JobOutcome::Dead);
@@ -211,104 +147,19 @@ async fn publish_rates(shared: &Shared, now_ms: i64, published: &mut Published) 
         if d_ok == 0 && d_failed == 0 && d_runs.iter().all(|n| *n == 0) {
             continue;
         }
-        let key = q.keys.rate(minute);
-        // Run times by histogram bucket (fields r0, r1, ...), for the
-        // percentiles `redq stats` shows.
-        for (i, n) in d_runs.iter().enumerate().filter(|(_, n)| **n > 0) {
-            pipe.cmd("HINCRBY")
-                .arg(&key)
-                .arg(format!("r{i}"))
-                .arg(*n)
-                .ignore();
-        }
-        pipe.cmd("HINCRBY")
-            .arg(&key)
-            .arg("succeeded")
-            .arg(d_ok)
-            .ignore()
-            .cmd("HINCRBY")
-            .arg(&key)
-            .arg("failed")
-            .arg(d_failed)
-            .ignore()
-            .cmd("PEXPIRE")
-            .arg(&key)
-            .arg(ms(RATE_TTL))
-            .ignore();
+        deltas.push((q, d_ok, d_failed, d_runs));
         next.push((q.name.clone(), (ok, failed, runs)));
     }
-    if next.is_empty() {
-        return Ok(());
-    }
-    pipe.query_async::<()>(&mut shared.store.connection())
-        .await?;
+    let deltas: Vec<RateDelta> = deltas
+        .iter()
+        .map(|(q, ok, failed, runs)| RateDelta {
+            keys: &q.keys,
+            succeeded: *ok,
+            failed: *failed,
+            runs,
+        })
+        .collect();
+    shared.store.add_rates(now_ms, &deltas, RATE_TTL).await?;
     published.extend(next);
     Ok(())
-}
-
-async fn remove(store: &Store, id: &str) -> Result<()> {
-    redis::pipe()
-        .cmd("ZREM")
-        .arg(keys::daemons(store.prefix()))
-        .arg(id)
-        .ignore()
-        .cmd("DEL")
-        .arg(keys::daemon(store.prefix(), id))
-        .ignore()
-        .query_async::<()>(&mut store.connection())
-        .await?;
-    Ok(())
-}
-
-/// Every daemon that beat within [`KEEP`], most recent beat first, with the
-/// time since its beat on Redis's clock. One round trip for the set, one for
-/// the descriptions.
-pub async fn list(store: &Store) -> Result<Vec<DaemonInfo>> {
-    let mut con = store.connection();
-    let ((secs, micros), entries): ((i64, i64), Vec<(String, f64)>) = redis::pipe()
-        .cmd("TIME")
-        .cmd("ZRANGE")
-        .arg(keys::daemons(store.prefix()))
-        .arg(0)
-        .arg(-1)
-        .arg("REV")
-        .arg("WITHSCORES")
-        .query_async(&mut con)
-        .await?;
-    let now = secs * 1000 + micros / 1000;
-    if entries.is_empty() {
-        return Ok(Vec::new());
-    }
-    let mut pipe = redis::pipe();
-    for (id, _) in &entries {
-        pipe.cmd("HGETALL").arg(keys::daemon(store.prefix(), id));
-    }
-    let hashes: Vec<HashMap<String, String>> = pipe.query_async(&mut con).await?;
-    let mut out = Vec::with_capacity(entries.len());
-    for ((id, beat), h) in entries.into_iter().zip(hashes) {
-        let age_ms = (now - beat as i64).max(0);
-        if age_ms > ms(KEEP) {
-            continue;
-        }
-        let num = |k: &str| h.get(k).and_then(|v| v.parse::<i64>().ok());
-        out.push(DaemonInfo {
-            id,
-            age_ms,
-            hostname: h.get("hostname").cloned(),
-            pid: num("pid").and_then(|p| u32::try_from(p).ok()),
-            version: h.get("version").cloned(),
-            started_at_ms: num("started_at_ms"),
-            queues: h
-                .get("queues")
-                .map(|q| {
-                    q.split(',')
-                        .filter(|s| !s.is_empty())
-                        .map(str::to_owned)
-                        .collect()
-                })
-                .unwrap_or_default(),
-            running: num("running"),
-        });
-    }
-    Ok(out)
 }

@@ -71,11 +71,4 @@ impl Store {
     pub(crate) async fn import(&self, q: &QueueKeys, args: Vec<String>) -> Result<Value> {
         self.run(|s| &s.import, q, args).await
     }
-
-    /// Runs `cron_enqueue.lua` (see `daemon::cron::offer`), which also
-    /// reads and writes the queue's cron record.
-    pub(crate) async fn cron_enqueue(&self, q: &QueueKeys, args: Vec<String>) -> Result<Value> {
-        self.run_with(|s| &s.cron_enqueue, q, Some(&q.cron()), args)
-            .await
-    }
 }

@@ -28,18 +28,22 @@ use crate::keys::{self, QueueKeys};
 use crate::scripts::{Scripts, Transition, SCRIPTS};
 
 mod claim;
+mod cron;
 mod dead;
 mod enqueue;
 mod finish;
 mod handoff;
+pub mod heartbeat;
 mod probe;
 mod schedule;
 mod setup;
 pub use claim::{parse_handoff, Claimed, ClaimedJob, HandoffOffer};
+pub use cron::{CronOutcome, CronTick};
 pub use dead::DeadRetry;
 pub use enqueue::{EnqueueStatus, Enqueued};
 pub use finish::{Completion, FailResult, Failure, Retention};
 pub use handoff::{IdleLook, Registration};
+pub use heartbeat::{Beat, DaemonInfo, RateDelta};
 pub use schedule::Promoted;
 pub use setup::{QueueSettings, TenantLimits, ACTIVE_PIN_MEMBER, RUNS_PIN_FIELD};
 

@@ -7,6 +7,15 @@ use crate::error::Result;
 use crate::keys;
 
 impl Store {
+    /// PING: how long Redis took to answer.
+    pub async fn ping(&self) -> Result<std::time::Duration> {
+        let sent = std::time::Instant::now();
+        redis::cmd("PING")
+            .query_async::<String>(&mut self.connection())
+            .await?;
+        Ok(sent.elapsed())
+    }
+
     /// One round trip: reads the epoch mark and deletes a key that never
     /// exists (a write that needs no memory, so it works at maxmemory, but
     /// waits out a `CLIENT PAUSE WRITE` and fails on a replica). Returns the
