@@ -120,6 +120,18 @@ pub fn write_probe(prefix: &str) -> String {
     format!("{prefix}:probe")
 }
 
+/// The lock `name` (checked by the caller): `<prefix>:lock:{<name>}`, a
+/// STRING `<token>:<fence>` expiring with the lock's TTL. Its own hash tag,
+/// so its fencing counter sits on the same Cluster slot.
+pub fn lock(prefix: &str, name: &str) -> String {
+    format!("{prefix}:lock:{{{name}}}")
+}
+
+/// The fencing counter of a lock key: `<lock key>:fence`, never expiring.
+pub fn lock_fence(lock_key: &str) -> String {
+    format!("{lock_key}:fence")
+}
+
 /// All key names of one queue.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QueueKeys {

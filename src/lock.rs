@@ -48,27 +48,18 @@
 //! which never expires), one hash tag, so a lock lives on one Redis Cluster
 //! slot. Scripts: `lua/lock_acquire.lua`, `lock_renew.lua`, `lock_release.lua`.
 
-use std::sync::LazyLock;
 use std::time::Duration;
-
-use redis::Script;
 
 use crate::error::{Error, Result};
 use crate::keys;
-use crate::store::{int, Store};
-
-static ACQUIRE: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("lua/lock_acquire.lua")));
-static RENEW: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/lock_renew.lua")));
-static RELEASE: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("lua/lock_release.lua")));
+use crate::store::{lock_value, LockAnswer, Store};
 
 /// A held lock. Dropping it does not release it (the TTL will): call
 /// [`LockGuard::release`] when done.
 #[derive(Clone)]
 pub struct LockGuard {
     store: Store,
-    key: String,
+    name: String,
     value: String,
     fence: u64,
 }
@@ -94,48 +85,25 @@ pub(crate) fn check_name(name: &str) -> Result<()> {
     )))
 }
 
-fn lock_keys(store: &Store, name: &str) -> Result<(String, String)> {
-    check_name(name)?;
-    let key = format!("{}:lock:{{{name}}}", store.prefix());
-    let fence = format!("{key}:fence");
-    Ok((key, fence))
-}
-
-fn ms(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
-}
-
 /// Takes the lock `name` for `ttl` if nobody holds it.
 pub async fn try_acquire(store: &Store, name: &str, ttl: Duration) -> Result<Acquired> {
-    let (key, fence_key) = lock_keys(store, name)?;
+    check_name(name)?;
     let token = uuid::Uuid::now_v7().simple().to_string();
-    let reply: Vec<redis::Value> = ACQUIRE
-        .key(&key)
-        .key(&fence_key)
-        .arg(&token)
-        .arg(ms(ttl))
-        .invoke_async(&mut store.connection())
-        .await?;
-    let (got, n) = (int(reply.first(), "lock")?, int(reply.get(1), "lock")?);
-    if got == 1 {
-        let fence = u64::try_from(n).unwrap_or(0);
-        Ok(Acquired::Held(LockGuard {
+    Ok(match store.lock_acquire(name, &token, ttl).await? {
+        LockAnswer::Taken { fence } => Acquired::Held(LockGuard {
             store: store.clone(),
-            key,
-            value: format!("{token}:{fence}"),
+            name: name.to_owned(),
+            value: lock_value(&token, fence),
             fence,
-        }))
-    } else {
-        Ok(Acquired::Busy {
-            expires_in: Duration::from_millis(u64::try_from(n).unwrap_or(0)),
-        })
-    }
+        }),
+        LockAnswer::Busy { expires_in } => Acquired::Busy { expires_in },
+    })
 }
 
 impl std::fmt::Debug for LockGuard {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LockGuard")
-            .field("key", &self.key)
+            .field("name", &self.name)
             .field("fence", &self.fence)
             .finish()
     }
@@ -149,22 +117,11 @@ impl LockGuard {
 
     /// Extends the TTL; false when the lock is no longer ours (stop the guarded work).
     pub async fn renew(&self, ttl: Duration) -> Result<bool> {
-        let n: i64 = RENEW
-            .key(&self.key)
-            .arg(&self.value)
-            .arg(ms(ttl))
-            .invoke_async(&mut self.store.connection())
-            .await?;
-        Ok(n == 1)
+        self.store.lock_renew(&self.name, &self.value, ttl).await
     }
 
     /// Releases the lock if it is still ours; false when it had already lapsed.
     pub async fn release(self) -> Result<bool> {
-        let n: i64 = RELEASE
-            .key(&self.key)
-            .arg(&self.value)
-            .invoke_async(&mut self.store.connection())
-            .await?;
-        Ok(n == 1)
+        self.store.lock_release(&self.name, &self.value).await
     }
 }

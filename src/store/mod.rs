@@ -34,6 +34,7 @@ mod enqueue;
 mod finish;
 mod handoff;
 pub mod heartbeat;
+mod lock;
 mod probe;
 mod schedule;
 mod setup;
@@ -44,6 +45,7 @@ pub use enqueue::{EnqueueStatus, Enqueued};
 pub use finish::{Completion, FailResult, Failure, Retention};
 pub use handoff::{IdleLook, Registration};
 pub use heartbeat::{Beat, DaemonInfo, RateDelta};
+pub(crate) use lock::{lock_value, LockAnswer};
 pub use schedule::Promoted;
 pub use setup::{QueueSettings, TenantLimits, ACTIVE_PIN_MEMBER, RUNS_PIN_FIELD};
 
