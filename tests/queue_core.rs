@@ -972,7 +972,7 @@ async fn a_batch_resent_after_a_lost_reply_adds_its_usage_once() {
             .unwrap();
         assert_eq!(applied, vec![want; 3]);
     }
-    let totals = usage::totals(store, &["q".to_owned()], Some("acme"), day, day)
+    let totals = redq::inspect::totals(store, &["q".to_owned()], Some("acme"), day, day)
         .await
         .unwrap();
     assert_eq!(totals.len(), 1, "{totals:?}");

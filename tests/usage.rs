@@ -17,7 +17,8 @@ use axum::{Json, Router};
 use common::{within, RedisServer};
 use redq::daemon::WorkerBuilder;
 use redq::inspect::JobState;
-use redq::usage::{self, Day, UsageTotals};
+use redq::inspect::{self, UsageTotals};
+use redq::usage::{self, Day};
 use redq::{JobContext, NewJob, Outcome};
 
 /// Reads the payload (a JSON number n): n >= 0 reports n tokens; -1 writes a
@@ -180,7 +181,7 @@ async fn usage_adds_up_per_tenant_from_both_handler_kinds() {
     let (since, until) = (Day::today().plus(-1), Day::today().plus(1));
     let totals = within(60, async {
         loop {
-            let t = usage::totals(client.store(), &queues, None, since, until)
+            let t = inspect::totals(client.store(), &queues, None, since, until)
                 .await
                 .unwrap();
             let jobs: f64 = t.iter().filter_map(|t| t.usage.get(usage::JOBS)).sum();
@@ -211,7 +212,7 @@ async fn usage_adds_up_per_tenant_from_both_handler_kinds() {
         }
     }
     // One tenant only, and the same numbers through the CLI.
-    let acme = usage::totals(client.store(), &queues, Some("acme"), since, until)
+    let acme = inspect::totals(client.store(), &queues, Some("acme"), since, until)
         .await
         .unwrap();
     assert!(acme.iter().all(|t| t.tenant == "acme"));

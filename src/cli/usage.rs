@@ -6,7 +6,8 @@ use clap::Args;
 use crate::cli::Target;
 use crate::client::Client;
 use crate::error::Result;
-use crate::usage::{self, Day, UsageTotals};
+use crate::inspect::{self, UsageTotals};
+use crate::usage::{self, Day};
 
 /// Days `--since` goes back by default (today included makes 31 days).
 const DEFAULT_DAYS_BACK: i64 = 30;
@@ -51,7 +52,7 @@ pub async fn run(client: &Client, target: &Target, args: UsageArgs) -> Result<u8
         .since
         .unwrap_or(until.plus(-DEFAULT_DAYS_BACK))
         .max(until.plus(1 - usage::MAX_DAYS));
-    let totals = usage::totals(
+    let totals = inspect::totals(
         client.store(),
         &queues,
         args.tenant.as_deref(),

@@ -42,7 +42,12 @@ pub(crate) enum LockAnswer {
 impl Store {
     /// Takes lock `name` (checked by the caller) for `ttl` as `token` when
     /// nobody holds it.
-    pub(crate) async fn lock_acquire(&self, name: &str, token: &str, ttl: Duration) -> Result<LockAnswer> {
+    pub(crate) async fn lock_acquire(
+        &self,
+        name: &str,
+        token: &str,
+        ttl: Duration,
+    ) -> Result<LockAnswer> {
         let key = keys::lock(self.prefix(), name);
         let reply: Vec<redis::Value> = ACQUIRE
             .key(&key)

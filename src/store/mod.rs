@@ -34,6 +34,7 @@ mod enqueue;
 mod finish;
 mod handoff;
 pub mod heartbeat;
+pub mod inspect;
 mod lock;
 mod probe;
 mod schedule;

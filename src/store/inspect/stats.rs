@@ -1,65 +1,15 @@
-//! Read-only views of queues and jobs: `redq job`, `redq stats`, `redq dead list`.
-//!
-//! Every read here is O(1) per queue or per job (no SCAN, no KEYS) and runs
-//! as one atomic pipeline, so a job is never seen in two states at once.
+//! Queue-level reads: depths (`redq stats`, the daemon's gauges), the
+//! per-minute rates, the age of each queue's next job, and the registry of
+//! queue names.
 
 use serde::Serialize;
-use serde_json::value::RawValue;
 
+use super::super::heartbeat::{rate_bucket_field, RATE_FAILED, RATE_SUCCEEDED};
+use super::super::{split_time, with_time, Store};
 use crate::error::{Error, Result};
 use crate::job::StoredJob;
 use crate::keys::{self, QueueKeys};
-use crate::store::Store;
 
-/// Where a job is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum JobState {
-    /// Waiting for its due time (delayed, first attempt still to come).
-    Scheduled,
-    /// Ready; waiting for a free worker.
-    Pending,
-    /// Claimed by a worker, under a lease.
-    Active,
-    /// Failed at least once; waiting for its retry time.
-    Retrying,
-    /// Finished successfully (shown only while retention keeps it).
-    Succeeded,
-    /// Out of attempts, or refused for good; kept for inspection and `redq dead retry`.
-    Dead,
-}
-
-/// One job, as `redq job --json` prints it.
-#[derive(Debug, Clone, Serialize)]
-pub struct JobInfo {
-    pub id: String,
-    pub queue: String,
-    pub state: JobState,
-    pub priority: i64,
-    pub attempts: u32,
-    pub max_attempts: Option<u32>,
-    pub payload: Box<RawValue>,
-    pub last_error: Option<String>,
-    pub result: Option<String>,
-    pub enqueued_at_ms: i64,
-    /// Start of the latest attempt.
-    pub started_at_ms: Option<i64>,
-    /// Completion or death.
-    pub finished_at_ms: Option<i64>,
-    /// Due time while scheduled or retrying.
-    pub run_at_ms: Option<i64>,
-    /// Lease deadline while active.
-    pub lease_deadline_ms: Option<i64>,
-    pub timeout_ms: Option<u64>,
-    pub unique_key: Option<String>,
-    pub tenant: Option<String>,
-    pub group: Option<String>,
-    /// What the latest command run used (command handlers only).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub resources: Option<crate::handler::Resources>,
-}
-
-/// Depth of one queue by state, and its rates over the last minute.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct QueueStats {
     pub queue: String,
@@ -111,118 +61,6 @@ fn bucket_percentile(counts: &[u64], q: f64) -> Option<f64> {
 }
 
 /// A job in the dead set.
-#[derive(Debug, Clone, Serialize)]
-pub struct DeadJob {
-    pub id: String,
-    pub died_at_ms: i64,
-    pub attempts: u32,
-    pub last_error: Option<String>,
-}
-
-/// Looks up one job; `None` when the queue does not know the id (never
-/// enqueued, or completed and removed by retention).
-pub async fn job(store: &Store, q: &QueueKeys, id: &str) -> Result<Option<JobInfo>> {
-    keys::check_job_id(id)?;
-    let mut found = jobs(store, q, &[id.to_owned()]).await?;
-    Ok(found.pop().flatten().map(|(info, _)| info))
-}
-
-/// Looks up many jobs in one atomic round trip (HMGET and ZMSCORE over the
-/// queue's hashes and sets), so no job is seen in two states. Each entry is
-/// the job and its raw stored record, or `None` if the id is unknown.
-pub async fn jobs(
-    store: &Store,
-    q: &QueueKeys,
-    ids: &[String],
-) -> Result<Vec<Option<(JobInfo, String)>>> {
-    if ids.is_empty() {
-        return Ok(Vec::new());
-    }
-    let mut pipe = redis::pipe();
-    pipe.atomic();
-    for hash in [q.jobs(), q.runs(), q.errors(), q.results(), q.resources()] {
-        pipe.cmd("HMGET").arg(hash).arg(ids);
-    }
-    for set in [q.scheduled(), q.active(), q.dead(), q.done()] {
-        pipe.cmd("ZMSCORE").arg(set).arg(ids);
-    }
-    type Texts = Vec<Option<String>>;
-    type Scores = Vec<Option<f64>>;
-    #[allow(clippy::type_complexity)]
-    let (records, runs, errors, results, resources, scheduled, active, dead, done): (
-        Texts,
-        Texts,
-        Texts,
-        Texts,
-        Texts,
-        Scores,
-        Scores,
-        Scores,
-        Scores,
-    ) = pipe.query_async(&mut store.connection()).await?;
-    let at = |v: &Scores, i: usize| v.get(i).copied().flatten();
-    let text = |v: &Texts, i: usize| v.get(i).cloned().flatten();
-    let mut out = Vec::with_capacity(ids.len());
-    for (i, id) in ids.iter().enumerate() {
-        let Some(record) = text(&records, i) else {
-            out.push(None);
-            continue;
-        };
-        let stored = StoredJob::parse(&record)
-            .map_err(|e| Error::protocol("job record", format!("job {id}: {e}")))?;
-        let (attempts, started) = parse_run(text(&runs, i).as_deref());
-        let (s, a, d, f) = (
-            at(&scheduled, i),
-            at(&active, i),
-            at(&dead, i),
-            at(&done, i),
-        );
-        let state = match (a, s, d, f) {
-            (Some(_), ..) => JobState::Active,
-            (_, Some(_), ..) if attempts > 0 => JobState::Retrying,
-            (_, Some(_), ..) => JobState::Scheduled,
-            (_, _, Some(_), _) => JobState::Dead,
-            (.., Some(_)) => JobState::Succeeded,
-            // Pending (in a list, not indexed by id), or parked: popped while its
-            // group was at `group_concurrency` or its tenant at its rate
-            // limit, it waits in `parked` or `tenant_parked` to go back to pending.
-            _ => JobState::Pending,
-        };
-        let doc = stored.doc;
-        let info = JobInfo {
-            id: id.to_owned(),
-            queue: q.queue().to_owned(),
-            state,
-            priority: stored.priority,
-            attempts,
-            max_attempts: (stored.max_attempts > 0).then_some(stored.max_attempts),
-            payload: doc.payload,
-            last_error: text(&errors, i),
-            result: text(&results, i),
-            enqueued_at_ms: stored.enqueued_ms,
-            started_at_ms: started,
-            finished_at_ms: d.or(f).map(|s| s as i64),
-            run_at_ms: s.map(|s| s as i64),
-            lease_deadline_ms: a.map(|s| s as i64),
-            timeout_ms: doc.timeout_ms,
-            unique_key: doc.unique_key,
-            tenant: doc.tenant,
-            group: doc.group,
-            resources: text(&resources, i).and_then(|r| serde_json::from_str(&r).ok()),
-        };
-        out.push(Some((info, record)));
-    }
-    Ok(out)
-}
-
-fn parse_run(run: Option<&str>) -> (u32, Option<i64>) {
-    let Some(run) = run else { return (0, None) };
-    let mut parts = run.split(',');
-    let attempts = parts.next().and_then(|a| a.parse().ok()).unwrap_or(0);
-    let started = parts.nth(1).and_then(|s| s.parse().ok());
-    (attempts, started)
-}
-
 /// The priorities with jobs pending, per queue, highest first.
 async fn pending_levels(store: &Store, queues: &[QueueKeys]) -> Result<Vec<Vec<String>>> {
     let mut pipe = redis::pipe();
@@ -285,18 +123,17 @@ pub async fn stats(store: &Store, queues: &[QueueKeys]) -> Result<Vec<QueueStats
 /// previous minute's, weighted by how much of it lies in the last 60 seconds.
 pub async fn last_minute(store: &Store, queues: &[QueueKeys]) -> Result<Vec<Rates>> {
     let mut con = store.connection();
-    let (secs, micros): (i64, i64) = redis::cmd("TIME").query_async(&mut con).await?;
-    let now_ms = secs * 1000 + micros / 1000;
+    let now_ms = store.time_ms().await?;
     let minute = now_ms / 60_000;
     let mut pipe = redis::pipe();
     for q in queues {
         for m in [minute, minute - 1] {
             pipe.cmd("HMGET")
                 .arg(q.rate(m))
-                .arg("succeeded")
-                .arg("failed");
+                .arg(RATE_SUCCEEDED)
+                .arg(RATE_FAILED);
             for b in 0..=crate::observe::Metrics::run_bucket_bounds().len() {
-                pipe.arg(format!("r{b}"));
+                pipe.arg(rate_bucket_field(b));
             }
         }
     }
@@ -321,47 +158,6 @@ pub async fn last_minute(store: &Store, queues: &[QueueKeys]) -> Result<Vec<Rate
                 run_p50_ms: bucket_percentile(&runs, 0.50),
                 run_p99_ms: bucket_percentile(&runs, 0.99),
             }
-        })
-        .collect())
-}
-
-/// Dead jobs, newest first, `limit` from `offset`.
-pub async fn dead_list(
-    store: &Store,
-    q: &QueueKeys,
-    offset: usize,
-    limit: usize,
-) -> Result<Vec<DeadJob>> {
-    let mut con = store.connection();
-    let entries: Vec<(String, f64)> = redis::cmd("ZRANGE")
-        .arg(q.dead())
-        .arg(offset)
-        .arg(offset + limit.max(1) - 1)
-        .arg("REV")
-        .arg("WITHSCORES")
-        .query_async(&mut con)
-        .await?;
-    if entries.is_empty() {
-        return Ok(Vec::new());
-    }
-    let ids: Vec<&String> = entries.iter().map(|(id, _)| id).collect();
-    let (runs, errors): (Vec<Option<String>>, Vec<Option<String>>) = redis::pipe()
-        .cmd("HMGET")
-        .arg(q.runs())
-        .arg(&ids)
-        .cmd("HMGET")
-        .arg(q.errors())
-        .arg(&ids)
-        .query_async(&mut con)
-        .await?;
-    Ok(entries
-        .iter()
-        .enumerate()
-        .map(|(i, (id, died))| DeadJob {
-            id: id.clone(),
-            died_at_ms: *died as i64,
-            attempts: parse_run(runs.get(i).and_then(|r| r.as_deref())).0,
-            last_error: errors.get(i).cloned().flatten(),
         })
         .collect())
 }
@@ -398,12 +194,12 @@ pub async fn head_ages(
 ) -> Result<Vec<Option<std::time::Duration>>> {
     let mut con = store.connection();
     let mut pipe = redis::pipe();
-    pipe.cmd("TIME");
+    with_time(&mut pipe);
     for q in queues {
         pipe.zrange(q.pending(), 0, 0);
     }
     let reply: Vec<redis::Value> = pipe.query_async(&mut con).await?;
-    let (now_ms, rest) = crate::store::split_time(reply, "head ages")?;
+    let (now_ms, rest) = split_time(reply, "head ages")?;
     let tops: Vec<Vec<String>> = rest
         .into_iter()
         .map(|v| {
