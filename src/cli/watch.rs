@@ -17,31 +17,19 @@
 use std::io::Write;
 use std::time::{Duration, UNIX_EPOCH};
 
-use redis::Value;
 use serde_json::{Map, Value as Json};
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::cli::{Target, EXIT_UNAVAILABLE};
 use crate::error::Error;
-use crate::keys::QueueKeys;
+use crate::store::Event;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long one XREAD waits for new entries (well under COMMAND_TIMEOUT).
-const BLOCK_MS: u64 = 2_000;
+/// How long one read waits for new entries (well under COMMAND_TIMEOUT).
+const BLOCK: Duration = Duration::from_secs(2);
 /// Most entries read per call.
 const BATCH: usize = 1_000;
-
-/// One stream entry.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Event {
-    /// The stream entry id, `<ms>-<seq>`.
-    pub stream_id: String,
-    /// Redis time of the event, in Unix ms (from the entry id).
-    pub time_ms: i64,
-    /// The entry's fields in order: `event`, `id`, `attempt`, then extras.
-    pub fields: Vec<(String, String)>,
-}
 
 impl Event {
     fn field(&self, name: &str) -> &str {
@@ -123,8 +111,7 @@ pub async fn run(target: &Target, queue: &str, json: bool, from_start: bool) -> 
             return 1;
         }
     };
-    let mut con = store.connection();
-    match events_cap(&mut con, &q).await {
+    match store.events_cap(&q).await {
         Ok(0) => eprintln!(
             "redq: events are off for queue {queue}: no daemon has set `events = true` in [queues.{queue}] \
              (meta field \"events\" of {} is not set); watching {} anyway",
@@ -137,7 +124,7 @@ pub async fn run(target: &Target, queue: &str, json: bool, from_start: bool) -> 
     let mut last = if from_start {
         "0-0".to_owned()
     } else {
-        match newest_id(&mut con, &q).await {
+        match store.newest_event_id(&q).await {
             Ok(id) => id,
             Err(e) => return failed(&e),
         }
@@ -157,7 +144,7 @@ pub async fn run(target: &Target, queue: &str, json: bool, from_start: bool) -> 
         let read = tokio::select! {
             _ = int.recv() => return 0,
             _ = term.recv() => return 0,
-            r = read_after(&mut con, &q, &last) => r,
+            r = store.events_after(&q, &last, BATCH, BLOCK) => r,
         };
         let events = match read {
             Ok(events) => {
@@ -213,118 +200,6 @@ fn failed(e: &Error) -> u8 {
         EXIT_UNAVAILABLE
     } else {
         1
-    }
-}
-
-/// The queue's events cap from its `meta` hash; 0 when events are off.
-pub async fn events_cap<C: redis::aio::ConnectionLike>(
-    con: &mut C,
-    q: &QueueKeys,
-) -> crate::error::Result<u64> {
-    let v: Option<String> = redis::cmd("HGET")
-        .arg(q.meta())
-        .arg("events")
-        .query_async(con)
-        .await?;
-    Ok(v.and_then(|s| s.parse().ok()).unwrap_or(0))
-}
-
-/// The id of the newest entry, or `0-0` when the stream is empty or missing.
-async fn newest_id<C: redis::aio::ConnectionLike>(
-    con: &mut C,
-    q: &QueueKeys,
-) -> crate::error::Result<String> {
-    let v: Value = redis::cmd("XREVRANGE")
-        .arg(q.events())
-        .arg("+")
-        .arg("-")
-        .arg("COUNT")
-        .arg(1)
-        .query_async(con)
-        .await?;
-    Ok(entries(v)
-        .into_iter()
-        .next()
-        .map_or_else(|| "0-0".to_owned(), |e| e.stream_id))
-}
-
-/// Entries after `last`, waiting up to BLOCK_MS for some.
-async fn read_after<C: redis::aio::ConnectionLike>(
-    con: &mut C,
-    q: &QueueKeys,
-    last: &str,
-) -> crate::error::Result<Vec<Event>> {
-    let v: Value = redis::cmd("XREAD")
-        .arg("COUNT")
-        .arg(BATCH)
-        .arg("BLOCK")
-        .arg(BLOCK_MS)
-        .arg("STREAMS")
-        .arg(q.events())
-        .arg(last)
-        .query_async(con)
-        .await?;
-    // Reply: nil on time-out, else [[key, entries]] (RESP2) or {key: entries} (RESP3).
-    Ok(match v {
-        Value::Array(streams) => streams
-            .into_iter()
-            .flat_map(|s| match s {
-                Value::Array(mut pair) if pair.len() == 2 => entries(pair.remove(1)),
-                _ => Vec::new(),
-            })
-            .collect(),
-        Value::Map(streams) => streams.into_iter().flat_map(|(_, e)| entries(e)).collect(),
-        _ => Vec::new(),
-    })
-}
-
-/// Parses `[[id, [field, value, ...]], ...]`.
-fn entries(v: Value) -> Vec<Event> {
-    let Value::Array(items) = v else {
-        return Vec::new();
-    };
-    items
-        .into_iter()
-        .filter_map(|item| {
-            let Value::Array(mut pair) = item else {
-                return None;
-            };
-            if pair.len() != 2 {
-                return None;
-            }
-            let fields = pair.pop()?;
-            let stream_id = string(&pair.pop()?)?;
-            let time_ms = stream_id
-                .split('-')
-                .next()
-                .and_then(|t| t.parse().ok())
-                .unwrap_or(0);
-            let fields = match fields {
-                Value::Array(kv) => kv
-                    .chunks(2)
-                    .filter_map(|c| Some((string(c.first()?)?, string(c.get(1)?)?)))
-                    .collect(),
-                Value::Map(kv) => kv
-                    .iter()
-                    .filter_map(|(k, v)| Some((string(k)?, string(v)?)))
-                    .collect(),
-                _ => Vec::new(),
-            };
-            Some(Event {
-                stream_id,
-                time_ms,
-                fields,
-            })
-        })
-        .collect()
-}
-
-fn string(v: &Value) -> Option<String> {
-    match v {
-        Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
-        Value::SimpleString(s) => Some(s.clone()),
-        Value::Int(n) => Some(n.to_string()),
-        _ => None,
     }
 }
 
