@@ -267,7 +267,51 @@ pub fn check_doc(doc: &JobDoc) -> Result<()> {
     Ok(())
 }
 
-/// A job record as stored in the queue's `jobs` hash.
+/// The job record format of a queue's `jobs` hash, split but not decoded:
+/// `<priority>;<max_attempts or 0>;<enqueued_ms>;<document JSON>`. The
+/// header lets scripts read a job's priority and attempts without decoding
+/// its document. Rust's one encoder ([`Record::encode`]) and decoder
+/// ([`Record::split`]); the Lua library's are `record_header`/`record_doc`
+/// and the enqueue paths (tests/formats.rs checks that they agree).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Record<'a> {
+    pub priority: i64,
+    /// 0 means "the queue's setting".
+    pub max_attempts: u32,
+    pub enqueued_ms: i64,
+    pub doc: &'a str,
+}
+
+impl<'a> Record<'a> {
+    pub fn encode(&self) -> String {
+        format!(
+            "{};{};{};{}",
+            self.priority, self.max_attempts, self.enqueued_ms, self.doc
+        )
+    }
+
+    /// Splits a stored record; the error says what is wrong with its header.
+    pub fn split(record: &'a str) -> std::result::Result<Record<'a>, String> {
+        let mut parts = record.splitn(4, ';');
+        let (Some(p), Some(m), Some(e), Some(doc)) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err("job record has no header; it was not written by redq".into());
+        };
+        let num = |s: &str, what: &str| {
+            s.parse::<i64>()
+                .map_err(|_| format!("job record header: {what} {s:?} is not an integer"))
+        };
+        Ok(Record {
+            priority: num(p, "priority")?,
+            max_attempts: u32::try_from(num(m, "max_attempts")?).unwrap_or(0),
+            enqueued_ms: num(e, "enqueued time")?,
+            doc,
+        })
+    }
+}
+
+/// A job record as stored in the queue's `jobs` hash, decoded.
 #[derive(Debug, Clone)]
 pub struct StoredJob {
     pub priority: i64,
@@ -280,21 +324,12 @@ pub struct StoredJob {
 impl StoredJob {
     /// Parses a stored record; the error says what is wrong with it.
     pub fn parse(record: &str) -> std::result::Result<StoredJob, String> {
-        let mut parts = record.splitn(4, ';');
-        let (Some(p), Some(m), Some(e), Some(doc)) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
-            return Err("job record has no header; it was not written by redq".into());
-        };
-        let num = |s: &str, what: &str| {
-            s.parse::<i64>()
-                .map_err(|_| format!("job record header: {what} {s:?} is not an integer"))
-        };
-        let doc: JobDoc = serde_json::from_str(doc).map_err(|e| format!("job document: {e}"))?;
+        let r = Record::split(record)?;
+        let doc: JobDoc = serde_json::from_str(r.doc).map_err(|e| format!("job document: {e}"))?;
         Ok(StoredJob {
-            priority: num(p, "priority")?,
-            max_attempts: u32::try_from(num(m, "max_attempts")?).unwrap_or(0),
-            enqueued_ms: num(e, "enqueued time")?,
+            priority: r.priority,
+            max_attempts: r.max_attempts,
+            enqueued_ms: r.enqueued_ms,
             doc,
         })
     }

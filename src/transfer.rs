@@ -12,9 +12,12 @@ use serde_json::value::RawValue;
 
 use crate::error::{Error, Result};
 use crate::inspect::{self, JobState};
-use crate::job::{check_doc, JobDoc, StoredJob};
+use crate::job::{check_doc, JobDoc, Record, StoredJob};
 use crate::keys::{self, QueueKeys};
-use crate::store::{int, Store};
+use crate::store::{ImportJob, Store};
+
+/// Jobs read per page of an export (a hint to HSCAN).
+const EXPORT_PAGE: usize = 500;
 
 /// One exported job.
 #[derive(Debug, Serialize, Deserialize)]
@@ -40,26 +43,20 @@ pub struct ExportedJob {
 
 /// Writes every job of the queue to `out`, one JSON line each; returns the count.
 pub async fn export(store: &Store, q: &QueueKeys, out: &mut impl std::io::Write) -> Result<u64> {
-    let mut con = store.connection();
     let mut cursor: u64 = 0;
     let mut count = 0;
     loop {
-        let (next, page): (u64, Vec<String>) = redis::cmd("HSCAN")
-            .arg(q.jobs())
-            .arg(cursor)
-            .arg("COUNT")
-            .arg(500)
-            .query_async(&mut con)
-            .await?;
-        // HSCAN pages alternate field, value.
-        let ids: Vec<String> = page.chunks(2).filter_map(|p| p.first().cloned()).collect();
+        let (next, ids) = store.job_ids_page(q, cursor, EXPORT_PAGE).await?;
         for (id, found) in ids.iter().zip(inspect::jobs(store, q, &ids).await?) {
             let Some((info, record)) = found else {
                 continue;
             };
-            let stored = StoredJob::parse(&record)
-                .map_err(|e| Error::protocol("export", format!("job {id}: {e}")))?;
-            let doc = record.splitn(4, ';').nth(3).unwrap_or("{}");
+            // Checked whole, as any reader of it would (a damaged record
+            // stops the export, naming the job).
+            let bad = |e: String| Error::protocol("export", format!("job {id}: {e}"));
+            StoredJob::parse(&record).map_err(bad)?;
+            let stored = Record::split(&record).map_err(bad)?;
+            let doc = stored.doc;
             let line = ExportedJob {
                 id: id.clone(),
                 state: info.state,
@@ -111,39 +108,25 @@ pub async fn import(
     if jobs.is_empty() {
         return Ok((0, 0));
     }
-    let mut args = Vec::with_capacity(jobs.len() * 8);
-    for (j, doc) in jobs {
-        let state = match j.state {
-            JobState::Pending => "pending",
-            JobState::Scheduled => "scheduled",
-            JobState::Retrying => "retrying",
-            JobState::Active => "active",
-            JobState::Dead => "dead",
-            JobState::Succeeded => "succeeded",
-        };
-        let record = format!(
-            "{};{};{};{}",
-            j.priority,
-            j.max_attempts,
-            j.enqueued_at_ms,
-            j.document.get()
-        );
-        args.extend([
-            j.id.clone(),
-            record,
-            state.to_owned(),
-            j.at_ms.unwrap_or(0).to_string(),
-            j.attempts.to_string(),
-            j.last_error.clone().unwrap_or_default(),
-            j.result.clone().unwrap_or_default(),
-            doc.unique_key.clone().unwrap_or_default(),
-        ]);
-    }
-    let reply: Vec<redis::Value> = redis::from_redis_value(store.import(q, args).await?)
-        .map_err(|e| Error::protocol("import", e.to_string()))?;
-    let mut imported = 0;
-    for v in &reply {
-        imported += u64::from(int(Some(v), "import")? == 1);
-    }
-    Ok((imported, reply.len() as u64 - imported))
+    let jobs: Vec<ImportJob> = jobs
+        .iter()
+        .map(|(j, doc)| ImportJob {
+            id: &j.id,
+            record: Record {
+                priority: j.priority,
+                max_attempts: j.max_attempts,
+                enqueued_ms: j.enqueued_at_ms,
+                doc: j.document.get(),
+            },
+            state: j.state,
+            at_ms: j.at_ms,
+            attempts: j.attempts,
+            last_error: j.last_error.as_deref(),
+            result: j.result.as_deref(),
+            unique_key: doc.unique_key.as_deref(),
+        })
+        .collect();
+    let done = store.import(q, &jobs).await?;
+    let imported = done.iter().filter(|d| **d).count() as u64;
+    Ok((imported, done.len() as u64 - imported))
 }

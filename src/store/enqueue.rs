@@ -1,12 +1,26 @@
 //! Adding jobs: the Rust client's batches (enqueue.lua), restored exports
 //! (import.lua) and cron ticks (cron_enqueue.lua).
 
-use redis::Value;
-
-use super::{array, text, Store};
+use super::{array, flags, text, Store};
 use crate::error::{Error, Result};
-use crate::job::PreparedJob;
+use crate::inspect::JobState;
+use crate::job::{PreparedJob, Record};
 use crate::keys::QueueKeys;
+
+/// One exported job to restore ([`Store::import`]).
+#[derive(Debug, Clone)]
+pub struct ImportJob<'a> {
+    pub id: &'a str,
+    pub record: Record<'a>,
+    /// An active job comes back pending (its lease cannot be restored).
+    pub state: JobState,
+    /// Due time (scheduled, retrying), or time of death or completion.
+    pub at_ms: Option<i64>,
+    pub attempts: u32,
+    pub last_error: Option<&'a str>,
+    pub result: Option<&'a str>,
+    pub unique_key: Option<&'a str>,
+}
 
 /// What happened to one enqueued job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,8 +81,51 @@ impl Store {
             .collect()
     }
 
-    /// Runs `import.lua` (see [`crate::transfer::import`]): 8 arguments per job.
-    pub(crate) async fn import(&self, q: &QueueKeys, args: Vec<String>) -> Result<Value> {
-        self.run(|s| &s.import, q, args).await
+    /// Restores exported jobs, each in its state (import.lua), in one
+    /// round trip; per job, whether it was imported (false: its id exists).
+    pub async fn import(&self, q: &QueueKeys, jobs: &[ImportJob<'_>]) -> Result<Vec<bool>> {
+        let mut args = Vec::with_capacity(jobs.len() * 8);
+        for j in jobs {
+            let state = match j.state {
+                JobState::Pending => "pending",
+                JobState::Scheduled => "scheduled",
+                JobState::Retrying => "retrying",
+                JobState::Active => "active",
+                JobState::Dead => "dead",
+                JobState::Succeeded => "succeeded",
+            };
+            args.extend([
+                j.id.to_owned(),
+                j.record.encode(),
+                state.to_owned(),
+                j.at_ms.unwrap_or(0).to_string(),
+                j.attempts.to_string(),
+                j.last_error.unwrap_or_default().to_owned(),
+                j.result.unwrap_or_default().to_owned(),
+                j.unique_key.unwrap_or_default().to_owned(),
+            ]);
+        }
+        flags(self.run(|s| &s.import, q, args).await?, "import")
+    }
+
+    /// One page of a queue's job ids (HSCAN over its records, `count` a
+    /// hint), and the cursor of the next page (0: done). Jobs that change
+    /// state meanwhile may be seen in either state, or twice.
+    pub async fn job_ids_page(
+        &self,
+        q: &QueueKeys,
+        cursor: u64,
+        count: usize,
+    ) -> Result<(u64, Vec<String>)> {
+        let (next, page): (u64, Vec<String>) = redis::cmd("HSCAN")
+            .arg(q.jobs())
+            .arg(cursor)
+            .arg("COUNT")
+            .arg(count)
+            .query_async(&mut self.connection())
+            .await?;
+        // HSCAN pages alternate field, value.
+        let ids = page.chunks(2).filter_map(|p| p.first().cloned()).collect();
+        Ok((next, ids))
     }
 }

@@ -43,7 +43,7 @@ mod setup;
 pub use claim::{parse_handoff, Claimed, ClaimedJob, HandoffOffer};
 pub use cron::{CronOutcome, CronTick};
 pub use dead::DeadRetry;
-pub use enqueue::{EnqueueStatus, Enqueued};
+pub use enqueue::{EnqueueStatus, Enqueued, ImportJob};
 pub use events::Event;
 pub use finish::{Completion, FailResult, Failure, Retention};
 pub use handoff::{IdleLook, Registration};
