@@ -19,7 +19,7 @@ use crate::error::Result;
 use crate::inspect::{self, DeadJob, JobInfo, QueueStats};
 use crate::job::{NewJob, PreparedJob, DEFAULT_MAX_DOC_BYTES};
 use crate::keys::QueueKeys;
-use crate::scripts::{self, LibraryStatus};
+use crate::scripts::LibraryStatus;
 use crate::store::{DeadRetry, Enqueued, Store};
 
 /// A producer's handle on redq. Cheap to share behind an `Arc`.
@@ -148,7 +148,7 @@ impl Client {
 
     /// Loads the `redq` Redis Function library (for `FCALL redq_enqueue`) unless current.
     pub async fn ensure_library(&self) -> Result<LibraryStatus> {
-        scripts::ensure_library(&mut self.store.connection()).await
+        self.store.ensure_library().await
     }
 
     async fn register(&self, queue: &str) -> Result<()> {

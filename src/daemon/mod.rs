@@ -36,7 +36,6 @@ mod promoter;
 mod reaper;
 mod runner;
 mod signals;
-mod startup;
 mod supervisor;
 mod waker;
 mod writer;

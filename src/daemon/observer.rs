@@ -18,7 +18,7 @@ use crate::config::DaemonConfig;
 use crate::error::{Error, Result};
 use crate::inspect;
 use crate::observe::{self, JobOutcome, QueueDepths};
-use crate::scripts::{self, LibraryStatus};
+use crate::scripts::LibraryStatus;
 
 /// The poller's name in `/healthz`.
 pub const LOOP: &str = "queue poller";
@@ -103,7 +103,7 @@ pub async fn run(shared: Arc<Shared>, stats_interval: Duration, stop: Cancellati
         if rtt.is_some() && polls % LIBRARY_EVERY == 1 {
             // A Redis restarted without persistence has lost the function
             // library: put it back so FCALL producers keep working.
-            match scripts::ensure_library(&mut shared.store.connection()).await {
+            match shared.store.ensure_library().await {
                 Ok(LibraryStatus::Loaded) => tracing::warn!(
                     "the redq function library was missing (Redis restarted?); loaded it again"
                 ),

@@ -17,7 +17,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::supervisor::Shared;
-use crate::scripts;
 
 /// How long the write probe may take before Redis counts as not taking writes.
 pub const WRITE_PROBE_WITHIN: Duration = Duration::from_secs(2);
@@ -84,11 +83,10 @@ async fn restore(shared: &Shared) {
     if let Err(e) = shared.set_up_queues().await {
         tracing::warn!(error = %e, "cannot write the queues' settings again; retrying at the next check");
     }
-    let mut con = shared.store.connection();
-    if let Err(e) = scripts::ensure_library(&mut con).await {
+    if let Err(e) = shared.store.ensure_library().await {
         tracing::warn!(error = %e, "cannot load the redq function library again");
     }
-    if let Err(e) = scripts::load_internal_library(&mut con).await {
+    if let Err(e) = shared.store.load_internal_library().await {
         tracing::debug!(error = %e, "cannot load the internal library again (loaded at the next call)");
     }
 }

@@ -23,9 +23,7 @@ use super::promoter::{self, Promoter};
 use super::signals::{self, Action};
 use super::waker::{self, Route, Routes};
 use super::writer::{self, WriterCtx};
-use super::{
-    cron, dead_retention, notify, observer, reaper, retention, startup, Counters, QueueRt,
-};
+use super::{cron, dead_retention, notify, observer, reaper, retention, Counters, QueueRt};
 use crate::config::{self, Config, Order, Overrides, QueueConfig};
 use crate::error::{Error, Result};
 use crate::handler::Handler;
@@ -33,7 +31,6 @@ use crate::inspect;
 use crate::keys::QueueKeys;
 use crate::leader::Leader;
 use crate::observe::{Health, Metrics};
-use crate::scripts;
 use crate::store::{QueueSettings, Store};
 
 /// State every component shares.
@@ -133,12 +130,11 @@ impl WorkerBuilder {
         let store =
             Store::connect_with(&r.url, &r.key_prefix, r.connect_timeout, r.command_timeout)
                 .await?;
-        let mut con = store.connection();
-        startup::check(&mut con).await?;
+        store.check_server().await?;
         // The producers' library: at maxmemory Redis refuses to load it;
         // the daemon drains without it, and loads it once Redis has room
         // (the observer checks it every poll).
-        match scripts::ensure_library(&mut con).await {
+        match store.ensure_library().await {
             Err(e) if e.is_oom() => tracing::warn!(
                 "Redis is at maxmemory and refused to load the `redq` function library: \
                  FCALL redq_enqueue is unavailable until it has room (the daemon loads it then)"
@@ -150,7 +146,7 @@ impl WorkerBuilder {
         // The transitions' library now rather than at the first claim; a
         // Redis at maxmemory refuses it, and the transitions then run as
         // EVAL scripts until it loads.
-        if !scripts::load_internal_library(&mut con).await? {
+        if !store.load_internal_library().await? {
             tracing::warn!("Redis is at maxmemory: the transitions run as EVAL scripts until their library loads");
         }
         let health = Arc::new(Health::new());

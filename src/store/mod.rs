@@ -39,6 +39,7 @@ pub mod inspect;
 mod lock;
 mod probe;
 mod schedule;
+mod server;
 mod setup;
 pub use claim::{parse_handoff, Claimed, ClaimedJob, HandoffOffer};
 pub use cron::{CronOutcome, CronTick};

@@ -1,4 +1,5 @@
-//! Checks of the Redis server at start: version, eviction policy, persistence.
+//! The Redis server itself: the checks at a daemon's start (version,
+//! eviction policy, persistence) and the function libraries redq loads.
 //!
 //! Any eviction policy but `noeviction` lets Redis silently delete jobs
 //! under memory pressure, so it is warned about loudly. Managed Redis
@@ -6,7 +7,29 @@
 
 use redis::aio::ConnectionLike;
 
+use super::Store;
 use crate::error::Result;
+use crate::scripts::{self, LibraryStatus};
+
+impl Store {
+    /// Checks the server and logs what an operator must know (see the
+    /// module doc); fails only when Redis does not answer.
+    pub async fn check_server(&self) -> Result<()> {
+        check(&mut self.connection()).await
+    }
+
+    /// Loads the public `redq` library (FCALL redq_enqueue) unless the
+    /// same version is loaded.
+    pub async fn ensure_library(&self) -> Result<LibraryStatus> {
+        scripts::ensure_library(&mut self.connection()).await
+    }
+
+    /// Loads the transitions' internal library: true once it is there,
+    /// false when Redis refused it at maxmemory (they run as EVAL scripts).
+    pub async fn load_internal_library(&self) -> Result<bool> {
+        scripts::load_internal_library(&mut self.connection()).await
+    }
+}
 
 fn info_field<'a>(info: &'a str, name: &str) -> Option<&'a str> {
     info.lines()
@@ -23,7 +46,7 @@ async fn config_get<C: ConnectionLike>(con: &mut C, name: &str) -> Option<String
     pair.ok().and_then(|v| v.get(1).cloned())
 }
 
-pub async fn check<C: ConnectionLike>(con: &mut C) -> Result<()> {
+async fn check<C: ConnectionLike>(con: &mut C) -> Result<()> {
     let info: String = redis::cmd("INFO").arg("server").query_async(con).await?;
     let version = info_field(&info, "redis_version")
         .unwrap_or("unknown")
