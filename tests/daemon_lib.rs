@@ -951,9 +951,20 @@ async fn jobs_handed_to_a_daemon_that_died_come_back_when_their_lease_expires() 
 async fn jobs_handed_over_beyond_the_free_slots_are_released_unspent_and_run_later() {
     let redis = RedisServer::start();
     let (tx, mut ran) = mpsc::unbounded_channel();
+    // The first job started holds the one slot until the test lets it go,
+    // so no other job of the hand-off can take the slot it frees.
+    let hold = Arc::new(Semaphore::new(0));
+    let first = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let h = hold.clone();
     let handler = move |ctx: JobContext| {
         let _ = tx.send((payload_n(&ctx), ctx.attempt));
-        std::future::ready(Outcome::Done { result: None })
+        let (hold, first) = (h.clone(), first.clone());
+        async move {
+            if first.swap(false, Ordering::SeqCst) {
+                let _ = hold.acquire().await.map(|p| p.forget());
+            }
+            Outcome::Done { result: None }
+        }
     };
     let cfg = config(&redis, "", &queue("q", "concurrency = 1"));
     let d = launch(WorkerBuilder::new(cfg).handler("q", handler)).await;
@@ -978,6 +989,8 @@ async fn jobs_handed_over_beyond_the_free_slots_are_released_unspent_and_run_lat
         .enqueue_many("q", (1..=5).map(job).collect())
         .await
         .unwrap();
+    counter_reaches("released", &d.counters.released, 4).await;
+    hold.add_permits(1);
     let mut seen = std::collections::BTreeMap::new();
     while seen.len() < 5 {
         let (n, attempt) = recv(&mut ran).await;
