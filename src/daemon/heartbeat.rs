@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::supervisor::Shared;
+use super::Shared;
 use crate::error::Result;
 use crate::observe::JobOutcome;
 use crate::store::{Beat, RateDelta};

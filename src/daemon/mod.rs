@@ -47,10 +47,68 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::sync::Mutex;
+
 use crate::config::QueueConfig;
+use crate::error::Result;
 use crate::handler::Handler;
+use crate::inspect;
 use crate::keys::QueueKeys;
-use crate::store::Retention;
+use crate::observe::{Health, Metrics};
+use crate::store::{QueueSettings, Retention, Store};
+use leases::Leases;
+use pool::Pool;
+use promoter::Promoter;
+
+/// State every component shares.
+pub struct Shared {
+    pub(crate) store: Store,
+    pub(crate) leases: Leases,
+    pub(crate) counters: Arc<Counters>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) health: Arc<Health>,
+    /// This daemon's id (`hostname:pid:random`): its heartbeat entry, and
+    /// the start of its pools' names in the queues' hand-off registrations.
+    pub(crate) id: Arc<str>,
+    /// The pools serving now (set by the supervisor at start and on reload).
+    pub(crate) pools: Mutex<Vec<Arc<Pool>>>,
+    /// Told the queues served, at start and on reload.
+    pub(crate) promoter: Arc<Promoter>,
+    /// Each configured queue's settings as written to Redis (at start, on
+    /// reload, and again when Redis is found to have lost them).
+    pub(crate) settings: Mutex<Vec<(QueueKeys, QueueSettings)>>,
+}
+
+impl Shared {
+    /// Writes every configured queue's settings to Redis and lists the
+    /// queues in the registry. At maxmemory the registry is left out (it only
+    /// lists queues for `redq stats`); the settings are written all the same.
+    pub(crate) async fn set_up_queues(&self) -> Result<()> {
+        let settings = self.settings.lock().map(|s| s.clone()).unwrap_or_default();
+        let names: Vec<&str> = settings.iter().map(|(k, _)| k.queue()).collect();
+        match inspect::register(&self.store, &names).await {
+            Err(e) if e.is_oom() => tracing::warn!(
+                "Redis is at maxmemory: the queues were not added to the registry `redq stats` lists; \
+                 they are served all the same"
+            ),
+            other => other?,
+        }
+        // One atomic call per queue (it works at maxmemory): a claim sees
+        // each queue's old settings or its new ones.
+        for (keys, s) in &settings {
+            self.store.set_up_queue(keys, s).await?;
+        }
+        Ok(())
+    }
+
+    /// Every queue served now.
+    pub(crate) fn queues(&self) -> Vec<Arc<QueueRt>> {
+        self.pools
+            .lock()
+            .map(|p| p.iter().flat_map(|pool| pool.queues.clone()).collect())
+            .unwrap_or_default()
+    }
+}
 
 /// One queue as the daemon runs it: settings, keys, handler, result writer.
 pub(crate) struct QueueRt {

@@ -12,7 +12,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::supervisor::Shared;
+use super::Shared;
 use super::{notify, probe, Counters, QueueRt};
 use crate::config::DaemonConfig;
 use crate::error::{Error, Result};

@@ -16,7 +16,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::supervisor::Shared;
+use super::Shared;
 
 /// How long the write probe may take before Redis counts as not taking writes.
 pub const WRITE_PROBE_WITHIN: Duration = Duration::from_secs(2);

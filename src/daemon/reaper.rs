@@ -9,7 +9,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::dead_retention;
-use super::supervisor::Shared;
+use super::Shared;
 
 /// Expired jobs handled per call; a queue with more is reaped again at once.
 const BATCH: usize = 200;

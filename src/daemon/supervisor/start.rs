@@ -1,0 +1,186 @@
+//! Starting a daemon: check the configuration and Redis, load the function
+//! libraries, then start every component in the order [`crate::daemon`]
+//! writes down.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::Daemon;
+use crate::config::{Config, Overrides};
+use crate::daemon::handlers::{self, Library};
+use crate::daemon::leases::{self, Leases};
+use crate::daemon::promoter::{self, Promoter};
+use crate::daemon::signals;
+use crate::daemon::waker::{self, Routes};
+use crate::daemon::{heartbeat, notify, observer, reaper, Counters, Shared};
+use crate::error::{Error, Result};
+use crate::handler::Handler;
+use crate::observe::{Health, Metrics};
+use crate::store::Store;
+
+/// Builds a daemon: configuration plus library (Rust) handlers.
+pub struct WorkerBuilder {
+    config: Config,
+    reload: Option<(Option<PathBuf>, Overrides)>,
+    library: Library,
+    signals: bool,
+}
+
+impl WorkerBuilder {
+    pub fn new(config: Config) -> WorkerBuilder {
+        WorkerBuilder {
+            config,
+            reload: None,
+            library: BTreeMap::new(),
+            signals: false,
+        }
+    }
+
+    /// Runs `handler` for jobs of `queue` (a queue with no `handler` in the config).
+    pub fn handler(mut self, queue: impl Into<String>, handler: impl Handler) -> WorkerBuilder {
+        self.library.insert(queue.into(), Arc::new(handler));
+        self
+    }
+
+    /// On reload (SIGHUP or [`DaemonHandle::reload`]), re-read this file with these overrides.
+    pub fn reload_from(mut self, path: Option<PathBuf>, overrides: Overrides) -> WorkerBuilder {
+        self.reload = Some((path, overrides));
+        self
+    }
+
+    /// Listen to SIGTERM, SIGINT (shutdown) and SIGHUP (reload).
+    pub fn with_signals(mut self) -> WorkerBuilder {
+        self.signals = true;
+        self
+    }
+
+    fn library_queues(&self) -> BTreeSet<String> {
+        self.library.keys().cloned().collect()
+    }
+
+    /// Checks the configuration, connects, checks Redis, and starts every component.
+    pub async fn start(self) -> Result<Daemon> {
+        self.config.validate_with(&self.library_queues())?;
+        handlers::check_runnable(&self.config)?;
+        let r = &self.config.redis;
+        let store =
+            Store::connect_with(&r.url, &r.key_prefix, r.connect_timeout, r.command_timeout)
+                .await?;
+        store.check_server().await?;
+        // The producers' library: at maxmemory Redis refuses to load it;
+        // the daemon drains without it, and loads it once Redis has room
+        // (the observer checks it every poll).
+        match store.ensure_library().await {
+            Err(e) if e.is_oom() => tracing::warn!(
+                "Redis is at maxmemory and refused to load the `redq` function library: \
+                 FCALL redq_enqueue is unavailable until it has room (the daemon loads it then)"
+            ),
+            other => {
+                other?;
+            }
+        }
+        // The transitions' library now rather than at the first claim; a
+        // Redis at maxmemory refuses it, and the transitions then run as
+        // EVAL scripts until it loads.
+        if !store.load_internal_library().await? {
+            tracing::warn!("Redis is at maxmemory: the transitions run as EVAL scripts until their library loads");
+        }
+        let health = Arc::new(Health::new());
+        health.set_redis_ok(true);
+        health.set_scripts_loaded(true);
+        let d = &self.config.daemon;
+        let lease_keeper_staleness = Duration::from_secs(60);
+        health.register_loop(leases::LOOP, lease_keeper_staleness);
+        health.register_loop(
+            reaper::LOOP,
+            (d.reap_interval * 3).max(Duration::from_secs(30)),
+        );
+        health.register_loop(observer::LOOP, observer::POLL * 15);
+        health.register_loop(heartbeat::LOOP, heartbeat::EVERY * 15);
+        let shared = Arc::new(Shared {
+            store: store.clone(),
+            leases: Leases::default(),
+            counters: Arc::new(Counters::default()),
+            metrics: Metrics::new(env!("CARGO_PKG_VERSION")),
+            health,
+            id: Arc::from(heartbeat::daemon_id()),
+            pools: Mutex::new(Vec::new()),
+            promoter: Arc::new(Promoter::default()),
+            settings: Mutex::new(Vec::new()),
+        });
+        let stop = CancellationToken::new();
+        let routes: Routes = Arc::new(RwLock::new(HashMap::new()));
+        let (tx, rx) = mpsc::unbounded_channel();
+        if self.signals {
+            signals::listen(tx.clone())
+                .map_err(|e| Error::Config(format!("cannot install signal handlers: {e}")))?;
+        }
+        let (http, http_addr) = observer::start_http(d, &shared, stop.clone()).await?;
+        let mut daemon = Daemon {
+            shared: shared.clone(),
+            config: self.config.clone(),
+            reload: self.reload,
+            library: self.library,
+            stop: stop.clone(),
+            writers_stop: CancellationToken::new(),
+            routes: routes.clone(),
+            tasks: vec![http],
+            http_addr,
+            fetchers: Vec::new(),
+            writers: Vec::new(),
+            draining: Vec::new(),
+            specs: Vec::new(),
+            cron: None,
+            tx,
+            rx,
+            pools_started: 0,
+        };
+        daemon.apply(self.config).await?;
+        let keeper = leases::keep(
+            shared.leases.clone(),
+            store.clone(),
+            daemon.config.redis.command_timeout,
+            stop.clone(),
+            shared.health.clone(),
+        );
+        daemon.tasks.push(tokio::spawn(keeper));
+        let every = daemon.config.daemon.reap_interval;
+        daemon.tasks.push(tokio::spawn(reaper::run(
+            shared.clone(),
+            every,
+            stop.clone(),
+        )));
+        daemon.tasks.push(tokio::spawn(waker::run(
+            store.clone(),
+            routes,
+            stop.clone(),
+        )));
+        daemon.tasks.push(tokio::spawn(promoter::run(
+            store.clone(),
+            shared.promoter.clone(),
+            stop.clone(),
+        )));
+        daemon.tasks.push(tokio::spawn(promoter::listen(
+            store.clone(),
+            shared.promoter.clone(),
+            stop.clone(),
+        )));
+        let stats_interval = daemon.config.daemon.stats_interval;
+        daemon.tasks.push(tokio::spawn(observer::run(
+            shared.clone(),
+            stats_interval,
+            stop.clone(),
+        )));
+        daemon
+            .tasks
+            .push(tokio::spawn(heartbeat::run(shared.clone(), stop.clone())));
+        notify::ready(&observer::status_line(&shared));
+        tracing::info!(queues = shared.queues().len(), "redq daemon ready");
+        Ok(daemon)
+    }
+}
