@@ -30,6 +30,15 @@ use crate::config::{Config, Overrides};
 use crate::error::Result;
 use crate::leader::Leader;
 
+/// Beyond the longest handler grace, how long stopped jobs get to hand
+/// their release to the writers before the daemon gives up on them (their
+/// leases then return them).
+const STOP_SLACK: Duration = Duration::from_secs(1);
+/// How long each writer may take to flush what it holds at shutdown: its
+/// calls retry with backoff while Redis is away, and what is not written
+/// comes back through lease expiry.
+const WRITER_FLUSH: Duration = Duration::from_secs(30);
+
 /// A running daemon. [`Daemon::run`] returns after a shutdown.
 pub struct Daemon {
     shared: Arc<Shared>,
@@ -165,7 +174,7 @@ impl Daemon {
                     p.drained().await;
                 }
             };
-            if tokio::time::timeout(grace + Duration::from_secs(1), drain)
+            if tokio::time::timeout(grace + STOP_SLACK, drain)
                 .await
                 .is_err()
             {
@@ -174,7 +183,7 @@ impl Daemon {
         }
         self.writers_stop.cancel();
         for w in self.writers.drain(..) {
-            let _ = tokio::time::timeout(Duration::from_secs(30), w).await;
+            let _ = tokio::time::timeout(WRITER_FLUSH, w).await;
         }
         self.stop.cancel();
         for t in self.tasks.drain(..) {

@@ -23,6 +23,17 @@ use crate::handler::Handler;
 use crate::observe::{Health, Metrics};
 use crate::store::Store;
 
+/// `/healthz` calls a loop stuck when it has missed this many beats in a
+/// row: enough that a Redis outage of a minute or two (each round then
+/// waits for its time-outs) is not a liveness failure that makes systemd
+/// restart a daemon that would recover by itself.
+const MISSED_BEATS: u32 = 15;
+/// The least time without a beat counted as stuck, whatever the interval.
+const MIN_STALE: Duration = Duration::from_secs(30);
+/// The lease keeper beats after every renewal round (at most every
+/// `lease_renew`, which can be long): a minute without one is stuck.
+const LEASE_KEEPER_STALE: Duration = Duration::from_secs(60);
+
 /// Builds a daemon: configuration plus library (Rust) handlers.
 pub struct WorkerBuilder {
     config: Config,
@@ -94,14 +105,13 @@ impl WorkerBuilder {
         health.set_redis_ok(true);
         health.set_scripts_loaded(true);
         let d = &self.config.daemon;
-        let lease_keeper_staleness = Duration::from_secs(60);
-        health.register_loop(leases::LOOP, lease_keeper_staleness);
+        health.register_loop(leases::LOOP, LEASE_KEEPER_STALE);
         health.register_loop(
             reaper::LOOP,
-            (d.reap_interval * 3).max(Duration::from_secs(30)),
+            (d.reap_interval * MISSED_BEATS).max(MIN_STALE),
         );
-        health.register_loop(observer::LOOP, observer::POLL * 15);
-        health.register_loop(heartbeat::LOOP, heartbeat::EVERY * 15);
+        health.register_loop(observer::LOOP, observer::POLL * MISSED_BEATS);
+        health.register_loop(heartbeat::LOOP, heartbeat::EVERY * MISSED_BEATS);
         let shared = Arc::new(Shared {
             store: store.clone(),
             leases: Leases::default(),
