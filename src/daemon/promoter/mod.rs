@@ -28,10 +28,12 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::StreamExt;
 use tokio::sync::Notify;
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+
+mod listen;
+
+pub use listen::listen;
 
 use super::QueueRt;
 use crate::keys::QueueKeys;
@@ -73,9 +75,9 @@ struct State {
 pub struct Promoter {
     state: Mutex<State>,
     /// The promoter loop: something changed (new due time, queues, unread).
-    changed: Notify,
+    pub(super) changed: Notify,
     /// The listener: the set of queues changed (subscribe to new channels).
-    resubscribe: Notify,
+    pub(super) resubscribe: Notify,
 }
 
 fn earlier(a: Option<i64>, b: Option<i64>) -> Option<i64> {
@@ -115,7 +117,7 @@ impl Promoter {
     }
 
     /// The channels to listen to.
-    fn channels(&self) -> Vec<String> {
+    pub(super) fn channels(&self) -> Vec<String> {
         self.state
             .lock()
             .map(|s| s.queues.keys().cloned().collect())
@@ -123,7 +125,7 @@ impl Promoter {
     }
 
     /// A message on `channel`: a job is now due at `due_ms`.
-    fn heard(&self, channel: &str, due_ms: i64) {
+    pub(super) fn heard(&self, channel: &str, due_ms: i64) {
         if let Ok(mut s) = self.state.lock() {
             if let Some(w) = s.queues.get_mut(channel) {
                 w.due = earlier(w.due, Some(due_ms));
@@ -137,7 +139,7 @@ impl Promoter {
 
     /// These queues' due times must be read again: messages published
     /// before their channels were subscribed may have been missed.
-    fn mark_unread(&self, channels: &[String]) {
+    pub(super) fn mark_unread(&self, channels: &[String]) {
         if let Ok(mut s) = self.state.lock() {
             for c in channels {
                 if let Some(w) = s.queues.get_mut(c) {
@@ -303,85 +305,6 @@ async fn promote_due(store: &Store, p: &Promoter) -> bool {
                         p.answered(other, None);
                     }
                     return false;
-                }
-            }
-        }
-    }
-}
-
-/// The listener: subscribes to the due channels of the queues served and
-/// passes each message to the promoter; after every (re)subscription the
-/// promoter reads every queue again. Returns when `stop` is cancelled.
-pub async fn listen(store: Store, p: Arc<Promoter>, stop: CancellationToken) {
-    let mut pause = Duration::from_millis(100);
-    loop {
-        let connected = tokio::select! {
-            _ = stop.cancelled() => return,
-            c = tokio::time::timeout(ANSWER_WITHIN, store.subscriber()) => c,
-        };
-        match connected {
-            Ok(Ok(pubsub)) => {
-                pause = Duration::from_millis(100);
-                match subscribed(pubsub, &p, &stop).await {
-                    Ok(()) => return,
-                    Err(e) => {
-                        tracing::debug!(error = %e, "due-time subscription lost; subscribing again")
-                    }
-                }
-            }
-            Ok(Err(e)) => tracing::debug!(error = %e, "cannot subscribe to due times; retrying"),
-            Err(_) => tracing::debug!("cannot subscribe to due times: no answer; retrying"),
-        }
-        // What was published meanwhile is read again once subscribed.
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(pause) => {}
-        }
-        pause = (pause * 2).min(MAX_PAUSE);
-    }
-}
-
-/// Serves one subscription until `stop` (Ok) or a connection error.
-async fn subscribed(
-    pubsub: redis::aio::PubSub,
-    p: &Promoter,
-    stop: &CancellationToken,
-) -> redis::RedisResult<()> {
-    let (mut sink, mut stream) = pubsub.split();
-    let mut listening: std::collections::HashSet<String> = Default::default();
-    let mut ping = tokio::time::interval_at(Instant::now() + PING_EVERY, PING_EVERY);
-    let timed_out = || redis::RedisError::from((redis::ErrorKind::Io, "no answer"));
-    loop {
-        let new: Vec<String> = p
-            .channels()
-            .into_iter()
-            .filter(|c| !listening.contains(c))
-            .collect();
-        if !new.is_empty() {
-            tokio::time::timeout(ANSWER_WITHIN, sink.subscribe(&new))
-                .await
-                .map_err(|_| timed_out())??;
-            // Subscribed first, read second: a time published in between
-            // is in both, and nothing falls between them.
-            p.mark_unread(&new);
-            listening.extend(new);
-        }
-        tokio::select! {
-            _ = stop.cancelled() => return Ok(()),
-            _ = p.resubscribe.notified() => {}
-            _ = ping.tick() => {
-                tokio::time::timeout(ANSWER_WITHIN, sink.ping::<redis::Value>())
-                    .await
-                    .map_err(|_| timed_out())??;
-            }
-            msg = stream.next() => {
-                let Some(msg) = msg else {
-                    return Err(redis::RedisError::from((redis::ErrorKind::Io, "subscription closed")));
-                };
-                let due = msg.get_payload::<String>().ok().and_then(|s| s.parse().ok());
-                match due {
-                    Some(due) => p.heard(msg.get_channel_name(), due),
-                    None => tracing::debug!(channel = msg.get_channel_name(), "ignoring a due-time message that is not a time"),
                 }
             }
         }
