@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use redis::aio::ConnectionManager;
 
-use crate::error::{Error, Result};
-use crate::store::Store;
+use redq::error::{Error, Result};
+use redq::store::Store;
 
 pub struct Private {
     child: Child,
