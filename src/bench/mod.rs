@@ -34,6 +34,7 @@
 //! away from the installed binary.
 
 mod bullmq;
+mod redis_server;
 mod report;
 mod scenarios;
 mod server;
