@@ -10,8 +10,10 @@
 //! - [`handler`]: what a job runs: command, HTTP, or Rust code.
 //! - [`lock`], [`leader`]: distributed locks, and a renewed leader lease built on them.
 //! - [`error`]: the library's error type.
+//!
+//! The `redq` binary (`src/main.rs`) runs [`cli`] and adds one command of its
+//! own, `redq bench` (`src/bench/`), which is not part of this library.
 
-pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod config;

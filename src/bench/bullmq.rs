@@ -7,7 +7,7 @@ use std::process::Stdio;
 use serde::Deserialize;
 
 use super::Options;
-use crate::error::{Error, Result};
+use redq::error::{Error, Result};
 
 pub struct Runner {
     script: PathBuf,

@@ -20,119 +20,89 @@
 //! With `--repeat R` every scenario runs R times (alternating redq and
 //! BullMQ runs under `--compare bullmq`) and the table shows medians with
 //! min–max.
+//!
+//! This module belongs to the `redq` binary, not to the library: `main.rs`
+//! declares it and adds its subcommand ([`Args`]) to the library's command
+//! line, so a program that links the `redq` crate compiles neither the
+//! scenarios, nor their arguments, nor their `redis-server` starter. It is a
+//! subcommand rather than a binary of its own so that operators keep one
+//! program and one command (`redq bench`, as the README and the product
+//! brief name it), and so it measures exactly the daemon that binary runs,
+//! through the library's public API only. The scenarios drive the daemon in
+//! this process (`WorkerBuilder`, library handlers, its counters), which a
+//! `cargo bench` harness could do too, but that would take the command
+//! away from the installed binary.
 
 mod bullmq;
+mod redis_server;
 mod report;
 mod scenarios;
 mod server;
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
+use redq::error::{Error, Result};
 
-use crate::error::{Error, Result};
+use report::{Report, Row, Sample, Stat};
 
-pub use report::print_table;
-
-/// Which way a number is better.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Better {
-    Higher,
-    Lower,
+/// The arguments of `redq bench`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Jobs per scenario
+    #[arg(long, default_value_t = 100_000)]
+    jobs: u64,
+    /// Worker concurrency to measure (repeatable)
+    #[arg(long, default_values_t = [50, 200])]
+    concurrency: Vec<u32>,
+    /// Print JSON
+    #[arg(long)]
+    json: bool,
+    /// Run every scenario this many times; report medians with min–max
+    #[arg(long, default_value_t = 1)]
+    repeat: u32,
+    /// Scenarios to run, comma-separated: a batch enqueue, b single enqueue,
+    /// c process, d latency, e memory, f idle, g two daemons
+    #[arg(long, default_value = "a,b,c,d,e,f,g")]
+    scenarios: String,
+    /// How long the latency scenario enqueues at 1000 jobs/s
+    #[arg(long, default_value_t = 10.0)]
+    latency_secs: f64,
+    /// How long the idle scenario watches the daemon
+    #[arg(long, default_value_t = 5.0)]
+    idle_secs: f64,
+    /// Also run the same scenarios on another queue: `bullmq`
+    #[arg(long, value_parser = ["bullmq"])]
+    compare: Option<String>,
 }
 
-/// One measured number of one run.
-#[derive(Debug, Clone)]
-pub struct Sample {
-    /// Stable id shared with the BullMQ script (`a`, `c200p`, `d_p99`, …).
-    pub id: String,
-    pub label: String,
-    pub unit: &'static str,
-    pub better: Better,
-    pub value: f64,
-}
-
-impl Sample {
-    fn new(
-        id: impl Into<String>,
-        label: impl Into<String>,
-        unit: &'static str,
-        better: Better,
-        value: f64,
-    ) -> Sample {
-        Sample {
-            id: id.into(),
-            label: label.into(),
-            unit,
-            better,
-            value,
+/// Runs `redq bench`; returns the process exit code (1: the bench failed).
+pub async fn main(args: Args) -> u8 {
+    let opts = Options {
+        jobs: args.jobs,
+        concurrency: args.concurrency,
+        repeat: args.repeat,
+        scenarios: args.scenarios,
+        latency_secs: args.latency_secs,
+        idle_secs: args.idle_secs,
+        compare_bullmq: args.compare.is_some(),
+    };
+    match run(&opts).await {
+        Ok(report) if args.json => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&report).unwrap_or_default()
+            );
+            0
+        }
+        Ok(report) => {
+            report::print_table(&report);
+            0
+        }
+        Err(e) => {
+            eprintln!("redq: bench: {e}");
+            1
         }
     }
-}
-
-/// Median and range over the repetitions.
-#[derive(Debug, Clone, Serialize)]
-pub struct Stat {
-    pub median: f64,
-    pub min: f64,
-    pub max: f64,
-    pub samples: Vec<f64>,
-}
-
-impl Stat {
-    fn of(mut samples: Vec<f64>) -> Option<Stat> {
-        if samples.is_empty() {
-            return None;
-        }
-        let sorted = {
-            samples.sort_by(f64::total_cmp);
-            samples.clone()
-        };
-        let n = sorted.len();
-        let median = if n % 2 == 1 {
-            sorted[n / 2]
-        } else {
-            (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0
-        };
-        Some(Stat {
-            median,
-            min: sorted[0],
-            max: sorted[n - 1],
-            samples,
-        })
-    }
-}
-
-/// One line of the table: redq's numbers and, when compared, BullMQ's.
-#[derive(Debug, Clone, Serialize)]
-pub struct Row {
-    pub id: String,
-    pub scenario: String,
-    pub unit: String,
-    pub better: Better,
-    pub redq: Stat,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub bullmq: Option<Stat>,
-    /// redq median / BullMQ median.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub ratio: Option<f64>,
-}
-
-/// Everything one `redq bench` produced.
-#[derive(Debug, Serialize)]
-pub struct Report {
-    pub redis_server: String,
-    pub cpus: usize,
-    pub jobs: u64,
-    pub repeat: u32,
-    pub scenarios: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub bullmq_version: Option<String>,
-    /// Why a requested comparison did not run.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub compare_skipped: Option<String>,
-    pub rows: Vec<Row>,
 }
 
 /// What to run.
@@ -168,7 +138,7 @@ impl Default for Options {
 }
 
 /// Parses `a,c,…` into the set of letters, refusing unknown ones.
-pub fn parse_scenarios(list: &str) -> Result<String> {
+fn parse_scenarios(list: &str) -> Result<String> {
     let mut out = String::new();
     for part in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
         match part {
@@ -193,7 +163,7 @@ pub fn parse_scenarios(list: &str) -> Result<String> {
 }
 
 /// Runs the benchmark and gathers the rows.
-pub async fn run(opts: &Options) -> Result<Report> {
+async fn run(opts: &Options) -> Result<Report> {
     let letters = parse_scenarios(&opts.scenarios)?;
     if opts.jobs == 0 || opts.repeat == 0 {
         return Err(Error::Config(

@@ -1,6 +1,109 @@
-//! The table `redq bench` prints.
+//! What `redq bench` reports: the samples of one run, their medians and
+//! ranges over the repetitions, the rows next to BullMQ's, and the table
+//! printed from them (`--json` prints [`Report`] instead).
 
-use super::{Better, Report, Row, Stat};
+use serde::Serialize;
+
+/// Which way a number is better.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Better {
+    Higher,
+    Lower,
+}
+
+/// One measured number of one run.
+#[derive(Debug, Clone)]
+pub struct Sample {
+    /// Stable id shared with the BullMQ script (`a`, `c200p`, `d_p99`, …).
+    pub id: String,
+    pub label: String,
+    pub unit: &'static str,
+    pub better: Better,
+    pub value: f64,
+}
+
+impl Sample {
+    pub(super) fn new(
+        id: impl Into<String>,
+        label: impl Into<String>,
+        unit: &'static str,
+        better: Better,
+        value: f64,
+    ) -> Sample {
+        Sample {
+            id: id.into(),
+            label: label.into(),
+            unit,
+            better,
+            value,
+        }
+    }
+}
+
+/// Median and range over the repetitions.
+#[derive(Debug, Clone, Serialize)]
+pub struct Stat {
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+    pub samples: Vec<f64>,
+}
+
+impl Stat {
+    pub(super) fn of(mut samples: Vec<f64>) -> Option<Stat> {
+        if samples.is_empty() {
+            return None;
+        }
+        let sorted = {
+            samples.sort_by(f64::total_cmp);
+            samples.clone()
+        };
+        let n = sorted.len();
+        let median = if n % 2 == 1 {
+            sorted[n / 2]
+        } else {
+            (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0
+        };
+        Some(Stat {
+            median,
+            min: sorted[0],
+            max: sorted[n - 1],
+            samples,
+        })
+    }
+}
+
+/// One line of the table: redq's numbers and, when compared, BullMQ's.
+#[derive(Debug, Clone, Serialize)]
+pub struct Row {
+    pub id: String,
+    pub scenario: String,
+    pub unit: String,
+    pub better: Better,
+    pub redq: Stat,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bullmq: Option<Stat>,
+    /// redq median / BullMQ median.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ratio: Option<f64>,
+}
+
+/// Everything one `redq bench` produced.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub redis_server: String,
+    pub cpus: usize,
+    pub jobs: u64,
+    pub repeat: u32,
+    pub scenarios: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bullmq_version: Option<String>,
+    /// Why a requested comparison did not run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub compare_skipped: Option<String>,
+    pub rows: Vec<Row>,
+}
 
 fn num(v: f64, unit: &str) -> String {
     if !v.is_finite() {

@@ -6,13 +6,14 @@ use std::time::{Duration, Instant};
 
 use rand::Rng;
 
+use super::report::{Better, Sample};
 use super::server::Private;
-use super::{Better, Options, Sample};
-use crate::config::{self, Config};
-use crate::daemon::{Counters, WorkerBuilder};
-use crate::error::{Error, Result};
-use crate::handler::{JobContext, Outcome};
-use crate::{Client, NewJob};
+use super::Options;
+use redq::config::{self, Config};
+use redq::daemon::{Counters, WorkerBuilder};
+use redq::error::{Error, Result};
+use redq::handler::{JobContext, Outcome};
+use redq::{Client, NewJob};
 
 const PRODUCERS: u64 = 50;
 const LATENCY_RATE: u64 = 1000;

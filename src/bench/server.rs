@@ -1,28 +1,32 @@
-//! The benchmark's private `redis-server`: a free port on 127.0.0.1, no
-//! persistence, a temporary directory, killed when dropped.
+//! The benchmark's private `redis-server` ([`RedisProcess`]: a free port on
+//! 127.0.0.1, no persistence, killed when dropped) in a temporary directory,
+//! with the connection and the `INFO` readings the scenarios use.
+//!
+//! `REDQ_BENCH_REDIS_SERVER` runs another program instead of `redis-server`
+//! (a build of its own, or a wrapper that `exec`s one, e.g. under valgrind);
+//! `REDQ_BENCH_REDIS_ARGS` adds server settings ("hash-max-listpack-entries 0").
 
-use std::net::TcpListener;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
 
 use redis::aio::ConnectionManager;
 
-use crate::error::{Error, Result};
-use crate::store::Store;
+use super::redis_server::{Options, RedisProcess};
+use redq::error::{Error, Result};
 
 pub struct Private {
-    child: Child,
-    dir: PathBuf,
+    // Fields drop in this order: the server is killed before its directory goes.
+    server: RedisProcess,
+    _dir: TempDir,
     pub url: String,
     con: ConnectionManager,
 }
 
-impl Drop for Private {
+/// The server's directory, removed on drop.
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
+        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
@@ -32,69 +36,50 @@ fn cfg_err(e: impl std::fmt::Display) -> Error {
 
 impl Private {
     pub async fn start() -> Result<Private> {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map_err(|e| cfg_err(format!("no free port: {e}")))?
-            .port();
-        let dir = std::env::temp_dir().join(format!("redq-bench-{}-{port}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!("redq-bench-{}", std::process::id()));
         std::fs::create_dir_all(&dir).map_err(|e| cfg_err(format!("{}: {e}", dir.display())))?;
-        let child = Command::new(
-            std::env::var("REDQ_BENCH_REDIS_SERVER").unwrap_or_else(|_| "redis-server".into()),
-        )
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-        .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
-        .args(["--maxmemory-policy", "noeviction"])
+        let dir = TempDir(dir);
+        let mut extra = vec!["--maxmemory-policy".into(), "noeviction".into()];
         // Extra server settings for experiments, e.g. "hash-max-listpack-entries 0".
-        .args(
+        extra.extend(
             std::env::var("REDQ_BENCH_REDIS_ARGS")
                 .unwrap_or_default()
                 .split_whitespace()
                 .enumerate()
-                .map(|(i, a)| {
-                    if i % 2 == 0 {
-                        format!("--{a}")
-                    } else {
-                        a.to_owned()
-                    }
+                .map(|(i, a)| match i % 2 {
+                    0 => format!("--{a}").into(),
+                    _ => a.into(),
                 }),
-        )
-        .arg("--dir")
-        .arg(&dir)
-        .stdout(Stdio::null())
-        .spawn()
-        .map_err(|e| cfg_err(format!("cannot start redis-server (is it installed?): {e}")))?;
-        let url = format!("redis://127.0.0.1:{port}");
-        let mut last = String::new();
-        for _ in 0..200 {
-            match Store::connect(&url, "redq").await {
-                Ok(store) => {
-                    let mut con = store.connection();
-                    if redis::cmd("PING")
-                        .query_async::<String>(&mut con)
-                        .await
-                        .is_ok()
-                    {
-                        return Ok(Private {
-                            child,
-                            dir,
-                            url,
-                            con,
-                        });
-                    }
-                }
-                Err(e) => last = e.to_string(),
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        let mut srv = child;
-        let _ = srv.kill();
-        Err(cfg_err(format!(
-            "the private redis-server did not come up: {last}"
-        )))
+        );
+        let opts = Options {
+            program: std::env::var_os("REDQ_BENCH_REDIS_SERVER")
+                .unwrap_or_else(|| "redis-server".into()),
+            dir: dir.0.clone(),
+            logfile: None,
+            extra,
+        };
+        let server = tokio::task::spawn_blocking(move || RedisProcess::start(&opts, None))
+            .await
+            .map_err(cfg_err)?
+            .map_err(cfg_err)?;
+        let url = format!("redis://127.0.0.1:{}", server.port());
+        // The bench's own connection to its own server, for FLUSHALL and
+        // INFO (the store's shared connection is the library's alone).
+        let con = redis::Client::open(url.as_str())
+            .map_err(cfg_err)?
+            .get_connection_manager()
+            .await
+            .map_err(|e| cfg_err(format!("the private redis-server did not come up: {e}")))?;
+        Ok(Private {
+            server,
+            _dir: dir,
+            url,
+            con,
+        })
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.server.pid()
     }
 
     pub fn con(&self) -> ConnectionManager {

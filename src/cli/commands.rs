@@ -57,11 +57,9 @@ pub async fn run(command: Command, target: &Target) -> Result<u8> {
         Command::Export { queue, output } => export(&client, &queue, output).await,
         Command::Import { queue, input } => import(&client, &queue, input).await,
         Command::Usage(args) => super::usage::run(&client, target, args).await,
-        Command::Run
-        | Command::CheckConfig
-        | Command::Bench { .. }
-        | Command::Health { .. }
-        | Command::Watch { .. } => Ok(2),
+        Command::Run | Command::CheckConfig | Command::Health { .. } | Command::Watch { .. } => {
+            Ok(2)
+        }
     }
 }
 

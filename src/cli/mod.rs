@@ -1,5 +1,6 @@
 //! The `redq` command line: argument parsing and the commands that talk to
 //! Redis as a producer or operator. `redq run` hands over to the daemon.
+//! `redq bench` is not here: the binary adds it (`src/bench/`).
 //!
 //! Exit codes: 0 success; 1 the command failed (e.g. job not found, invalid
 //! job); 2 bad usage; 69 Redis unreachable; 78 bad configuration.
@@ -48,34 +49,6 @@ pub enum Command {
     Run,
     /// Check the configuration file (and handlers) without starting
     CheckConfig,
-    /// Measure enqueue and processing speed on a private redis-server
-    Bench {
-        /// Jobs per scenario
-        #[arg(long, default_value_t = 100_000)]
-        jobs: u64,
-        /// Worker concurrency to measure (repeatable)
-        #[arg(long, default_values_t = [50, 200])]
-        concurrency: Vec<u32>,
-        /// Print JSON
-        #[arg(long)]
-        json: bool,
-        /// Run every scenario this many times; report medians with min–max
-        #[arg(long, default_value_t = 1)]
-        repeat: u32,
-        /// Scenarios to run, comma-separated: a batch enqueue, b single enqueue,
-        /// c process, d latency, e memory, f idle, g two daemons
-        #[arg(long, default_value = "a,b,c,d,e,f,g")]
-        scenarios: String,
-        /// How long the latency scenario enqueues at 1000 jobs/s
-        #[arg(long, default_value_t = 10.0)]
-        latency_secs: f64,
-        /// How long the idle scenario watches the daemon
-        #[arg(long, default_value_t = 5.0)]
-        idle_secs: f64,
-        /// Also run the same scenarios on another queue: `bullmq`
-        #[arg(long, value_parser = ["bullmq"])]
-        compare: Option<String>,
-    },
     /// Enqueue a job; prints its id
     Enqueue(EnqueueArgs),
     /// Show one job: state, attempts, timestamps, last error, result
@@ -213,27 +186,6 @@ pub async fn main(cli: Cli) -> u8 {
     match cli.command {
         Command::Run => return daemon::run(config, url, prefix).await,
         Command::CheckConfig => return daemon::check(config, url, prefix),
-        Command::Bench {
-            jobs,
-            ref concurrency,
-            json,
-            repeat,
-            ref scenarios,
-            latency_secs,
-            idle_secs,
-            ref compare,
-        } => {
-            let opts = crate::bench::Options {
-                jobs,
-                concurrency: concurrency.clone(),
-                repeat,
-                scenarios: scenarios.clone(),
-                latency_secs,
-                idle_secs,
-                compare_bullmq: compare.is_some(),
-            };
-            return bench(&opts, json).await;
-        }
         _ => {}
     }
     let target = match Target::resolve(
@@ -267,26 +219,6 @@ pub async fn main(cli: Cli) -> u8 {
             } else {
                 1
             }
-        }
-    }
-}
-
-async fn bench(opts: &crate::bench::Options, json: bool) -> u8 {
-    match crate::bench::run(opts).await {
-        Ok(report) if json => {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&report).unwrap_or_default()
-            );
-            0
-        }
-        Ok(report) => {
-            crate::bench::print_table(&report);
-            0
-        }
-        Err(e) => {
-            eprintln!("redq: bench: {e}");
-            1
         }
     }
 }
