@@ -1,6 +1,6 @@
 -- claim.lua: hand up to N ready jobs to one caller, each under a lease.
 -- Atomic, so two claimers never get the same job: LPOP removes the ids from
--- the head of the pending jobs (see pending_pop in the prelude) in the same step that
+-- the head of the pending jobs (see pending_pop in lib/pending.lua) in the same step that
 -- records the new fences and lease deadlines. Before claiming it
 -- moves due scheduled jobs into pending and turns inbox documents into jobs
 -- (bounded batches). A paused queue hands out nothing.
@@ -12,7 +12,7 @@
 --     throttled = 1 and next_due_ms = when the oldest claim leaves the window.
 --     Jobs held back stay pending: no attempt is spent.
 --   group_limit: at most this many active jobs per job `group`; a popped job
---     whose group is full is parked (see prelude) and the claim pops on, so
+--     whose group is full is parked (see lib/parking.lua) and the claim pops on, so
 --     other groups are not blocked behind it. Only with group_limit set is
 --     a job's document decoded here.
 --   tenant_rate: "<jobs>,<per_ms>,<overrides 0|1>" (jobs 0: no default):
@@ -35,7 +35,7 @@
 -- All of this is one script, so the counts it reads cannot change before its
 -- claims are recorded: over all daemons no window ever holds more claims
 -- than its limit.
--- KEYS[1] the queue's base key <prefix>:{<queue>} (prelude derives the rest).
+-- KEYS[1] the queue's base key <prefix>:{<queue>} (lib/keys.lua derives the rest).
 -- ARGV[1] how many jobs the caller can start now (0: only promote and drain;
 --   at most CALL_JOBS_MAX are handed out per call)
 -- ARGV[2] lease length in ms (deadline = Redis now + lease)
@@ -47,7 +47,7 @@
 --   When the claim leaves the caller with free slots (fewer jobs than
 --   ARGV[1]) on a queue with no limit and not throttled, it registers the
 --   caller in `idle` for direct hand-off of the next enqueued jobs (see
---   hand_off in the prelude) with that many slots; any other claim by the
+--   hand_off in lib/handoff.lua) with that many slots; any other claim by the
 --   caller ends its registration, since the caller is busy or its slots are
 --   counted again.
 -- Events (when on): `enqueued` (via=inbox) per inbox document taken, `started` per job,

@@ -2,7 +2,7 @@
 -- Fencing: a job completes only if the caller's fence is the job's current
 -- fence; otherwise (lease lost, job taken over) nothing changes for it.
 -- Works at maxmemory: it frees memory (see allow_when_full).
--- KEYS[1] the queue's base key <prefix>:{<queue>} (prelude derives the rest);
+-- KEYS[1] the queue's base key <prefix>:{<queue>} (lib/keys.lua derives the rest);
 --   KEYS[2] the day's usage hash <prefix>:{<queue>}:usage:<day>, when usage is given.
 -- ARGV[1] keep_count: completed jobs kept (0 = delete at once)
 -- ARGV[2] keep_age_ms: kept jobs older than this are deleted (0 = no age limit)

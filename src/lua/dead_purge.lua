@@ -1,5 +1,5 @@
 -- dead_purge.lua: delete dead jobs for good, by id or by age.
--- KEYS[1] the queue's base key <prefix>:{<queue>} (prelude derives the rest).
+-- KEYS[1] the queue's base key <prefix>:{<queue>} (lib/keys.lua derives the rest).
 -- ARGV[1] mode: 'ids' (ARGV[3..] are job ids) or 'age'
 -- ARGV[2] for 'age': delete jobs dead for at least this many ms (0 = all); at most 1000 per call
 -- Returns: the number of jobs deleted

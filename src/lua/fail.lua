@@ -1,7 +1,7 @@
 -- fail.lua: record failed attempts for a batch of claimed jobs: each is
 -- either scheduled for a retry (backoff computed by the caller) or moved to
 -- the dead set. Fencing as in complete.lua. Works at maxmemory.
--- KEYS[1] the queue's base key <prefix>:{<queue>} (prelude derives the rest);
+-- KEYS[1] the queue's base key <prefix>:{<queue>} (lib/keys.lua derives the rest);
 --   KEYS[2] the day's usage hash <prefix>:{<queue>}:usage:<day>, when usage is given.
 -- ARGV[1] dead_keep: most jobs kept in the dead set
 -- ARGV[2] dead_age_ms: dead jobs older than this are deleted (0 = no age limit)
@@ -10,7 +10,7 @@
 --   resources JSON of the attempt ('' = none; kept in `resources`)
 -- Events (when on): `failed` (error, retry_at_ms) per retry, `dead` (error) per death.
 -- Publishes: the earliest retry time on <base>:due when a retry is now the
---   queue's earliest scheduled job (see announce_due in the prelude).
+--   queue's earliest scheduled job (see announce_due in lib/scheduled.lua).
 -- Group slots are given back as in complete.lua.
 -- Returns: one integer per job: 1 retry scheduled, 2 dead, 0 stale fence (nothing changed)
 local k = queue_keys(KEYS)

@@ -1,6 +1,7 @@
 -- functions.lua: the `redq` Redis Function library (Redis >= 7.0), for
 -- producers in any language. src/scripts.rs prepends the library header and
--- prelude.lua, and loads it with FUNCTION LOAD REPLACE when the version differs.
+-- the library files (src/lua/lib/), and loads it with FUNCTION LOAD REPLACE
+-- when the version differs.
 --
 -- FCALL redq_enqueue 1 <prefix>:{<queue>} '<job JSON>'  -> the job id
 --   Checks the document like the Rust client does; refuses with

@@ -1,7 +1,7 @@
 -- release.lua: give claimed jobs back without spending an attempt (used on
 -- shutdown). Each goes back to the head of its priority's pending list.
 -- Fencing as in complete.lua. Works at maxmemory.
--- KEYS[1] the queue's base key <prefix>:{<queue>} (prelude derives the rest).
+-- KEYS[1] the queue's base key <prefix>:{<queue>} (lib/keys.lua derives the rest).
 -- ARGV: 2 per job: id, fence
 -- Events (when on): `released` per job, with the attempt it gave back.
 -- Group slots are given back as in complete.lua.
