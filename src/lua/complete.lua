@@ -1,6 +1,7 @@
 -- complete.lua: record success for a batch of claimed jobs.
 -- Fencing: a job completes only if the caller's fence is the job's current
--- fence; otherwise (lease lost, job taken over) nothing changes for it.
+-- fence (holds, lib/lease.lua); otherwise (lease lost, job taken over)
+-- nothing changes for it.
 -- Works at maxmemory: it frees memory (see allow_when_full).
 -- KEYS[1] the queue's base key <prefix>:{<queue>} (lib/keys.lua derives the rest);
 --   KEYS[2] the day's usage hash <prefix>:{<queue>}:usage:<day>, when usage is given.
@@ -36,8 +37,7 @@ end
 local runs = redis.call('HMGET', k.runs, unpack(ids))
 local out, done, idx = {}, {}, {}
 for i = 1, n do
-  local fence = runs[i] and run_fence(runs[i])
-  if fence and fence ~= '0' and fence == fences[i] then
+  if holds(runs[i], fences[i]) then
     out[i] = 1
     done[#done + 1] = ids[i]
     idx[#done] = i

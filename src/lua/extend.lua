@@ -13,8 +13,7 @@ local now = now_ms()
 local out, zargs = { now }, {}
 local until_ms = fmt_int(now + lease)
 for i, id in ipairs(ids) do
-  local fence = runs[i] and run_fence(runs[i])
-  if fence and fence ~= '0' and fence == ARGV[2 * i + 1] then
+  if holds(runs[i], ARGV[2 * i + 1]) then
     out[i + 1] = 1
     zargs[#zargs + 1] = until_ms
     zargs[#zargs + 1] = id

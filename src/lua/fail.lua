@@ -20,11 +20,11 @@ local ids = ids_of(ARGV, first, 6)
 local o = first - 3 -- ARGV offset of the jobs: job i's fields start at o + 6i - 3
 local runs = redis.call('HMGET', k.runs, unpack(ids))
 local now = now_ms()
-local out, mine = {}, {}
+local out, mine, held = {}, {}, {}
 for i, id in ipairs(ids) do
-  local _, fence = parse_run(runs[i])
-  if fence ~= '0' and fence == ARGV[o + 6 * i - 2] then
+  if holds(runs[i], ARGV[o + 6 * i - 2]) then
     mine[#mine + 1] = id
+    held[i] = true
   end
   out[i] = 0
 end
@@ -38,8 +38,8 @@ local cap = events_cap(k)
 local retry_z, dead_ids, dead_errors, errs, run_args, res_args = {}, {}, {}, {}, {}, {}
 local dead_attempts = {}
 for i, id in ipairs(ids) do
-  local attempts, fence, started = parse_run(runs[i])
-  if fence ~= '0' and fence == ARGV[o + 6 * i - 2] then
+  if held[i] then
+    local attempts, _, started = parse_run(runs[i])
     local delay, err = tonumber(ARGV[o + 6 * i - 1]), ARGV[o + 6 * i]
     run_args[#run_args + 1] = id
     run_args[#run_args + 1] = run_entry(attempts, '0', started)

@@ -10,10 +10,9 @@ local k = queue_keys(KEYS)
 local ids = ids_of(ARGV, 1, 2)
 local runs = redis.call('HMGET', k.runs, unpack(ids))
 local out, mine = {}, {}
-for i, id in ipairs(ids) do
-  local _, fence = parse_run(runs[i])
+for i = 1, #ids do
   out[i] = 0
-  if fence ~= '0' and fence == ARGV[2 * i] then
+  if holds(runs[i], ARGV[2 * i]) then
     mine[#mine + 1] = i
   end
 end

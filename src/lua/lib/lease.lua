@@ -7,7 +7,7 @@
 -- not held (inspect.rs reads the same form). A job is held while its entry
 -- carries a fence other than 0 and it is in `active`, its score the lease's
 -- deadline.
--- Invariant: only the caller holding a job's current fence may
+-- Invariant: only the caller holding a job's current fence (holds) may
 -- renew, complete, fail or release it; a job taken over gets a new fence,
 -- so the old holder's late calls change nothing.
 
@@ -25,6 +25,14 @@ end
 
 local function run_entry(attempts, fence, started)
   return fmt_int(attempts) .. ',' .. fence .. ',' .. fmt_int(started)
+end
+
+-- The fencing check: true when the run entry `run` (nil: none) is held
+-- under `fence`, the caller's fence as text. complete, fail, extend and
+-- release act on a job only when it holds.
+local function holds(run, fence)
+  local held = run and run_fence(run)
+  return held ~= nil and held ~= '0' and held == fence
 end
 
 -- Fences of a queue's jobs: n consecutive numbers from the first
