@@ -40,7 +40,7 @@ use crate::error::Result;
 
 /// The shared library files (`src/lua/lib/<name>.lua`), in the order they
 /// are joined: each only uses names declared in the files above it.
-const LIBRARY: [(&str, &str); 13] = [
+const LIBRARY: [(&str, &str); 14] = [
     ("keys", include_str!("lua/lib/keys.lua")),
     ("common", include_str!("lua/lib/common.lua")),
     ("events", include_str!("lua/lib/events.lua")),
@@ -53,6 +53,7 @@ const LIBRARY: [(&str, &str); 13] = [
     ("doc", include_str!("lua/lib/doc.lua")),
     ("new_jobs", include_str!("lua/lib/new_jobs.lua")),
     ("parking", include_str!("lua/lib/parking.lua")),
+    ("limits", include_str!("lua/lib/limits.lua")),
     ("usage", include_str!("lua/lib/usage.lua")),
 ];
 

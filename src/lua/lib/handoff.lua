@@ -35,6 +35,20 @@ local function handoff_element(now, first_fence, out)
   return table.concat(parts)
 end
 
+-- Registers a claim's caller `daemon` (claim.lua) in `idle` with its `free`
+-- slots, leases of `lease` ms, for `ttl` ms, when it may take hand-offs
+-- (`open`: a queue without limits, not throttled); otherwise ends its
+-- registration, since the caller is busy or its slots are counted again.
+local function register_for_handoff(k, now, daemon, free, lease, ttl, open)
+  if daemon == '' then return end
+  if open and free > 0 then
+    redis.call('HSET', k.idle, daemon,
+      fmt_int(free) .. ',' .. fmt_int(lease) .. ',' .. fmt_int(now + tonumber(ttl)))
+  else
+    redis.call('HDEL', k.idle, daemon)
+  end
+end
+
 -- Hands the head of the pending jobs to registered idle daemons. `fresh`,
 -- when given, is the one job this call just created, due now, not yet
 -- pending ({ priority, id, record }): with nothing pending it is the next to

@@ -17,11 +17,10 @@
 --   done, dead, errors, results,
 --   resources, unique ...................... retention.lua (new jobs set unique)
 --   idle, <base>:handoff:<name> ............ handoff.lua
---   meta `idseq` ........................... new_jobs.lua
+--   inbox, rejected, meta `idseq` .......... new_jobs.lua
 --   parked, tenant_parked, groups, holders . parking.lua
 --   claims, claims:<tenant>, tenant_due,
---   meta `seq` and `parking`, inbox,
---   rejected ............................... claim.lua (their one user)
+--   meta `seq` and `parking` ............... limits.lua
 --   meta settings, tenant_limits ........... configure.lua writes them (src/store/setup.rs
 --                                            encodes them); the files above read them
 --   the day's usage hash (KEYS[2]) ......... usage.lua

@@ -1,8 +1,10 @@
 -- new_jobs.lua: adding a job: ids made inside Redis, one checked job, one
--- document that check_doc (doc.lua) accepted.
+-- document that check_doc (doc.lua) accepted, the documents of the inbox.
 -- Keys: jobs (writes the record), unique (HASH unique_key -> id), scheduled
 --   or pending (and <base>:due through announce_due), meta field `idseq`
---   (the id counter); emits `enqueued` to events.
+--   (the id counter), inbox (LIST of documents producers LPUSH), rejected
+--   (LIST of {reason, document, rejected_at} JSON); emits `enqueued` to
+--   events.
 -- Invariant: an id that exists is a no-op, and a unique key held by a live
 --   job wins over a newcomer.
 
@@ -67,3 +69,19 @@ local function enqueue_doc(k, now, job, doc, cap, via)
     doc, cap, via)
 end
 
+-- Takes up to n inbox documents (claim.lua): each one check_doc accepts is
+-- enqueued, the others go to `rejected` with the reason.
+local function take_inbox(k, now, n, max_bytes, cap)
+  if n <= 0 then return end
+  local docs = redis.call('RPOP', k.inbox, n)
+  if not docs then return end
+  for _, doc in ipairs(docs) do
+    local ok, job = pcall(check_doc, doc, max_bytes, now)
+    if ok then
+      enqueue_doc(k, now, job, doc, cap, 'inbox')
+    else
+      redis.call('LPUSH', k.rejected,
+        cjson.encode({ reason = 'invalid job: ' .. tostring(job), document = doc, rejected_at = now }))
+    end
+  end
+end
