@@ -87,7 +87,7 @@ if keep > 0 then
   redis.call('HSET', k.runs, unpack(run_args))
   if #rargs > 0 then redis.call('HSET', k.results, unpack(rargs)) end
   if #res_args > 0 then redis.call('HSET', k.resources, unpack(res_args)) end
-  trim_retention(k, k.done, now, keep, keep_age, math.max(100, 2 * #done))
+  trim_retention(k, k.done, now, keep, keep_age, trim_limit(#done))
 else
   hdel_all({ k.runs, k.jobs, k.errors, k.resources }, done)
 end

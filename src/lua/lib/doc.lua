@@ -9,7 +9,10 @@ local MAX_DELAY_MS = 315360000000 -- ten years
 local MAX_ATTEMPTS = 1000
 local MAX_TIMEOUT_MS = 604800000 -- one week
 local MAX_TEXT_LEN = 512
+-- A job id (like a queue name): 1 to MAX_NAME_LEN of these characters
+-- (keys::MAX_NAME_LEN, keys::is_valid_name).
 local NAME_PATTERN = '^[%w_%.%-:]+$'
+local MAX_NAME_LEN = 128
 
 -- The position of the first byte of `s` that does not start a valid UTF-8
 -- sequence (overlong forms, surrogates and code points past U+10FFFF
@@ -108,7 +111,7 @@ local function check_doc(doc, max_bytes, now)
   text('tenant')
   text('group')
   text('id')
-  if job.id and (#job.id > 128 or not string.match(job.id, NAME_PATTERN)) then
+  if job.id and (#job.id > MAX_NAME_LEN or not string.match(job.id, NAME_PATTERN)) then
     error('field "id": must be 1-128 characters from A-Z a-z 0-9 _ . - :', 0)
   end
   return job

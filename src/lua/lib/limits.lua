@@ -13,6 +13,12 @@
 --   the counts and records its own in one script.
 
 local TENANT_BATCH = 100 -- due tenants handled per call
+-- Most pop rounds per claim. A round pops what is still wanted; only a
+-- round that parked jobs (their group or tenant full) calls for another.
+-- The bound keeps one call, which holds Redis, short however many jobs a
+-- full group or tenant holds at the head; out of rounds with room left, the
+-- claim answers next_due_ms = now and the caller comes straight back.
+local POP_ROUNDS_MAX = 8
 
 -- This claim's context: the queue's keys, Redis's time, the settings in one
 -- read of meta (paused, the events cap, the document size limit, limits),
@@ -139,7 +145,7 @@ end
 -- Pops up to `budget` pending jobs that may start, in order. An id without
 -- a record is dropped and an oversize record buried; a job whose tenant's
 -- window or group is full is held back to park (park_held) and the claim
--- pops on, for a bounded number of rounds. Returns:
+-- pops on, for at most POP_ROUNDS_MAX rounds. Returns:
 --   ids, records: the jobs to lease;
 --   grouped[i]: the group whose slot job i takes (nil: none);
 --   tenant_of[i]: the window of job i's tenant (nil: not tenant-limited);
@@ -152,7 +158,7 @@ local function pop_runnable(c, budget)
   local parked, tparked, tfull = {}, {}, {}
   local counts = {}
   local rounds, drained = 0, false
-  while #ids < budget and rounds < 8 do
+  while #ids < budget and rounds < POP_ROUNDS_MAX do
     rounds = rounds + 1
     local asked = budget - #ids
     local batch, levels = pending_pop(k, asked)

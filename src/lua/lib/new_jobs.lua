@@ -53,11 +53,13 @@ end
 
 -- An id made inside Redis: Redis time, then 40 bits of a per-queue counter
 -- (unique within the queue) and 40 pseudo-random bits. Every number stays
--- below 2^53, exact in Lua's doubles.
+-- below 2^53, exact in Lua's doubles. The random bits are two draws of 20:
+-- math.random's bounds must fit a C int.
+local TWO_20, TWO_40 = 1048576, 1099511627776 -- 8 base32 digits hold 40 bits
 local function new_job_id(k, now)
   local n = redis.call('HINCRBY', k.meta, 'idseq', 1)
-  return base32(now, 10) .. base32(n % 1099511627776, 8)
-    .. base32(math.random(0, 1048575) * 1048576 + math.random(0, 1048575), 8)
+  return base32(now, 10) .. base32(n % TWO_40, 8)
+    .. base32(math.random(0, TWO_20 - 1) * TWO_20 + math.random(0, TWO_20 - 1), 8)
 end
 
 -- Enqueues a document that check_doc accepted.

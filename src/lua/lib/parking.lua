@@ -28,12 +28,16 @@ local function park_priority(score)
   return PRIORITY_MAX - math.floor(score / SEQ_SPAN)
 end
 
+-- Most parked jobs one call moves back to pending when nothing else bounds
+-- it (a limit lifted): bounds the call's work; the next calls move the rest.
 local PARK_BATCH = 1000
 
 local function park_prefix(group)
   return fmt_int(#group) .. ':' .. group .. ':'
 end
 
+-- The park_score is written in 17 digits, wider than any (below
+-- 2001 * 2^42 < 10^16), so members of one group sort by it as text.
 local function park_member(group, score, id)
   return park_prefix(group) .. string.format('%017d', score) .. ':' .. id
 end

@@ -7,6 +7,16 @@
 -- Invariant: a job deleted here loses every hash field it had (delete_jobs),
 -- and a job that ends releases its unique key only when it still holds it.
 
+-- Most members one call trims from a retention set is twice what it just
+-- added, and at least TRIM_MIN: each call removes more than it adds, so a
+-- set over its bound (keep lowered, an age limit newly set) comes back under
+-- it within a few calls, while a call's work stays in proportion to its
+-- batch.
+local TRIM_MIN = 100
+local function trim_limit(added)
+  return math.max(TRIM_MIN, 2 * added)
+end
+
 -- HDEL of `ids` from each hash that exists. Most queues never write some
 -- of them (errors without failures, results and resources without
 -- retention): EXISTS once spares passing every id to a missing key.
@@ -56,7 +66,7 @@ local function bury(k, now, ids, errors_args, dead_keep, dead_age_ms, cap, attem
       emit(k, cap, 'dead', id, attempts[i], 'error', event_text(errors_args[2 * i]))
     end
   end
-  trim_retention(k, k.dead, now, dead_keep, dead_age_ms, math.max(100, 2 * #ids))
+  trim_retention(k, k.dead, now, dead_keep, dead_age_ms, trim_limit(#ids))
 end
 
 -- Moves a job whose record is oversize (record.lua) to the dead set with
