@@ -1,7 +1,7 @@
 //! The Lua transitions and the two Redis Function libraries.
 //!
 //! Each transition is one file in `src/lua/`, with a contract header
-//! (purpose, KEYS, ARGV, returns). The
+//! (purpose, KEYS and the derived keys it touches, ARGV, returns). The
 //! helpers they share live in `src/lua/lib/`, one file per idea (key names,
 //! pending jobs, records, leases, events, retention, hand-off, parking,
 //! document checks, ...), each opening with what it holds, the keys and

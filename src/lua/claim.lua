@@ -36,7 +36,13 @@
 -- All of this is one script, so the counts it reads cannot change before its
 -- claims are recorded: over all daemons no window ever holds more claims
 -- than its limit.
--- KEYS[1] the queue's base key <prefix>:{<queue>} (lib/keys.lua derives the rest).
+-- KEYS[1] the queue's base key <prefix>:{<queue>} (lib/keys.lua derives the
+--   rest): reads meta (settings; writes its `fence`, `seq`, `parking`) and
+--   tenant_limits; moves scheduled jobs to pending and pending:<priority>;
+--   pops inbox into jobs (as enqueue does: unique, scheduled, <base>:due) or
+--   rejected; pops pending, reads jobs; writes runs and active (the leases),
+--   claims, claims:<tenant>, parked, tenant_parked, tenant_due, groups,
+--   holders, idle, wake, events; dead and errors for oversize records.
 -- ARGV[1] how many jobs the caller can start now (0: only promote and drain;
 --   at most CALL_JOBS_MAX are handed out per call)
 -- ARGV[2] lease length in ms (deadline = Redis now + lease)

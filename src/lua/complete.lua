@@ -3,8 +3,12 @@
 -- fence (holds, lib/lease.lua); otherwise (lease lost, job taken over)
 -- nothing changes for it.
 -- Works at maxmemory: it frees memory (see allow_when_full).
--- KEYS[1] the queue's base key <prefix>:{<queue>} (lib/keys.lua derives the rest);
---   KEYS[2] the day's usage hash <prefix>:{<queue>}:usage:<day>, when usage is given.
+-- KEYS[1] the queue's base key <prefix>:{<queue>} (lib/keys.lua derives the
+--   rest): reads runs; writes active, runs, done, results, resources, unique,
+--   events; deletes from jobs, runs, errors, results, resources (jobs not
+--   kept, or trimmed); group slots: holders, groups, parked, pending,
+--   pending:<priority>, wake; reads meta (events cap, group_limit).
+-- KEYS[2] the day's usage hash <prefix>:{<queue>}:usage:<day>, when usage is given.
 -- ARGV[1] keep_count: completed jobs kept (0 = delete at once)
 -- ARGV[2] keep_age_ms: kept jobs older than this are deleted (0 = no age limit)
 -- ARGV[3] n: how many jobs

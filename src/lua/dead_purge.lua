@@ -1,6 +1,8 @@
 -- dead_purge.lua: delete dead jobs for good, by id or by age.
 -- Works at maxmemory (it frees memory).
--- KEYS[1] the queue's base key <prefix>:{<queue>} (lib/keys.lua derives the rest).
+-- KEYS[1] the queue's base key <prefix>:{<queue>} (lib/keys.lua derives the
+--   rest): reads and writes dead; deletes from jobs, runs, errors, results,
+--   resources.
 -- ARGV[1] mode: 'ids' (ARGV[3..] are job ids) or 'age'
 -- ARGV[2] for 'age': delete jobs dead for at least this many ms (0 = all);
 --   at most PURGE_BATCH per call

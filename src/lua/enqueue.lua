@@ -2,7 +2,11 @@
 -- Atomic per call: either Redis refuses the first write (OOM) and nothing is
 -- written, or every job is added. Ids that exist are no-ops; a live holder of
 -- a unique key wins over a newcomer.
--- KEYS[1] the queue's base key <prefix>:{<queue>} (lib/keys.lua derives the rest).
+-- KEYS[1] the queue's base key <prefix>:{<queue>} (lib/keys.lua derives the
+--   rest): writes jobs, unique, scheduled (and publishes on <base>:due),
+--   pending, pending:<priority>, wake, events; hand-off: reads and writes
+--   idle, writes <base>:handoff:<name>, runs, active, meta `fence`, dead and
+--   errors (oversize records); reads meta (events cap, limits).
 -- ARGV: 7 per job: id, document JSON, priority, max_attempts (0 = queue's),
 --       delay_ms, run_at_ms (0 = none), unique_key ('' = none)
 -- Events (when on): `enqueued` per created job; `started` per job handed

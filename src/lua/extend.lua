@@ -1,7 +1,8 @@
 -- extend.lua: renew the leases of a batch of claimed jobs.
 -- Fencing: only the current fence's holder may renew. Works at maxmemory
 -- (renewing must not fail because Redis is full: that would lose leases).
--- KEYS[1] the queue's base key <prefix>:{<queue>} (lib/keys.lua derives the rest).
+-- KEYS[1] the queue's base key <prefix>:{<queue>} (lib/keys.lua derives the
+--   rest): reads runs; writes active (existing members only).
 -- ARGV[1] lease length in ms (new deadline = Redis now + lease)
 -- ARGV[2..] 2 per job: id, fence
 -- Returns: {now_ms, then one integer per job: 1 renewed, 0 stale fence (nothing changed)}

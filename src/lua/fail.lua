@@ -1,8 +1,13 @@
 -- fail.lua: record failed attempts for a batch of claimed jobs: each is
 -- either scheduled for a retry (backoff computed by the caller) or moved to
 -- the dead set. Fencing as in complete.lua. Works at maxmemory.
--- KEYS[1] the queue's base key <prefix>:{<queue>} (lib/keys.lua derives the rest);
---   KEYS[2] the day's usage hash <prefix>:{<queue>}:usage:<day>, when usage is given.
+-- KEYS[1] the queue's base key <prefix>:{<queue>} (lib/keys.lua derives the
+--   rest): reads runs; writes active, runs, resources, scheduled and errors
+--   (retries), <base>:due, dead, errors and unique (deaths), events; deletes
+--   from jobs, runs, errors, results, resources (dead set trimmed); group
+--   slots: holders, groups, parked, pending, pending:<priority>, wake; reads
+--   meta (events cap, group_limit).
+-- KEYS[2] the day's usage hash <prefix>:{<queue>}:usage:<day>, when usage is given.
 -- ARGV[1] dead_keep: most jobs kept in the dead set
 -- ARGV[2] dead_age_ms: dead jobs older than this are deleted (0 = no age limit)
 -- ARGV[3..] the batch's usage, as in complete.lua (added unless every job is stale)
