@@ -5,7 +5,7 @@
 //! helpers they share live in `src/lua/lib/`, one file per idea (key names,
 //! pending jobs, records, leases, events, retention, hand-off, parking,
 //! document checks, ...), each opening with what it holds, the keys and
-//! value formats it owns and its invariants. [`LIBRARY`] lists them in the
+//! value formats it owns and its invariants. `LIBRARY` lists them in the
 //! order they are joined: a Lua `local` is visible only below its
 //! declaration, so each file comes after the files it uses. Each transition
 //! exists in two forms built here from the same text:
