@@ -2,7 +2,7 @@
 //!
 //! A producer's job is a JSON object (see [`JobDoc`]); `payload` is required
 //! and kept byte for byte. The same rules are enforced in three places that
-//! must agree: here (Rust client, CLI), and in `src/lua/prelude.lua`
+//! must agree: here (Rust client, CLI), and in `src/lua/lib/doc.lua`
 //! (`check_doc`, used by `FCALL redq_enqueue` and the inbox). The limits are
 //! the constants below; `tests/protocol.rs` checks both sides refuse alike.
 //!
@@ -19,7 +19,7 @@ use crate::error::{Error, Result};
 use crate::keys;
 
 /// Lowest priority accepted. Each priority in use has its own list of
-/// pending jobs; a parked job's order key (prelude.lua, `park_score`) stays an exact
+/// pending jobs; a parked job's order key (lib/parking.lua, `park_score`) stays an exact
 /// integer below 2^53: 2001 priority bands of 2^42 places each.
 pub const PRIORITY_MIN: i64 = -1000;
 /// Highest priority accepted (runs first).
@@ -211,7 +211,7 @@ const ID_ALPHABET: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
 /// characters of Crockford's base32, the form of a ULID: the first 10 are
 /// the Unix time in ms. Ten bytes shorter than the UUID's 36-character form
 /// in every hash field and list entry that names the job. `FCALL
-/// redq_enqueue` makes ids of the same form (prelude.lua, `new_job_id`).
+/// redq_enqueue` makes ids of the same form (lib/new_jobs.lua, `new_job_id`).
 pub fn new_id() -> String {
     let n = uuid::Uuid::now_v7().as_u128();
     (0..26)
@@ -246,7 +246,7 @@ fn text(field: &str, v: &Option<String>) -> Result<()> {
     }
 }
 
-/// The rules of a job document (the Lua twin is `check_doc` in prelude.lua).
+/// The rules of a job document (the Lua twin is `check_doc` in lib/doc.lua).
 pub fn check_doc(doc: &JobDoc) -> Result<()> {
     range("priority", doc.priority, PRIORITY_MIN, PRIORITY_MAX)?;
     range("delay_ms", doc.delay_ms, 0, MAX_DELAY_MS)?;

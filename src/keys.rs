@@ -6,7 +6,7 @@
 //!
 //! Scripts (and the `redq` Redis Function) receive only the base key
 //! `<prefix>:{<queue>}` ([`QueueKeys::base`]) and derive the others from it
-//! with the part names of [`PARTS`], which `src/lua/prelude.lua` lists too.
+//! with the part names of [`PARTS`], which `src/lua/lib/keys.lua` lists too.
 
 use crate::error::{Error, Result};
 
@@ -16,7 +16,7 @@ pub const DEFAULT_PREFIX: &str = "redq";
 /// Longest queue name, job id or prefix accepted.
 pub const MAX_NAME_LEN: usize = 128;
 
-/// The parts of a queue's keyspace (prelude.lua's `QUEUE_PARTS` lists the same).
+/// The parts of a queue's keyspace (`src/lua/lib/keys.lua`'s `QUEUE_PARTS` lists the same).
 pub const PARTS: [&str; 24] = [
     "jobs",      // HASH  id -> stored job record (see job::StoredJob)
     "pending", // ZSET  priority -> -priority, for each priority with pending jobs (see QueueKeys::pending_list)
@@ -256,7 +256,7 @@ impl QueueKeys {
 
     /// `<prefix>:{<queue>}:due`: a Pub/Sub channel, not a key. A script that
     /// makes a job the queue's earliest scheduled one publishes its due time
-    /// (Redis ms) here (`announce_due` in prelude.lua); every daemon's
+    /// (Redis ms) here (`announce_due` in lib/scheduled.lua); every daemon's
     /// promoter listens, so none polls `scheduled`.
     pub fn due_channel(&self) -> String {
         format!("{}:due", self.base)

@@ -1,20 +1,36 @@
 //! The Lua transitions and the two Redis Function libraries.
 //!
 //! Each transition is one file in `src/lua/`, with a contract header
-//! (purpose, KEYS, ARGV, returns). `prelude.lua` holds the helpers they share
-//! (key names, scores, the job-document rules). Each transition exists in
-//! two forms built here from the same text:
-//! - a function of the internal library `redqi_<hash>` (prelude once, then
-//!   each body as a function's callback), which is how the store runs it
-//!   (`Store::run_with`: FCALL, loading the library when Redis says the
-//!   function is not found);
-//! - an EVAL script (prelude + body, self-contained), for Redis without
-//!   functions, for a Redis at maxmemory that refuses to load the library,
-//!   and for the few callers that pass their own keys. `redis::Script`
-//!   sends EVALSHA and loads the script on NOSCRIPT.
+//! (purpose, KEYS and the derived keys it touches, ARGV, returns). The
+//! helpers they share live in `src/lua/lib/`, one file per idea (key names,
+//! pending jobs, records, leases, events, retention, hand-off, parking,
+//! document checks, ...), each opening with what it holds, the keys and
+//! value formats it owns and its invariants. `LIBRARY` lists them in the
+//! order they are joined: a Lua `local` is visible only below its
+//! declaration, so each file comes after the files it uses. Each transition
+//! exists in two forms built here from the same text:
+//! - a function of the internal library `redqi_<hash>` (the library files
+//!   once, then each body as a function's callback), which is how the store
+//!   runs it (`Store::run_with`: FCALL, loading the library when Redis says
+//!   the function is not found);
+//! - an EVAL script (library files + body, self-contained), for Redis
+//!   without functions, for a Redis at maxmemory that refuses to load the
+//!   library, and for the few callers that pass their own keys.
+//!   `redis::Script` sends EVALSHA and loads the script on NOSCRIPT.
+//!
+//! The transitions are listed once, in the `transitions!` invocation below:
+//! name (its file `src/lua/<name>.lua`, its function `<library>_<name>`, its
+//! field of [`Scripts`]) and whether it runs at `maxmemory`. The macro makes
+//! from that one list the [`Scripts`] struct, the table of bodies the
+//! internal library is built from, and [`SCRIPTS`]. A field per transition,
+//! rather than an enum and a lookup, keeps the store's choice typed and
+//! checked by the compiler (`self.run(|s| &s.claim, ...)`) at no cost per
+//! call, and leaves the store's callers as they were. Adding a transition:
+//! its file, one line in the list, its `Store` method.
 //!
 //! The public `redq` library (`FCALL redq_enqueue`) is for producers in
-//! other languages; it is versioned and replaced as a whole.
+//! other languages: the library files and `functions.lua`; it is versioned
+//! and replaced as a whole.
 
 use std::sync::LazyLock;
 
@@ -22,13 +38,43 @@ use redis::Script;
 
 use crate::error::Result;
 
-const PRELUDE: &str = include_str!("lua/prelude.lua");
+/// The shared library files (`src/lua/lib/<name>.lua`), in the order they
+/// are joined: each only uses names declared in the files above it.
+const LIBRARY: [(&str, &str); 14] = [
+    ("keys", include_str!("lua/lib/keys.lua")),
+    ("common", include_str!("lua/lib/common.lua")),
+    ("events", include_str!("lua/lib/events.lua")),
+    ("record", include_str!("lua/lib/record.lua")),
+    ("pending", include_str!("lua/lib/pending.lua")),
+    ("scheduled", include_str!("lua/lib/scheduled.lua")),
+    ("lease", include_str!("lua/lib/lease.lua")),
+    ("retention", include_str!("lua/lib/retention.lua")),
+    ("handoff", include_str!("lua/lib/handoff.lua")),
+    ("doc", include_str!("lua/lib/doc.lua")),
+    ("new_jobs", include_str!("lua/lib/new_jobs.lua")),
+    ("parking", include_str!("lua/lib/parking.lua")),
+    ("limits", include_str!("lua/lib/limits.lua")),
+    ("usage", include_str!("lua/lib/usage.lua")),
+];
+
 const FUNCTIONS: &str = include_str!("lua/functions.lua");
+
+/// The library files joined, each after a line naming it: the text every
+/// EVAL script starts with, and the internal and public libraries too.
+fn library() -> &'static str {
+    static TEXT: LazyLock<String> = LazyLock::new(|| {
+        LIBRARY
+            .iter()
+            .map(|(name, text)| format!("-- lib/{name}.lua\n{text}\n"))
+            .collect()
+    });
+    &TEXT
+}
 
 /// One transition, in both of its forms.
 pub struct Transition {
     pub name: &'static str,
-    /// The same text as an EVAL script (prelude + body), for Redis without
+    /// The same text as an EVAL script (library + body), for Redis without
     /// functions and for callers that pass their own keys.
     pub script: Script,
     /// Its function in the internal library ([`internal_library_source`]).
@@ -38,7 +84,7 @@ pub struct Transition {
 fn transition(name: &'static str, body: &'static str) -> Transition {
     Transition {
         name,
-        script: Script::new(&format!("{PRELUDE}\n{body}")),
+        script: Script::new(&format!("{}\n{body}", library())),
         function: function_name(name),
     }
 }
@@ -48,61 +94,52 @@ fn function_name(name: &str) -> String {
     format!("{}_{name}", internal_library_name())
 }
 
-/// Every internal script, built once.
-pub struct Scripts {
-    pub enqueue: Transition,
-    pub claim: Transition,
-    pub complete: Transition,
-    pub fail: Transition,
-    pub extend: Transition,
-    pub release: Transition,
-    pub reap: Transition,
-    pub dead_retry: Transition,
-    pub dead_purge: Transition,
-    pub import: Transition,
-    pub cron_enqueue: Transition,
-    pub promote: Transition,
-    pub configure: Transition,
+/// Declares the transitions from one list: `name: allow_oom`, where
+/// `allow_oom` says whether it must run when Redis is at `maxmemory` (it
+/// frees memory or keeps leases alive: see `allow_when_full` in
+/// `lib/common.lua`).
+macro_rules! transitions {
+    ($($name:ident: $allow_oom:literal,)*) => {
+        /// Every internal transition, built once; a field per transition,
+        /// named after its file and the `Store` method that runs it.
+        pub struct Scripts {
+            $(pub $name: Transition,)*
+        }
+
+        /// Each transition: its name, its body (without the library) and
+        /// whether it runs at `maxmemory`.
+        const BODIES: &[(&str, &str, bool)] = &[
+            $((
+                stringify!($name),
+                include_str!(concat!("lua/", stringify!($name), ".lua")),
+                $allow_oom,
+            ),)*
+        ];
+
+        pub static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
+            $($name: transition(
+                stringify!($name),
+                include_str!(concat!("lua/", stringify!($name), ".lua")),
+            ),)*
+        });
+    };
 }
 
-/// Each transition: its name, its body (without the prelude) and whether it
-/// must run when Redis is at `maxmemory` (it frees memory or keeps leases
-/// alive: see `allow_when_full` in the prelude).
-const BODIES: [(&str, &str, bool); 13] = [
-    ("enqueue", include_str!("lua/enqueue.lua"), false),
-    ("claim", include_str!("lua/claim.lua"), true),
-    ("complete", include_str!("lua/complete.lua"), true),
-    ("fail", include_str!("lua/fail.lua"), true),
-    ("extend", include_str!("lua/extend.lua"), true),
-    ("release", include_str!("lua/release.lua"), true),
-    ("reap", include_str!("lua/reap.lua"), true),
-    ("dead_retry", include_str!("lua/dead_retry.lua"), false),
-    ("dead_purge", include_str!("lua/dead_purge.lua"), true),
-    ("import", include_str!("lua/import.lua"), false),
-    ("cron_enqueue", include_str!("lua/cron_enqueue.lua"), false),
-    ("promote", include_str!("lua/promote.lua"), true),
-    ("configure", include_str!("lua/configure.lua"), true),
-];
-
-pub static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| {
-    let [enqueue, claim, complete, fail, extend, release, reap, dead_retry, dead_purge, import, cron_enqueue, promote, configure] =
-        BODIES.map(|(name, body, _)| transition(name, body));
-    Scripts {
-        enqueue,
-        claim,
-        complete,
-        fail,
-        extend,
-        release,
-        reap,
-        dead_retry,
-        dead_purge,
-        import,
-        cron_enqueue,
-        promote,
-        configure,
-    }
-});
+transitions! {
+    enqueue: false,
+    claim: true,
+    complete: true,
+    fail: true,
+    extend: true,
+    release: true,
+    reap: true,
+    dead_retry: false,
+    dead_purge: true,
+    import: false,
+    cron_enqueue: false,
+    promote: true,
+    configure: true,
+}
 
 /// FNV-1a, 64 bits: stable across builds and platforms.
 fn fnv(parts: &[&str]) -> u64 {
@@ -116,8 +153,8 @@ fn fnv(parts: &[&str]) -> u64 {
 
 /// The name of the internal library: `redqi_<hash of its Lua>`. The
 /// transitions run as its functions (`FCALL redqi_<hash>_claim ...`), so
-/// the prelude runs once when the library loads, not on every call as it
-/// does for an EVAL script (measured: ~7 µs of Redis's time per call when
+/// the library files run once when the library loads, not on every call as
+/// they do for an EVAL script (measured: ~7 µs of Redis's time per call when
 /// warm, ~30 µs when Redis was idle and its caches cold, as at a steady
 /// trickle of single enqueues). The name changes with the Lua, so daemons
 /// of two versions sharing a Redis during a rolling upgrade each find their
@@ -125,19 +162,19 @@ fn fnv(parts: &[&str]) -> u64 {
 /// no longer running can be removed with `FUNCTION DELETE`.
 pub fn internal_library_name() -> &'static str {
     static NAME: LazyLock<String> = LazyLock::new(|| {
-        let mut parts = vec![PRELUDE];
+        let mut parts = vec![library()];
         parts.extend(BODIES.iter().map(|(_, body, _)| *body));
         format!("redqi_{:016x}", fnv(&parts))
     });
     &NAME
 }
 
-/// The internal library's source, as `FUNCTION LOAD` takes it: the prelude
-/// once, then each transition's body as the callback of its function
+/// The internal library's source, as `FUNCTION LOAD` takes it: the library
+/// files once, then each transition's body as the callback of its function
 /// (called with the same KEYS and ARGV as the EVAL script).
 pub fn internal_library_source() -> String {
-    let mut src = format!("#!lua name={}\n{PRELUDE}\n", internal_library_name());
-    for (name, body, allow_oom) in BODIES {
+    let mut src = format!("#!lua name={}\n{}\n", internal_library_name(), library());
+    for &(name, body, allow_oom) in BODIES {
         let flags = if allow_oom { "{ 'allow-oom' }" } else { "{}" };
         src.push_str(&format!(
             "-- {name}.lua\nredis.register_function {{ function_name = '{function}', flags = {flags}, callback = function(KEYS, ARGV)\n{body}\nend }}\n",
@@ -150,15 +187,16 @@ pub fn internal_library_source() -> String {
 /// The version of the function library: a hash of its source, so any change
 /// to the Lua reloads it and an unchanged one is never reloaded.
 pub fn library_version() -> String {
-    let h = fnv(&[PRELUDE, FUNCTIONS]);
+    let h = fnv(&[library(), FUNCTIONS]);
     format!("{}-{h:016x}", env!("CARGO_PKG_VERSION"))
 }
 
 /// The library's source, as `FUNCTION LOAD` takes it.
 pub fn library_source() -> String {
     format!(
-        "#!lua name=redq\nlocal REDQ_LIBRARY_VERSION = '{}'\n{PRELUDE}\n{FUNCTIONS}",
-        library_version()
+        "#!lua name=redq\nlocal REDQ_LIBRARY_VERSION = '{}'\n{}\n{FUNCTIONS}",
+        library_version(),
+        library()
     )
 }
 

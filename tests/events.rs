@@ -198,13 +198,13 @@ async fn lifecycle(redis: &RedisServer, client: &redq::Client, queue: &str) {
     );
 }
 
-/// prelude.lua's `QUEUE_PARTS`, from which every script and the Function
+/// lib/keys.lua's `QUEUE_PARTS`, from which every script and the Function
 /// derive a queue's keys, names the same parts in the same order as
 /// `keys::PARTS`.
 #[test]
 fn the_lua_key_list_follows_keys_parts() {
-    let prelude = include_str!("../src/lua/prelude.lua");
-    let list = prelude
+    let keys_lua = include_str!("../src/lua/lib/keys.lua");
+    let list = keys_lua
         .split("local QUEUE_PARTS = {")
         .nth(1)
         .and_then(|s| s.split('}').next())
@@ -214,7 +214,7 @@ fn the_lua_key_list_follows_keys_parts() {
         .map(|p| p.trim().trim_matches('\''))
         .filter(|p| !p.is_empty())
         .collect();
-    assert_eq!(parts, PARTS, "prelude.lua QUEUE_PARTS");
+    assert_eq!(parts, PARTS, "lib/keys.lua QUEUE_PARTS");
     assert!(include_str!("../src/lua/functions.lua").contains("queue_keys({ base })"));
 }
 

@@ -907,7 +907,7 @@ async fn transitions_run_as_functions_loaded_again_when_redis_lost_them() {
     let q = store.queue("q").unwrap();
     client.enqueue("q", job(0)).await.unwrap();
     // The internal library holds every transition, and a call is an FCALL:
-    // no per-call prelude as an EVAL script would run.
+    // no per-call Lua library as an EVAL script would run.
     let listed = redis
         .cli(&["FUNCTION", "LIST", "LIBRARYNAME", "redqi_*"])
         .unwrap();

@@ -1,9 +1,14 @@
 -- complete.lua: record success for a batch of claimed jobs.
 -- Fencing: a job completes only if the caller's fence is the job's current
--- fence; otherwise (lease lost, job taken over) nothing changes for it.
+-- fence (holds, lib/lease.lua); otherwise (lease lost, job taken over)
+-- nothing changes for it.
 -- Works at maxmemory: it frees memory (see allow_when_full).
--- KEYS[1] the queue's base key <prefix>:{<queue>} (prelude derives the rest);
---   KEYS[2] the day's usage hash <prefix>:{<queue>}:usage:<day>, when usage is given.
+-- KEYS[1] the queue's base key <prefix>:{<queue>} (lib/keys.lua derives the
+--   rest): reads runs; writes active, runs, done, results, resources, unique,
+--   events; deletes from jobs, runs, errors, results, resources (jobs not
+--   kept, or trimmed); group slots: holders, groups, parked, pending,
+--   pending:<priority>, wake; reads meta (events cap, group_limit).
+-- KEYS[2] the day's usage hash <prefix>:{<queue>}:usage:<day>, when usage is given.
 -- ARGV[1] keep_count: completed jobs kept (0 = delete at once)
 -- ARGV[2] keep_age_ms: kept jobs older than this are deleted (0 = no age limit)
 -- ARGV[3] n: how many jobs
@@ -36,8 +41,7 @@ end
 local runs = redis.call('HMGET', k.runs, unpack(ids))
 local out, done, idx = {}, {}, {}
 for i = 1, n do
-  local fence = runs[i] and run_fence(runs[i])
-  if fence and fence ~= '0' and fence == fences[i] then
+  if holds(runs[i], fences[i]) then
     out[i] = 1
     done[#done + 1] = ids[i]
     idx[#done] = i
@@ -87,7 +91,7 @@ if keep > 0 then
   redis.call('HSET', k.runs, unpack(run_args))
   if #rargs > 0 then redis.call('HSET', k.results, unpack(rargs)) end
   if #res_args > 0 then redis.call('HSET', k.resources, unpack(res_args)) end
-  trim_retention(k, k.done, now, keep, keep_age, math.max(100, 2 * #done))
+  trim_retention(k, k.done, now, keep, keep_age, trim_limit(#done))
 else
   hdel_all({ k.runs, k.jobs, k.errors, k.resources }, done)
 end

@@ -4,7 +4,7 @@
 -- pins. Atomic, so a claim sees a queue's old settings or its new ones,
 -- never half of each. Works at maxmemory (a handful of small fields, needed
 -- to drain with the right limits): a daemon can start on a full Redis.
--- KEYS[1] the queue's base key <prefix>:{<queue>} (prelude derives the rest):
+-- KEYS[1] the queue's base key <prefix>:{<queue>} (lib/keys.lua derives the rest):
 --   writes meta, tenant_limits, runs (pin field), active (pin member).
 -- ARGV[1] 'pins' to write the encoding pins ('' not), ARGV[2] the `runs` pin
 --   field, ARGV[3] its value, ARGV[4] the `active` pin member (store.rs says why)

@@ -7,7 +7,10 @@
 -- nothing. An entry with no record starts now: its tick is recorded, not
 -- enqueued (no backfill). The daemon offers missed ticks oldest first, one
 -- call each, so catching up after a hand-over keeps every tick once.
--- KEYS[1] the queue's base key <prefix>:{<queue>} (prelude derives the rest), KEYS[2] <prefix>:{<queue>}:cron.
+-- KEYS[1] the queue's base key <prefix>:{<queue>} (lib/keys.lua derives the
+--   rest): writes jobs, pending, pending:<priority>, wake, events; reads
+--   meta (events cap).
+-- KEYS[2] <prefix>:{<queue>}:cron (HASH entry key -> last tick handled).
 -- ARGV: entry key, tick (Unix ms), job id, document JSON, priority
 -- Returns: status, the entry's last tick handled; status is 'created',
 --   'exists' (the job id was known: nothing added), 'started' (first sight

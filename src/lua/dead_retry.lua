@@ -1,7 +1,10 @@
 -- dead_retry.lua: put dead jobs back to pending with a fresh set of attempts.
 -- The last error is kept for reference. A job whose unique key another live
 -- job now holds stays dead.
--- KEYS[1] the queue's base key <prefix>:{<queue>} (prelude derives the rest).
+-- KEYS[1] the queue's base key <prefix>:{<queue>} (lib/keys.lua derives the
+--   rest): reads and writes dead, unique; reads jobs; deletes from runs;
+--   writes pending, pending:<priority>, wake, events; reads meta (events
+--   cap).
 -- ARGV: job ids
 -- Events (when on): `enqueued` (via=dead_retry) per job back to pending.
 -- Returns: one integer per id: 1 requeued, 0 not in the dead set, 2 unique key held by a live job

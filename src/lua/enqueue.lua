@@ -2,13 +2,17 @@
 -- Atomic per call: either Redis refuses the first write (OOM) and nothing is
 -- written, or every job is added. Ids that exist are no-ops; a live holder of
 -- a unique key wins over a newcomer.
--- KEYS[1] the queue's base key <prefix>:{<queue>} (prelude derives the rest).
+-- KEYS[1] the queue's base key <prefix>:{<queue>} (lib/keys.lua derives the
+--   rest): writes jobs, unique, scheduled (and publishes on <base>:due),
+--   pending, pending:<priority>, wake, events; hand-off: reads and writes
+--   idle, writes <base>:handoff:<name>, runs, active, meta `fence`, dead and
+--   errors (oversize records); reads meta (events cap, limits).
 -- ARGV: 7 per job: id, document JSON, priority, max_attempts (0 = queue's),
 --       delay_ms, run_at_ms (0 = none), unique_key ('' = none)
 -- Events (when on): `enqueued` per created job; `started` per job handed
---   off to an idle daemon (see hand_off in the prelude).
+--   off to an idle daemon (see hand_off in lib/handoff.lua).
 -- Publishes: a delayed job's due time on <base>:due when it is now the
---   queue's earliest scheduled job (see announce_due in the prelude).
+--   queue's earliest scheduled job (see announce_due in lib/scheduled.lua).
 -- Returns: 2 per job: status ('created' | 'exists' | 'duplicate'), id
 local k = queue_keys(KEYS)
 local now = now_ms()

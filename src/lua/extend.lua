@@ -1,7 +1,8 @@
 -- extend.lua: renew the leases of a batch of claimed jobs.
 -- Fencing: only the current fence's holder may renew. Works at maxmemory
 -- (renewing must not fail because Redis is full: that would lose leases).
--- KEYS[1] the queue's base key <prefix>:{<queue>} (prelude derives the rest).
+-- KEYS[1] the queue's base key <prefix>:{<queue>} (lib/keys.lua derives the
+--   rest): reads runs; writes active (existing members only).
 -- ARGV[1] lease length in ms (new deadline = Redis now + lease)
 -- ARGV[2..] 2 per job: id, fence
 -- Returns: {now_ms, then one integer per job: 1 renewed, 0 stale fence (nothing changed)}
@@ -13,8 +14,7 @@ local now = now_ms()
 local out, zargs = { now }, {}
 local until_ms = fmt_int(now + lease)
 for i, id in ipairs(ids) do
-  local fence = runs[i] and run_fence(runs[i])
-  if fence and fence ~= '0' and fence == ARGV[2 * i + 1] then
+  if holds(runs[i], ARGV[2 * i + 1]) then
     out[i + 1] = 1
     zargs[#zargs + 1] = until_ms
     zargs[#zargs + 1] = id

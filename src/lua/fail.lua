@@ -1,8 +1,13 @@
 -- fail.lua: record failed attempts for a batch of claimed jobs: each is
 -- either scheduled for a retry (backoff computed by the caller) or moved to
 -- the dead set. Fencing as in complete.lua. Works at maxmemory.
--- KEYS[1] the queue's base key <prefix>:{<queue>} (prelude derives the rest);
---   KEYS[2] the day's usage hash <prefix>:{<queue>}:usage:<day>, when usage is given.
+-- KEYS[1] the queue's base key <prefix>:{<queue>} (lib/keys.lua derives the
+--   rest): reads runs; writes active, runs, resources, scheduled and errors
+--   (retries), <base>:due, dead, errors and unique (deaths), events; deletes
+--   from jobs, runs, errors, results, resources (dead set trimmed); group
+--   slots: holders, groups, parked, pending, pending:<priority>, wake; reads
+--   meta (events cap, group_limit).
+-- KEYS[2] the day's usage hash <prefix>:{<queue>}:usage:<day>, when usage is given.
 -- ARGV[1] dead_keep: most jobs kept in the dead set
 -- ARGV[2] dead_age_ms: dead jobs older than this are deleted (0 = no age limit)
 -- ARGV[3..] the batch's usage, as in complete.lua (added unless every job is stale)
@@ -10,7 +15,7 @@
 --   resources JSON of the attempt ('' = none; kept in `resources`)
 -- Events (when on): `failed` (error, retry_at_ms) per retry, `dead` (error) per death.
 -- Publishes: the earliest retry time on <base>:due when a retry is now the
---   queue's earliest scheduled job (see announce_due in the prelude).
+--   queue's earliest scheduled job (see announce_due in lib/scheduled.lua).
 -- Group slots are given back as in complete.lua.
 -- Returns: one integer per job: 1 retry scheduled, 2 dead, 0 stale fence (nothing changed)
 local k = queue_keys(KEYS)
@@ -20,11 +25,11 @@ local ids = ids_of(ARGV, first, 6)
 local o = first - 3 -- ARGV offset of the jobs: job i's fields start at o + 6i - 3
 local runs = redis.call('HMGET', k.runs, unpack(ids))
 local now = now_ms()
-local out, mine = {}, {}
+local out, mine, held = {}, {}, {}
 for i, id in ipairs(ids) do
-  local _, fence = parse_run(runs[i])
-  if fence ~= '0' and fence == ARGV[o + 6 * i - 2] then
+  if holds(runs[i], ARGV[o + 6 * i - 2]) then
     mine[#mine + 1] = id
+    held[i] = true
   end
   out[i] = 0
 end
@@ -38,8 +43,8 @@ local cap = events_cap(k)
 local retry_z, dead_ids, dead_errors, errs, run_args, res_args = {}, {}, {}, {}, {}, {}
 local dead_attempts = {}
 for i, id in ipairs(ids) do
-  local attempts, fence, started = parse_run(runs[i])
-  if fence ~= '0' and fence == ARGV[o + 6 * i - 2] then
+  if held[i] then
+    local attempts, _, started = parse_run(runs[i])
     local delay, err = tonumber(ARGV[o + 6 * i - 1]), ARGV[o + 6 * i]
     run_args[#run_args + 1] = id
     run_args[#run_args + 1] = run_entry(attempts, '0', started)

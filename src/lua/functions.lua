@@ -1,6 +1,7 @@
 -- functions.lua: the `redq` Redis Function library (Redis >= 7.0), for
 -- producers in any language. src/scripts.rs prepends the library header and
--- prelude.lua, and loads it with FUNCTION LOAD REPLACE when the version differs.
+-- the library files (src/lua/lib/), and loads it with FUNCTION LOAD REPLACE
+-- when the version differs.
 --
 -- FCALL redq_enqueue 1 <prefix>:{<queue>} '<job JSON>'  -> the job id
 --   Checks the document like the Rust client does; refuses with
@@ -11,6 +12,11 @@
 --   (via=fcall) on <prefix>:{<queue>}:events.
 --   A delayed job that is now the queue's earliest publishes its due time
 --   on <prefix>:{<queue>}:due, which the daemons' promoters listen to.
+--   Keys touched (derived from the base key): reads meta (document limit,
+--   events cap, limits) and writes its `idseq`; writes jobs, unique,
+--   scheduled, pending, pending:<priority>, wake, events; hands jobs to idle
+--   daemons as enqueue.lua does (idle, <base>:handoff:<name>, runs, active,
+--   meta `fence`, dead and errors for oversize records).
 -- FCALL_RO redq_version 0 -> the library version (a hash of its source)
 
 local function keys_from_base(base)

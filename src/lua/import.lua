@@ -2,7 +2,9 @@
 -- state. An id the queue already knows is skipped, so importing a file twice
 -- changes nothing. A job exported while active comes back pending (its lease
 -- cannot be restored), keeping its attempts.
--- KEYS[1] the queue's base key <prefix>:{<queue>} (prelude derives the rest).
+-- KEYS[1] the queue's base key <prefix>:{<queue>} (lib/keys.lua derives the
+--   rest): writes jobs, runs, errors, dead, done, results, scheduled (and
+--   publishes on <base>:due), pending, pending:<priority>, unique, wake.
 -- ARGV: 8 per job: id, record ("<priority>;<max_attempts>;<enqueued_ms>;<document>"),
 --       state (pending|scheduled|retrying|active|dead|succeeded),
 --       time in ms (due time when scheduled/retrying; time of death or completion), attempts,

@@ -6,10 +6,10 @@
 -- `scheduled` and joins the tail of its priority's pending list in one step, so two
 -- daemons promoting at the same instant move each job once (the second
 -- finds nothing due). The moved jobs then go as a claim would hand them:
--- leased directly to idle daemons registered for hand-off (hand_off in the
--- prelude), and what is left wakes a daemon. Works at maxmemory (it only
+-- leased directly to idle daemons registered for hand-off (hand_off in
+-- lib/handoff.lua), and what is left wakes a daemon. Works at maxmemory (it only
 -- moves ids between keys and leases what it hands off).
--- KEYS[1] the queue's base key <prefix>:{<queue>} (prelude derives the rest):
+-- KEYS[1] the queue's base key <prefix>:{<queue>} (lib/keys.lua derives the rest):
 --   reads and writes scheduled, jobs, pending, pending:<priority>, idle,
 --   meta (events cap, fencing counter, limits), runs, active,
 --   handoff:<name>, wake, events.

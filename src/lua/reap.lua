@@ -4,7 +4,12 @@
 -- the reason. Bounded per call; safe when many daemons reap at once (a job
 -- is rescued by the one call that removes it from `active`). The old fence
 -- is cleared, so the old holder's late writes are refused. Works at maxmemory.
--- KEYS[1] the queue's base key <prefix>:{<queue>} (prelude derives the rest).
+-- KEYS[1] the queue's base key <prefix>:{<queue>} (lib/keys.lua derives the
+--   rest): reads active, jobs, runs; writes active, runs, pending,
+--   pending:<priority>, errors, wake, dead and unique (deaths), events;
+--   deletes from jobs, runs, errors, results, resources (dead set trimmed);
+--   group slots: holders, groups, parked; reads meta (events cap,
+--   group_limit).
 -- ARGV[1] at most this many jobs
 -- ARGV[2] max attempts for jobs that did not set their own
 -- ARGV[3] dead_keep, ARGV[4] dead_age_ms (as in fail.lua)

@@ -1,7 +1,10 @@
 -- release.lua: give claimed jobs back without spending an attempt (used on
 -- shutdown). Each goes back to the head of its priority's pending list.
 -- Fencing as in complete.lua. Works at maxmemory.
--- KEYS[1] the queue's base key <prefix>:{<queue>} (prelude derives the rest).
+-- KEYS[1] the queue's base key <prefix>:{<queue>} (lib/keys.lua derives the
+--   rest): reads runs and jobs; writes runs, active, pending,
+--   pending:<priority>, wake, events; group slots: holders, groups, parked;
+--   reads meta (events cap, group_limit).
 -- ARGV: 2 per job: id, fence
 -- Events (when on): `released` per job, with the attempt it gave back.
 -- Group slots are given back as in complete.lua.
@@ -10,10 +13,9 @@ local k = queue_keys(KEYS)
 local ids = ids_of(ARGV, 1, 2)
 local runs = redis.call('HMGET', k.runs, unpack(ids))
 local out, mine = {}, {}
-for i, id in ipairs(ids) do
-  local _, fence = parse_run(runs[i])
+for i = 1, #ids do
   out[i] = 0
-  if fence ~= '0' and fence == ARGV[2 * i] then
+  if holds(runs[i], ARGV[2 * i]) then
     mine[#mine + 1] = i
   end
 end

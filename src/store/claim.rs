@@ -62,7 +62,7 @@ pub struct HandoffOffer<'a> {
 /// jobs an enqueue leased directly to that daemon, as a claim would have.
 /// `paused`, `throttled` and `next_due_ms` do not apply.
 ///
-/// The element (written by `hand_off` in prelude.lua) is
+/// The element (written by `hand_off` in lib/handoff.lua) is
 /// `<now_ms>,<first fence>` and then, per job,
 /// `\n<id>,<attempt>,<record length in bytes>\n<record>`: the record is
 /// passed through as it is, so its length, not a delimiter, ends it.

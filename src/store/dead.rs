@@ -42,28 +42,32 @@ impl Store {
     pub async fn dead_purge_ids(&self, q: &QueueKeys, ids: &[String]) -> Result<u64> {
         let mut args = vec!["ids".to_owned(), "0".to_owned()];
         args.extend(ids.iter().cloned());
-        let n = int(
-            Some(&self.run(|s| &s.dead_purge, q, args).await?),
-            "dead_purge",
-        )?;
-        Ok(u64::try_from(n).unwrap_or(0))
+        let (n, _) = self.dead_purge(q, args).await?;
+        Ok(n)
     }
 
     /// Deletes dead jobs that died at least `older_than` ago (all when zero).
+    /// One call deletes a bounded batch (dead_purge.lua's `PURGE_BATCH`) and
+    /// says whether it stopped there; this calls again until it did not.
     pub async fn dead_purge_older(&self, q: &QueueKeys, older_than: Duration) -> Result<u64> {
         let mut total = 0;
         loop {
             let args = vec!["age".to_owned(), ms(older_than).to_string()];
-            let n = int(
-                Some(&self.run(|s| &s.dead_purge, q, args).await?),
-                "dead_purge",
-            )?;
-            let n = u64::try_from(n).unwrap_or(0);
+            let (n, more) = self.dead_purge(q, args).await?;
             total += n;
-            if n < 1000 {
+            if !more {
                 return Ok(total);
             }
         }
+    }
+
+    /// Runs `dead_purge.lua`: how many jobs it deleted, and whether more may
+    /// be due (it stopped at its batch).
+    async fn dead_purge(&self, q: &QueueKeys, args: Vec<String>) -> Result<(u64, bool)> {
+        let reply = array(self.run(|s| &s.dead_purge, q, args).await?, "dead_purge")?;
+        let n = int(reply.first(), "dead_purge")?;
+        let more = int(reply.get(1), "dead_purge")?;
+        Ok((u64::try_from(n).unwrap_or(0), more == 1))
     }
 
     /// Stops every daemon from claiming jobs of this queue; enqueues still work.

@@ -6,7 +6,7 @@
 //! sees a queue's old settings or its new ones, and it works at maxmemory,
 //! so a daemon can start on a full Redis and drain it under the right limits.
 //!
-//! This file is the one encoder of those fields; claim.lua and the prelude
+//! This file is the one encoder of those fields; claim.lua and the Lua library
 //! are their readers.
 
 use std::time::Duration;
