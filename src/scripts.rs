@@ -36,8 +36,6 @@ use std::sync::LazyLock;
 
 use redis::Script;
 
-use crate::error::Result;
-
 /// The shared library files (`src/lua/lib/<name>.lua`), in the order they
 /// are joined: each only uses names declared in the files above it.
 const LIBRARY: [(&str, &str); 14] = [
@@ -200,7 +198,7 @@ pub fn library_source() -> String {
     )
 }
 
-/// What [`ensure_library`] found.
+/// What `Store::ensure_library` found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LibraryStatus {
     /// The library with this version was already loaded.
@@ -209,54 +207,4 @@ pub enum LibraryStatus {
     Loaded,
     /// Redis is older than 7.0 and has no functions; only the inbox protocol works.
     Unsupported,
-}
-
-/// Loads the `redq` function library unless the same version is loaded.
-pub async fn ensure_library<C: redis::aio::ConnectionLike>(con: &mut C) -> Result<LibraryStatus> {
-    let want = library_version();
-    let have: redis::RedisResult<String> = redis::cmd("FCALL_RO")
-        .arg("redq_version")
-        .arg(0)
-        .query_async(con)
-        .await;
-    match have {
-        Ok(v) if v == want => return Ok(LibraryStatus::Current),
-        Ok(_) => {}
-        Err(e) => {
-            let msg = e.to_string();
-            if msg.contains("unknown command") {
-                return Ok(LibraryStatus::Unsupported);
-            }
-            if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() {
-                return Err(e.into());
-            }
-            // "Function not found": not loaded yet.
-        }
-    }
-    redis::cmd("FUNCTION")
-        .arg("LOAD")
-        .arg("REPLACE")
-        .arg(library_source())
-        .query_async::<String>(con)
-        .await?;
-    Ok(LibraryStatus::Loaded)
-}
-
-/// Loads the internal library ([`internal_library_name`]) into Redis:
-/// `true` once it is there, `false` when Redis refused it for being at
-/// `maxmemory` (`FUNCTION LOAD` needs memory; the transitions then run as
-/// EVAL scripts). A library of that name is the same Lua (the name is its
-/// hash), so "already exists" (another process loaded it first) is success.
-pub async fn load_internal_library<C: redis::aio::ConnectionLike>(con: &mut C) -> Result<bool> {
-    let loaded: redis::RedisResult<String> = redis::cmd("FUNCTION")
-        .arg("LOAD")
-        .arg(internal_library_source())
-        .query_async(con)
-        .await;
-    match loaded {
-        Ok(_) => Ok(true),
-        Err(e) if e.to_string().contains("already exists") => Ok(true),
-        Err(e) if e.code() == Some("OOM") => Ok(false),
-        Err(e) => Err(e.into()),
-    }
 }

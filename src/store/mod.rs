@@ -184,7 +184,7 @@ impl Store {
             match call.query_async(&mut con).await {
                 Ok(v) => return Ok(v),
                 Err(e) if e.to_string().contains("Function not found") => {
-                    if crate::scripts::load_internal_library(&mut con).await? {
+                    if self.load_internal_library().await? {
                         return Ok(call.query_async(&mut con).await?);
                     }
                 }

@@ -21,13 +21,54 @@ impl Store {
     /// Loads the public `redq` library (FCALL redq_enqueue) unless the
     /// same version is loaded.
     pub async fn ensure_library(&self) -> Result<LibraryStatus> {
-        scripts::ensure_library(&mut self.connection()).await
+        let mut con = self.connection();
+        let want = scripts::library_version();
+        let have: redis::RedisResult<String> = redis::cmd("FCALL_RO")
+            .arg("redq_version")
+            .arg(0)
+            .query_async(&mut con)
+            .await;
+        match have {
+            Ok(v) if v == want => return Ok(LibraryStatus::Current),
+            Ok(_) => {}
+            Err(e) => {
+                let msg = e.to_string();
+                if msg.contains("unknown command") {
+                    return Ok(LibraryStatus::Unsupported);
+                }
+                if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() {
+                    return Err(e.into());
+                }
+                // "Function not found": not loaded yet.
+            }
+        }
+        redis::cmd("FUNCTION")
+            .arg("LOAD")
+            .arg("REPLACE")
+            .arg(scripts::library_source())
+            .query_async::<String>(&mut con)
+            .await?;
+        Ok(LibraryStatus::Loaded)
     }
 
-    /// Loads the transitions' internal library: true once it is there,
-    /// false when Redis refused it at maxmemory (they run as EVAL scripts).
+    /// Loads the internal library ([`scripts::internal_library_name`]):
+    /// `true` once it is there, `false` when Redis refused it for being at
+    /// `maxmemory` (`FUNCTION LOAD` needs memory; the transitions then run
+    /// as EVAL scripts). A library of that name is the same Lua (the name is
+    /// its hash), so "already exists" (another process loaded it first) is
+    /// success.
     pub async fn load_internal_library(&self) -> Result<bool> {
-        scripts::load_internal_library(&mut self.connection()).await
+        let loaded: redis::RedisResult<String> = redis::cmd("FUNCTION")
+            .arg("LOAD")
+            .arg(scripts::internal_library_source())
+            .query_async(&mut self.connection())
+            .await;
+        match loaded {
+            Ok(_) => Ok(true),
+            Err(e) if e.to_string().contains("already exists") => Ok(true),
+            Err(e) if e.code() == Some("OOM") => Ok(false),
+            Err(e) => Err(e.into()),
+        }
     }
 }
 
