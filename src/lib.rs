@@ -3,8 +3,14 @@
 //! Layout (one concept per file):
 //! - [`keys`]: the one place that builds Redis key names (`<prefix>:{<queue>}:…`).
 //! - [`job`]: the job document producers send, its validation, and the stored record.
-//! - [`scripts`]: the Lua transitions (`src/lua/*.lua`) and the `redq` Redis Function library.
-//! - [`store`]: typed wrappers, one method per atomic transition (enqueue, claim, complete, …).
+//! - [`scripts`]: builds the Lua: the transitions (`src/lua/*.lua`) on the
+//!   shared library (`src/lua/lib/`), and the `redq` Redis Function library.
+//! - [`store`]: the one place that talks to Redis: a typed method per
+//!   transition and per read, every value format, every connection.
+//! - [`inspect`] (in the store): read-only views of jobs, queues, the dead set, usage.
+//! - [`daemon`]: the worker daemon (`redq run`), also embeddable.
+//! - [`usage`], [`transfer`]: the usage and export formats.
+//! - [`observe`]: metrics and health.
 //! - [`client`]: the producer API (enqueue, inspect, stats) used by Rust programs and the CLI.
 //! - [`config`]: `workers.toml`, read with figment and validated.
 //! - [`handler`]: what a job runs: command, HTTP, or Rust code.
