@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::embedded::*;
+use common::wait::WAIT;
 use common::{within, RedisServer};
 use redq::daemon::{Counters, WorkerBuilder};
 use redq::inspect::JobState;
@@ -616,6 +617,7 @@ async fn shutdown_lets_running_jobs_finish_and_claims_nothing_new() {
         handle,
         counters,
         mut task,
+        ..
     } = d;
     handle.shutdown();
     // A bounded look for something that must not happen: the daemon does not
@@ -735,7 +737,7 @@ async fn an_idle_daemon_does_not_poll_redis() {
     // Start once the first claim is done: a claim that finds nothing
     // registers the pool for hand-offs.
     let q = redq::keys::QueueKeys::new("redq", "q").unwrap();
-    eventually("the first claim", || async {
+    eventually("the first claim", WAIT, || async {
         !registrations(&redis, &q).await.is_empty()
     })
     .await;
@@ -778,7 +780,7 @@ async fn an_enqueue_wakes_an_idle_daemon_at_once() {
     let d = launch(WorkerBuilder::new(cfg).handler("q", handler)).await;
     // Idle: the pool made its first claim (the only script call so far) and
     // the waker is blocked on the wake list.
-    eventually("the daemon to go idle", || async {
+    eventually("the daemon to go idle", WAIT, || async {
         let claimed = script_calls(&info(&redis, "commandstats").await) > 0;
         let clients = info(&redis, "clients").await;
         claimed && clients["blocked_clients"] != "0"
@@ -805,7 +807,7 @@ async fn an_idle_daemon_is_handed_jobs_directly_and_unregisters_when_it_stops() 
     let q = client.store().queue("q").unwrap();
     let registered = || async { registrations(&redis, &q).await.len() };
     // Its first claim found nothing: it waits for a hand-off.
-    eventually("the idle daemon to register", || async {
+    eventually("the idle daemon to register", WAIT, || async {
         registered().await == 1
     })
     .await;
@@ -841,7 +843,7 @@ async fn an_idle_daemon_renews_its_hand_off_registration_without_a_script() {
             .map(|(_, v)| v)
     };
     let expires = |v: &str| -> i64 { v.rsplit(',').next().unwrap().parse().unwrap() };
-    eventually("the idle daemon to register", || async {
+    eventually("the idle daemon to register", WAIT, || async {
         entry().await.is_some()
     })
     .await;
@@ -874,7 +876,7 @@ async fn jobs_handed_to_idle_daemons_run_once_each() {
     }
     let client = Arc::new(redis.client().await);
     let q = client.store().queue("q").unwrap();
-    eventually("three idle daemons to register", || async {
+    eventually("three idle daemons to register", WAIT, || async {
         registrations(&redis, &q).await.len() == 3
     })
     .await;
@@ -960,7 +962,7 @@ async fn jobs_handed_over_beyond_the_free_slots_are_released_unspent_and_run_lat
     let client = redis.client().await;
     let q = client.store().queue("q").unwrap();
     let mut con = redis.con().await;
-    eventually("the idle daemon to register", || async {
+    eventually("the idle daemon to register", WAIT, || async {
         !registrations(&redis, &q).await.is_empty()
     })
     .await;

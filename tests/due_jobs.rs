@@ -17,6 +17,7 @@ use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::embedded::*;
+use common::wait::WAIT;
 use common::{within, RedisServer};
 use redq::daemon::WorkerBuilder;
 use redq::keys::QueueKeys;
@@ -124,7 +125,7 @@ fn on_time(start: &Start, due: i64) {
 async fn registered(redis: &RedisServer, q: &QueueKeys) {
     let con = redis.con().await;
     let q = q.clone();
-    eventually("a hand-off registration", || {
+    eventually("a hand-off registration", WAIT, || {
         let (q, mut con) = (q.clone(), con.clone());
         async move {
             let n: u64 = redis::cmd("HLEN")
