@@ -17,8 +17,11 @@ mod common;
 use std::fs;
 use std::path::Path;
 
-use common::daemon::*;
-use common::RedisServer;
+use common::process::*;
+use common::producers::fcall;
+use common::server::RedisServer;
+use common::wait::{secs, wait_for};
+use common::workers::*;
 
 /// A wrapper that starts a long-running grandchild, writes
 /// "<wrapper pid> <grandchild pid>\n" to `$OUT/pids.<job id>`, and waits.
