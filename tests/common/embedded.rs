@@ -17,14 +17,8 @@ use redq::inspect::{JobInfo, JobState};
 use redq::{Client, JobContext, Outcome};
 use tokio::sync::mpsc;
 
-// Where `job` and `eventually` were before the split, until every test
-// file imports them from `producers` and `wait`.
-#[allow(unused_imports)]
-pub use super::producers::job;
 use super::server::RedisServer;
-#[allow(unused_imports)]
-pub use super::wait::eventually;
-use super::wait::{within, WAIT};
+use super::wait::{eventually, within, WAIT};
 
 pub fn init_tracing() {
     // RUST_LOG=redq=debug shows the daemon's logs of a failing test.

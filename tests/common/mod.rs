@@ -26,22 +26,3 @@ pub mod snapshot;
 pub mod store;
 pub mod wait;
 pub mod workers;
-
-// The paths of the layout before the split, until every test file uses the
-// modules above.
-#[allow(unused_imports)]
-pub use server::RedisServer;
-#[allow(unused_imports)]
-pub use snapshot::{pending_ids, snapshot, Snapshot};
-#[allow(unused_imports)]
-pub use wait::within;
-
-#[allow(unused_imports)]
-pub mod daemon {
-    pub use super::http::{http_get, sample};
-    pub use super::process::*;
-    pub use super::producers::{fcall, lpush};
-    pub use super::server::free_port;
-    pub use super::wait::{now_ms, poll, secs, wait_for, TICK};
-    pub use super::workers::*;
-}
