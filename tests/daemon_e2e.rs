@@ -527,6 +527,9 @@ printf 'finished on attempt %s' "$REDQ_ATTEMPT"
         .iter()
         .position(|dm| dm.pid() == pids[1])
         .expect("the handler's parent is one of the daemons");
+    wait_for("the holder's process guard", secs(5), || {
+        guard_of(daemons[holder].pid())
+    });
     let killed_at = now_ms();
     daemons[holder].signal(libc::SIGKILL);
     daemons[holder].wait_exit(secs(5));

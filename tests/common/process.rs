@@ -254,6 +254,31 @@ pub fn wait_dead(pid: i32, what: &str) {
     });
 }
 
+/// `(comm, ppid)` of a process, from `/proc/<pid>/stat`.
+pub fn comm_and_parent(pid: i32) -> Option<(String, i32)> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (head, rest) = stat.rsplit_once(')')?;
+    let comm = head.split_once('(')?.1.to_owned();
+    let ppid = rest.split_whitespace().nth(1)?.parse().ok()?;
+    Some((comm, ppid))
+}
+
+/// The live child of `daemon` named `redq-guard` (its process guard), if
+/// there is one. A daemon forks its guard at its first spawn, just after
+/// the program started: a test that kills the daemon as soon as a handler
+/// shows it runs must first wait for the guard, or the first job's group
+/// may not be under it yet (see src/handler/guard.rs, "Limits").
+pub fn guard_of(daemon: i32) -> Option<i32> {
+    fs::read_dir("/proc")
+        .ok()?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .find(|&pid| {
+            alive(pid)
+                && comm_and_parent(pid)
+                    .is_some_and(|(comm, ppid)| comm == "redq-guard" && ppid == daemon)
+        })
+}
+
 /// Kills leftover `sleep` processes a handler started, if the daemon failed
 /// to, so a failing test leaks nothing.
 pub struct Reap(pub Vec<i32>);
