@@ -2,31 +2,24 @@
 
 mod common;
 
-use std::process::{Command, Output, Stdio};
+use std::borrow::BorrowMut;
+use std::process::Command;
 
-use common::RedisServer;
+use common::process::{self, run_bounded, run_with_input};
+use common::server::RedisServer;
+use common::wait::secs;
 
+/// `redq <args>`, with a clean environment.
 fn redq(args: &[&str]) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_redq"));
-    c.args(args)
-        .env_remove("REDQ_REDIS__URL")
-        .env_remove("REDQ_REDIS__KEY_PREFIX");
-    c.current_dir(std::env::temp_dir());
+    let mut c = process::redq();
+    c.args(args);
     c
 }
 
-fn run(mut c: impl std::borrow::BorrowMut<Command>) -> (i32, String, String) {
-    let c = c.borrow_mut();
-    let Output {
-        status,
-        stdout,
-        stderr,
-    } = c.stdin(Stdio::null()).output().unwrap();
-    (
-        status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&stdout).into_owned(),
-        String::from_utf8_lossy(&stderr).into_owned(),
-    )
+/// Runs `c` to its end (bounded): its exit code (-1 for a signal), stdout, stderr.
+fn run(mut c: impl BorrowMut<Command>) -> (i32, String, String) {
+    let o = run_bounded(c.borrow_mut(), secs(30));
+    (o.code.unwrap_or(-1), o.stdout, o.stderr)
 }
 
 #[test]
@@ -69,19 +62,12 @@ fn enqueue_prints_the_id_and_job_shows_it() {
 fn payload_from_stdin_and_stats_as_json() {
     let redis = RedisServer::start();
     let url = redis.url();
-    let mut child = redq(&["--redis-url", &url, "enqueue", "a", "-", "--delay", "5m"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(br#"{"big":[1,2,3]}"#)
-        .unwrap();
-    assert!(child.wait_with_output().unwrap().status.success());
+    let o = run_with_input(
+        &mut redq(&["--redis-url", &url, "enqueue", "a", "-", "--delay", "5m"]),
+        Some(br#"{"big":[1,2,3]}"#),
+        secs(30),
+    );
+    assert!(o.code == Some(0));
     run(redq(&["--redis-url", &url, "enqueue", "b", "1"]));
     let (code, out, err) = run(redq(&["--redis-url", &url, "stats", "--json"]));
     assert_eq!(code, 0, "{err}");

@@ -10,7 +10,9 @@
 //! the ticks missed meanwhile.
 //!
 //! One-second schedules and a short leader lease keep the waits short. Tests
-//! poll Redis under a deadline; the only waiting on the clock is for ticks to pass.
+//! poll Redis and the daemons' `/metrics` under a deadline (no signal says
+//! "a tick was enqueued" or "this daemon leads"); the only waiting on the
+//! clock is for ticks to pass.
 
 mod common;
 
@@ -18,15 +20,15 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{within, RedisServer};
+use common::embedded::{launch, stop_all, Crashable, Running};
+use common::http::{get, sample};
+use common::server::{redis_ms, RedisServer};
+use common::wait::{eventually, secs, TICK};
 use redq::config::Config;
-use redq::daemon::{Daemon, DaemonHandle, WorkerBuilder};
+use redq::daemon::WorkerBuilder;
 use redq::keys::QueueKeys;
 use redq::scripts::SCRIPTS;
 use redq::{JobContext, Outcome};
-use tokio::task::JoinHandle;
-
-const POLL: Duration = Duration::from_millis(20);
 
 fn config(redis: &RedisServer, cron: &str) -> Config {
     // Not validated here: `gone` has a library handler, which the builder checks.
@@ -52,46 +54,28 @@ keep_completed = 0
 
 type Runs = Arc<Mutex<Vec<String>>>;
 
-/// A started daemon: how to stop it, its run task, and its `/metrics` URL.
-struct Running {
-    handle: DaemonHandle,
-    run: JoinHandle<redq::Result<()>>,
-    metrics: String,
+/// A daemon whose library handler on `gone` records the ids it runs.
+fn daemon(config: Config, runs: &Runs) -> WorkerBuilder {
+    let runs = runs.clone();
+    WorkerBuilder::new(config).handler("gone", move |ctx: JobContext| {
+        let runs = runs.clone();
+        async move {
+            runs.lock().unwrap().push(ctx.id);
+            Outcome::Done { result: None }
+        }
+    })
 }
 
-/// Starts a daemon whose library handler on `gone` records the ids it runs.
+/// Starts [`daemon`].
 async fn start(config: Config, runs: &Runs) -> Running {
-    let runs = runs.clone();
-    let daemon: Daemon = WorkerBuilder::new(config)
-        .handler("gone", move |ctx: JobContext| {
-            let runs = runs.clone();
-            async move {
-                runs.lock().unwrap().push(ctx.id);
-                Outcome::Done { result: None }
-            }
-        })
-        .start()
-        .await
-        .unwrap();
-    let metrics = format!("http://{}/metrics", daemon.http_addr());
-    let handle = daemon.handle();
-    Running {
-        handle,
-        run: tokio::spawn(daemon.run()),
-        metrics,
-    }
+    launch(daemon(config, runs)).await
 }
 
 /// Whether the daemon says it holds the cron lease (`redq_leader{duty="cron"}`).
 async fn leads(d: &Running) -> bool {
-    let body = reqwest::get(&d.metrics)
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    body.lines()
-        .any(|l| l.trim() == r#"redq_leader{duty="cron"} 1"#)
+    let (code, body) = get(&d.url("/metrics")).await;
+    assert_eq!(code, 200, "{body}");
+    sample(&body, r#"redq_leader{duty="cron"}"#) == Some(1.0)
 }
 
 /// Waits (bounded) until exactly one of `daemons` leads cron; returns its index.
@@ -100,69 +84,19 @@ async fn the_leader(daemons: &[Running]) -> usize {
 }
 
 async fn the_leader_of(daemons: &[&Running]) -> usize {
-    within(10, async {
-        loop {
-            let mut leading = Vec::new();
-            for (i, d) in daemons.iter().enumerate() {
-                if leads(d).await {
-                    leading.push(i);
-                }
+    eventually("exactly one daemon to lead cron", secs(10), || async {
+        let mut leading = Vec::new();
+        for (i, d) in daemons.iter().enumerate() {
+            if leads(d).await {
+                leading.push(i);
             }
-            if let [one] = leading[..] {
-                return one;
-            }
-            tokio::time::sleep(POLL).await;
+        }
+        match leading[..] {
+            [one] => Ok(one),
+            _ => Err(format!("leading: {leading:?}")),
         }
     })
     .await
-}
-
-/// A daemon on a runtime of its own, so a test can kill it like a crashed
-/// process: shutting the runtime down drops every task at once, with no
-/// step-down and nothing written to Redis (its locks and leases expire).
-struct Process {
-    rt: Option<tokio::runtime::Runtime>,
-    daemon: Running,
-}
-
-impl Process {
-    async fn start(config: Config, runs: &Runs) -> Process {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        let runs = runs.clone();
-        let daemon = within(20, rt.spawn(async move { start(config, &runs).await }))
-            .await
-            .unwrap();
-        Process {
-            rt: Some(rt),
-            daemon,
-        }
-    }
-
-    /// Kills the daemon abruptly.
-    fn crash(mut self) {
-        if let Some(rt) = self.rt.take() {
-            rt.shutdown_background();
-        }
-    }
-
-    /// Shuts the daemon down gracefully (bounded).
-    async fn stop(mut self) {
-        self.daemon.handle.shutdown();
-        within(20, &mut self.daemon.run).await.unwrap().unwrap();
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        // Dropping a runtime inside another one panics; this does not block.
-        if let Some(rt) = self.rt.take() {
-            rt.shutdown_background();
-        }
-    }
 }
 
 /// The ids of a queue's `enqueued` events, in order, repeats included (the
@@ -209,11 +143,6 @@ fn ticks_once(ids: &[String], entry: &str) -> Vec<i64> {
         "{entry}: a tick was enqueued twice: {out:?}"
     );
     out
-}
-
-async fn redis_ms(con: &mut redis::aio::MultiplexedConnection) -> i64 {
-    let (s, us): (i64, i64) = redis::cmd("TIME").query_async(con).await.unwrap();
-    s * 1000 + us / 1000
 }
 
 async fn job_ids(con: &mut redis::aio::MultiplexedConnection, queue: &str) -> Vec<String> {
@@ -273,26 +202,20 @@ priority = 5
     }
     let started = redis_ms(&mut con).await;
     // Wait for at least five ticks of each entry, as seen in Redis and by the handler.
-    within(30, async {
-        loop {
+    eventually("five ticks of each entry", secs(30), || {
+        let mut con = con.clone();
+        let runs = runs.clone();
+        async move {
             let kept = job_ids(&mut con, "kept").await.len();
             let ran = runs.lock().unwrap().len();
-            if kept >= 5 && ran >= 5 {
-                break;
-            }
-            tokio::time::sleep(POLL).await;
+            kept >= 5 && ran >= 5
         }
     })
     .await;
     // One daemon runs the entries; the others wait for its lease.
     the_leader(&daemons).await;
     let stopped = redis_ms(&mut con).await;
-    for d in &daemons {
-        d.handle.shutdown();
-    }
-    for d in daemons {
-        within(20, d.run).await.unwrap().unwrap();
-    }
+    stop_all(daemons).await;
 
     // Ticks whole seconds after every daemon ran, and at most those after the first started.
     let at_least = (stopped / 1000 - started / 1000 - 1) as usize;
@@ -364,37 +287,27 @@ queue = "kept"
     for _ in 0..3 {
         daemons.push(start(config(&redis, cron), &runs).await);
     }
-    let count = |con: &mut redis::aio::MultiplexedConnection| {
-        let mut con = con.clone();
-        async move { job_ids(&mut con, "kept").await.len() }
+    let count = {
+        let con = con.clone();
+        move || {
+            let mut con = con.clone();
+            async move { job_ids(&mut con, "kept").await.len() }
+        }
     };
     // Twice: the leader shuts down, another daemon takes over and ticks go on.
     for _ in 0..2 {
-        within(10, async {
-            while count(&mut con).await < 2 {
-                tokio::time::sleep(POLL).await;
-            }
-        })
-        .await;
+        eventually("two ticks", secs(10), || async { count().await >= 2 }).await;
         let old = daemons.remove(the_leader(&daemons).await);
-        old.handle.shutdown();
-        within(20, old.run).await.unwrap().unwrap();
-        let before = count(&mut con).await;
+        old.stop().await;
+        let before = count().await;
         let next = the_leader(&daemons).await;
-        within(10, async {
-            while count(&mut con).await < before + 2 {
-                tokio::time::sleep(POLL).await;
-            }
+        eventually("two ticks after the hand-over", secs(10), || async {
+            count().await >= before + 2
         })
         .await;
         assert!(leads(&daemons[next]).await, "the new leader still leads");
     }
-    for d in &daemons {
-        d.handle.shutdown();
-    }
-    for d in daemons {
-        within(20, d.run).await.unwrap().unwrap();
-    }
+    stop_all(daemons).await;
     // Each tick once, none skipped across both hand-overs.
     let beat = ticks(&job_ids(&mut con, "kept").await, "beat");
     assert!(beat.len() >= 6, "{beat:?}");
@@ -421,18 +334,16 @@ queue = "beat"
     let runs: Runs = Arc::default();
     let mut daemons = Vec::new();
     for _ in 0..3 {
-        daemons.push(Process::start(config.clone(), &runs).await);
+        daemons.push(Crashable::launch(daemon(config.clone(), &runs)).await);
     }
-    let count = |con: &mut redis::aio::MultiplexedConnection| {
-        let mut con = con.clone();
-        async move { enqueued(&mut con, "beat").await.len() }
-    };
-    within(15, async {
-        while count(&mut con).await < 2 {
-            tokio::time::sleep(POLL).await;
+    let count = {
+        let con = con.clone();
+        move || {
+            let mut con = con.clone();
+            async move { enqueued(&mut con, "beat").await.len() }
         }
-    })
-    .await;
+    };
+    eventually("two ticks", secs(15), || async { count().await >= 2 }).await;
     let running: Vec<&Running> = daemons.iter().map(|p| &p.daemon).collect();
     let old = the_leader_of(&running).await;
     let crashed_at = redis_ms(&mut con).await;
@@ -441,11 +352,9 @@ queue = "beat"
     // Another daemon leads once the lock expires and ticks go on.
     let running: Vec<&Running> = daemons.iter().map(|p| &p.daemon).collect();
     let next = the_leader_of(&running).await;
-    let before = count(&mut con).await;
-    within(15, async {
-        while count(&mut con).await < before + 2 {
-            tokio::time::sleep(POLL).await;
-        }
+    let before = count().await;
+    eventually("two ticks after the take-over", secs(15), || async {
+        count().await >= before + 2
     })
     .await;
     let took_over_at = redis_ms(&mut con).await;
@@ -506,23 +415,15 @@ queue = "beat"
         daemons.push(start(config.clone(), &runs).await);
     }
     let started = redis_ms(&mut con).await;
-    within(15, async {
-        loop {
+    eventually("three ticks of `far`", secs(15), || {
+        let mut con = con.clone();
+        async move {
             let ids = enqueued(&mut con, "beat").await;
-            let far = ids.iter().filter(|i| i.starts_with("cron:far:")).count();
-            if far >= 3 {
-                break;
-            }
-            tokio::time::sleep(POLL).await;
+            ids.iter().filter(|i| i.starts_with("cron:far:")).count() >= 3
         }
     })
     .await;
-    for d in &daemons {
-        d.handle.shutdown();
-    }
-    for d in daemons {
-        within(20, d.run).await.unwrap().unwrap();
-    }
+    stop_all(daemons).await;
 
     let ids = enqueued(&mut con, "beat").await;
     let near = ticks_once(&ids, "near");
@@ -585,34 +486,28 @@ queue = "kept"
         daemons.push(start(config(&redis, cron), &runs).await);
     }
     let expected = format!("cron:yearly:{this_year}");
-    within(20, async {
-        loop {
+    eventually("this year's tick and a record of `fresh`", secs(20), || {
+        let (mut con, record, expected) = (con.clone(), record.clone(), expected.clone());
+        async move {
             let fresh: Option<i64> = redis::cmd("HGET")
                 .arg(&record)
                 .arg("fresh")
                 .query_async(&mut con)
                 .await
                 .unwrap();
-            if job_ids(&mut con, "kept").await.contains(&expected) && fresh.is_some() {
-                break;
-            }
-            tokio::time::sleep(POLL).await;
+            job_ids(&mut con, "kept").await.contains(&expected) && fresh.is_some()
         }
     })
     .await;
     // Let both daemons run a few more rounds (each checks at least once a
-    // second); the state must stay exactly this.
+    // second); the state must stay exactly this (a bounded look at what must
+    // not change, not a wait).
     let until = tokio::time::Instant::now() + Duration::from_millis(2500);
     while tokio::time::Instant::now() < until {
         assert_eq!(job_ids(&mut con, "kept").await, vec![expected.clone()]);
-        tokio::time::sleep(POLL).await;
+        tokio::time::sleep(TICK).await;
     }
-    for d in &daemons {
-        d.handle.shutdown();
-    }
-    for d in daemons {
-        within(20, d.run).await.unwrap().unwrap();
-    }
+    stop_all(daemons).await;
     let recorded: Vec<(String, i64)> = redis::cmd("HGETALL")
         .arg(&record)
         .query_async(&mut con)

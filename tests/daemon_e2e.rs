@@ -19,8 +19,11 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::daemon::*;
-use common::RedisServer;
+use common::process::*;
+use common::producers::{fcall, lpush};
+use common::server::{free_port, RedisServer};
+use common::wait::{now_ms, secs, wait_for};
+use common::workers::*;
 use serde_json::Value;
 
 // ---------------------------------------------------------------- 1. command handler
@@ -307,7 +310,7 @@ fn sigterm_drains_a_running_job_stops_claiming_and_exits_0() {
 
     let id = fcall(&redis, "slow", r#"{"payload":{}}"#);
     wait_for("the handler to start", secs(10), || {
-        d.join(format!("started.{id}")).exists().then_some(())
+        d.join(format!("started.{id}")).exists()
     });
     daemon.signal(libc::SIGTERM);
     daemon.wait_log("shutting down", 1, secs(5));
@@ -432,9 +435,7 @@ fn sighup_adds_queues_changes_concurrency_keeps_running_jobs_and_refuses_bad_con
 
     // A job of `a` is running when the reload replaces a's pool.
     let held = fcall(&redis, "a", r#"{"payload":"hold","id":"held-0"}"#);
-    wait_for("held-0 to start", secs(10), || {
-        started("a", &held).then_some(())
-    });
+    wait_for("held-0 to start", secs(10), || started("a", &held));
     let b_early = fcall(&redis, "b", r#"{"payload":1,"id":"b-early"}"#);
 
     let two = format!("{}{}", queue("a", 3, ""), queue("b", 2, ""));
@@ -459,7 +460,7 @@ fn sighup_adds_queues_changes_concurrency_keeps_running_jobs_and_refuses_bad_con
         })
         .collect();
     wait_for("three held jobs of `a` to run at once", secs(10), || {
-        ids.iter().all(|id| started("a", id)).then_some(())
+        ids.iter().all(|id| started("a", id))
     });
     assert_eq!(job(&url, "a", &held).unwrap()["state"], "active");
     File::create(d.join("release")).unwrap();
@@ -526,6 +527,9 @@ printf 'finished on attempt %s' "$REDQ_ATTEMPT"
         .iter()
         .position(|dm| dm.pid() == pids[1])
         .expect("the handler's parent is one of the daemons");
+    wait_for("the holder's process guard", secs(5), || {
+        guard_of(daemons[holder].pid())
+    });
     let killed_at = now_ms();
     daemons[holder].signal(libc::SIGKILL);
     daemons[holder].wait_exit(secs(5));

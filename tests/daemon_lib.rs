@@ -2,9 +2,10 @@
 //! configured from TOML text, against a private redis-server per test.
 //!
 //! Tests look at jobs mid-run through channels and semaphores the handlers
-//! hold, and wait for Redis state by polling it under a deadline; no test
-//! sleeps to let something happen (the idle test's 3s is a measuring window,
-//! and the drain test gives the daemon 300ms to do what it must not).
+//! hold, and wait for Redis state and counters by polling them under a
+//! deadline (no signal says "written to Redis"); no test sleeps to let
+//! something happen (the idle test's 3s is a measuring window, and the drain
+//! test gives the daemon 300ms to do what it must not).
 //! Leases, intervals and backoffs are short so the whole file runs in seconds.
 
 mod common;
@@ -14,26 +15,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::embedded::*;
-use common::{within, RedisServer};
+use common::producers::job;
+use common::server::RedisServer;
+use common::snapshot::registrations;
+use common::wait::{eventually, secs, within, WAIT};
 use redq::daemon::{Counters, WorkerBuilder};
 use redq::inspect::JobState;
 use redq::store::HandoffOffer;
 use redq::{JobContext, Outcome};
 use tokio::sync::{mpsc, Semaphore};
 use tokio::time::Instant;
-
-/// `<section>` of `INFO`, as field → value.
-async fn info(redis: &RedisServer, section: &str) -> std::collections::HashMap<String, String> {
-    let text: String = redis::cmd("INFO")
-        .arg(section)
-        .query_async(&mut redis.con().await)
-        .await
-        .unwrap();
-    text.lines()
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.to_owned(), v.trim().to_owned()))
-        .collect()
-}
 
 /// Lets panics whose message contains `marker` pass without the default
 /// hook. That hook prints the message and, with `RUST_BACKTRACE` set,
@@ -58,15 +49,6 @@ fn quiet_panics(marker: &'static str) {
     });
 }
 
-/// A queue's hand-off registrations (`idle`): pool name → slots, lease, expiry.
-async fn registrations(redis: &RedisServer, q: &redq::keys::QueueKeys) -> Vec<(String, String)> {
-    redis::cmd("HGETALL")
-        .arg(q.idle())
-        .query_async(&mut redis.con().await)
-        .await
-        .unwrap()
-}
-
 /// Whether this version's internal function library is in `redis`.
 async fn internal_library_loaded(redis: &RedisServer) -> bool {
     let listed: redis::Value = redis::cmd("FUNCTION")
@@ -77,15 +59,6 @@ async fn internal_library_loaded(redis: &RedisServer) -> bool {
         .await
         .unwrap();
     !matches!(listed, redis::Value::Array(ref libs) if libs.is_empty())
-}
-
-/// Script calls (FCALL, EVALSHA and EVAL) counted in `INFO commandstats`.
-fn script_calls(stats: &std::collections::HashMap<String, String>) -> u64 {
-    ["cmdstat_fcall", "cmdstat_evalsha", "cmdstat_eval"]
-        .iter()
-        .filter_map(|k| stats.get(*k)?.strip_prefix("calls=")?.split(',').next())
-        .map(|n| n.parse::<u64>().unwrap())
-        .sum()
 }
 
 // ------------------------------------------------------------------ tests
@@ -616,6 +589,7 @@ async fn shutdown_lets_running_jobs_finish_and_claims_nothing_new() {
         handle,
         counters,
         mut task,
+        ..
     } = d;
     handle.shutdown();
     // A bounded look for something that must not happen: the daemon does not
@@ -727,15 +701,15 @@ async fn an_idle_daemon_does_not_poll_redis() {
     );
     let d = launch(WorkerBuilder::new(cfg).handler("q", handler)).await;
     let measure = || async {
-        let total: u64 = info(&redis, "stats").await["total_commands_processed"]
+        let total: u64 = redis.info("stats").await["total_commands_processed"]
             .parse()
             .unwrap();
-        (total, script_calls(&info(&redis, "commandstats").await))
+        (total, redis.script_calls().await)
     };
     // Start once the first claim is done: a claim that finds nothing
     // registers the pool for hand-offs.
     let q = redq::keys::QueueKeys::new("redq", "q").unwrap();
-    eventually("the first claim", || async {
+    eventually("the first claim", WAIT, || async {
         !registrations(&redis, &q).await.is_empty()
     })
     .await;
@@ -778,9 +752,9 @@ async fn an_enqueue_wakes_an_idle_daemon_at_once() {
     let d = launch(WorkerBuilder::new(cfg).handler("q", handler)).await;
     // Idle: the pool made its first claim (the only script call so far) and
     // the waker is blocked on the wake list.
-    eventually("the daemon to go idle", || async {
-        let claimed = script_calls(&info(&redis, "commandstats").await) > 0;
-        let clients = info(&redis, "clients").await;
+    eventually("the daemon to go idle", WAIT, || async {
+        let claimed = redis.script_calls().await > 0;
+        let clients = redis.info("clients").await;
         claimed && clients["blocked_clients"] != "0"
     })
     .await;
@@ -805,7 +779,7 @@ async fn an_idle_daemon_is_handed_jobs_directly_and_unregisters_when_it_stops() 
     let q = client.store().queue("q").unwrap();
     let registered = || async { registrations(&redis, &q).await.len() };
     // Its first claim found nothing: it waits for a hand-off.
-    eventually("the idle daemon to register", || async {
+    eventually("the idle daemon to register", WAIT, || async {
         registered().await == 1
     })
     .await;
@@ -841,25 +815,21 @@ async fn an_idle_daemon_renews_its_hand_off_registration_without_a_script() {
             .map(|(_, v)| v)
     };
     let expires = |v: &str| -> i64 { v.rsplit(',').next().unwrap().parse().unwrap() };
-    eventually("the idle daemon to register", || async {
-        entry().await.is_some()
-    })
-    .await;
-    let first = entry().await.expect("registered");
-    let scripts = script_calls(&info(&redis, "commandstats").await);
+    let first = eventually("the idle daemon to register", WAIT, entry).await;
+    let scripts = redis.script_calls().await;
     // Half way to its expiry (10 s at least) the registration is renewed.
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let renewed = loop {
+    let renewed = eventually("the registration to be renewed", secs(15), || async {
         let now = entry().await.expect("still registered");
         if expires(&now) > expires(&first) {
-            break now;
+            Ok(now)
+        } else {
+            Err(now)
         }
-        assert!(Instant::now() < deadline, "not renewed: {now}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    })
+    .await;
     // Same free slots, by one HSET in the idle look, not by a claim.
     assert_eq!(renewed.split(',').next(), first.split(',').next());
-    assert_eq!(script_calls(&info(&redis, "commandstats").await), scripts);
+    assert_eq!(redis.script_calls().await, scripts);
     d.stop().await;
 }
 
@@ -874,7 +844,7 @@ async fn jobs_handed_to_idle_daemons_run_once_each() {
     }
     let client = Arc::new(redis.client().await);
     let q = client.store().queue("q").unwrap();
-    eventually("three idle daemons to register", || async {
+    eventually("three idle daemons to register", WAIT, || async {
         registrations(&redis, &q).await.len() == 3
     })
     .await;
@@ -971,7 +941,7 @@ async fn jobs_handed_over_beyond_the_free_slots_are_released_unspent_and_run_lat
     let client = redis.client().await;
     let q = client.store().queue("q").unwrap();
     let mut con = redis.con().await;
-    eventually("the idle daemon to register", || async {
+    eventually("the idle daemon to register", WAIT, || async {
         !registrations(&redis, &q).await.is_empty()
     })
     .await;

@@ -3,9 +3,11 @@
 
 mod common;
 
-use std::time::Duration;
-
-use common::{within, RedisServer};
+use common::embedded::launch;
+use common::http::{get, sample};
+use common::producers::fcall_reply;
+use common::server::RedisServer;
+use common::wait::{eventually, secs};
 use redq::daemon::WorkerBuilder;
 use redq::NewJob;
 
@@ -30,43 +32,29 @@ handler = {{ builtin = "fail" }}
     .unwrap()
 }
 
-async fn get(url: &str) -> (u16, String) {
-    match reqwest::get(url).await {
-        Ok(r) => (r.status().as_u16(), r.text().await.unwrap_or_default()),
-        Err(e) => (0, e.to_string()),
-    }
-}
-
 /// Polls `url` until `check` holds on (status, body), within a bound.
-async fn wait_for(url: &str, check: impl Fn(u16, &str) -> bool) -> (u16, String) {
-    within(20, async {
-        loop {
+async fn get_until(url: &str, check: impl Fn(u16, &str) -> bool) -> (u16, String) {
+    eventually(
+        &format!("{url} to answer as expected"),
+        secs(20),
+        || async {
             let (code, body) = get(url).await;
             if check(code, &body) {
-                return (code, body);
+                Ok((code, body))
+            } else {
+                Err(format!("{code} {body}"))
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
+        },
+    )
     .await
-}
-
-fn sample(body: &str, series: &str) -> Option<f64> {
-    body.lines()
-        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
 }
 
 #[tokio::test]
 async fn metrics_count_outcomes_and_health_follows_redis() {
     let mut redis = RedisServer::start_with(&["--appendonly", "yes"]);
     let client = redis.client().await;
-    let daemon = WorkerBuilder::new(config(&redis.url()))
-        .start()
-        .await
-        .unwrap();
-    let base = format!("http://{}", daemon.http_addr());
-    let handle = daemon.handle();
-    let run = tokio::spawn(daemon.run());
+    let daemon = launch(WorkerBuilder::new(config(&redis.url()))).await;
+    let base = daemon.url("");
 
     client
         .enqueue_many("ok", (0..20).map(|n| NewJob::new(&n).unwrap()).collect())
@@ -77,7 +65,7 @@ async fn metrics_count_outcomes_and_health_follows_redis() {
         .await
         .unwrap();
     let metrics = format!("{base}/metrics");
-    let (_, body) = wait_for(&metrics, |_, b| {
+    let (_, body) = get_until(&metrics, |_, b| {
         sample(b, r#"redq_jobs_total{queue="ok",outcome="succeeded"}"#) == Some(20.0)
             && sample(b, r#"redq_jobs_total{queue="bad",outcome="dead"}"#) == Some(3.0)
     })
@@ -97,7 +85,7 @@ async fn metrics_count_outcomes_and_health_follows_redis() {
     };
     assert_eq!(started("claim") + started("handoff"), 20.0);
     // Depth gauges come from the poller, a few seconds at most behind.
-    let (_, body) = wait_for(&metrics, |_, b| {
+    let (_, body) = get_until(&metrics, |_, b| {
         sample(b, r#"redq_queue_jobs{queue="bad",state="dead"}"#) == Some(3.0)
     })
     .await;
@@ -108,7 +96,7 @@ async fn metrics_count_outcomes_and_health_follows_redis() {
     assert_eq!(get(&format!("{base}/healthz")).await.0, 200);
     assert_eq!(get(&ready).await.0, 200);
     redis.kill();
-    let (code, body) = wait_for(&ready, |c, _| c == 503).await;
+    let (code, body) = get_until(&ready, |c, _| c == 503).await;
     assert_eq!(code, 503);
     assert!(body.contains("\"redis\":false"), "{body}");
     assert_eq!(
@@ -117,53 +105,37 @@ async fn metrics_count_outcomes_and_health_follows_redis() {
         "the process itself is alive"
     );
     redis.restart();
-    wait_for(&ready, |c, _| c == 200).await;
+    get_until(&ready, |c, _| c == 200).await;
     // And it still works: a job enqueued after the restart runs.
     let client = redis.client().await;
     client
         .enqueue("ok", NewJob::new(&"after").unwrap())
         .await
         .unwrap();
-    wait_for(&metrics, |_, b| {
+    get_until(&metrics, |_, b| {
         sample(b, r#"redq_jobs_total{queue="ok",outcome="succeeded"}"#) == Some(21.0)
     })
     .await;
-    handle.shutdown();
-    within(20, run).await.unwrap().unwrap();
+    daemon.stop().await;
 }
 
 #[tokio::test]
 async fn a_lost_function_library_is_loaded_again() {
     let redis = RedisServer::start();
-    let daemon = WorkerBuilder::new(config(&redis.url()))
-        .start()
-        .await
-        .unwrap();
-    let handle = daemon.handle();
-    let run = tokio::spawn(daemon.run());
+    let daemon = launch(WorkerBuilder::new(config(&redis.url()))).await;
     // As after a restart of a Redis without persistence.
     redis.cli(&["FUNCTION", "DELETE", "redq"]).unwrap();
-    let id = within(20, async {
-        loop {
-            let out = redis
-                .cli(&[
-                    "FCALL",
-                    "redq_enqueue",
-                    "1",
-                    "redq:{ok}",
-                    r#"{"payload":1}"#,
-                ])
-                .unwrap();
-            if !out.contains("ERR") {
-                return out;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+    let id = eventually("the library to be loaded again", secs(20), || async {
+        let out = fcall_reply(&redis, "ok", r#"{"payload":1}"#);
+        if !out.contains("ERR") {
+            Ok(out)
+        } else {
+            Err(out)
         }
     })
     .await;
     assert_eq!(id.trim().len(), 26, "{id}");
-    handle.shutdown();
-    within(20, run).await.unwrap().unwrap();
+    daemon.stop().await;
 }
 
 #[tokio::test]
@@ -174,16 +146,14 @@ async fn command_handler_resources_are_summed_in_metrics() {
         redis.url()
     ))
     .unwrap();
-    let daemon = WorkerBuilder::new(cfg).start().await.unwrap();
-    let metrics = format!("http://{}/metrics", daemon.http_addr());
-    let handle = daemon.handle();
-    let run = tokio::spawn(daemon.run());
+    let daemon = launch(WorkerBuilder::new(cfg)).await;
+    let metrics = daemon.url("/metrics");
     let client = redis.client().await;
     client
         .enqueue_many("cmd", (0..3).map(|n| NewJob::new(&n).unwrap()).collect())
         .await
         .unwrap();
-    let (_, body) = wait_for(&metrics, |_, b| {
+    let (_, body) = get_until(&metrics, |_, b| {
         sample(b, r#"redq_command_runs_total{queue="cmd"}"#) == Some(3.0)
     })
     .await;
@@ -194,6 +164,5 @@ async fn command_handler_resources_are_summed_in_metrics() {
     );
     assert!(sample(&body, r#"redq_command_max_rss_bytes{queue="cmd"}"#).unwrap() > 0.0);
     assert!(sample(&body, r#"redq_command_cpu_seconds_total{queue="cmd"}"#).is_some());
-    handle.shutdown();
-    within(20, run).await.unwrap().unwrap();
+    daemon.stop().await;
 }

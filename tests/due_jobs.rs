@@ -14,25 +14,20 @@
 mod common;
 
 use std::collections::HashMap;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use common::embedded::*;
-use common::{within, RedisServer};
+use common::producers::fcall_async;
+use common::server::RedisServer;
+use common::snapshot::registrations;
+use common::wait::{eventually, now_ms, sleep_past_ms, within, WAIT};
 use redq::daemon::WorkerBuilder;
 use redq::keys::QueueKeys;
 use redq::{JobContext, NewJob, Outcome};
 use tokio::sync::{mpsc, Semaphore};
-use tokio::time::Instant;
 
 /// How late a due job may start in these tests.
 const LATE: i64 = 500;
-
-fn unix_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
 
 /// One start of a job, as its handler saw it.
 #[derive(Debug, Clone)]
@@ -57,7 +52,7 @@ fn starts(
             let _ = tx.send(Start {
                 n,
                 attempt: ctx.attempt,
-                at_ms: unix_ms(),
+                at_ms: now_ms(),
                 daemon,
             });
             if n == 0 {
@@ -73,35 +68,23 @@ fn starts(
     }
 }
 
-/// When job `id` of `q` is due, as Redis keeps it (its `scheduled` score).
+/// When job `id` of `q` is due, as Redis keeps it (its `scheduled` score),
+/// once it is scheduled.
 async fn due_ms(redis: &RedisServer, q: &QueueKeys, id: &str) -> i64 {
-    let mut con = redis.con().await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let score: Option<f64> = redis::cmd("ZSCORE")
-            .arg(q.scheduled())
-            .arg(id)
-            .query_async(&mut con)
-            .await
-            .unwrap();
-        if let Some(s) = score {
-            return s as i64;
+    let con = redis.con().await;
+    eventually(&format!("{id} to be scheduled"), WAIT, || {
+        let mut con = con.clone();
+        async move {
+            let score: Option<f64> = redis::cmd("ZSCORE")
+                .arg(q.scheduled())
+                .arg(id)
+                .query_async(&mut con)
+                .await
+                .unwrap();
+            score.map(|s| s as i64)
         }
-        assert!(Instant::now() < deadline, "{id} never scheduled");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
-/// `FCALL redq_enqueue` as a producer in another language would send it.
-async fn fcall(redis: &RedisServer, queue: &str, doc: &str) -> String {
-    redis::cmd("FCALL")
-        .arg("redq_enqueue")
-        .arg(1)
-        .arg(format!("redq:{{{queue}}}"))
-        .arg(doc)
-        .query_async(&mut redis.con().await)
-        .await
-        .unwrap_or_else(|e| panic!("FCALL refused {doc}: {e}"))
+    })
+    .await
 }
 
 async fn next(rx: &mut mpsc::UnboundedReceiver<Start>) -> Start {
@@ -122,18 +105,8 @@ fn on_time(start: &Start, due: i64) {
 /// Waits until the daemon's pool of `q` is registered for hand-off: idle,
 /// blocked on its lists, with nothing else to wake it.
 async fn registered(redis: &RedisServer, q: &QueueKeys) {
-    let con = redis.con().await;
-    let q = q.clone();
-    eventually("a hand-off registration", || {
-        let (q, mut con) = (q.clone(), con.clone());
-        async move {
-            let n: u64 = redis::cmd("HLEN")
-                .arg(q.idle())
-                .query_async(&mut con)
-                .await
-                .unwrap();
-            n > 0
-        }
+    eventually("a hand-off registration", WAIT, || async {
+        !registrations(redis, q).await.is_empty()
     })
     .await;
 }
@@ -163,7 +136,7 @@ async fn a_delayed_job_starts_at_its_due_time_on_an_idle_daemon() {
     registered(&redis, &q).await;
 
     // Through FCALL, as any producer; then through the Rust client.
-    let id = fcall(&redis, "q", r#"{"payload":1,"delay_ms":700}"#).await;
+    let id = fcall_async(&redis, "q", r#"{"payload":1,"delay_ms":700}"#).await;
     let due = due_ms(&redis, &q, &id).await;
     on_time(&next(&mut rx).await, due);
     registered(&redis, &q).await;
@@ -243,12 +216,10 @@ async fn jobs_already_due_when_a_daemon_starts_run_at_once() {
         ids.push(client.enqueue("q", j).await.unwrap().id);
     }
     let last_due = due_ms(&redis, &q, &ids[2]).await;
-    while unix_ms() <= last_due {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    sleep_past_ms(last_due).await;
     let (tx, mut rx) = mpsc::unbounded_channel();
     let hold = std::sync::Arc::new(Semaphore::new(0));
-    let started = unix_ms();
+    let started = now_ms();
     let d =
         launch(WorkerBuilder::new(one_queue(&redis, 4)).handler("q", starts("a", tx, hold))).await;
     for _ in 0..3 {
@@ -368,7 +339,7 @@ async fn many_jobs_due_at_one_instant_all_run_starting_on_time() {
     let d =
         launch(WorkerBuilder::new(one_queue(&redis, 50)).handler("q", starts("a", tx, hold))).await;
     registered(&redis, &q).await;
-    let at = unix_ms() + 2_000;
+    let at = now_ms() + 2_000;
     for chunk in (1..=N).collect::<Vec<_>>().chunks(1000) {
         let jobs = chunk
             .iter()
@@ -376,7 +347,7 @@ async fn many_jobs_due_at_one_instant_all_run_starting_on_time() {
             .collect();
         client.enqueue_many("q", jobs).await.unwrap();
     }
-    assert!(unix_ms() < at, "enqueueing took longer than the delay");
+    assert!(now_ms() < at, "enqueueing took longer than the delay");
     let first = next(&mut rx).await;
     on_time(&first, at);
     let mut ran = 1;

@@ -7,29 +7,23 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::{snapshot, within, RedisServer};
+use common::embedded::launch;
+use common::process::redq;
+use common::producers::fcall;
+use common::server::RedisServer;
+use common::snapshot::snapshot;
+use common::store::{claim, done, failure, DEAD, KEEP_NONE, LEASE};
+use common::wait::{wait_for, within, WAIT};
 use redq::config;
 use redq::daemon::WorkerBuilder;
 use redq::keys::{QueueKeys, PARTS};
-use redq::store::{Completion, FailResult, Failure, Retention, Store};
+use redq::store::FailResult;
 use redq::NewJob;
 use serde_json::json;
-
-const LEASE: Duration = Duration::from_secs(30);
-const KEEP_NONE: Retention = Retention {
-    keep: 0,
-    max_age: Duration::ZERO,
-};
-const DEAD: Retention = Retention {
-    keep: 100,
-    max_age: Duration::ZERO,
-};
-/// The longest a test waits for a line or an exit.
-const WAIT: Duration = Duration::from_secs(10);
 
 /// One stream entry: its id and its fields in order.
 type Entry = (String, Vec<(String, String)>);
@@ -80,47 +74,6 @@ fn enable(redis: &RedisServer, q: &QueueKeys, cap: u64) {
         .unwrap();
 }
 
-fn fcall(redis: &RedisServer, queue: &str, doc: &str) -> String {
-    redis
-        .cli(&[
-            "FCALL",
-            "redq_enqueue",
-            "1",
-            &format!("redq:{{{queue}}}"),
-            doc,
-        ])
-        .unwrap()
-        .trim()
-        .to_owned()
-}
-
-async fn claim(store: &Store, q: &QueueKeys, max: usize) -> Vec<redq::store::ClaimedJob> {
-    store.claim(q, max, LEASE, 100, 100).await.unwrap().jobs
-}
-
-fn done<'a>(j: &'a redq::store::ClaimedJob) -> Completion<'a> {
-    Completion {
-        id: &j.id,
-        fence: j.fence,
-        unique_key: None,
-        result: None,
-    }
-}
-
-fn failure<'a>(
-    j: &'a redq::store::ClaimedJob,
-    retry_in: Option<Duration>,
-    error: &'a str,
-) -> Failure<'a> {
-    Failure {
-        id: &j.id,
-        fence: j.fence,
-        retry_in,
-        error,
-        unique_key: None,
-    }
-}
-
 /// Runs every transition once over a queue: enqueue (client, FCALL, inbox,
 /// scheduled), claim, complete, fail (retry and dead), dead retry, release,
 /// reap (back to pending, then dead).
@@ -152,7 +105,7 @@ async fn lifecycle(redis: &RedisServer, client: &redq::Client, queue: &str) {
         .cli(&["LPUSH", q.inbox(), r#"{"payload":3,"id":"c"}"#])
         .unwrap();
 
-    let jobs = claim(store, &q, 10).await;
+    let jobs = claim(store, queue, 10).await.jobs;
     let ids: Vec<&str> = jobs.iter().map(|j| j.id.as_str()).collect();
     assert_eq!(ids, ["a", "b", "c"]);
     let (a, b, c) = (&jobs[0], &jobs[1], &jobs[2]);
@@ -172,12 +125,12 @@ async fn lifecycle(redis: &RedisServer, client: &redq::Client, queue: &str) {
         store.dead_retry(&q, &["c".to_owned()]).await.unwrap(),
         vec![redq::store::DeadRetry::Requeued]
     );
-    let c = claim(store, &q, 1).await.remove(0);
+    let c = claim(store, queue, 1).await.jobs.remove(0);
     assert_eq!(
         store.release(&q, &[(&c.id, c.fence)]).await.unwrap(),
         vec![true]
     );
-    let c = claim(store, &q, 1).await.remove(0);
+    let c = claim(store, queue, 1).await.jobs.remove(0);
     store
         .extend(&q, &[(&c.id, c.fence)], Duration::ZERO)
         .await
@@ -186,7 +139,7 @@ async fn lifecycle(redis: &RedisServer, client: &redq::Client, queue: &str) {
         store.reap(&q, 10, 5, DEAD, Duration::ZERO).await.unwrap(),
         (1, 0)
     );
-    let c = claim(store, &q, 1).await.remove(0);
+    let c = claim(store, queue, 1).await.jobs.remove(0);
     assert_eq!(c.attempt, 2);
     store
         .extend(&q, &[(&c.id, c.fence)], Duration::ZERO)
@@ -427,12 +380,17 @@ fn lines(r: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
 impl Watch {
     /// Starts `redq watch <queue> <args>` and waits until it is reading.
     fn start(redis: &RedisServer, queue: &str, args: &[&str]) -> Watch {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_redq"))
+        let mut w = Watch::spawn(redis, queue, args);
+        w.stderr_until(|l| l.contains("redq: watching"));
+        w
+    }
+
+    /// Starts `redq watch <queue> <args>`.
+    fn spawn(redis: &RedisServer, queue: &str, args: &[&str]) -> Watch {
+        let mut child = redq()
             .args(["--redis-url", &redis.url(), "watch", queue])
             .args(args)
             .current_dir(redis.dir())
-            .env_remove("REDQ_REDIS__URL")
-            .env_remove("REDQ_REDIS__KEY_PREFIX")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -440,13 +398,11 @@ impl Watch {
             .expect("redq binary");
         let stdout = lines(child.stdout.take().unwrap());
         let stderr = lines(child.stderr.take().unwrap());
-        let mut w = Watch {
+        Watch {
             child,
             stdout: Some(stdout),
             stderr,
-        };
-        w.stderr_until(|l| l.contains("redq: watching"));
-        w
+        }
     }
 
     /// Reads stderr until a line matches; returns the lines read.
@@ -466,14 +422,9 @@ impl Watch {
     }
 
     fn wait_exit(&mut self) -> std::process::ExitStatus {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "redq watch did not exit");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_for("redq watch to exit", WAIT, || {
+            self.child.try_wait().unwrap()
+        })
     }
 }
 
@@ -520,7 +471,7 @@ async fn redq_watch_sees_the_events_of_a_job_and_stops_on_sigint() {
         .enqueue("w", NewJob::new(&1).unwrap().id("job-1"))
         .await
         .unwrap();
-    let jobs = claim(store, &q, 2).await;
+    let jobs = claim(store, "w", 2).await.jobs;
     let job = jobs.iter().find(|j| j.id == "job-1").unwrap();
     store.complete(&q, &[done(job)], KEEP_NONE).await.unwrap();
 
@@ -554,30 +505,7 @@ async fn redq_watch_json_says_when_events_are_off_keeps_watching_and_ends_on_a_c
     client.ensure_library().await.unwrap();
     let q = client.store().queue("j").unwrap();
     // Events off: said on stderr, and the watch goes on.
-    let mut watch = {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_redq"))
-            .args([
-                "--redis-url",
-                &redis.url(),
-                "watch",
-                "j",
-                "--json",
-                "--from-start",
-            ])
-            .current_dir(redis.dir())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("redq binary");
-        let stdout = lines(child.stdout.take().unwrap());
-        let stderr = lines(child.stderr.take().unwrap());
-        Watch {
-            child,
-            stdout: Some(stdout),
-            stderr,
-        }
-    };
+    let mut watch = Watch::spawn(&redis, "j", &["--json", "--from-start"]);
     let said = watch.stderr_until(|l| l.contains("redq: watching"));
     assert!(
         said.iter()
@@ -605,18 +533,10 @@ async fn redq_watch_json_says_when_events_are_off_keeps_watching_and_ends_on_a_c
 
     // Standard output closes (a reader like `head` is gone): the next event ends it cleanly.
     drop(watch.stdout.take());
-    let deadline = Instant::now() + WAIT;
-    let status = loop {
+    let status = wait_for("redq watch to exit on a closed pipe", WAIT, || {
         fcall(&redis, "j", r#"{"payload":2}"#);
-        if let Some(status) = watch.child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "redq watch did not exit on a closed pipe"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+        watch.child.try_wait().unwrap()
+    });
     assert!(status.success(), "{status:?}");
 }
 
@@ -638,11 +558,7 @@ async fn a_daemon_with_events_on_is_watched_end_to_end() {
         redis.url()
     );
     let cfg = config::load_from_str(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
-    let daemon = within(10, WorkerBuilder::new(cfg).start())
-        .await
-        .expect("daemon starts");
-    let handle = daemon.handle();
-    let task = tokio::spawn(daemon.run());
+    let daemon = launch(WorkerBuilder::new(cfg)).await;
     assert_eq!(
         redis.cli(&["HGET", q.meta(), "events"]).unwrap().trim(),
         "500"
@@ -671,8 +587,7 @@ async fn a_daemon_with_events_on_is_watched_end_to_end() {
     watch.signal(libc::SIGTERM);
     assert!(watch.wait_exit().success());
 
-    handle.shutdown();
-    within(20, task).await.unwrap().unwrap();
+    daemon.stop().await;
     assert_eq!(redis.cli(&["EXISTS", off.events()]).unwrap().trim(), "0");
 }
 

@@ -10,9 +10,13 @@ mod common;
 use std::fs;
 use std::path::Path;
 
-use common::daemon::*;
+use common::http::{http_get, sample};
+use common::process::*;
+use common::producers::fcall;
 use common::proxy::{Fault, Proxy};
-use common::RedisServer;
+use common::server::RedisServer;
+use common::wait::{eventually, now_ms, secs, sleep_past_ms, wait_for};
+use common::workers::*;
 
 /// A handler that writes its pid, then the time (Unix ms) every ~20 ms to
 /// `$OUT/run.<fence>` until it is killed: each run of a job leaves its own
@@ -144,16 +148,9 @@ fn a_daemon_starts_and_drains_a_redis_at_maxmemory() {
     let mut daemon = Daemon::start(&cfg, &d.join("redq.log"), &[]);
     wait_for(&format!("the {n} jobs to drain"), secs(30), || {
         let s = stats(&redis.url(), "q");
-        (s["pending"] == 0 && s["active"] == 0).then_some(())
+        s["pending"] == 0 && s["active"] == 0
     });
     assert!(daemon.exited().is_none(), "{}", daemon.log());
-}
-
-fn unix_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
 }
 
 #[tokio::test]
@@ -174,10 +171,8 @@ async fn fencing_tokens_never_repeat_after_redis_loses_its_latest_writes() {
     let lease = std::time::Duration::from_secs(60);
     let kept = store.claim(&q, 5, lease, 0, 0).await.unwrap();
     // The AOF marks each second it writes in; cut it after this one.
-    let second = unix_secs();
-    while unix_secs() == second {
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+    let second = now_ms() / 1000;
+    sleep_past_ms(second * 1000 + 999).await;
     let lost = store.claim(&q, 5, lease, 0, 0).await.unwrap();
     assert_eq!(lost.jobs.len(), 5);
 
@@ -201,15 +196,11 @@ async fn fencing_tokens_never_repeat_after_redis_loses_its_latest_writes() {
 
     // The first call after the restart finds the old connection broken
     // (nothing ran); the store reconnects for the next.
-    let again = common::within(10, async {
-        loop {
-            match store.claim(&q, 5, lease, 0, 0).await {
-                Ok(c) => return c,
-                Err(e) if e.is_transient() => {
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await
-                }
-                Err(e) => panic!("claim after the restart: {e}"),
-            }
+    let again = eventually("a claim after the restart", secs(10), || async {
+        match store.claim(&q, 5, lease, 0, 0).await {
+            Ok(c) => Ok(c),
+            Err(e) if e.is_transient() => Err(e.to_string()),
+            Err(e) => panic!("claim after the restart: {e}"),
         }
     })
     .await;
@@ -265,7 +256,7 @@ fn a_redis_that_lost_its_data_is_reported_and_the_queues_settings_written_again(
     });
     assert_eq!(lost, 1.0);
     wait_for("the queue's limits written again", secs(10), || {
-        (meta(&redis).trim() == "1000").then_some(())
+        meta(&redis).trim() == "1000"
     });
     let id = fcall(&redis, "q", r#"{"payload":{}}"#);
     wait_state(&redis.url(), "q", &id, &["succeeded"], secs(10));

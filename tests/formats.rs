@@ -14,7 +14,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::RedisServer;
+use common::server::RedisServer;
 use redq::inspect::JobState;
 use redq::job::Record;
 use redq::store::{parse_handoff, HandoffOffer, IdleLook, Registration, Retention};

@@ -2,12 +2,16 @@
 //! output caps, large payloads, time-out, cancellation, process-group clean-up,
 //! and programs started by posix_spawn rather than a fork of the daemon.
 
+mod common;
+
 use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;
 
+use common::process::{alive, read_pids};
+use common::wait::{eventually, secs};
 use redq::handler::command::{resolve_program, CommandHandler, CommandRun, CommandSpec};
 use redq::{Handler, JobContext, Outcome};
 use serde_json::value::RawValue;
@@ -54,43 +58,20 @@ fn error_of(outcome: &Outcome) -> &str {
     }
 }
 
-/// Waits (bounded) until `pid` no longer runs; a zombie counts as gone, since the
-/// container's init may not reap orphans.
+/// Waits (bounded) until `pid` no longer runs (a zombie counts as gone).
 async fn wait_gone(pid: i32) {
-    let gone = async {
-        loop {
-            // SAFETY: signal 0 only checks for existence.
-            let exists = unsafe { libc::kill(pid, 0) } == 0;
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            let zombie = stat
-                .rsplit(')')
-                .next()
-                .is_some_and(|rest| rest.trim_start().starts_with('Z'));
-            if !exists || zombie {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(10), gone)
-        .await
-        .unwrap_or_else(|_| panic!("pid {pid} still runs"));
+    eventually(&format!("pid {pid} to end"), secs(10), || async move {
+        !alive(pid)
+    })
+    .await;
 }
 
 /// Waits (bounded) until the script has written the grandchild's pid to `file`.
 async fn read_pid(file: &Path) -> i32 {
-    let read = async {
-        loop {
-            let text = std::fs::read_to_string(file).unwrap_or_default();
-            if let Ok(pid) = text.trim().parse() {
-                return pid;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(10), read)
-        .await
-        .expect("the script wrote its pid file")
+    eventually("the script to write its pid file", secs(10), || async {
+        read_pids(file).map(|pids| pids[0])
+    })
+    .await
 }
 
 #[tokio::test]

@@ -3,10 +3,12 @@
 
 mod common;
 
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{within, RedisServer};
+use common::embedded::launch;
+use common::process::{redq, run_async, Out};
+use common::server::RedisServer;
+use common::wait::{eventually, secs};
 use redq::daemon::WorkerBuilder;
 
 fn config(url: &str) -> redq::config::Config {
@@ -25,6 +27,7 @@ handler = {{ builtin = "noop" }}
     .unwrap()
 }
 
+/// How `redq health` ended: its exit code (-1 for a signal) and output.
 struct Run {
     code: i32,
     stdout: String,
@@ -33,44 +36,31 @@ struct Run {
 
 /// Runs `redq --redis-url <url> health <args>` off the async runtime.
 async fn health(url: &str, args: &[&str]) -> Run {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_redq"));
-    c.args(["--redis-url", url, "health"])
-        .args(args)
-        .env_remove("REDQ_REDIS__URL")
-        .env_remove("REDQ_REDIS__KEY_PREFIX")
-        .current_dir(std::env::temp_dir())
-        .stdin(Stdio::null());
-    let Output {
-        status,
+    let mut c = redq();
+    c.args(["--redis-url", url, "health"]).args(args);
+    let Out {
+        code,
         stdout,
         stderr,
-    } = within(30, tokio::task::spawn_blocking(move || c.output().unwrap()))
-        .await
-        .unwrap();
+    } = run_async(c, secs(30)).await;
     Run {
-        code: status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&stderr).into_owned(),
+        code: code.unwrap_or(-1),
+        stdout,
+        stderr,
     }
 }
 
 /// Runs `redq health` until it exits with `code`, within a bound.
 async fn health_until(url: &str, args: &[&str], code: i32) -> Run {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
+    eventually(&format!("redq health to exit {code}"), secs(20), || async {
         let r = health(url, args).await;
         if r.code == code {
-            return r;
+            Ok(r)
+        } else {
+            Err(format!("{} {} {}", r.code, r.stdout, r.stderr))
         }
-        assert!(
-            Instant::now() < deadline,
-            "redq health never exited {code}; last: {} {} {}",
-            r.code,
-            r.stdout,
-            r.stderr
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -87,10 +77,7 @@ async fn health_follows_daemon_heartbeats() {
         r.stderr
     );
 
-    let daemon = WorkerBuilder::new(config(&url)).start().await.unwrap();
-    let handle = daemon.handle();
-    let base = format!("http://{}", daemon.http_addr());
-    let run = tokio::spawn(daemon.run());
+    let daemon = launch(WorkerBuilder::new(config(&url))).await;
 
     let r = health_until(&url, &[], 0).await;
     assert!(r.stdout.contains("healthy: 1 daemon"), "{}", r.stdout);
@@ -127,7 +114,7 @@ async fn health_follows_daemon_heartbeats() {
     );
 
     // The heartbeat loop is covered by /healthz.
-    let body = reqwest::get(format!("{base}/healthz"))
+    let body = reqwest::get(daemon.url("/healthz"))
         .await
         .unwrap()
         .text()
@@ -135,8 +122,7 @@ async fn health_follows_daemon_heartbeats() {
         .unwrap();
     assert!(body.contains("\"heartbeat\""), "{body}");
 
-    handle.shutdown();
-    within(20, run).await.unwrap().unwrap();
+    daemon.stop().await;
     // A clean stop removes the entry at once, without waiting for expiry.
     let r = health(&url, &[]).await;
     assert_eq!(r.code, 1, "{} {}", r.stdout, r.stderr);
@@ -184,9 +170,7 @@ handler = {{ builtin = "fail" }}
 "#
     ))
     .unwrap();
-    let daemon = WorkerBuilder::new(cfg).start().await.unwrap();
-    let handle = daemon.handle();
-    let run = tokio::spawn(daemon.run());
+    let daemon = launch(WorkerBuilder::new(cfg)).await;
     let client = redis.client().await;
     let job = |n: u32| redq::NewJob::new(&n).unwrap();
     client
@@ -202,22 +186,23 @@ handler = {{ builtin = "fail" }}
     let mut con = redis.con().await;
     let q = |name: &str| redq::keys::QueueKeys::new("redq", name).unwrap();
     let (ok, bad) = (q("ok"), q("bad"));
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let counts = (
-            last_two_minutes(&mut con, &ok, "succeeded").await,
-            last_two_minutes(&mut con, &bad, "failed").await,
-            last_two_minutes(&mut con, &ok, "failed").await,
-        );
-        if counts == (30, 3, 0) {
-            break;
+    eventually("the buckets to add up", secs(20), || {
+        let mut con = con.clone();
+        let (ok, bad) = (ok.clone(), bad.clone());
+        async move {
+            let counts = (
+                last_two_minutes(&mut con, &ok, "succeeded").await,
+                last_two_minutes(&mut con, &bad, "failed").await,
+                last_two_minutes(&mut con, &ok, "failed").await,
+            );
+            if counts == (30, 3, 0) {
+                Ok(())
+            } else {
+                Err(format!("{counts:?}"))
+            }
         }
-        assert!(
-            Instant::now() < deadline,
-            "buckets never added up: {counts:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    })
+    .await;
     let (secs, _): (i64, i64) = redis::cmd("TIME").query_async(&mut con).await.unwrap();
     let ttl: i64 = redis::cmd("TTL")
         .arg(ok.rate(secs / 60))
@@ -226,25 +211,11 @@ handler = {{ builtin = "fail" }}
         .unwrap();
     assert!(ttl <= 180, "buckets expire by themselves: {ttl}");
 
-    let out = within(
-        30,
-        tokio::task::spawn_blocking({
-            let url = url.clone();
-            move || {
-                Command::new(env!("CARGO_BIN_EXE_redq"))
-                    .args(["--redis-url", &url, "stats", "--json"])
-                    .current_dir(std::env::temp_dir())
-                    .env_remove("REDQ_REDIS__URL")
-                    .env_remove("REDQ_REDIS__KEY_PREFIX")
-                    .output()
-                    .unwrap()
-            }
-        }),
-    )
-    .await
-    .unwrap();
-    assert_eq!(out.status.code(), Some(0));
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut stats = redq();
+    stats.args(["--redis-url", &url, "stats", "--json"]);
+    let out = run_async(stats, Duration::from_secs(30)).await;
+    assert_eq!(out.code, Some(0));
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
     let row = |name: &str| {
         v.as_array()
             .unwrap()
@@ -266,8 +237,7 @@ handler = {{ builtin = "fail" }}
     let p99 = row("ok")["run_p99_ms"].as_f64().unwrap();
     assert!(p50 <= p99 && p99 <= 1000.0, "{p50} {p99}");
 
-    handle.shutdown();
-    within(20, run).await.unwrap().unwrap();
+    daemon.stop().await;
 }
 
 /// `field` of the queue's rate buckets of this minute and the one before.

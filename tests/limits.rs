@@ -13,35 +13,18 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{within, RedisServer};
+use common::embedded::{self, counters_at_least, launch, payload_n, recv};
+use common::producers::job;
+use common::server::RedisServer;
+use common::snapshot::pending_ids;
+use common::store::{completions, done, ids, DEAD, KEEP_NONE, LEASE};
+use common::wait::within;
 use redq::config::{self, Config};
-use redq::daemon::{Counters, DaemonHandle, WorkerBuilder};
-use redq::store::{Completion, Retention, TenantLimits};
+use redq::daemon::{Counters, WorkerBuilder};
+use redq::store::TenantLimits;
 use redq::{JobContext, NewJob, Outcome};
 use tokio::sync::{mpsc, Semaphore};
 use tokio::time::Instant;
-
-const LEASE: Duration = Duration::from_secs(30);
-const KEEP_NONE: Retention = Retention {
-    keep: 0,
-    max_age: Duration::ZERO,
-};
-const DEAD: Retention = Retention {
-    keep: 100,
-    max_age: Duration::ZERO,
-};
-
-fn job(n: i64) -> NewJob {
-    NewJob::new(&n).unwrap()
-}
-
-fn ids(jobs: &[redq::store::ClaimedJob]) -> Vec<&str> {
-    jobs.iter().map(|j| j.id.as_str()).collect()
-}
-
-fn payload_n(ctx: &JobContext) -> i64 {
-    ctx.payload.get().parse().expect("payload is an integer")
-}
 
 async fn zcard(redis: &RedisServer, key: &str) -> u64 {
     redis::cmd("ZCARD")
@@ -76,24 +59,14 @@ async fn a_rate_limited_claim_hands_out_the_room_left_and_says_when_room_returns
     assert!(second.jobs.is_empty());
     assert!(second.throttled);
     assert_eq!(second.next_due_ms, Some(first.now_ms + 60_000));
-    assert_eq!(
-        common::pending_ids(&mut redis.con().await, &q).await.len(),
-        2
-    );
+    assert_eq!(pending_ids(&mut redis.con().await, &q).await.len(), 2);
     assert_eq!(zcard(&redis, q.active()).await, 3);
 
     // Completing does not give room back: the window counts claims.
-    let done: Vec<Completion> = first
-        .jobs
-        .iter()
-        .map(|j| Completion {
-            id: &j.id,
-            fence: j.fence,
-            unique_key: None,
-            result: None,
-        })
-        .collect();
-    store.complete(&q, &done, KEEP_NONE).await.unwrap();
+    store
+        .complete(&q, &completions(&first.jobs), KEEP_NONE)
+        .await
+        .unwrap();
     assert!(store
         .claim(&q, 10, LEASE, 0, 0)
         .await
@@ -178,9 +151,7 @@ async fn a_full_group_parks_its_jobs_and_others_run_past_them() {
     let ids: Vec<&str> = got.jobs.iter().map(|j| j.id.as_str()).collect();
     assert_eq!(ids, ["a1", "b1", "free"]);
     assert_eq!(zcard(&redis, q.parked()).await, 2);
-    assert!(common::pending_ids(&mut redis.con().await, &q)
-        .await
-        .is_empty());
+    assert!(pending_ids(&mut redis.con().await, &q).await.is_empty());
     // A parked job is pending to its readers (`redq job`, export).
     let parked = client.job("q", "a3").await.unwrap().unwrap();
     assert_eq!(parked.state, redq::inspect::JobState::Pending);
@@ -188,19 +159,7 @@ async fn a_full_group_parks_its_jobs_and_others_run_past_them() {
 
     // a1 completes: one parked job of `a` goes back to pending, in order.
     let a1 = &got.jobs[0];
-    store
-        .complete(
-            &q,
-            &[Completion {
-                id: &a1.id,
-                fence: a1.fence,
-                unique_key: None,
-                result: None,
-            }],
-            KEEP_NONE,
-        )
-        .await
-        .unwrap();
+    store.complete(&q, &[done(a1)], KEEP_NONE).await.unwrap();
     let next = store.claim(&q, 10, LEASE, 0, 0).await.unwrap();
     let ids: Vec<&str> = next.jobs.iter().map(|j| j.id.as_str()).collect();
     assert_eq!(ids, ["a2"]);
@@ -268,10 +227,7 @@ async fn a_tenant_over_its_limit_is_parked_and_other_tenants_run_past_it() {
         "a's room returns"
     );
     assert_eq!(zcard(&redis, q.tenant_parked()).await, 8);
-    assert_eq!(
-        common::pending_ids(&mut redis.con().await, &q).await.len(),
-        2
-    );
+    assert_eq!(pending_ids(&mut redis.con().await, &q).await.len(), 2);
     // A parked job is waiting to its readers, with no attempt spent.
     let a5 = client.job("q", "a5").await.unwrap().unwrap();
     assert_eq!(a5.state, redq::inspect::JobState::Pending);
@@ -387,41 +343,13 @@ async fn a_tenants_room_returns_when_its_oldest_claim_leaves_the_window() {
 
 // ---------------------------------------------------------- many daemons
 
-const DAEMON: &str =
-    "listen = \"127.0.0.1:0\"\nreap_interval = \"100ms\"\nshutdown_timeout = \"10s\"\n";
-
+/// The daemons' config: queue `q` with 2s leases renewed every 300ms and
+/// `queue` (TOML lines), `[daemon]` with `daemon` and short intervals.
 fn config(redis: &RedisServer, daemon: &str, queue: &str) -> Config {
-    let text = format!(
-        "[redis]\nurl = \"{}\"\n\n[daemon]\n{DAEMON}{daemon}\n[queues.q]\nlease = \"2s\"\nlease_renew = \"300ms\"\nmax_attempts = 3\n{queue}\n",
-        redis.url()
+    let q = format!(
+        "\n[queues.q]\nlease = \"2s\"\nlease_renew = \"300ms\"\nmax_attempts = 3\n{queue}\n"
     );
-    config::read_str(&text).unwrap_or_else(|e| panic!("{e}\n{text}"))
-}
-
-struct Running {
-    handle: DaemonHandle,
-    counters: Arc<Counters>,
-    task: tokio::task::JoinHandle<redq::Result<()>>,
-}
-
-async fn launch(builder: WorkerBuilder) -> Running {
-    let daemon = within(10, builder.start()).await.expect("daemon starts");
-    let (handle, counters) = (daemon.handle(), daemon.counters());
-    Running {
-        handle,
-        counters,
-        task: tokio::spawn(daemon.run()),
-    }
-}
-
-impl Running {
-    async fn stop(self) {
-        self.handle.shutdown();
-        within(20, self.task)
-            .await
-            .expect("daemon task")
-            .expect("daemon run");
-    }
+    embedded::config(redis, daemon, &q)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -456,7 +384,7 @@ async fn three_daemons_never_start_more_than_the_rate_limit_in_any_window() {
         .unwrap();
     let mut starts = Vec::new();
     for _ in 0..total {
-        starts.push(within(10, rx.recv()).await.expect("handler channel"));
+        starts.push(recv(&mut rx).await);
     }
     let took = began.elapsed();
 
@@ -562,7 +490,7 @@ async fn group_concurrency_holds_across_daemons_and_other_groups_run_meanwhile()
     let mut g_started = 0;
     let mut h_done = 0;
     while g_started < limit || h_done < 2 {
-        let (group, _, attempt) = within(10, started.recv()).await.expect("handler channel");
+        let (group, _, attempt) = recv(&mut started).await;
         assert_eq!(attempt, 1);
         if group == "g" {
             g_started += 1;
@@ -583,20 +511,12 @@ async fn group_concurrency_holds_across_daemons_and_other_groups_run_meanwhile()
         gate.add_permits(1);
     }
     while g_started < 6 {
-        let (group, _, attempt) = within(10, started.recv()).await.expect("handler channel");
+        let (group, _, attempt) = recv(&mut started).await;
         assert_eq!((group.as_str(), attempt), ("g", 1));
         g_started += 1;
     }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while daemons
-        .iter()
-        .map(|d| Counters::get(&d.counters.succeeded))
-        .sum::<u64>()
-        < 8
-    {
-        assert!(Instant::now() < deadline, "not every job succeeded");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let succeeded: Vec<_> = daemons.iter().map(|d| &d.counters.succeeded).collect();
+    counters_at_least("succeeded", &succeeded, 8).await;
     assert!(
         most.load(Ordering::SeqCst) <= limit,
         "more than {limit} `g` jobs ran at once"
@@ -646,7 +566,7 @@ async fn three_daemons_keep_each_tenant_within_its_limit_and_others_are_not_held
     client.enqueue_many("q", batch).await.unwrap();
     let mut starts = Vec::new();
     for _ in 0..n_slow + n_fast {
-        starts.push(within(10, rx.recv()).await.expect("handler channel"));
+        starts.push(recv(&mut rx).await);
     }
     let took = began.elapsed();
     starts.sort_by_key(|s| s.0);

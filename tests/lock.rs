@@ -4,7 +4,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::RedisServer;
+use common::server::RedisServer;
+use common::wait::within;
 use redq::lock::{try_acquire, Acquired};
 
 const TTL: Duration = Duration::from_secs(30);
@@ -92,7 +93,7 @@ async fn leaders(redis: &RedisServer, n: usize) -> Vec<Leader> {
 
 /// Waits (bounded) until `watch` says this process leads; returns the fence.
 async fn until_leader(watch: &mut LeaderWatch) -> u64 {
-    common::within(10, async {
+    within(10, async {
         loop {
             if let Some(f) = watch.fence() {
                 return f;
@@ -106,7 +107,7 @@ async fn until_leader(watch: &mut LeaderWatch) -> u64 {
 /// Waits (bounded) until exactly one of `leaders` leads; returns its index and fence.
 async fn the_leader(leaders: &[Leader]) -> (usize, u64) {
     let mut watches: Vec<LeaderWatch> = leaders.iter().map(Leader::watch).collect();
-    common::within(10, async {
+    within(10, async {
         loop {
             let now: Vec<(usize, u64)> = leaders
                 .iter()
@@ -180,7 +181,7 @@ async fn a_leader_that_cannot_renew_stops_claiming_within_the_ttl() {
             "60000",
         ])
         .unwrap();
-    common::within(5, async {
+    within(5, async {
         while watch.fence().is_some() {
             watch.changed().await;
         }
@@ -200,7 +201,7 @@ async fn a_leader_that_cannot_renew_stops_claiming_within_the_ttl() {
     // Redis goes away: it stops claiming within the TTL (by its own clock).
     let killed = tokio::time::Instant::now();
     redis.kill();
-    common::within(5, async {
+    within(5, async {
         while watch.fence().is_some() {
             let _ = tokio::time::timeout(Duration::from_millis(50), watch.changed()).await;
         }

@@ -17,8 +17,11 @@ mod common;
 use std::fs;
 use std::path::Path;
 
-use common::daemon::*;
-use common::RedisServer;
+use common::process::*;
+use common::producers::fcall;
+use common::server::RedisServer;
+use common::wait::{secs, wait_for};
+use common::workers::*;
 
 /// A wrapper that starts a long-running grandchild, writes
 /// "<wrapper pid> <grandchild pid>\n" to `$OUT/pids.<job id>`, and waits.
@@ -57,28 +60,11 @@ fn start_wrapped_jobs(redis: &RedisServer, d: &Path, jobs: usize) -> (Daemon, Re
             "pid {pid} ended before the test killed anything"
         );
     }
+    // The guard starts at the first spawn, after it (see `guard_of`).
+    wait_for("the daemon's guard process", secs(5), || {
+        guard_of(daemon.pid())
+    });
     (daemon, Reap(pids))
-}
-
-/// `(comm, ppid)` of a process, from `/proc/<pid>/stat`.
-fn comm_and_parent(pid: i32) -> Option<(String, i32)> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let (head, rest) = stat.rsplit_once(')')?;
-    let comm = head.split_once('(')?.1.to_owned();
-    let ppid = rest.split_whitespace().nth(1)?.parse().ok()?;
-    Some((comm, ppid))
-}
-
-/// The live child of `daemon` named `redq-guard`, if there is one.
-fn guard_of(daemon: i32) -> Option<i32> {
-    fs::read_dir("/proc")
-        .ok()?
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
-        .find(|&pid| {
-            alive(pid)
-                && comm_and_parent(pid)
-                    .is_some_and(|(comm, ppid)| comm == "redq-guard" && ppid == daemon)
-        })
 }
 
 fn kill_9(pid: i32) {

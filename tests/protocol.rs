@@ -5,7 +5,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{snapshot, RedisServer};
+use common::producers::{fcall, fcall_bytes, fcall_reply};
+use common::server::RedisServer;
+use common::snapshot::snapshot;
 use redq::job::{check_doc, JobDoc};
 use redq::scripts::LibraryStatus;
 use redq::store::HandoffOffer;
@@ -19,15 +21,6 @@ async fn setup() -> (RedisServer, redq::Client) {
         LibraryStatus::Loaded
     );
     (redis, client)
-}
-
-fn fcall(redis: &RedisServer, queue: &str, doc: &str) -> String {
-    let key = format!("redq:{{{queue}}}");
-    redis
-        .cli(&["FCALL", "redq_enqueue", "1", &key, doc])
-        .unwrap()
-        .trim()
-        .to_owned()
 }
 
 async fn claim_all(store: &Store, queue: &str) -> Vec<redq::store::ClaimedJob> {
@@ -149,7 +142,7 @@ async fn fcall_refuses_bad_documents_naming_the_field_and_writes_nothing() {
         ),
     ];
     for (doc, expect) in cases {
-        let out = fcall(&redis, "q", doc);
+        let out = fcall_reply(&redis, "q", doc);
         assert!(
             out.starts_with("ERR invalid job: ") && out.contains(expect),
             "{doc} -> {out}"
@@ -255,25 +248,13 @@ async fn rust_and_lua_agree_on_what_is_valid() {
         let rust_ok = serde_json::from_str::<JobDoc>(doc)
             .map_err(|e| e.to_string())
             .and_then(|d| check_doc(&d).map_err(|e| e.to_string()));
-        let lua = fcall(&redis, "agree", doc);
+        let lua = fcall_reply(&redis, "agree", doc);
         assert_eq!(
             rust_ok.is_ok(),
             !lua.starts_with("ERR"),
             "{doc}: rust {rust_ok:?}, lua {lua}"
         );
     }
-}
-
-/// `FCALL redq_enqueue` with a document given as raw bytes.
-async fn fcall_bytes(redis: &RedisServer, queue: &str, doc: &[u8]) -> Result<String, String> {
-    redis::cmd("FCALL")
-        .arg("redq_enqueue")
-        .arg(1)
-        .arg(format!("redq:{{{queue}}}"))
-        .arg(doc)
-        .query_async(&mut redis.con().await)
-        .await
-        .map_err(|e| e.to_string())
 }
 
 #[tokio::test]

@@ -6,7 +6,10 @@ mod common;
 use std::collections::HashSet;
 use std::time::Duration;
 
-use common::{snapshot, within, RedisServer};
+use common::server::{redis_ms, RedisServer};
+use common::snapshot::{pending_ids, snapshot};
+use common::store::{claim, completions, DEAD, KEEP_NONE, LEASE};
+use common::wait::{eventually, within, WAIT};
 use redq::inspect::JobState;
 use redq::store::HandoffOffer;
 use redq::store::{Completion, DeadRetry, EnqueueStatus, FailResult, Failure, Retention, Store};
@@ -14,37 +17,9 @@ use redq::usage::{self, Day, Tally};
 use redq::NewJob;
 use serde_json::json;
 
-const LEASE: Duration = Duration::from_secs(30);
-const KEEP_NONE: Retention = Retention {
-    keep: 0,
-    max_age: Duration::ZERO,
-};
-const DEAD: Retention = Retention {
-    keep: 100,
-    max_age: Duration::ZERO,
-};
-
+/// A job whose payload is `{"n": n}` (what [`payload_n`] reads back).
 fn job(n: i64) -> NewJob {
     NewJob::new(&json!({ "n": n })).unwrap()
-}
-
-async fn claim(store: &Store, queue: &str, max: usize) -> redq::store::Claimed {
-    store
-        .claim(&store.queue(queue).unwrap(), max, LEASE, 100, 100)
-        .await
-        .unwrap()
-}
-
-/// Plain successes (no unique key, no result) for claimed jobs.
-fn completions(jobs: &[redq::store::ClaimedJob]) -> Vec<Completion<'_>> {
-    jobs.iter()
-        .map(|j| Completion {
-            id: &j.id,
-            fence: j.fence,
-            unique_key: None,
-            result: None,
-        })
-        .collect()
 }
 
 fn payload_n(j: &redq::store::ClaimedJob) -> i64 {
@@ -138,7 +113,7 @@ async fn batches_beyond_luas_unpack_limit_are_split_and_lose_nothing() {
 
     // Released jobs are back at the head of the pending jobs in their order, and
     // every job is there once.
-    let line = common::pending_ids(&mut redis.con().await, &q).await;
+    let line = pending_ids(&mut redis.con().await, &q).await;
     assert_eq!(line.len(), 9000);
     assert_eq!(line.iter().collect::<HashSet<_>>().len(), 9000);
     let mut all = Vec::new();
@@ -381,14 +356,13 @@ async fn a_lease_is_taken_over_only_a_grace_after_its_deadline() {
     // Expired on Redis's clock, but within the grace: its holder may still
     // be stopping it.
     assert_eq!(store.reap(&q, 10, 5, DEAD, grace).await.unwrap(), (0, 0));
-    let mut con = redis.con().await;
-    loop {
-        let (s, us): (i64, i64) = redis::cmd("TIME").query_async(&mut con).await.unwrap();
-        if s * 1000 + us / 1000 > deadline + grace.as_millis() as i64 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let con = redis.con().await;
+    let past = deadline + grace.as_millis() as i64;
+    eventually("Redis's clock to pass the grace", WAIT, || {
+        let mut con = con.clone();
+        async move { redis_ms(&mut con).await > past }
+    })
+    .await;
     assert_eq!(store.reap(&q, 10, 5, DEAD, grace).await.unwrap(), (1, 0));
 }
 

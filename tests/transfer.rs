@@ -3,40 +3,35 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
-use common::RedisServer;
+use common::process::{self, run_bounded, run_with_input, Out};
+use common::server::RedisServer;
+use common::wait::secs;
 use redq::store::{Completion, Failure, Retention};
 use redq::NewJob;
 use serde_json::{json, Value};
 
+/// `redq --redis-url <url> <args>`, with a clean environment.
 fn redq(url: &str, args: &[&str]) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_redq"));
-    c.arg("--redis-url")
-        .arg(url)
-        .args(args)
-        .env_remove("REDQ_REDIS__URL");
-    c.current_dir(std::env::temp_dir());
+    let mut c = process::redq();
+    c.arg("--redis-url").arg(url).args(args);
     c
 }
 
-/// Runs `redq import q` with `input` on standard input.
-fn import(url: &str, input: &str) -> std::process::Output {
-    use std::io::Write;
-    let mut child = redq(url, &["import", "q"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
+/// Runs `redq export q` (bounded).
+fn export(url: &str) -> Out {
+    run_bounded(&mut redq(url, &["export", "q"]), secs(30))
+}
+
+/// Runs `redq import q` with `input` on standard input (bounded).
+fn import(url: &str, input: &str) -> Out {
+    run_with_input(
+        &mut redq(url, &["import", "q"]),
+        Some(input.as_bytes()),
+        secs(30),
+    )
 }
 
 fn by_id(text: &str) -> BTreeMap<String, Value> {
@@ -116,16 +111,9 @@ async fn export_then_import_restores_every_job_in_its_state() {
         .await
         .unwrap();
 
-    let out = redq(&src.url(), &["export", "q"])
-        .stdout(Stdio::piped())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let exported = String::from_utf8(out.stdout).unwrap();
+    let out = export(&src.url());
+    assert!(out.code == Some(0), "{}", out.stderr);
+    let exported = out.stdout;
     let before = by_id(&exported);
     assert_eq!(before.len(), 6);
     let states: BTreeMap<&str, &str> = before
@@ -147,15 +135,11 @@ async fn export_then_import_restores_every_job_in_its_state() {
 
     let dst = RedisServer::start();
     let out = import(&dst.url(), &exported);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("imported 6 jobs"));
+    assert!(out.code == Some(0), "{}", out.stdout);
+    assert!(out.stdout.contains("imported 6 jobs"));
 
-    let again = redq(&dst.url(), &["export", "q"]).output().unwrap();
-    let after = by_id(&String::from_utf8(again.stdout).unwrap());
+    let again = export(&dst.url());
+    let after = by_id(&again.stdout);
     for (id, mut v) in before {
         if id == "is-active" {
             // A lease cannot move between servers: it comes back pending, attempts kept.
@@ -168,7 +152,7 @@ async fn export_then_import_restores_every_job_in_its_state() {
     }
     // Importing the same file again changes nothing.
     let out = import(&dst.url(), &exported);
-    assert!(String::from_utf8_lossy(&out.stdout).contains("imported 0 jobs into q; skipped 6"));
+    assert!(out.stdout.contains("imported 0 jobs into q; skipped 6"));
     // The unique key came back with the live job.
     let dup = dst
         .client()
@@ -189,11 +173,11 @@ fn bad_lines_are_refused_by_number_and_the_rest_imported() {
     let good = r#"{"id":"a","state":"pending","priority":0,"max_attempts":0,"attempts":0,"enqueued_at_ms":1,"document":{"payload":1}}"#;
     let input = format!("{good}\nnot json\n{}\n", good.replace("\"a\"", "\"b c\""));
     let out = import(&dst.url(), &input);
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.code, Some(1));
+    let err = &out.stderr;
     assert!(
         err.contains("line 2") && err.contains("line 3") && err.contains("\"id\""),
         "{err}"
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("imported 1 jobs"));
+    assert!(out.stdout.contains("imported 1 jobs"));
 }

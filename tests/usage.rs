@@ -9,12 +9,13 @@ mod common;
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::Command;
-use std::time::Duration;
 
 use axum::routing::post;
 use axum::{Json, Router};
-use common::{within, RedisServer};
+use common::embedded::launch;
+use common::process::{redq, run_bounded};
+use common::server::RedisServer;
+use common::wait::{eventually, secs};
 use redq::daemon::WorkerBuilder;
 use redq::inspect::JobState;
 use redq::inspect::{self, UsageTotals};
@@ -103,21 +104,18 @@ fn got(totals: &[UsageTotals]) -> Expected {
         .collect()
 }
 
+/// `redq --redis-url <url> <args>` run in `dir`: what it printed, as JSON.
 fn redq_cli(dir: &Path, url: &str, args: &[&str]) -> serde_json::Value {
-    let out = Command::new(env!("CARGO_BIN_EXE_redq"))
-        .current_dir(dir)
-        .env_remove("REDQ_REDIS__URL")
-        .arg("--redis-url")
-        .arg(url)
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "redq {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = run_bounded(
+        redq()
+            .current_dir(dir)
+            .arg("--redis-url")
+            .arg(url)
+            .args(args),
+        secs(30),
     );
-    serde_json::from_slice(&out.stdout).unwrap()
+    assert!(out.code == Some(0), "redq {args:?}: {}", out.stderr);
+    serde_json::from_str(&out.stdout).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -130,13 +128,8 @@ async fn usage_adds_up_per_tenant_from_both_handler_kinds() {
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
     let web = web_server().await;
     let lib = |_ctx: JobContext| async { Outcome::Done { result: None } };
-    let daemon = WorkerBuilder::new(config(&redis.url(), &script, &web))
-        .handler("lib", lib)
-        .start()
-        .await
-        .unwrap();
-    let handle = daemon.handle();
-    let run = tokio::spawn(daemon.run());
+    let daemon =
+        launch(WorkerBuilder::new(config(&redis.url(), &script, &web)).handler("lib", lib)).await;
 
     let mut expected = Expected::new();
     let mut cmd_jobs = Vec::new();
@@ -179,17 +172,16 @@ async fn usage_adds_up_per_tenant_from_both_handler_kinds() {
     let queues: Vec<String> = ["cmd", "web", "lib"].map(String::from).to_vec();
     // Around midnight UTC the daemon may count on either side of it.
     let (since, until) = (Day::today().plus(-1), Day::today().plus(1));
-    let totals = within(60, async {
-        loop {
-            let t = inspect::totals(client.store(), &queues, None, since, until)
-                .await
-                .unwrap();
-            let jobs: f64 = t.iter().filter_map(|t| t.usage.get(usage::JOBS)).sum();
-            assert!(jobs <= total_jobs, "more jobs counted than run: {t:?}");
-            if jobs == total_jobs {
-                return t;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+    let totals = eventually("every job counted", secs(60), || async {
+        let t = inspect::totals(client.store(), &queues, None, since, until)
+            .await
+            .unwrap();
+        let jobs: f64 = t.iter().filter_map(|t| t.usage.get(usage::JOBS)).sum();
+        assert!(jobs <= total_jobs, "more jobs counted than run: {t:?}");
+        if jobs == total_jobs {
+            Ok(t)
+        } else {
+            Err(format!("{jobs} of {total_jobs} jobs"))
         }
     })
     .await;
@@ -267,6 +259,5 @@ async fn usage_adds_up_per_tenant_from_both_handler_kinds() {
     );
     assert!(ttls.iter().all(|t| *t == -2 || *t > 0), "ttls {ttls:?}");
 
-    handle.shutdown();
-    within(20, run).await.unwrap().unwrap();
+    daemon.stop().await;
 }

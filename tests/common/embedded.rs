@@ -1,26 +1,24 @@
 //! The daemon embedded as a library (`WorkerBuilder`, configured from TOML
 //! text) against the test's private redis-server, and the helpers the
-//! in-process tests share: bounded waits on counters, jobs and conditions,
-//! and a recording handler.
+//! in-process tests share: launching and stopping daemons (also one that can
+//! be crashed), bounded waits on counters and jobs, and a recording handler.
+//!
+//! A handler's channel is the test's signal that a job ran; [`Counters`]
+//! (written after Redis answered) and job states have no signal, so the
+//! helpers here poll them with [`eventually`].
 
-use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
-use std::time::Duration;
 
 use redq::config::{self, Config};
 use redq::daemon::{Counters, DaemonHandle, WorkerBuilder};
 use redq::inspect::{JobInfo, JobState};
-use redq::{Client, JobContext, NewJob, Outcome};
+use redq::{Client, JobContext, Outcome};
 use tokio::sync::mpsc;
-use tokio::time::Instant;
 
-use super::{within, RedisServer};
-
-/// The longest any single wait in these tests may take before it fails.
-pub const WAIT: Duration = Duration::from_secs(10);
-/// How often polled Redis state is read again.
-pub const POLL: Duration = Duration::from_millis(10);
+use super::server::RedisServer;
+use super::wait::{eventually, within, WAIT};
 
 pub fn init_tracing() {
     // RUST_LOG=redq=debug shows the daemon's logs of a failing test.
@@ -80,21 +78,31 @@ pub struct Running {
     pub handle: DaemonHandle,
     pub counters: Arc<Counters>,
     pub task: tokio::task::JoinHandle<redq::Result<()>>,
+    /// Where its `/metrics`, `/healthz` and `/readyz` are served.
+    pub http: SocketAddr,
 }
 
+/// Starts the daemon (bounded) and runs it in a task.
 pub async fn launch(builder: WorkerBuilder) -> Running {
     init_tracing();
     let daemon = within(10, builder.start()).await.expect("daemon starts");
-    // `run` consumes the daemon: take the handle and counters first.
-    let (handle, counters) = (daemon.handle(), daemon.counters());
+    // `run` consumes the daemon: take what the test needs first.
+    let (handle, counters, http) = (daemon.handle(), daemon.counters(), daemon.http_addr());
     Running {
         handle,
         counters,
         task: tokio::spawn(daemon.run()),
+        http,
     }
 }
 
 impl Running {
+    /// `http://<addr><path>` of its HTTP listener.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.http)
+    }
+
+    /// Shuts it down and waits (bounded) for `run` to return `Ok`.
     pub async fn stop(self) {
         self.handle.shutdown();
         within(20, self.task)
@@ -104,61 +112,108 @@ impl Running {
     }
 }
 
-/// Waits until `counter` reaches `n` (counters are written after Redis answers).
-pub async fn counter_reaches(what: &str, counter: &AtomicU64, n: u64) {
-    let deadline = Instant::now() + WAIT;
-    while Counters::get(counter) < n {
-        assert!(
-            Instant::now() < deadline,
-            "{what} stayed at {} (want {n})",
-            Counters::get(counter)
-        );
-        tokio::time::sleep(POLL).await;
+/// Shuts every daemon down at once, then waits for each (no daemon goes on
+/// alone while the others stop one by one).
+pub async fn stop_all(daemons: Vec<Running>) {
+    for d in &daemons {
+        d.handle.shutdown();
     }
+    for d in daemons {
+        within(20, d.task)
+            .await
+            .expect("daemon task")
+            .expect("daemon run");
+    }
+}
+
+/// A daemon on a runtime of its own, so a test can kill it like a crashed
+/// process: shutting the runtime down drops every task at once, with no
+/// step-down and nothing written to Redis (its locks and leases expire).
+pub struct Crashable {
+    rt: Option<tokio::runtime::Runtime>,
+    pub daemon: Running,
+}
+
+impl Crashable {
+    pub async fn launch(builder: WorkerBuilder) -> Crashable {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let daemon = within(20, rt.spawn(launch(builder))).await.unwrap();
+        Crashable {
+            rt: Some(rt),
+            daemon,
+        }
+    }
+
+    /// Kills the daemon abruptly.
+    pub fn crash(mut self) {
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+
+    /// Shuts the daemon down gracefully (bounded).
+    pub async fn stop(mut self) {
+        self.daemon.handle.shutdown();
+        within(20, &mut self.daemon.task).await.unwrap().unwrap();
+    }
+}
+
+impl Drop for Crashable {
+    fn drop(&mut self) {
+        // Dropping a runtime inside another one panics; this does not block.
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// Waits until `counter` reaches `n`, and checks it did not pass it.
+pub async fn counter_reaches(what: &str, counter: &AtomicU64, n: u64) {
+    counters_at_least(what, &[counter], n).await;
     assert_eq!(Counters::get(counter), n, "{what}");
 }
 
-/// Polls `check` until it holds, for at most [`WAIT`].
-pub async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = Instant::now() + WAIT;
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(POLL).await;
-    }
+/// Waits until `counters` (one per daemon, say) add up to at least `n`.
+pub async fn counters_at_least(what: &str, counters: &[&AtomicU64], n: u64) {
+    let sum = || counters.iter().map(|c| Counters::get(c)).sum::<u64>();
+    eventually(&format!("{what} to reach {n}"), WAIT, || async {
+        let now = sum();
+        if now >= n {
+            Ok(())
+        } else {
+            Err(format!("{what} at {now}"))
+        }
+    })
+    .await;
 }
 
-/// Polls one job until `done` holds for it; returns what was seen.
+/// Waits until `done` holds for one job; returns what was seen.
 pub async fn job_when(
     client: &Client,
     queue: &str,
     id: &str,
     done: impl Fn(&JobInfo) -> bool,
 ) -> JobInfo {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let info = client.job(queue, id).await.expect("job lookup");
-        match info {
-            Some(info) if done(&info) => return info,
-            _ if Instant::now() >= deadline => panic!("job {queue}/{id} never got there: {info:?}"),
-            _ => tokio::time::sleep(POLL).await,
+    eventually(&format!("job {queue}/{id} to get there"), WAIT, || async {
+        match client.job(queue, id).await.expect("job lookup") {
+            Some(info) if done(&info) => Ok(info),
+            seen => Err(format!("{seen:?}")),
         }
-    }
+    })
+    .await
 }
 
 pub async fn succeeded(client: &Client, queue: &str, id: &str) -> JobInfo {
     job_when(client, queue, id, |j| j.state == JobState::Succeeded).await
 }
 
+/// The next message from a handler (bounded).
 pub async fn recv<T>(rx: &mut mpsc::UnboundedReceiver<T>) -> T {
     within(10, rx.recv()).await.expect("handler channel closed")
-}
-
-pub fn job(n: i64) -> NewJob {
-    NewJob::new(&n).unwrap()
 }
 
 pub fn payload_n(ctx: &JobContext) -> i64 {

@@ -1,0 +1,213 @@
+//! A private `redis-server` per test: a free port on 127.0.0.1, a temp dir,
+//! no persistence unless asked, killed on drop. Never the Redis on 6379.
+//!
+//! Start-up waits for PING with a bounded time-out, and only a server that
+//! reports our child's pid counts: another test's server may hold a port we
+//! found free a moment before.
+
+use std::collections::HashMap;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct RedisServer {
+    child: Option<Child>,
+    pub port: u16,
+    dir: tempfile::TempDir,
+    extra: Vec<String>,
+}
+
+/// A port on 127.0.0.1 that nothing listened on a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free port on 127.0.0.1")
+}
+
+impl RedisServer {
+    /// Starts a fresh server with no persistence.
+    pub fn start() -> RedisServer {
+        RedisServer::start_with(&[])
+    }
+
+    /// Starts a fresh server with extra `redis-server` arguments (e.g. `--maxmemory`).
+    pub fn start_with(extra: &[&str]) -> RedisServer {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut server = RedisServer {
+            child: None,
+            port: 0,
+            dir,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        // A port found free can be taken before redis binds it: try a few.
+        for _ in 0..5 {
+            server.port = free_port();
+            if server.spawn() {
+                return server;
+            }
+        }
+        panic!(
+            "redis-server did not start; see {}",
+            server.log_path().display()
+        );
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("redis.log")
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn spawn(&mut self) -> bool {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+            ])
+            .args(["--appendonly", "no", "--daemonize", "no"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .arg("--logfile")
+            .arg(self.log_path())
+            .args(&self.extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server is not installed (apt-get install redis-server)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Some(Ok(Some(_))) = self.child.as_mut().map(|c| c.try_wait()) {
+                return false; // exited: port taken or bad argument
+            }
+            if self
+                .cli(&["PING"])
+                .map(|o| o.trim() == "PONG")
+                .unwrap_or(false)
+            {
+                // Another test's server may hold the port while ours fails to
+                // bind it and exits: only our own server counts.
+                if self.answers_as_child() {
+                    return true;
+                }
+                self.kill();
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    /// True when the server on our port is the process we started.
+    fn answers_as_child(&self) -> bool {
+        let Some(pid) = self
+            .child
+            .as_ref()
+            .map(|c| format!("process_id:{}", c.id()))
+        else {
+            return false;
+        };
+        self.cli(&["INFO", "server"])
+            .map(|o| o.lines().any(|l| l.trim() == pid))
+            .unwrap_or(false)
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Runs `redis-cli` against this server (a foreign producer); returns stdout.
+    pub fn cli(&self, args: &[&str]) -> std::io::Result<String> {
+        let out = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .output()?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Kills the server (SIGKILL) and waits for it to exit.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts the server again on the same port and directory.
+    pub fn restart(&mut self) {
+        self.kill();
+        assert!(
+            self.spawn(),
+            "redis-server did not restart; see {}",
+            self.log_path().display()
+        );
+    }
+
+    pub async fn client(&self) -> redq::Client {
+        redq::Client::connect(&self.url(), "redq")
+            .await
+            .expect("connect")
+    }
+
+    pub async fn con(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.url())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap()
+    }
+
+    /// `INFO <section>`, as field → value.
+    pub async fn info(&self, section: &str) -> HashMap<String, String> {
+        let text: String = redis::cmd("INFO")
+            .arg(section)
+            .query_async(&mut self.con().await)
+            .await
+            .unwrap();
+        text.lines()
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.to_owned(), v.trim().to_owned()))
+            .collect()
+    }
+
+    /// How many times `command` (lower case, as `INFO commandstats` names
+    /// it: "fcall", "evalsha") has run since start or `CONFIG RESETSTAT`.
+    pub async fn command_calls(&self, command: &str) -> u64 {
+        let stats = self.info("commandstats").await;
+        stats
+            .get(&format!("cmdstat_{command}"))
+            .and_then(|v| v.strip_prefix("calls=")?.split(',').next())
+            .map_or(0, |n| n.parse().unwrap())
+    }
+
+    /// Script calls of every kind (FCALL, EVALSHA and EVAL) so far.
+    pub async fn script_calls(&self) -> u64 {
+        let stats = self.info("commandstats").await;
+        ["cmdstat_fcall", "cmdstat_evalsha", "cmdstat_eval"]
+            .iter()
+            .filter_map(|k| stats.get(*k)?.strip_prefix("calls=")?.split(',').next())
+            .map(|n| n.parse::<u64>().unwrap())
+            .sum()
+    }
+}
+
+/// Redis's clock (`TIME`), in Unix ms.
+pub async fn redis_ms(con: &mut redis::aio::MultiplexedConnection) -> i64 {
+    let (s, us): (i64, i64) = redis::cmd("TIME").query_async(con).await.unwrap();
+    s * 1000 + us / 1000
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
