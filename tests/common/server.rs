@@ -1,18 +1,24 @@
 //! A private `redis-server` per test: a free port on 127.0.0.1, a temp dir,
 //! no persistence unless asked, killed on drop. Never the Redis on 6379.
 //!
-//! Start-up waits for PING with a bounded time-out, and only a server that
-//! reports our child's pid counts: another test's server may hold a port we
-//! found free a moment before.
+//! Started by `src/bench/redis_server.rs`, the one private-server starter
+//! (the bench uses it too): start-up waits with a bounded time-out, and only
+//! a server that reports our child's pid counts, since another test's server
+//! may hold a port we found free a moment before.
 
 use std::collections::HashMap;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+
+// The private-server starter `redq bench` uses too: one implementation.
+#[path = "../../src/bench/redis_server.rs"]
+mod redis_server;
+
+use redis_server::{Options, RedisProcess};
 
 pub struct RedisServer {
-    child: Option<Child>,
+    process: Option<RedisProcess>,
     pub port: u16,
     dir: tempfile::TempDir,
     extra: Vec<String>,
@@ -36,22 +42,33 @@ impl RedisServer {
     pub fn start_with(extra: &[&str]) -> RedisServer {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut server = RedisServer {
-            child: None,
+            process: None,
             port: 0,
             dir,
             extra: extra.iter().map(|s| s.to_string()).collect(),
         };
-        // A port found free can be taken before redis binds it: try a few.
-        for _ in 0..5 {
-            server.port = free_port();
-            if server.spawn() {
-                return server;
-            }
+        server.spawn(None);
+        server
+    }
+
+    fn options(&self) -> Options {
+        Options {
+            program: "redis-server".into(),
+            dir: self.dir.path().to_path_buf(),
+            logfile: Some(self.log_path()),
+            extra: self.extra.iter().map(Into::into).collect(),
         }
-        panic!(
-            "redis-server did not start; see {}",
-            server.log_path().display()
-        );
+    }
+
+    /// Starts the server (on `port`, or a free one), or panics saying why.
+    fn spawn(&mut self, port: Option<u16>) {
+        match RedisProcess::start(&self.options(), port) {
+            Ok(p) => {
+                self.port = p.port();
+                self.process = Some(p);
+            }
+            Err(e) => panic!("{e}; see {}", self.log_path().display()),
+        }
     }
 
     fn log_path(&self) -> PathBuf {
@@ -60,65 +77,6 @@ impl RedisServer {
 
     pub fn dir(&self) -> &Path {
         self.dir.path()
-    }
-
-    fn spawn(&mut self) -> bool {
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &self.port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-            ])
-            .args(["--appendonly", "no", "--daemonize", "no"])
-            .arg("--dir")
-            .arg(self.dir.path())
-            .arg("--logfile")
-            .arg(self.log_path())
-            .args(&self.extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server is not installed (apt-get install redis-server)");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Some(Ok(Some(_))) = self.child.as_mut().map(|c| c.try_wait()) {
-                return false; // exited: port taken or bad argument
-            }
-            if self
-                .cli(&["PING"])
-                .map(|o| o.trim() == "PONG")
-                .unwrap_or(false)
-            {
-                // Another test's server may hold the port while ours fails to
-                // bind it and exits: only our own server counts.
-                if self.answers_as_child() {
-                    return true;
-                }
-                self.kill();
-                return false;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        false
-    }
-
-    /// True when the server on our port is the process we started.
-    fn answers_as_child(&self) -> bool {
-        let Some(pid) = self
-            .child
-            .as_ref()
-            .map(|c| format!("process_id:{}", c.id()))
-        else {
-            return false;
-        };
-        self.cli(&["INFO", "server"])
-            .map(|o| o.lines().any(|l| l.trim() == pid))
-            .unwrap_or(false)
     }
 
     pub fn url(&self) -> String {
@@ -136,20 +94,13 @@ impl RedisServer {
 
     /// Kills the server (SIGKILL) and waits for it to exit.
     pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.process = None;
     }
 
     /// Starts the server again on the same port and directory.
     pub fn restart(&mut self) {
         self.kill();
-        assert!(
-            self.spawn(),
-            "redis-server did not restart; see {}",
-            self.log_path().display()
-        );
+        self.spawn(Some(self.port));
     }
 
     pub async fn client(&self) -> redq::Client {
@@ -204,10 +155,4 @@ impl RedisServer {
 pub async fn redis_ms(con: &mut redis::aio::MultiplexedConnection) -> i64 {
     let (s, us): (i64, i64) = redis::cmd("TIME").query_async(con).await.unwrap();
     s * 1000 + us / 1000
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        self.kill();
-    }
 }
