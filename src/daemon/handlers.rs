@@ -37,7 +37,11 @@ pub fn build(queue: &str, cfg: &HandlerConfig) -> Result<Built> {
             };
             // The handler kills its process group after kill_grace; wait a little longer.
             Built {
-                handler: Arc::new(CommandHandler::new(spec)),
+                handler: {
+                    // Guarded from the first program on (see guard::start_early).
+                    crate::handler::guard::start_early();
+                    Arc::new(CommandHandler::new(spec))
+                },
                 grace: c.kill_grace + Duration::from_secs(2),
             }
         }

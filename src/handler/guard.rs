@@ -11,9 +11,10 @@
 //! unreaped, with no descriptors to pass and no status to send back.
 //!
 //! How:
-//! - One guard per process, forked at the first registration (the first program
-//!   started): a fork, not an exec of `redq`, since library users embed the
-//!   daemon in binaries of their own. What runs in the child, and why it may only
+//! - One guard per process, forked when the daemon builds its first command
+//!   handler ([`start_early`]), or else at the first registration: a fork,
+//!   not an exec of `redq`, since library users embed the daemon in binaries
+//!   of their own. What runs in the child, and why it may only
 //!   make async-signal-safe calls, is in [`child`].
 //! - The two are joined by a socket pair. The daemon's end is close-on-exec, so
 //!   programs never inherit it, and the guard closes every descriptor but its own
@@ -95,6 +96,17 @@ static STATE: Mutex<State> = Mutex::new(State {
 
 fn state() -> MutexGuard<'static, State> {
     STATE.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Starts the guard now if none runs, so that the first program started is
+/// guarded from its first instant (the daemon calls it when it builds a
+/// command handler). Without it the guard starts at the first spawn, and a
+/// daemon killed during that fork would leave the first job's group alone.
+pub(crate) fn start_early() {
+    let mut state = state();
+    if state.guard.is_none() && state.failed_at.is_none_or(|at| at.elapsed() >= RETRY_START) {
+        start(&mut state);
+    }
 }
 
 /// Puts the group `pgid` (a just-spawned child's own group) under the guard,

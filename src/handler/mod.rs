@@ -15,7 +15,7 @@
 //! cancellation only leaks work, never blocks the daemon.
 
 pub mod command;
-mod guard;
+pub(crate) mod guard;
 pub mod http;
 
 use std::time::Duration;
