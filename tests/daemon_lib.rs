@@ -101,7 +101,7 @@ async fn a_library_handler_runs_jobs_and_its_results_are_kept() {
         assert_eq!(info.result, Some(format!("done {n}")));
         assert_eq!(info.last_error, None);
     }
-    counter_reaches("succeeded", &d.counters.succeeded, 5).await;
+    counter_reaches("succeeded", &d.counters, &d.counters.succeeded, 5).await;
     assert_eq!(Counters::get(&d.counters.retried), 0);
     assert_eq!(Counters::get(&d.counters.dead), 0);
     d.stop().await;
@@ -151,8 +151,8 @@ async fn a_panicking_handler_fails_the_attempt_is_retried_with_backoff_then_dead
         info.last_error.as_deref(),
         Some("attempt 3 of 3: handler panicked: boom on attempt 3")
     );
-    counter_reaches("retried", &d.counters.retried, 2).await;
-    counter_reaches("dead", &d.counters.dead, 1).await;
+    counter_reaches("retried", &d.counters, &d.counters.retried, 2).await;
+    counter_reaches("dead", &d.counters, &d.counters.dead, 1).await;
     assert!(attempts.try_recv().is_err(), "a dead job ran again");
     d.stop().await;
 }
@@ -179,7 +179,7 @@ async fn outcome_dead_buries_the_job_after_one_attempt() {
         info.last_error.as_deref(),
         Some("payload refused: no recipient")
     );
-    counter_reaches("dead", &d.counters.dead, 1).await;
+    counter_reaches("dead", &d.counters, &d.counters.dead, 1).await;
     assert_eq!(Counters::get(&d.counters.retried), 0);
     assert_eq!(calls.load(Ordering::SeqCst), 1);
     d.stop().await;
@@ -243,8 +243,8 @@ async fn outcome_retry_waits_its_backoff_or_the_delay_it_asks_for() {
     );
     succeeded(&client, "zero", &zero).await;
     succeeded(&client, "later", &later).await;
-    counter_reaches("retried", &d.counters.retried, 2).await;
-    counter_reaches("succeeded", &d.counters.succeeded, 2).await;
+    counter_reaches("retried", &d.counters, &d.counters.retried, 2).await;
+    counter_reaches("succeeded", &d.counters, &d.counters.succeeded, 2).await;
     d.stop().await;
 }
 
@@ -268,7 +268,7 @@ async fn a_job_whose_record_cannot_be_read_goes_dead_with_the_reason_and_the_dae
     let d =
         launch(WorkerBuilder::new(config(&redis, "", &queue("q", ""))).handler("q", handler)).await;
 
-    counter_reaches("dead", &d.counters.dead, 2).await;
+    counter_reaches("dead", &d.counters, &d.counters.dead, 2).await;
     let dead = client.dead_list("q", 0, 10).await.unwrap();
     for (id, (_, reason)) in ids.iter().zip(bad) {
         let entry = dead
@@ -311,7 +311,7 @@ async fn a_running_daemon_takes_jobs_in_priority_order() {
         order.push(recv(&mut ran).await);
     }
     assert_eq!(order, [5, 1, 3, 0, 2, 6, 4]);
-    counter_reaches("succeeded", &d.counters.succeeded, 7).await;
+    counter_reaches("succeeded", &d.counters, &d.counters.succeeded, 7).await;
     d.stop().await;
 }
 
@@ -358,7 +358,7 @@ async fn no_more_jobs_run_at_once_than_the_concurrency() {
         }
     }
     gate.add_permits(JOBS - released);
-    counter_reaches("succeeded", &d.counters.succeeded, JOBS as u64).await;
+    counter_reaches("succeeded", &d.counters, &d.counters.succeeded, JOBS as u64).await;
     assert_eq!(most.load(Ordering::SeqCst), LIMIT);
     d.stop().await;
 }
@@ -413,7 +413,7 @@ async fn a_daemon_keeps_runs_and_active_in_constant_time_encodings_and_counts_no
     let stats = client.stats(&["q".to_owned()]).await.unwrap();
     assert_eq!((stats[0].active, stats[0].pending), (4, 2), "{stats:?}");
     gate.add_permits(6);
-    counter_reaches("succeeded", &d.counters.succeeded, 6).await;
+    counter_reaches("succeeded", &d.counters, &d.counters.succeeded, 6).await;
     let stats = client.stats(&["q".to_owned()]).await.unwrap();
     assert_eq!((stats[0].active, stats[0].pending), (0, 0), "{stats:?}");
     // The reaper ran meanwhile (every 100ms here) and left the pin alone.
@@ -455,7 +455,7 @@ async fn a_strict_pool_empties_its_first_queue_before_the_next() {
     }
     let want: Vec<i64> = (0..8).chain(100..108).collect();
     assert_eq!(order, want);
-    counter_reaches("succeeded", &d.counters.succeeded, 16).await;
+    counter_reaches("succeeded", &d.counters, &d.counters.succeeded, 16).await;
     d.stop().await;
 }
 
@@ -502,7 +502,13 @@ async fn a_weighted_pool_serves_every_queue_in_proportion() {
     // Each queue keeps its own FIFO order.
     let a_order: Vec<i64> = order.iter().copied().filter(is_a).collect();
     assert_eq!(a_order, (0..EACH).collect::<Vec<_>>());
-    counter_reaches("succeeded", &d.counters.succeeded, 2 * EACH as u64).await;
+    counter_reaches(
+        "succeeded",
+        &d.counters,
+        &d.counters.succeeded,
+        2 * EACH as u64,
+    )
+    .await;
     d.stop().await;
 }
 
@@ -540,7 +546,7 @@ async fn a_lost_lease_cancels_the_handler_and_its_outcome_is_not_written() {
         "the lease keeper took {:?} to notice (renewal every 200ms)",
         noticed.elapsed()
     );
-    counter_reaches("lease_lost", &d.counters.lease_lost, 1).await;
+    counter_reaches("lease_lost", &d.counters, &d.counters.lease_lost, 1).await;
     // The handler's Done was not written: no completion, not even a refused one.
     assert_eq!(Counters::get(&d.counters.succeeded), 0);
     assert_eq!(Counters::get(&d.counters.stale_refused), 0);
@@ -557,7 +563,7 @@ async fn a_lost_lease_cancels_the_handler_and_its_outcome_is_not_written() {
     assert_eq!(recv(&mut events).await, ("started", 2));
     let info = succeeded(&client, "q", &id).await;
     assert_eq!(info.result.as_deref(), Some("attempt 2"));
-    counter_reaches("succeeded", &d.counters.succeeded, 1).await;
+    counter_reaches("succeeded", &d.counters, &d.counters.succeeded, 1).await;
     d.stop().await;
 }
 
@@ -959,7 +965,7 @@ async fn jobs_handed_over_beyond_the_free_slots_are_released_unspent_and_run_lat
         .enqueue_many("q", (1..=5).map(job).collect())
         .await
         .unwrap();
-    counter_reaches("released", &d.counters.released, 4).await;
+    counter_reaches("released", &d.counters, &d.counters.released, 4).await;
     hold.add_permits(1);
     let mut seen = std::collections::BTreeMap::new();
     while seen.len() < 5 {

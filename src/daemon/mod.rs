@@ -140,7 +140,9 @@ pub(crate) fn dead_retention(cfg: &QueueConfig) -> Retention {
     }
 }
 
-/// Counters since start, for STATUS lines and summary logs.
+/// Counters since start, for STATUS lines and summary logs; and a signal
+/// for whoever waits on them (an embedding program, a test): each change
+/// wakes [`Counters::until`].
 #[derive(Default)]
 pub struct Counters {
     pub succeeded: AtomicU64,
@@ -152,13 +154,32 @@ pub struct Counters {
     pub lease_lost: AtomicU64,
     pub stale_refused: AtomicU64,
     pub running: AtomicI64,
+    changed: tokio::sync::Notify,
 }
 
 impl Counters {
-    pub fn add(c: &AtomicU64, n: u64) {
+    /// Adds `n` to `c`, one of this value's counters, and wakes the waiters.
+    pub fn add(&self, c: &AtomicU64, n: u64) {
         c.fetch_add(n, Ordering::Relaxed);
+        self.changed.notify_waiters();
     }
+
     pub fn get(c: &AtomicU64) -> u64 {
         c.load(Ordering::Relaxed)
+    }
+
+    /// Waits until `holds` is true of the counters: checked now and after
+    /// every change, never by polling. Bound it with a time-out.
+    pub async fn until(&self, holds: impl Fn(&Counters) -> bool) {
+        loop {
+            let changed = self.changed.notified();
+            let mut changed = std::pin::pin!(changed);
+            // Registered before the check, so a change in between wakes it.
+            changed.as_mut().enable();
+            if holds(self) {
+                return;
+            }
+            changed.await;
+        }
     }
 }

@@ -129,7 +129,7 @@ async fn run_inner(
     match stop.reason() {
         StopReason::LeaseLost => {
             tracing::warn!("stopped: lease lost; the result is not written");
-            Counters::add(&counters.lease_lost, 1);
+            counters.add(&counters.lease_lost, 1);
             rt.metrics.job_outcome(&rt.name, JobOutcome::LeaseLost, 1);
             leases.remove(&rt.name, &[&id]);
             return true;

@@ -235,7 +235,7 @@ async fn write(ctx: &WriterCtx, store: &Store, batch: &[Report], counters: &Coun
         (JobOutcome::Released, ok(&r), &counters.released),
         (JobOutcome::StaleRefused, stale, &counters.stale_refused),
     ] {
-        Counters::add(counter, n);
+        counters.add(counter, n);
         ctx.metrics.job_outcome(&ctx.name, outcome, n);
     }
     if stale > 0 {

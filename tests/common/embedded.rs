@@ -171,9 +171,16 @@ impl Drop for Crashable {
     }
 }
 
-/// Waits until `counter` reaches `n`, and checks it did not pass it.
-pub async fn counter_reaches(what: &str, counter: &AtomicU64, n: u64) {
-    counters_at_least(what, &[counter], n).await;
+/// Waits until `counter`, one of `counters`, reaches `n` (no more): woken
+/// by each change of the daemon's counters, not by polling.
+pub async fn counter_reaches(what: &str, counters: &Counters, counter: &AtomicU64, n: u64) {
+    let reached = counters.until(|_| Counters::get(counter) >= n);
+    if tokio::time::timeout(WAIT, reached).await.is_err() {
+        panic!(
+            "timed out after {WAIT:?} waiting for {what} to reach {n} (at {})",
+            Counters::get(counter)
+        );
+    }
     assert_eq!(Counters::get(counter), n, "{what}");
 }
 

@@ -9,7 +9,7 @@ use tokio::time::Instant;
 
 use super::{Offered, Pool, PoolCtx};
 use crate::daemon::writer::Report;
-use crate::daemon::{Counters, QueueRt};
+use crate::daemon::QueueRt;
 use crate::keys::QueueKeys;
 use crate::observe::Start;
 use crate::store::{self, Registration};
@@ -77,7 +77,7 @@ impl Pool {
             })
             .map_or(latest, |d| d.min(latest));
         let n = claimed.jobs.len();
-        Counters::add(&ctx.counters.handed_off, n as u64);
+        ctx.counters.add(&ctx.counters.handed_off, n as u64);
         self.start_jobs(
             ctx,
             q,
