@@ -1247,7 +1247,7 @@ async fn a_busy_claim_or_ending_the_registration_stops_hand_offs() {
     // Ending it takes what was handed over and not yet received.
     let taken = store.end_handoff(&q, "d1").await.unwrap();
     assert_eq!(taken.len(), 1);
-    assert_eq!(redq::store::parse_handoff(&taken[0]).unwrap().jobs.len(), 1);
+    assert_eq!(taken[0].as_ref().unwrap().jobs.len(), 1);
     assert_eq!(registration(&redis, &q, "d1").await, None);
     assert!(handed(&redis, &q, "d1").await.is_empty());
 

@@ -84,7 +84,7 @@ pub async fn run(store: Store, routes: Routes, stop: CancellationToken) {
                         match r.get(&key) {
                             Some(Route::Wake(n)) => n.notify_one(),
                             Some(Route::Handoff(pool, queue)) => {
-                                pool.take_handoff(queue, &payload, received);
+                                pool.take_handoff(queue, store::parse_handoff(&payload), received);
                             }
                             None => {}
                         }

@@ -10,7 +10,7 @@
 
 use std::time::Duration;
 
-use super::{ms, Store};
+use super::{ms, parse_handoff, Claimed, Store};
 use crate::error::Result;
 use crate::keys::QueueKeys;
 
@@ -94,10 +94,10 @@ impl Store {
     }
 
     /// Ends `name`'s hand-off registration on `q` and takes what was
-    /// already handed to it (raw list elements, for [`parse_handoff`]).
-    /// Atomic: an enqueue either ran before (its element is taken here) or
-    /// after (it finds no registration).
-    pub async fn end_handoff(&self, q: &QueueKeys, name: &str) -> Result<Vec<String>> {
+    /// already handed to it, read ([`parse_handoff`]; an unreadable element
+    /// is an error in its place). Atomic: an enqueue either ran before (its
+    /// element is taken here) or after (it finds no registration).
+    pub async fn end_handoff(&self, q: &QueueKeys, name: &str) -> Result<Vec<Result<Claimed>>> {
         let key = q.handoff(name);
         let (_, taken, _): (i64, Vec<String>, i64) = redis::pipe()
             .atomic()
@@ -106,7 +106,7 @@ impl Store {
             .del(&key)
             .query_async(&mut self.connection())
             .await?;
-        Ok(taken)
+        Ok(taken.iter().map(|e| parse_handoff(e)).collect())
     }
 }
 

@@ -10,9 +10,10 @@ use tokio::time::Instant;
 use super::{Offered, Pool, PoolCtx};
 use crate::daemon::writer::Report;
 use crate::daemon::QueueRt;
+use crate::error::Result;
 use crate::keys::QueueKeys;
 use crate::observe::Start;
-use crate::store::{self, Registration};
+use crate::store::{Claimed, Registration};
 
 impl Pool {
     /// Called by the waker before a blocking pop that includes this pool's
@@ -32,12 +33,12 @@ impl Pool {
     }
 
     /// Starts the jobs of one element of this daemon's hand-off list of
-    /// `q`, as the waker received it (called on the waker's task: no hop
-    /// between receiving and starting). Once the pool has stopped claiming,
-    /// they are released instead.
-    pub fn take_handoff(&self, q: &Arc<QueueRt>, payload: &str, received: Instant) {
+    /// `q`, as the waker received and read it (called on the waker's task:
+    /// no hop between receiving and starting). Once the pool has stopped
+    /// claiming, they are released instead.
+    pub fn take_handoff(&self, q: &Arc<QueueRt>, element: Result<Claimed>, received: Instant) {
         let ctx = &*self.ctx;
-        let claimed = match store::parse_handoff(payload) {
+        let claimed = match element {
             Ok(c) => c,
             Err(e) => {
                 // Its jobs come back when their leases expire.
@@ -101,8 +102,8 @@ impl Pool {
         for q in &self.queues {
             match ctx.store.end_handoff(&q.keys, &self.handoff_name).await {
                 Ok(taken) => {
-                    for payload in taken {
-                        self.take_handoff(q, &payload, Instant::now());
+                    for element in taken {
+                        self.take_handoff(q, element, Instant::now());
                     }
                 }
                 Err(e) => {
