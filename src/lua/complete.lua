@@ -75,7 +75,7 @@ if keep > 0 then
     zargs[#zargs + 1] = id
     local attempts, _, started = parse_run(runs[idx[j]])
     run_args[#run_args + 1] = id
-    run_args[#run_args + 1] = run_entry(attempts, '0', started)
+    run_args[#run_args + 1] = run_entry(fmt_int(attempts), '0', fmt_int(started))
     local result = results[idx[j]]
     if result and result ~= '' then
       rargs[#rargs + 1] = id

@@ -32,7 +32,7 @@ for i = 1, #ARGV, 7 do
     -- the integers the client sent, as text); the ids become pending below,
     -- one push per priority. HSETNX is also the call's first write: at
     -- maxmemory Redis refuses it and nothing is written.
-    local record = ARGV[i + 2] .. ';' .. ARGV[i + 3] .. ';' .. nows .. ';' .. doc
+    local record = make_record(ARGV[i + 2], ARGV[i + 3], nows, doc)
     if redis.call('HSETNX', k.jobs, id, record) == 1 then
       fresh_record = record
       status = 'created'

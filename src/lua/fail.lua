@@ -47,7 +47,7 @@ for i, id in ipairs(ids) do
     local attempts, _, started = parse_run(runs[i])
     local delay, err = tonumber(ARGV[o + 6 * i - 1]), ARGV[o + 6 * i]
     run_args[#run_args + 1] = id
-    run_args[#run_args + 1] = run_entry(attempts, '0', started)
+    run_args[#run_args + 1] = run_entry(fmt_int(attempts), '0', fmt_int(started))
     if ARGV[o + 6 * i + 2] ~= '' then
       res_args[#res_args + 1] = id
       res_args[#res_args + 1] = ARGV[o + 6 * i + 2]

@@ -21,7 +21,7 @@ for i = 1, #ARGV, 8 do
   else
     out[#out + 1] = 1
     redis.call('HSET', k.jobs, id, record)
-    if attempts > 0 then redis.call('HSET', k.runs, id, run_entry(attempts, '0', 0)) end
+    if attempts > 0 then redis.call('HSET', k.runs, id, run_entry(fmt_int(attempts), '0', '0')) end
     if err ~= '' then redis.call('HSET', k.errors, id, err) end
     if state == 'dead' then
       redis.call('ZADD', k.dead, at, id)

@@ -38,7 +38,7 @@ local back, run_args, errs, dead_ids, dead_errors, dead_attempts = {}, {}, {}, {
 for i, id in ipairs(expired) do
   local attempts, _, started = parse_run(runs[i])
   run_args[#run_args + 1] = id
-  run_args[#run_args + 1] = run_entry(attempts, '0', started)
+  run_args[#run_args + 1] = run_entry(fmt_int(attempts), '0', fmt_int(started))
   if records[i] then
     local priority, max = record_header(records[i])
     if max == 0 then max = default_max end

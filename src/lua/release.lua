@@ -31,7 +31,7 @@ for _, i in ipairs(mine) do
   out[i] = 1
   gone[#gone + 1] = id
   run_args[#run_args + 1] = id
-  run_args[#run_args + 1] = run_entry(math.max(attempts - 1, 0), '0', started)
+  run_args[#run_args + 1] = run_entry(fmt_int(math.max(attempts - 1, 0)), '0', fmt_int(started))
   emit(k, cap, 'released', id, attempts)
   if records[i] then
     back[#back + 1] = { record_header(records[i]), id }

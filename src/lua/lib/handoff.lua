@@ -26,6 +26,13 @@ local function handoff_key(k, daemon)
   return k.base .. ':handoff:' .. daemon
 end
 
+-- The one Lua encoder of a registration in `idle`:
+-- "<free slots>,<lease_ms>,<expires_ms>" (store::Registration is the Rust
+-- twin; hand_off below reads it).
+local function registration_value(slots, lease, expires)
+  return fmt_int(slots) .. ',' .. fmt_int(lease) .. ',' .. fmt_int(expires)
+end
+
 local function handoff_element(now, first_fence, out)
   local parts = { fmt_int(now) .. ',' .. fmt_int(first_fence) }
   for j = 1, #out, 3 do
@@ -42,8 +49,7 @@ end
 local function register_for_handoff(k, now, daemon, free, lease, ttl, open)
   if daemon == '' then return end
   if open and free > 0 then
-    redis.call('HSET', k.idle, daemon,
-      fmt_int(free) .. ',' .. fmt_int(lease) .. ',' .. fmt_int(now + tonumber(ttl)))
+    redis.call('HSET', k.idle, daemon, registration_value(free, lease, now + tonumber(ttl)))
   else
     redis.call('HDEL', k.idle, daemon)
   end
@@ -112,7 +118,7 @@ local function hand_off(k, now, cap, fresh)
       if left < 1 then
         redis.call('HDEL', k.idle, daemon)
       else
-        redis.call('HSET', k.idle, daemon, fmt_int(left) .. ',' .. fmt_int(lease) .. ',' .. fmt_int(expires))
+        redis.call('HSET', k.idle, daemon, registration_value(left, lease, expires))
       end
       -- A short pop left nothing pending.
       if direct or #ids < asked then return true end

@@ -23,8 +23,11 @@ local function run_fence(v)
   return string.match(v, '^%d+,(%d+),')
 end
 
+-- The one Lua encoder of a run entry: "<attempts>,<fence>,<started_ms>",
+-- each already integer text (fmt_int), so no number is formatted as a
+-- double (store::inspect reads the same form).
 local function run_entry(attempts, fence, started)
-  return fmt_int(attempts) .. ',' .. fence .. ',' .. fmt_int(started)
+  return attempts .. ',' .. fence .. ',' .. started
 end
 
 -- The fencing check: true when the run entry `run` (nil: none) is held
@@ -66,7 +69,7 @@ local function lease_jobs(k, ids, records, now, lease, cap, out)
   local runs = redis.call('HMGET', k.runs, unpack(ids))
   local last = take_fences(k, now, n) + n - 1
   local until_ms = fmt_int(now + lease)
-  local tail = ',' .. fmt_int(now)
+  local nows = fmt_int(now)
   local hargs, zargs = {}, {}
   local o = #out
   for i = 1, n do
@@ -74,7 +77,7 @@ local function lease_jobs(k, ids, records, now, lease, cap, out)
     local attempts = 1
     if runs[i] then attempts = parse_run(runs[i]) + 1 end
     hargs[2 * i - 1] = id
-    hargs[2 * i] = (attempts == 1 and '1' or fmt_int(attempts)) .. ',' .. fmt_int(last - n + i) .. tail
+    hargs[2 * i] = run_entry(attempts == 1 and '1' or fmt_int(attempts), fmt_int(last - n + i), nows)
     zargs[2 * i - 1] = until_ms
     zargs[2 * i] = id
     out[o + 1] = id

@@ -23,7 +23,7 @@ local function enqueue_one(k, now, id, priority, max_attempts, due, unique, doc,
     end
   end
   redis.call('HSET', k.jobs, id,
-    fmt_int(priority) .. ';' .. fmt_int(max_attempts) .. ';' .. fmt_int(now) .. ';' .. doc)
+    make_record(fmt_int(priority), fmt_int(max_attempts), fmt_int(now), doc))
   if unique ~= '' then
     redis.call('HSET', k.unique, unique, id)
   end

@@ -1,6 +1,7 @@
 -- record.lua: job records, the values of the `jobs` hash.
 -- Keys: jobs (HASH id -> record), read here; written by new_jobs.lua
---   (enqueue_one), enqueue.lua and import.lua; deleted by retention.lua.
+--   (enqueue_one) and enqueue.lua through make_record, and by import.lua
+--   as the Rust side encoded it (job::Record); deleted by retention.lua.
 --
 -- Record: "<priority>;<max_attempts or 0>;<enqueued_ms>;<document JSON>"
 -- (job::StoredJob reads the same form). The header comes first and is
@@ -14,6 +15,13 @@ local PRIORITY_MIN, PRIORITY_MAX = -1000, 1000
 -- The document size limit when meta `max_doc_bytes` is absent (the
 -- default of daemon.max_payload_bytes, job::DEFAULT_MAX_DOC_BYTES: 1 MiB).
 local DEFAULT_MAX_DOC_BYTES = 1048576
+
+-- The one Lua encoder of a record: header fields already as integer text
+-- (the enqueue fast path passes the client's own text; others fmt_int), so
+-- no number is formatted as a double.
+local function make_record(priority, max_attempts, enqueued_ms, doc)
+  return priority .. ';' .. max_attempts .. ';' .. enqueued_ms .. ';' .. doc
+end
 
 -- The record's priority and max_attempts (0: the queue's default).
 local function record_header(record)
