@@ -125,14 +125,32 @@ fn one_queue(redis: &RedisServer, concurrency: u32) -> redq::config::Config {
     )
 }
 
+/// One daemon serving queue `q` at `concurrency` with the [`starts`]
+/// handler: its starts, the permits that free its held jobs, and `q`'s keys.
+struct OneQueue {
+    d: Running,
+    rx: mpsc::UnboundedReceiver<Start>,
+    hold: std::sync::Arc<Semaphore>,
+    q: QueueKeys,
+}
+
+async fn one_queue_daemon(redis: &RedisServer, concurrency: u32) -> OneQueue {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let hold = std::sync::Arc::new(Semaphore::new(0));
+    let builder = WorkerBuilder::new(one_queue(redis, concurrency))
+        .handler("q", starts("a", tx, hold.clone()));
+    OneQueue {
+        d: launch(builder).await,
+        rx,
+        hold,
+        q: QueueKeys::new("redq", "q").unwrap(),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_delayed_job_starts_at_its_due_time_on_an_idle_daemon() {
     let redis = RedisServer::start();
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let hold = std::sync::Arc::new(Semaphore::new(0));
-    let d =
-        launch(WorkerBuilder::new(one_queue(&redis, 4)).handler("q", starts("a", tx, hold))).await;
-    let q = QueueKeys::new("redq", "q").unwrap();
+    let OneQueue { d, mut rx, q, .. } = one_queue_daemon(&redis, 4).await;
     registered(&redis, &q).await;
 
     // Through FCALL, as any producer; then through the Rust client.
@@ -157,11 +175,7 @@ async fn a_delayed_job_starts_at_its_due_time_on_an_idle_daemon() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_earlier_job_re_arms_the_wait() {
     let redis = RedisServer::start();
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let hold = std::sync::Arc::new(Semaphore::new(0));
-    let d =
-        launch(WorkerBuilder::new(one_queue(&redis, 4)).handler("q", starts("a", tx, hold))).await;
-    let q = QueueKeys::new("redq", "q").unwrap();
+    let OneQueue { d, mut rx, q, .. } = one_queue_daemon(&redis, 4).await;
     registered(&redis, &q).await;
     let client = redis.client().await;
     let later = NewJob::new(&1).unwrap().delay(Duration::from_secs(4));
@@ -184,11 +198,7 @@ async fn an_earlier_job_re_arms_the_wait() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retry_starts_when_its_backoff_ends() {
     let redis = RedisServer::start();
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let hold = std::sync::Arc::new(Semaphore::new(0));
-    let d =
-        launch(WorkerBuilder::new(one_queue(&redis, 4)).handler("q", starts("a", tx, hold))).await;
-    let q = QueueKeys::new("redq", "q").unwrap();
+    let OneQueue { d, mut rx, q, .. } = one_queue_daemon(&redis, 4).await;
     registered(&redis, &q).await;
     let client = redis.client().await;
     let id = client
@@ -237,13 +247,9 @@ async fn jobs_already_due_when_a_daemon_starts_run_at_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partly_busy_daemon_starts_due_jobs_on_time() {
     let redis = RedisServer::start();
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let hold = std::sync::Arc::new(Semaphore::new(0));
-    let d = launch(
-        WorkerBuilder::new(one_queue(&redis, 4)).handler("q", starts("a", tx, hold.clone())),
-    )
-    .await;
-    let q = QueueKeys::new("redq", "q").unwrap();
+    let OneQueue {
+        d, mut rx, hold, q, ..
+    } = one_queue_daemon(&redis, 4).await;
     let client = redis.client().await;
     // Two of four slots busy until the end of the test.
     for _ in 0..2 {
