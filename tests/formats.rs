@@ -15,9 +15,10 @@ mod common;
 use std::time::Duration;
 
 use common::server::RedisServer;
+use common::snapshot::handed_jobs;
 use redq::inspect::JobState;
 use redq::job::Record;
-use redq::store::{parse_handoff, HandoffOffer, IdleLook, Registration, Retention};
+use redq::store::{HandoffOffer, IdleLook, Registration, Retention};
 
 const DEAD: Retention = Retention {
     keep: 100,
@@ -149,17 +150,7 @@ async fn a_hand_off_element_written_by_lua_reads_back_in_rust() {
         .map(|p| redq::NewJob::new(p).unwrap())
         .collect();
     client.enqueue_many("q", jobs).await.unwrap();
-    let elements: Vec<String> = redis::cmd("LRANGE")
-        .arg(q.handoff("d1.0"))
-        .arg(0)
-        .arg(-1)
-        .query_async(&mut redis.con().await)
-        .await
-        .unwrap();
-    let handed: Vec<_> = elements
-        .iter()
-        .flat_map(|e| parse_handoff(e).unwrap().jobs)
-        .collect();
+    let handed = handed_jobs(&redis, &q, "d1.0").await;
     assert_eq!(handed.len(), 3);
     for (job, payload) in handed.iter().zip(payloads) {
         let stored = hget(&redis, q.jobs(), &job.id).await.unwrap();
@@ -225,18 +216,7 @@ async fn a_registration_written_by_either_side_reads_back_in_the_other() {
     );
     let jobs = (0..3).map(|n| redq::NewJob::new(&n).unwrap()).collect();
     client.enqueue_many("q", jobs).await.unwrap();
-    let elements: Vec<String> = redis::cmd("LRANGE")
-        .arg(q.handoff("d1.0"))
-        .arg(0)
-        .arg(-1)
-        .query_async(&mut redis.con().await)
-        .await
-        .unwrap();
-    let handed: usize = elements
-        .iter()
-        .map(|e| parse_handoff(e).unwrap().jobs.len())
-        .sum();
-    assert_eq!(handed, 2);
+    assert_eq!(handed_jobs(&redis, &q, "d1.0").await.len(), 2);
     assert_eq!(
         hget(&redis, q.idle(), "d1.0").await,
         None,

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use common::producers::{fcall, fcall_bytes, fcall_reply};
 use common::server::RedisServer;
-use common::snapshot::snapshot;
+use common::snapshot::{handed_jobs, snapshot};
 use redq::job::{check_doc, JobDoc};
 use redq::scripts::LibraryStatus;
 use redq::store::HandoffOffer;
@@ -382,18 +382,8 @@ async fn a_record_over_the_document_limit_goes_dead_unread_at_claim_and_hand_off
     assert!(got.jobs.is_empty());
     plant_oversize(&redis, &q, limit).await;
     fcall(&redis, "big", r#"{"payload":"small","id":"after"}"#);
-    let handed: Vec<String> = redis::cmd("LRANGE")
-        .arg(q.handoff("d1.0"))
-        .arg(0)
-        .arg(-1)
-        .query_async(&mut redis.con().await)
-        .await
-        .unwrap();
-    let ids: Vec<String> = handed
-        .iter()
-        .flat_map(|e| redq::store::parse_handoff(e).unwrap().jobs)
-        .map(|j| j.id)
-        .collect();
+    let handed = handed_jobs(&redis, &q, "d1.0").await;
+    let ids: Vec<String> = handed.into_iter().map(|j| j.id).collect();
     assert_eq!(ids, ["after"]);
     let info = client.job("big", "huge").await.unwrap().unwrap();
     assert_eq!(info.state, redq::inspect::JobState::Dead);

@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use common::server::{redis_ms, RedisServer};
-use common::snapshot::{pending_ids, snapshot};
+use common::snapshot::{handed, pending_ids, registration, snapshot};
 use common::store::{claim, completions, DEAD, KEEP_NONE, LEASE};
 use common::wait::{eventually, within, WAIT};
 use redq::inspect::JobState;
@@ -1013,29 +1013,6 @@ async fn concurrent_single_enqueues_share_calls_and_keep_their_own_answers() {
 }
 
 /// A daemon's hand-off registration and list, read raw.
-async fn registration(
-    redis: &RedisServer,
-    q: &redq::keys::QueueKeys,
-    daemon: &str,
-) -> Option<String> {
-    redis::cmd("HGET")
-        .arg(q.idle())
-        .arg(daemon)
-        .query_async(&mut redis.con().await)
-        .await
-        .unwrap()
-}
-
-async fn handed(redis: &RedisServer, q: &redq::keys::QueueKeys, daemon: &str) -> Vec<String> {
-    redis::cmd("LRANGE")
-        .arg(q.handoff(daemon))
-        .arg(0)
-        .arg(-1)
-        .query_async(&mut redis.con().await)
-        .await
-        .unwrap()
-}
-
 const IDLE_TTL: Duration = Duration::from_secs(60);
 
 /// Registers pool "d1" for hand-offs of `q` with 3 free slots, as its claim

@@ -126,3 +126,37 @@ pub async fn registrations(redis: &RedisServer, q: &QueueKeys) -> Vec<(String, S
         .await
         .unwrap()
 }
+
+/// Pool `name`'s hand-off registration on `q` as `idle` holds it.
+pub async fn registration(redis: &RedisServer, q: &QueueKeys, name: &str) -> Option<String> {
+    redis::cmd("HGET")
+        .arg(q.idle())
+        .arg(name)
+        .query_async(&mut redis.con().await)
+        .await
+        .unwrap()
+}
+
+/// The elements waiting on pool `name`'s hand-off list of `q`, raw.
+pub async fn handed(redis: &RedisServer, q: &QueueKeys, name: &str) -> Vec<String> {
+    redis::cmd("LRANGE")
+        .arg(q.handoff(name))
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut redis.con().await)
+        .await
+        .unwrap()
+}
+
+/// The jobs waiting on pool `name`'s hand-off list of `q`, read.
+pub async fn handed_jobs(
+    redis: &RedisServer,
+    q: &QueueKeys,
+    name: &str,
+) -> Vec<redq::store::ClaimedJob> {
+    handed(redis, q, name)
+        .await
+        .iter()
+        .flat_map(|e| redq::store::parse_handoff(e).unwrap().jobs)
+        .collect()
+}
