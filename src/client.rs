@@ -120,8 +120,16 @@ async fn coalesce(
 
 impl Client {
     /// Connects to Redis at `url` with key prefix `prefix` (usually "redq").
+    /// A `rediss://` URL trusts the bundled Mozilla roots; for a private CA,
+    /// a client certificate or a server name use [`Client::open`].
     pub async fn connect(url: &str, prefix: &str) -> Result<Client> {
         Ok(Client::from_store(Store::connect(url, prefix).await?))
+    }
+
+    /// Connects as a `[redis]` table says: URL, key prefix, time-outs and
+    /// `[redis.tls]` (CA file, client certificate, server name).
+    pub async fn open(redis: &crate::config::RedisConfig) -> Result<Client> {
+        Ok(Client::from_store(Store::open(redis).await?))
     }
 
     /// A client on an existing store connection.

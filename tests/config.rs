@@ -440,12 +440,34 @@ fn the_repository_example_loads() {
 }
 
 #[test]
-fn tls_urls_are_refused_until_supported() {
-    let err = load_from_str("[redis]\nurl = \"rediss://db.example:6380\"\n")
-        .unwrap_err()
-        .to_string();
+fn tls_settings_are_checked_at_load_naming_the_key() {
+    // rediss:// with the bundled roots needs no file.
+    let ok = load_from_str("[redis]\nurl = \"rediss://db.example:6380\"\n").unwrap();
+    assert_eq!(ok.redis.tls, redq::config::TlsConfig::default());
+    // TLS settings without a rediss:// URL would be silently ignored.
+    let e = err("[redis]\nurl = \"redis://db:6379\"\ntls = { insecure_skip_verify = true }\n");
+    assert!(e.contains("redis.tls") && e.contains("rediss://"), "{e}");
+    // A client certificate needs its key.
+    let e = err("[redis]\nurl = \"rediss://db:6380\"\ntls = { cert_file = \"/etc/x.pem\" }\n");
+    assert!(e.contains("cert_file and key_file"), "{e}");
+    // Files must exist and hold PEM certificates.
+    let e =
+        err("[redis]\nurl = \"rediss://db:6380\"\ntls = { ca_file = \"/nonexistent/ca.pem\" }\n");
     assert!(
-        err.contains("redis.url") && err.contains("not supported"),
-        "{err}"
+        e.contains("redis.tls.ca_file") && e.contains("/nonexistent/ca.pem"),
+        "{e}"
     );
+    let not_pem = temp_toml("not a certificate");
+    let toml = format!(
+        "[redis]\nurl = \"rediss://db:6380\"\ntls = {{ ca_file = {:?} }}\n",
+        not_pem.path().display().to_string()
+    );
+    let e = err(&toml);
+    assert!(
+        e.contains("redis.tls.ca_file") && e.contains("no PEM certificate"),
+        "{e}"
+    );
+    let e =
+        err("[redis]\nurl = \"rediss://10.0.0.1:6380\"\ntls = { server_name = \"not a name\" }\n");
+    assert!(e.contains("redis.tls.server_name"), "{e}");
 }

@@ -9,8 +9,13 @@ use crate::inspect::{JobInfo, QueueStats};
 use crate::job::NewJob;
 use crate::store::{DeadRetry, EnqueueStatus};
 
+/// The CLI's time-outs: 5 s to connect, 30 s for an answer (an import
+/// or a purge of a large dead set takes a while).
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+const COMMAND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 pub async fn run(command: Command, target: &Target) -> Result<u8> {
-    let client = Client::connect(&target.url, &target.prefix).await?;
+    let client = Client::from_store(target.store(CONNECT_TIMEOUT, COMMAND_TIMEOUT).await?);
     match command {
         Command::Enqueue(args) => enqueue(&client, args).await,
         Command::Job { queue, id, json } => match client.job(&queue, &id).await? {

@@ -1,6 +1,7 @@
 //! Where the CLI finds Redis: `--redis-url`, else `REDQ_REDIS__URL`, else the
 //! config file (`--config`, default `workers.toml` if present), else
-//! `redis://127.0.0.1:6379`. The key prefix is found the same way.
+//! `redis://127.0.0.1:6379`. The key prefix and `[redis.tls]` are found the
+//! same way (`REDQ_REDIS__TLS__CA_FILE` etc.).
 //!
 //! Only `[redis]` and the queue names are read here, leniently: a producer's
 //! `redq enqueue` must not fail because of a daemon-only setting. `redq run`
@@ -16,11 +17,13 @@ use serde::Deserialize;
 use crate::error::{Error, Result};
 use crate::keys::DEFAULT_PREFIX;
 
-/// The Redis URL, key prefix and configured queue names the CLI works with.
+/// The Redis URL, key prefix, TLS settings and configured queue names the
+/// CLI works with.
 #[derive(Debug, Clone)]
 pub struct Target {
     pub url: String,
     pub prefix: String,
+    pub tls: crate::config::TlsConfig,
     pub configured_queues: Vec<String>,
 }
 
@@ -36,6 +39,8 @@ struct Lenient {
 struct LenientRedis {
     url: Option<String>,
     key_prefix: Option<String>,
+    #[serde(default)]
+    tls: crate::config::TlsConfig,
 }
 
 impl Target {
@@ -45,7 +50,14 @@ impl Target {
         connect: std::time::Duration,
         command: std::time::Duration,
     ) -> Result<crate::store::Store> {
-        crate::store::Store::connect_with(&self.url, &self.prefix, connect, command).await
+        let redis = crate::config::RedisConfig {
+            url: self.url.clone(),
+            key_prefix: self.prefix.clone(),
+            connect_timeout: connect,
+            command_timeout: command,
+            tls: self.tls.clone(),
+        };
+        crate::store::Store::open(&redis).await
     }
 
     pub fn resolve(
@@ -67,11 +79,15 @@ impl Target {
             }
             None => {}
         }
-        fig = fig.merge(
-            Env::prefixed("REDQ_")
-                .split("__")
-                .only(&["redis.url", "redis.key_prefix"]),
-        );
+        fig = fig.merge(Env::prefixed("REDQ_").split("__").only(&[
+            "redis.url",
+            "redis.key_prefix",
+            "redis.tls.ca_file",
+            "redis.tls.cert_file",
+            "redis.tls.key_file",
+            "redis.tls.server_name",
+            "redis.tls.insecure_skip_verify",
+        ]));
         let file: Lenient = fig.extract().map_err(|e| Error::Config(e.to_string()))?;
         Ok(Target {
             url: url
@@ -82,6 +98,7 @@ impl Target {
                 .map(str::to_owned)
                 .or(file.redis.key_prefix)
                 .unwrap_or_else(|| DEFAULT_PREFIX.to_owned()),
+            tls: file.redis.tls,
             configured_queues: file.queues.into_keys().collect(),
         })
     }

@@ -3,6 +3,7 @@
 //! Credentials live in the URL; anything that logs a URL goes through
 //! [`redacted_url`] first.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -16,8 +17,9 @@ pub const MAX_PREFIX_LEN: usize = 64;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RedisConfig {
-    /// `redis://[user:pass@]host[:port][/db]` or
-    /// `redis+unix:///path/to.sock`. Default `redis://127.0.0.1:6379`.
+    /// `redis://[user:pass@]host[:port][/db]`, `rediss://…` (TLS, see
+    /// [`TlsConfig`]) or `redis+unix:///path/to.sock`. Default
+    /// `redis://127.0.0.1:6379`.
     pub url: String,
     /// Prefix of every Redis key: 1–64 characters from `A-Z a-z 0-9 _ . - :`. Default `redq`.
     pub key_prefix: String,
@@ -27,6 +29,30 @@ pub struct RedisConfig {
     /// How long to wait for one command's answer (blocking waits excepted). Default 10s.
     #[serde(with = "duration")]
     pub command_timeout: Duration,
+    /// `[redis.tls]`: how a `rediss://` connection verifies the server and
+    /// proves who the client is.
+    pub tls: TlsConfig,
+}
+
+/// `[redis.tls]`, for `rediss://` URLs. Without any key set, the server's
+/// certificate must chain to the bundled Mozilla roots (webpki-roots) and
+/// hold the URL's host name.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM file of the CA certificate(s) to trust instead of the bundled
+    /// roots (a private or self-signed CA).
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate (chain), for servers with `tls-auth-clients yes`.
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key of `cert_file`.
+    pub key_file: Option<PathBuf>,
+    /// The name the server's certificate must hold, when the URL names the
+    /// host by IP address or another name (also sent as SNI).
+    pub server_name: Option<String>,
+    /// Accept any certificate: no verification at all. For tests against a
+    /// throw-away server; logged as a warning at every start.
+    pub insecure_skip_verify: bool,
 }
 
 impl Default for RedisConfig {
@@ -36,27 +62,47 @@ impl Default for RedisConfig {
             key_prefix: crate::keys::DEFAULT_PREFIX.into(),
             connect_timeout: Duration::from_secs(5),
             command_timeout: Duration::from_secs(10),
+            tls: TlsConfig::default(),
         }
     }
 }
 
-const SCHEMES: [&str; 3] = ["redis", "redis+unix", "unix"];
+const SCHEMES: [&str; 4] = ["redis", "rediss", "redis+unix", "unix"];
 
 impl RedisConfig {
     pub(super) fn check(&self, p: &mut Problems) {
         match self.url.split_once("://") {
             Some((scheme, rest)) if SCHEMES.contains(&scheme) && !rest.is_empty() => {}
-            Some(("rediss", _)) => p.push(
-                &["redis", "url"],
-                "rediss:// (TLS) is not supported by this build of redq yet; use redis:// through a TLS tunnel (e.g. stunnel) for now".to_owned(),
-            ),
             _ => p.push(
                 &["redis", "url"],
                 format!(
-                    "{} is not a Redis URL; expected redis://[user:pass@]host[:port][/db] or redis+unix:///path",
+                    "{} is not a Redis URL; expected redis://[user:pass@]host[:port][/db], rediss://… (TLS) or redis+unix:///path",
                     redacted_url(&self.url)
                 ),
             ),
+        }
+        let tls_url = self.url.starts_with("rediss://");
+        let t = &self.tls;
+        let any_tls = t.ca_file.is_some()
+            || t.cert_file.is_some()
+            || t.key_file.is_some()
+            || t.server_name.is_some()
+            || t.insecure_skip_verify;
+        p.check(
+            tls_url || !any_tls,
+            &["redis", "tls"],
+            "is set but redis.url is not rediss://: use a rediss:// URL to connect with TLS",
+        );
+        p.check(
+            t.cert_file.is_some() == t.key_file.is_some(),
+            &["redis", "tls"],
+            "cert_file and key_file go together: give both (a client certificate and its key) or neither",
+        );
+        if tls_url {
+            // The files must exist and parse: refused here, not at the first connection.
+            if let Err(e) = crate::store::TlsFiles::load(t) {
+                p.push(&e.path, e.message);
+            }
         }
         let prefix_ok = (1..=MAX_PREFIX_LEN).contains(&self.key_prefix.len())
             && crate::keys::is_valid_name(&self.key_prefix);

@@ -42,7 +42,7 @@ pub async fn run(store: Store, routes: Routes, stop: CancellationToken) {
     'connect: loop {
         let mut con = tokio::select! {
             _ = stop.cancelled() => return,
-            c = store.blocking(Duration::from_secs(5), BLOCK + Duration::from_secs(5)) => match c {
+            c = store.blocking(BLOCK + Duration::from_secs(5)) => match c {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::debug!(error = %e, "waker cannot connect; retrying");

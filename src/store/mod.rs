@@ -20,7 +20,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::Value;
 
 use crate::error::{Error, Result};
@@ -28,6 +27,7 @@ use crate::keys::{self, QueueKeys};
 use crate::scripts::{Scripts, Transition, SCRIPTS};
 
 mod claim;
+mod connect;
 mod cron;
 mod dead;
 mod enqueue;
@@ -42,6 +42,7 @@ mod schedule;
 mod server;
 mod setup;
 pub use claim::{parse_handoff, Claimed, ClaimedJob, HandoffOffer};
+pub use connect::{Endpoint, TlsFileError, TlsFiles};
 pub use cron::{CronOutcome, CronTick};
 pub use dead::DeadRetry;
 pub use enqueue::{EnqueueStatus, Enqueued, ImportJob};
@@ -56,9 +57,10 @@ pub use setup::{QueueSettings, TenantLimits, ACTIVE_PIN_MEMBER, RUNS_PIN_FIELD};
 /// Connection to Redis plus the key prefix.
 #[derive(Clone)]
 pub struct Store {
-    con: ConnectionManager,
-    /// For the dedicated connections ([`Store::blocking`], [`Store::subscriber`]).
-    client: Arc<redis::Client>,
+    con: connect::Shared,
+    /// Where Redis is, for the dedicated connections ([`Store::blocking`],
+    /// [`Store::subscriber`]).
+    endpoint: Arc<Endpoint>,
     prefix: String,
     /// Whether Redis has functions (7.0+): transitions run as functions of
     /// the internal library; without, as EVAL scripts.
@@ -70,32 +72,45 @@ fn ms(d: Duration) -> u64 {
 }
 
 impl Store {
-    /// Connects to `url` (redis://, rediss://), reconnecting by itself with
-    /// capped backoff; 5 s to connect, 30 s for an answer.
+    /// Connects to `url` (redis://, rediss:// with the bundled CA roots,
+    /// redis+unix://); 5 s to connect, 30 s for an answer.
     pub async fn connect(url: &str, prefix: &str) -> Result<Store> {
         Store::connect_with(url, prefix, Duration::from_secs(5), Duration::from_secs(30)).await
     }
 
-    /// Like [`Store::connect`] with the connect and command time-outs given
-    /// (`[redis] connect_timeout`, `command_timeout`).
+    /// Like [`Store::connect`] with the connect and command time-outs given.
     pub async fn connect_with(
         url: &str,
         prefix: &str,
         connect: Duration,
         command: Duration,
     ) -> Result<Store> {
-        keys::check_prefix(prefix)?;
-        let client = redis::Client::open(url)?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(connect))
-            .set_response_timeout(Some(command))
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_secs(2));
-        let con = ConnectionManager::new_with_config(client.clone(), config).await?;
+        let redis = crate::config::RedisConfig {
+            url: url.to_owned(),
+            key_prefix: prefix.to_owned(),
+            connect_timeout: connect,
+            command_timeout: command,
+            ..Default::default()
+        };
+        Store::open(&redis).await
+    }
+
+    /// Connects as `[redis]` says: URL, key prefix, time-outs and
+    /// `[redis.tls]`. The connection is opened now (an unreachable Redis is
+    /// an error here), and opened again by the next call after it breaks.
+    pub async fn open(redis: &crate::config::RedisConfig) -> Result<Store> {
+        keys::check_prefix(&redis.key_prefix)?;
+        let endpoint = Arc::new(Endpoint::new(
+            &redis.url,
+            &redis.tls,
+            redis.connect_timeout,
+        )?);
+        let con = connect::Shared::new(endpoint.clone(), Some(redis.command_timeout));
+        con.get().await?;
         Ok(Store {
             con,
-            client: Arc::new(client),
-            prefix: prefix.to_owned(),
+            endpoint,
+            prefix: redis.key_prefix.clone(),
             functions: Arc::new(AtomicBool::new(true)),
         })
     }
@@ -105,8 +120,13 @@ impl Store {
         &self.prefix
     }
 
+    /// The URL Redis is reached at, without credentials.
+    pub fn shown_url(&self) -> &str {
+        self.endpoint.shown()
+    }
+
     /// A connection handle (shares the multiplexed connection).
-    pub(crate) fn connection(&self) -> ConnectionManager {
+    pub(crate) fn connection(&self) -> connect::Shared {
         self.con.clone()
     }
 
@@ -115,21 +135,14 @@ impl Store {
     /// one. `answer_within` bounds each reply (longer than the block).
     pub(crate) async fn blocking(
         &self,
-        connect_within: Duration,
         answer_within: Duration,
     ) -> Result<redis::aio::MultiplexedConnection> {
-        let config = redis::AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(connect_within))
-            .set_response_timeout(Some(answer_within));
-        Ok(self
-            .client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await?)
+        self.endpoint.multiplexed(Some(answer_within)).await
     }
 
     /// A new Pub/Sub connection (the promoter's due-time messages).
     pub(crate) async fn subscriber(&self) -> Result<redis::aio::PubSub> {
-        Ok(self.client.get_async_pubsub().await?)
+        self.endpoint.pubsub().await
     }
 
     /// Redis's clock, in Unix ms: the one clock leases, due times and

@@ -282,6 +282,7 @@ fn restart_only(running: &Config, new: &Config) -> Result<()> {
                 "redis.command_timeout",
                 new.redis.command_timeout != running.redis.command_timeout,
             ),
+            ("redis.tls", new.redis.tls != running.redis.tls),
         ]
         .into_iter()
         .filter_map(|(name, differs)| differs.then_some(name))

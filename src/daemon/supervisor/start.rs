@@ -79,9 +79,7 @@ impl WorkerBuilder {
         self.config.validate_with(&self.library_queues())?;
         handlers::check_runnable(&self.config)?;
         let r = &self.config.redis;
-        let store =
-            Store::connect_with(&r.url, &r.key_prefix, r.connect_timeout, r.command_timeout)
-                .await?;
+        let store = Store::open(r).await?;
         store.check_server().await?;
         // The producers' library: at maxmemory Redis refuses to load it;
         // the daemon drains without it, and loads it once Redis has room

@@ -1,0 +1,567 @@
+//! Connections: the one place that turns `[redis]` settings into
+//! connections to Redis.
+//!
+//! redq makes each connection's stream itself (TCP, TLS through rustls, or a
+//! Unix socket) and hands it to redis-rs, which speaks RESP over it. Making
+//! the TLS stream here is what gives `[redis.tls]` its full meaning: a CA
+//! file, a client certificate, a server name other than the URL's host (a
+//! server reached by IP), and skipping verification; and it is where a
+//! failure is turned into a message that says what to do (a certificate not
+//! trusted, a name mismatch, a server that wants a client certificate, TLS
+//! spoken to a plain port or the reverse).
+//!
+//! [`Endpoint`] knows how to open one connection; [`Shared`] is the store's
+//! shared connection: opened on first use, reopened on the next call after
+//! one failed for the connection's sake (a closed socket, a reset), never in
+//! a loop of its own. The waker's blocking connection and the promoter's
+//! Pub/Sub connection come from the same [`Endpoint`].
+
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::{Arc, RwLock};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use redis::aio::{ConnectionLike, MultiplexedConnection, PubSub};
+use redis::{ConnectionAddr, IntoConnectionInfo, RedisConnectionInfo, RedisFuture};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpStream, UnixStream};
+
+use crate::config::{redacted_url, TlsConfig};
+use crate::error::{Error, Result};
+
+/// A `[redis.tls]` setting that cannot be used, with its key path.
+#[derive(Debug, Clone)]
+pub struct TlsFileError {
+    pub path: Vec<&'static str>,
+    pub message: String,
+}
+
+/// `[redis.tls]` made ready: the rustls client configuration, and how the
+/// server is trusted (for messages).
+pub struct TlsFiles {
+    config: Arc<rustls::ClientConfig>,
+    server_name: Option<ServerName<'static>>,
+    /// "the CA in <file>" or "the bundled Mozilla roots".
+    trust: String,
+    insecure: bool,
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+impl TlsFiles {
+    /// Reads and checks the files of `t` and builds the TLS configuration;
+    /// an error names the key and what to do. No network.
+    pub fn load(t: &TlsConfig) -> std::result::Result<TlsFiles, TlsFileError> {
+        let fail = |key: &'static str, message: String| TlsFileError {
+            path: vec!["redis", "tls", key],
+            message,
+        };
+        let builder = rustls::ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| fail("ca_file", format!("cannot set up TLS: {e}")))?;
+        let (builder, trust) = if t.insecure_skip_verify {
+            let verifier = Arc::new(AcceptAnything(provider()));
+            let b = builder
+                .dangerous()
+                .with_custom_certificate_verifier(verifier);
+            (b, "no verification (insecure_skip_verify)".to_owned())
+        } else {
+            let mut roots = rustls::RootCertStore::empty();
+            let trust = match &t.ca_file {
+                Some(path) => {
+                    for cert in read_certs(path).map_err(|m| fail("ca_file", m))? {
+                        roots.add(cert).map_err(|e| {
+                            fail(
+                                "ca_file",
+                                format!(
+                                    "{} holds a certificate rustls cannot use as a CA: {e}",
+                                    path.display()
+                                ),
+                            )
+                        })?;
+                    }
+                    format!("the CA in {}", path.display())
+                }
+                None => {
+                    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+                    "the bundled Mozilla roots (set redis.tls.ca_file for a private CA)".to_owned()
+                }
+            };
+            (builder.with_root_certificates(roots), trust)
+        };
+        let config = match (&t.cert_file, &t.key_file) {
+            (Some(cert), Some(key)) => {
+                let chain = read_certs(cert).map_err(|m| fail("cert_file", m))?;
+                let key = PrivateKeyDer::from_pem_file(key).map_err(|e| {
+                    fail(
+                        "key_file",
+                        format!("{}: no PEM private key could be read ({e})", key.display()),
+                    )
+                })?;
+                builder.with_client_auth_cert(chain, key).map_err(|e| {
+                    fail(
+                        "key_file",
+                        format!("the key does not go with cert_file, or is not usable: {e}"),
+                    )
+                })?
+            }
+            _ => builder.with_no_client_auth(),
+        };
+        let server_name = match &t.server_name {
+            Some(name) => Some(ServerName::try_from(name.clone()).map_err(|_| {
+                fail(
+                    "server_name",
+                    format!("{name:?} is not a DNS name or an IP address"),
+                )
+            })?),
+            None => None,
+        };
+        Ok(TlsFiles {
+            config: Arc::new(config),
+            server_name,
+            trust,
+            insecure: t.insecure_skip_verify,
+        })
+    }
+}
+
+/// Every PEM certificate in `path`; an error says what is wrong with it.
+fn read_certs(path: &Path) -> std::result::Result<Vec<CertificateDer<'static>>, String> {
+    let text = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let certs = CertificateDer::pem_slice_iter(&text)
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| format!("{}: not a PEM certificate file ({e})", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!(
+            "{} holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
+            path.display()
+        ));
+    }
+    Ok(certs)
+}
+
+/// `insecure_skip_verify`: accepts any certificate, still checks that the
+/// handshake's signatures are well formed.
+#[derive(Debug)]
+struct AcceptAnything(Arc<rustls::crypto::CryptoProvider>);
+
+impl ServerCertVerifier for AcceptAnything {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> std::result::Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// Where Redis is and how to open a connection to it.
+pub struct Endpoint {
+    addr: Addr,
+    redis: RedisConnectionInfo,
+    tls: Option<TlsFiles>,
+    connect_timeout: Duration,
+    /// The URL without credentials, for messages.
+    shown: String,
+}
+
+enum Addr {
+    Tcp(String, u16),
+    Unix(std::path::PathBuf),
+}
+
+/// One connection's byte stream.
+enum Stream {
+    Tcp(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+    Unix(UnixStream),
+}
+
+impl Endpoint {
+    /// From a URL (`redis://`, `rediss://`, `redis+unix://`, `unix://`) and
+    /// the `[redis.tls]` settings (used with `rediss://` only).
+    pub fn new(url: &str, tls: &TlsConfig, connect_timeout: Duration) -> Result<Endpoint> {
+        let shown = redacted_url(url);
+        let is_tls = url.starts_with("rediss://");
+        // redis-rs parses the URL (credentials, database, protocol); the TLS
+        // part is ours, so it reads the same URL as plain redis://.
+        let plain = match url.strip_prefix("rediss://") {
+            Some(rest) => format!("redis://{rest}"),
+            None => url.to_owned(),
+        };
+        let info = plain.as_str().into_connection_info().map_err(|e| {
+            Error::Config(format!(
+                "redis.url {shown}: {e}; expected redis://[user:pass@]host[:port][/db], rediss://… or redis+unix:///path"
+            ))
+        })?;
+        let addr = match info.addr() {
+            ConnectionAddr::Tcp(host, port) => Addr::Tcp(host.clone(), *port),
+            ConnectionAddr::TcpTls { host, port, .. } => Addr::Tcp(host.clone(), *port),
+            ConnectionAddr::Unix(path) => Addr::Unix(path.clone()),
+            _ => {
+                return Err(Error::Config(format!(
+                    "redis.url {shown}: this kind of address is not supported"
+                )))
+            }
+        };
+        let tls = if is_tls {
+            Some(
+                TlsFiles::load(tls)
+                    .map_err(|e| Error::Config(format!("{}: {}", e.path.join("."), e.message)))?,
+            )
+        } else {
+            None
+        };
+        if tls.as_ref().is_some_and(|t| t.insecure) {
+            tracing::warn!(redis = %shown, "TLS without verification (redis.tls.insecure_skip_verify): anyone on the path can read and change the traffic");
+        }
+        Ok(Endpoint {
+            addr,
+            redis: info.redis_settings().clone(),
+            tls,
+            connect_timeout,
+            shown,
+        })
+    }
+
+    /// The URL without credentials.
+    pub fn shown(&self) -> &str {
+        &self.shown
+    }
+
+    /// Opens the byte stream: TCP (then TLS) or a Unix socket, within the
+    /// connect time-out, with errors that say what to do.
+    async fn stream(&self) -> Result<Stream> {
+        let open = async {
+            match &self.addr {
+                Addr::Unix(path) => {
+                    UnixStream::connect(path)
+                        .await
+                        .map(Stream::Unix)
+                        .map_err(|e| {
+                            self.io_error(&format!("cannot connect to {}", path.display()), e)
+                        })
+                }
+                Addr::Tcp(host, port) => {
+                    let tcp = TcpStream::connect((host.as_str(), *port))
+                        .await
+                        .map_err(|e| self.io_error("cannot connect", e))?;
+                    let _ = tcp.set_nodelay(true);
+                    match &self.tls {
+                        None => Ok(Stream::Tcp(tcp)),
+                        Some(t) => {
+                            let name = match &t.server_name {
+                                Some(n) => n.clone(),
+                                None => ServerName::try_from(host.clone()).map_err(|_| {
+                                    Error::Config(format!(
+                                        "redis.url {}: {host:?} is not a name TLS can verify; set redis.tls.server_name",
+                                        self.shown
+                                    ))
+                                })?,
+                            };
+                            let connector = tokio_rustls::TlsConnector::from(t.config.clone());
+                            connector
+                                .connect(name.clone(), tcp)
+                                .await
+                                .map(|s| Stream::Tls(Box::new(s)))
+                                .map_err(|e| self.tls_error(t, &name, e))
+                        }
+                    }
+                }
+            }
+        };
+        match tokio::time::timeout(self.connect_timeout, open).await {
+            Ok(r) => r,
+            Err(_) => Err(io_err(
+                std::io::ErrorKind::TimedOut,
+                format!(
+                    "{}: no connection within {:?} (redis.connect_timeout){}",
+                    self.shown,
+                    self.connect_timeout,
+                    if self.tls.is_some() {
+                        "; if the server does not speak TLS on this port, use redis://"
+                    } else {
+                        ""
+                    }
+                ),
+            )),
+        }
+    }
+
+    fn io_error(&self, what: &str, e: std::io::Error) -> Error {
+        io_err(e.kind(), format!("{what} to {}: {e}", self.shown))
+    }
+
+    /// A failed TLS handshake, said in terms of what to do about it.
+    fn tls_error(&self, t: &TlsFiles, name: &ServerName<'_>, e: std::io::Error) -> Error {
+        use rustls::{AlertDescription as A, CertificateError as C, Error as R};
+        let name = name.to_str();
+        let hint = match e.get_ref().and_then(|i| i.downcast_ref::<R>()) {
+            Some(R::InvalidCertificate(C::UnknownIssuer | C::BadSignature)) => format!(
+                "the server's certificate is not signed by a CA redq trusts ({}); set redis.tls.ca_file to the CA that signed it",
+                t.trust
+            ),
+            Some(R::InvalidCertificate(C::NotValidForName | C::NotValidForNameContext { .. })) => format!(
+                "the server's certificate is not for {name:?}; connect by a name it holds, or set redis.tls.server_name to one"
+            ),
+            Some(R::InvalidCertificate(C::Expired | C::ExpiredContext { .. })) => {
+                "the server's certificate has expired".to_owned()
+            }
+            Some(R::InvalidCertificate(other)) => {
+                format!("the server's certificate was refused: {other:?}")
+            }
+            Some(R::AlertReceived(A::CertificateRequired | A::HandshakeFailure | A::BadCertificate))
+                if t.config.client_auth_cert_resolver.has_certs() =>
+            {
+                "the server refused redq's client certificate (redis.tls.cert_file): is it signed by a CA the server trusts (tls-ca-cert-file)?".to_owned()
+            }
+            Some(R::AlertReceived(A::CertificateRequired | A::HandshakeFailure | A::BadCertificate)) => {
+                "the server wants a client certificate (tls-auth-clients yes): set redis.tls.cert_file and key_file".to_owned()
+            }
+            Some(R::InvalidMessage(_)) => {
+                "the server does not speak TLS on this port: use redis:// for a plain port, or the server's tls-port".to_owned()
+            }
+            _ if matches!(
+                e.kind(),
+                std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset
+            ) =>
+            {
+                "the server closed the connection during the TLS handshake: does it want a client certificate (redis.tls.cert_file, key_file), or is this not its TLS port?".to_owned()
+            }
+            _ => format!("{e}"),
+        };
+        io_err(
+            std::io::ErrorKind::ConnectionAborted,
+            format!("TLS to {} failed: {hint}", self.shown),
+        )
+    }
+
+    /// A multiplexed connection whose replies time out after `answer_within`.
+    pub(crate) async fn multiplexed(
+        &self,
+        answer_within: Option<Duration>,
+    ) -> Result<MultiplexedConnection> {
+        let stream = self.stream().await?;
+        let config = redis::AsyncConnectionConfig::new().set_response_timeout(answer_within);
+        let (con, driver) = MultiplexedConnection::new_with_config(&self.redis, stream, config)
+            .await
+            .map_err(|e| self.handshake_error(e))?;
+        tokio::spawn(driver);
+        Ok(con)
+    }
+
+    /// A Pub/Sub connection.
+    pub(crate) async fn pubsub(&self) -> Result<PubSub> {
+        let stream = self.stream().await?;
+        PubSub::new(&self.redis, stream)
+            .await
+            .map_err(|e| self.handshake_error(e))
+    }
+
+    /// A failure after the stream opened (AUTH, HELLO, SELECT): a plain
+    /// connection to a TLS port fails here, as the server drops it.
+    fn handshake_error(&self, e: redis::RedisError) -> Error {
+        if self.tls.is_none() && (e.is_connection_dropped() || e.is_io_error()) {
+            return io_err(
+                std::io::ErrorKind::ConnectionAborted,
+                format!(
+                    "{} closed the connection at once ({e}): if this is a TLS port, use rediss://",
+                    self.shown
+                ),
+            );
+        }
+        e.into()
+    }
+}
+
+fn io_err(kind: std::io::ErrorKind, message: String) -> Error {
+    Error::Redis(redis::RedisError::from(std::io::Error::new(kind, message)))
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Stream::Unix(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Stream::Unix(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Stream::Unix(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            Stream::Unix(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
+/// The store's shared connection: one multiplexed connection, opened on
+/// first use and again on the next call after one failed for the
+/// connection's sake. Callers retry with their own backoff; a call that
+/// failed that way did not run, or its reply was lost (the transitions are
+/// fenced, so a lost reply is harmless).
+#[derive(Clone)]
+pub(crate) struct Shared {
+    endpoint: Arc<Endpoint>,
+    answer_within: Option<Duration>,
+    /// The open connection and its number (a failure closes only its own).
+    current: Arc<RwLock<Option<(u64, MultiplexedConnection)>>>,
+    /// One opening at a time.
+    opening: Arc<tokio::sync::Mutex<u64>>,
+    db: i64,
+}
+
+impl Shared {
+    pub(crate) fn new(endpoint: Arc<Endpoint>, answer_within: Option<Duration>) -> Shared {
+        let db = endpoint.redis.db();
+        Shared {
+            endpoint,
+            answer_within,
+            current: Arc::new(RwLock::new(None)),
+            opening: Arc::new(tokio::sync::Mutex::new(0)),
+            db,
+        }
+    }
+
+    fn open_now(&self) -> Option<(u64, MultiplexedConnection)> {
+        self.current.read().ok().and_then(|c| c.clone())
+    }
+
+    /// The open connection, opening one if none is.
+    pub(crate) async fn get(&self) -> Result<(u64, MultiplexedConnection)> {
+        if let Some(c) = self.open_now() {
+            return Ok(c);
+        }
+        let mut opened = self.opening.lock().await;
+        if let Some(c) = self.open_now() {
+            return Ok(c);
+        }
+        let con = self.endpoint.multiplexed(self.answer_within).await?;
+        *opened += 1;
+        let entry = (*opened, con);
+        if let Ok(mut c) = self.current.write() {
+            *c = Some(entry.clone());
+        }
+        Ok(entry)
+    }
+
+    /// Drops connection `number` after an error that broke it.
+    fn broken(&self, number: u64, e: &redis::RedisError) {
+        if e.is_unrecoverable_error() || e.is_connection_dropped() || e.is_io_error() {
+            if let Ok(mut c) = self.current.write() {
+                if c.as_ref().is_some_and(|(n, _)| *n == number) {
+                    *c = None;
+                }
+            }
+        }
+    }
+}
+
+fn to_redis(e: Error) -> redis::RedisError {
+    match e {
+        Error::Redis(e) => e,
+        other => redis::RedisError::from(std::io::Error::other(other.to_string())),
+    }
+}
+
+impl ConnectionLike for Shared {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> RedisFuture<'a, redis::Value> {
+        Box::pin(async move {
+            let (n, mut con) = self.get().await.map_err(to_redis)?;
+            let r = con.req_packed_command(cmd).await;
+            if let Err(e) = &r {
+                self.broken(n, e);
+            }
+            r
+        })
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<redis::Value>> {
+        Box::pin(async move {
+            let (n, mut con) = self.get().await.map_err(to_redis)?;
+            let r = con.req_packed_commands(pipeline, offset, count).await;
+            if let Err(e) = &r {
+                self.broken(n, e);
+            }
+            r
+        })
+    }
+
+    fn get_db(&self) -> i64 {
+        self.db
+    }
+}
