@@ -202,8 +202,18 @@ async fn readyz_follows_redis_scripts_and_draining() {
     assert_eq!(code, 503, "{body}");
     assert_eq!(body["status"], "unavailable");
     assert_eq!(body["redis"], false);
+    // The cause, when the daemon knows it (a TLS failure, say).
+    health.set_redis_error(Some(
+        "TLS to rediss://db:6380 failed: set redis.tls.ca_file".into(),
+    ));
+    let (_, body) = server.probe("/readyz").await;
+    assert!(
+        body["redis_error"].as_str().unwrap().contains("ca_file"),
+        "{body}"
+    );
 
     health.set_redis_ok(true);
+    assert!(server.probe("/readyz").await.1.get("redis_error").is_none());
     assert_eq!(server.probe("/readyz").await.0, 200);
 
     // Redis answers but takes no writes (paused, a replica): not ready.

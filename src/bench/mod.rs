@@ -73,6 +73,11 @@ pub struct Args {
     /// Also run the same scenarios on another queue: `bullmq`
     #[arg(long, value_parser = ["bullmq"])]
     compare: Option<String>,
+    /// Connect over TLS: the private server also serves a TLS port, with a
+    /// CA and certificate made for the run by the `openssl` command, and
+    /// redq reaches it at rediss://localhost (measures what TLS costs)
+    #[arg(long)]
+    tls: bool,
 }
 
 /// Runs `redq bench`; returns the process exit code (1: the bench failed).
@@ -85,6 +90,7 @@ pub async fn main(args: Args) -> u8 {
         latency_secs: args.latency_secs,
         idle_secs: args.idle_secs,
         compare_bullmq: args.compare.is_some(),
+        tls: args.tls,
     };
     match run(&opts).await {
         Ok(report) if args.json => {
@@ -121,6 +127,8 @@ pub struct Options {
     pub idle_secs: f64,
     /// Also run BullMQ (`--compare bullmq`).
     pub compare_bullmq: bool,
+    /// Reach the private server over TLS (`--tls`).
+    pub tls: bool,
 }
 
 impl Default for Options {
@@ -133,6 +141,7 @@ impl Default for Options {
             latency_secs: 10.0,
             idle_secs: 5.0,
             compare_bullmq: false,
+            tls: false,
         }
     }
 }
@@ -170,7 +179,13 @@ async fn run(opts: &Options) -> Result<Report> {
             "--jobs and --repeat must be at least 1".into(),
         ));
     }
-    let srv = server::Private::start().await?;
+    if opts.tls && opts.compare_bullmq {
+        return Err(Error::Config(
+            "--tls and --compare bullmq do not go together (the BullMQ side connects without TLS)"
+                .into(),
+        ));
+    }
+    let srv = server::Private::start(opts.tls).await?;
     let redis_server = srv.version().await.unwrap_or_default();
 
     let mut compare_skipped = None;
@@ -215,7 +230,7 @@ async fn run(opts: &Options) -> Result<Report> {
                 opts.repeat
             );
             srv.flush().await?;
-            let out = b.run(&srv.url, opts, &letters).await?;
+            let out = b.run(&srv.redis.url, opts, &letters).await?;
             bullmq_version = Some(out.version);
             for (id, v) in out.values {
                 bull_vals.entry(id).or_default().push(v);

@@ -9,7 +9,7 @@ use rand::Rng;
 use super::report::{Better, Sample};
 use super::server::Private;
 use super::Options;
-use redq::config::{self, Config};
+use redq::config::{self, Config, RedisConfig};
 use redq::daemon::{Counters, WorkerBuilder};
 use redq::error::{Error, Result};
 use redq::handler::{JobContext, Outcome};
@@ -32,7 +32,7 @@ pub async fn run_all(srv: &Private, opts: &Options, letters: &str) -> Result<Vec
     let n = opts.jobs;
     if letters.contains('a') {
         srv.flush().await?;
-        let took = enqueue_batches(&srv.url, "bench", n, false).await?;
+        let took = enqueue_batches(&srv.redis, "bench", n, false).await?;
         out.push(Sample::new(
             "a",
             "enqueue, batches of 1000",
@@ -43,7 +43,7 @@ pub async fn run_all(srv: &Private, opts: &Options, letters: &str) -> Result<Vec
     }
     if letters.contains('b') {
         srv.flush().await?;
-        let took = enqueue_single(&srv.url, "bench", n).await?;
+        let took = enqueue_single(&srv.redis, "bench", n).await?;
         out.push(Sample::new(
             "b",
             format!("enqueue, single, {PRODUCERS} producers"),
@@ -57,7 +57,7 @@ pub async fn run_all(srv: &Private, opts: &Options, letters: &str) -> Result<Vec
         for prio in [false, true] {
             for &c in &opts.concurrency {
                 srv.flush().await?;
-                enqueue_batches(&srv.url, "bench", n, prio).await?;
+                enqueue_batches(&srv.redis, "bench", n, prio).await?;
                 let measure = c == 200 && !prio && letters.contains('e');
                 let run = process(srv, "bench", n, c, 1, measure).await?;
                 if measure {
@@ -92,7 +92,7 @@ pub async fn run_all(srv: &Private, opts: &Options, letters: &str) -> Result<Vec
         let c = opts.concurrency.iter().copied().max().unwrap_or(200);
         for daemons in [1, 2] {
             srv.flush().await?;
-            enqueue_batches(&srv.url, "bench", n, false).await?;
+            enqueue_batches(&srv.redis, "bench", n, false).await?;
             let run = process(srv, "bench", n, c, daemons, false).await?;
             out.push(Sample::new(
                 format!("g{daemons}"),
@@ -105,7 +105,7 @@ pub async fn run_all(srv: &Private, opts: &Options, letters: &str) -> Result<Vec
     }
     if letters.contains('d') {
         srv.flush().await?;
-        let lat = latency(&srv.url, opts.latency_secs).await?;
+        let lat = latency(&srv.redis, opts.latency_secs).await?;
         for (name, v) in [
             ("p50", lat[0]),
             ("p95", lat[1]),
@@ -134,7 +134,7 @@ pub async fn run_all(srv: &Private, opts: &Options, letters: &str) -> Result<Vec
             Some(r) => Some(r),
             None => {
                 srv.flush().await?;
-                enqueue_batches(&srv.url, "bench", n, false).await?;
+                enqueue_batches(&srv.redis, "bench", n, false).await?;
                 process(srv, "bench", n, 200, 1, true).await?.rss
             }
         };
@@ -149,7 +149,7 @@ pub async fn run_all(srv: &Private, opts: &Options, letters: &str) -> Result<Vec
         }
         srv.flush().await?;
         let before = srv.info_u64("memory", "used_memory").await?;
-        enqueue_batches(&srv.url, "bench", n, true).await?;
+        enqueue_batches(&srv.redis, "bench", n, true).await?;
         let after = srv.info_u64("memory", "used_memory").await?;
         let per_100k = after.saturating_sub(before) as f64 * 100_000.0 / n as f64;
         out.push(Sample::new(
@@ -182,8 +182,13 @@ pub async fn run_all(srv: &Private, opts: &Options, letters: &str) -> Result<Vec
 }
 
 /// (a) and the fill for (c) and (e): `jobs` small jobs, 1000 per call.
-async fn enqueue_batches(url: &str, queue: &str, jobs: u64, priorities: bool) -> Result<Duration> {
-    let client = Client::connect(url, "redq").await?;
+async fn enqueue_batches(
+    redis: &RedisConfig,
+    queue: &str,
+    jobs: u64,
+    priorities: bool,
+) -> Result<Duration> {
+    let client = Client::open(redis).await?;
     let mut rng = rand::rng();
     let started = Instant::now();
     let mut i = 0;
@@ -206,8 +211,8 @@ async fn enqueue_batches(url: &str, queue: &str, jobs: u64, priorities: bool) ->
 }
 
 /// (b): 50 tasks sharing one client, each enqueueing its share one at a time.
-async fn enqueue_single(url: &str, queue: &str, jobs: u64) -> Result<Duration> {
-    let client = Arc::new(Client::connect(url, "redq").await?);
+async fn enqueue_single(redis: &RedisConfig, queue: &str, jobs: u64) -> Result<Duration> {
+    let client = Arc::new(Client::open(redis).await?);
     // Register the queue before the clock starts, like a warmed-up producer.
     client.enqueue(queue, NewJob::new(&-1)?).await?;
     let started = Instant::now();
@@ -231,16 +236,18 @@ async fn enqueue_single(url: &str, queue: &str, jobs: u64) -> Result<Duration> {
     Ok(started.elapsed())
 }
 
-fn daemon_config(url: &str, queue: &str, concurrency: u32, noop: bool) -> Result<Config> {
+fn daemon_config(redis: &RedisConfig, queue: &str, concurrency: u32, noop: bool) -> Result<Config> {
     let handler = if noop {
         "handler = { builtin = \"noop\" }\n"
     } else {
         ""
     };
     // WorkerBuilder::start validates, knowing which queues have library handlers.
-    Ok(config::read_str(&format!(
-        "[redis]\nurl = \"{url}\"\n[daemon]\nlisten = \"127.0.0.1:0\"\n[queues.{queue}]\nconcurrency = {concurrency}\n{handler}"
-    ))?)
+    let mut config = config::read_str(&format!(
+        "[daemon]\nlisten = \"127.0.0.1:0\"\n[queues.{queue}]\nconcurrency = {concurrency}\n{handler}"
+    ))?;
+    config.redis = redis.clone();
+    Ok(config)
 }
 
 /// Resets the kernel's peak-RSS mark of this process (Linux ≥ 4.0).
@@ -314,8 +321,7 @@ async fn process(
     daemons: usize,
     measure_rss: bool,
 ) -> Result<Processed> {
-    let url = srv.url.as_str();
-    let cfg = daemon_config(url, queue, concurrency, true)?;
+    let cfg = daemon_config(&srv.redis, queue, concurrency, true)?;
     let profile = std::env::var_os("REDQ_BENCH_PROFILE").is_some();
     if profile {
         srv.reset_stats().await?;
@@ -371,7 +377,7 @@ async fn process(
     for (_, _, run) in running {
         let _ = run.await;
     }
-    let client = Client::connect(url, "redq").await?;
+    let client = Client::open(&srv.redis).await?;
     let s = client.stats(&[queue.to_owned()]).await?;
     let left = s
         .first()
@@ -400,7 +406,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 /// (d): a running, idle daemon with a library handler that records when it
 /// starts; jobs are enqueued at a steady rate, each stamped just before its
 /// enqueue call on the same clock. Returns p50, p95, p99, max in ms.
-async fn latency(url: &str, secs: f64) -> Result<[f64; 5]> {
+async fn latency(redis: &RedisConfig, secs: f64) -> Result<[f64; 5]> {
     let queue = "latency";
     let total = ((secs * LATENCY_RATE as f64).round() as usize).max(1);
     let base = Instant::now();
@@ -420,8 +426,8 @@ async fn latency(url: &str, secs: f64) -> Result<[f64; 5]> {
             async { Outcome::Done { result: None } }
         }
     };
-    let cfg = daemon_config(url, queue, 50, false)?;
-    let client = Arc::new(Client::connect(url, "redq").await?);
+    let cfg = daemon_config(redis, queue, 50, false)?;
+    let client = Arc::new(Client::open(redis).await?);
     // Warm up: registers the queue, so every timed call is a plain enqueue
     // (the handler ignores this job's payload).
     client.enqueue(queue, NewJob::new(&-1)?).await?;
@@ -501,7 +507,7 @@ fn cpu_seconds() -> f64 {
 /// (f): an idle daemon on empty queues; Redis commands per second (less
 /// the one INFO that reads the counter) and this process's CPU share.
 async fn idle(srv: &Private, secs: f64) -> Result<(f64, f64)> {
-    let cfg = daemon_config(&srv.url, "idle", 50, true)?;
+    let cfg = daemon_config(&srv.redis, "idle", 50, true)?;
     let daemon = WorkerBuilder::new(cfg).start().await?;
     let handle = daemon.handle();
     let run = tokio::spawn(daemon.run());

@@ -11,13 +11,16 @@ use std::path::PathBuf;
 use redis::aio::ConnectionManager;
 
 use super::redis_server::{Options, RedisProcess};
+use redq::config::{RedisConfig, TlsConfig};
 use redq::error::{Error, Result};
 
 pub struct Private {
     // Fields drop in this order: the server is killed before its directory goes.
     server: RedisProcess,
     _dir: TempDir,
-    pub url: String,
+    /// How redq reaches the server: its plain port, or with `--tls` its TLS
+    /// port at rediss://localhost trusting the run's CA.
+    pub redis: RedisConfig,
     con: ConnectionManager,
 }
 
@@ -35,11 +38,34 @@ fn cfg_err(e: impl std::fmt::Display) -> Error {
 }
 
 impl Private {
-    pub async fn start() -> Result<Private> {
+    pub async fn start(tls: bool) -> Result<Private> {
         let dir = std::env::temp_dir().join(format!("redq-bench-{}", std::process::id()));
         std::fs::create_dir_all(&dir).map_err(|e| cfg_err(format!("{}: {e}", dir.display())))?;
         let dir = TempDir(dir);
         let mut extra = vec!["--maxmemory-policy".into(), "noeviction".into()];
+        let tls_port = if tls {
+            make_certificates(&dir.0)?;
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .map_err(cfg_err)?
+                .port();
+            let file = |f: &str| dir.0.join(f).into_os_string();
+            extra.extend([
+                "--tls-port".into(),
+                port.to_string().into(),
+                "--tls-cert-file".into(),
+                file("server.pem"),
+                "--tls-key-file".into(),
+                file("server.key"),
+                "--tls-ca-cert-file".into(),
+                file("ca.pem"),
+                "--tls-auth-clients".into(),
+                "no".into(),
+            ]);
+            Some(port)
+        } else {
+            None
+        };
         // Extra server settings for experiments, e.g. "hash-max-listpack-entries 0".
         extra.extend(
             std::env::var("REDQ_BENCH_REDIS_ARGS")
@@ -63,6 +89,20 @@ impl Private {
             .map_err(cfg_err)?
             .map_err(cfg_err)?;
         let url = format!("redis://127.0.0.1:{}", server.port());
+        let redis = match tls_port {
+            Some(port) => RedisConfig {
+                url: format!("rediss://localhost:{port}"),
+                tls: TlsConfig {
+                    ca_file: Some(dir.0.join("ca.pem")),
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+            None => RedisConfig {
+                url: url.clone(),
+                ..Default::default()
+            },
+        };
         // The bench's own connection to its own server, for FLUSHALL and
         // INFO (the store's shared connection is the library's alone).
         let con = redis::Client::open(url.as_str())
@@ -73,7 +113,7 @@ impl Private {
         Ok(Private {
             server,
             _dir: dir,
-            url,
+            redis,
             con,
         })
     }
@@ -149,4 +189,80 @@ impl Private {
     pub async fn version(&self) -> Result<String> {
         self.info_field("server", "redis_version").await
     }
+}
+
+/// A CA and a server certificate for `localhost` it signed, made with the
+/// `openssl` command into `dir` (ca.pem; server.pem, server.key), for one
+/// run of `--tls`.
+fn make_certificates(dir: &std::path::Path) -> Result<()> {
+    std::fs::write(dir.join("san.ext"), "subjectAltName=DNS:localhost\n").map_err(cfg_err)?;
+    let steps: [&[&str]; 3] = [
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=redq bench CA",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+        ],
+        &[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-subj",
+            "/CN=localhost",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+        ],
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "1",
+            "-extfile",
+            "san.ext",
+            "-out",
+            "server.pem",
+        ],
+    ];
+    for args in steps {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .map_err(|e| {
+                cfg_err(format!(
+                    "--tls needs the openssl command to make its certificates: {e}"
+                ))
+            })?;
+        if !out.status.success() {
+            return Err(cfg_err(format!(
+                "openssl {} failed: {}",
+                args[0],
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+    }
+    Ok(())
 }

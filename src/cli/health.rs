@@ -92,10 +92,11 @@ fn no_fresh_reason(daemons: &[DaemonInfo], max_age: Duration, prefix: &str) -> S
 
 fn redis_failed(json: bool, max_age_ms: i64, e: &Error) -> u8 {
     let unreachable = e.is_transient();
-    let reason = if unreachable {
-        format!("Redis unreachable: {e}")
-    } else {
-        format!("Redis did not answer PING: {e}")
+    let reason = match e {
+        // A setting redq cannot use (a TLS file, the URL): say that, not PING.
+        Error::Config(_) => e.to_string(),
+        _ if unreachable => format!("Redis unreachable: {e}"),
+        _ => format!("Redis did not answer PING: {e}"),
     };
     if json {
         let body = json!({

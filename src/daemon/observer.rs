@@ -84,10 +84,12 @@ pub async fn run(shared: Arc<Shared>, stats_interval: Duration, stop: Cancellati
             _ = tokio::time::sleep(tick) => {}
         }
         let queues = shared.queues();
+        let mut failure = None;
         let (rtt, pending) = match poll_once(&shared, &queues).await {
             Ok((rtt, pending)) => (Some(rtt), pending),
             Err(e) => {
                 tracing::debug!(error = %e, "polling queue depths failed");
+                failure = Some(e.to_string());
                 (None, Vec::new())
             }
         };
@@ -96,6 +98,9 @@ pub async fn run(shared: Arc<Shared>, stats_interval: Duration, stop: Cancellati
         // fresh depths beside a stale `redq_redis_up`.
         shared.metrics.set_redis(rtt.is_some(), rtt);
         shared.health.set_redis_ok(rtt.is_some());
+        if failure.is_some() {
+            shared.health.set_redis_error(failure);
+        }
         if rtt.is_some() {
             probe::check(&shared, &mut epoch).await;
         }

@@ -37,6 +37,8 @@ type Clock = Box<dyn Fn() -> Instant + Send + Sync>;
 pub struct Health {
     clock: Clock,
     redis_ok: AtomicBool,
+    /// Why Redis is not reachable, when it is not (shown by `/readyz`).
+    redis_error: Mutex<Option<String>>,
     writes_ok: AtomicBool,
     scripts_loaded: AtomicBool,
     draining: AtomicBool,
@@ -60,6 +62,7 @@ impl Health {
         Health {
             clock: Box::new(clock),
             redis_ok: AtomicBool::new(false),
+            redis_error: Mutex::new(None),
             writes_ok: AtomicBool::new(true),
             scripts_loaded: AtomicBool::new(false),
             draining: AtomicBool::new(false),
@@ -100,9 +103,18 @@ impl Health {
         }
     }
 
-    /// Whether the last Redis check succeeded.
+    /// Whether the last Redis check succeeded (a success clears the error
+    /// recorded by [`Health::set_redis_error`]).
     pub fn set_redis_ok(&self, ok: bool) {
         self.redis_ok.store(ok, Relaxed);
+        if ok {
+            self.set_redis_error(None);
+        }
+    }
+
+    /// Why the last Redis check failed (`None`: it did not), for `/readyz`.
+    pub fn set_redis_error(&self, error: Option<String>) {
+        *self.redis_error.lock().unwrap_or_else(|e| e.into_inner()) = error;
     }
 
     /// Whether Redis accepted the last write probe in time.
@@ -142,20 +154,31 @@ impl Health {
     }
 
     /// Readiness and its JSON body:
-    /// `{"status":"unavailable","redis":true,"writes":false,"scripts":true,"draining":false}`.
+    /// `{"status":"unavailable","redis":true,"writes":false,"scripts":true,"draining":false}`;
+    /// with Redis unreachable also `"redis_error"`: what the last check said.
     pub fn readyz(&self) -> (bool, Value) {
         let redis = self.redis_ok.load(Relaxed);
         let writes = self.writes_ok.load(Relaxed);
         let scripts = self.scripts_loaded.load(Relaxed);
         let draining = self.draining.load(Relaxed);
         let ok = redis && writes && scripts && !draining;
-        let body = json!({
+        let mut body = json!({
             "status": status(ok),
             "redis": redis,
             "writes": writes,
             "scripts": scripts,
             "draining": draining,
         });
+        if !redis {
+            let error = self
+                .redis_error
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            if let (Some(error), Some(b)) = (error, body.as_object_mut()) {
+                b.insert("redis_error".into(), Value::from(error));
+            }
+        }
         (ok, body)
     }
 

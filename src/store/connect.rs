@@ -403,6 +403,31 @@ impl Endpoint {
     /// A failure after the stream opened (AUTH, HELLO, SELECT): a plain
     /// connection to a TLS port fails here, as the server drops it.
     fn handshake_error(&self, e: redis::RedisError) -> Error {
+        // With TLS 1.3 the server checks the client's certificate after the
+        // client finished its handshake: its refusal arrives with the first
+        // reply.
+        if let Some(t) = &self.tls {
+            let text = e.to_string();
+            if [
+                "CertificateRequired",
+                "BadCertificate",
+                "UnknownCA",
+                "HandshakeFailure",
+            ]
+            .iter()
+            .any(|alert| text.contains(alert))
+            {
+                let hint = if t.config.client_auth_cert_resolver.has_certs() {
+                    "the server refused redq's client certificate (redis.tls.cert_file): is it signed by a CA the server trusts (tls-ca-cert-file)?"
+                } else {
+                    "the server wants a client certificate (tls-auth-clients yes): set redis.tls.cert_file and key_file"
+                };
+                return io_err(
+                    std::io::ErrorKind::ConnectionAborted,
+                    format!("TLS to {} failed: {hint} ({text})", self.shown),
+                );
+            }
+        }
         if self.tls.is_none() && (e.is_connection_dropped() || e.is_io_error()) {
             return io_err(
                 std::io::ErrorKind::ConnectionAborted,

@@ -24,5 +24,6 @@ pub mod proxy;
 pub mod server;
 pub mod snapshot;
 pub mod store;
+pub mod tls;
 pub mod wait;
 pub mod workers;

@@ -106,6 +106,7 @@ impl Pool {
                     Err(e) => {
                         failed = true;
                         tracing::warn!(pool = %self.name, queue = %q.name, error = %e, "claim failed");
+                        ctx.health.set_redis_error(Some(e.to_string()));
                     }
                 }
             }
