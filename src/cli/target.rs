@@ -24,6 +24,9 @@ pub struct Target {
     pub url: String,
     pub prefix: String,
     pub tls: crate::config::TlsConfig,
+    pub sentinel: Option<crate::config::SentinelConfig>,
+    pub wait_replicas: u32,
+    pub wait_timeout: Option<std::time::Duration>,
     pub configured_queues: Vec<String>,
 }
 
@@ -41,6 +44,12 @@ struct LenientRedis {
     key_prefix: Option<String>,
     #[serde(default)]
     tls: crate::config::TlsConfig,
+    #[serde(default)]
+    sentinel: Option<crate::config::SentinelConfig>,
+    #[serde(default)]
+    wait_replicas: u32,
+    #[serde(default, with = "crate::config::duration::option")]
+    wait_timeout: Option<std::time::Duration>,
 }
 
 impl Target {
@@ -50,12 +59,16 @@ impl Target {
         connect: std::time::Duration,
         command: std::time::Duration,
     ) -> Result<crate::store::Store> {
+        let defaults = crate::config::RedisConfig::default();
         let redis = crate::config::RedisConfig {
             url: self.url.clone(),
             key_prefix: self.prefix.clone(),
             connect_timeout: connect,
             command_timeout: command,
             tls: self.tls.clone(),
+            sentinel: self.sentinel.clone(),
+            wait_replicas: self.wait_replicas,
+            wait_timeout: self.wait_timeout.unwrap_or(defaults.wait_timeout),
         };
         crate::store::Store::open(&redis).await
     }
@@ -87,6 +100,9 @@ impl Target {
             "redis.tls.key_file",
             "redis.tls.server_name",
             "redis.tls.insecure_skip_verify",
+            "redis.sentinel",
+            "redis.wait_replicas",
+            "redis.wait_timeout",
         ]));
         let file: Lenient = fig.extract().map_err(|e| Error::Config(e.to_string()))?;
         Ok(Target {
@@ -99,6 +115,9 @@ impl Target {
                 .or(file.redis.key_prefix)
                 .unwrap_or_else(|| DEFAULT_PREFIX.to_owned()),
             tls: file.redis.tls,
+            sentinel: file.redis.sentinel,
+            wait_replicas: file.redis.wait_replicas,
+            wait_timeout: file.redis.wait_timeout,
             configured_queues: file.queues.into_keys().collect(),
         })
     }

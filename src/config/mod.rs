@@ -36,7 +36,7 @@ pub use error::{ConfigError, Problem};
 pub use handler::{Builtin, BuiltinHandler, CommandHandler, HandlerConfig, HttpHandler};
 pub use pool::{Order, PoolConfig};
 pub use queue::{BackoffConfig, QueueConfig, RateLimitConfig};
-pub use redis::{redacted_url, RedisConfig, TlsConfig};
+pub use redis::{redacted_url, RedisConfig, SentinelConfig, TlsConfig};
 
 use error::Problems;
 

@@ -32,6 +32,35 @@ pub struct RedisConfig {
     /// `[redis.tls]`: how a `rediss://` connection verifies the server and
     /// proves who the client is.
     pub tls: TlsConfig,
+    /// `[redis.sentinel]`: find the primary through Redis Sentinel, and
+    /// follow it when it fails over. The URL then gives the scheme, the data
+    /// node's credentials and database; its host and port are not used.
+    pub sentinel: Option<SentinelConfig>,
+    /// Replicas that must hold an enqueue (and a completion) before it
+    /// answers (`WAIT`); 0: answer once the primary has it. Replication is
+    /// asynchronous: without this, a job acknowledged just before a
+    /// failover can be lost.
+    pub wait_replicas: u32,
+    /// How long such a `WAIT` may take; past it the call fails, saying how
+    /// many replicas had it. Default 1s.
+    #[serde(with = "duration")]
+    pub wait_timeout: Duration,
+}
+
+/// `[redis.sentinel]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SentinelConfig {
+    /// The name the sentinels monitor the primary under (`sentinel monitor <master> …`).
+    pub master: String,
+    /// The sentinels, `host:port` each; asked in turn.
+    pub nodes: Vec<String>,
+    /// The sentinels' own credentials (`requirepass`/ACL of the sentinels),
+    /// kept apart from the data node's, which the URL carries.
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password: Option<String>,
 }
 
 /// `[redis.tls]`, for `rediss://` URLs. Without any key set, the server's
@@ -63,6 +92,9 @@ impl Default for RedisConfig {
             connect_timeout: Duration::from_secs(5),
             command_timeout: Duration::from_secs(10),
             tls: TlsConfig::default(),
+            sentinel: None,
+            wait_replicas: 0,
+            wait_timeout: Duration::from_secs(1),
         }
     }
 }
@@ -97,6 +129,30 @@ impl RedisConfig {
             t.cert_file.is_some() == t.key_file.is_some(),
             &["redis", "tls"],
             "cert_file and key_file go together: give both (a client certificate and its key) or neither",
+        );
+        if let Some(s) = &self.sentinel {
+            p.check(
+                !s.master.is_empty(),
+                &["redis", "sentinel", "master"],
+                "must name the primary the sentinels monitor (sentinel monitor <name> …)",
+            );
+            p.check(
+                !s.nodes.is_empty(),
+                &["redis", "sentinel", "nodes"],
+                "must list at least one sentinel as \"host:port\" (three for a quorum of two)",
+            );
+            for n in &s.nodes {
+                p.check(
+                    crate::store::parse_host_port(n).is_some(),
+                    &["redis", "sentinel", "nodes"],
+                    format!("{n:?} is not host:port"),
+                );
+            }
+        }
+        p.check(
+            self.wait_replicas == 0 || !self.wait_timeout.is_zero(),
+            &["redis", "wait_timeout"],
+            "must be more than 0s when wait_replicas is set",
         );
         if tls_url {
             // The files must exist and parse: refused here, not at the first connection.

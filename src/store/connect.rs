@@ -12,9 +12,16 @@
 //!
 //! [`Endpoint`] knows how to open one connection; [`Shared`] is the store's
 //! shared connection: opened on first use, reopened on the next call after
-//! one failed for the connection's sake (a closed socket, a reset), never in
-//! a loop of its own. The waker's blocking connection and the promoter's
-//! Pub/Sub connection come from the same [`Endpoint`].
+//! one failed for the connection's sake (a closed socket, a reset, a
+//! `READONLY` from a primary that was demoted), never in a loop of its own.
+//! The waker's blocking connection and the promoter's Pub/Sub connection come
+//! from the same [`Endpoint`].
+//!
+//! With `[redis.sentinel]`, every connection first asks the sentinels, in
+//! turn, where the primary is (`SENTINEL get-master-addr-by-name`), then
+//! checks that the server it reaches says it is the primary (`ROLE`): after a
+//! failover, the next connection goes to the new primary. Each sentinel is
+//! given the connect time-out; the sentinels' credentials are their own.
 
 use std::path::Path;
 use std::pin::Pin;
@@ -31,7 +38,7 @@ use rustls::{DigitallySignedStruct, SignatureScheme};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
 
-use crate::config::{redacted_url, TlsConfig};
+use crate::config::{redacted_url, RedisConfig, TlsConfig};
 use crate::error::{Error, Result};
 
 /// A `[redis.tls]` setting that cannot be used, with its key path.
@@ -210,6 +217,23 @@ pub struct Endpoint {
 enum Addr {
     Tcp(String, u16),
     Unix(std::path::PathBuf),
+    /// The primary the sentinels monitor as `master`.
+    Sentinel {
+        master: String,
+        nodes: Vec<(String, u16)>,
+        /// How to log in to the sentinels.
+        login: RedisConnectionInfo,
+    },
+}
+
+/// `host:port` (an IPv6 host in brackets), or `None`.
+pub fn parse_host_port(text: &str) -> Option<(String, u16)> {
+    let (host, port) = text.rsplit_once(':')?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return None;
+    }
+    Some((host.to_owned(), port.parse().ok()?))
 }
 
 /// One connection's byte stream.
@@ -220,6 +244,38 @@ enum Stream {
 }
 
 impl Endpoint {
+    /// From `[redis]`: the URL (`redis://`, `rediss://`, `redis+unix://`,
+    /// `unix://`), `[redis.tls]` (with `rediss://` only) and
+    /// `[redis.sentinel]`.
+    pub fn from_config(redis: &RedisConfig) -> Result<Endpoint> {
+        let mut e = Endpoint::new(&redis.url, &redis.tls, redis.connect_timeout)?;
+        if let Some(s) = &redis.sentinel {
+            let nodes = s
+                .nodes
+                .iter()
+                .map(|n| {
+                    parse_host_port(n).ok_or_else(|| {
+                        Error::Config(format!("redis.sentinel.nodes: {n:?} is not host:port"))
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let mut login = RedisConnectionInfo::default();
+            if let Some(u) = &s.username {
+                login = login.set_username(u);
+            }
+            if let Some(p) = &s.password {
+                login = login.set_password(p);
+            }
+            e.shown = format!("sentinel primary {:?} ({})", s.master, s.nodes.join(", "));
+            e.addr = Addr::Sentinel {
+                master: s.master.clone(),
+                nodes,
+                login,
+            };
+        }
+        Ok(e)
+    }
+
     /// From a URL (`redis://`, `rediss://`, `redis+unix://`, `unix://`) and
     /// the `[redis.tls]` settings (used with `rediss://` only).
     pub fn new(url: &str, tls: &TlsConfig, connect_timeout: Duration) -> Result<Endpoint> {
@@ -272,46 +328,31 @@ impl Endpoint {
     }
 
     /// Opens the byte stream: TCP (then TLS) or a Unix socket, within the
-    /// connect time-out, with errors that say what to do.
+    /// connect time-out, with errors that say what to do. With Sentinel, to
+    /// the primary the sentinels name.
     async fn stream(&self) -> Result<Stream> {
-        let open = async {
-            match &self.addr {
-                Addr::Unix(path) => {
-                    UnixStream::connect(path)
-                        .await
-                        .map(Stream::Unix)
-                        .map_err(|e| {
-                            self.io_error(&format!("cannot connect to {}", path.display()), e)
-                        })
-                }
-                Addr::Tcp(host, port) => {
-                    let tcp = TcpStream::connect((host.as_str(), *port))
-                        .await
-                        .map_err(|e| self.io_error("cannot connect", e))?;
-                    let _ = tcp.set_nodelay(true);
-                    match &self.tls {
-                        None => Ok(Stream::Tcp(tcp)),
-                        Some(t) => {
-                            let name = match &t.server_name {
-                                Some(n) => n.clone(),
-                                None => ServerName::try_from(host.clone()).map_err(|_| {
-                                    Error::Config(format!(
-                                        "redis.url {}: {host:?} is not a name TLS can verify; set redis.tls.server_name",
-                                        self.shown
-                                    ))
-                                })?,
-                            };
-                            let connector = tokio_rustls::TlsConnector::from(t.config.clone());
-                            connector
-                                .connect(name.clone(), tcp)
-                                .await
-                                .map(|s| Stream::Tls(Box::new(s)))
-                                .map_err(|e| self.tls_error(t, &name, e))
-                        }
-                    }
-                }
+        match &self.addr {
+            Addr::Unix(path) => self.within(async {
+                UnixStream::connect(path)
+                    .await
+                    .map(Stream::Unix)
+                    .map_err(|e| self.io_error(&format!("cannot connect to {}", path.display()), e))
+            })
+            .await,
+            Addr::Tcp(host, port) => self.within(self.tcp(host, *port)).await,
+            Addr::Sentinel {
+                master,
+                nodes,
+                login,
+            } => {
+                let (host, port) = self.primary(master, nodes, login).await?;
+                self.within(self.tcp(&host, port)).await
             }
-        };
+        }
+    }
+
+    /// `open` within the connect time-out.
+    async fn within<T>(&self, open: impl std::future::Future<Output = Result<T>>) -> Result<T> {
         match tokio::time::timeout(self.connect_timeout, open).await {
             Ok(r) => r,
             Err(_) => Err(io_err(
@@ -328,6 +369,75 @@ impl Endpoint {
                 ),
             )),
         }
+    }
+
+    /// TCP to `host:port`, then TLS when the URL is `rediss://`.
+    async fn tcp(&self, host: &str, port: u16) -> Result<Stream> {
+        let tcp = TcpStream::connect((host, port))
+            .await
+            .map_err(|e| self.io_error(&format!("cannot connect to {host}:{port} of"), e))?;
+        let _ = tcp.set_nodelay(true);
+        let Some(t) = &self.tls else {
+            return Ok(Stream::Tcp(tcp));
+        };
+        let name = match &t.server_name {
+            Some(n) => n.clone(),
+            None => ServerName::try_from(host.to_owned()).map_err(|_| {
+                Error::Config(format!(
+                    "redis.url {}: {host:?} is not a name TLS can verify; set redis.tls.server_name",
+                    self.shown
+                ))
+            })?,
+        };
+        let connector = tokio_rustls::TlsConnector::from(t.config.clone());
+        connector
+            .connect(name.clone(), tcp)
+            .await
+            .map(|s| Stream::Tls(Box::new(s)))
+            .map_err(|e| self.tls_error(t, &name, e))
+    }
+
+    /// Asks the sentinels in turn where the primary `master` is.
+    async fn primary(
+        &self,
+        master: &str,
+        nodes: &[(String, u16)],
+        login: &RedisConnectionInfo,
+    ) -> Result<(String, u16)> {
+        let mut why = Vec::new();
+        for (host, port) in nodes {
+            let ask = async {
+                let stream = self.tcp(host, *port).await?;
+                let (mut con, driver) = MultiplexedConnection::new_with_config(
+                    login,
+                    stream,
+                    redis::AsyncConnectionConfig::new().set_response_timeout(Some(self.connect_timeout)),
+                )
+                .await?;
+                tokio::spawn(driver);
+                let addr: Option<(String, String)> = redis::cmd("SENTINEL")
+                    .arg("get-master-addr-by-name")
+                    .arg(master)
+                    .query_async(&mut con)
+                    .await?;
+                Ok::<_, Error>(addr)
+            };
+            match self.within(ask).await {
+                Ok(Some((h, p))) => match p.parse() {
+                    Ok(p) => return Ok((h, p)),
+                    Err(_) => why.push(format!("{host}:{port} answered port {p:?}")),
+                },
+                Ok(None) => why.push(format!("{host}:{port} monitors no primary named {master:?}")),
+                Err(e) => why.push(format!("{host}:{port}: {e}")),
+            }
+        }
+        Err(io_err(
+            std::io::ErrorKind::NotConnected,
+            format!(
+                "no sentinel told where the primary {master:?} is ({}); check redis.sentinel.master and nodes",
+                why.join("; ")
+            ),
+        ))
     }
 
     fn io_error(&self, what: &str, e: std::io::Error) -> Error {
@@ -385,10 +495,22 @@ impl Endpoint {
     ) -> Result<MultiplexedConnection> {
         let stream = self.stream().await?;
         let config = redis::AsyncConnectionConfig::new().set_response_timeout(answer_within);
-        let (con, driver) = MultiplexedConnection::new_with_config(&self.redis, stream, config)
+        let (mut con, driver) = MultiplexedConnection::new_with_config(&self.redis, stream, config)
             .await
             .map_err(|e| self.handshake_error(e))?;
         tokio::spawn(driver);
+        if matches!(self.addr, Addr::Sentinel { .. }) {
+            // Just after a failover a sentinel may still name the old
+            // primary, which a restart has made a replica.
+            let role: Vec<redis::Value> = redis::cmd("ROLE").query_async(&mut con).await?;
+            let is_primary = matches!(role.first(), Some(redis::Value::BulkString(r)) if r == b"master");
+            if !is_primary {
+                return Err(io_err(
+                    std::io::ErrorKind::NotConnected,
+                    format!("{}: the server the sentinels named is not a primary (yet); retrying", self.shown),
+                ));
+            }
+        }
         Ok(con)
     }
 
@@ -541,7 +663,10 @@ impl Shared {
 
     /// Drops connection `number` after an error that broke it.
     fn broken(&self, number: u64, e: &redis::RedisError) {
-        if e.is_unrecoverable_error() || e.is_connection_dropped() || e.is_io_error() {
+        // READONLY: the server was a primary and is a replica now (a
+        // failover); the next connection finds the new primary.
+        let demoted = matches!(e.code(), Some("READONLY" | "MASTERDOWN"));
+        if demoted || e.is_unrecoverable_error() || e.is_connection_dropped() || e.is_io_error() {
             if let Ok(mut c) = self.current.write() {
                 if c.as_ref().is_some_and(|(n, _)| *n == number) {
                     *c = None;

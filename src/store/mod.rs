@@ -42,7 +42,7 @@ mod schedule;
 mod server;
 mod setup;
 pub use claim::{parse_handoff, Claimed, ClaimedJob, HandoffOffer};
-pub use connect::{Endpoint, TlsFileError, TlsFiles};
+pub use connect::{parse_host_port, Endpoint, TlsFileError, TlsFiles};
 pub use cron::{CronOutcome, CronTick};
 pub use dead::DeadRetry;
 pub use enqueue::{EnqueueStatus, Enqueued, ImportJob};
@@ -100,11 +100,7 @@ impl Store {
     /// an error here), and opened again by the next call after it breaks.
     pub async fn open(redis: &crate::config::RedisConfig) -> Result<Store> {
         keys::check_prefix(&redis.key_prefix)?;
-        let endpoint = Arc::new(Endpoint::new(
-            &redis.url,
-            &redis.tls,
-            redis.connect_timeout,
-        )?);
+        let endpoint = Arc::new(Endpoint::from_config(redis)?);
         let con = connect::Shared::new(endpoint.clone(), Some(redis.command_timeout));
         con.get().await?;
         Ok(Store {
