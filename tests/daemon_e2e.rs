@@ -15,7 +15,7 @@ mod common;
 use std::fs::{self, File};
 use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -573,8 +573,8 @@ fn every_job_completes_across_a_redis_kill_and_aof_restart() {
     // The daemon loads the function library; then everything is enqueued
     // in one redis-cli session (the daemon starts on it at once).
     let mut daemon = Daemon::start(&cfg, &d.join("redq.log"), &[]);
-    let mut cli = Command::new("redis-cli")
-        .args(["-p", &redis.port.to_string()])
+    let mut cli = redis
+        .cli_command()
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
