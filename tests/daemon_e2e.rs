@@ -15,7 +15,7 @@ mod common;
 use std::fs::{self, File};
 use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -573,8 +573,8 @@ fn every_job_completes_across_a_redis_kill_and_aof_restart() {
     // The daemon loads the function library; then everything is enqueued
     // in one redis-cli session (the daemon starts on it at once).
     let mut daemon = Daemon::start(&cfg, &d.join("redq.log"), &[]);
-    let mut cli = Command::new("redis-cli")
-        .args(["-p", &redis.port.to_string()])
+    let mut cli = redis
+        .cli_command()
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -723,4 +723,50 @@ fn config_errors_exit_78_naming_the_key_and_unreachable_redis_exits_69() {
     assert_eq!(o.code, Some(0), "{}", o.stderr);
     let o = run_bounded(redq().arg("--config").arg(&good).arg("run"), secs(30));
     assert_eq!(o.code, Some(69), "Redis unreachable: {}", o.stderr);
+}
+
+// ---------------------------------------------------------------- 8. the server's checks
+
+#[test]
+fn at_start_the_daemon_names_the_server_and_its_version_and_warns_about_eviction_and_persistence() {
+    // No persistence (the harness's default) and an evicting policy.
+    let redis = RedisServer::start_with(&["--maxmemory-policy", "allkeys-lru"]);
+    let info = redis.cli(&["INFO", "server"]).unwrap();
+    let field = |name: &str| {
+        info.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+            .map(|v| v.trim().to_owned())
+    };
+    // Valkey reports the Redis it matches as `redis_version` (7.2.4 on
+    // Valkey 8) and its own version as `valkey_version`.
+    let (server, version) = match field("valkey_version") {
+        Some(v) => ("Valkey", v),
+        None => ("Redis", field("redis_version").expect("INFO server")),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let queues = "[queues.a]\nhandler = { builtin = \"noop\" }\n";
+    let cfg = d.join("w.toml");
+    fs::write(&cfg, config(&redis.url(), "2s", queues)).unwrap();
+    let mut daemon = Daemon::start(&cfg, &d.join("redq.log"), &[]);
+    let log = daemon.log();
+    let lines: Vec<Value> = log
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let logged = |message: &str| {
+        lines
+            .iter()
+            .find(|l| l["message"].as_str() == Some(message))
+            .unwrap_or_else(|| panic!("no {message:?} in the log:\n{log}"))
+    };
+    let connected = logged(&format!("connected to {server}"));
+    assert_eq!(connected["version"], version.as_str(), "{log}");
+    // CONFIG GET answered: the warnings name what it read.
+    assert!(log.contains("REDIS CAN DELETE JOBS"), "{log}");
+    assert!(log.contains("allkeys-lru"), "{log}");
+    assert!(log.contains("persistence is off"), "{log}");
+    assert!(!log.contains("could not read"), "{log}");
+    daemon.signal(libc::SIGTERM);
+    assert_eq!(daemon.wait_exit(secs(10)).0.code(), Some(0));
 }

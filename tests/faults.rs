@@ -14,7 +14,7 @@ use common::http::{http_get, sample};
 use common::process::*;
 use common::producers::fcall;
 use common::proxy::{Fault, Proxy};
-use common::server::RedisServer;
+use common::server::{server_tool, RedisServer};
 use common::wait::{eventually, now_ms, secs, sleep_past_ms, wait_for};
 use common::workers::*;
 
@@ -180,15 +180,16 @@ async fn fencing_tokens_never_repeat_after_redis_loses_its_latest_writes() {
     // back with the writes of the last second gone.
     redis.kill();
     let manifest = redis.dir().join("appendonlydir/appendonly.aof.manifest");
-    let out = std::process::Command::new("redis-check-aof")
+    let check_aof = server_tool("check-aof");
+    let out = std::process::Command::new(&check_aof)
         .arg("--truncate-to-timestamp")
         .arg(second.to_string())
         .arg(&manifest)
         .output()
-        .expect("redis-check-aof is installed with redis-server");
+        .unwrap_or_else(|e| panic!("{check_aof:?} (installed with the server): {e}"));
     assert!(
         out.status.success(),
-        "redis-check-aof: {}{}",
+        "{check_aof:?}: {}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );

@@ -97,7 +97,12 @@ async fn check<C: ConnectionLike>(con: &mut C) -> Result<()> {
         .next()
         .and_then(|m| m.parse().ok())
         .unwrap_or(0);
-    tracing::info!(%version, "connected to Redis");
+    // Valkey's `redis_version` is the Redis it matches (7.2.4 on Valkey 8);
+    // its own version is `valkey_version`.
+    match info_field(&info, "valkey_version") {
+        Some(valkey) => tracing::info!(version = valkey, "connected to Valkey"),
+        None => tracing::info!(%version, "connected to Redis"),
+    }
     if major < 7 {
         tracing::warn!(%version, "Redis is older than 7.0: FCALL redq_enqueue is not available; producers must use the inbox list or a redq client");
     }

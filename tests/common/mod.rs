@@ -3,7 +3,8 @@
 //! signals or bounded polls, never on fixed sleeps.
 //!
 //! - [`server`]: the private `redis-server` (start, kill, restart, `redis-cli`,
-//!   connections, `INFO` counts), free ports.
+//!   connections, `INFO` counts), free ports; `REDQ_TEST_REDIS_SERVER` runs
+//!   another server program (Valkey, another Redis) and its tools.
 //! - [`wait`]: bounded waits: [`wait::eventually`] (async), [`wait::wait_for`]
 //!   (blocking), [`wait::within`]; the host's clock.
 //! - [`snapshot`]: a queue's whole state read at once.

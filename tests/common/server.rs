@@ -5,8 +5,15 @@
 //! (the bench uses it too): start-up waits with a bounded time-out, and only
 //! a server that reports our child's pid counts, since another test's server
 //! may hold a port we found free a moment before.
+//!
+//! The server is `redis-server` on PATH, or the program
+//! `REDQ_TEST_REDIS_SERVER` names (a Valkey or another Redis build: the
+//! compatibility runs in `.ci/run`). Its tools, `redis-cli` and
+//! `redis-check-aof`, come from the same build: the one beside that program
+//! (`valkey-server` → `valkey-cli`), else the one on PATH.
 
 use std::collections::HashMap;
+use std::ffi::OsString;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -22,6 +29,34 @@ pub struct RedisServer {
     pub port: u16,
     dir: tempfile::TempDir,
     extra: Vec<String>,
+}
+
+/// The server program the tests start: `REDQ_TEST_REDIS_SERVER`, else
+/// `redis-server` on PATH.
+pub fn server_program() -> OsString {
+    std::env::var_os("REDQ_TEST_REDIS_SERVER")
+        .filter(|p| !p.is_empty())
+        .unwrap_or_else(|| "redis-server".into())
+}
+
+/// A tool of the server's build, named as `redis-server` names it ("cli",
+/// "check-aof"): `<name>-<tool>` beside a server program `<name>-server`
+/// given by path (`/opt/valkey/bin/valkey-server` → `valkey-cli` there),
+/// else `redis-<tool>` on PATH. The path is not resolved: Valkey's and
+/// Redis's servers are symlinks that act by the name they are called by.
+pub fn server_tool(tool: &str) -> OsString {
+    let program = PathBuf::from(server_program());
+    let beside = program
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .and_then(|dir| {
+            let name = program.file_name()?.to_str()?.strip_suffix("-server")?;
+            Some(dir.join(format!("{name}-{tool}")))
+        });
+    match beside {
+        Some(path) if path.exists() => path.into(),
+        _ => format!("redis-{tool}").into(),
+    }
 }
 
 /// A port on 127.0.0.1 that nothing listened on a moment ago.
@@ -53,7 +88,7 @@ impl RedisServer {
 
     fn options(&self) -> Options {
         Options {
-            program: "redis-server".into(),
+            program: server_program(),
             dir: self.dir.path().to_path_buf(),
             logfile: Some(self.log_path()),
             extra: self.extra.iter().map(Into::into).collect(),
@@ -85,11 +120,16 @@ impl RedisServer {
 
     /// Runs `redis-cli` against this server (a foreign producer); returns stdout.
     pub fn cli(&self, args: &[&str]) -> std::io::Result<String> {
-        let out = Command::new("redis-cli")
-            .args(["-p", &self.port.to_string()])
-            .args(args)
-            .output()?;
+        let out = self.cli_command().args(args).output()?;
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// `redis-cli` of the server's build ([`server_tool`]), pointed at this
+    /// server; the caller adds arguments or feeds it commands on stdin.
+    pub fn cli_command(&self) -> Command {
+        let mut cmd = Command::new(server_tool("cli"));
+        cmd.args(["-p", &self.port.to_string()]);
+        cmd
     }
 
     /// Kills the server (SIGKILL) and waits for it to exit.
