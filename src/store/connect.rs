@@ -332,13 +332,17 @@ impl Endpoint {
     /// the primary the sentinels name.
     async fn stream(&self) -> Result<Stream> {
         match &self.addr {
-            Addr::Unix(path) => self.within(async {
-                UnixStream::connect(path)
-                    .await
-                    .map(Stream::Unix)
-                    .map_err(|e| self.io_error(&format!("cannot connect to {}", path.display()), e))
-            })
-            .await,
+            Addr::Unix(path) => {
+                self.within(async {
+                    UnixStream::connect(path)
+                        .await
+                        .map(Stream::Unix)
+                        .map_err(|e| {
+                            self.io_error(&format!("cannot connect to {}", path.display()), e)
+                        })
+                })
+                .await
+            }
             Addr::Tcp(host, port) => self.within(self.tcp(host, *port)).await,
             Addr::Sentinel {
                 master,
@@ -411,7 +415,8 @@ impl Endpoint {
                 let (mut con, driver) = MultiplexedConnection::new_with_config(
                     login,
                     stream,
-                    redis::AsyncConnectionConfig::new().set_response_timeout(Some(self.connect_timeout)),
+                    redis::AsyncConnectionConfig::new()
+                        .set_response_timeout(Some(self.connect_timeout)),
                 )
                 .await?;
                 tokio::spawn(driver);
@@ -427,7 +432,9 @@ impl Endpoint {
                     Ok(p) => return Ok((h, p)),
                     Err(_) => why.push(format!("{host}:{port} answered port {p:?}")),
                 },
-                Ok(None) => why.push(format!("{host}:{port} monitors no primary named {master:?}")),
+                Ok(None) => why.push(format!(
+                    "{host}:{port} monitors no primary named {master:?}"
+                )),
                 Err(e) => why.push(format!("{host}:{port}: {e}")),
             }
         }
@@ -503,11 +510,15 @@ impl Endpoint {
             // Just after a failover a sentinel may still name the old
             // primary, which a restart has made a replica.
             let role: Vec<redis::Value> = redis::cmd("ROLE").query_async(&mut con).await?;
-            let is_primary = matches!(role.first(), Some(redis::Value::BulkString(r)) if r == b"master");
+            let is_primary =
+                matches!(role.first(), Some(redis::Value::BulkString(r)) if r == b"master");
             if !is_primary {
                 return Err(io_err(
                     std::io::ErrorKind::NotConnected,
-                    format!("{}: the server the sentinels named is not a primary (yet); retrying", self.shown),
+                    format!(
+                        "{}: the server the sentinels named is not a primary (yet); retrying",
+                        self.shown
+                    ),
                 ));
             }
         }

@@ -127,7 +127,7 @@ impl TlsServer {
 
     /// `redis-cli` over TLS, trusting the CA (a producer in another language).
     pub fn cli(&self, args: &[&str]) -> String {
-        let out = std::process::Command::new("redis-cli")
+        let out = std::process::Command::new(super::server::server_tool("cli"))
             .args(["--tls", "--cacert"])
             .arg(&self.ca_file)
             .args(["-h", "127.0.0.1", "-p", &self.tls_port.to_string()])
