@@ -21,6 +21,10 @@ pub enum Error {
     /// Redis answered with an error or could not be reached.
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
+    /// A write reached the primary but not the replicas `redis.wait_replicas`
+    /// asks for within `redis.wait_timeout`: a failover now could lose it.
+    #[error("{0}")]
+    NotReplicated(String),
     /// Redis answered something a redq script never returns: a redq bug or foreign data in redq's keys.
     #[error("unexpected reply from Redis ({context}): {detail}")]
     Protocol {
@@ -38,6 +42,7 @@ impl Error {
             Error::InvalidJob(m) => Error::InvalidJob(m.clone()),
             Error::InvalidName(m) => Error::InvalidName(m.clone()),
             Error::Config(m) => Error::Config(m.clone()),
+            Error::NotReplicated(m) => Error::NotReplicated(m.clone()),
             Error::Redis(e) => Error::Redis(match (e.code(), e.detail()) {
                 (Some(code), Some(detail)) => {
                     redis::RedisError::from((e.kind(), "redis error", format!("{code} {detail}")))
@@ -67,6 +72,9 @@ impl Error {
                             | redis::ErrorKind::Server(redis::ServerErrorKind::MasterDown)
                     )
             }
+            // Written, but not yet where it must be: the same call again
+            // (enqueue by id is idempotent, a fenced completion too) may succeed.
+            Error::NotReplicated(_) => true,
             _ => false,
         }
     }

@@ -59,6 +59,7 @@ impl Store {
             ]);
         }
         let reply = array(self.run(|s| &s.enqueue, q, args).await?, "enqueue")?;
+        self.replicated("enqueue").await?;
         reply
             .chunks(2)
             .map(|pair| {

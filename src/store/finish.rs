@@ -103,11 +103,13 @@ impl Store {
                 ]);
             }
         }
-        flags(
+        let done = flags(
             self.run_with(|s| &s.complete, q, usage_key.as_deref(), args)
                 .await?,
             "complete",
-        )
+        )?;
+        self.replicated("completion").await?;
+        Ok(done)
     }
 
     /// Records failures: each job is scheduled for a retry or moved to the dead set.

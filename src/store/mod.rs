@@ -65,6 +65,9 @@ pub struct Store {
     /// Whether Redis has functions (7.0+): transitions run as functions of
     /// the internal library; without, as EVAL scripts.
     functions: Arc<AtomicBool>,
+    /// `redis.wait_replicas` and `redis.wait_timeout`: enqueues and
+    /// completions answer once this many replicas have them.
+    wait: Option<(u32, Duration)>,
 }
 
 fn ms(d: Duration) -> u64 {
@@ -108,6 +111,7 @@ impl Store {
             endpoint,
             prefix: redis.key_prefix.clone(),
             functions: Arc::new(AtomicBool::new(true)),
+            wait: (redis.wait_replicas > 0).then_some((redis.wait_replicas, redis.wait_timeout)),
         })
     }
 
@@ -119,6 +123,26 @@ impl Store {
     /// The URL Redis is reached at, without credentials.
     pub fn shown_url(&self) -> &str {
         self.endpoint.shown()
+    }
+
+    /// With `redis.wait_replicas`: waits until that many replicas hold what
+    /// this connection wrote so far (`WAIT`, sent after the write was
+    /// answered, so it covers it); an error says how many did in time.
+    async fn replicated(&self, what: &str) -> Result<()> {
+        let Some((wanted, within)) = self.wait else {
+            return Ok(());
+        };
+        let acked: i64 = redis::cmd("WAIT")
+            .arg(wanted)
+            .arg(ms(within))
+            .query_async(&mut self.connection())
+            .await?;
+        if acked >= i64::from(wanted) {
+            return Ok(());
+        }
+        Err(Error::NotReplicated(format!(
+            "the {what} is on the primary, but only {acked} of the {wanted} replicas redis.wait_replicas asks for had it within {within:?} (redis.wait_timeout): a failover now could lose it; call again (an enqueue with the same id, a completion with the same fence, changes nothing twice)"
+        )))
     }
 
     /// A connection handle (shares the multiplexed connection).
