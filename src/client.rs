@@ -119,17 +119,35 @@ async fn coalesce(
 }
 
 impl Client {
-    /// Connects to Redis at `url` with key prefix `prefix` (usually "redq").
+    /// Connects to Redis at `url` with key prefix `prefix` (usually "redq"),
+    /// and loads the public `redq` function library when it is missing (or
+    /// another version) and this user may, so that producers calling `FCALL
+    /// redq_enqueue` can start before any daemon. A user that may not load
+    /// functions connects all the same: `redq setup` loads them.
     /// A `rediss://` URL trusts the bundled Mozilla roots; for a private CA,
     /// a client certificate or a server name use [`Client::open`].
     pub async fn connect(url: &str, prefix: &str) -> Result<Client> {
-        Ok(Client::from_store(Store::connect(url, prefix).await?))
+        Client::with_library(Store::connect(url, prefix).await?).await
     }
 
-    /// Connects as a `[redis]` table says: URL, key prefix, time-outs and
-    /// `[redis.tls]` (CA file, client certificate, server name).
+    /// Connects as a `[redis]` table says: URL, key prefix, time-outs,
+    /// `[redis.tls]` (CA file, client certificate, server name),
+    /// `[redis.sentinel]` and `wait_replicas`; loads the `redq` library as
+    /// [`Client::connect`] does.
     pub async fn open(redis: &crate::config::RedisConfig) -> Result<Client> {
-        Ok(Client::from_store(Store::open(redis).await?))
+        Client::with_library(Store::open(redis).await?).await
+    }
+
+    /// A client on `store`, after loading the public library when it is
+    /// missing and allowed (a refusal is not an error: `redq setup` loads it).
+    async fn with_library(store: Store) -> Result<Client> {
+        if let Err(e) = store.ensure_library().await {
+            if e.is_transient() {
+                return Err(e);
+            }
+            tracing::debug!(error = %e, "not loading the `redq` function library");
+        }
+        Ok(Client::from_store(store))
     }
 
     /// A client on an existing store connection.

@@ -18,6 +18,10 @@ pub enum Error {
     /// The configuration was refused; the message names the key path.
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// The Redis server cannot run redq (no functions: older than 7.0); the
+    /// message names the version and the versions redq supports.
+    #[error("{0}")]
+    Unsupported(String),
     /// Redis answered with an error or could not be reached.
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
@@ -43,6 +47,7 @@ impl Error {
             Error::InvalidName(m) => Error::InvalidName(m.clone()),
             Error::Config(m) => Error::Config(m.clone()),
             Error::NotReplicated(m) => Error::NotReplicated(m.clone()),
+            Error::Unsupported(m) => Error::Unsupported(m.clone()),
             Error::Redis(e) => Error::Redis(match (e.code(), e.detail()) {
                 (Some(code), Some(detail)) => {
                     redis::RedisError::from((e.kind(), "redis error", format!("{code} {detail}")))
@@ -82,6 +87,13 @@ impl Error {
     /// True when Redis refused a write for being at `maxmemory` (noeviction).
     pub fn is_oom(&self) -> bool {
         matches!(self, Error::Redis(e) if e.code() == Some("OOM"))
+    }
+
+    /// True when Redis refused a command because the user's ACL rules do
+    /// not allow it (`NOPERM`), e.g. `FUNCTION LOAD` for a least-privilege
+    /// daemon or producer.
+    pub fn is_no_perm(&self) -> bool {
+        matches!(self, Error::Redis(e) if e.code() == Some("NOPERM"))
     }
 
     pub(crate) fn protocol(context: &'static str, detail: impl Into<String>) -> Self {

@@ -169,9 +169,15 @@ pub fn internal_library_name() -> &'static str {
 
 /// The internal library's source, as `FUNCTION LOAD` takes it: the library
 /// files once, then each transition's body as the callback of its function
-/// (called with the same KEYS and ARGV as the EVAL script).
+/// (called with the same KEYS and ARGV as the EVAL script), and
+/// [`internal_version_function`].
 pub fn internal_library_source() -> String {
     let mut src = format!("#!lua name={}\n{}\n", internal_library_name(), library());
+    src.push_str(&format!(
+        "redis.register_function {{ function_name = '{}', flags = {{ 'no-writes' }}, callback = function() return '{}' end }}\n",
+        internal_version_function(),
+        internal_library_name(),
+    ));
     for &(name, body, allow_oom) in BODIES {
         let flags = if allow_oom { "{ 'allow-oom' }" } else { "{}" };
         src.push_str(&format!(
@@ -180,6 +186,13 @@ pub fn internal_library_source() -> String {
         ));
     }
     src
+}
+
+/// The internal library's one function that is not a transition:
+/// `FCALL_RO <it> 0` answers the library's name, so a process that may not
+/// load functions can tell whether the library is there without writing.
+pub fn internal_version_function() -> String {
+    function_name("version")
 }
 
 /// The version of the function library: a hash of its source, so any change

@@ -22,6 +22,31 @@ fn run(mut c: impl BorrowMut<Command>) -> (i32, String, String) {
     (o.code.unwrap_or(-1), o.stdout, o.stderr)
 }
 
+/// `redq enqueue` loads the `redq` function library when it is missing, so
+/// producers calling `FCALL redq_enqueue` can start before any daemon.
+#[test]
+fn enqueue_loads_the_function_library_for_fcall_producers() {
+    let redis = RedisServer::start();
+    let key = "redq:{mail}";
+    let doc = r#"{"payload":1}"#;
+    let before = redis
+        .cli(&["FCALL", "redq_enqueue", "1", key, doc])
+        .unwrap();
+    assert!(before.contains("Function not found"), "{before}");
+    let (code, _, err) = run(redq(&[
+        "--redis-url",
+        &redis.url(),
+        "enqueue",
+        "mail",
+        "{}",
+    ]));
+    assert_eq!(code, 0, "{err}");
+    let id = redis
+        .cli(&["FCALL", "redq_enqueue", "1", key, doc])
+        .unwrap();
+    assert_eq!(id.trim().len(), 26, "{id}");
+}
+
 #[test]
 fn enqueue_prints_the_id_and_job_shows_it() {
     let redis = RedisServer::start();

@@ -138,6 +138,39 @@ async fn a_lost_function_library_is_loaded_again() {
     daemon.stop().await;
 }
 
+/// Redis lost its functions (FUNCTION FLUSH, a restart without
+/// persistence): the daemon's next transition finds its function gone and
+/// loads both libraries then, so producers' FCALL works again well before
+/// the 30 s check of the `redq` library (whose first round is 5 s after start).
+#[tokio::test]
+async fn lost_functions_are_loaded_again_at_the_next_transition() {
+    let redis = RedisServer::start();
+    let daemon = launch(WorkerBuilder::new(config(&redis.url()))).await;
+    let started = std::time::Instant::now();
+    redis.cli(&["FUNCTION", "FLUSH"]).unwrap();
+    let id = eventually("FCALL redq_enqueue to work again", secs(3), || async {
+        let out = fcall_reply(&redis, "ok", r#"{"payload":1}"#);
+        if !out.contains("ERR") {
+            Ok(out)
+        } else {
+            Err(out)
+        }
+    })
+    .await;
+    assert_eq!(id.trim().len(), 26, "{id}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(4),
+        "restored by the periodic check, not the transition: {:?}",
+        started.elapsed()
+    );
+    let listed = redis.cli(&["FUNCTION", "LIST"]).unwrap();
+    assert!(
+        listed.contains(redq::scripts::internal_library_name()),
+        "{listed}"
+    );
+    daemon.stop().await;
+}
+
 #[tokio::test]
 async fn command_handler_resources_are_summed_in_metrics() {
     let redis = RedisServer::start();

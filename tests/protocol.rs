@@ -18,7 +18,7 @@ async fn setup() -> (RedisServer, redq::Client) {
     let client = redis.client().await;
     assert_eq!(
         client.ensure_library().await.unwrap(),
-        LibraryStatus::Loaded
+        LibraryStatus::Current
     );
     (redis, client)
 }
@@ -35,6 +35,50 @@ async fn claim_all(store: &Store, queue: &str) -> Vec<redq::store::ClaimedJob> {
         .await
         .unwrap()
         .jobs
+}
+
+/// A producer can call `FCALL redq_enqueue` before any daemon ran: the
+/// first client that connected (a Rust program, `redq enqueue`) loaded it.
+#[tokio::test]
+async fn connecting_a_client_loads_the_library_for_fcall_producers() {
+    let redis = RedisServer::start();
+    let before = fcall_reply(&redis, "q", r#"{"payload":1}"#);
+    assert!(before.contains("Function not found"), "{before}");
+    let _client = redis.client().await;
+    let id = fcall(&redis, "q", r#"{"payload":1}"#);
+    assert_eq!(id.len(), 26, "{id}");
+    // Loaded once: a second client finds it current and loads nothing.
+    let loads = redis.command_calls("function|load").await;
+    let _again = redis.client().await;
+    assert_eq!(redis.command_calls("function|load").await, loads);
+}
+
+/// A client that may not load functions connects all the same.
+#[tokio::test]
+async fn a_client_whose_user_may_not_load_functions_connects() {
+    let redis = RedisServer::start();
+    redis
+        .cli(&[
+            "ACL",
+            "SETUSER",
+            "app",
+            "on",
+            ">pw",
+            "~*",
+            "&*",
+            "+@all",
+            "-function",
+        ])
+        .unwrap();
+    let url = format!("redis://app:pw@127.0.0.1:{}", redis.port);
+    let client = redq::Client::connect(&url, "redq").await.unwrap();
+    assert!(fcall_reply(&redis, "q", r#"{"payload":1}"#).contains("Function not found"));
+    // Its own enqueues run as EVALSHA scripts meanwhile.
+    client
+        .enqueue("q", redq::NewJob::new(&1).unwrap())
+        .await
+        .unwrap();
+    assert!(redis.command_calls("evalsha").await >= 1);
 }
 
 #[tokio::test]
@@ -357,7 +401,9 @@ async fn a_record_over_the_document_limit_goes_dead_unread_at_claim_and_hand_off
         "{error}"
     );
 
-    // Handed off to an idle daemon by an enqueue: the same.
+    // Handed off to an idle daemon by an enqueue (a client's: FCALL
+    // redq_enqueue hands off only the job it creates, into an empty
+    // queue): the same.
     let _: () = redis::cmd("DEL")
         .arg(q.dead())
         .arg(q.jobs())
@@ -381,7 +427,8 @@ async fn a_record_over_the_document_limit_goes_dead_unread_at_claim_and_hand_off
         .unwrap();
     assert!(got.jobs.is_empty());
     plant_oversize(&redis, &q, limit).await;
-    fcall(&redis, "big", r#"{"payload":"small","id":"after"}"#);
+    let after = redq::NewJob::new(&"small").unwrap().id("after");
+    client.enqueue("big", after).await.unwrap();
     let handed = handed_jobs(&redis, &q, "d1.0").await;
     let ids: Vec<String> = handed.into_iter().map(|j| j.id).collect();
     assert_eq!(ids, ["after"]);

@@ -15,7 +15,7 @@ const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 const COMMAND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 pub async fn run(command: Command, target: &Target) -> Result<u8> {
-    let client = Client::from_store(target.store(CONNECT_TIMEOUT, COMMAND_TIMEOUT).await?);
+    let client = Client::open(&target.redis_config(CONNECT_TIMEOUT, COMMAND_TIMEOUT)).await?;
     match command {
         Command::Enqueue(args) => enqueue(&client, args).await,
         Command::Job { queue, id, json } => match client.job(&queue, &id).await? {
@@ -62,9 +62,11 @@ pub async fn run(command: Command, target: &Target) -> Result<u8> {
         Command::Export { queue, output } => export(&client, &queue, output).await,
         Command::Import { queue, input } => import(&client, &queue, input).await,
         Command::Usage(args) => super::usage::run(&client, target, args).await,
-        Command::Run | Command::CheckConfig | Command::Health { .. } | Command::Watch { .. } => {
-            Ok(2)
-        }
+        Command::Run
+        | Command::CheckConfig
+        | Command::Setup { .. }
+        | Command::Health { .. }
+        | Command::Watch { .. } => Ok(2),
     }
 }
 

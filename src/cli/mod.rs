@@ -8,6 +8,7 @@
 mod commands;
 mod daemon;
 mod health;
+mod setup;
 mod target;
 mod usage;
 mod watch;
@@ -49,6 +50,15 @@ pub enum Command {
     Run,
     /// Check the configuration file (and handlers) without starting
     CheckConfig,
+    /// Load (or upgrade) redq's function libraries and check the server; once per Redis and release
+    Setup {
+        /// Only report, writing nothing: exit 0 when the libraries are current, 1 when not
+        #[arg(long)]
+        check: bool,
+        /// Also check that this ACL user (the daemon's) may run what the daemon needs (ACL DRYRUN)
+        #[arg(long, value_name = "USER")]
+        daemon_user: Option<String>,
+    },
     /// Enqueue a job; prints its id
     Enqueue(EnqueueArgs),
     /// Show one job: state, attempts, timestamps, last error, result
@@ -199,6 +209,13 @@ pub async fn main(cli: Cli) -> u8 {
             return EXIT_CONFIG;
         }
     };
+    if let Command::Setup {
+        check,
+        ref daemon_user,
+    } = cli.command
+    {
+        return setup::run(&target, check, daemon_user.as_deref()).await;
+    }
     if let Command::Health { json, max_age } = cli.command {
         return health::run(&target, json, max_age).await;
     }

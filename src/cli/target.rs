@@ -53,14 +53,15 @@ struct LenientRedis {
 }
 
 impl Target {
-    /// Connects to the target Redis with these connect and command time-outs.
-    pub async fn store(
+    /// The `[redis]` settings to reach the target with these connect and
+    /// command time-outs.
+    pub fn redis_config(
         &self,
         connect: std::time::Duration,
         command: std::time::Duration,
-    ) -> Result<crate::store::Store> {
+    ) -> crate::config::RedisConfig {
         let defaults = crate::config::RedisConfig::default();
-        let redis = crate::config::RedisConfig {
+        crate::config::RedisConfig {
             url: self.url.clone(),
             key_prefix: self.prefix.clone(),
             connect_timeout: connect,
@@ -69,8 +70,16 @@ impl Target {
             sentinel: self.sentinel.clone(),
             wait_replicas: self.wait_replicas,
             wait_timeout: self.wait_timeout.unwrap_or(defaults.wait_timeout),
-        };
-        crate::store::Store::open(&redis).await
+        }
+    }
+
+    /// Connects to the target Redis with these connect and command time-outs.
+    pub async fn store(
+        &self,
+        connect: std::time::Duration,
+        command: std::time::Duration,
+    ) -> Result<crate::store::Store> {
+        crate::store::Store::open(&self.redis_config(connect, command)).await
     }
 
     pub fn resolve(

@@ -18,7 +18,6 @@ use crate::config::DaemonConfig;
 use crate::error::{Error, Result};
 use crate::inspect;
 use crate::observe::{self, JobOutcome, QueueDepths};
-use crate::scripts::LibraryStatus;
 
 /// The poller's name in `/healthz`.
 pub const LOOP: &str = "queue poller";
@@ -106,15 +105,10 @@ pub async fn run(shared: Arc<Shared>, stats_interval: Duration, stop: Cancellati
         }
         polls = polls.wrapping_add(1);
         if rtt.is_some() && polls % LIBRARY_EVERY == 1 {
-            // A Redis restarted without persistence has lost the function
-            // library: put it back so FCALL producers keep working.
-            match shared.store.ensure_library().await {
-                Ok(LibraryStatus::Loaded) => tracing::warn!(
-                    "the redq function library was missing (Redis restarted?); loaded it again"
-                ),
-                Ok(_) => {}
-                Err(e) => tracing::debug!(error = %e, "checking the function library failed"),
-            }
+            // A library deleted by itself (a transition finding the
+            // internal one gone restores both at once): put it back so
+            // FCALL producers keep working, or say who must.
+            shared.store.restore_public_library().await;
         }
         shared.health.beat(LOOP);
         notify::status(&status_line(&shared));

@@ -83,10 +83,8 @@ async fn restore(shared: &Shared) {
     if let Err(e) = shared.set_up_queues().await {
         tracing::warn!(error = %e, "cannot write the queues' settings again; retrying at the next check");
     }
-    if let Err(e) = shared.store.ensure_library().await {
-        tracing::warn!(error = %e, "cannot load the redq function library again");
-    }
-    if let Err(e) = shared.store.load_internal_library().await {
-        tracing::debug!(error = %e, "cannot load the internal library again (loaded at the next call)");
-    }
+    // The queues' set-up ran transitions, which load the internal library
+    // (and the public one with it) when this user may; the public one again
+    // in case no queue is set up, or to say (once) who must load it.
+    shared.store.restore_public_library().await;
 }

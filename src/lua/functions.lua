@@ -15,8 +15,13 @@
 --   Keys touched (derived from the base key): reads meta (document limit,
 --   events cap, limits) and writes its `idseq`; writes jobs, unique,
 --   scheduled, pending, pending:<priority>, wake, events; hands jobs to idle
---   daemons as enqueue.lua does (idle, <base>:handoff:<name>, runs, active,
---   meta `fence`, dead and errors for oversize records).
+--   daemons as enqueue.lua does, but only the job it creates and only when
+--   nothing else is pending (idle, <base>:handoff:<name>, runs, active, meta
+--   `fence`): it never reads another job's record, so a producer's ACL user
+--   needs no read access to `jobs` (the rules: docs/operating.md).
+--   Commands it runs (each checked against the caller's ACL rules): TIME,
+--   EXISTS, HEXISTS, HGET, HMGET, HGETALL, HSET, HDEL, HINCRBY, ZADD, ZRANGE,
+--   LPUSH, RPUSH, PEXPIRE, XADD, PUBLISH.
 -- FCALL_RO redq_version 0 -> the library version (a hash of its source)
 
 local function keys_from_base(base)
@@ -38,8 +43,19 @@ local function fcall_enqueue(keys, args)
   if not ok then
     return redis.error_reply('ERR invalid job: ' .. tostring(job))
   end
-  local _, id = enqueue_doc(k, now, job, args[1], cap, 'fcall')
-  if not hand_off(k, now, cap) then wake(k) end
+  local _, id, record = enqueue_doc(k, now, job, args[1], cap, 'fcall', true)
+  -- Only the job just made goes to an idle daemon, never pending jobs
+  -- ahead of it: handing those off reads their records, and Redis checks
+  -- every command a function runs against the caller's ACL rules, so a
+  -- producer's user would need read access to every payload (see the ACL
+  -- rules in docs/operating.md). With nothing pending this job is next.
+  local handed = false
+  if record and pending_empty(k) then
+    handed = hand_off(k, now, cap, { job.priority or 0, id, record })
+  elseif record then
+    pending_push(k, job.priority or 0, { id })
+  end
+  if not handed then wake(k) end
   return id
 end
 

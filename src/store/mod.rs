@@ -16,7 +16,6 @@
 //! ([`Store::blocking`]) and a Pub/Sub connection for the promoter
 //! ([`Store::subscriber`]); only they send commands outside this module.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,6 +25,7 @@ use crate::error::{Error, Result};
 use crate::keys::{self, QueueKeys};
 use crate::scripts::{Scripts, Transition, SCRIPTS};
 
+pub mod acl;
 mod claim;
 mod connect;
 mod cron;
@@ -33,6 +33,7 @@ mod dead;
 mod enqueue;
 mod events;
 mod finish;
+mod functions;
 mod handoff;
 pub mod heartbeat;
 pub mod inspect;
@@ -48,10 +49,12 @@ pub use dead::DeadRetry;
 pub use enqueue::{EnqueueStatus, Enqueued, ImportJob};
 pub use events::Event;
 pub use finish::{Completion, FailResult, Failure, Retention};
+pub use functions::{InternalLibrary, PublicLibrary, RETRY_FCALL};
 pub use handoff::{IdleLook, Registration};
 pub use heartbeat::{Beat, DaemonInfo, RateDelta};
 pub(crate) use lock::{lock_value, LockAnswer};
 pub use schedule::Promoted;
+pub use server::{Finding, ServerFacts, Severity};
 pub use setup::{QueueSettings, TenantLimits, ACTIVE_PIN_MEMBER, RUNS_PIN_FIELD};
 
 /// Connection to Redis plus the key prefix.
@@ -62,9 +65,9 @@ pub struct Store {
     /// [`Store::subscriber`]).
     endpoint: Arc<Endpoint>,
     prefix: String,
-    /// Whether Redis has functions (7.0+): transitions run as functions of
-    /// the internal library; without, as EVAL scripts.
-    functions: Arc<AtomicBool>,
+    /// How transitions run: as functions of the internal library, or as
+    /// EVALSHA scripts (see [`functions`]).
+    functions: Arc<functions::Functions>,
     /// `redis.wait_replicas` and `redis.wait_timeout`: enqueues and
     /// completions answer once this many replicas have them.
     wait: Option<(u32, Duration)>,
@@ -110,7 +113,7 @@ impl Store {
             con,
             endpoint,
             prefix: redis.key_prefix.clone(),
-            functions: Arc::new(AtomicBool::new(true)),
+            functions: Arc::default(),
             wait: (redis.wait_replicas > 0).then_some((redis.wait_replicas, redis.wait_timeout)),
         })
     }
@@ -188,16 +191,9 @@ impl Store {
         self.run_with(pick, q, None, args).await
     }
 
-    /// [`Store::run`] with one more key after the queue's (same hash tag).
-    ///
-    /// One round trip: `FCALL` of the transition's function in the internal
-    /// library. Only when Redis answers that the function is not there (a
-    /// new version, a Redis restarted without persistence, `FUNCTION
-    /// FLUSH`) does it load the library and call again; nothing ran the
-    /// first time, so the second call is the only one that acts. A Redis
-    /// without functions (< 7.0) gets the same Lua as an EVAL script, and so
-    /// does a call whose library Redis refused to load (at `maxmemory`,
-    /// where `FUNCTION LOAD` is refused but a freeing transition must run).
+    /// [`Store::run`] with one more key after the queue's (same hash tag):
+    /// one round trip, an FCALL of the transition's function (see
+    /// [`Store::call`] for when it loads the libraries or runs as EVALSHA).
     async fn run_with(
         &self,
         pick: fn(&Scripts) -> &Transition,
@@ -205,37 +201,8 @@ impl Store {
         extra_key: Option<&str>,
         args: Vec<String>,
     ) -> Result<Value> {
-        let t = pick(&SCRIPTS);
-        let mut con = self.con.clone();
-        if self.functions.load(Ordering::Relaxed) {
-            let mut call = redis::cmd("FCALL");
-            call.arg(&t.function)
-                .arg(1 + usize::from(extra_key.is_some()))
-                .arg(q.base())
-                .arg(extra_key)
-                .arg(&args);
-            match call.query_async(&mut con).await {
-                Ok(v) => return Ok(v),
-                Err(e) if e.to_string().contains("Function not found") => {
-                    if self.load_internal_library().await? {
-                        return Ok(call.query_async(&mut con).await?);
-                    }
-                }
-                Err(e) if e.to_string().contains("unknown command") => {
-                    self.functions.store(false, Ordering::Relaxed);
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
-        let mut inv = t.script.prepare_invoke();
-        inv.key(q.base());
-        if let Some(k) = extra_key {
-            inv.key(k);
-        }
-        for a in args {
-            inv.arg(a);
-        }
-        Ok(inv.invoke_async(&mut con).await?)
+        let keys: Vec<&str> = std::iter::once(q.base()).chain(extra_key).collect();
+        self.call(pick(&SCRIPTS), &keys, args).await
     }
 }
 

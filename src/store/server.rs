@@ -1,74 +1,176 @@
-//! The Redis server itself: the checks at a daemon's start (version,
-//! eviction policy, persistence) and the function libraries redq loads.
+//! The Redis server itself: what a daemon's start and `redq setup` check
+//! (version, functions, eviction policy, persistence), read once into
+//! [`ServerFacts`] and judged by [`ServerFacts::findings`].
 //!
 //! Any eviction policy but `noeviction` lets Redis silently delete jobs
-//! under memory pressure, so it is warned about loudly. Managed Redis
-//! services may refuse CONFIG GET; then the check says it could not tell.
+//! under memory pressure, so it is warned about loudly. Redis without
+//! functions (older than 7.0) cannot run redq: its transitions and the
+//! producers' `FCALL redq_enqueue` are Redis Functions. The facts come from
+//! `INFO`, which a least-privilege user may run; only the RDB `save`
+//! schedule needs `CONFIG GET`, which such a user (and some managed
+//! services) may refuse: then the check says it could not tell.
 
 use redis::aio::ConnectionLike;
 
 use super::Store;
-use crate::error::Result;
-use crate::scripts::{self, LibraryStatus};
+use crate::error::{Error, Result};
+
+/// What the checks read from the server.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ServerFacts {
+    /// `redis_version` (Valkey reports the Redis version it is compatible
+    /// with there, and its own as `valkey_version`); `None`: INFO refused.
+    pub version: Option<String>,
+    /// `valkey_version`, on Valkey.
+    pub valkey_version: Option<String>,
+    /// Whether the server knows FCALL (Redis 7.0 and newer, Valkey).
+    pub functions: bool,
+    /// `maxmemory_policy`; `None`: INFO refused.
+    pub maxmemory_policy: Option<String>,
+    /// Whether the append-only file is on; `None`: INFO refused.
+    pub aof: Option<bool>,
+    /// The RDB `save` schedule ("" is none); `None`: CONFIG GET refused.
+    pub save: Option<String>,
+}
+
+/// How much a finding matters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Severity {
+    Ok,
+    /// Redis could lose or evict jobs, or the check could not tell.
+    Warn,
+    /// redq cannot run on this server.
+    Refuse,
+}
+
+/// One conclusion of the checks: its topic ("redis", "eviction",
+/// "persistence") and a sentence for an operator.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finding {
+    pub topic: &'static str,
+    pub severity: Severity,
+    pub text: String,
+}
+
+fn finding(topic: &'static str, severity: Severity, text: impl Into<String>) -> Finding {
+    Finding {
+        topic,
+        severity,
+        text: text.into(),
+    }
+}
+
+impl ServerFacts {
+    /// The server's name as an operator knows it: "Redis 7.2.4", "Valkey 8.0.1".
+    pub fn server_name(&self) -> String {
+        match (&self.valkey_version, &self.version) {
+            (Some(v), _) => format!("Valkey {v}"),
+            (None, Some(v)) => format!("Redis {v}"),
+            (None, None) => "Redis (version unknown: INFO refused)".to_owned(),
+        }
+    }
+
+    /// The sentence `redq run` and `redq setup` refuse a server without
+    /// functions with.
+    pub fn unsupported(&self) -> Option<String> {
+        if self.functions {
+            return None;
+        }
+        let major: u32 = self
+            .version
+            .as_deref()
+            .and_then(|v| v.split('.').next()?.parse().ok())
+            .unwrap_or(0);
+        let why = if major >= 7 {
+            "does not accept FCALL (renamed or disabled?)"
+        } else {
+            "has no Redis Functions"
+        };
+        Some(format!(
+            "{} {why}: redq supports Redis 7.0 or newer and Valkey 8, because its job \
+             transitions and producers' FCALL redq_enqueue are Redis Functions",
+            self.server_name()
+        ))
+    }
+
+    /// Every conclusion, in the order an operator reads them.
+    pub fn findings(&self) -> Vec<Finding> {
+        let mut out = vec![match self.unsupported() {
+            Some(text) => finding("redis", Severity::Refuse, text),
+            None => finding("redis", Severity::Ok, self.server_name()),
+        }];
+        out.push(match self.maxmemory_policy.as_deref() {
+            Some("noeviction") => finding("eviction", Severity::Ok, "maxmemory-policy noeviction"),
+            Some(policy) => finding(
+                "eviction",
+                Severity::Warn,
+                format!(
+                    "REDIS CAN DELETE JOBS: maxmemory-policy is {policy:?}; under memory pressure \
+                     Redis will evict keys, including queued jobs. Set `maxmemory-policy noeviction` \
+                     on this Redis."
+                ),
+            ),
+            None => finding(
+                "eviction",
+                Severity::Warn,
+                "could not read maxmemory-policy (INFO refused); make sure it is noeviction",
+            ),
+        });
+        out.push(match (self.aof, self.save.as_deref().map(str::trim)) {
+            (Some(true), _) => finding("persistence", Severity::Ok, "appendonly yes"),
+            (Some(false), Some("")) => finding(
+                "persistence",
+                Severity::Warn,
+                "Redis persistence is off (no AOF, no RDB snapshots): a Redis restart loses every \
+                 job. Enable appendonly for durable queues.",
+            ),
+            (Some(false), Some(save)) => finding(
+                "persistence",
+                Severity::Ok,
+                format!("RDB snapshots (save {save:?}), appendonly no: a restart loses the jobs since the last snapshot; appendonly keeps them"),
+            ),
+            (Some(false), None) => finding(
+                "persistence",
+                Severity::Warn,
+                "appendonly is off, and whether RDB snapshots are on is unknown (this user may \
+                 not CONFIG GET; `redq setup` as an admin tells): without either, a Redis restart \
+                 loses every job",
+            ),
+            (None, _) => finding(
+                "persistence",
+                Severity::Warn,
+                "could not read the persistence settings (INFO refused)",
+            ),
+        });
+        out
+    }
+}
 
 impl Store {
-    /// Checks the server and logs what an operator must know (see the
-    /// module doc); fails only when Redis does not answer.
-    pub async fn check_server(&self) -> Result<()> {
-        check(&mut self.connection()).await
+    /// Reads [`ServerFacts`]; fails only when Redis does not answer.
+    pub async fn server_facts(&self) -> Result<ServerFacts> {
+        facts(&mut self.connection()).await
     }
 
-    /// Loads the public `redq` library (FCALL redq_enqueue) unless the
-    /// same version is loaded.
-    pub async fn ensure_library(&self) -> Result<LibraryStatus> {
-        let mut con = self.connection();
-        let want = scripts::library_version();
-        let have: redis::RedisResult<String> = redis::cmd("FCALL_RO")
-            .arg("redq_version")
-            .arg(0)
-            .query_async(&mut con)
-            .await;
-        match have {
-            Ok(v) if v == want => return Ok(LibraryStatus::Current),
-            Ok(_) => {}
-            Err(e) => {
-                let msg = e.to_string();
-                if msg.contains("unknown command") {
-                    return Ok(LibraryStatus::Unsupported);
-                }
-                if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() {
-                    return Err(e.into());
-                }
-                // "Function not found": not loaded yet.
+    /// Checks the server at a daemon's start and logs what an operator must
+    /// know (see the module doc); refuses a server without functions with
+    /// [`Error::Unsupported`].
+    pub async fn check_server(&self) -> Result<()> {
+        let facts = self.server_facts().await?;
+        for f in facts.findings() {
+            match f.severity {
+                Severity::Refuse => return Err(Error::Unsupported(f.text)),
+                Severity::Warn => tracing::warn!("{}", f.text),
+                Severity::Ok if f.topic == "redis" => match (&facts.valkey_version, &facts.version)
+                {
+                    (Some(v), _) => tracing::info!(version = %v, "connected to Valkey"),
+                    (None, Some(v)) => tracing::info!(version = %v, "connected to Redis"),
+                    (None, None) => tracing::info!(server = %f.text, "connected to Redis"),
+                },
+                Severity::Ok => {}
             }
         }
-        redis::cmd("FUNCTION")
-            .arg("LOAD")
-            .arg("REPLACE")
-            .arg(scripts::library_source())
-            .query_async::<String>(&mut con)
-            .await?;
-        Ok(LibraryStatus::Loaded)
-    }
-
-    /// Loads the internal library ([`scripts::internal_library_name`]):
-    /// `true` once it is there, `false` when Redis refused it for being at
-    /// `maxmemory` (`FUNCTION LOAD` needs memory; the transitions then run
-    /// as EVAL scripts). A library of that name is the same Lua (the name is
-    /// its hash), so "already exists" (another process loaded it first) is
-    /// success.
-    pub async fn load_internal_library(&self) -> Result<bool> {
-        let loaded: redis::RedisResult<String> = redis::cmd("FUNCTION")
-            .arg("LOAD")
-            .arg(scripts::internal_library_source())
-            .query_async(&mut self.connection())
-            .await;
-        match loaded {
-            Ok(_) => Ok(true),
-            Err(e) if e.to_string().contains("already exists") => Ok(true),
-            Err(e) if e.code() == Some("OOM") => Ok(false),
-            Err(e) => Err(e.into()),
-        }
+        Ok(())
     }
 }
 
@@ -78,47 +180,108 @@ fn info_field<'a>(info: &'a str, name: &str) -> Option<&'a str> {
         .map(str::trim)
 }
 
-async fn config_get<C: ConnectionLike>(con: &mut C, name: &str) -> Option<String> {
+/// A reply that is a refusal (ACL, a disabled command), not a lost connection.
+fn refused(e: &redis::RedisError) -> bool {
+    !(e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() || e.is_timeout())
+}
+
+async fn config_get<C: ConnectionLike>(con: &mut C, name: &str) -> Result<Option<String>> {
     let pair: redis::RedisResult<Vec<String>> = redis::cmd("CONFIG")
         .arg("GET")
         .arg(name)
         .query_async(con)
         .await;
-    pair.ok().and_then(|v| v.get(1).cloned())
+    match pair {
+        Ok(v) => Ok(v.get(1).cloned()),
+        Err(e) if refused(&e) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
 }
 
-async fn check<C: ConnectionLike>(con: &mut C) -> Result<()> {
-    let info: String = redis::cmd("INFO").arg("server").query_async(con).await?;
-    let version = info_field(&info, "redis_version")
-        .unwrap_or("unknown")
-        .to_owned();
-    let major: u32 = version
-        .split('.')
-        .next()
-        .and_then(|m| m.parse().ok())
-        .unwrap_or(0);
-    // Valkey's `redis_version` is the Redis it matches (7.2.4 on Valkey 8);
-    // its own version is `valkey_version`.
-    match info_field(&info, "valkey_version") {
-        Some(valkey) => tracing::info!(version = valkey, "connected to Valkey"),
-        None => tracing::info!(%version, "connected to Redis"),
+/// Whether the server knows FCALL: an unknown command is answered before
+/// any ACL check, so any other answer (the library missing, NOPERM) means
+/// it has functions.
+async fn has_functions<C: ConnectionLike>(con: &mut C) -> Result<bool> {
+    let probe: redis::RedisResult<redis::Value> = redis::cmd("FCALL_RO")
+        .arg("redq_version")
+        .arg(0)
+        .query_async(con)
+        .await;
+    match probe {
+        Ok(_) => Ok(true),
+        Err(e) if e.to_string().contains("unknown command") => Ok(false),
+        Err(e) if refused(&e) => Ok(true),
+        Err(e) => Err(e.into()),
     }
-    if major < 7 {
-        tracing::warn!(%version, "Redis is older than 7.0: FCALL redq_enqueue is not available; producers must use the inbox list or a redq client");
+}
+
+async fn facts<C: ConnectionLike>(con: &mut C) -> Result<ServerFacts> {
+    // INFO's default sections hold server, memory and persistence.
+    let info: redis::RedisResult<String> = redis::cmd("INFO").query_async(con).await;
+    let info = match info {
+        Ok(text) => Some(text),
+        Err(e) if refused(&e) => None,
+        Err(e) => return Err(e.into()),
+    };
+    let field = |name: &str| {
+        info.as_deref()
+            .and_then(|i| info_field(i, name))
+            .map(str::to_owned)
+    };
+    Ok(ServerFacts {
+        version: field("redis_version"),
+        valkey_version: field("valkey_version"),
+        functions: has_functions(con).await?,
+        maxmemory_policy: field("maxmemory_policy"),
+        aof: field("aof_enabled").map(|v| v == "1"),
+        save: config_get(con, "save").await?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn facts(version: &str, functions: bool) -> ServerFacts {
+        ServerFacts {
+            version: Some(version.to_owned()),
+            functions,
+            maxmemory_policy: Some("noeviction".into()),
+            aof: Some(true),
+            ..ServerFacts::default()
+        }
     }
-    match config_get(con, "maxmemory-policy").await.as_deref() {
-        Some("noeviction") => {}
-        Some(policy) => tracing::warn!(
-            policy,
-            "REDIS CAN DELETE JOBS: maxmemory-policy is {policy:?}; under memory pressure Redis will evict keys, \
-             including queued jobs. Set `maxmemory-policy noeviction` on this Redis."
-        ),
-        None => tracing::warn!("could not read maxmemory-policy (CONFIG GET refused); make sure it is noeviction"),
+
+    #[test]
+    fn a_redis_without_functions_is_refused_in_one_sentence() {
+        let text = facts("6.2.14", false).unsupported().unwrap();
+        assert_eq!(
+            text,
+            "Redis 6.2.14 has no Redis Functions: redq supports Redis 7.0 or newer and Valkey 8, \
+             because its job transitions and producers' FCALL redq_enqueue are Redis Functions"
+        );
+        assert!(facts("7.0.15", false)
+            .unsupported()
+            .unwrap()
+            .contains("does not accept FCALL"));
+        assert_eq!(facts("7.0.15", true).unsupported(), None);
+        let refused = facts("6.2.14", false).findings();
+        assert_eq!(refused[0].severity, Severity::Refuse);
     }
-    let aof = config_get(con, "appendonly").await;
-    let save = config_get(con, "save").await;
-    if aof.as_deref() == Some("no") && save.as_deref().map(str::trim) == Some("") {
-        tracing::warn!("Redis persistence is off (no AOF, no RDB snapshots): a Redis restart loses every job. Enable appendonly for durable queues.");
+
+    #[test]
+    fn persistence_and_eviction_are_judged_from_info() {
+        let mut f = facts("7.2.4", true);
+        f.valkey_version = Some("8.0.1".into());
+        assert_eq!(f.server_name(), "Valkey 8.0.1");
+        f.aof = Some(false);
+        f.save = Some(String::new());
+        f.maxmemory_policy = Some("allkeys-lru".into());
+        let found = f.findings();
+        assert!(found.iter().all(|x| x.severity != Severity::Refuse));
+        assert!(found[1].text.starts_with("REDIS CAN DELETE JOBS"));
+        assert!(found[2].text.starts_with("Redis persistence is off"));
+        f.save = None;
+        assert!(f.findings()[2].text.contains("may not CONFIG GET"));
     }
-    Ok(())
 }

@@ -80,25 +80,14 @@ impl WorkerBuilder {
         handlers::check_runnable(&self.config)?;
         let r = &self.config.redis;
         let store = Store::open(r).await?;
+        // Refuses a Redis without functions; warns about eviction and persistence.
         store.check_server().await?;
-        // The producers' library: at maxmemory Redis refuses to load it;
-        // the daemon drains without it, and loads it once Redis has room
-        // (the observer checks it every poll).
-        match store.ensure_library().await {
-            Err(e) if e.is_oom() => tracing::warn!(
-                "Redis is at maxmemory and refused to load the `redq` function library: \
-                 FCALL redq_enqueue is unavailable until it has room (the daemon loads it then)"
-            ),
-            other => {
-                other?;
-            }
-        }
-        // The transitions' library now rather than at the first claim; a
-        // Redis at maxmemory refuses it, and the transitions then run as
-        // EVAL scripts until it loads.
-        if !store.load_internal_library().await? {
-            tracing::warn!("Redis is at maxmemory: the transitions run as EVAL scripts until their library loads");
-        }
+        // The function libraries, loaded when missing and this user may
+        // (`redq setup` loads them for users that may not: the transitions
+        // then run as EVALSHA scripts, and producers' FCALL waits for it).
+        // At maxmemory Redis refuses to load them; the daemon drains
+        // without, and loads them once Redis has room.
+        store.prepare_libraries().await?;
         let health = Arc::new(Health::new());
         health.set_redis_ok(true);
         health.set_scripts_loaded(true);

@@ -11,8 +11,10 @@
 -- Adds one job; the caller has checked it. Returns status, id where status is
 -- 'created', 'exists' (this id is already known: no-op) or 'duplicate'
 -- (a live job holds the unique key; id is that job's). A created job emits
--- `enqueued` (with `via`, the way it came in) when cap > 0.
-local function enqueue_one(k, now, id, priority, max_attempts, due, unique, doc, cap, via)
+-- `enqueued` (with `via`, the way it came in) when cap > 0. With `hold`, a
+-- created job due now is not made pending: its record is returned third,
+-- for the caller to hand off or push (hand_off's `fresh`).
+local function enqueue_one(k, now, id, priority, max_attempts, due, unique, doc, cap, via, hold)
   if redis.call('HEXISTS', k.jobs, id) == 1 then
     return 'exists', id
   end
@@ -22,8 +24,8 @@ local function enqueue_one(k, now, id, priority, max_attempts, due, unique, doc,
       return 'duplicate', holder
     end
   end
-  redis.call('HSET', k.jobs, id,
-    make_record(fmt_int(priority), fmt_int(max_attempts), fmt_int(now), doc))
+  local record = make_record(fmt_int(priority), fmt_int(max_attempts), fmt_int(now), doc)
+  redis.call('HSET', k.jobs, id, record)
   if unique ~= '' then
     redis.call('HSET', k.unique, unique, id)
   end
@@ -32,8 +34,9 @@ local function enqueue_one(k, now, id, priority, max_attempts, due, unique, doc,
     announce_due(k, due)
     emit(k, cap, 'enqueued', id, 0, 'via', via or '-', 'priority', fmt_int(priority), 'due_ms', fmt_int(due))
   else
-    pending_push(k, priority, { id })
+    if not hold then pending_push(k, priority, { id }) end
     emit(k, cap, 'enqueued', id, 0, 'via', via or '-', 'priority', fmt_int(priority))
+    if hold then return 'created', id, record end
   end
   return 'created', id
 end
@@ -62,13 +65,13 @@ local function new_job_id(k, now)
     .. base32(math.random(0, TWO_20 - 1) * TWO_20 + math.random(0, TWO_20 - 1), 8)
 end
 
--- Enqueues a document that check_doc accepted.
-local function enqueue_doc(k, now, job, doc, cap, via)
+-- Enqueues a document that check_doc accepted (`hold`: see enqueue_one).
+local function enqueue_doc(k, now, job, doc, cap, via, hold)
   local id = job.id or new_job_id(k, now)
   local due = now
   if job.run_at then due = job.run_at elseif job.delay_ms then due = now + job.delay_ms end
   return enqueue_one(k, now, id, job.priority or 0, job.max_attempts or 0, due, job.unique_key or '',
-    doc, cap, via)
+    doc, cap, via, hold)
 end
 
 -- Takes up to n inbox documents (claim.lua): each one check_doc accepts is
