@@ -88,36 +88,42 @@ pub fn check_prefix(prefix: &str) -> Result<()> {
     }
 }
 
-/// The key that lists every known queue (a SET; it has no hash tag, so it is
-/// never touched by a script, only by plain commands).
+/// The hash tag of redq's global keys (registry, daemons, data mark): `@`
+/// is never part of a queue name, so no queue shares it. On Redis Cluster
+/// they all live on that tag's one slot, so a pipeline over them (a
+/// heartbeat) never crosses slots.
+pub const GLOBAL_TAG: &str = "{@}";
+
+/// The key that lists every known queue (a SET; only plain commands touch
+/// it, never a script).
 pub fn registry(prefix: &str) -> String {
-    format!("{prefix}:queues")
+    format!("{prefix}:{GLOBAL_TAG}:queues")
 }
 
 /// The ZSET of daemons that have beaten recently (member = daemon id, score
-/// = Redis ms of its last heartbeat). Plain commands only, no hash tag.
+/// = Redis ms of its last heartbeat). Plain commands only.
 pub fn daemons(prefix: &str) -> String {
-    format!("{prefix}:daemons")
+    format!("{prefix}:{GLOBAL_TAG}:daemons")
 }
 
 /// The HASH describing one daemon (host, pid, version, queues, running);
 /// it expires by itself when the daemon stops beating.
 pub fn daemon(prefix: &str, id: &str) -> String {
-    format!("{prefix}:daemon:{id}")
+    format!("{prefix}:{GLOBAL_TAG}:daemon:{id}")
 }
 
 /// The STRING a daemon writes once (SET NX) with a random value: the mark
 /// that this Redis holds redq's data under `prefix`. When it vanishes or
 /// changes, Redis lost what it held (a restart without persistence, a
-/// flush, a failover to an empty replica). Plain commands only, no hash tag.
+/// flush, a failover to an empty replica). Plain commands only.
 pub fn epoch(prefix: &str) -> String {
-    format!("{prefix}:epoch")
+    format!("{prefix}:{GLOBAL_TAG}:epoch")
 }
 
 /// A key that never exists: the daemon's readiness probe deletes it, a write
 /// that needs no memory, to learn whether Redis accepts writes now.
 pub fn write_probe(prefix: &str) -> String {
-    format!("{prefix}:probe")
+    format!("{prefix}:{GLOBAL_TAG}:probe")
 }
 
 /// The lock `name` (checked by the caller): `<prefix>:lock:{<name>}`, a

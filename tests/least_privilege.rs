@@ -376,7 +376,7 @@ fn the_producer_user_cannot_claim_complete_or_read_payloads() {
         p(&["LRANGE", "redq:{mail}:inbox", "0", "-1"]),
         p(&["LPUSH", "redq:{mail}:pending:0", &id]),
         p(&["LPOP", "redq:{mail}:pending:0"]),
-        p(&["GET", "redq:epoch"]),
+        p(&["GET", "redq:{@}:epoch"]),
         p(&["KEYS", "*"]),
     ];
     for (i, r) in refusals.iter().enumerate() {

@@ -25,6 +25,8 @@ pub struct Target {
     pub prefix: String,
     pub tls: crate::config::TlsConfig,
     pub sentinel: Option<crate::config::SentinelConfig>,
+    /// `[redis] cluster` seeds (cleared by `--url`).
+    pub cluster: Vec<String>,
     pub wait_replicas: u32,
     pub wait_timeout: Option<std::time::Duration>,
     pub configured_queues: Vec<String>,
@@ -47,6 +49,8 @@ struct LenientRedis {
     #[serde(default)]
     sentinel: Option<crate::config::SentinelConfig>,
     #[serde(default)]
+    cluster: Vec<String>,
+    #[serde(default)]
     wait_replicas: u32,
     #[serde(default, with = "crate::config::duration::option")]
     wait_timeout: Option<std::time::Duration>,
@@ -68,6 +72,7 @@ impl Target {
             command_timeout: command,
             tls: self.tls.clone(),
             sentinel: self.sentinel.clone(),
+            cluster: self.cluster.clone(),
             wait_replicas: self.wait_replicas,
             wait_timeout: self.wait_timeout.unwrap_or(defaults.wait_timeout),
         }
@@ -110,6 +115,7 @@ impl Target {
             "redis.tls.server_name",
             "redis.tls.insecure_skip_verify",
             "redis.sentinel",
+            "redis.cluster",
             "redis.wait_replicas",
             "redis.wait_timeout",
         ]));
@@ -125,6 +131,12 @@ impl Target {
                 .unwrap_or_else(|| DEFAULT_PREFIX.to_owned()),
             tls: file.redis.tls,
             sentinel: file.redis.sentinel,
+            // `--url` names one server: the one to reach.
+            cluster: if url.is_some() {
+                Vec::new()
+            } else {
+                file.redis.cluster
+            },
             wait_replicas: file.redis.wait_replicas,
             wait_timeout: file.redis.wait_timeout,
             configured_queues: file.queues.into_keys().collect(),

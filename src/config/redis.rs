@@ -36,6 +36,10 @@ pub struct RedisConfig {
     /// follow it when it fails over. The URL then gives the scheme, the data
     /// node's credentials and database; its host and port are not used.
     pub sentinel: Option<SentinelConfig>,
+    /// Redis Cluster: seed nodes (`redis://host:port`, credentials in the
+    /// URLs); redq learns the rest of the cluster from them. `url` is then
+    /// not used. Empty: a single Redis (or Sentinel).
+    pub cluster: Vec<String>,
     /// Replicas that must hold an enqueue (and a completion) before it
     /// answers (`WAIT`); 0: answer once the primary has it. Replication is
     /// asynchronous: without this, a job acknowledged just before a
@@ -93,6 +97,7 @@ impl Default for RedisConfig {
             command_timeout: Duration::from_secs(10),
             tls: TlsConfig::default(),
             sentinel: None,
+            cluster: Vec::new(),
             wait_replicas: 0,
             wait_timeout: Duration::from_secs(1),
         }
@@ -149,6 +154,7 @@ impl RedisConfig {
                 );
             }
         }
+        self.check_cluster(p);
         p.check(
             self.wait_replicas == 0 || !self.wait_timeout.is_zero(),
             &["redis", "wait_timeout"],
@@ -180,6 +186,43 @@ impl RedisConfig {
             &["redis", "command_timeout"],
             "must be more than 0s",
         );
+    }
+}
+
+impl RedisConfig {
+    /// Whether `[redis] cluster` names a Redis Cluster's seed nodes.
+    pub fn is_cluster(&self) -> bool {
+        !self.cluster.is_empty()
+    }
+
+    fn check_cluster(&self, p: &mut Problems) {
+        if self.cluster.is_empty() {
+            return;
+        }
+        p.check(
+            self.sentinel.is_none(),
+            &["redis", "cluster"],
+            "and redis.sentinel are both set: a Redis Cluster fails over by itself; keep one of them",
+        );
+        for seed in &self.cluster {
+            let ok = match seed.split_once("://") {
+                Some(("redis", rest)) => crate::store::parse_host_port(
+                    rest.rsplit_once('@')
+                        .map_or(rest, |(_, a)| a)
+                        .trim_end_matches('/'),
+                )
+                .is_some(),
+                _ => false,
+            };
+            p.check(
+                ok,
+                &["redis", "cluster"],
+                format!(
+                    "{} is not a cluster node URL; expected redis://[user:pass@]host:port (rediss:// is not supported with a cluster yet)",
+                    redacted_url(seed)
+                ),
+            );
+        }
     }
 }
 

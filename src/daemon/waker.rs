@@ -10,8 +10,13 @@
 //! The same BLPOP waits on this daemon's hand-off lists (listed first, so
 //! jobs already leased to it are taken before a wake-up): each element is
 //! started by the pool serving that queue (see [`super::pool`]).
+//!
+//! On Redis Cluster a blocking command cannot span slots, so the waker runs
+//! one such listener per queue, each on a connection to the node that
+//! serves the queue's slot: an idle daemon costs each node one blocked
+//! client per queue it serves there.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -38,11 +43,54 @@ pub type Routes = Arc<RwLock<HashMap<String, Route>>>;
 const BLOCK: Duration = Duration::from_secs(2);
 
 pub async fn run(store: Store, routes: Routes, stop: CancellationToken) {
+    if !store.is_cluster() {
+        return listen(store, routes, None, stop).await;
+    }
+    // Redis Cluster: one BLPOP cannot span slots, and each queue's lists
+    // carry the queue's hash tag, so one listener per queue, on a
+    // connection to the node serving that queue's slot. Listeners follow
+    // the routes (a reload adds and drops queues).
+    let mut listeners: HashMap<String, (CancellationToken, tokio::task::JoinHandle<()>)> =
+        HashMap::new();
+    loop {
+        let tags: HashSet<String> = routes
+            .read()
+            .map(|r| r.keys().map(|k| store::tag(k).to_owned()).collect())
+            .unwrap_or_default();
+        listeners.retain(|tag, (token, task)| {
+            let keep = tags.contains(tag) && !task.is_finished();
+            if !keep {
+                token.cancel();
+            }
+            keep
+        });
+        for tag in tags {
+            listeners.entry(tag).or_insert_with_key(|tag| {
+                let token = stop.child_token();
+                let task = tokio::spawn(listen(
+                    store.clone(),
+                    routes.clone(),
+                    Some(tag.clone()),
+                    token.clone(),
+                ));
+                (token, task)
+            });
+        }
+        tokio::select! { _ = stop.cancelled() => return, _ = tokio::time::sleep(BLOCK) => {} }
+    }
+}
+
+/// BLPOPs the routes' lists (on a cluster, only those with hash tag `tag`)
+/// until `stop`, reconnecting with capped backoff. A cluster node that
+/// answers `MOVED` (the slot moved) fails the pop like a lost connection:
+/// the next connection goes to the slot's new owner.
+async fn listen(store: Store, routes: Routes, tag: Option<String>, stop: CancellationToken) {
     let mut pause = Duration::from_millis(100);
+    let connect_to = tag.clone().unwrap_or_default();
     'connect: loop {
         let mut con = tokio::select! {
             _ = stop.cancelled() => return,
-            c = store.blocking(BLOCK + Duration::from_secs(5)) => match c {
+            c = store.blocking_for(&connect_to, BLOCK + Duration::from_secs(5)) => match c {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::debug!(error = %e, "waker cannot connect; retrying");
@@ -59,6 +107,7 @@ pub async fn run(store: Store, routes: Routes, stop: CancellationToken) {
                 .map(|r| {
                     let mut keys: Vec<(bool, &String)> = r
                         .iter()
+                        .filter(|(k, _)| tag.as_deref().is_none_or(|t| store::tag(k) == t))
                         .map(|(k, route)| {
                             if let Route::Handoff(pool, _) = route {
                                 pool.listened_to();
@@ -71,6 +120,9 @@ pub async fn run(store: Store, routes: Routes, stop: CancellationToken) {
                 })
                 .unwrap_or_default();
             if keys.is_empty() {
+                if tag.is_some() {
+                    return;
+                }
                 tokio::select! { _ = stop.cancelled() => return, _ = tokio::time::sleep(BLOCK) => continue }
             }
             let popped = tokio::select! {
@@ -92,8 +144,9 @@ pub async fn run(store: Store, routes: Routes, stop: CancellationToken) {
                 }
                 Ok(None) => {}
                 Err(e) => {
-                    tracing::debug!(error = %e, "waker lost its connection; reconnecting");
+                    tracing::debug!(error = %e, "waker lost its connection (or the slot moved); reconnecting");
                     tokio::select! { _ = stop.cancelled() => return, _ = tokio::time::sleep(pause) => {} }
+                    pause = (pause * 2).min(Duration::from_secs(5));
                     continue 'connect;
                 }
             }

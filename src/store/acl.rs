@@ -164,7 +164,7 @@ impl Store {
 
 /// `ACL DRYRUN user <command line>`: `None` when allowed, else the reason.
 async fn dry_run(
-    con: &mut super::connect::Shared,
+    con: &mut super::cluster::Conn,
     user: &str,
     line: impl IntoIterator<Item = String>,
 ) -> redis::RedisResult<Option<String>> {

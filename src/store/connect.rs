@@ -50,6 +50,7 @@ pub struct TlsFileError {
 
 /// `[redis.tls]` made ready: the rustls client configuration, and how the
 /// server is trusted (for messages).
+#[derive(Clone)]
 pub struct TlsFiles {
     config: Arc<rustls::ClientConfig>,
     server_name: Option<ServerName<'static>>,
@@ -248,6 +249,22 @@ impl Endpoint {
     /// `unix://`), `[redis.tls]` (with `rediss://` only) and
     /// `[redis.sentinel]`.
     pub fn from_config(redis: &RedisConfig) -> Result<Endpoint> {
+        if let Some(seed) = redis.cluster.first() {
+            // A cluster's dedicated connections (the waker's) go to the
+            // node serving their slot ([`Endpoint::at`]), with the seeds'
+            // credentials.
+            let mut e = Endpoint::new(seed, &redis.tls, redis.connect_timeout)?;
+            e.shown = format!(
+                "cluster {}",
+                redis
+                    .cluster
+                    .iter()
+                    .map(|u| redacted_url(u))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            return Ok(e);
+        }
         let mut e = Endpoint::new(&redis.url, &redis.tls, redis.connect_timeout)?;
         if let Some(s) = &redis.sentinel {
             let nodes = s
@@ -320,6 +337,18 @@ impl Endpoint {
             connect_timeout,
             shown,
         })
+    }
+
+    /// The same server settings (credentials, TLS) at another address: a
+    /// cluster node.
+    pub(crate) fn at(&self, host: &str, port: u16) -> Endpoint {
+        Endpoint {
+            addr: Addr::Tcp(host.to_owned(), port),
+            redis: self.redis.clone(),
+            tls: self.tls.clone(),
+            connect_timeout: self.connect_timeout,
+            shown: format!("{host}:{port}"),
+        }
     }
 
     /// The URL without credentials.

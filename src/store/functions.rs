@@ -180,54 +180,84 @@ impl Store {
         Ok(inv.invoke_async(&mut con).await?)
     }
 
-    /// What Redis holds of the public library, read without writing.
-    pub async fn public_library(&self) -> Result<PublicLibrary> {
-        let have: redis::RedisResult<String> = redis::cmd("FCALL_RO")
-            .arg("redq_version")
-            .arg(0)
-            .query_async(&mut self.connection())
-            .await;
-        match have {
-            Ok(v) if v == scripts::library_version() => Ok(PublicLibrary::Current),
-            Ok(v) => Ok(PublicLibrary::Other(v)),
-            Err(e) if not_found(&e) => Ok(PublicLibrary::Missing),
-            Err(e) if e.code() == Some("NOPERM") => Ok(PublicLibrary::Unknown),
-            Err(e) => Err(e.into()),
-        }
+    /// Calls the read-only `function` (no keys) on every primary (one
+    /// Redis, or each primary of a cluster: a library must be on each).
+    async fn version_on_every_primary(
+        &self,
+        function: &str,
+    ) -> Result<Vec<redis::RedisResult<String>>> {
+        let mut call = redis::cmd("FCALL_RO");
+        call.arg(function).arg(0);
+        Ok(self
+            .on_every_primary(&call)
+            .await?
+            .into_iter()
+            .map(|(_, r)| r.and_then(|v| Ok(redis::from_redis_value(v)?)))
+            .collect())
     }
 
-    /// Whether this version's internal library is loaded, read without writing.
-    pub async fn internal_library(&self) -> Result<InternalLibrary> {
-        let have: redis::RedisResult<String> = redis::cmd("FCALL_RO")
-            .arg(scripts::internal_version_function())
-            .arg(0)
-            .query_async(&mut self.connection())
-            .await;
-        match have {
-            Ok(_) => Ok(InternalLibrary::Loaded),
-            Err(e) if not_found(&e) => Ok(InternalLibrary::Missing),
-            Err(e) if e.code() == Some("NOPERM") => Ok(InternalLibrary::Unknown),
-            Err(e) => Err(e.into()),
+    /// What Redis holds of the public library, read without writing (on a
+    /// cluster, the worst of what its primaries hold).
+    pub async fn public_library(&self) -> Result<PublicLibrary> {
+        let mut worst = PublicLibrary::Current;
+        for have in self.version_on_every_primary("redq_version").await? {
+            let this = match have {
+                Ok(v) if v == scripts::library_version() => PublicLibrary::Current,
+                Ok(v) => PublicLibrary::Other(v),
+                Err(e) if not_found(&e) => PublicLibrary::Missing,
+                Err(e) if e.code() == Some("NOPERM") => PublicLibrary::Unknown,
+                Err(e) => return Err(e.into()),
+            };
+            let rank = |l: &PublicLibrary| match l {
+                PublicLibrary::Current => 0,
+                PublicLibrary::Unknown => 1,
+                PublicLibrary::Other(_) => 2,
+                PublicLibrary::Missing => 3,
+            };
+            if rank(&this) > rank(&worst) {
+                worst = this;
+            }
         }
+        Ok(worst)
+    }
+
+    /// Whether this version's internal library is loaded (on a cluster, on
+    /// every primary), read without writing.
+    pub async fn internal_library(&self) -> Result<InternalLibrary> {
+        let mut worst = InternalLibrary::Loaded;
+        for have in self
+            .version_on_every_primary(&scripts::internal_version_function())
+            .await?
+        {
+            match have {
+                Ok(_) => {}
+                Err(e) if not_found(&e) => return Ok(InternalLibrary::Missing),
+                Err(e) if e.code() == Some("NOPERM") => worst = InternalLibrary::Unknown,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(worst)
     }
 
     /// Loads the public `redq` library (FCALL redq_enqueue) unless the
-    /// same version is loaded. Fails with NOPERM when this user may not
+    /// same version is loaded (on a cluster: on every primary; `FUNCTION
+    /// LOAD` goes to all of them). Fails with NOPERM when this user may not
     /// load functions, and with OOM at `maxmemory`.
     pub async fn ensure_library(&self) -> Result<LibraryStatus> {
-        let have: redis::RedisResult<String> = redis::cmd("FCALL_RO")
-            .arg("redq_version")
-            .arg(0)
-            .query_async(&mut self.connection())
-            .await;
-        match have {
-            Ok(v) if v == scripts::library_version() => return Ok(LibraryStatus::Current),
-            Ok(_) => {}
-            Err(e) if unknown_command(&e) => return Ok(LibraryStatus::Unsupported),
-            Err(e) if connection_lost(&e) => return Err(e.into()),
-            // "Function not found": not loaded yet; NOPERM: cannot tell,
-            // and FUNCTION LOAD says whether this user may load it.
-            Err(_) => {}
+        let mut current = true;
+        for have in self.version_on_every_primary("redq_version").await? {
+            match have {
+                Ok(v) if v == scripts::library_version() => {}
+                Ok(_) => current = false,
+                Err(e) if unknown_command(&e) => return Ok(LibraryStatus::Unsupported),
+                Err(e) if connection_lost(&e) => return Err(e.into()),
+                // "Function not found": not loaded yet; NOPERM: cannot tell,
+                // and FUNCTION LOAD says whether this user may load it.
+                Err(_) => current = false,
+            }
+        }
+        if current {
+            return Ok(LibraryStatus::Current);
         }
         self.load_public_library().await?;
         Ok(LibraryStatus::Loaded)

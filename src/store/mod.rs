@@ -27,6 +27,7 @@ use crate::scripts::{Scripts, Transition, SCRIPTS};
 
 pub mod acl;
 mod claim;
+mod cluster;
 mod connect;
 mod cron;
 mod dead;
@@ -43,6 +44,7 @@ mod schedule;
 mod server;
 mod setup;
 pub use claim::{parse_handoff, Claimed, ClaimedJob, HandoffOffer};
+pub use cluster::{slot, tag};
 pub use connect::{parse_host_port, Endpoint, TlsFileError, TlsFiles};
 pub use cron::{CronOutcome, CronTick};
 pub use dead::DeadRetry;
@@ -60,7 +62,7 @@ pub use setup::{QueueSettings, TenantLimits, ACTIVE_PIN_MEMBER, RUNS_PIN_FIELD};
 /// Connection to Redis plus the key prefix.
 #[derive(Clone)]
 pub struct Store {
-    con: connect::Shared,
+    con: cluster::Conn,
     /// Where Redis is, for the dedicated connections ([`Store::blocking`],
     /// [`Store::subscriber`]).
     endpoint: Arc<Endpoint>,
@@ -71,6 +73,8 @@ pub struct Store {
     /// `redis.wait_replicas` and `redis.wait_timeout`: enqueues and
     /// completions answer once this many replicas have them.
     wait: Option<(u32, Duration)>,
+    /// `redis.command_timeout`, for the connections of its own it opens.
+    command_timeout: Duration,
 }
 
 fn ms(d: Duration) -> u64 {
@@ -107,14 +111,20 @@ impl Store {
     pub async fn open(redis: &crate::config::RedisConfig) -> Result<Store> {
         keys::check_prefix(&redis.key_prefix)?;
         let endpoint = Arc::new(Endpoint::from_config(redis)?);
-        let con = connect::Shared::new(endpoint.clone(), Some(redis.command_timeout));
-        con.get().await?;
+        let con = if redis.is_cluster() {
+            cluster::Conn::Cluster(cluster::open(redis).await?)
+        } else {
+            let con = connect::Shared::new(endpoint.clone(), Some(redis.command_timeout));
+            con.get().await?;
+            cluster::Conn::Single(con)
+        };
         Ok(Store {
             con,
             endpoint,
             prefix: redis.key_prefix.clone(),
             functions: Arc::default(),
             wait: (redis.wait_replicas > 0).then_some((redis.wait_replicas, redis.wait_timeout)),
+            command_timeout: redis.command_timeout,
         })
     }
 
@@ -149,7 +159,7 @@ impl Store {
     }
 
     /// A connection handle (shares the multiplexed connection).
-    pub(crate) fn connection(&self) -> connect::Shared {
+    pub(crate) fn connection(&self) -> cluster::Conn {
         self.con.clone()
     }
 

@@ -147,27 +147,50 @@ impl ServerFacts {
 }
 
 impl Store {
-    /// Reads [`ServerFacts`]; fails only when Redis does not answer.
+    /// Reads [`ServerFacts`] (on a cluster, of its first primary); fails
+    /// only when Redis does not answer.
     pub async fn server_facts(&self) -> Result<ServerFacts> {
-        facts(&mut self.connection()).await
+        if !self.is_cluster() {
+            return facts(&mut self.connection()).await;
+        }
+        let mut each = self.each_primary().await?;
+        match each.first_mut() {
+            Some((_, con)) => facts(con).await,
+            None => Err(Error::Unsupported("the cluster has no primary".into())),
+        }
     }
 
-    /// Checks the server at a daemon's start and logs what an operator must
-    /// know (see the module doc); refuses a server without functions with
-    /// [`Error::Unsupported`].
+    /// Checks the server (on a cluster, each primary) at a daemon's start
+    /// and logs what an operator must know (see the module doc); refuses a
+    /// server without functions with [`Error::Unsupported`].
     pub async fn check_server(&self) -> Result<()> {
-        let facts = self.server_facts().await?;
-        for f in facts.findings() {
-            match f.severity {
-                Severity::Refuse => return Err(Error::Unsupported(f.text)),
-                Severity::Warn => tracing::warn!("{}", f.text),
-                Severity::Ok if f.topic == "redis" => match (&facts.valkey_version, &facts.version)
-                {
-                    (Some(v), _) => tracing::info!(version = %v, "connected to Valkey"),
-                    (None, Some(v)) => tracing::info!(version = %v, "connected to Redis"),
-                    (None, None) => tracing::info!(server = %f.text, "connected to Redis"),
-                },
-                Severity::Ok => {}
+        let cluster = self.is_cluster();
+        for (node, mut con) in self.each_primary().await? {
+            let facts = facts(&mut con).await?;
+            // On a cluster, each finding names its node.
+            let at = |text: &str| match cluster {
+                true => format!("{node}: {text}"),
+                false => text.to_owned(),
+            };
+            for f in facts.findings() {
+                match f.severity {
+                    Severity::Refuse => return Err(Error::Unsupported(at(&f.text))),
+                    Severity::Warn => tracing::warn!("{}", at(&f.text)),
+                    Severity::Ok if f.topic == "redis" => {
+                        let (server, version) = match (&facts.valkey_version, &facts.version) {
+                            (Some(v), _) => ("Valkey", v.clone()),
+                            (None, Some(v)) => ("Redis", v.clone()),
+                            (None, None) => ("Redis", f.text.clone()),
+                        };
+                        match cluster {
+                            true => {
+                                tracing::info!(%version, %node, "connected to {server} Cluster primary")
+                            }
+                            false => tracing::info!(%version, "connected to {server}"),
+                        }
+                    }
+                    Severity::Ok => {}
+                }
             }
         }
         Ok(())

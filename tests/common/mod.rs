@@ -17,6 +17,7 @@
 //! - [`proxy`]: a TCP proxy that cuts a daemon off the way networks fail.
 #![allow(dead_code)]
 
+pub mod cluster;
 pub mod embedded;
 pub mod http;
 pub mod process;
