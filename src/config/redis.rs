@@ -118,7 +118,11 @@ impl RedisConfig {
                 ),
             ),
         }
-        let tls_url = self.url.starts_with("rediss://");
+        // The URLs redq connects to: the cluster's seeds, or `url`.
+        let tls_url = match self.cluster.first() {
+            Some(seed) => seed.starts_with("rediss://"),
+            None => self.url.starts_with("rediss://"),
+        };
         let t = &self.tls;
         let any_tls = t.ca_file.is_some()
             || t.cert_file.is_some()
@@ -128,7 +132,7 @@ impl RedisConfig {
         p.check(
             tls_url || !any_tls,
             &["redis", "tls"],
-            "is set but redis.url is not rediss://: use a rediss:// URL to connect with TLS",
+            "is set but redis.url (or redis.cluster) is not rediss://: use rediss:// URLs to connect with TLS",
         );
         p.check(
             t.cert_file.is_some() == t.key_file.is_some(),
@@ -204,9 +208,22 @@ impl RedisConfig {
             &["redis", "cluster"],
             "and redis.sentinel are both set: a Redis Cluster fails over by itself; keep one of them",
         );
+        let tls = self.cluster[0].starts_with("rediss://");
+        p.check(
+            self.cluster
+                .iter()
+                .all(|u| u.starts_with("rediss://") == tls),
+            &["redis", "cluster"],
+            "mixes redis:// and rediss:// seeds: a cluster's nodes all speak TLS or none do",
+        );
+        p.check(
+            !(tls && self.tls.server_name.is_some()),
+            &["redis", "tls", "server_name"],
+            "is not supported with a cluster (the nodes are reached by the addresses the cluster announces): give the nodes certificates that name those addresses",
+        );
         for seed in &self.cluster {
             let ok = match seed.split_once("://") {
-                Some(("redis", rest)) => crate::store::parse_host_port(
+                Some(("redis" | "rediss", rest)) => crate::store::parse_host_port(
                     rest.rsplit_once('@')
                         .map_or(rest, |(_, a)| a)
                         .trim_end_matches('/'),
@@ -218,7 +235,7 @@ impl RedisConfig {
                 ok,
                 &["redis", "cluster"],
                 format!(
-                    "{} is not a cluster node URL; expected redis://[user:pass@]host:port (rediss:// is not supported with a cluster yet)",
+                    "{} is not a cluster node URL; expected redis://[user:pass@]host:port or rediss://… (TLS)",
                     redacted_url(seed)
                 ),
             );

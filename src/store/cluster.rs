@@ -30,7 +30,7 @@ use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use redis::{RedisFuture, Value};
 
-use super::connect::Shared;
+use super::connect::{Endpoint, Shared};
 use super::Store;
 use crate::config::RedisConfig;
 use crate::error::{Error, Result};
@@ -48,17 +48,63 @@ pub(crate) enum Conn {
 
 /// Opens a cluster connection from the seeds in `[redis] cluster`: redis-rs
 /// reads the slot map from the first seed that answers.
-pub(crate) async fn open(redis: &RedisConfig) -> Result<ClusterConnection> {
-    let client = redis::cluster::ClusterClient::builder(redis.cluster.iter().map(String::as_str))
-        .connection_timeout(redis.connect_timeout)
-        .response_timeout(redis.command_timeout)
+pub(crate) async fn open(redis: &RedisConfig, seed: &Endpoint) -> Result<ClusterConnection> {
+    let mut builder =
+        redis::cluster::ClusterClient::builder(redis.cluster.iter().map(String::as_str))
+            .connection_timeout(redis.connect_timeout)
+            .response_timeout(redis.command_timeout);
+    if redis.cluster.iter().any(|u| u.starts_with("rediss://")) {
+        // redis-rs makes a cluster's TLS connections (to nodes it learns
+        // of), from the same `[redis.tls]` files; the config check refused
+        // `server_name`, which it cannot honour.
+        let t = &redis.tls;
+        let read = |path: &std::path::PathBuf, key: &str| {
+            std::fs::read(path).map_err(|e| {
+                Error::Config(format!(
+                    "redis.tls.{key}: cannot read {}: {e}",
+                    path.display()
+                ))
+            })
+        };
+        let client_tls = match (&t.cert_file, &t.key_file) {
+            (Some(cert), Some(key)) => Some(redis::ClientTlsConfig {
+                client_cert: read(cert, "cert_file")?,
+                client_key: read(key, "key_file")?,
+            }),
+            _ => None,
+        };
+        let root_cert = t.ca_file.as_ref().map(|f| read(f, "ca_file")).transpose()?;
+        builder = builder.certs(redis::TlsCertificates {
+            client_tls,
+            root_cert,
+        });
+        if t.insecure_skip_verify {
+            builder = builder.tls(redis::TlsMode::Insecure);
+        }
+    }
+    let client = builder
         .build()
         .map_err(|e| {
             Error::Config(format!(
                 "redis.cluster: {e}; expected redis://[user:pass@]host:port for each seed, with the same credentials"
             ))
         })?;
-    Ok(client.get_async_connection().await?)
+    match client.get_async_connection().await {
+        Ok(con) => Ok(con),
+        Err(e) => {
+            // redis-rs says little ("Failed to create initial connections");
+            // a connection of redq's own to the first seed says what failed
+            // (a certificate not trusted, TLS spoken to a plain port, …).
+            seed.multiplexed(Some(redis.connect_timeout)).await?;
+            Err(Error::Redis(redis::RedisError::from(std::io::Error::new(
+                std::io::ErrorKind::NotConnected,
+                format!(
+                    "the Redis Cluster at {} did not answer as a cluster: {e}; check redis.cluster (seeds of a cluster with cluster-enabled yes and all slots served)",
+                    seed.shown()
+                ),
+            ))))
+        }
+    }
 }
 
 /// The Cluster slot of `key`: CRC16 (XMODEM) of its hash tag (the text

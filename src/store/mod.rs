@@ -112,7 +112,7 @@ impl Store {
         keys::check_prefix(&redis.key_prefix)?;
         let endpoint = Arc::new(Endpoint::from_config(redis)?);
         let con = if redis.is_cluster() {
-            cluster::Conn::Cluster(cluster::open(redis).await?)
+            cluster::Conn::Cluster(cluster::open(redis, &endpoint).await?)
         } else {
             let con = connect::Shared::new(endpoint.clone(), Some(redis.command_timeout));
             con.get().await?;

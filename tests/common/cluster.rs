@@ -7,18 +7,33 @@ use std::process::Command;
 use std::time::Duration;
 
 use super::server::{free_port, server_tool, RedisServer};
+use super::tls::Pki;
 use super::wait::wait_for;
 
 pub struct Cluster {
     pub nodes: Vec<RedisServer>,
+    /// With TLS: each node's TLS port (clients and the cluster bus speak
+    /// TLS; the plain port is the harness's).
+    pub tls_ports: Vec<u16>,
 }
 
 impl Cluster {
     pub fn start() -> Cluster {
+        Cluster::start_with(None)
+    }
+
+    /// A cluster whose nodes serve TLS with certificates `pki` signs, and
+    /// whose bus speaks TLS too.
+    pub fn start_tls(pki: &Pki) -> Cluster {
+        Cluster::start_with(Some(pki))
+    }
+
+    fn start_with(pki: Option<&Pki>) -> Cluster {
+        let mut tls_ports = Vec::new();
         let nodes: Vec<RedisServer> = (0..3)
-            .map(|_| {
+            .map(|i| {
                 let bus = free_port().to_string();
-                RedisServer::start_with(&[
+                let mut args: Vec<String> = [
                     "--cluster-enabled",
                     "yes",
                     "--cluster-config-file",
@@ -27,7 +42,33 @@ impl Cluster {
                     &bus,
                     "--cluster-node-timeout",
                     "2000",
-                ])
+                ]
+                .map(str::to_owned)
+                .to_vec();
+                if let Some(pki) = pki {
+                    let cert = pki.node(&format!("node{i}"));
+                    let port = free_port();
+                    tls_ports.push(port);
+                    args.extend(
+                        [
+                            "--tls-port",
+                            &port.to_string(),
+                            "--tls-cluster",
+                            "yes",
+                            "--tls-cert-file",
+                            &cert.cert.display().to_string(),
+                            "--tls-key-file",
+                            &cert.key.display().to_string(),
+                            "--tls-ca-cert-file",
+                            &pki.ca_file().display().to_string(),
+                            "--tls-auth-clients",
+                            "optional",
+                        ]
+                        .map(|s| s.to_owned()),
+                    );
+                }
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                RedisServer::start_with(&args)
             })
             .collect();
         let mut create = Command::new(server_tool("cli"));
@@ -43,7 +84,7 @@ impl Cluster {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-        let cluster = Cluster { nodes };
+        let cluster = Cluster { nodes, tls_ports };
         cluster.wait_ready();
         cluster
     }
@@ -65,13 +106,21 @@ impl Cluster {
         });
     }
 
-    /// The seeds for `[redis] cluster`, as a TOML array.
+    /// The seeds for `[redis] cluster`, as a TOML array (`rediss://` URLs
+    /// of the TLS ports for a TLS cluster).
     pub fn seeds_toml(&self) -> String {
-        let urls: Vec<String> = self
-            .nodes
-            .iter()
-            .map(|n| format!("\"{}\"", n.url()))
-            .collect();
+        let urls: Vec<String> = match self.tls_ports.is_empty() {
+            true => self
+                .nodes
+                .iter()
+                .map(|n| format!("\"{}\"", n.url()))
+                .collect(),
+            false => self
+                .tls_ports
+                .iter()
+                .map(|p| format!("\"rediss://127.0.0.1:{p}\""))
+                .collect(),
+        };
         format!("[{}]", urls.join(", "))
     }
 

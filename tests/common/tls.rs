@@ -62,6 +62,20 @@ impl Pki {
         self.sign(file, params)
     }
 
+    /// A Redis Cluster node's certificate: 127.0.0.1, for serving clients
+    /// and for the cluster bus (where nodes are clients of each other).
+    pub fn node(&self, file: &str) -> CertFiles {
+        let mut params = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+        params
+            .subject_alt_names
+            .push(SanType::IpAddress([127, 0, 0, 1].into()));
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        self.sign(file, params)
+    }
+
     /// A client certificate.
     pub fn client(&self, file: &str) -> CertFiles {
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
