@@ -285,6 +285,16 @@ impl Client {
         self.store.resume(&self.store.queue(queue)?).await
     }
 
+    /// One page of `queue`'s jobs in `state` (see [`inspect::list_jobs`]).
+    pub async fn list_jobs(
+        &self,
+        queue: &str,
+        state: inspect::ListState,
+        query: &inspect::ListQuery,
+    ) -> Result<inspect::Page> {
+        inspect::list_jobs(&self.store, &self.store.queue(queue)?, state, query).await
+    }
+
     /// Dead jobs, newest first.
     pub async fn dead_list(
         &self,

@@ -49,6 +49,70 @@ pub async fn run(command: Command, target: &Target) -> Result<u8> {
             Ok(0)
         }
         Command::Dead(cmd) => dead(&client, cmd).await,
+        Command::Jobs {
+            queue,
+            state,
+            limit,
+            after,
+            newest,
+            oldest,
+            tenant,
+            group,
+            json,
+        } => {
+            let order = match (newest, oldest) {
+                (true, _) => crate::inspect::Order::Newest,
+                (_, true) => crate::inspect::Order::Oldest,
+                _ => crate::inspect::Order::Natural,
+            };
+            if !(1..=crate::inspect::MAX_PAGE).contains(&limit) {
+                return Err(Error::InvalidName(format!(
+                    "--limit {limit}: a page holds 1-{} jobs",
+                    crate::inspect::MAX_PAGE
+                )));
+            }
+            let query = crate::inspect::ListQuery {
+                limit,
+                after,
+                order,
+                tenant,
+                group,
+            };
+            let page = client.list_jobs(&queue, state, &query).await?;
+            if json {
+                println!("{}", to_json(&page)?);
+                return Ok(0);
+            }
+            for j in &page.jobs {
+                let when = j
+                    .run_at_ms
+                    .or(j.lease_deadline_ms)
+                    .or(j.finished_at_ms)
+                    .unwrap_or(j.enqueued_at_ms);
+                println!(
+                    "{}\t{}\tpriority {}\tattempts {}\t{}\t{}",
+                    j.id,
+                    lowercase(&j.state),
+                    j.priority,
+                    j.attempts,
+                    time(when),
+                    j.last_error
+                        .as_deref()
+                        .unwrap_or("")
+                        .lines()
+                        .next()
+                        .unwrap_or("")
+                );
+            }
+            match &page.next {
+                Some(next) => eprintln!("more: --after {next}"),
+                None if page.jobs.is_empty() => {
+                    eprintln!("no {} jobs in {queue}", lowercase(&state))
+                }
+                None => {}
+            }
+            Ok(0)
+        }
         Command::Pause { queue } => {
             client.pause(&queue).await?;
             println!("paused {queue}: no daemon claims its jobs until `redq resume {queue}`");
@@ -206,17 +270,23 @@ fn time(ms: i64) -> String {
     humantime::format_rfc3339_millis(t).to_string()
 }
 
+/// A state's name as JSON writes it ("pending", "succeeded").
+fn lowercase(state: &impl serde::Serialize) -> String {
+    serde_json::to_value(state)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
 fn print_job(j: &JobInfo, json: bool) -> Result<()> {
     if json {
         println!("{}", to_json(j)?);
         return Ok(());
     }
-    let state = serde_json::to_value(j.state)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_owned));
+    let state = lowercase(&j.state);
     println!("id:          {}", j.id);
     println!("queue:       {}", j.queue);
-    println!("state:       {}", state.unwrap_or_default());
+    println!("state:       {state}");
     println!("priority:    {}", j.priority);
     let max = j
         .max_attempts

@@ -69,6 +69,35 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// List a queue's jobs in one state, a page at a time
+    Jobs {
+        queue: String,
+        /// pending (claim order), scheduled (soonest first), active (by lease
+        /// end), dead or succeeded (newest first; kept by retention)
+        #[arg(long)]
+        state: crate::inspect::ListState,
+        /// Jobs per page, 1-1000
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        /// Start after this cursor (the `next` a page printed)
+        #[arg(long)]
+        after: Option<String>,
+        /// Newest (or latest) first
+        #[arg(long, conflicts_with = "oldest")]
+        newest: bool,
+        /// Oldest (or soonest) first
+        #[arg(long)]
+        oldest: bool,
+        /// Only jobs of this tenant
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Only jobs of this group
+        #[arg(long)]
+        group: Option<String>,
+        /// Print JSON: {"jobs": [...], "next": cursor or null}
+        #[arg(long)]
+        json: bool,
+    },
     /// Show each queue's depth by state and its rates over the last minute
     Stats {
         /// Queues to show [default: every registered and configured queue]

@@ -15,8 +15,6 @@ pub struct DeadJob {
     pub last_error: Option<String>,
 }
 
-/// Looks up one job; `None` when the queue does not know the id (never
-/// enqueued, or completed and removed by retention).
 /// Dead jobs, newest first, `limit` from `offset`.
 pub async fn dead_list(
     store: &Store,

@@ -1,4 +1,4 @@
-//! Read-only views of queues and jobs: `redq job`, `redq stats`, `redq dead list`.
+//! Read-only views of queues and jobs: `redq job`, `redq jobs`, `redq stats`, `redq dead list`.
 //!
 //! Every read here is O(1) per queue or per job (no SCAN, no KEYS) and runs
 //! as one atomic pipeline, so a job is never seen in two states at once.
@@ -12,10 +12,12 @@ use crate::job::StoredJob;
 use crate::keys::{self, QueueKeys};
 
 mod dead;
+mod list;
 mod stats;
 mod usage;
 
 pub use dead::{dead_list, DeadJob};
+pub use list::{list_jobs, ListQuery, ListState, Order, Page, MAX_PAGE};
 pub use stats::{head_ages, last_minute, register, registered_queues, stats, QueueStats, Rates};
 pub use usage::{totals, UsageTotals};
 
@@ -67,7 +69,8 @@ pub struct JobInfo {
     pub resources: Option<crate::handler::Resources>,
 }
 
-/// Depth of one queue by state, and its rates over the last minute.
+/// Looks up one job; `None` when the queue does not know the id (never
+/// enqueued, or completed and removed by retention).
 pub async fn job(store: &Store, q: &QueueKeys, id: &str) -> Result<Option<JobInfo>> {
     keys::check_job_id(id)?;
     let mut found = jobs(store, q, &[id.to_owned()]).await?;
