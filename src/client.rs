@@ -20,7 +20,7 @@ use crate::inspect::{self, DeadJob, JobInfo, QueueStats};
 use crate::job::{NewJob, PreparedJob, DEFAULT_MAX_DOC_BYTES};
 use crate::keys::QueueKeys;
 use crate::scripts::LibraryStatus;
-use crate::store::{DeadRetry, Enqueued, Store};
+use crate::store::{DeadRetry, Enqueued, Store, WasIn};
 
 /// A producer's handle on redq. Cheap to share behind an `Arc`.
 pub struct Client {
@@ -293,6 +293,18 @@ impl Client {
         query: &inspect::ListQuery,
     ) -> Result<inspect::Page> {
         inspect::list_jobs(&self.store, &self.store.queue(queue)?, state, query).await
+    }
+
+    /// Cancels live jobs of `queue` (see [`Store::cancel`]); the state each
+    /// was in.
+    pub async fn cancel(&self, queue: &str, ids: &[String]) -> Result<Vec<WasIn>> {
+        self.store.cancel(&self.store.queue(queue)?, ids).await
+    }
+
+    /// Deletes finished jobs of `queue` (see [`Store::delete`]); the state
+    /// each was in.
+    pub async fn delete(&self, queue: &str, ids: &[String]) -> Result<Vec<WasIn>> {
+        self.store.delete(&self.store.queue(queue)?, ids).await
     }
 
     /// Dead jobs, newest first.

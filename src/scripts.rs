@@ -38,7 +38,7 @@ use redis::Script;
 
 /// The shared library files (`src/lua/lib/<name>.lua`), in the order they
 /// are joined: each only uses names declared in the files above it.
-const LIBRARY: [(&str, &str); 14] = [
+const LIBRARY: [(&str, &str); 15] = [
     ("keys", include_str!("lua/lib/keys.lua")),
     ("common", include_str!("lua/lib/common.lua")),
     ("events", include_str!("lua/lib/events.lua")),
@@ -53,6 +53,7 @@ const LIBRARY: [(&str, &str); 14] = [
     ("parking", include_str!("lua/lib/parking.lua")),
     ("limits", include_str!("lua/lib/limits.lua")),
     ("usage", include_str!("lua/lib/usage.lua")),
+    ("cancel", include_str!("lua/lib/cancel.lua")),
 ];
 
 const FUNCTIONS: &str = include_str!("lua/functions.lua");
@@ -137,6 +138,7 @@ transitions! {
     cron_enqueue: false,
     promote: true,
     configure: true,
+    cancel: true,
 }
 
 /// FNV-1a, 64 bits: stable across builds and platforms.

@@ -7,7 +7,7 @@ use crate::client::Client;
 use crate::error::{Error, Result};
 use crate::inspect::{JobInfo, QueueStats};
 use crate::job::NewJob;
-use crate::store::{DeadRetry, EnqueueStatus};
+use crate::store::{DeadRetry, EnqueueStatus, WasIn};
 
 /// The CLI's time-outs: 5 s to connect, 30 s for an answer (an import
 /// or a purge of a large dead set takes a while).
@@ -49,6 +49,45 @@ pub async fn run(command: Command, target: &Target) -> Result<u8> {
             Ok(0)
         }
         Command::Dead(cmd) => dead(&client, cmd).await,
+        Command::Cancel { queue, ids } => {
+            let was = client.cancel(&queue, &ids).await?;
+            let mut code = 0;
+            for (id, w) in ids.iter().zip(was) {
+                match w {
+                    w if w.is_live() => println!("cancelled {id} (was {})", w.as_str()),
+                    WasIn::Unknown => {
+                        eprintln!("redq: {queue} has no job {id}");
+                        code = 1;
+                    }
+                    w => {
+                        eprintln!(
+                            "redq: {id} is {} already: nothing to cancel (redq delete removes it)",
+                            w.as_str()
+                        );
+                        code = 1;
+                    }
+                }
+            }
+            Ok(code)
+        }
+        Command::Delete { queue, ids } => {
+            let was = client.delete(&queue, &ids).await?;
+            let mut code = 0;
+            for (id, w) in ids.iter().zip(was) {
+                match w {
+                    WasIn::Dead | WasIn::Succeeded => println!("deleted {id} (was {})", w.as_str()),
+                    WasIn::Unknown => {
+                        eprintln!("redq: {queue} has no job {id}");
+                        code = 1;
+                    }
+                    w => {
+                        eprintln!("redq: {id} is {}: cancel a live job (redq cancel) instead of deleting it", w.as_str());
+                        code = 1;
+                    }
+                }
+            }
+            Ok(code)
+        }
         Command::Jobs {
             queue,
             state,

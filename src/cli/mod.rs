@@ -98,6 +98,18 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Cancel live jobs (pending, scheduled or running; a running job's handler is stopped)
+    Cancel {
+        queue: String,
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
+    /// Delete finished jobs (dead, or kept after success) for good
+    Delete {
+        queue: String,
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
     /// Show each queue's depth by state and its rates over the last minute
     Stats {
         /// Queues to show [default: every registered and configured queue]

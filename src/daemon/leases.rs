@@ -27,7 +27,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::QueueRt;
-use crate::store::Store;
+use crate::store::{Renewal, Store};
 
 /// Why a running job was told to stop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,6 +40,8 @@ pub enum StopReason {
     Shutdown = 2,
     /// The handler ran past its time-out.
     Timeout = 3,
+    /// The job was cancelled in Redis while it ran: stop, write nothing.
+    Cancelled = 4,
 }
 
 /// Stop signal for one running job: the first reason set wins.
@@ -61,6 +63,7 @@ impl Stop {
             1 => StopReason::LeaseLost,
             2 => StopReason::Shutdown,
             3 => StopReason::Timeout,
+            4 => StopReason::Cancelled,
             _ => StopReason::None,
         }
     }
@@ -177,7 +180,7 @@ impl Leases {
             let sent = Instant::now();
             let pairs: Vec<(&str, u64)> = jobs.iter().map(|(id, t)| (id.as_str(), *t)).collect();
             let limit = renew_call_timeout(rt.cfg.effective_lease_renew(), command_timeout);
-            match tokio::time::timeout(limit, store.extend(&rt.keys, &pairs, rt.cfg.lease)).await {
+            match tokio::time::timeout(limit, store.renew(&rt.keys, &pairs, rt.cfg.lease)).await {
                 Ok(Ok((_, renewed))) => self.renewed(&queue, &rt, &jobs, &renewed, sent),
                 Ok(Err(e)) => {
                     tracing::warn!(queue = %queue, error = %e, "could not renew {} leases", pairs.len())
@@ -199,7 +202,7 @@ impl Leases {
         queue: &Arc<str>,
         rt: &QueueRt,
         jobs: &[(String, u64)],
-        renewed: &[bool],
+        renewed: &[Renewal],
         sent: Instant,
     ) {
         let Ok(m) = self.held.lock() else {
@@ -212,10 +215,13 @@ impl Leases {
             if h.fence != *fence {
                 continue;
             }
-            if *ok {
+            if *ok == Renewal::Renewed {
                 h.deadline.send_replace(sent + rt.cfg.lease);
             } else if h.reported {
                 tracing::debug!(queue = %queue, job = %id, "renewal refused: the job's outcome was written first");
+            } else if *ok == Renewal::Gone {
+                tracing::info!(queue = %queue, job = %id, "the job was cancelled; stopping its handler");
+                h.stop.stop(StopReason::Cancelled);
             } else {
                 tracing::warn!(queue = %queue, job = %id, "lease lost: the job was taken over; its result will not be written");
                 h.stop.stop(StopReason::LeaseLost);

@@ -127,6 +127,12 @@ async fn run_inner(
     let unique = doc.unique_key;
     let (id, fence) = (job.id, job.fence);
     match stop.reason() {
+        StopReason::Cancelled => {
+            tracing::info!("stopped: the job was cancelled; nothing is written");
+            rt.metrics.job_outcome(&rt.name, JobOutcome::Cancelled, 1);
+            leases.remove(&rt.name, &[&id]);
+            return true;
+        }
         StopReason::LeaseLost => {
             tracing::warn!("stopped: lease lost; the result is not written");
             counters.add(&counters.lease_lost, 1);
@@ -246,7 +252,7 @@ async fn supervise(
     let lost = || Outcome::Fail {
         error: "lease lost".into(),
     };
-    if stop.reason() == StopReason::LeaseLost {
+    if matches!(stop.reason(), StopReason::LeaseLost | StopReason::Cancelled) {
         // One last poll, so a handler sees ctx.cancel and does what it does
         // at once (a command handler sends SIGTERM), then it is dropped (a
         // command handler's process group gets SIGKILL): no grace.

@@ -5,7 +5,9 @@
 --   rest): reads runs; writes active (existing members only).
 -- ARGV[1] lease length in ms (new deadline = Redis now + lease)
 -- ARGV[2..] 2 per job: id, fence
--- Returns: {now_ms, then one integer per job: 1 renewed, 0 stale fence (nothing changed)}
+-- Returns: {now_ms, then one integer per job: 1 renewed, 0 stale fence
+--   (taken over; nothing changed), 2 the job is gone (cancelled or deleted:
+--   its record too; see lib/cancel.lua)}
 local k = queue_keys(KEYS)
 local lease = tonumber(ARGV[1])
 local ids = ids_of(ARGV, 2, 2)
@@ -18,6 +20,8 @@ for i, id in ipairs(ids) do
     out[i + 1] = 1
     zargs[#zargs + 1] = until_ms
     zargs[#zargs + 1] = id
+  elseif not runs[i] and redis.call('HEXISTS', k.jobs, id) == 0 then
+    out[i + 1] = 2
   else
     out[i + 1] = 0
   end

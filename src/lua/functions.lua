@@ -22,17 +22,67 @@
 --   Commands it runs (each checked against the caller's ACL rules): TIME,
 --   EXISTS, HEXISTS, HGET, HMGET, HGETALL, HSET, HDEL, HINCRBY, ZADD, ZRANGE,
 --   LPUSH, RPUSH, PEXPIRE, XADD, PUBLISH.
+-- FCALL_RO redq_status 1 <prefix>:{<queue>} <id> -> a JSON object
+--   {"id", "state", "attempts", "result", "last_error"}: state is one of
+--   pending, scheduled, retrying, active, succeeded, dead, or unknown (never
+--   enqueued, or removed: completed jobs are removed at once unless the
+--   queue keeps them, keep_completed); result and last_error are null when
+--   there are none. Reads jobs, runs, active, scheduled, dead, done,
+--   results, errors.
+-- FCALL redq_cancel 1 <prefix>:{<queue>} <id> -> the state the job was in
+--   (pending, scheduled, retrying and active ones are cancelled: removed
+--   with their record and unique key, a running one's daemon stops its
+--   handler at its next lease renewal; succeeded, dead and unknown ones are
+--   left as they are). See lib/cancel.lua for the keys it touches.
 -- FCALL_RO redq_version 0 -> the library version (a hash of its source)
 
 local function keys_from_base(base)
   return queue_keys({ base })
 end
 
+-- The error of a call whose key is not one queue's base key; nil when it is.
+local function bad_base(name, keys)
+  if #keys ~= 1 or not string.match(keys[1], '^[%w_%.%-:]+:{[%w_%.%-:]+}$') then
+    return redis.error_reply('ERR ' .. name .. ' takes one key, <prefix>:{<queue>}, e.g. redq:{emails}')
+  end
+  return nil
+end
+
+-- The error of a call whose one argument is not a job id; nil when it is.
+local function bad_id(name, args)
+  if #args ~= 1 or not string.match(args[1], '^[%w_%.%-:]+$') or #args[1] > 128 then
+    return redis.error_reply('ERR ' .. name .. ' takes one argument: a job id (1-128 characters from A-Z a-z 0-9 _ . - :)')
+  end
+  return nil
+end
+
+local function fcall_status(keys, args)
+  local bad = bad_base('redq_status', keys) or bad_id('redq_status', args)
+  if bad then return bad end
+  local k, id = keys_from_base(keys[1]), args[1]
+  local state = job_state(k, id)
+  local attempts = parse_run(redis.call('HGET', k.runs, id))
+  return cjson.encode({
+    id = id,
+    state = state,
+    attempts = attempts,
+    result = redis.call('HGET', k.results, id) or cjson.null,
+    last_error = redis.call('HGET', k.errors, id) or cjson.null,
+  })
+end
+
+local function fcall_cancel(keys, args)
+  local bad = bad_base('redq_cancel', keys) or bad_id('redq_cancel', args)
+  if bad then return bad end
+  local k = keys_from_base(keys[1])
+  allow_when_full(k)
+  return cancel_job(k, args[1], events_cap(k))
+end
+
 local function fcall_enqueue(keys, args)
   local base = keys[1]
-  if #keys ~= 1 or not string.match(base, '^[%w_%.%-:]+:{[%w_%.%-:]+}$') then
-    return redis.error_reply('ERR redq_enqueue takes one key, <prefix>:{<queue>}, e.g. redq:{emails}')
-  end
+  local bad = bad_base('redq_enqueue', keys)
+  if bad then return bad end
   if #args ~= 1 then
     return redis.error_reply('ERR redq_enqueue takes one argument: the job JSON document, e.g. \'{"payload":{}}\'')
   end
@@ -60,6 +110,12 @@ local function fcall_enqueue(keys, args)
 end
 
 redis.register_function('redq_enqueue', fcall_enqueue)
+redis.register_function('redq_cancel', fcall_cancel)
+redis.register_function {
+  function_name = 'redq_status',
+  callback = fcall_status,
+  flags = { 'no-writes' },
+}
 redis.register_function {
   function_name = 'redq_version',
   callback = function() return REDQ_LIBRARY_VERSION end,

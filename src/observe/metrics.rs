@@ -38,17 +38,20 @@ pub enum JobOutcome {
     LeaseLost,
     /// Redis refused a write made with a stale fence.
     StaleRefused,
+    /// The job was cancelled while it ran; its handler was stopped.
+    Cancelled,
 }
 
 impl JobOutcome {
     /// Every outcome, in rendering order.
-    pub const ALL: [JobOutcome; 6] = [
+    pub const ALL: [JobOutcome; 7] = [
         JobOutcome::Succeeded,
         JobOutcome::Failed,
         JobOutcome::Dead,
         JobOutcome::Released,
         JobOutcome::LeaseLost,
         JobOutcome::StaleRefused,
+        JobOutcome::Cancelled,
     ];
 
     /// The `outcome` label value.
@@ -60,6 +63,7 @@ impl JobOutcome {
             JobOutcome::Released => "released",
             JobOutcome::LeaseLost => "lease_lost",
             JobOutcome::StaleRefused => "stale_refused",
+            JobOutcome::Cancelled => "cancelled",
         }
     }
 }

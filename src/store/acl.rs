@@ -63,6 +63,7 @@ pub const DAEMON_COMMANDS: &[&[&str]] = &[
     &["LPOP", "{key}"],
     &["LPUSH", "{key}", "1"],
     &["LRANGE", "{key}", "0", "1"],
+    &["LREM", "{key}", "1", "m"],
     &["LTRIM", "{key}", "0", "0"],
     &["RPOP", "{key}"],
     &["RPUSH", "{key}", "1"],

@@ -45,6 +45,16 @@ pub enum FailResult {
     Stale,
 }
 
+/// What a lease renewal did for one job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Renewal {
+    Renewed,
+    /// The fence is stale: the lease expired and the job was rescued.
+    TakenOver,
+    /// The job is gone: cancelled (or deleted) while it ran.
+    Gone,
+}
+
 impl Store {
     /// Records successes; returns per job whether it completed (false: stale fence).
     pub async fn complete(
@@ -172,6 +182,21 @@ impl Store {
         held: &[(&str, u64)],
         lease: Duration,
     ) -> Result<(i64, Vec<bool>)> {
+        let (now, renewed) = self.renew(q, held, lease).await?;
+        Ok((
+            now,
+            renewed.into_iter().map(|r| r == Renewal::Renewed).collect(),
+        ))
+    }
+
+    /// [`Store::extend`], saying of each job not renewed whether it was
+    /// taken over or is gone (cancelled or deleted).
+    pub async fn renew(
+        &self,
+        q: &QueueKeys,
+        held: &[(&str, u64)],
+        lease: Duration,
+    ) -> Result<(i64, Vec<Renewal>)> {
         let mut first_now = None;
         let mut ok = Vec::with_capacity(held.len());
         // At most MAX_CALL_JOBS per call; `now` is the first call's (the
@@ -184,7 +209,11 @@ impl Store {
             let reply = array(self.run(|s| &s.extend, q, args).await?, "extend")?;
             first_now.get_or_insert(int(reply.first(), "extend")?);
             for v in reply.iter().skip(1) {
-                ok.push(int(Some(v), "extend")? == 1);
+                ok.push(match int(Some(v), "extend")? {
+                    1 => Renewal::Renewed,
+                    2 => Renewal::Gone,
+                    _ => Renewal::TakenOver,
+                });
             }
         }
         Ok((first_now.unwrap_or(0), ok))

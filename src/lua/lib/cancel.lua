@@ -1,0 +1,68 @@
+-- cancel.lua: a job's state as producers read it, and ending a job by hand
+-- (cancel a live one, delete a finished one).
+-- Keys: reads jobs, runs, active, scheduled, dead, done; cancel writes
+--   active, scheduled, pending and pending:<priority>, holders and groups
+--   (release_groups), unique, and deletes the job's fields (delete_jobs);
+--   emits `cancelled` to events.
+-- Invariant: a cancelled job has no record left, so whatever still names it
+-- (a parked entry, a hand-off element, its old holder's renewal) finds
+-- nothing to run: claims and unparking skip an id without a record, and
+-- extend answers its holder that the job is gone.
+
+-- The state of job `id`: 'unknown', 'active', 'scheduled', 'retrying',
+-- 'dead', 'succeeded' or 'pending' (also a job parked by a group or tenant
+-- limit). As store::inspect derives it, from the same sets.
+local function job_state(k, id)
+  if redis.call('HEXISTS', k.jobs, id) == 0 then return 'unknown' end
+  if redis.call('ZSCORE', k.active, id) then return 'active' end
+  if redis.call('ZSCORE', k.scheduled, id) then
+    if parse_run(redis.call('HGET', k.runs, id)) > 0 then return 'retrying' end
+    return 'scheduled'
+  end
+  if redis.call('ZSCORE', k.dead, id) then return 'dead' end
+  if redis.call('ZSCORE', k.done, id) then return 'succeeded' end
+  return 'pending'
+end
+
+-- Cancels live job `id`; returns the state it was in (for 'unknown',
+-- 'dead' and 'succeeded' nothing changes). A pending job leaves its
+-- priority's list with LREM, the one removal from the middle of a pending
+-- list, whose cost grows with that list: an operator's act, not the hot
+-- path. A running job leaves `active` and its group slot; its holder learns
+-- at its next renewal and stops the handler.
+local function cancel_job(k, id, cap)
+  local state = job_state(k, id)
+  if state == 'unknown' or state == 'dead' or state == 'succeeded' then return state end
+  local record = redis.call('HGET', k.jobs, id)
+  if state == 'active' then
+    redis.call('ZREM', k.active, id)
+    if release_groups(k, { id }) then wake(k) end
+  elseif state == 'scheduled' or state == 'retrying' then
+    redis.call('ZREM', k.scheduled, id)
+  else
+    local level = fmt_int(record_header(record))
+    local key = pending_key(k, level)
+    if redis.call('LREM', key, 1, id) == 1 and redis.call('EXISTS', key) == 0 then
+      redis.call('ZREM', k.pending, level)
+    end
+  end
+  release_unique(k, record_doc(record).unique_key, id)
+  delete_jobs(k, { id })
+  emit(k, cap, 'cancelled', id, 0, 'was', state)
+  return state
+end
+
+-- Deletes finished job `id` (dead, or kept after success); returns the
+-- state it was in (a live or unknown job is left as it is).
+local function delete_job(k, id)
+  local state = job_state(k, id)
+  if state == 'dead' then
+    redis.call('ZREM', k.dead, id)
+  elseif state == 'succeeded' then
+    redis.call('ZREM', k.done, id)
+  else
+    return state
+  end
+  delete_jobs(k, { id })
+  return state
+end

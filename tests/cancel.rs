@@ -1,0 +1,280 @@
+//! Cancel and delete, from the library, the CLI and the `redq_cancel` /
+//! `redq_status` functions; a running job's daemon stops its handler.
+
+mod common;
+
+use std::fs;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use redq::inspect::{ListQuery, ListState};
+use redq::job::NewJob;
+use redq::store::{Retention, WasIn};
+
+use common::http::{http_get, sample};
+use common::process::{redq, run_bounded, wait_dead, Daemon};
+use common::server::RedisServer;
+use common::store::{claim, completions, failure, DEAD};
+use common::wait::{secs, wait_for};
+use common::workers::{config, script, toml_str};
+
+fn job(id: &str) -> NewJob {
+    NewJob::from_json("{}").unwrap().id(id)
+}
+
+async fn pending_ids(client: &redq::Client, queue: &str) -> Vec<String> {
+    let q = ListQuery {
+        limit: 100,
+        ..Default::default()
+    };
+    let page = client
+        .list_jobs(queue, ListState::Pending, &q)
+        .await
+        .unwrap();
+    page.jobs.into_iter().map(|j| j.id).collect()
+}
+
+#[tokio::test]
+async fn cancel_removes_live_jobs_and_frees_their_unique_keys_delete_removes_finished_ones() {
+    let redis = RedisServer::start();
+    let client = redis.client().await;
+    let store = redq::store::Store::connect(&redis.url(), "redq")
+        .await
+        .unwrap();
+    let q = store.queue("q").unwrap();
+    redis
+        .cli(&["HSET", "redq:{q}:meta", "events", "100"])
+        .unwrap();
+    for id in ["a", "b", "c"] {
+        client.enqueue("q", job(id)).await.unwrap();
+    }
+    client
+        .enqueue("q", job("u").unique_key("only-one").priority(7))
+        .await
+        .unwrap();
+    client
+        .enqueue("q", job("later").delay(Duration::from_secs(600)))
+        .await
+        .unwrap();
+    let ids = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    // The middle of a list, the only job of its priority, a scheduled one,
+    // one unknown.
+    let was = client
+        .cancel("q", &ids(&["b", "u", "later", "nope"]))
+        .await
+        .unwrap();
+    assert_eq!(
+        was,
+        vec![
+            WasIn::Pending,
+            WasIn::Pending,
+            WasIn::Scheduled,
+            WasIn::Unknown
+        ]
+    );
+    assert_eq!(pending_ids(&client, "q").await, ids(&["a", "c"]));
+    assert_eq!(
+        redis.cli(&["ZCARD", "redq:{q}:pending"]).unwrap().trim(),
+        "1",
+        "priority 7 is gone"
+    );
+    assert_eq!(
+        redis.cli(&["ZCARD", "redq:{q}:scheduled"]).unwrap().trim(),
+        "0"
+    );
+    for id in ["b", "u", "later"] {
+        assert!(client.job("q", id).await.unwrap().is_none(), "{id} is gone");
+    }
+    // The unique key is free: a new job may take it.
+    let again = client
+        .enqueue("q", job("u2").unique_key("only-one"))
+        .await
+        .unwrap();
+    assert_eq!(again.id, "u2");
+    // Each cancel is an event saying where the job was.
+    let events = redis.cli(&["XRANGE", "redq:{q}:events", "-", "+"]).unwrap();
+    assert_eq!(events.matches("cancelled").count(), 3, "{events}");
+    // Claims go on past what was cancelled.
+    let claimed = claim(&store, "q", 10).await;
+    let got: Vec<&str> = claimed.jobs.iter().map(|j| j.id.as_str()).collect();
+    assert_eq!(got, vec!["a", "c", "u2"]);
+    // A retrying job is cancelled too; a dead one and a kept succeeded one
+    // are not, but delete removes them.
+    let keep = Retention {
+        keep: 10,
+        max_age: Duration::ZERO,
+    };
+    store
+        .complete(&q, &completions(&claimed.jobs[..1]), keep)
+        .await
+        .unwrap();
+    store
+        .fail(
+            &q,
+            &[
+                failure(&claimed.jobs[1], None, "boom"),
+                failure(&claimed.jobs[2], Some(Duration::from_secs(600)), "later"),
+            ],
+            DEAD,
+        )
+        .await
+        .unwrap();
+    let was = client.cancel("q", &ids(&["a", "c", "u2"])).await.unwrap();
+    assert_eq!(was, vec![WasIn::Succeeded, WasIn::Dead, WasIn::Retrying]);
+    assert!(client.job("q", "a").await.unwrap().is_some());
+    assert!(client.job("q", "c").await.unwrap().is_some());
+    let was = client.delete("q", &ids(&["a", "c", "x"])).await.unwrap();
+    assert_eq!(was, vec![WasIn::Succeeded, WasIn::Dead, WasIn::Unknown]);
+    for id in ["a", "c"] {
+        assert!(client.job("q", id).await.unwrap().is_none());
+    }
+    for key in ["jobs", "runs", "errors", "done", "dead", "scheduled"] {
+        let n = redis.cli(&["TYPE", &format!("redq:{{q}}:{key}")]).unwrap();
+        if n.trim() == "hash" {
+            assert_eq!(
+                redis
+                    .cli(&["HLEN", &format!("redq:{{q}}:{key}")])
+                    .unwrap()
+                    .trim(),
+                "0",
+                "{key}"
+            );
+        }
+    }
+    // Delete leaves a live job alone.
+    client.enqueue("q", job("live")).await.unwrap();
+    assert_eq!(
+        client.delete("q", &ids(&["live"])).await.unwrap(),
+        vec![WasIn::Pending]
+    );
+    assert!(client.job("q", "live").await.unwrap().is_some());
+}
+
+#[tokio::test]
+async fn producers_in_any_language_read_status_and_cancel_through_functions() {
+    let redis = RedisServer::start();
+    let client = redis.client().await;
+    let store = redq::store::Store::connect(&redis.url(), "redq")
+        .await
+        .unwrap();
+    let q = store.queue("q").unwrap();
+    store.ensure_library().await.unwrap();
+    let status = |id: &str| -> Value {
+        let out = redis
+            .cli(&["FCALL_RO", "redq_status", "1", "redq:{q}", id])
+            .unwrap();
+        serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"))
+    };
+    assert_eq!(status("none")["state"], "unknown");
+    client.enqueue("q", job("p")).await.unwrap();
+    assert_eq!(status("p")["state"], "pending");
+    assert_eq!(status("p")["attempts"], 0);
+    assert_eq!(status("p")["result"], Value::Null);
+    let claimed = claim(&store, "q", 1).await;
+    assert_eq!(status("p")["state"], "active");
+    let keep = Retention {
+        keep: 10,
+        max_age: Duration::ZERO,
+    };
+    let mut done = completions(&claimed.jobs);
+    done[0].result = Some("{\"sent\":true}");
+    store.complete(&q, &done, keep).await.unwrap();
+    let s = status("p");
+    assert_eq!(s["state"], "succeeded");
+    assert_eq!(s["attempts"], 1);
+    assert_eq!(s["result"], "{\"sent\":true}");
+    // redq_cancel answers where the job was.
+    client.enqueue("q", job("c")).await.unwrap();
+    let out = redis
+        .cli(&["FCALL", "redq_cancel", "1", "redq:{q}", "c"])
+        .unwrap();
+    assert_eq!(out.trim(), "pending");
+    assert_eq!(status("c")["state"], "unknown");
+    let out = redis
+        .cli(&["FCALL", "redq_cancel", "1", "redq:{q}", "p"])
+        .unwrap();
+    assert_eq!(out.trim(), "succeeded", "a finished job is left as it is");
+    // Bad calls name the problem.
+    let out = redis
+        .cli(&["FCALL", "redq_cancel", "1", "emails", "c"])
+        .unwrap();
+    assert!(out.contains("takes one key, <prefix>:{<queue>}"), "{out}");
+    let out = redis
+        .cli(&["FCALL_RO", "redq_status", "1", "redq:{q}", "../x"])
+        .unwrap();
+    assert!(out.contains("takes one argument: a job id"), "{out}");
+}
+
+#[test]
+fn a_running_job_is_cancelled_its_handler_stopped_and_nothing_written() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let pid_file = d.join("pid");
+    let handler = script(
+        d,
+        "slow.sh",
+        &format!("echo $$ > {}\nexec sleep 60\n", pid_file.display()),
+    );
+    let queues = format!(
+        "[queues.slow]\nlease = \"3s\"\nlease_renew = \"500ms\"\nkeep_completed = 10\n\
+         handler = {{ command = [{}] }}\n",
+        toml_str(handler.display().to_string())
+    );
+    let cfg = d.join("w.toml");
+    fs::write(&cfg, config(&redis.url(), "5s", &queues)).unwrap();
+    let mut daemon = Daemon::start(&cfg, &d.join("redq.log"), &[]);
+    let url = redis.url();
+    let cli = |args: &[&str]| run_bounded(redq().args(["--redis-url", &url]).args(args), secs(20));
+    let o = cli(&["enqueue", "--id", "run", "slow", "{}"]);
+    assert_eq!(o.code, Some(0), "{}", o.stderr);
+    let pid: i32 = wait_for("the handler to start", secs(10), || {
+        fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|p| p.trim().parse().ok())
+    });
+    let o = cli(&["cancel", "slow", "run"]);
+    assert_eq!(o.code, Some(0), "{}", o.stderr);
+    assert_eq!(o.stdout.trim(), "cancelled run (was active)");
+    // The daemon learns at its next renewal (every 500 ms here) and stops
+    // the handler's process group.
+    wait_dead(pid, "the cancelled job's handler");
+    wait_for("the cancelled outcome counted", secs(10), || {
+        http_get(&daemon.listen, "/metrics").and_then(|(_, body)| {
+            sample(
+                &body,
+                "redq_jobs_total{queue=\"slow\",outcome=\"cancelled\"}",
+            )
+        }) == Some(1.0)
+    });
+    // Nothing was written for it: not succeeded, not failed, not dead.
+    let o = cli(&["job", "slow", "run"]);
+    assert_eq!(o.code, Some(1), "{}{}", o.stdout, o.stderr);
+    assert_eq!(
+        redis.cli(&["ZCARD", "redq:{slow}:done"]).unwrap().trim(),
+        "0"
+    );
+    assert_eq!(
+        redis.cli(&["ZCARD", "redq:{slow}:dead"]).unwrap().trim(),
+        "0"
+    );
+    // The CLI says what it could not do.
+    let o = cli(&["cancel", "slow", "run"]);
+    assert_eq!(o.code, Some(1));
+    assert!(o.stderr.contains("slow has no job run"), "{}", o.stderr);
+    let o = cli(&["delete", "slow", "run", "x"]);
+    assert_eq!(o.code, Some(1));
+    daemon.signal(libc::SIGTERM);
+    assert_eq!(
+        daemon.wait_exit(secs(15)).0.code(),
+        Some(0),
+        "{}",
+        daemon.log()
+    );
+    assert!(
+        daemon.log().contains("the job was cancelled"),
+        "{}",
+        daemon.log()
+    );
+}
