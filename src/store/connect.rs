@@ -17,11 +17,10 @@
 //! The waker's blocking connection and the promoter's Pub/Sub connection come
 //! from the same [`Endpoint`].
 //!
-//! With `[redis.sentinel]`, every connection first asks the sentinels, in
-//! turn, where the primary is (`SENTINEL get-master-addr-by-name`), then
-//! checks that the server it reaches says it is the primary (`ROLE`): after a
-//! failover, the next connection goes to the new primary. Each sentinel is
-//! given the connect time-out; the sentinels' credentials are their own.
+//! With `[redis.sentinel]`, every connection first asks the sentinels where
+//! the primary is ([`super::sentinel`]), then checks that the server it
+//! reaches says it is the primary (`ROLE`): after a failover, the next
+//! connection goes to the new primary.
 
 use std::path::Path;
 use std::pin::Pin;
@@ -38,6 +37,7 @@ use rustls::{DigitallySignedStruct, SignatureScheme};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
 
+use super::sentinel::Sentinels;
 use crate::config::{redacted_url, RedisConfig, TlsConfig};
 use crate::error::{Error, Result};
 
@@ -217,13 +217,17 @@ pub struct Endpoint {
 enum Addr {
     Tcp(String, u16),
     Unix(std::path::PathBuf),
-    /// The primary the sentinels monitor as `master`.
-    Sentinel {
-        master: String,
-        nodes: Vec<(String, u16)>,
-        /// How to log in to the sentinels.
-        login: RedisConnectionInfo,
-    },
+    /// The primary the sentinels monitor (see [`super::sentinel`]).
+    Sentinel(Sentinels),
+}
+
+/// Where `[redis]` says Redis is, without credentials, for logs: the URL,
+/// or the sentinels' primary.
+pub fn describe(redis: &RedisConfig) -> String {
+    match &redis.sentinel {
+        Some(s) => Sentinels::shown(s),
+        None => redacted_url(&redis.url),
+    }
 }
 
 /// `host:port` (an IPv6 host in brackets), or `None`.
@@ -237,7 +241,7 @@ pub fn parse_host_port(text: &str) -> Option<(String, u16)> {
 }
 
 /// One connection's byte stream.
-enum Stream {
+pub(super) enum Stream {
     Tcp(TcpStream),
     Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
     Unix(UnixStream),
@@ -250,28 +254,8 @@ impl Endpoint {
     pub fn from_config(redis: &RedisConfig) -> Result<Endpoint> {
         let mut e = Endpoint::new(&redis.url, &redis.tls, redis.connect_timeout)?;
         if let Some(s) = &redis.sentinel {
-            let nodes = s
-                .nodes
-                .iter()
-                .map(|n| {
-                    parse_host_port(n).ok_or_else(|| {
-                        Error::Config(format!("redis.sentinel.nodes: {n:?} is not host:port"))
-                    })
-                })
-                .collect::<Result<Vec<_>>>()?;
-            let mut login = RedisConnectionInfo::default();
-            if let Some(u) = &s.username {
-                login = login.set_username(u);
-            }
-            if let Some(p) = &s.password {
-                login = login.set_password(p);
-            }
-            e.shown = format!("sentinel primary {:?} ({})", s.master, s.nodes.join(", "));
-            e.addr = Addr::Sentinel {
-                master: s.master.clone(),
-                nodes,
-                login,
-            };
+            e.addr = Addr::Sentinel(Sentinels::from_config(s)?);
+            e.shown = Sentinels::shown(s);
         }
         Ok(e)
     }
@@ -328,8 +312,9 @@ impl Endpoint {
     }
 
     /// Opens the byte stream: TCP (then TLS) or a Unix socket, within the
-    /// connect time-out, with errors that say what to do. With Sentinel, to
-    /// the primary the sentinels name.
+    /// connect time-out, with errors that say what to do. Not for Sentinel,
+    /// whose address is found anew for each connection (see
+    /// [`Endpoint::multiplexed`]).
     async fn stream(&self) -> Result<Stream> {
         match &self.addr {
             Addr::Unix(path) => {
@@ -343,20 +328,30 @@ impl Endpoint {
                 })
                 .await
             }
-            Addr::Tcp(host, port) => self.within(self.tcp(host, *port)).await,
-            Addr::Sentinel {
-                master,
-                nodes,
-                login,
-            } => {
-                let (host, port) = self.primary(master, nodes, login).await?;
-                self.within(self.tcp(&host, port)).await
-            }
+            Addr::Tcp(host, port) => self.stream_to(host, *port).await,
+            Addr::Sentinel(_) => Err(Error::Config(format!(
+                "{}: a sentinel's primary has no fixed address",
+                self.shown
+            ))),
         }
     }
 
+    /// A TCP (then TLS, with `rediss://`) stream to `host:port`, within the
+    /// connect time-out: a data node, or a sentinel.
+    pub(super) async fn stream_to(&self, host: &str, port: u16) -> Result<Stream> {
+        self.within(self.tcp(host, port)).await
+    }
+
+    /// `redis.connect_timeout`.
+    pub(super) fn connect_timeout(&self) -> Duration {
+        self.connect_timeout
+    }
+
     /// `open` within the connect time-out.
-    async fn within<T>(&self, open: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+    pub(super) async fn within<T>(
+        &self,
+        open: impl std::future::Future<Output = Result<T>>,
+    ) -> Result<T> {
         match tokio::time::timeout(self.connect_timeout, open).await {
             Ok(r) => r,
             Err(_) => Err(io_err(
@@ -379,7 +374,7 @@ impl Endpoint {
     async fn tcp(&self, host: &str, port: u16) -> Result<Stream> {
         let tcp = TcpStream::connect((host, port))
             .await
-            .map_err(|e| self.io_error(&format!("cannot connect to {host}:{port} of"), e))?;
+            .map_err(|e| self.io_error(&format!("cannot connect to {host}:{port}"), e))?;
         let _ = tcp.set_nodelay(true);
         let Some(t) = &self.tls else {
             return Ok(Stream::Tcp(tcp));
@@ -401,54 +396,12 @@ impl Endpoint {
             .map_err(|e| self.tls_error(t, &name, e))
     }
 
-    /// Asks the sentinels in turn where the primary `master` is.
-    async fn primary(
-        &self,
-        master: &str,
-        nodes: &[(String, u16)],
-        login: &RedisConnectionInfo,
-    ) -> Result<(String, u16)> {
-        let mut why = Vec::new();
-        for (host, port) in nodes {
-            let ask = async {
-                let stream = self.tcp(host, *port).await?;
-                let (mut con, driver) = MultiplexedConnection::new_with_config(
-                    login,
-                    stream,
-                    redis::AsyncConnectionConfig::new()
-                        .set_response_timeout(Some(self.connect_timeout)),
-                )
-                .await?;
-                tokio::spawn(driver);
-                let addr: Option<(String, String)> = redis::cmd("SENTINEL")
-                    .arg("get-master-addr-by-name")
-                    .arg(master)
-                    .query_async(&mut con)
-                    .await?;
-                Ok::<_, Error>(addr)
-            };
-            match self.within(ask).await {
-                Ok(Some((h, p))) => match p.parse() {
-                    Ok(p) => return Ok((h, p)),
-                    Err(_) => why.push(format!("{host}:{port} answered port {p:?}")),
-                },
-                Ok(None) => why.push(format!(
-                    "{host}:{port} monitors no primary named {master:?}"
-                )),
-                Err(e) => why.push(format!("{host}:{port}: {e}")),
-            }
-        }
-        Err(io_err(
-            std::io::ErrorKind::NotConnected,
-            format!(
-                "no sentinel told where the primary {master:?} is ({}); check redis.sentinel.master and nodes",
-                why.join("; ")
-            ),
-        ))
-    }
-
     fn io_error(&self, what: &str, e: std::io::Error) -> Error {
-        io_err(e.kind(), format!("{what} to {}: {e}", self.shown))
+        match self.addr {
+            // The sentinels' message names the primary and who named it.
+            Addr::Sentinel(_) => io_err(e.kind(), format!("{what}: {e}")),
+            _ => io_err(e.kind(), format!("{what} ({}): {e}", self.shown)),
+        }
     }
 
     /// A failed TLS handshake, said in terms of what to do about it.
@@ -496,41 +449,70 @@ impl Endpoint {
     }
 
     /// A multiplexed connection whose replies time out after `answer_within`.
+    /// With Sentinel, to a server that says it is the primary.
     pub(crate) async fn multiplexed(
         &self,
         answer_within: Option<Duration>,
     ) -> Result<MultiplexedConnection> {
-        let stream = self.stream().await?;
+        let Addr::Sentinel(sentinels) = &self.addr else {
+            let stream = self.stream().await?;
+            return self.handshake(stream, answer_within).await;
+        };
+        sentinels
+            .open(self, |host, port| async move {
+                self.within(async {
+                    let stream = self.tcp(&host, port).await?;
+                    let mut con = self.handshake(stream, answer_within).await?;
+                    // Just after a failover a sentinel may still name the
+                    // old primary, which a restart has made a replica.
+                    let role: Vec<redis::Value> = redis::cmd("ROLE").query_async(&mut con).await?;
+                    match role.first() {
+                        Some(redis::Value::BulkString(r)) if r == b"master" => Ok(con),
+                        _ => Err(io_err(
+                            std::io::ErrorKind::NotConnected,
+                            "not a primary (yet)".to_owned(),
+                        )),
+                    }
+                })
+                .await
+            })
+            .await
+    }
+
+    async fn handshake(
+        &self,
+        stream: Stream,
+        answer_within: Option<Duration>,
+    ) -> Result<MultiplexedConnection> {
         let config = redis::AsyncConnectionConfig::new().set_response_timeout(answer_within);
-        let (mut con, driver) = MultiplexedConnection::new_with_config(&self.redis, stream, config)
+        let (con, driver) = MultiplexedConnection::new_with_config(&self.redis, stream, config)
             .await
             .map_err(|e| self.handshake_error(e))?;
         tokio::spawn(driver);
-        if matches!(self.addr, Addr::Sentinel { .. }) {
-            // Just after a failover a sentinel may still name the old
-            // primary, which a restart has made a replica.
-            let role: Vec<redis::Value> = redis::cmd("ROLE").query_async(&mut con).await?;
-            let is_primary =
-                matches!(role.first(), Some(redis::Value::BulkString(r)) if r == b"master");
-            if !is_primary {
-                return Err(io_err(
-                    std::io::ErrorKind::NotConnected,
-                    format!(
-                        "{}: the server the sentinels named is not a primary (yet); retrying",
-                        self.shown
-                    ),
-                ));
-            }
-        }
         Ok(con)
     }
 
-    /// A Pub/Sub connection.
+    /// A Pub/Sub connection. With Sentinel, to the primary a sentinel
+    /// names (not checked with ROLE, which a Pub/Sub connection cannot
+    /// send; a replica forwards the primary's messages anyway).
     pub(crate) async fn pubsub(&self) -> Result<PubSub> {
-        let stream = self.stream().await?;
-        PubSub::new(&self.redis, stream)
+        let Addr::Sentinel(sentinels) = &self.addr else {
+            let stream = self.stream().await?;
+            return PubSub::new(&self.redis, stream)
+                .await
+                .map_err(|e| self.handshake_error(e));
+        };
+        sentinels
+            .open(self, |host, port| async move {
+                self.within(async {
+                    let stream = self.tcp(&host, port).await?;
+                    PubSub::new(&self.redis, stream)
+                        .await
+                        .map_err(|e| self.handshake_error(e))
+                })
+                .await
+            })
             .await
-            .map_err(|e| self.handshake_error(e))
     }
 
     /// A failure after the stream opened (AUTH, HELLO, SELECT): a plain
@@ -574,7 +556,7 @@ impl Endpoint {
     }
 }
 
-fn io_err(kind: std::io::ErrorKind, message: String) -> Error {
+pub(super) fn io_err(kind: std::io::ErrorKind, message: String) -> Error {
     Error::Redis(redis::RedisError::from(std::io::Error::new(kind, message)))
 }
 
