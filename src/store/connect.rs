@@ -609,6 +609,17 @@ impl AsyncWrite for Stream {
 /// connection's sake. Callers retry with their own backoff; a call that
 /// failed that way did not run, or its reply was lost (the transitions are
 /// fenced, so a lost reply is harmless).
+///
+/// While Redis cannot be reached, openings are spaced: after one fails,
+/// the calls of the next [`OPEN_PAUSE_MIN`] (doubling with each failure up
+/// to [`OPEN_PAUSE_MAX`]) get its error at once instead of opening again.
+/// Every component of a daemon shares this connection and retries on its
+/// own schedule (the reaper every `reap_interval`, the writers, the lease
+/// keeper, the fetchers, the observer), and with Sentinel every opening
+/// asks each sentinel in turn: without the pause a daemon asked the
+/// sentinels about 60 times a second while no primary was known
+/// (tests/sentinel.rs counts them). The cost: a primary that is back is
+/// found up to [`OPEN_PAUSE_MAX`] later.
 #[derive(Clone)]
 pub(crate) struct Shared {
     endpoint: Arc<Endpoint>,
@@ -616,8 +627,32 @@ pub(crate) struct Shared {
     /// The open connection and its number (a failure closes only its own).
     current: Arc<RwLock<Option<(u64, MultiplexedConnection)>>>,
     /// One opening at a time.
-    opening: Arc<tokio::sync::Mutex<u64>>,
+    opening: Arc<tokio::sync::Mutex<Opening>>,
     db: i64,
+}
+
+/// The first pause after a failed opening.
+pub(crate) const OPEN_PAUSE_MIN: Duration = Duration::from_millis(100);
+/// The longest pause between openings.
+pub(crate) const OPEN_PAUSE_MAX: Duration = Duration::from_secs(1);
+
+/// Openings so far, and the last failure while it holds.
+#[derive(Default)]
+struct Opening {
+    number: u64,
+    /// Until when calls get this failure's error, and the pause it set.
+    failed: Option<(tokio::time::Instant, Duration, Error)>,
+}
+
+/// The error of a failed opening, for a call that did not try again: an
+/// I/O error stays one (callers retry on those), with the same message.
+fn again(e: &Error) -> Error {
+    match e {
+        Error::Redis(r) if r.is_io_error() => {
+            io_err(std::io::ErrorKind::NotConnected, r.to_string())
+        }
+        other => other.shared(),
+    }
 }
 
 impl Shared {
@@ -627,7 +662,7 @@ impl Shared {
             endpoint,
             answer_within,
             current: Arc::new(RwLock::new(None)),
-            opening: Arc::new(tokio::sync::Mutex::new(0)),
+            opening: Arc::new(tokio::sync::Mutex::new(Opening::default())),
             db,
         }
     }
@@ -636,22 +671,42 @@ impl Shared {
         self.current.read().ok().and_then(|c| c.clone())
     }
 
-    /// The open connection, opening one if none is.
+    /// The open connection, opening one if none is (or the last opening's
+    /// error, within the pause after it).
     pub(crate) async fn get(&self) -> Result<(u64, MultiplexedConnection)> {
         if let Some(c) = self.open_now() {
             return Ok(c);
         }
-        let mut opened = self.opening.lock().await;
+        let mut opening = self.opening.lock().await;
         if let Some(c) = self.open_now() {
             return Ok(c);
         }
-        let con = self.endpoint.multiplexed(self.answer_within).await?;
-        *opened += 1;
-        let entry = (*opened, con);
-        if let Ok(mut c) = self.current.write() {
-            *c = Some(entry.clone());
+        let now = tokio::time::Instant::now();
+        if let Some((until, _, e)) = &opening.failed {
+            if now < *until {
+                return Err(again(e));
+            }
         }
-        Ok(entry)
+        match self.endpoint.multiplexed(self.answer_within).await {
+            Ok(con) => {
+                opening.failed = None;
+                opening.number += 1;
+                let entry = (opening.number, con);
+                if let Ok(mut c) = self.current.write() {
+                    *c = Some(entry.clone());
+                }
+                Ok(entry)
+            }
+            Err(e) => {
+                let pause = match &opening.failed {
+                    Some((_, last, _)) => (*last * 2).min(OPEN_PAUSE_MAX),
+                    None => OPEN_PAUSE_MIN,
+                };
+                let kept = again(&e);
+                opening.failed = Some((tokio::time::Instant::now() + pause, pause, kept));
+                Err(e)
+            }
+        }
     }
 
     /// Drops connection `number` after an error that broke it.
