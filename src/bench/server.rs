@@ -83,6 +83,7 @@ impl Private {
             dir: dir.0.clone(),
             logfile: None,
             extra,
+            config: None,
         };
         let server = tokio::task::spawn_blocking(move || RedisProcess::start(&opts, None))
             .await
