@@ -75,6 +75,10 @@ impl Error {
                             | redis::ErrorKind::Server(redis::ServerErrorKind::TryAgain)
                             | redis::ErrorKind::Server(redis::ServerErrorKind::ClusterDown)
                             | redis::ErrorKind::Server(redis::ServerErrorKind::MasterDown)
+                            // A primary demoted by a failover: the shared
+                            // connection is dropped, and the next call finds
+                            // the new primary.
+                            | redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly)
                     )
             }
             // Written, but not yet where it must be: the same call again

@@ -78,6 +78,15 @@ pub struct Args {
     /// redq reaches it at rediss://localhost (measures what TLS costs)
     #[arg(long)]
     tls: bool,
+    /// Start a replica of the private server too (`--replicaof`); the run
+    /// starts once it is in sync
+    #[arg(long)]
+    replica: bool,
+    /// Set redis.wait_replicas: every enqueue and completion answers once
+    /// this many replicas have it (WAIT); needs --replica (measures what
+    /// durability at failover costs)
+    #[arg(long, default_value_t = 0)]
+    wait_replicas: u32,
 }
 
 /// Runs `redq bench`; returns the process exit code (1: the bench failed).
@@ -91,6 +100,8 @@ pub async fn main(args: Args) -> u8 {
         idle_secs: args.idle_secs,
         compare_bullmq: args.compare.is_some(),
         tls: args.tls,
+        replica: args.replica,
+        wait_replicas: args.wait_replicas,
     };
     match run(&opts).await {
         Ok(report) if args.json => {
@@ -129,6 +140,10 @@ pub struct Options {
     pub compare_bullmq: bool,
     /// Reach the private server over TLS (`--tls`).
     pub tls: bool,
+    /// Start a replica of the private server (`--replica`).
+    pub replica: bool,
+    /// `redis.wait_replicas` for redq (`--wait-replicas`).
+    pub wait_replicas: u32,
 }
 
 impl Default for Options {
@@ -142,6 +157,8 @@ impl Default for Options {
             idle_secs: 5.0,
             compare_bullmq: false,
             tls: false,
+            replica: false,
+            wait_replicas: 0,
         }
     }
 }
@@ -185,7 +202,19 @@ async fn run(opts: &Options) -> Result<Report> {
                 .into(),
         ));
     }
-    let srv = server::Private::start(opts.tls).await?;
+    if opts.wait_replicas > u32::from(opts.replica) {
+        return Err(Error::Config(format!(
+            "--wait-replicas {} needs as many replicas: --replica starts one",
+            opts.wait_replicas
+        )));
+    }
+    if opts.wait_replicas > 0 && opts.compare_bullmq {
+        return Err(Error::Config(
+            "--wait-replicas and --compare bullmq do not go together (BullMQ does not wait for replicas)"
+                .into(),
+        ));
+    }
+    let srv = server::Private::start(opts.tls, opts.replica, opts.wait_replicas).await?;
     let redis_server = srv.version().await.unwrap_or_default();
 
     let mut compare_skipped = None;
@@ -268,6 +297,8 @@ async fn run(opts: &Options) -> Result<Report> {
         jobs: opts.jobs,
         repeat: opts.repeat,
         scenarios: letters,
+        replica: opts.replica,
+        wait_replicas: opts.wait_replicas,
         bullmq_version,
         compare_skipped,
         rows,
@@ -325,5 +356,36 @@ mod tests {
             ]
         );
         assert!(report.rows.iter().all(|r| r.redq.median > 0.0));
+    }
+
+    /// With a replica and wait_replicas 1 (every enqueue and completion
+    /// WAITs for it): 200 jobs, scenarios a and c at one concurrency.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn smoke_run_with_a_replica_and_wait_replicas() {
+        if std::process::Command::new("redis-server")
+            .arg("--version")
+            .output()
+            .is_err()
+        {
+            eprintln!("redis-server not installed; skipping");
+            return;
+        }
+        let opts = Options {
+            jobs: 200,
+            scenarios: "a,c".into(),
+            concurrency: vec![50],
+            replica: true,
+            wait_replicas: 1,
+            ..Options::default()
+        };
+        let report = run(&opts).await.unwrap();
+        assert!((report.replica, report.wait_replicas) == (true, 1));
+        assert!(report.rows.iter().all(|r| r.redq.median > 0.0));
+        let no_replica = Options {
+            replica: false,
+            ..opts
+        };
+        let e = run(&no_replica).await.err().unwrap().to_string();
+        assert!(e.contains("--replica"), "{e}");
     }
 }

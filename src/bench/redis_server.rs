@@ -40,6 +40,10 @@ pub struct Options {
     /// More `redis-server` arguments (`--maxmemory 1mb`); they come last, so
     /// they win over the defaults above.
     pub extra: Vec<OsString>,
+    /// A configuration file, passed first (where `redis-server` wants it).
+    /// A sentinel (`--sentinel` in `extra`) needs one it may rewrite: it
+    /// records what it learns there (other sentinels, replicas, failovers).
+    pub config: Option<PathBuf>,
 }
 
 /// A running server of ours.
@@ -80,6 +84,9 @@ impl RedisProcess {
 
     fn spawn(opts: &Options, port: u16) -> io::Result<RedisProcess> {
         let mut cmd = Command::new(&opts.program);
+        if let Some(config) = &opts.config {
+            cmd.arg(config);
+        }
         cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
             .arg("--dir")

@@ -97,6 +97,10 @@ pub struct Report {
     pub jobs: u64,
     pub repeat: u32,
     pub scenarios: String,
+    /// A replica of the private server ran (`--replica`).
+    pub replica: bool,
+    /// redq's `redis.wait_replicas` (`--wait-replicas`).
+    pub wait_replicas: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bullmq_version: Option<String>,
     /// Why a requested comparison did not run.
@@ -149,8 +153,13 @@ fn ratio(r: &Row) -> String {
 pub fn print_table(report: &Report) {
     let compare = report.rows.iter().any(|r| r.bullmq.is_some());
     let w = if report.repeat > 1 { 28 } else { 10 };
+    let replica = match (report.replica, report.wait_replicas) {
+        (false, _) => String::new(),
+        (true, 0) => ", a replica (wait_replicas 0)".into(),
+        (true, n) => format!(", a replica, wait_replicas {n}"),
+    };
     println!(
-        "redq bench: {} jobs per scenario, {} repetition(s), redis-server {}, {} CPU(s){}",
+        "redq bench: {} jobs per scenario, {} repetition(s), redis-server {}{replica}, {} CPU(s){}",
         report.jobs,
         report.repeat,
         report.redis_server,

@@ -5,6 +5,12 @@
 //! `REDQ_BENCH_REDIS_SERVER` runs another program instead of `redis-server`
 //! (a build of its own, or a wrapper that `exec`s one, e.g. under valgrind);
 //! `REDQ_BENCH_REDIS_ARGS` adds server settings ("hash-max-listpack-entries 0").
+//!
+//! With `--replica` a second server replicates the first (`--replicaof`, its
+//! own directory), and the run starts once it is in sync; with
+//! `--wait-replicas N` redq's `redis.wait_replicas` is N, so every enqueue
+//! and completion waits for that replica (`WAIT`): what durability at
+//! failover costs.
 
 use std::path::PathBuf;
 
@@ -15,7 +21,8 @@ use redq::config::{RedisConfig, TlsConfig};
 use redq::error::{Error, Result};
 
 pub struct Private {
-    // Fields drop in this order: the server is killed before its directory goes.
+    // Fields drop in this order: the servers are killed before their directories go.
+    _replica: Option<RedisProcess>,
     server: RedisProcess,
     _dir: TempDir,
     /// How redq reaches the server: its plain port, or with `--tls` its TLS
@@ -38,8 +45,14 @@ fn cfg_err(e: impl std::fmt::Display) -> Error {
 }
 
 impl Private {
-    pub async fn start(tls: bool) -> Result<Private> {
-        let dir = std::env::temp_dir().join(format!("redq-bench-{}", std::process::id()));
+    /// Starts the server (`tls`: with a TLS port too), and with `replica` a
+    /// replica of it; redq waits for `wait_replicas` replicas.
+    pub async fn start(tls: bool, replica: bool, wait_replicas: u32) -> Result<Private> {
+        // One directory per server started (the unit tests start several
+        // in one process, at once).
+        static STARTED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("redq-bench-{}-{n}", std::process::id()));
         std::fs::create_dir_all(&dir).map_err(|e| cfg_err(format!("{}: {e}", dir.display())))?;
         let dir = TempDir(dir);
         let mut extra = vec!["--maxmemory-policy".into(), "noeviction".into()];
@@ -83,11 +96,18 @@ impl Private {
             dir: dir.0.clone(),
             logfile: None,
             extra,
+            config: None,
         };
+        let replica_opts = opts.clone();
         let server = tokio::task::spawn_blocking(move || RedisProcess::start(&opts, None))
             .await
             .map_err(cfg_err)?
             .map_err(cfg_err)?;
+        let replica = if replica {
+            Some(start_replica(replica_opts, server.port()).await?)
+        } else {
+            None
+        };
         let url = format!("redis://127.0.0.1:{}", server.port());
         let redis = match tls_port {
             Some(port) => RedisConfig {
@@ -96,10 +116,12 @@ impl Private {
                     ca_file: Some(dir.0.join("ca.pem")),
                     ..Default::default()
                 },
+                wait_replicas,
                 ..Default::default()
             },
             None => RedisConfig {
                 url: url.clone(),
+                wait_replicas,
                 ..Default::default()
             },
         };
@@ -111,6 +133,7 @@ impl Private {
             .await
             .map_err(|e| cfg_err(format!("the private redis-server did not come up: {e}")))?;
         Ok(Private {
+            _replica: replica,
             server,
             _dir: dir,
             redis,
@@ -188,6 +211,50 @@ impl Private {
 
     pub async fn version(&self) -> Result<String> {
         self.info_field("server", "redis_version").await
+    }
+}
+
+/// Starts a replica of the server on `primary` (the same program and
+/// settings, its own directory) and waits until the primary counts it in
+/// sync: `connected_slaves:1` with `state=online`.
+async fn start_replica(mut opts: Options, primary: u16) -> Result<RedisProcess> {
+    opts.dir = opts.dir.join("replica");
+    std::fs::create_dir_all(&opts.dir).map_err(cfg_err)?;
+    // Not the TLS port of the primary's settings: the replica needs none.
+    if let Some(i) = opts.extra.iter().position(|a| a == "--tls-port") {
+        opts.extra.drain(i..i + 2);
+    }
+    opts.extra.extend([
+        "--replicaof".into(),
+        "127.0.0.1".into(),
+        primary.to_string().into(),
+    ]);
+    let replica = tokio::task::spawn_blocking(move || RedisProcess::start(&opts, None))
+        .await
+        .map_err(cfg_err)?
+        .map_err(cfg_err)?;
+    let client = redis::Client::open(format!("redis://127.0.0.1:{primary}")).map_err(cfg_err)?;
+    let mut con = client
+        .get_multiplexed_async_connection()
+        .await
+        .map_err(cfg_err)?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let info: String = redis::cmd("INFO")
+            .arg("replication")
+            .query_async(&mut con)
+            .await
+            .map_err(cfg_err)?;
+        if info
+            .lines()
+            .any(|l| l.starts_with("slave0:") && l.contains("state=online"))
+        {
+            return Ok(replica);
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(cfg_err("the replica did not get in sync within 30s"));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
 

@@ -73,19 +73,7 @@ pub async fn run(path: Option<&Path>, url: Option<&str>, prefix: Option<&str>) -
     // A handler's panic is a failed attempt, reported on the job; log it as
     // one line, without a backtrace that can stall a busy worker thread.
     std::panic::set_hook(Box::new(|info| tracing::error!("panic: {info}")));
-    let redis = match c.redis.is_cluster() {
-        true => format!(
-            "cluster {}",
-            c.redis
-                .cluster
-                .iter()
-                .map(|u| config::redacted_url(u))
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
-        false => config::redacted_url(&c.redis.url),
-    };
-    tracing::info!(%redis, version = env!("CARGO_PKG_VERSION"), "starting redq");
+    tracing::info!(redis = %crate::store::describe(&c.redis), version = env!("CARGO_PKG_VERSION"), "starting redq");
     let builder = WorkerBuilder::new(c)
         .reload_from(path.map(Path::to_path_buf), o)
         .with_signals();

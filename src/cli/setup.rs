@@ -17,7 +17,6 @@
 use std::time::Duration;
 
 use crate::cli::{Target, EXIT_UNAVAILABLE};
-use crate::config::redacted_url;
 use crate::error::{Error, Result};
 use crate::scripts;
 use crate::store::{InternalLibrary, PublicLibrary, Severity, Store};
@@ -81,11 +80,7 @@ async fn setup(
     report: &mut Report,
 ) -> Result<()> {
     let facts = store.server_facts().await?;
-    let at = format!(
-        "at {} (key prefix {})",
-        redacted_url(&target.url),
-        target.prefix
-    );
+    let at = format!("at {} (key prefix {})", store.shown_url(), target.prefix);
     for f in facts.findings() {
         match f.severity {
             Severity::Ok if f.topic == "redis" => report.line(f.topic, format!("{} {at}", f.text)),

@@ -5,7 +5,7 @@
 //! in a queue's `wake` list; BLPOP hands it to one blocked daemon, which
 //! notifies the pool serving that queue. Claims re-arm the marker when work
 //! remains, so other daemons wake too. On errors it reconnects with capped
-//! backoff.
+//! backoff (at most [`MAX_PAUSE`]).
 //!
 //! The same BLPOP waits on this daemon's hand-off lists (listed first, so
 //! jobs already leased to it are taken before a wake-up): each element is
@@ -41,6 +41,11 @@ pub type Routes = Arc<RwLock<HashMap<String, Route>>>;
 
 /// How long one BLPOP blocks; bounds how late a reload's new routes apply.
 const BLOCK: Duration = Duration::from_secs(2);
+/// The longest pause between attempts to connect: an idle daemon hears of
+/// new jobs only through this connection, so after a failover it should
+/// find the new primary within a second, not five. One attempt a second
+/// (with Sentinel: asking each sentinel once) costs nothing worth saving.
+const MAX_PAUSE: Duration = Duration::from_secs(1);
 
 pub async fn run(store: Store, routes: Routes, stop: CancellationToken) {
     if !store.is_cluster() {
@@ -95,7 +100,7 @@ async fn listen(store: Store, routes: Routes, tag: Option<String>, stop: Cancell
                 Err(e) => {
                     tracing::debug!(error = %e, "waker cannot connect; retrying");
                     tokio::select! { _ = stop.cancelled() => return, _ = tokio::time::sleep(pause) => {} }
-                    pause = (pause * 2).min(Duration::from_secs(5));
+                    pause = (pause * 2).min(MAX_PAUSE);
                     continue 'connect;
                 }
             }

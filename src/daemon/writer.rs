@@ -251,14 +251,23 @@ where
     Fut: std::future::Future<Output = crate::Result<T>>,
 {
     let started = Instant::now();
-    let mut pause = Duration::from_millis(50);
+    let first = Duration::from_millis(50);
+    let mut pause = first;
     loop {
         match call().await {
             Ok(v) => return Some(v),
             Err(e) if e.is_transient() && started.elapsed() < ctx.give_up_after => {
-                tracing::warn!(queue = %ctx.name, error = %e, "writing results failed; retrying");
+                // At warn once per batch; the retries at debug.
+                if pause == first {
+                    tracing::warn!(queue = %ctx.name, error = %e, "writing results failed; retrying");
+                } else {
+                    tracing::debug!(queue = %ctx.name, error = %e, "writing results failed again");
+                }
                 tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_secs(2));
+                // At most a second apart, so results held through a
+                // failover are written within a second of the new primary
+                // (the shared connection spaces its reconnections itself).
+                pause = (pause * 2).min(Duration::from_secs(1));
             }
             Err(e) => {
                 tracing::error!(queue = %ctx.name, error = %e,

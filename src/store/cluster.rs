@@ -285,6 +285,19 @@ impl Store {
     }
 }
 
+impl Conn {
+    /// The number of the shared connection to a single Redis (opening one
+    /// when none is open), which grows each time it is replaced; 0 on a
+    /// cluster, whose connections redis-rs replaces itself (a `WAIT` there
+    /// goes to every primary and counts the fewest replicas).
+    pub(crate) async fn number(&self) -> Result<u64> {
+        match self {
+            Conn::Single(c) => Ok(c.get().await?.0),
+            Conn::Cluster(_) => Ok(0),
+        }
+    }
+}
+
 impl ConnectionLike for Conn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> RedisFuture<'a, Value> {
         match self {

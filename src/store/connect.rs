@@ -17,11 +17,10 @@
 //! The waker's blocking connection and the promoter's Pub/Sub connection come
 //! from the same [`Endpoint`].
 //!
-//! With `[redis.sentinel]`, every connection first asks the sentinels, in
-//! turn, where the primary is (`SENTINEL get-master-addr-by-name`), then
-//! checks that the server it reaches says it is the primary (`ROLE`): after a
-//! failover, the next connection goes to the new primary. Each sentinel is
-//! given the connect time-out; the sentinels' credentials are their own.
+//! With `[redis.sentinel]`, every connection first asks the sentinels where
+//! the primary is ([`super::sentinel`]), then checks that the server it
+//! reaches says it is the primary (`ROLE`): after a failover, the next
+//! connection goes to the new primary.
 
 use std::path::Path;
 use std::pin::Pin;
@@ -38,6 +37,7 @@ use rustls::{DigitallySignedStruct, SignatureScheme};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
 
+use super::sentinel::Sentinels;
 use crate::config::{redacted_url, RedisConfig, TlsConfig};
 use crate::error::{Error, Result};
 
@@ -218,13 +218,21 @@ pub struct Endpoint {
 enum Addr {
     Tcp(String, u16),
     Unix(std::path::PathBuf),
-    /// The primary the sentinels monitor as `master`.
-    Sentinel {
-        master: String,
-        nodes: Vec<(String, u16)>,
-        /// How to log in to the sentinels.
-        login: RedisConnectionInfo,
-    },
+    /// The primary the sentinels monitor (see [`super::sentinel`]).
+    Sentinel(Sentinels),
+}
+
+/// Where `[redis]` says Redis is, without credentials, for logs: the URL,
+/// or the sentinels' primary.
+pub fn describe(redis: &RedisConfig) -> String {
+    if redis.is_cluster() {
+        let seeds: Vec<String> = redis.cluster.iter().map(|u| redacted_url(u)).collect();
+        return format!("cluster {}", seeds.join(", "));
+    }
+    match &redis.sentinel {
+        Some(s) => Sentinels::shown(s),
+        None => redacted_url(&redis.url),
+    }
 }
 
 /// `host:port` (an IPv6 host in brackets), or `None`.
@@ -238,7 +246,7 @@ pub fn parse_host_port(text: &str) -> Option<(String, u16)> {
 }
 
 /// One connection's byte stream.
-enum Stream {
+pub(super) enum Stream {
     Tcp(TcpStream),
     Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
     Unix(UnixStream),
@@ -254,41 +262,13 @@ impl Endpoint {
             // node serving their slot ([`Endpoint::at`]), with the seeds'
             // credentials.
             let mut e = Endpoint::new(seed, &redis.tls, redis.connect_timeout)?;
-            e.shown = format!(
-                "cluster {}",
-                redis
-                    .cluster
-                    .iter()
-                    .map(|u| redacted_url(u))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            );
+            e.shown = describe(redis);
             return Ok(e);
         }
         let mut e = Endpoint::new(&redis.url, &redis.tls, redis.connect_timeout)?;
         if let Some(s) = &redis.sentinel {
-            let nodes = s
-                .nodes
-                .iter()
-                .map(|n| {
-                    parse_host_port(n).ok_or_else(|| {
-                        Error::Config(format!("redis.sentinel.nodes: {n:?} is not host:port"))
-                    })
-                })
-                .collect::<Result<Vec<_>>>()?;
-            let mut login = RedisConnectionInfo::default();
-            if let Some(u) = &s.username {
-                login = login.set_username(u);
-            }
-            if let Some(p) = &s.password {
-                login = login.set_password(p);
-            }
-            e.shown = format!("sentinel primary {:?} ({})", s.master, s.nodes.join(", "));
-            e.addr = Addr::Sentinel {
-                master: s.master.clone(),
-                nodes,
-                login,
-            };
+            e.addr = Addr::Sentinel(Sentinels::from_config(s)?);
+            e.shown = Sentinels::shown(s);
         }
         Ok(e)
     }
@@ -357,8 +337,9 @@ impl Endpoint {
     }
 
     /// Opens the byte stream: TCP (then TLS) or a Unix socket, within the
-    /// connect time-out, with errors that say what to do. With Sentinel, to
-    /// the primary the sentinels name.
+    /// connect time-out, with errors that say what to do. Not for Sentinel,
+    /// whose address is found anew for each connection (see
+    /// [`Endpoint::multiplexed`]).
     async fn stream(&self) -> Result<Stream> {
         match &self.addr {
             Addr::Unix(path) => {
@@ -372,20 +353,30 @@ impl Endpoint {
                 })
                 .await
             }
-            Addr::Tcp(host, port) => self.within(self.tcp(host, *port)).await,
-            Addr::Sentinel {
-                master,
-                nodes,
-                login,
-            } => {
-                let (host, port) = self.primary(master, nodes, login).await?;
-                self.within(self.tcp(&host, port)).await
-            }
+            Addr::Tcp(host, port) => self.stream_to(host, *port).await,
+            Addr::Sentinel(_) => Err(Error::Config(format!(
+                "{}: a sentinel's primary has no fixed address",
+                self.shown
+            ))),
         }
     }
 
+    /// A TCP (then TLS, with `rediss://`) stream to `host:port`, within the
+    /// connect time-out: a data node, or a sentinel.
+    pub(super) async fn stream_to(&self, host: &str, port: u16) -> Result<Stream> {
+        self.within(self.tcp(host, port)).await
+    }
+
+    /// `redis.connect_timeout`.
+    pub(super) fn connect_timeout(&self) -> Duration {
+        self.connect_timeout
+    }
+
     /// `open` within the connect time-out.
-    async fn within<T>(&self, open: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+    pub(super) async fn within<T>(
+        &self,
+        open: impl std::future::Future<Output = Result<T>>,
+    ) -> Result<T> {
         match tokio::time::timeout(self.connect_timeout, open).await {
             Ok(r) => r,
             Err(_) => Err(io_err(
@@ -408,7 +399,7 @@ impl Endpoint {
     async fn tcp(&self, host: &str, port: u16) -> Result<Stream> {
         let tcp = TcpStream::connect((host, port))
             .await
-            .map_err(|e| self.io_error(&format!("cannot connect to {host}:{port} of"), e))?;
+            .map_err(|e| self.io_error(&format!("cannot connect to {host}:{port}"), e))?;
         let _ = tcp.set_nodelay(true);
         let Some(t) = &self.tls else {
             return Ok(Stream::Tcp(tcp));
@@ -430,54 +421,12 @@ impl Endpoint {
             .map_err(|e| self.tls_error(t, &name, e))
     }
 
-    /// Asks the sentinels in turn where the primary `master` is.
-    async fn primary(
-        &self,
-        master: &str,
-        nodes: &[(String, u16)],
-        login: &RedisConnectionInfo,
-    ) -> Result<(String, u16)> {
-        let mut why = Vec::new();
-        for (host, port) in nodes {
-            let ask = async {
-                let stream = self.tcp(host, *port).await?;
-                let (mut con, driver) = MultiplexedConnection::new_with_config(
-                    login,
-                    stream,
-                    redis::AsyncConnectionConfig::new()
-                        .set_response_timeout(Some(self.connect_timeout)),
-                )
-                .await?;
-                tokio::spawn(driver);
-                let addr: Option<(String, String)> = redis::cmd("SENTINEL")
-                    .arg("get-master-addr-by-name")
-                    .arg(master)
-                    .query_async(&mut con)
-                    .await?;
-                Ok::<_, Error>(addr)
-            };
-            match self.within(ask).await {
-                Ok(Some((h, p))) => match p.parse() {
-                    Ok(p) => return Ok((h, p)),
-                    Err(_) => why.push(format!("{host}:{port} answered port {p:?}")),
-                },
-                Ok(None) => why.push(format!(
-                    "{host}:{port} monitors no primary named {master:?}"
-                )),
-                Err(e) => why.push(format!("{host}:{port}: {e}")),
-            }
-        }
-        Err(io_err(
-            std::io::ErrorKind::NotConnected,
-            format!(
-                "no sentinel told where the primary {master:?} is ({}); check redis.sentinel.master and nodes",
-                why.join("; ")
-            ),
-        ))
-    }
-
     fn io_error(&self, what: &str, e: std::io::Error) -> Error {
-        io_err(e.kind(), format!("{what} to {}: {e}", self.shown))
+        match self.addr {
+            // The sentinels' message names the primary and who named it.
+            Addr::Sentinel(_) => io_err(e.kind(), format!("{what}: {e}")),
+            _ => io_err(e.kind(), format!("{what} ({}): {e}", self.shown)),
+        }
     }
 
     /// A failed TLS handshake, said in terms of what to do about it.
@@ -525,41 +474,70 @@ impl Endpoint {
     }
 
     /// A multiplexed connection whose replies time out after `answer_within`.
+    /// With Sentinel, to a server that says it is the primary.
     pub(crate) async fn multiplexed(
         &self,
         answer_within: Option<Duration>,
     ) -> Result<MultiplexedConnection> {
-        let stream = self.stream().await?;
+        let Addr::Sentinel(sentinels) = &self.addr else {
+            let stream = self.stream().await?;
+            return self.handshake(stream, answer_within).await;
+        };
+        sentinels
+            .open(self, |host, port| async move {
+                self.within(async {
+                    let stream = self.tcp(&host, port).await?;
+                    let mut con = self.handshake(stream, answer_within).await?;
+                    // Just after a failover a sentinel may still name the
+                    // old primary, which a restart has made a replica.
+                    let role: Vec<redis::Value> = redis::cmd("ROLE").query_async(&mut con).await?;
+                    match role.first() {
+                        Some(redis::Value::BulkString(r)) if r == b"master" => Ok(con),
+                        _ => Err(io_err(
+                            std::io::ErrorKind::NotConnected,
+                            "not a primary (yet)".to_owned(),
+                        )),
+                    }
+                })
+                .await
+            })
+            .await
+    }
+
+    async fn handshake(
+        &self,
+        stream: Stream,
+        answer_within: Option<Duration>,
+    ) -> Result<MultiplexedConnection> {
         let config = redis::AsyncConnectionConfig::new().set_response_timeout(answer_within);
-        let (mut con, driver) = MultiplexedConnection::new_with_config(&self.redis, stream, config)
+        let (con, driver) = MultiplexedConnection::new_with_config(&self.redis, stream, config)
             .await
             .map_err(|e| self.handshake_error(e))?;
         tokio::spawn(driver);
-        if matches!(self.addr, Addr::Sentinel { .. }) {
-            // Just after a failover a sentinel may still name the old
-            // primary, which a restart has made a replica.
-            let role: Vec<redis::Value> = redis::cmd("ROLE").query_async(&mut con).await?;
-            let is_primary =
-                matches!(role.first(), Some(redis::Value::BulkString(r)) if r == b"master");
-            if !is_primary {
-                return Err(io_err(
-                    std::io::ErrorKind::NotConnected,
-                    format!(
-                        "{}: the server the sentinels named is not a primary (yet); retrying",
-                        self.shown
-                    ),
-                ));
-            }
-        }
         Ok(con)
     }
 
-    /// A Pub/Sub connection.
+    /// A Pub/Sub connection. With Sentinel, to the primary a sentinel
+    /// names (not checked with ROLE, which a Pub/Sub connection cannot
+    /// send; a replica forwards the primary's messages anyway).
     pub(crate) async fn pubsub(&self) -> Result<PubSub> {
-        let stream = self.stream().await?;
-        PubSub::new(&self.redis, stream)
+        let Addr::Sentinel(sentinels) = &self.addr else {
+            let stream = self.stream().await?;
+            return PubSub::new(&self.redis, stream)
+                .await
+                .map_err(|e| self.handshake_error(e));
+        };
+        sentinels
+            .open(self, |host, port| async move {
+                self.within(async {
+                    let stream = self.tcp(&host, port).await?;
+                    PubSub::new(&self.redis, stream)
+                        .await
+                        .map_err(|e| self.handshake_error(e))
+                })
+                .await
+            })
             .await
-            .map_err(|e| self.handshake_error(e))
     }
 
     /// A failure after the stream opened (AUTH, HELLO, SELECT): a plain
@@ -603,7 +581,7 @@ impl Endpoint {
     }
 }
 
-fn io_err(kind: std::io::ErrorKind, message: String) -> Error {
+pub(super) fn io_err(kind: std::io::ErrorKind, message: String) -> Error {
     Error::Redis(redis::RedisError::from(std::io::Error::new(kind, message)))
 }
 
@@ -656,6 +634,17 @@ impl AsyncWrite for Stream {
 /// connection's sake. Callers retry with their own backoff; a call that
 /// failed that way did not run, or its reply was lost (the transitions are
 /// fenced, so a lost reply is harmless).
+///
+/// While Redis cannot be reached, openings are spaced: after one fails,
+/// the calls of the next [`OPEN_PAUSE_MIN`] (doubling with each failure up
+/// to [`OPEN_PAUSE_MAX`]) get its error at once instead of opening again.
+/// Every component of a daemon shares this connection and retries on its
+/// own schedule (the reaper every `reap_interval`, the writers, the lease
+/// keeper, the fetchers, the observer), and with Sentinel every opening
+/// asks each sentinel in turn: without the pause a daemon asked the
+/// sentinels about 60 times a second while no primary was known
+/// (tests/sentinel.rs counts them). The cost: a primary that is back is
+/// found up to [`OPEN_PAUSE_MAX`] later.
 #[derive(Clone)]
 pub(crate) struct Shared {
     endpoint: Arc<Endpoint>,
@@ -663,8 +652,32 @@ pub(crate) struct Shared {
     /// The open connection and its number (a failure closes only its own).
     current: Arc<RwLock<Option<(u64, MultiplexedConnection)>>>,
     /// One opening at a time.
-    opening: Arc<tokio::sync::Mutex<u64>>,
+    opening: Arc<tokio::sync::Mutex<Opening>>,
     db: i64,
+}
+
+/// The first pause after a failed opening.
+pub(crate) const OPEN_PAUSE_MIN: Duration = Duration::from_millis(100);
+/// The longest pause between openings.
+pub(crate) const OPEN_PAUSE_MAX: Duration = Duration::from_secs(1);
+
+/// Openings so far, and the last failure while it holds.
+#[derive(Default)]
+struct Opening {
+    number: u64,
+    /// Until when calls get this failure's error, and the pause it set.
+    failed: Option<(tokio::time::Instant, Duration, Error)>,
+}
+
+/// The error of a failed opening, for a call that did not try again: an
+/// I/O error stays one (callers retry on those), with the same message.
+fn again(e: &Error) -> Error {
+    match e {
+        Error::Redis(r) if r.is_io_error() => {
+            io_err(std::io::ErrorKind::NotConnected, r.to_string())
+        }
+        other => other.shared(),
+    }
 }
 
 impl Shared {
@@ -674,7 +687,7 @@ impl Shared {
             endpoint,
             answer_within,
             current: Arc::new(RwLock::new(None)),
-            opening: Arc::new(tokio::sync::Mutex::new(0)),
+            opening: Arc::new(tokio::sync::Mutex::new(Opening::default())),
             db,
         }
     }
@@ -683,22 +696,42 @@ impl Shared {
         self.current.read().ok().and_then(|c| c.clone())
     }
 
-    /// The open connection, opening one if none is.
+    /// The open connection, opening one if none is (or the last opening's
+    /// error, within the pause after it).
     pub(crate) async fn get(&self) -> Result<(u64, MultiplexedConnection)> {
         if let Some(c) = self.open_now() {
             return Ok(c);
         }
-        let mut opened = self.opening.lock().await;
+        let mut opening = self.opening.lock().await;
         if let Some(c) = self.open_now() {
             return Ok(c);
         }
-        let con = self.endpoint.multiplexed(self.answer_within).await?;
-        *opened += 1;
-        let entry = (*opened, con);
-        if let Ok(mut c) = self.current.write() {
-            *c = Some(entry.clone());
+        let now = tokio::time::Instant::now();
+        if let Some((until, _, e)) = &opening.failed {
+            if now < *until {
+                return Err(again(e));
+            }
         }
-        Ok(entry)
+        match self.endpoint.multiplexed(self.answer_within).await {
+            Ok(con) => {
+                opening.failed = None;
+                opening.number += 1;
+                let entry = (opening.number, con);
+                if let Ok(mut c) = self.current.write() {
+                    *c = Some(entry.clone());
+                }
+                Ok(entry)
+            }
+            Err(e) => {
+                let pause = match &opening.failed {
+                    Some((_, last, _)) => (*last * 2).min(OPEN_PAUSE_MAX),
+                    None => OPEN_PAUSE_MIN,
+                };
+                let kept = again(&e);
+                opening.failed = Some((tokio::time::Instant::now() + pause, pause, kept));
+                Err(e)
+            }
+        }
     }
 
     /// Drops connection `number` after an error that broke it.

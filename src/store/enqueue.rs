@@ -58,8 +58,9 @@ impl Store {
                 j.unique_key.clone(),
             ]);
         }
+        let written_on = self.before_write().await?;
         let reply = array(self.run(|s| &s.enqueue, q, args).await?, "enqueue")?;
-        self.replicated("enqueue").await?;
+        self.replicated("enqueue", written_on).await?;
         reply
             .chunks(2)
             .map(|pair| {

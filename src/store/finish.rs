@@ -113,12 +113,13 @@ impl Store {
                 ]);
             }
         }
+        let written_on = self.before_write().await?;
         let done = flags(
             self.run_with(|s| &s.complete, q, usage_key.as_deref(), args)
                 .await?,
             "complete",
         )?;
-        self.replicated("completion").await?;
+        self.replicated("completion", written_on).await?;
         Ok(done)
     }
 

@@ -42,12 +42,13 @@ pub mod inspect;
 mod lock;
 mod probe;
 mod schedule;
+mod sentinel;
 mod server;
 mod setup;
 pub use cancel::WasIn;
 pub use claim::{parse_handoff, Claimed, ClaimedJob, HandoffOffer};
 pub use cluster::{slot, tag};
-pub use connect::{parse_host_port, Endpoint, TlsFileError, TlsFiles};
+pub use connect::{describe, parse_host_port, Endpoint, TlsFileError, TlsFiles};
 pub use cron::{CronOutcome, CronTick};
 pub use dead::DeadRetry;
 pub use enqueue::{EnqueueStatus, Enqueued, ImportJob};
@@ -140,11 +141,25 @@ impl Store {
         self.endpoint.shown()
     }
 
+    /// With `redis.wait_replicas`, before a write [`Store::replicated`]
+    /// will cover: the number of the shared connection it goes out on.
+    async fn before_write(&self) -> Result<Option<u64>> {
+        match self.wait {
+            Some(_) => Ok(Some(self.con.number().await?)),
+            None => Ok(None),
+        }
+    }
+
     /// With `redis.wait_replicas`: waits until that many replicas hold what
     /// this connection wrote so far (`WAIT`, sent after the write was
     /// answered, so it covers it); an error says how many did in time.
-    async fn replicated(&self, what: &str) -> Result<()> {
-        let Some((wanted, within)) = self.wait else {
+    /// `written_on` is [`Store::before_write`]'s number: `WAIT` only counts
+    /// what its own connection wrote, so when the shared connection was
+    /// replaced between the write and the `WAIT` (a failover: the new
+    /// connection, to the new primary, wrote nothing, and its `WAIT` would
+    /// answer at once) the write counts as not replicated.
+    async fn replicated(&self, what: &str, written_on: Option<u64>) -> Result<()> {
+        let (Some((wanted, within)), Some(written_on)) = (self.wait, written_on) else {
             return Ok(());
         };
         let acked: i64 = redis::cmd("WAIT")
@@ -152,6 +167,13 @@ impl Store {
             .arg(ms(within))
             .query_async(&mut self.connection())
             .await?;
+        // Connection numbers only grow: the same number before the write
+        // and after the WAIT means both went out on that one connection.
+        if self.con.number().await? != written_on {
+            return Err(Error::NotReplicated(format!(
+                "the {what} reached Redis, but the connection was lost before its replicas could be counted (a failover?): a failover now could lose it; call again (an enqueue with the same id, a completion with the same fence, changes nothing twice)"
+            )));
+        }
         if acked >= i64::from(wanted) {
             return Ok(());
         }

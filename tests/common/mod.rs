@@ -15,6 +15,7 @@
 //! - [`workers`]: the `workers.toml` and handler scripts such a process reads.
 //! - [`http`]: a daemon's `/metrics`, `/healthz` and `/readyz`.
 //! - [`proxy`]: a TCP proxy that cuts a daemon off the way networks fail.
+//! - [`sentinel`]: a primary, a replica and three sentinels; failovers.
 #![allow(dead_code)]
 
 pub mod cluster;
@@ -23,6 +24,7 @@ pub mod http;
 pub mod process;
 pub mod producers;
 pub mod proxy;
+pub mod sentinel;
 pub mod server;
 pub mod snapshot;
 pub mod store;

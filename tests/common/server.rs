@@ -29,6 +29,8 @@ pub struct RedisServer {
     pub port: u16,
     dir: tempfile::TempDir,
     extra: Vec<String>,
+    /// A config file given first (a sentinel's: [`RedisServer::start_sentinel`]).
+    config: Option<PathBuf>,
 }
 
 /// The server program the tests start: `REDQ_TEST_REDIS_SERVER`, else
@@ -81,6 +83,25 @@ impl RedisServer {
             port: 0,
             dir,
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            config: None,
+        };
+        server.spawn(None);
+        server
+    }
+
+    /// Starts a sentinel (`redis-server <file> --sentinel`): `config` is
+    /// written to a file in the server's directory, which the sentinel
+    /// rewrites as it learns the topology.
+    pub fn start_sentinel(config: &str) -> RedisServer {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file = dir.path().join("sentinel.conf");
+        std::fs::write(&file, config).expect("write sentinel.conf");
+        let mut server = RedisServer {
+            process: None,
+            port: 0,
+            dir,
+            extra: vec!["--sentinel".into()],
+            config: Some(file),
         };
         server.spawn(None);
         server
@@ -92,6 +113,7 @@ impl RedisServer {
             dir: self.dir.path().to_path_buf(),
             logfile: Some(self.log_path()),
             extra: self.extra.iter().map(Into::into).collect(),
+            config: self.config.clone(),
         }
     }
 
@@ -140,6 +162,19 @@ impl RedisServer {
     /// Starts the server again on the same port and directory.
     pub fn restart(&mut self) {
         self.kill();
+        self.spawn(Some(self.port));
+    }
+
+    /// Whether the server runs (it was not killed).
+    pub fn running(&self) -> bool {
+        self.process.is_some()
+    }
+
+    /// Starts the (killed) server again on its port and directory with
+    /// `extra` arguments in place of those it had.
+    pub fn restart_with(&mut self, extra: &[&str]) {
+        self.kill();
+        self.extra = extra.iter().map(|s| s.to_string()).collect();
         self.spawn(Some(self.port));
     }
 

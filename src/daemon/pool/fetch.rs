@@ -11,10 +11,19 @@ use super::{registration_ttl, Offered, Pool, PoolCtx, GATHER, INBOX_BATCH, PROMO
 use crate::observe::Start;
 use crate::store::{self, HandoffOffer, IdleLook};
 
+/// The pause after a failed claim, doubling with each failure after it.
+const FIRST_PAUSE: Duration = Duration::from_millis(100);
+/// The longest pause between failed claims. A second, not more: the shared
+/// connection spaces its own reconnections (at most one a second while
+/// Redis cannot be reached), so a retry costs no connection attempt, and
+/// claims resume within a second of a primary coming back (a failover)
+/// instead of up to five.
+const MAX_PAUSE: Duration = Duration::from_secs(1);
+
 impl Pool {
     pub(super) async fn claim_loop(&self, ctx: &PoolCtx) {
         let ttl = registration_ttl(ctx.inbox_poll);
-        let mut error_pause = Duration::from_millis(100);
+        let mut error_pause = FIRST_PAUSE;
         // The last round filled every free slot: the queues have more.
         let mut busy = false;
         let gather = self.concurrency * 3 / 4;
@@ -105,7 +114,13 @@ impl Pool {
                     }
                     Err(e) => {
                         failed = true;
-                        tracing::warn!(pool = %self.name, queue = %q.name, error = %e, "claim failed");
+                        // Once per outage at warn (the first failure after
+                        // a success); the retries, up to one a second, at debug.
+                        if error_pause == FIRST_PAUSE {
+                            tracing::warn!(pool = %self.name, queue = %q.name, error = %e, "claim failed; retrying");
+                        } else {
+                            tracing::debug!(pool = %self.name, queue = %q.name, error = %e, "claim failed");
+                        }
                         ctx.health.set_redis_error(Some(e.to_string()));
                     }
                 }
@@ -116,10 +131,10 @@ impl Pool {
                     _ = self.quiet.cancelled() => return,
                     _ = tokio::time::sleep(error_pause) => {}
                 }
-                error_pause = (error_pause * 2).min(Duration::from_secs(5));
+                error_pause = (error_pause * 2).min(MAX_PAUSE);
                 continue;
             }
-            error_pause = Duration::from_millis(100);
+            error_pause = FIRST_PAUSE;
             busy = filled;
             if filled {
                 // Busy: the queues claimed this round ended their

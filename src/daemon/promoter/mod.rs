@@ -47,8 +47,12 @@ const BATCH: usize = 1000;
 const PING_EVERY: Duration = Duration::from_secs(15);
 /// Longest wait for Redis to answer a (re)connect, subscribe or ping.
 const ANSWER_WITHIN: Duration = Duration::from_secs(5);
-/// Longest pause between attempts after errors.
-const MAX_PAUSE: Duration = Duration::from_secs(5);
+/// Longest pause between attempts after errors: a second, so that after a
+/// failover due jobs start and the due-time subscription is made again
+/// within about a second of the new primary (the store's shared connection
+/// spaces its own reconnections, so the loop's retries cost no connection
+/// attempt; the listener's are one connection each).
+const MAX_PAUSE: Duration = Duration::from_secs(1);
 
 /// One queue as the promoter sees it.
 struct Watched {
