@@ -205,3 +205,34 @@ fn pause_resume_and_dead_commands() {
     let (code, out, _) = run(redq(&["--redis-url", &url, "dead", "purge", "q", "--all"]));
     assert_eq!((code, out.trim()), (0, "deleted 0 dead jobs"));
 }
+
+/// A mistyped queue name is said: `redq enqueue`, `pause` and `resume`
+/// warn when neither the config file nor a live daemon names the queue,
+/// and still do what they were asked (producers may start first).
+#[test]
+fn enqueue_and_pause_warn_about_a_queue_nothing_serves() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("w.toml");
+    std::fs::write(&cfg, "[queues.emails]\nhandler = { builtin = \"noop\" }\n").unwrap();
+    let cfg = cfg.display().to_string();
+    for args in [
+        vec!["enqueue", "emials", "{}"],
+        vec!["pause", "emials"],
+        vec!["resume", "emials"],
+    ] {
+        let (code, _, err) = run(redq(&["--redis-url", &url, "--config", &cfg]).args(&args));
+        assert_eq!(code, 0, "{args:?}: {err}");
+        assert!(
+            err.contains("warning: no queue \"emials\" in the config and no live daemon serves it")
+                && err.contains("known queues: emails"),
+            "{args:?}: {err}"
+        );
+    }
+    // A queue the config names: no warning.
+    let (code, _, err) =
+        run(redq(&["--redis-url", &url, "--config", &cfg]).args(["enqueue", "emails", "{}"]));
+    assert_eq!(code, 0, "{err}");
+    assert!(!err.contains("warning"), "{err}");
+}

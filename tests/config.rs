@@ -98,7 +98,7 @@ fn durations_parse_and_print_back() {
 
     let e = err("[daemon]\nshutdown_timeout = \"5 parsecs\"");
     assert!(
-        e.starts_with("daemon.shutdown_timeout: invalid duration"),
+        e.starts_with("daemon.shutdown_timeout: \"5 parsecs\" is not a duration"),
         "{e}"
     );
     let e = err("[daemon]\nshutdown_timeout = 30");
@@ -324,7 +324,7 @@ fn cron_catch_up_defaults_to_twice_the_leader_ttl_and_at_least_a_minute() {
     );
     let e = err("[daemon]\ncron_catch_up = \"soon\"");
     assert!(
-        e.starts_with("daemon.cron_catch_up: invalid duration"),
+        e.starts_with("daemon.cron_catch_up: \"soon\" is not a duration"),
         "{e}"
     );
 }
@@ -470,4 +470,78 @@ fn tls_settings_are_checked_at_load_naming_the_key() {
     let e =
         err("[redis]\nurl = \"rediss://10.0.0.1:6380\"\ntls = { server_name = \"not a name\" }\n");
     assert!(e.contains("redis.tls.server_name"), "{e}");
+}
+
+#[test]
+fn ambiguous_duration_units_are_refused_with_the_allowed_list() {
+    for (value, says) in [
+        ("5M", "unknown unit \"M\""),
+        ("100y", "unknown unit \"y\""),
+        ("-1s", "durations cannot be negative"),
+        ("30", "has no unit"),
+    ] {
+        let e = err(&format!("[queues.q]\ntimeout = \"{value}\"\n{NOOP}"));
+        assert!(
+            e.starts_with(&format!("queues.q.timeout: \"{value}\" is not a duration")),
+            "{e}"
+        );
+        assert!(e.contains(says), "{value}: {e}");
+        assert!(e.contains("units: ms, s, m, h, d"), "{value}: {e}");
+    }
+    let c = load_from_str(&format!("[queues.q]\ntimeout = \"1h 30m\"\n{NOOP}")).unwrap();
+    assert_eq!(c.queues["q"].timeout, Duration::from_secs(5400));
+}
+
+#[test]
+fn every_unknown_key_and_bad_type_is_reported_in_one_run_with_its_line() {
+    let file = temp_toml(
+        "[redis]\n\
+         url = \"redis://app:s3cret@localhost:abc\"\n\
+         \n\
+         [daemon]\n\
+         colour = 1\n\
+         shutdown_timeout = \"5M\"\n\
+         \n\
+         [queues.emails]\n\
+         concurency = 3\n\
+         handler = { builtin = \"noop\" }\n\
+         \n\
+         [queues.b]\n\
+         concurrency = \"many\"\n\
+         max_attempts = 0\n\
+         handler = { builtin = \"noop\" }\n",
+    );
+    let name = file.path().display().to_string();
+    let _lock = ENV_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let e = load(Some(file.path()), &Overrides::new()).unwrap_err();
+    let text = e.to_string();
+    for (key, line) in [
+        ("daemon.colour: unknown key", 5),
+        ("daemon.shutdown_timeout: \"5M\" is not a duration", 6),
+        ("queues.emails.concurency: unknown key", 9),
+        ("queues.b.concurrency: invalid type", 13),
+        ("queues.b.max_attempts: 0 is out of range", 14),
+        ("redis.url: redis://***@localhost:abc does not parse", 2),
+    ] {
+        let found = text.lines().find(|l| l.starts_with(key));
+        let Some(found) = found else {
+            panic!("no line starts with {key:?}:\n{text}");
+        };
+        assert!(
+            found.ends_with(&format!("(in {name}, line {line})")),
+            "{key}: not at line {line}: {found}"
+        );
+    }
+    assert_eq!(e.problems().len(), 6, "{text}");
+    assert!(!text.contains("s3cret"), "{text}");
+    assert!(!text.contains("invalid configuration"), "{text}");
+}
+
+#[test]
+fn urls_are_checked_when_the_config_is_read() {
+    let e = err("[redis]\nurl = \"redis://localhost:abc\"");
+    assert!(
+        e.starts_with("redis.url: redis://localhost:abc does not parse: the port \"abc\""),
+        "{e}"
+    );
 }

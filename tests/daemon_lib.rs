@@ -924,7 +924,7 @@ async fn jobs_handed_to_a_daemon_that_died_come_back_when_their_lease_expires() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn jobs_handed_over_beyond_the_free_slots_are_released_unspent_and_run_later() {
+async fn jobs_handed_over_beyond_the_free_slots_go_back_unstarted_and_unspent_and_run_later() {
     let redis = RedisServer::start();
     let (tx, mut ran) = mpsc::unbounded_channel();
     // The first job started holds the one slot until the test lets it go,
@@ -965,7 +965,13 @@ async fn jobs_handed_over_beyond_the_free_slots_are_released_unspent_and_run_lat
         .enqueue_many("q", (1..=5).map(job).collect())
         .await
         .unwrap();
-    counter_reaches("released", &d.counters, &d.counters.released, 4).await;
+    counter_reaches(
+        "returned unstarted",
+        &d.counters,
+        &d.counters.returned_unstarted,
+        4,
+    )
+    .await;
     hold.add_permits(1);
     let mut seen = std::collections::BTreeMap::new();
     while seen.len() < 5 {
@@ -974,6 +980,19 @@ async fn jobs_handed_over_beyond_the_free_slots_are_released_unspent_and_run_lat
     }
     // One started at once; the other four went back unspent and ran later.
     assert!(seen.values().all(|a| *a == 1), "{seen:?}");
-    assert_eq!(Counters::get(&d.counters.released), 4);
+    assert_eq!(Counters::get(&d.counters.returned_unstarted), 4);
+    // `released` is only for jobs given back at shutdown.
+    assert_eq!(Counters::get(&d.counters.released), 0);
+    let body = reqwest::get(d.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        body.contains("redq_jobs_returned_unstarted_total{queue=\"q\"} 4")
+            && body.contains("redq_jobs_total{queue=\"q\",outcome=\"released\"} 0"),
+        "{body}"
+    );
     d.stop().await;
 }

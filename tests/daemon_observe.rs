@@ -148,6 +148,11 @@ async fn lost_functions_are_loaded_again_at_the_next_transition() {
     let daemon = launch(WorkerBuilder::new(config(&redis.url()))).await;
     let started = std::time::Instant::now();
     redis.cli(&["FUNCTION", "FLUSH"]).unwrap();
+    // The next transition: draining an inbox document (an idle daemon
+    // whose start-up transitions are over may run none for a while).
+    redis
+        .cli(&["LPUSH", "redq:{ok}:inbox", r#"{"payload":0}"#])
+        .unwrap();
     let id = eventually("FCALL redq_enqueue to work again", secs(3), || async {
         let out = fcall_reply(&redis, "ok", r#"{"payload":1}"#);
         if !out.contains("ERR") {

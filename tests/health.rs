@@ -259,3 +259,55 @@ async fn last_two_minutes(
     }
     n
 }
+
+/// When Redis answers but the settings do not fit it, `redq health` names
+/// the cause and exits 78: credentials refused, a Cluster node redirecting.
+#[tokio::test(flavor = "multi_thread")]
+async fn health_names_refused_credentials_and_cluster_redirects_and_exits_78() {
+    let redis = RedisServer::start();
+    redis
+        .cli(&["CONFIG", "SET", "requirepass", "s3cret"])
+        .unwrap();
+    let port = redis.url().rsplit(':').next().unwrap().to_owned();
+    for url in [
+        format!("redis://127.0.0.1:{port}"),
+        format!("redis://:wrong@127.0.0.1:{port}"),
+    ] {
+        let r = health(&url, &[]).await;
+        assert_eq!(r.code, 78, "{url}: {} {}", r.stdout, r.stderr);
+        assert!(
+            r.stderr.contains("Redis refused the credentials") && r.stderr.contains("redis.url"),
+            "{url}: {}",
+            r.stderr
+        );
+        assert!(!r.stderr.contains("PING"), "{}", r.stderr);
+    }
+    let r = health(&format!("redis://:s3cret@127.0.0.1:{port}"), &[]).await;
+    assert_eq!(r.code, 1, "right password, no daemon: {}", r.stderr);
+
+    // Two cluster nodes; the slot of redq's heartbeat key is on the other one.
+    let a = RedisServer::start_with(&[
+        "--cluster-enabled",
+        "yes",
+        "--cluster-require-full-coverage",
+        "no",
+    ]);
+    let b = RedisServer::start_with(&[
+        "--cluster-enabled",
+        "yes",
+        "--cluster-require-full-coverage",
+        "no",
+    ]);
+    let b_port = b.url().rsplit(':').next().unwrap().to_owned();
+    a.cli(&["CLUSTER", "MEET", "127.0.0.1", &b_port]).unwrap();
+    let slot = a
+        .cli(&["CLUSTER", "KEYSLOT", &redq::keys::daemons("redq")])
+        .unwrap();
+    b.cli(&["CLUSTER", "ADDSLOTS", slot.trim()]).unwrap();
+    let r = health_until(&a.url(), &[], 78).await;
+    assert!(
+        r.stderr.contains("Cluster redirect") && r.stderr.contains("Moved: "),
+        "{}",
+        r.stderr
+    );
+}

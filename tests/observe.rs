@@ -99,7 +99,7 @@ async fn metrics_scrape_shows_exact_counters_and_histograms() {
     let body = resp.text().await.expect("body");
     let got = lines(&body);
     for want in [
-        "# HELP redq_jobs_total Job attempts finished, by queue and outcome.",
+        "# HELP redq_jobs_total Job attempts finished, by queue and outcome (released: given back at shutdown).",
         "# TYPE redq_jobs_total counter",
         r#"redq_jobs_total{queue="emails",outcome="succeeded"} 3"#,
         r#"redq_jobs_total{queue="emails",outcome="failed"} 1"#,

@@ -17,7 +17,10 @@ const COMMAND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 pub async fn run(command: Command, target: &Target) -> Result<u8> {
     let client = Client::open(&target.redis_config(CONNECT_TIMEOUT, COMMAND_TIMEOUT)).await?;
     match command {
-        Command::Enqueue(args) => enqueue(&client, args).await,
+        Command::Enqueue(args) => {
+            warn_if_unserved(&client, target, &args.queue).await;
+            enqueue(&client, args).await
+        }
         Command::Job { queue, id, json } => match client.job(&queue, &id).await? {
             Some(info) => {
                 print_job(&info, json)?;
@@ -25,7 +28,9 @@ pub async fn run(command: Command, target: &Target) -> Result<u8> {
             }
             None => {
                 eprintln!(
-                    "redq: job {id} not found in queue {queue} (never enqueued there, or completed and removed by retention)"
+                    "redq: job {id} not found in queue {queue}: never enqueued there, or it succeeded and was removed \
+                     (completed jobs are deleted at once unless the queue sets keep_completed or keep_completed_for; \
+                     `redq stats {queue}` counts them under SUCCEEDED)"
                 );
                 Ok(1)
             }
@@ -153,11 +158,13 @@ pub async fn run(command: Command, target: &Target) -> Result<u8> {
             Ok(0)
         }
         Command::Pause { queue } => {
+            warn_if_unserved(&client, target, &queue).await;
             client.pause(&queue).await?;
             println!("paused {queue}: no daemon claims its jobs until `redq resume {queue}`");
             Ok(0)
         }
         Command::Resume { queue } => {
+            warn_if_unserved(&client, target, &queue).await;
             client.resume(&queue).await?;
             println!("resumed {queue}");
             Ok(0)
@@ -167,10 +174,43 @@ pub async fn run(command: Command, target: &Target) -> Result<u8> {
         Command::Usage(args) => super::usage::run(&client, target, args).await,
         Command::Run
         | Command::CheckConfig
+        | Command::Config
         | Command::Setup { .. }
         | Command::Health { .. }
         | Command::Watch { .. } => Ok(2),
     }
+}
+
+/// Warns (stderr, exit code unchanged) when neither the config file nor a
+/// live daemon's heartbeat names `queue`: most likely a mistyped name,
+/// whose jobs would wait for a daemon that never comes. (FCALL and the
+/// inbox stay silent: producers may start before any daemon.)
+async fn warn_if_unserved(client: &Client, target: &Target, queue: &str) {
+    if target.configured_queues.iter().any(|q| q == queue) {
+        return;
+    }
+    let Ok(daemons) = client.store().daemons(crate::daemon::heartbeat::KEEP).await else {
+        return;
+    };
+    if daemons.iter().any(|d| d.queues.iter().any(|q| q == queue)) {
+        return;
+    }
+    let mut known: Vec<&str> = daemons
+        .iter()
+        .flat_map(|d| d.queues.iter().map(String::as_str))
+        .chain(target.configured_queues.iter().map(String::as_str))
+        .collect();
+    known.sort_unstable();
+    known.dedup();
+    let known = if known.is_empty() {
+        String::new()
+    } else {
+        format!(" (known queues: {})", known.join(", "))
+    };
+    eprintln!(
+        "redq: warning: no queue {queue:?} in the config and no live daemon serves it{known}; \
+         check the name: its jobs wait until a daemon serves {queue:?}"
+    );
 }
 
 async fn enqueue(client: &Client, a: EnqueueArgs) -> Result<u8> {
@@ -379,13 +419,14 @@ fn print_stats(stats: &[QueueStats], json: bool) -> Result<()> {
         return Ok(());
     }
     println!(
-        "{:<24} {:>9} {:>9} {:>7} {:>7} {:>9} {:>7} {:>8} {:>8} {:>8} {:>9} {:>9}",
+        "{:<24} {:>9} {:>9} {:>7} {:>7} {:>9} {:>7} {:>7} {:>8} {:>8} {:>8} {:>9} {:>9}",
         "QUEUE",
         "PENDING",
         "SCHEDULED",
         "ACTIVE",
         "DEAD",
         "SUCCEEDED",
+        "KEPT",
         "INBOX",
         "REJECTED",
         "OK/S",
@@ -396,12 +437,13 @@ fn print_stats(stats: &[QueueStats], json: bool) -> Result<()> {
     for s in stats {
         let r = s.last_minute.unwrap_or_default();
         println!(
-            "{:<24} {:>9} {:>9} {:>7} {:>7} {:>9} {:>7} {:>8} {:>8.2} {:>8.2} {:>9} {:>9}{}",
+            "{:<24} {:>9} {:>9} {:>7} {:>7} {:>9} {:>7} {:>7} {:>8} {:>8.2} {:>8.2} {:>9} {:>9}{}",
             s.queue,
             s.pending,
             s.scheduled,
             s.active,
             s.dead,
+            s.succeeded_total,
             s.succeeded,
             s.inbox,
             s.rejected,

@@ -1,13 +1,18 @@
 //! `redq health`: exits 0 only when Redis answers PING and at least one
 //! daemon's heartbeat (see [`crate::daemon::heartbeat`]) is younger than
-//! `--max-age`; 1 when no daemon is fresh; 69 when Redis is unreachable.
-//! Prints the daemons seen (id, age, running jobs, queues) or the reason.
+//! `--max-age`; 1 when no daemon is fresh (or Redis answered something
+//! unexpected); 69 when Redis is unreachable (refused, timed out, TLS and
+//! plain ports crossed, certificate not trusted); 78 when Redis answered
+//! but the settings do not fit it (credentials refused, an ACL without the
+//! commands, a Cluster node redirecting). Prints the daemons seen (id,
+//! age, running jobs, queues) or the reason: the real cause, never a bare
+//! "PING failed".
 
 use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::cli::{Target, EXIT_UNAVAILABLE};
+use crate::cli::{Target, EXIT_CONFIG, EXIT_UNAVAILABLE};
 use crate::daemon::heartbeat;
 use crate::error::Error;
 use crate::store::DaemonInfo;
@@ -19,15 +24,15 @@ pub async fn run(target: &Target, json: bool, max_age: Duration) -> u8 {
     let max_age_ms = i64::try_from(max_age.as_millis()).unwrap_or(i64::MAX);
     let store = match target.store(CONNECT_TIMEOUT, COMMAND_TIMEOUT).await {
         Ok(s) => s,
-        Err(e) => return redis_failed(json, max_age_ms, &e),
+        Err(e) => return redis_failed(json, max_age_ms, Step::Connect, &e),
     };
     let rtt = match store.ping().await {
         Ok(rtt) => rtt,
-        Err(e) => return redis_failed(json, max_age_ms, &e),
+        Err(e) => return redis_failed(json, max_age_ms, Step::Ping, &e),
     };
     let daemons = match store.daemons(heartbeat::KEEP).await {
         Ok(d) => d,
-        Err(e) => return redis_failed(json, max_age_ms, &e),
+        Err(e) => return redis_failed(json, max_age_ms, Step::Heartbeats, &e),
     };
     let fresh = daemons.iter().filter(|d| d.age_ms < max_age_ms).count();
     let reason = (fresh == 0).then(|| no_fresh_reason(&daemons, max_age, &target.prefix));
@@ -90,14 +95,71 @@ fn no_fresh_reason(daemons: &[DaemonInfo], max_age: Duration, prefix: &str) -> S
     }
 }
 
-fn redis_failed(json: bool, max_age_ms: i64, e: &Error) -> u8 {
-    let unreachable = e.is_transient();
-    let reason = match e {
-        // A setting redq cannot use (a TLS file, the URL): say that, not PING.
-        Error::Config(_) => e.to_string(),
-        _ if unreachable => format!("Redis unreachable: {e}"),
-        _ => format!("Redis did not answer PING: {e}"),
+/// What `redq health` was doing when Redis failed it.
+#[derive(Clone, Copy)]
+enum Step {
+    Connect,
+    Ping,
+    Heartbeats,
+}
+
+impl Step {
+    fn doing(self) -> &'static str {
+        match self {
+            Step::Connect => "connecting",
+            Step::Ping => "PING",
+            Step::Heartbeats => "reading the daemons' heartbeats",
+        }
+    }
+}
+
+/// The reason to print and the exit code, from what failed.
+fn cause(step: Step, e: &Error) -> (String, u8) {
+    let code = match e {
+        Error::Redis(r) => r.code(),
+        _ => None,
     };
+    let kind = match e {
+        Error::Redis(r) => Some(r.kind()),
+        _ => None,
+    };
+    use redis::{ErrorKind, ServerErrorKind};
+    match (e, kind, code) {
+        // A setting redq cannot use (a TLS file, the URL).
+        (Error::Config(_), ..) => (e.to_string(), EXIT_CONFIG),
+        (_, Some(ErrorKind::AuthenticationFailed), _) | (_, _, Some("WRONGPASS" | "NOAUTH")) => (
+            format!(
+                "Redis refused the credentials ({e}): set the right user and password in \
+                 redis.url (or REDQ_REDIS__URL, or --redis-url)"
+            ),
+            EXIT_CONFIG,
+        ),
+        (_, Some(ErrorKind::Server(ServerErrorKind::NoPerm)), _) => (
+            format!(
+                "Redis answered, but this ACL user may not run what {} needs ({e}): \
+                 give it the daemon's rules (docs/operating.md, ACL users)",
+                step.doing()
+            ),
+            EXIT_CONFIG,
+        ),
+        (_, Some(ErrorKind::Server(ServerErrorKind::Moved | ServerErrorKind::Ask)), _) => (
+            format!(
+                "Redis answered with a Cluster redirect ({e}): redis.url names one node of \
+                 a Redis Cluster, and redq's keys live on another; list the cluster's nodes \
+                 in redis.cluster instead (docs/operating.md, Redis Cluster)"
+            ),
+            EXIT_CONFIG,
+        ),
+        _ if e.is_transient() => (format!("Redis unreachable: {e}"), EXIT_UNAVAILABLE),
+        _ => (
+            format!("Redis answered {} with an error: {e}", step.doing()),
+            1,
+        ),
+    }
+}
+
+fn redis_failed(json: bool, max_age_ms: i64, step: Step, e: &Error) -> u8 {
+    let (reason, code) = cause(step, e);
     if json {
         let body = json!({
             "healthy": false,
@@ -113,11 +175,7 @@ fn redis_failed(json: bool, max_age_ms: i64, e: &Error) -> u8 {
         );
     }
     eprintln!("redq: unhealthy: {reason}");
-    if unreachable {
-        EXIT_UNAVAILABLE
-    } else {
-        1
-    }
+    code
 }
 
 fn print_daemons(daemons: &[DaemonInfo], max_age_ms: i64) {

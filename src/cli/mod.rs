@@ -8,7 +8,9 @@
 mod commands;
 mod daemon;
 mod health;
+pub mod logging;
 mod setup;
+mod show_config;
 mod target;
 mod usage;
 mod watch;
@@ -31,9 +33,12 @@ pub const EXIT_CONFIG: u8 = 78;
     about = "A job queue and worker daemon on Redis"
 )]
 pub struct Cli {
-    /// Configuration file [default: workers.toml, if it exists]
+    /// Configuration file [default: workers.toml; `run`, `check-config` and `config` need it to exist]
     #[arg(long, global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// Read no configuration file: the defaults, REDQ_… variables and flags only
+    #[arg(long, global = true, conflicts_with = "config")]
+    pub no_config: bool,
     /// Redis URL; overrides REDQ_REDIS__URL and the config file [default: redis://127.0.0.1:6379]
     #[arg(long, global = true, value_name = "URL")]
     pub redis_url: Option<String>,
@@ -50,6 +55,8 @@ pub enum Command {
     Run,
     /// Check the configuration file (and handlers) without starting
     CheckConfig,
+    /// Print the effective configuration (defaults, file, environment, flags) as TOML, secrets masked
+    Config,
     /// Load (or upgrade) redq's function libraries and check the server; once per Redis and release
     Setup {
         /// Only report, writing nothing: exit 0 when the libraries are current, 1 when not
@@ -139,10 +146,10 @@ pub enum Command {
     Pause { queue: String },
     /// Let daemons claim jobs of a paused queue again
     Resume { queue: String },
-    /// Exit 0 only when Redis answers and a daemon's heartbeat is fresh (1: no fresh daemon; 69: Redis unreachable)
+    /// Exit 0 only when Redis answers and a daemon's heartbeat is fresh (1: no fresh daemon; 69: Redis unreachable; 78: Redis refused the settings, e.g. credentials)
     Health {
         /// A heartbeat older than this does not count, e.g. 15s
-        #[arg(long, value_parser = humantime::parse_duration, default_value = "15s")]
+        #[arg(long, value_parser = crate::config::duration::parse, default_value = "15s")]
         max_age: std::time::Duration,
         /// Print JSON
         #[arg(long)]
@@ -171,7 +178,7 @@ pub struct EnqueueArgs {
     #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
     pub priority: i64,
     /// Run no earlier than this long from now, e.g. 30s, 5m
-    #[arg(long, value_parser = humantime::parse_duration)]
+    #[arg(long, value_parser = crate::config::duration::parse)]
     pub delay: Option<std::time::Duration>,
     /// Run no earlier than this Unix time in milliseconds
     #[arg(long, conflicts_with = "delay")]
@@ -180,7 +187,7 @@ pub struct EnqueueArgs {
     #[arg(long)]
     pub max_attempts: Option<u32>,
     /// Handler time-out for this job, e.g. 30s [default: the queue's setting]
-    #[arg(long, value_parser = humantime::parse_duration)]
+    #[arg(long, value_parser = crate::config::duration::parse)]
     pub timeout: Option<std::time::Duration>,
     /// At most one live job per unique key in the queue
     #[arg(long)]
@@ -219,7 +226,7 @@ pub enum DeadCommand {
         queue: String,
         ids: Vec<String>,
         /// Only jobs dead for at least this long, e.g. 7d
-        #[arg(long, value_parser = humantime::parse_duration, conflicts_with = "ids")]
+        #[arg(long, value_parser = crate::config::duration::parse, conflicts_with = "ids")]
         older_than: Option<std::time::Duration>,
         /// Every dead job of the queue
         #[arg(long, conflicts_with_all = ["ids", "older_than"])]
@@ -229,21 +236,26 @@ pub enum DeadCommand {
 
 /// Runs the parsed command; returns the process exit code.
 pub async fn main(cli: Cli) -> u8 {
-    let (config, url, prefix) = (
-        cli.config.as_deref(),
-        cli.redis_url.as_deref(),
-        cli.key_prefix.as_deref(),
-    );
+    let src = daemon::Source {
+        path: cli.config.as_deref(),
+        no_config: cli.no_config,
+        url: cli.redis_url.as_deref(),
+        prefix: cli.key_prefix.as_deref(),
+    };
     match cli.command {
-        Command::Run => return daemon::run(config, url, prefix).await,
-        Command::CheckConfig => return daemon::check(config, url, prefix),
+        Command::Run => return daemon::run(&src).await,
+        Command::CheckConfig => return daemon::check(&src),
+        Command::Config => return daemon::print(&src),
         _ => {}
     }
-    let target = match Target::resolve(
-        cli.config.as_deref(),
-        cli.redis_url.as_deref(),
-        cli.key_prefix.as_deref(),
-    ) {
+    let file = if cli.no_config {
+        target::File::None
+    } else {
+        cli.config
+            .as_deref()
+            .map_or(target::File::Default, target::File::Named)
+    };
+    let target = match Target::resolve(file, cli.redis_url.as_deref(), cli.key_prefix.as_deref()) {
         Ok(t) => t,
         Err(e) => {
             eprintln!("redq: {e}");

@@ -14,6 +14,7 @@ use figment::providers::{Env, Format, Toml};
 use figment::Figment;
 use serde::Deserialize;
 
+use crate::config::DEFAULT_PATH;
 use crate::error::{Error, Result};
 use crate::keys::DEFAULT_PREFIX;
 
@@ -56,6 +57,17 @@ struct LenientRedis {
     wait_timeout: Option<std::time::Duration>,
 }
 
+/// Which file the CLI reads `[redis]` and the queue names from.
+#[derive(Debug, Clone, Copy)]
+pub enum File<'a> {
+    /// `--config FILE`: it must exist.
+    Named(&'a Path),
+    /// `workers.toml` in the working directory, when it exists.
+    Default,
+    /// `--no-config`: none.
+    None,
+}
+
 impl Target {
     /// The `[redis]` settings to reach the target with these connect and
     /// command time-outs.
@@ -87,24 +99,20 @@ impl Target {
         crate::store::Store::open(&self.redis_config(connect, command)).await
     }
 
-    pub fn resolve(
-        config: Option<&Path>,
-        url: Option<&str>,
-        prefix: Option<&str>,
-    ) -> Result<Target> {
+    pub fn resolve(file: File<'_>, url: Option<&str>, prefix: Option<&str>) -> Result<Target> {
         let mut fig = Figment::new();
-        match config {
-            Some(path) if !path.exists() => {
+        match file {
+            File::Named(path) if !path.exists() => {
                 return Err(Error::Config(format!(
                     "config file {} does not exist; pass an existing file with --config",
                     path.display()
                 )))
             }
-            Some(path) => fig = fig.merge(Toml::file_exact(path)),
-            None if Path::new("workers.toml").exists() => {
-                fig = fig.merge(Toml::file_exact("workers.toml"))
+            File::Named(path) => fig = fig.merge(Toml::file_exact(path)),
+            File::Default if Path::new(DEFAULT_PATH).exists() => {
+                fig = fig.merge(Toml::file_exact(DEFAULT_PATH))
             }
-            None => {}
+            File::Default | File::None => {}
         }
         fig = fig.merge(Env::prefixed("REDQ_").split("__").only(&[
             "redis.url",

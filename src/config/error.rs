@@ -2,26 +2,45 @@
 //! each naming the key path (`queues.emails.concurrency: …`) and, when known,
 //! where the bad value came from (the file, a `REDQ_…` variable, a flag).
 //!
-//! Deserialization (figment + serde) stops at the first problem; the
-//! cross-field checks in `validate` collect every problem through [`Problems`].
+//! Reading collects every unknown key and ill-typed value (see `read.rs`);
+//! the cross-field checks in `validate` collect every problem through [`Problems`].
 
 use std::fmt;
 
 use figment::error::{Kind, OneOf};
 
-/// One refused key: its dotted path (empty for file-level problems) and why.
+/// One refused key: its dotted path (empty for file-level problems), why,
+/// and where the value came from when known ("in workers.toml, line 12",
+/// "from environment variable REDQ_A__B", "from command-line flag").
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
     pub path: String,
     pub message: String,
+    pub origin: Option<String>,
+    /// The path's keys, unjoined (list indexes as numbers).
+    pub(crate) segments: Vec<String>,
+}
+
+impl Problem {
+    /// A problem with the key at `segments`.
+    pub fn at<S: AsRef<str>>(segments: &[S], message: impl Into<String>) -> Problem {
+        Problem {
+            path: key_path(segments),
+            message: message.into(),
+            origin: None,
+            segments: segments.iter().map(|s| s.as_ref().to_owned()).collect(),
+        }
+    }
 }
 
 impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.path.is_empty() {
-            f.write_str(&self.message)
-        } else {
-            write!(f, "{}: {}", self.path, self.message)
+        match (&self.origin, self.path.is_empty()) {
+            // A file-level problem (TOML syntax): its message may span lines, so the origin goes first.
+            (Some(origin), true) => write!(f, "{origin}: {}", self.message),
+            (None, true) => f.write_str(&self.message),
+            (Some(origin), false) => write!(f, "{}: {} ({origin})", self.path, self.message),
+            (None, false) => write!(f, "{}: {}", self.path, self.message),
         }
     }
 }
@@ -36,11 +55,17 @@ impl ConfigError {
     /// A problem that is not about one key (unreadable file, …).
     pub fn other(message: impl Into<String>) -> Self {
         ConfigError {
-            problems: vec![Problem {
-                path: String::new(),
-                message: message.into(),
-            }],
+            problems: vec![Problem::at::<&str>(&[], message)],
         }
+    }
+
+    pub(crate) fn from_problems(problems: Vec<Problem>) -> Self {
+        ConfigError { problems }
+    }
+
+    /// Every problem found, taking them out.
+    pub fn into_problems(self) -> Vec<Problem> {
+        self.problems
     }
 
     /// Every problem found, in the order found.
@@ -71,12 +96,15 @@ impl From<ConfigError> for crate::Error {
 
 impl From<figment::Error> for ConfigError {
     fn from(errors: figment::Error) -> Self {
-        let problems = errors.into_iter().map(problem_from_figment).collect();
+        let problems = errors
+            .into_iter()
+            .map(|e| problem_from_figment(&e))
+            .collect();
         ConfigError { problems }
     }
 }
 
-fn problem_from_figment(e: figment::Error) -> Problem {
+pub(super) fn problem_from_figment(e: &figment::Error) -> Problem {
     let mut path = e.path.clone();
     let message = match &e.kind {
         Kind::UnknownField(field, expected) => {
@@ -96,37 +124,24 @@ fn problem_from_figment(e: figment::Error) -> Problem {
         }
         kind => kind.to_string(),
     };
-    let message = message.trim_end().to_string();
-    match origin(&e, &path) {
-        // A file-level problem (TOML syntax): its message may span lines, so the origin goes first.
-        Some((_, source)) if path.is_empty() => Problem {
-            path: String::new(),
-            message: format!("{source}: {message}"),
-        },
-        Some((preposition, source)) => Problem {
-            path: key_path(&path),
-            message: format!("{message} ({preposition} {source})"),
-        },
-        None => Problem {
-            path: key_path(&path),
-            message,
-        },
-    }
+    let mut p = Problem::at(&path, message.trim_end());
+    p.origin = origin(e, &path);
+    p
 }
 
-/// Where the bad value came from: ("in", "workers.toml"),
-/// ("from", "environment variable REDQ_A__B"), ("from", "command-line flag").
-fn origin(e: &figment::Error, path: &[String]) -> Option<(&'static str, String)> {
+/// Where the bad value came from, when figment says: "in workers.toml",
+/// "from environment variable REDQ_A__B", "from command-line flag".
+fn origin(e: &figment::Error, path: &[String]) -> Option<String> {
     let md = e.metadata.as_ref()?;
     if let Some(figment::Source::File(file)) = &md.source {
-        return Some(("in", file.display().to_string()));
+        return Some(format!("in {}", file.display()));
     }
     if md.name.contains("environment variable") {
         let var: Vec<String> = path.iter().map(|k| k.to_ascii_uppercase()).collect();
         let var = format!("{}{}", super::ENV_PREFIX, var.join(super::ENV_SEPARATOR));
-        return Some(("from", format!("environment variable {var}")));
+        return Some(format!("from environment variable {var}"));
     }
-    (md.name == super::OVERRIDE_SOURCE).then(|| ("from", super::OVERRIDE_SOURCE.to_string()))
+    (md.name == super::OVERRIDE_SOURCE).then(|| format!("from {}", super::OVERRIDE_SOURCE))
 }
 
 /// Joins key segments with `.`, quoting those that are not bare TOML keys
@@ -172,10 +187,7 @@ pub struct Problems(Vec<Problem>);
 impl Problems {
     /// Records that the key at `path` (segments, joined by [`key_path`]) broke a rule.
     pub fn push<S: AsRef<str>>(&mut self, path: &[S], message: impl Into<String>) {
-        self.0.push(Problem {
-            path: key_path(path),
-            message: message.into(),
-        });
+        self.0.push(Problem::at(path, message));
     }
 
     /// Records a problem unless `ok`.

@@ -6,9 +6,10 @@
 //! [`Overrides`] from command-line flags. Only variables containing `__` are
 //! read, so `REDQ_CONFIG` or the `REDQ_JOB_ID` a handler receives never count.
 //!
-//! Unknown keys and ill-typed values are refused while reading (first problem
-//! only); [`Config::validate`] then checks ranges and cross-field rules and
-//! reports every problem, one per line, each with its key path.
+//! Unknown keys and ill-typed values are refused while reading, every one
+//! of them (see `read.rs`); [`Config::validate`] then checks ranges and
+//! cross-field rules. All problems are reported at once, one per line, each
+//! with its key path and where it was set (file and line, variable, flag).
 //!
 //! Called by `redq run` / `redq check-config` (through [`load`]) and by
 //! embedders (through [`read`] + [`Config::validate_with`]).
@@ -20,10 +21,11 @@ mod error;
 mod handler;
 mod pool;
 mod queue;
+mod read;
 mod redis;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use figment::providers::{Env, Format, Toml};
 use figment::value::{Dict, Map, Value};
@@ -116,46 +118,97 @@ fn env_provider() -> Env {
         .split(ENV_SEPARATOR)
 }
 
+/// The file [`load`] reads for `path`: `path` itself, which must be a
+/// file, or [`DEFAULT_PATH`] if it exists, or none.
+pub fn file_to_read(path: Option<&Path>) -> Result<Option<PathBuf>, ConfigError> {
+    match path {
+        Some(path) => match std::fs::metadata(path) {
+            Ok(m) if m.is_file() => Ok(Some(path.to_path_buf())),
+            Ok(_) => Err(ConfigError::other(format!(
+                "config file {}: not a file",
+                path.display()
+            ))),
+            Err(e) => Err(ConfigError::other(format!(
+                "config file {}: {e}",
+                path.display()
+            ))),
+        },
+        None if Path::new(DEFAULT_PATH).is_file() => Ok(Some(PathBuf::from(DEFAULT_PATH))),
+        None => Ok(None),
+    }
+}
+
 /// Reads and validates the configuration for `redq run`: `path` (which must
-/// exist), or [`DEFAULT_PATH`] if it exists, then the environment, then `overrides`.
+/// exist), or [`DEFAULT_PATH`] if it exists, then the environment, then
+/// `overrides`. Every problem is reported, each with its key path and
+/// where it was set (file and line, variable, flag).
 pub fn load(path: Option<&Path>, overrides: &Overrides) -> Result<Config, ConfigError> {
-    let config = read(path, overrides)?;
-    config.validate()?;
-    Ok(config)
+    load_with(path, overrides, &BTreeSet::new())
+}
+
+/// Like [`load`], for a daemon whose `library_queues` have Rust handlers
+/// (see [`Config::validate_with`]).
+pub fn load_with(
+    path: Option<&Path>,
+    overrides: &Overrides,
+    library_queues: &BTreeSet<String>,
+) -> Result<Config, ConfigError> {
+    load_layers(file_to_read(path)?.as_deref(), overrides, library_queues)
+}
+
+/// Reads and validates the defaults, exactly `file` (none: no file at all,
+/// not even [`DEFAULT_PATH`]), the environment and `overrides`.
+pub fn load_layers(
+    file: Option<&Path>,
+    overrides: &Overrides,
+    library_queues: &BTreeSet<String>,
+) -> Result<Config, ConfigError> {
+    let figment = read::figment(file, overrides);
+    let reading = read::read_all(&figment)?;
+    let mut problems = reading.problems;
+    if let Err(e) = reading.config.validate_with(library_queues) {
+        // A rule about a value already refused (its default stood in) would
+        // only repeat the problem.
+        problems.extend(e.into_problems().into_iter().filter(|p| {
+            !reading
+                .dropped
+                .iter()
+                .any(|d| p.segments.starts_with(d) || d.starts_with(&p.segments))
+        }));
+    }
+    if problems.is_empty() {
+        return Ok(reading.config);
+    }
+    read::locate(&mut problems, &figment);
+    Err(ConfigError::from_problems(problems))
+}
+
+/// Reads, without validating, the defaults, exactly `file`, the
+/// environment and `overrides`: what `redq config` prints.
+pub fn read_layers(file: Option<&Path>, overrides: &Overrides) -> Result<Config, ConfigError> {
+    let figment = read::figment(file, overrides);
+    let mut reading = read::read_all(&figment)?;
+    if reading.problems.is_empty() {
+        return Ok(reading.config);
+    }
+    read::locate(&mut reading.problems, &figment);
+    Err(ConfigError::from_problems(reading.problems))
 }
 
 /// Like [`load`], without [`Config::validate`]: for embedders, who then call
 /// [`Config::validate_with`] naming the queues that have library handlers.
 pub fn read(path: Option<&Path>, overrides: &Overrides) -> Result<Config, ConfigError> {
-    let mut figment = Figment::new();
-    match path {
-        Some(path) => {
-            match std::fs::metadata(path) {
-                Ok(m) if m.is_file() => {}
-                Ok(_) => {
-                    return Err(ConfigError::other(format!(
-                        "config file {}: not a file",
-                        path.display()
-                    )))
-                }
-                Err(e) => {
-                    return Err(ConfigError::other(format!(
-                        "config file {}: {e}",
-                        path.display()
-                    )))
-                }
-            }
-            figment = figment.merge(Toml::file_exact(path));
-        }
-        None if Path::new(DEFAULT_PATH).is_file() => {
-            figment = figment.merge(Toml::file_exact(DEFAULT_PATH))
-        }
-        None => {}
-    }
-    Ok(figment
-        .merge(env_provider())
-        .merge(overrides.clone())
-        .extract()?)
+    read_layers(file_to_read(path)?.as_deref(), overrides)
+}
+
+/// Adds to each of `e`'s problems where its key was set (file and line,
+/// variable, flag), reading the same layers as [`load_layers`]: for
+/// problems found after loading (a handler's program that is not there).
+pub fn locate(e: ConfigError, file: Option<&Path>, overrides: &Overrides) -> ConfigError {
+    let figment = read::figment(file, overrides);
+    let mut problems = e.into_problems();
+    read::locate(&mut problems, &figment);
+    ConfigError::from_problems(problems)
 }
 
 /// Reads and validates TOML text alone (no environment, no flags): for tests
@@ -168,7 +221,12 @@ pub fn load_from_str(toml: &str) -> Result<Config, ConfigError> {
 
 /// Like [`load_from_str`], without validation.
 pub fn read_str(toml: &str) -> Result<Config, ConfigError> {
-    Ok(Figment::from(Toml::string(toml)).extract()?)
+    let reading = read::read_all(&Figment::from(Toml::string(toml)))?;
+    if reading.problems.is_empty() {
+        Ok(reading.config)
+    } else {
+        Err(ConfigError::from_problems(reading.problems))
+    }
 }
 
 impl Config {

@@ -109,7 +109,17 @@ const SCHEMES: [&str; 4] = ["redis", "rediss", "redis+unix", "unix"];
 impl RedisConfig {
     pub(super) fn check(&self, p: &mut Problems) {
         match self.url.split_once("://") {
-            Some((scheme, rest)) if SCHEMES.contains(&scheme) && !rest.is_empty() => {}
+            Some((scheme, rest)) if SCHEMES.contains(&scheme) && !rest.is_empty() => {
+                if let Err(why) = parse_url(&self.url) {
+                    p.push(
+                        &["redis", "url"],
+                        format!(
+                            "{} does not parse: {why}; expected redis://[user:pass@]host[:port][/db], rediss://… (TLS) or redis+unix:///path",
+                            redacted_url(&self.url)
+                        ),
+                    );
+                }
+            }
             _ => p.push(
                 &["redis", "url"],
                 format!(
@@ -243,6 +253,38 @@ impl RedisConfig {
     }
 }
 
+/// Whether the connection layer will read `url` (as redis-rs parses it;
+/// `rediss://` as `redis://`, since redq makes the TLS itself). The reason
+/// never repeats the URL, so no credential shows.
+fn parse_url(url: &str) -> Result<(), String> {
+    use redis::IntoConnectionInfo;
+    let plain = match url.strip_prefix("rediss://") {
+        Some(rest) => format!("redis://{rest}"),
+        None => url.to_owned(),
+    };
+    match plain.as_str().into_connection_info() {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            let port = url
+                .split_once("://")
+                .map(|(_, rest)| rest.rsplit_once('@').map_or(rest, |(_, host)| host))
+                .and_then(|host| host.split('/').next())
+                .and_then(|host| host.rsplit_once(':'))
+                .filter(|(h, _)| !h.ends_with(']') || h.starts_with('['))
+                .map(|(_, port)| port);
+            Err(match port {
+                Some(port) if port.parse::<u16>().is_err() && !port.contains(']') => {
+                    format!("the port {port:?} is not a number from 1 to 65535")
+                }
+                _ => match e.detail() {
+                    Some(d) if !d.contains(url) && !d.contains(&plain) => d.to_owned(),
+                    _ => "not a valid URL".to_owned(),
+                },
+            })
+        }
+    }
+}
+
 /// The URL with its user and password replaced by `***`, safe to log:
 /// `redis://app:secret@db:6379/2` → `redis://***@db:6379/2`.
 ///
@@ -256,5 +298,34 @@ pub fn redacted_url(url: &str) -> String {
     match rest.rfind('@') {
         Some(at) => format!("{scheme}***{}", &rest[at..]),
         None => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_url;
+
+    #[test]
+    fn urls_are_read_as_the_connection_layer_reads_them() {
+        for ok in [
+            "redis://127.0.0.1:6379",
+            "redis://u:p@host:1/2",
+            "rediss://host",
+            "redis+unix:///tmp/r.sock",
+            "unix:///tmp/r.sock",
+            "redis://[::1]:6379",
+        ] {
+            assert_eq!(parse_url(ok), Ok(()), "{ok}");
+        }
+        let e = parse_url("redis://localhost:abc").unwrap_err();
+        assert!(e.contains("port \"abc\" is not a number"), "{e}");
+        let e = parse_url("redis://u:secret@localhost:99999").unwrap_err();
+        assert!(e.contains("port \"99999\""), "{e}");
+        assert!(!e.contains("secret"), "{e}");
+        for bad in ["redis://u:secret@host/notadb", "redis://u:secret@ho st:1"] {
+            let e = parse_url(bad).unwrap_err();
+            eprintln!("{bad}: {e}");
+            assert!(!e.contains("secret"), "{e}");
+        }
     }
 }

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::{Builtin, Config, HandlerConfig};
+use crate::config::{Builtin, Config, ConfigError, HandlerConfig, Problem};
 use crate::error::{Error, Result};
 use crate::handler::command::{resolve_program, CommandHandler, CommandSpec};
 use crate::handler::http::{HttpHandler, HttpSpec};
@@ -23,8 +23,12 @@ pub fn build(queue: &str, cfg: &HandlerConfig) -> Result<Built> {
         HandlerConfig::Command(c) => {
             let mut argv = c.argv.clone();
             if let Some(first) = argv.first_mut() {
-                let path = resolve_program(first)
-                    .map_err(|e| Error::Config(format!("queues.{queue}.handler.command: {e}")))?;
+                let path = resolve_program(first).map_err(|e| {
+                    refused(Problem::at(
+                        &["queues", queue, "handler", "command"],
+                        e.to_string(),
+                    ))
+                })?;
                 *first = path.to_string_lossy().into_owned();
             }
             let spec = CommandSpec {
@@ -46,14 +50,8 @@ pub fn build(queue: &str, cfg: &HandlerConfig) -> Result<Built> {
             }
         }
         HandlerConfig::Http(h) => {
-            let spec = HttpSpec {
-                url: h.url.clone(),
-                headers: h.headers.clone(),
-                connect_timeout: h.connect_timeout,
-                max_response_bytes: h.max_response,
-            };
-            let handler = HttpHandler::new(spec)
-                .map_err(|e| Error::Config(format!("queues.{queue}.handler.http: {e}")))?;
+            let handler = http_handler(h)
+                .map_err(|e| refused(Problem::at(&["queues", queue, "handler", "http"], e)))?;
             Built {
                 handler: Arc::new(handler),
                 grace: LIBRARY_GRACE,
@@ -78,25 +76,60 @@ pub fn build(queue: &str, cfg: &HandlerConfig) -> Result<Built> {
     })
 }
 
+fn http_handler(h: &crate::config::HttpHandler) -> std::result::Result<HttpHandler, String> {
+    HttpHandler::new(HttpSpec {
+        url: h.url.clone(),
+        headers: h.headers.clone(),
+        connect_timeout: h.connect_timeout,
+        max_response_bytes: h.max_response,
+    })
+    .map_err(|e| e.to_string())
+}
+
+/// The error for one refused key (one `invalid configuration:` prefix).
+fn refused(p: Problem) -> Error {
+    Error::Config(p.to_string())
+}
+
 /// Reports, before the daemon starts, what it could not run: a handler
 /// that cannot be built (a command that is not found, a bad URL), and
 /// cron entries that do not parse. (Settings a version accepts but does not
 /// enforce yet are refused here too, so that no operator relies on a limit
 /// that does not hold; `rate_limit` and `group_concurrency` are enforced.)
 pub fn check_runnable(config: &Config) -> Result<()> {
-    let mut problems: Vec<String> = config
-        .queues
-        .iter()
-        .filter_map(|(name, q)| q.handler.as_ref().map(|h| (name, h)))
-        .filter_map(|(name, h)| build(name, h).err().map(|e| e.to_string()))
-        .collect();
+    runnable_problems(config).map_err(|e| Error::Config(e.to_string()))
+}
+
+/// [`check_runnable`]'s problems, each with its key path, so the caller can
+/// say where each key was set (see [`crate::config::locate`]).
+pub fn runnable_problems(config: &Config) -> std::result::Result<(), ConfigError> {
+    let mut problems: Vec<Problem> = Vec::new();
+    for (name, q) in &config.queues {
+        let Some(h) = &q.handler else { continue };
+        match h {
+            HandlerConfig::Command(c) => {
+                if let Some(Err(e)) = c.argv.first().map(|p| resolve_program(p)) {
+                    problems.push(Problem::at(
+                        &["queues", name, "handler", "command"],
+                        e.to_string(),
+                    ));
+                }
+            }
+            HandlerConfig::Http(h) => {
+                if let Err(e) = http_handler(h) {
+                    problems.push(Problem::at(&["queues", name, "handler", "http"], e));
+                }
+            }
+            HandlerConfig::Builtin(_) => {}
+        }
+    }
     if let Err(cron) = super::cron::entries(config) {
         problems.extend(cron);
     }
     if problems.is_empty() {
         Ok(())
     } else {
-        Err(Error::Config(problems.join("\n")))
+        Err(ConfigError::from_problems(problems))
     }
 }
 

@@ -40,7 +40,7 @@ mod supervisor;
 mod waker;
 mod writer;
 
-pub use handlers::check_runnable;
+pub use handlers::{check_runnable, runnable_problems};
 pub use supervisor::{Daemon, DaemonHandle, WorkerBuilder};
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -77,6 +77,9 @@ pub struct Shared {
     /// Each configured queue's settings as written to Redis (at start, on
     /// reload, and again when Redis is found to have lost them).
     pub(crate) settings: Mutex<Vec<(QueueKeys, QueueSettings)>>,
+    /// Why the last reload did not apply, until one does: systemd's STATUS
+    /// leads with it.
+    pub(crate) reload_error: Mutex<Option<String>>,
 }
 
 impl Shared {
@@ -148,7 +151,11 @@ pub struct Counters {
     pub succeeded: AtomicU64,
     pub retried: AtomicU64,
     pub dead: AtomicU64,
+    /// Jobs given back at shutdown (stopped, or handed to a stopping daemon).
     pub released: AtomicU64,
+    /// Jobs that came beyond the free slots (a hand-off and a claim
+    /// crossed) and went back to pending unstarted.
+    pub returned_unstarted: AtomicU64,
     /// Jobs received by direct hand-off from an enqueue (not claimed).
     pub handed_off: AtomicU64,
     pub lease_lost: AtomicU64,

@@ -69,11 +69,32 @@ async fn poll_once(shared: &Shared, queues: &[Arc<QueueRt>]) -> Result<(Duration
     Ok((rtt, stats.iter().map(|s| s.pending).collect()))
 }
 
+/// The first summary line comes this soon after start (or after
+/// `stats_interval`, if shorter), so the first minutes are not silent.
+pub const FIRST_SUMMARY: Duration = Duration::from_secs(10);
+
+/// When the first summary line comes.
+pub fn first_summary_after(stats_interval: Duration) -> Duration {
+    stats_interval.min(FIRST_SUMMARY)
+}
+
+/// Reads depths and Redis's round trip once, before the daemon reports
+/// ready, so the first scrape has every gauge.
+pub async fn prime(shared: &Shared) {
+    let queues = shared.queues();
+    match poll_once(shared, &queues).await {
+        Ok((rtt, _)) => shared.metrics.set_redis(true, Some(rtt)),
+        Err(e) => tracing::debug!(error = %e, "reading queue depths at start failed"),
+    }
+}
+
 /// The poller loop, with STATUS, WATCHDOG and the summary line.
 pub async fn run(shared: Arc<Shared>, stats_interval: Duration, stop: CancellationToken) {
     let watchdog = notify::watchdog_interval();
     let tick = watchdog.map(|w| w / 2).unwrap_or(POLL).min(POLL);
     let mut last_summary = Instant::now();
+    // The first summary comes early; the rest every `stats_interval`.
+    let mut next_after = first_summary_after(stats_interval);
     let mut last: BTreeMap<Arc<str>, (u64, u64)> = BTreeMap::new();
     let mut polls: u32 = 0;
     let mut epoch = probe::mark(&shared).await;
@@ -118,7 +139,7 @@ pub async fn run(shared: Arc<Shared>, stats_interval: Duration, stop: Cancellati
         } else {
             tracing::error!(%body, "loops are not making progress; not petting the systemd watchdog");
         }
-        if last_summary.elapsed() >= stats_interval {
+        if last_summary.elapsed() >= next_after {
             summary(
                 &shared,
                 &queues,
@@ -128,6 +149,7 @@ pub async fn run(shared: Arc<Shared>, stats_interval: Duration, stop: Cancellati
                 &mut last,
             );
             last_summary = Instant::now();
+            next_after = stats_interval;
         }
     }
 }
@@ -175,11 +197,27 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-/// The one-line STATUS for systemd.
+/// The one-line STATUS for systemd; it leads with a failed reload's
+/// reason until a reload applies.
 pub fn status_line(shared: &Shared) -> String {
     let c = &shared.counters;
+    let reload = shared
+        .reload_error
+        .lock()
+        .ok()
+        .and_then(|r| r.clone())
+        .map(|e| {
+            let first = e.lines().next().unwrap_or_default().to_owned();
+            let more = e.lines().count().saturating_sub(1);
+            if more > 0 {
+                format!("{first} (and {more} more problems, see the log); ")
+            } else {
+                format!("{first}; ")
+            }
+        })
+        .unwrap_or_default();
     format!(
-        "{} running; {} succeeded, {} retried, {} dead since start; Redis {}",
+        "{reload}{} running; {} succeeded, {} retried, {} dead since start; Redis {}",
         c.running.load(Ordering::Relaxed),
         Counters::get(&c.succeeded),
         Counters::get(&c.retried),

@@ -15,7 +15,7 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use super::leases::{self, Leases, Stop, StopReason};
-use super::writer::{Report, Spent};
+use super::writer::{Release, Report, Spent};
 use super::{backoff, Counters, QueueRt};
 use crate::handler::{JobContext, Outcome, RunReport};
 use crate::observe::JobOutcome;
@@ -142,7 +142,11 @@ async fn run_inner(
         }
         StopReason::Shutdown => {
             tracing::info!("stopped by shutdown; giving the job back");
-            rt.writer.send(Report::Release { id, fence });
+            rt.writer.send(Report::Release {
+                id,
+                fence,
+                why: Release::Shutdown,
+            });
             return true;
         }
         StopReason::Timeout | StopReason::None => {}

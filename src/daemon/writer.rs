@@ -62,10 +62,23 @@ pub enum Report {
         unique: Option<String>,
         spent: Option<Spent>,
     },
+    /// Give the job back to pending, no attempt spent.
     Release {
         id: String,
         fence: u64,
+        why: Release,
     },
+}
+
+/// Why a job is given back unstarted or stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Release {
+    /// The daemon is shutting down: counted as `redq_jobs_total{outcome="released"}`.
+    Shutdown,
+    /// It came beyond the free slots (a direct hand-off and the daemon's
+    /// own claim crossed) and never started: counted as
+    /// `redq_jobs_returned_unstarted_total`.
+    NoFreeSlot,
 }
 
 impl Report {
@@ -192,9 +205,10 @@ async fn write(ctx: &WriterCtx, store: &Store, batch: &[Report], counters: &Coun
                 });
                 failed_res.push(spent.as_ref().and_then(|s| count(&mut failed_usage, s)));
             }
-            Report::Release { id, fence } => released.push((id.as_str(), *fence)),
+            Report::Release { id, fence, why } => released.push((id.as_str(), *fence, *why)),
         }
     }
+    let released_jobs: Vec<(&str, u64)> = released.iter().map(|(id, f, _)| (*id, *f)).collect();
     let done_res: Vec<Option<&str>> = done_res.iter().map(Option::as_deref).collect();
     let failed_res: Vec<Option<&str>> = failed_res.iter().map(Option::as_deref).collect();
     let (c, f, r) = tokio::join!(
@@ -214,7 +228,7 @@ async fn write(ctx: &WriterCtx, store: &Store, batch: &[Report], counters: &Coun
             Some(&failed_usage),
             ctx.usage_retention
         )),
-        with_retry(ctx, || store.release(&ctx.keys, &released)),
+        with_retry(ctx, || store.release(&ctx.keys, &released_jobs)),
     );
     let (c, f, r) = (
         c.unwrap_or_default(),
@@ -224,6 +238,29 @@ async fn write(ctx: &WriterCtx, store: &Store, batch: &[Report], counters: &Coun
     let ok = |v: &Vec<bool>| v.iter().filter(|x| **x).count() as u64;
     let fails = |want: FailResult| f.iter().filter(|x| **x == want).count() as u64;
     let stale = (c.len() + r.len()) as u64 - ok(&c) - ok(&r) + fails(FailResult::Stale);
+    let given_back = |why: Release| {
+        r.iter()
+            .zip(&released)
+            .filter(|(ok, (_, _, w))| **ok && *w == why)
+            .count() as u64
+    };
+    let unstarted = given_back(Release::NoFreeSlot);
+    counters.add(&counters.returned_unstarted, unstarted);
+    ctx.metrics.returned_unstarted(&ctx.name, unstarted);
+    if ok(&c) > 0 && ctx.metrics.jobs_total(&ctx.name, JobOutcome::Succeeded) == 0 {
+        // The first minutes are not silent; later successes are counted
+        // (the summary line, /metrics, `redq stats`), not logged one by one.
+        let id = batch.iter().find_map(|r| match r {
+            Report::Complete { id, .. } => Some(id.as_str()),
+            _ => None,
+        });
+        tracing::info!(
+            queue = %ctx.name,
+            id = id.unwrap_or_default(),
+            "first job of queue {} succeeded; later successes are counted, not logged: see the summary line, /metrics and `redq stats`",
+            ctx.name
+        );
+    }
     for (outcome, n, counter) in [
         (JobOutcome::Succeeded, ok(&c), &counters.succeeded),
         (
@@ -232,7 +269,11 @@ async fn write(ctx: &WriterCtx, store: &Store, batch: &[Report], counters: &Coun
             &counters.retried,
         ),
         (JobOutcome::Dead, fails(FailResult::Dead), &counters.dead),
-        (JobOutcome::Released, ok(&r), &counters.released),
+        (
+            JobOutcome::Released,
+            given_back(Release::Shutdown),
+            &counters.released,
+        ),
         (JobOutcome::StaleRefused, stale, &counters.stale_refused),
     ] {
         counters.add(counter, n);

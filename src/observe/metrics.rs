@@ -32,7 +32,10 @@ pub enum JobOutcome {
     Failed,
     /// The job went to the dead set.
     Dead,
-    /// The job was given back to pending without spending an attempt (shutdown).
+    /// The job was given back to pending without spending an attempt at
+    /// shutdown (stopped, or handed to the daemon as it stopped). Jobs put
+    /// back unstarted because they came beyond the free slots are
+    /// `redq_jobs_returned_unstarted_total`, not this.
     Released,
     /// The lease could not be renewed; another worker may own the job now.
     LeaseLost,
@@ -64,6 +67,30 @@ impl JobOutcome {
             JobOutcome::LeaseLost => "lease_lost",
             JobOutcome::StaleRefused => "stale_refused",
             JobOutcome::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// How a reload ended: `redq_config_reloads_total{result}`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reload {
+    /// The new configuration runs.
+    Applied = 0,
+    /// The file was refused (invalid, or a start-only setting changed); the
+    /// running configuration stays.
+    Refused = 1,
+    /// Accepted, but applying it failed part-way (Redis unreachable).
+    Failed = 2,
+}
+
+impl Reload {
+    pub const ALL: [Reload; 3] = [Reload::Applied, Reload::Refused, Reload::Failed];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reload::Applied => "applied",
+            Reload::Refused => "refused",
+            Reload::Failed => "failed",
         }
     }
 }
@@ -119,6 +146,8 @@ pub(super) struct QueueMetrics {
     pub(super) in_flight: AtomicU64,
     /// Jobs started, in [`Start::ALL`] order.
     pub(super) started: [AtomicU64; 2],
+    /// Jobs put back to pending unstarted: they came beyond the free slots.
+    pub(super) returned_unstarted: AtomicU64,
     /// In [`STATES`] order.
     pub(super) depths: [AtomicU64; STATES.len()],
     pub(super) depths_known: AtomicBool,
@@ -141,6 +170,7 @@ impl QueueMetrics {
             run_window: Window::new(),
             in_flight: AtomicU64::new(0),
             started: std::array::from_fn(|_| AtomicU64::new(0)),
+            returned_unstarted: AtomicU64::new(0),
             depths: std::array::from_fn(|_| AtomicU64::new(0)),
             depths_known: AtomicBool::new(false),
             oldest_pending_micros: AtomicU64::new(0),
@@ -163,6 +193,8 @@ pub struct Metrics {
     pub(super) redis_data_lost: AtomicU64,
     /// `f64` bits of the last round-trip time in seconds; NaN until measured.
     pub(super) redis_rtt_bits: AtomicU64,
+    /// `redq_config_reloads_total{result}`, in [`Reload::ALL`] order.
+    pub(super) reloads: [AtomicU64; 3],
     /// `redq_leader{duty}`: duty names are fixed in code, so the labels are bounded.
     pub(super) leader: RwLock<BTreeMap<&'static str, bool>>,
 }
@@ -178,6 +210,7 @@ impl Metrics {
             redis_up: AtomicBool::new(false),
             redis_data_lost: AtomicU64::new(0),
             redis_rtt_bits: AtomicU64::new(f64::NAN.to_bits()),
+            reloads: std::array::from_fn(|_| AtomicU64::new(0)),
             leader: RwLock::new(BTreeMap::new()),
         })
     }
@@ -199,6 +232,15 @@ impl Metrics {
         self.with_queue(queue, |q| {
             q.started[via as usize].fetch_add(n, Relaxed);
         });
+    }
+
+    /// Adds `n` to `redq_jobs_returned_unstarted_total{queue}`.
+    pub fn returned_unstarted(&self, queue: &str, n: u64) {
+        if n > 0 {
+            self.with_queue(queue, |q| {
+                q.returned_unstarted.fetch_add(n, Relaxed);
+            });
+        }
     }
 
     /// The current value of `redq_jobs_total{queue, outcome}` (0 for an unknown queue).
@@ -290,6 +332,11 @@ impl Metrics {
             q.oldest_pending_micros.store(age, Relaxed);
             q.depths_known.store(true, Relaxed);
         });
+    }
+
+    /// Counts one reload (SIGHUP) by how it ended.
+    pub fn reloaded(&self, result: Reload) {
+        self.reloads[result as usize].fetch_add(1, Relaxed);
     }
 
     /// Counts one more time Redis was found without redq's data.

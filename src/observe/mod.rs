@@ -25,4 +25,4 @@ mod text;
 
 pub use health::Health;
 pub use http::{check_listen, serve};
-pub use metrics::{JobOutcome, Metrics, QueueDepths, Start};
+pub use metrics::{JobOutcome, Metrics, QueueDepths, Reload, Start};

@@ -9,7 +9,7 @@
 use std::sync::atomic::Ordering::Relaxed;
 
 use super::histogram::{Histogram, BUCKET_LABELS};
-use super::metrics::{read, JobOutcome, Metrics, QueueMetrics, Start, MAX_QUEUES, STATES};
+use super::metrics::{read, JobOutcome, Metrics, QueueMetrics, Reload, Start, MAX_QUEUES, STATES};
 use super::text::{header, sample};
 
 /// Picks one of a queue's histograms.
@@ -52,7 +52,8 @@ impl Metrics {
         let out_ = &mut out;
 
         let name = "redq_jobs_total";
-        let help = "Job attempts finished, by queue and outcome.";
+        let help =
+            "Job attempts finished, by queue and outcome (released: given back at shutdown).";
         header(out_, name, "counter", help);
         for (queue, q) in &queues {
             for outcome in JobOutcome::ALL {
@@ -74,6 +75,18 @@ impl Metrics {
                 let labels = [("queue", *queue), ("via", via.as_str())];
                 sample(out_, name, &labels, q.started[via as usize].load(Relaxed));
             }
+        }
+
+        let name = "redq_jobs_returned_unstarted_total";
+        let help = "Jobs put back at the head of pending without starting or spending an attempt, because they came beyond the free slots (a direct hand-off and this daemon's own claim crossed).";
+        header(out_, name, "counter", help);
+        for (queue, q) in &queues {
+            sample(
+                out_,
+                name,
+                &[("queue", *queue)],
+                q.returned_unstarted.load(Relaxed),
+            );
         }
 
         for (name, help, pick) in HISTOGRAMS {
@@ -169,6 +182,17 @@ impl Metrics {
             "Times Redis was found without redq's data (a restart without persistence, a flush).";
         header(out, name, "counter", help);
         sample(out, name, &[], self.redis_data_lost.load(Relaxed));
+        let name = "redq_config_reloads_total";
+        let help = "Configuration reloads (SIGHUP) by result: applied; refused (the running configuration stays); failed part-way.";
+        header(out, name, "counter", help);
+        for r in Reload::ALL {
+            sample(
+                out,
+                name,
+                &[("result", r.as_str())],
+                self.reloads[r as usize].load(Relaxed),
+            );
+        }
         let name = "redq_uptime_seconds";
         header(out, name, "gauge", "Seconds since the daemon started.");
         sample(out, name, &[], self.started.elapsed().as_secs_f64());

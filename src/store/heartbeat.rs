@@ -13,6 +13,9 @@
 //!   minute, summed over daemons: [`RATE_SUCCEEDED`], [`RATE_FAILED`], and
 //!   `r<i>` per run-time histogram bucket i ([`rate_bucket_field`]); read by
 //!   [`crate::inspect::last_minute`].
+//! - `<prefix>:{<queue>}:meta` fields [`TOTAL_SUCCEEDED`] and
+//!   [`TOTAL_FAILED`]: the same counts since the queue's first job, which
+//!   `redq stats` shows whatever completed-job retention deletes.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -27,6 +30,11 @@ use crate::keys::{self, QueueKeys};
 pub const RATE_SUCCEEDED: &str = "succeeded";
 /// Rate bucket field: attempts that failed (retried or dead) in the minute.
 pub const RATE_FAILED: &str = "failed";
+
+/// `meta` field: jobs of the queue that ever succeeded, summed over daemons.
+pub const TOTAL_SUCCEEDED: &str = "succeeded_total";
+/// `meta` field: attempts of the queue that ever failed (retried or dead).
+pub const TOTAL_FAILED: &str = "failed_total";
 
 /// Rate bucket field of run-time histogram bucket `i`.
 pub fn rate_bucket_field(i: usize) -> String {
@@ -146,6 +154,12 @@ impl Store {
                 .ignore()
                 .pexpire(&key, ms(ttl))
                 .ignore();
+            // Totals since the queue's first job, whatever retention deletes.
+            for (field, n) in [(TOTAL_SUCCEEDED, d.succeeded), (TOTAL_FAILED, d.failed)] {
+                if n > 0 {
+                    pipe.hincr(d.keys.meta(), field, n).ignore();
+                }
+            }
         }
         pipe.query_async::<()>(&mut self.connection()).await?;
         Ok(())

@@ -10,7 +10,7 @@ use chrono::{DateTime, TimeZone, Utc};
 use chrono_tz::Tz;
 use croner::Cron;
 
-use crate::config::Config;
+use crate::config::{Config, Problem};
 use crate::error::Result;
 use crate::job::NewJob;
 use crate::keys::QueueKeys;
@@ -101,7 +101,7 @@ impl Entry {
 }
 
 /// Builds the entries of `config`; every problem names its `cron[i]` key.
-pub(crate) fn entries(config: &Config) -> std::result::Result<Vec<Entry>, Vec<String>> {
+pub(crate) fn entries(config: &Config) -> std::result::Result<Vec<Entry>, Vec<Problem>> {
     let mut out = Vec::new();
     let mut problems = Vec::new();
     let mut names: HashMap<String, usize> = HashMap::new();
@@ -110,8 +110,9 @@ pub(crate) fn entries(config: &Config) -> std::result::Result<Vec<Entry>, Vec<St
         let key = c.key();
         if c.name.is_some() {
             if let Some(first) = names.insert(key.clone(), i) {
-                problems.push(format!(
-                    "{path}.name: {key:?} is also the name of cron[{first}]; names must differ"
+                problems.push(Problem::at(
+                    &["cron", &i.to_string(), "name"],
+                    format!("{key:?} is also the name of cron[{first}]; names must differ"),
                 ));
             }
         }
@@ -123,10 +124,11 @@ pub(crate) fn entries(config: &Config) -> std::result::Result<Vec<Entry>, Vec<St
         let (cron, tz, queue) = match parts {
             (Ok(cron), Ok(tz), Ok(queue)) => (cron, tz, queue),
             (s, t, q) => {
+                let at = |key: &str, e: String| Problem::at(&["cron", &i.to_string(), key], e);
                 for e in [
-                    s.err().map(|e| format!("{path}.schedule: {e}")),
-                    t.err().map(|e| format!("{path}.timezone: {e}")),
-                    q.err().map(|e| format!("{path}.queue: {e}")),
+                    s.err().map(|e| at("schedule", e.to_string())),
+                    t.err().map(|e| at("timezone", e.to_string())),
+                    q.err().map(|e| at("queue", e.to_string())),
                 ]
                 .into_iter()
                 .flatten()
@@ -148,7 +150,10 @@ pub(crate) fn entries(config: &Config) -> std::result::Result<Vec<Entry>, Vec<St
         // The job document must pass the same rules as any enqueue.
         let probe = entry.job_id(i64::from(i32::MAX) * 1000);
         if let Err(e) = entry.document(probe, config.daemon.max_payload_bytes) {
-            problems.push(format!("{}.payload: {e}", entry.path));
+            problems.push(Problem::at(
+                &["cron", &i.to_string(), "payload"],
+                e.to_string(),
+            ));
             continue;
         }
         out.push(entry);

@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::{Offered, Pool, PoolCtx};
-use crate::daemon::writer::Report;
+use crate::daemon::writer::{Release, Report};
 use crate::daemon::QueueRt;
 use crate::error::Result;
 use crate::keys::QueueKeys;
@@ -51,6 +51,7 @@ impl Pool {
                 q.writer.send(Report::Release {
                     id: job.id,
                     fence: job.fence,
+                    why: Release::Shutdown,
                 });
             }
             return;

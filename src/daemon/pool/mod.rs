@@ -43,7 +43,7 @@ mod fetch;
 mod handoff;
 
 use super::leases::Leases;
-use super::writer::Report;
+use super::writer::{Release, Report};
 use super::{runner, Counters, QueueRt};
 use crate::config::Order;
 use crate::observe::Start;
@@ -154,6 +154,7 @@ impl Pool {
                 q.writer.send(Report::Release {
                     id: job.id,
                     fence: job.fence,
+                    why: Release::NoFreeSlot,
                 });
                 released += 1;
                 continue;

@@ -15,6 +15,7 @@ use crate::daemon::writer::{self, WriterCtx};
 use crate::daemon::{cron, dead_retention, handlers, notify, observer, retention, QueueRt};
 use crate::error::{Error, Result};
 use crate::leader::Leader;
+use crate::observe::Reload;
 use crate::store::QueueSettings;
 
 /// What makes a pool; a pool is rebuilt on reload only when this changes.
@@ -59,7 +60,14 @@ impl Daemon {
     /// new or changed ones, and quiets removed or changed ones (their running
     /// jobs finish).
     pub(super) async fn apply(&mut self, config: Config) -> Result<()> {
-        let cron_entries = cron::entries(&config).map_err(|p| Error::Config(p.join("\n")))?;
+        let cron_entries = cron::entries(&config).map_err(|p| {
+            Error::Config(
+                p.iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+            )
+        })?;
         let store = &self.shared.store;
         let mut settings = Vec::new();
         for (name, queue) in &config.queues {
@@ -239,24 +247,40 @@ impl Daemon {
             None => Err(Error::Config(
                 "this daemon was started without a config file to re-read".into(),
             )),
-            Some((path, overrides)) => config::read(path.as_deref(), overrides)
-                .map_err(Error::from)
-                .and_then(|c| {
-                    let lib: BTreeSet<String> = self.library.keys().cloned().collect();
-                    c.validate_with(&lib)?;
-                    handlers::check_runnable(&c)?;
-                    restart_only(&self.config, &c)?;
-                    Ok(c)
-                }),
+            Some((path, overrides)) => {
+                let lib: BTreeSet<String> = self.library.keys().cloned().collect();
+                config::load_layers(path.as_deref(), overrides, &lib)
+                    .and_then(|c| {
+                        handlers::runnable_problems(&c)
+                            .map_err(|e| config::locate(e, path.as_deref(), overrides))
+                            .map(|()| c)
+                    })
+                    .map_err(Error::from)
+                    .and_then(|c| {
+                        restart_only(&self.config, &c)?;
+                        Ok(c)
+                    })
+            }
         };
-        match result {
+        let (outcome, failure) = match result {
             Ok(new) => match self.apply(new).await {
-                Ok(()) => tracing::info!("configuration reloaded"),
+                Ok(()) => {
+                    tracing::info!("configuration reloaded");
+                    (Reload::Applied, None)
+                }
                 Err(e) => {
-                    tracing::error!(error = %e, "reload failed part-way; pools that started keep running")
+                    tracing::error!(error = %e, "reload failed part-way; pools that started keep running");
+                    (Reload::Failed, Some(format!("reload failed part-way: {e}")))
                 }
             },
-            Err(e) => tracing::error!("reload refused, the running configuration stays:\n{e}"),
+            Err(e) => {
+                tracing::error!("reload refused, the running configuration stays:\n{e}");
+                (Reload::Refused, Some(format!("reload refused: {e}")))
+            }
+        };
+        self.shared.metrics.reloaded(outcome);
+        if let Ok(mut r) = self.shared.reload_error.lock() {
+            *r = failure;
         }
         notify::ready(&observer::status_line(&self.shared));
     }

@@ -58,7 +58,8 @@ impl WorkerBuilder {
         self
     }
 
-    /// On reload (SIGHUP or [`DaemonHandle::reload`]), re-read this file with these overrides.
+    /// On reload (SIGHUP or [`DaemonHandle::reload`]), re-read this file
+    /// (`None`: no file, the environment and overrides only) with these overrides.
     pub fn reload_from(mut self, path: Option<PathBuf>, overrides: Overrides) -> WorkerBuilder {
         self.reload = Some((path, overrides));
         self
@@ -109,6 +110,7 @@ impl WorkerBuilder {
             pools: Mutex::new(Vec::new()),
             promoter: Arc::new(Promoter::default()),
             settings: Mutex::new(Vec::new()),
+            reload_error: Mutex::new(None),
         });
         let stop = CancellationToken::new();
         let routes: Routes = Arc::new(RwLock::new(HashMap::new()));
@@ -176,8 +178,26 @@ impl WorkerBuilder {
         daemon
             .tasks
             .push(tokio::spawn(heartbeat::run(shared.clone(), stop.clone())));
+        // Depths and Redis's round trip before READY, so the first scrape is complete.
+        observer::prime(&shared).await;
         notify::ready(&observer::status_line(&shared));
-        tracing::info!(queues = shared.queues().len(), "redq daemon ready");
+        let names: Vec<String> = shared.queues().iter().map(|q| q.name.to_string()).collect();
+        if names.is_empty() {
+            tracing::warn!(
+                "no queues are configured: this daemon runs nothing; add a [queues.<name>] \
+                 table with a handler and reload (systemctl reload redq)"
+            );
+        }
+        tracing::info!(
+            queues = names.len(),
+            "redq daemon ready, serving {}; the first summary follows in {}",
+            if names.is_empty() {
+                "no queue".to_owned()
+            } else {
+                names.join(", ")
+            },
+            crate::config::duration::format(observer::first_summary_after(stats_interval))
+        );
         Ok(daemon)
     }
 }

@@ -4,7 +4,9 @@
 
 use serde::Serialize;
 
-use super::super::heartbeat::{rate_bucket_field, RATE_FAILED, RATE_SUCCEEDED};
+use super::super::heartbeat::{
+    rate_bucket_field, RATE_FAILED, RATE_SUCCEEDED, TOTAL_FAILED, TOTAL_SUCCEEDED,
+};
 use super::super::{split_time, with_time, Store};
 use crate::error::{Error, Result};
 use crate::job::StoredJob;
@@ -19,8 +21,13 @@ pub struct QueueStats {
     pub scheduled: u64,
     pub active: u64,
     pub dead: u64,
-    /// Completed jobs kept by retention.
+    /// Completed jobs kept by retention (`keep_completed`; none by default).
     pub succeeded: u64,
+    /// Jobs that ever succeeded, counted by the daemons (published with
+    /// their heartbeats, so up to 5 s behind), whatever retention deleted.
+    pub succeeded_total: u64,
+    /// Attempts that ever failed (retried or dead), counted the same way.
+    pub failed_total: u64,
     /// Documents in the inbox not yet turned into jobs.
     pub inbox: u64,
     pub rejected: u64,
@@ -87,22 +94,24 @@ pub async fn stats(store: &Store, queues: &[QueueKeys]) -> Result<Vec<QueueStats
             .zcard(q.done())
             .llen(q.inbox())
             .llen(q.rejected())
-            .hexists(q.meta(), "paused");
+            .hexists(q.meta(), "paused")
+            .hget(q.meta(), TOTAL_SUCCEEDED)
+            .hget(q.meta(), TOTAL_FAILED);
     }
-    let counts: Vec<u64> = pipe.query_async(&mut store.connection()).await?;
+    let counts: Vec<Option<u64>> = pipe.query_async(&mut store.connection()).await?;
     let mut rest = counts.as_slice();
     Ok(queues
         .iter()
         .zip(&levels)
         .map(|(q, levels)| {
             let (line, after) = rest.split_at(levels.len().min(rest.len()));
-            let (c, after) = after.split_at(9.min(after.len()));
+            let (c, after) = after.split_at(11.min(after.len()));
             rest = after;
-            let n = |i: usize| c.get(i).copied().unwrap_or(0);
+            let n = |i: usize| c.get(i).copied().flatten().unwrap_or(0);
             QueueStats {
                 queue: q.queue().to_owned(),
                 // Parked jobs (full group, tenant over its limit) wait too.
-                pending: line.iter().sum::<u64>() + n(0) + n(1),
+                pending: line.iter().flatten().sum::<u64>() + n(0) + n(1),
                 scheduled: n(2),
                 active: n(3),
                 dead: n(4),
@@ -110,6 +119,8 @@ pub async fn stats(store: &Store, queues: &[QueueKeys]) -> Result<Vec<QueueStats
                 inbox: n(6),
                 rejected: n(7),
                 paused: n(8) == 1,
+                succeeded_total: n(9),
+                failed_total: n(10),
                 last_minute: None,
             }
         })
