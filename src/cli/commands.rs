@@ -66,7 +66,8 @@ pub async fn run(command: Command, target: &Target) -> Result<u8> {
         | Command::CheckConfig
         | Command::Setup { .. }
         | Command::Health { .. }
-        | Command::Watch { .. } => Ok(2),
+        | Command::Watch { .. }
+        | Command::Dashboard(_) => Ok(2),
     }
 }
 

@@ -7,6 +7,7 @@
 
 mod commands;
 mod daemon;
+mod dashboard;
 mod health;
 mod setup;
 mod target;
@@ -119,6 +120,8 @@ pub enum Command {
         #[arg(long)]
         from_start: bool,
     },
+    /// Serve the web dashboard (queues, jobs, dead set, daemons, cron, usage)
+    Dashboard(dashboard::DashboardArgs),
 }
 
 #[derive(Debug, Args)]
@@ -226,6 +229,9 @@ pub async fn main(cli: Cli) -> u8 {
     } = cli.command
     {
         return watch::run(&target, queue, json, from_start).await;
+    }
+    if let Command::Dashboard(args) = cli.command {
+        return dashboard::run(config, &target, url, prefix, args).await;
     }
     match commands::run(cli.command, &target).await {
         Ok(code) => code,

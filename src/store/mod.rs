@@ -26,6 +26,7 @@ use crate::keys::{self, QueueKeys};
 use crate::scripts::{Scripts, Transition, SCRIPTS};
 
 pub mod acl;
+mod board;
 mod claim;
 mod cluster;
 mod connect;
@@ -43,6 +44,7 @@ mod probe;
 mod schedule;
 mod server;
 mod setup;
+pub use board::MinuteCount;
 pub use claim::{parse_handoff, Claimed, ClaimedJob, HandoffOffer};
 pub use cluster::{slot, tag};
 pub use connect::{parse_host_port, Endpoint, TlsFileError, TlsFiles};
