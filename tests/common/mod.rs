@@ -15,8 +15,10 @@
 //! - [`workers`]: the `workers.toml` and handler scripts such a process reads.
 //! - [`http`]: a daemon's `/metrics`, `/healthz` and `/readyz`.
 //! - [`proxy`]: a TCP proxy that cuts a daemon off the way networks fail.
+//! - [`browser`]: headless Chromium through chromedriver (the dashboard's tests).
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod cluster;
 pub mod embedded;
 pub mod http;
