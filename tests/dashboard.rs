@@ -146,7 +146,7 @@ async fn seed(server: &RedisServer) -> Store {
         .await
         .unwrap();
     let emails = store.queue("emails").unwrap();
-    let runs = [0u64; 0];
+    let runs = [0u64, 0, 4, 30, 60, 20, 5, 1];
     let delta = RateDelta {
         keys: &emails,
         succeeded: 120,
@@ -157,6 +157,20 @@ async fn seed(server: &RedisServer) -> Store {
         .add_rates(now, &[delta], Duration::from_secs(7200))
         .await
         .unwrap();
+    // An hour of history for the chart (and the README's screenshots).
+    for m in 1..60u64 {
+        let delta = RateDelta {
+            keys: &emails,
+            succeeded: 40 + (m * 37) % 50,
+            failed: (m * 7) % 9,
+            runs: &runs,
+        };
+        let at = now - 60_000 * m as i64;
+        store
+            .add_rates(at, &[delta], Duration::from_secs(7200))
+            .await
+            .unwrap();
+    }
     let day = redq::usage::Day::today().to_string();
     let mut con = server.con().await;
     let _: () = redis::cmd("HSET")
@@ -577,7 +591,7 @@ fn a_public_listen_address_needs_the_flag_and_a_token() {
 /// come from this test).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_real_browser_pauses_and_retries() {
-    let Some(browser) = Browser::start(1100, 760).await else {
+    let Some(browser) = Browser::start(1100, 1000).await else {
         return;
     };
     let b = board().await;

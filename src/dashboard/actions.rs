@@ -35,12 +35,9 @@ fn refused() -> Response {
 
 fn done(queue: &str, what: Result<String>) -> Response {
     match what {
-        Ok(message) => Redirect::to(&format!(
-            "/queues/{}?done={}#dead",
-            url(queue),
-            url(&message)
-        ))
-        .into_response(),
+        Ok(message) => {
+            Redirect::to(&format!("/queues/{}?done={}", url(queue), url(&message))).into_response()
+        }
         Err(e) => fail(e),
     }
 }

@@ -83,9 +83,20 @@ pub fn stacked(title: &str, names: &[&str], colours: &[&str], bars: &[Bar]) -> S
         }
         if let Some(bar) = bars.get(*i) {
             let x = LEFT + *i as f64 * slot + slot / 2.0;
+            // The first and last labels stay inside the drawing.
+            let anchor = match k {
+                0 => "start",
+                2 => "end",
+                _ => "middle",
+            };
+            let x = match k {
+                0 => x - slot / 2.0,
+                2 => x + slot / 2.0,
+                _ => x,
+            };
             let _ = write!(
                 svg,
-                "<text x=\"{x:.1}\" y=\"{}\" text-anchor=\"middle\" class=\"axis\">{}</text>",
+                "<text x=\"{x:.1}\" y=\"{}\" text-anchor=\"{anchor}\" class=\"axis\">{}</text>",
                 H - 4.0,
                 esc(&bar.label)
             );

@@ -68,11 +68,7 @@ async fn render(app: &App, queue: &str, page: usize, done: Option<&str>) -> Resu
         },
         esc(&limits(meta.first().unwrap_or(&Default::default())))
     );
-    let _ = write!(
-        b,
-        "<section><h2>Jobs finished per minute, last hour</h2><div data-chart=\"/charts/rates.svg?queue={qu}\">{}</div></section>",
-        chart::rates(&format!("jobs per minute, {queue}"), &history)
-    );
+    b.push_str(&dead_section(app, queue, page, &dead, s.dead));
     let _ = write!(
         b,
         "<section><h2>Find a job</h2><form method=\"get\" action=\"/lookup\">\
@@ -81,7 +77,11 @@ async fn render(app: &App, queue: &str, page: usize, done: Option<&str>) -> Resu
          <button type=\"submit\">Show</button></form></section>"
     );
     b.push_str(&by_state_section(queue, &s));
-    b.push_str(&dead_section(app, queue, page, &dead, s.dead));
+    let _ = write!(
+        b,
+        "<section><h2>Jobs finished per minute, last hour</h2><div data-chart=\"/charts/rates.svg?queue={qu}\">{}</div></section>",
+        chart::rates(&format!("jobs per minute, {queue}"), &history)
+    );
     Ok(b)
 }
 
@@ -106,7 +106,7 @@ fn empty_stats(queue: &str) -> crate::inspect::QueueStats {
 fn by_state_section(queue: &str, s: &crate::inspect::QueueStats) -> String {
     let qu = url(queue);
     let mut b = String::from(
-        "<section id=\"jobs-by-state\"><h2>Jobs by state</h2><table><thead><tr>\
+        "<section id=\"jobs-by-state\"><h2>Jobs by state</h2><table class=\"narrow\"><thead><tr>\
          <th>state</th><th>jobs</th></tr></thead><tbody>",
     );
     for (state, n) in [
