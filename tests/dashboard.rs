@@ -666,4 +666,133 @@ async fn a_real_browser_pauses_and_retries() {
         assert!(browser.text("main").await.len() > 20, "{page} is empty");
     }
     shoot("dashboard-usage.png").await;
+    browser.quit().await;
+}
+
+/// The `redq dashboard` process, killed on drop.
+struct Process(std::process::Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `redq dashboard` (the binary) on a 3-primary cluster, one queue on each
+/// node: the pages show every queue and the actions reach every node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_works_on_a_cluster() {
+    let cluster = common::cluster::Cluster::start();
+    let queues: Vec<String> = cluster
+        .nodes
+        .iter()
+        .map(|node| {
+            (0..)
+                .map(|n| format!("c{n}"))
+                .find(|q| cluster.node_of(&format!("{{{q}}}")).port == node.port)
+                .unwrap()
+        })
+        .collect();
+    let seeds: Vec<String> = cluster.nodes.iter().map(|n| n.url()).collect();
+    let store = Store::open(&redq::config::RedisConfig {
+        cluster: seeds,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let client = redq::Client::from_store(store.clone());
+    for q in &queues {
+        for n in 0..2 {
+            let job = redq::NewJob::new(&serde_json::json!({ "n": n }))
+                .unwrap()
+                .id(format!("j{n}"));
+            client.enqueue(q, job).await.unwrap();
+        }
+    }
+    let dead_q = store.queue(&queues[0]).unwrap();
+    let claimed = claim(&store, &queues[0], 10).await;
+    let failed: Vec<_> = claimed
+        .jobs
+        .iter()
+        .map(|j| failure(j, None, "boom"))
+        .collect();
+    store.fail(&dead_q, &failed, DEAD).await.unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("workers.toml");
+    std::fs::write(
+        &config,
+        format!("[redis]\ncluster = {}\n", cluster.seeds_toml()),
+    )
+    .unwrap();
+    let port = common::server::free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let _process = Process(
+        redq()
+            .arg("--config")
+            .arg(&config)
+            .args(["dashboard", "--listen", &format!("127.0.0.1:{port}")])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let overview =
+        common::wait::eventually("the dashboard to answer", Duration::from_secs(20), || {
+            let url = format!("{base}/");
+            async move {
+                let (code, body) = common::http::get(&url).await;
+                (code == 200).then_some(body)
+            }
+        })
+        .await;
+    for q in &queues {
+        assert!(
+            overview.contains(&format!("href=\"/queues/{q}\"")),
+            "{overview}"
+        );
+    }
+    let (code, page) = common::http::get(&format!("{base}/queues/{}", queues[0])).await;
+    assert_eq!(code, 200, "{page}");
+    assert!(page.contains("Dead jobs (2)"), "{page}");
+    let (code, page) = common::http::get(&format!("{base}/queues/{}/jobs/j1", queues[1])).await;
+    assert_eq!(code, 200, "{page}");
+    for word in ["MOVED", "ASK ", "CROSSSLOT"] {
+        assert!(!page.contains(word) && !overview.contains(word));
+    }
+
+    let (_, q2) = common::http::get(&format!("{base}/queues/{}", queues[2])).await;
+    let i = q2.find("name=\"csrf\" value=\"").expect("a form") + 19;
+    let token = q2[i..i + 32].to_owned();
+    let http = reqwest::Client::builder()
+        .redirect(Policy::none())
+        .build()
+        .unwrap();
+    let post = |path: String, form: String| {
+        let http = http.clone();
+        async move {
+            http.post(path)
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(form)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    let csrf = format!("csrf={token}");
+    let status = post(format!("{base}/queues/{}/pause", queues[2]), csrf.clone()).await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    let status = post(
+        format!("{base}/queues/{}/dead/retry", queues[0]),
+        format!("{csrf}&all=1"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    let keys: Vec<_> = queues.iter().map(|q| store.queue(q).unwrap()).collect();
+    let stats = redq::inspect::stats(&store, &keys).await.unwrap();
+    assert!(stats[2].paused);
+    assert_eq!(stats[0].dead, 0);
+    assert_eq!(stats[0].pending, 2);
 }

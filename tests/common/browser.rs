@@ -6,6 +6,7 @@
 //!
 //! `REDQ_TEST_CHROMIUM` and `REDQ_TEST_CHROMEDRIVER` name other programs.
 
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -25,9 +26,12 @@ fn program(var: &str, default: &str) -> Option<PathBuf> {
     path.is_file().then_some(path)
 }
 
-/// A headless Chromium session; the driver is killed on drop.
+/// A headless Chromium session. On drop the driver's whole process group
+/// (the driver and the Chromium it started) is killed and the profile
+/// directory removed, even when the test failed half-way.
 pub struct Browser {
     driver: Child,
+    profile: tempfile::TempDir,
     base: String,
     http: reqwest::Client,
 }
@@ -45,8 +49,10 @@ impl Browser {
             return None;
         };
         let port = free_port();
+        let profile = tempfile::tempdir().expect("temp dir");
         let child = Command::new(driver)
             .arg(format!("--port={port}"))
+            .process_group(0)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -57,6 +63,7 @@ impl Browser {
             .unwrap();
         let mut b = Browser {
             driver: child,
+            profile,
             base: format!("http://127.0.0.1:{port}"),
             http,
         };
@@ -74,7 +81,8 @@ impl Browser {
         let caps = json!({"capabilities": {"alwaysMatch": {"goog:chromeOptions": {
             "binary": chromium,
             "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                     "--hide-scrollbars", format!("--window-size={width},{height}")]
+                     "--hide-scrollbars", "--disable-crash-reporter", "--disable-breakpad", format!("--window-size={width},{height}"),
+                     format!("--user-data-dir={}", b.profile.path().display())]
         }}}});
         let v = b.call("POST", "/session", Some(caps)).await;
         let id = v["sessionId"]
@@ -155,6 +163,12 @@ impl Browser {
         v.as_str().map(str::to_owned)
     }
 
+    /// Ends the session: Chromium quits and removes its profile. (Dropping
+    /// the browser only kills the driver.)
+    pub async fn quit(self) {
+        let _ = self.try_call("DELETE", "", None).await;
+    }
+
     /// A PNG of the window.
     pub async fn screenshot(&self) -> Vec<u8> {
         let v = self.call("GET", "/screenshot", None).await;
@@ -164,7 +178,12 @@ impl Browser {
 
 impl Drop for Browser {
     fn drop(&mut self) {
-        let _ = self.driver.kill();
+        // The group the driver leads (process_group(0)): Chromium too.
+        if let Ok(pgid) = i32::try_from(self.driver.id()) {
+            unsafe {
+                libc::kill(-pgid, libc::SIGKILL);
+            }
+        }
         let _ = self.driver.wait();
     }
 }
