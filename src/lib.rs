@@ -11,6 +11,7 @@
 //! - [`daemon`]: the worker daemon (`redq run`), also embeddable.
 //! - [`usage`], [`transfer`]: the usage and export formats.
 //! - [`observe`]: metrics and health.
+//! - [`dashboard`]: the web UI `redq dashboard` serves.
 //! - [`client`]: the producer API (enqueue, inspect, stats) used by Rust programs and the CLI.
 //! - [`config`]: `workers.toml`, read with figment and validated.
 //! - [`handler`]: what a job runs: command, HTTP, or Rust code.
@@ -24,6 +25,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod daemon;
+pub mod dashboard;
 pub mod error;
 pub mod handler;
 pub mod job;

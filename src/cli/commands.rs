@@ -177,7 +177,8 @@ pub async fn run(command: Command, target: &Target) -> Result<u8> {
         | Command::Config
         | Command::Setup { .. }
         | Command::Health { .. }
-        | Command::Watch { .. } => Ok(2),
+        | Command::Watch { .. }
+        | Command::Dashboard(_) => Ok(2),
     }
 }
 

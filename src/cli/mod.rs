@@ -7,6 +7,7 @@
 
 mod commands;
 mod daemon;
+mod dashboard;
 mod health;
 pub mod logging;
 mod setup;
@@ -167,6 +168,8 @@ pub enum Command {
         #[arg(long)]
         from_start: bool,
     },
+    /// Serve the web dashboard (queues, jobs, dead set, daemons, cron, usage)
+    Dashboard(dashboard::DashboardArgs),
 }
 
 #[derive(Debug, Args)]
@@ -279,6 +282,16 @@ pub async fn main(cli: Cli) -> u8 {
     } = cli.command
     {
         return watch::run(&target, queue, json, from_start).await;
+    }
+    if let Command::Dashboard(args) = cli.command {
+        return dashboard::run(
+            cli.config.as_deref(),
+            &target,
+            cli.redis_url.as_deref(),
+            cli.key_prefix.as_deref(),
+            args,
+        )
+        .await;
     }
     match commands::run(cli.command, &target).await {
         Ok(code) => code,

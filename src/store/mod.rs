@@ -26,6 +26,7 @@ use crate::keys::{self, QueueKeys};
 use crate::scripts::{Scripts, Transition, SCRIPTS};
 
 pub mod acl;
+mod board;
 mod cancel;
 mod claim;
 mod cluster;
@@ -45,6 +46,7 @@ mod schedule;
 mod sentinel;
 mod server;
 mod setup;
+pub use board::MinuteCount;
 pub use cancel::WasIn;
 pub use claim::{parse_handoff, Claimed, ClaimedJob, HandoffOffer};
 pub use cluster::{slot, tag};

@@ -16,8 +16,10 @@
 //! - [`http`]: a daemon's `/metrics`, `/healthz` and `/readyz`.
 //! - [`proxy`]: a TCP proxy that cuts a daemon off the way networks fail.
 //! - [`sentinel`]: a primary, a replica and three sentinels; failovers.
+//! - [`browser`]: headless Chromium through chromedriver (the dashboard's tests).
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod cluster;
 pub mod embedded;
 pub mod http;
