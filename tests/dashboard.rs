@@ -796,3 +796,63 @@ async fn the_dashboard_works_on_a_cluster() {
     assert_eq!(stats[0].dead, 0);
     assert_eq!(stats[0].pending, 2);
 }
+
+#[tokio::test]
+async fn jobs_are_listed_by_state_with_filters_and_cancelled_from_the_list() {
+    let b = board().await;
+    // The seeded `emails` queue: three pending jobs (one of tenant acme,
+    // whose payload is markup), one scheduled.
+    let (status, page) = b.get("/queues/emails/jobs?state=pending").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(page.contains("id=\"jobs-list\""), "{page}");
+    assert!(page.contains("/queues/emails/jobs/xss\""), "{page}");
+    assert_eq!(page.matches(">Cancel<").count(), 3, "{page}");
+    let (_, only) = b.get("/queues/emails/jobs?state=pending&tenant=acme").await;
+    assert_eq!(only.matches(">Cancel<").count(), 1, "{only}");
+    assert!(only.contains(">acme<"), "{only}");
+    let (_, scheduled) = b.get("/queues/emails/jobs?state=scheduled").await;
+    assert_eq!(scheduled.matches(">Cancel<").count(), 1, "{scheduled}");
+    let (_, dead) = b.get("/queues/reports/jobs?state=dead").await;
+    assert!(dead.contains("dead-1"), "{dead}");
+    assert!(
+        !dead.contains(">Cancel<"),
+        "dead jobs are not cancelled: {dead}"
+    );
+    // Cancel from the list: a POST with the form's token.
+    let token = b.csrf().await;
+    let r = b
+        .post(
+            "/queues/emails/jobs/xss/cancel",
+            &format!("csrf={token}"),
+            None,
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    let to = r.headers()["location"].to_str().unwrap().to_owned();
+    assert!(to.contains("Cancelled%20xss"), "{to}");
+    let q = b.store.queue("emails").unwrap();
+    assert!(redq::inspect::job(&b.store, &q, "xss")
+        .await
+        .unwrap()
+        .is_none());
+    // Without the token nothing happens.
+    let (_, page) = b.get("/queues/emails/jobs?state=pending").await;
+    let id = page
+        .split("/queues/emails/jobs/")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .unwrap()
+        .to_owned();
+    let r = b
+        .post(
+            &format!("/queues/emails/jobs/{id}/cancel"),
+            "csrf=forged",
+            None,
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    assert!(redq::inspect::job(&b.store, &q, &id)
+        .await
+        .unwrap()
+        .is_some());
+}

@@ -57,6 +57,30 @@ pub async fn pause(
     )
 }
 
+/// Cancels one live job (`redq cancel`): back to the queue's page saying
+/// where the job was.
+pub async fn cancel(
+    State(app): State<Arc<App>>,
+    Path((queue, id)): Path<(String, String)>,
+    body: Bytes,
+) -> Response {
+    if form(&app, &body).is_none() {
+        return refused();
+    }
+    if !crate::keys::is_valid_name(&id) {
+        return error_page(StatusCode::BAD_REQUEST, "not a job id");
+    }
+    let r = app.client.cancel(&queue, std::slice::from_ref(&id)).await;
+    done(
+        &queue,
+        r.map(|was| match was.first() {
+            Some(w) if w.is_live() => format!("Cancelled {id} (it was {}).", w.as_str()),
+            Some(w) => format!("{id} was not cancelled: it is {}.", w.as_str()),
+            None => format!("{id} was not cancelled."),
+        }),
+    )
+}
+
 pub async fn resume(
     State(app): State<Arc<App>>,
     Path(queue): Path<String>,

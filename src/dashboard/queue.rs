@@ -1,6 +1,7 @@
 //! A queue's page (`/queues/<queue>`): depths, pause/resume, its rates
 //! chart, limits, the dead set with paging and bulk retry/purge, a job
-//! look-up, and the place where listing jobs by state plugs in.
+//! look-up, and the jobs of each state listed page by page, with a cancel
+//! button for live ones.
 
 use std::fmt::Write;
 use std::sync::Arc;
@@ -102,9 +103,8 @@ fn empty_stats(queue: &str) -> crate::inspect::QueueStats {
     }
 }
 
-/// Jobs by state. PLUG-IN POINT for listing (`redq jobs --state`, store
-/// API `inspect::list`): today it shows the counts and links to
-/// [`jobs_by_state`], which lists only the dead set.
+/// Jobs by state: the counts, each linking to [`jobs_by_state`], the
+/// listing (`redq jobs --state`, [`crate::inspect::list_jobs`]).
 fn by_state_section(queue: &str, s: &crate::inspect::QueueStats) -> String {
     let qu = url(queue);
     let mut b = String::from(
@@ -219,29 +219,111 @@ pub async fn jobs_by_state(
     RawQuery(raw): RawQuery,
 ) -> Response {
     let params = query::of(raw.as_deref());
-    let state = query::get(&params, "state").unwrap_or("pending");
+    let state_name = query::get(&params, "state").unwrap_or("pending");
     let Ok(q) = app.client.store().queue(&queue) else {
         return error_page(
             StatusCode::BAD_REQUEST,
             &format!("{queue:?} is not a queue name"),
         );
     };
-    if state == "dead" {
-        return Redirect::to(&format!("/queues/{}#dead", url(q.queue()))).into_response();
-    }
-    if !matches!(state, "pending" | "scheduled" | "active" | "succeeded") {
+    let Ok(state) = state_name.parse::<crate::inspect::ListState>() else {
         return error_page(
             StatusCode::BAD_REQUEST,
             "state must be one of pending, scheduled, active, succeeded, dead",
         );
-    }
-    let body = format!(
-        "<p id=\"jobs-list\">Listing {} jobs is not available yet in this version: see the \
-         counts on the <a href=\"/queues/{}#jobs-by-state\">queue page</a>, or open a job by id.</p>",
-        esc(state),
-        url(&queue)
+    };
+    // Filters and cursor as the CLI takes them; empty fields mean none.
+    let field = |name: &str| {
+        query::get(&params, name)
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+            .map(str::to_owned)
+    };
+    let listing = crate::inspect::ListQuery {
+        limit: PAGE_SIZE,
+        after: field("after"),
+        order: crate::inspect::Order::Natural,
+        tenant: field("tenant"),
+        group: field("group"),
+    };
+    let page = match app.client.list_jobs(q.queue(), state, &listing).await {
+        Ok(p) => p,
+        Err(e) => return fail(e),
+    };
+    let qu = url(q.queue());
+    let mut b = format!(
+        "<p><a href=\"/queues/{qu}\">&larr; {}</a></p>\
+         <form method=\"get\" action=\"/queues/{qu}/jobs\" class=\"inline\">\
+         <input type=\"hidden\" name=\"state\" value=\"{}\">\
+         tenant <input name=\"tenant\" value=\"{}\"> group <input name=\"group\" value=\"{}\"> \
+         <button type=\"submit\">Filter</button></form>",
+        esc(q.queue()),
+        esc(state_name),
+        esc(listing.tenant.as_deref().unwrap_or("")),
+        esc(listing.group.as_deref().unwrap_or("")),
     );
-    html_response(&html::page(&format!("{queue}: {state} jobs"), &body))
+    b.push_str(
+        "<table id=\"jobs-list\"><thead><tr><th>id</th><th>state</th><th>priority</th>\
+         <th>attempts</th><th>when</th><th>tenant</th><th>group</th><th>last error</th><th></th>\
+         </tr></thead><tbody>",
+    );
+    for j in &page.jobs {
+        let when = j
+            .run_at_ms
+            .or(j.lease_deadline_ms)
+            .or(j.finished_at_ms)
+            .unwrap_or(j.enqueued_at_ms);
+        let live = !matches!(
+            j.state,
+            crate::inspect::JobState::Succeeded | crate::inspect::JobState::Dead
+        );
+        let action = if live {
+            button_form(
+                &format!("/queues/{qu}/jobs/{}/cancel", url(&j.id)),
+                &app.csrf,
+                "Cancel",
+                &[],
+            )
+        } else {
+            String::new()
+        };
+        let _ = write!(
+            b,
+            "<tr><td><a href=\"/queues/{qu}/jobs/{}\">{}</a></td><td>{}</td><td class=\"n\">{}</td>\
+             <td class=\"n\">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{action}</td></tr>",
+            url(&j.id),
+            esc(&j.id),
+            esc(&format!("{:?}", j.state).to_lowercase()),
+            j.priority,
+            j.attempts,
+            html::time(Some(when)),
+            esc(j.tenant.as_deref().unwrap_or("")),
+            esc(j.group.as_deref().unwrap_or("")),
+            esc(j.last_error.as_deref().unwrap_or("").lines().next().unwrap_or("")),
+        );
+    }
+    b.push_str("</tbody></table>");
+    if page.jobs.is_empty() {
+        let _ = write!(b, "<p>No {} jobs on this page.</p>", esc(state_name));
+    }
+    if let Some(next) = &page.next {
+        let mut link = format!(
+            "/queues/{qu}/jobs?state={}&after={}",
+            url(state_name),
+            url(next)
+        );
+        for (name, v) in [("tenant", &listing.tenant), ("group", &listing.group)] {
+            if let Some(v) = v {
+                let _ = write!(link, "&{name}={}", url(v));
+            }
+        }
+        let _ = write!(
+            b,
+            "<p><a id=\"next-page\" href=\"{}\">next page &rarr;</a></p>",
+            esc(&link)
+        );
+    }
+    html_response(&html::page(&format!("{queue}: {state_name} jobs"), &b))
 }
 
 /// `/lookup?queue=&id=`: the find-a-job form, redirected to the job's page.
