@@ -56,6 +56,24 @@ fn setup(cluster: &Cluster, prefix: &str, queues: &[String]) -> Setup {
     }
 }
 
+/// A fresh cluster, a queue per primary named after `stem`, their
+/// `workers.toml`, and a daemon serving them.
+fn running(stem: &str) -> (Cluster, Vec<String>, Setup, Daemon) {
+    let cluster = Cluster::start();
+    let queues = queue_per_node(&cluster, stem);
+    let s = setup(&cluster, "redq", &queues);
+    let daemon = Daemon::start(&s.config, &s.log, &[]);
+    (cluster, queues, s, daemon)
+}
+
+/// Stops the daemon with SIGTERM; it must exit 0. Returns its log.
+fn stop(mut daemon: Daemon) -> String {
+    daemon.signal(libc::SIGTERM);
+    let log = daemon.log();
+    assert_eq!(daemon.wait_exit(secs(15)).0.code(), Some(0), "{log}");
+    daemon.log()
+}
+
 /// `redq --config <config> <args>`.
 fn cli(config: &Path, args: &[&str]) -> Out {
     run_bounded(redq().arg("--config").arg(config).args(args), secs(20))
@@ -79,10 +97,7 @@ fn wait_succeeded(config: &Path, queue: &str, id: &str) -> Value {
 
 #[test]
 fn jobs_of_queues_on_every_primary_run_from_every_producer() {
-    let cluster = Cluster::start();
-    let queues = queue_per_node(&cluster, "q");
-    let s = setup(&cluster, "redq", &queues);
-    let mut daemon = Daemon::start(&s.config, &s.log, &[]);
+    let (cluster, queues, s, daemon) = running("q");
 
     for (i, q) in queues.iter().enumerate() {
         // The CLI.
@@ -139,14 +154,7 @@ fn jobs_of_queues_on_every_primary_run_from_every_producer() {
             .unwrap_or_else(|| panic!("{q} in {rows}"));
         assert_eq!(row["pending"], 0, "{row}");
     }
-    daemon.signal(libc::SIGTERM);
-    assert_eq!(
-        daemon.wait_exit(secs(15)).0.code(),
-        Some(0),
-        "{}",
-        daemon.log()
-    );
-    let log = daemon.log();
+    let log = stop(daemon);
     assert!(!log.contains("MOVED"), "{log}");
     assert!(!log.contains("CROSSSLOT"), "{log}");
 }
@@ -167,10 +175,7 @@ fn libraries(node: &common::server::RedisServer) -> Vec<String> {
 
 #[test]
 fn the_libraries_are_on_every_primary_and_put_back_where_they_were_lost() {
-    let cluster = Cluster::start();
-    let queues = queue_per_node(&cluster, "f");
-    let s = setup(&cluster, "redq", &queues);
-    let mut daemon = Daemon::start(&s.config, &s.log, &[]);
+    let (cluster, queues, s, daemon) = running("f");
     let first = libraries(&cluster.nodes[0]);
     assert_eq!(
         first.len(),
@@ -228,13 +233,7 @@ fn the_libraries_are_on_every_primary_and_put_back_where_they_were_lost() {
     let o = cli(&s.config, &["setup"]);
     assert_eq!(o.code, Some(0), "{}{}", o.stdout, o.stderr);
     assert_eq!(libraries(&cluster.nodes[2]), first);
-    daemon.signal(libc::SIGTERM);
-    assert_eq!(
-        daemon.wait_exit(secs(15)).0.code(),
-        Some(0),
-        "{}",
-        daemon.log()
-    );
+    stop(daemon);
 }
 
 /// `INFO clients`' `blocked_clients` of a node.
@@ -286,10 +285,7 @@ fn move_slot(cluster: &Cluster, slot: u16, from: usize, to: usize) {
 
 #[test]
 fn an_idle_daemon_waits_on_every_node_and_follows_a_queue_whose_slot_moved() {
-    let cluster = Cluster::start();
-    let queues = queue_per_node(&cluster, "w");
-    let s = setup(&cluster, "redq", &queues);
-    let mut daemon = Daemon::start(&s.config, &s.log, &[]);
+    let (cluster, queues, s, daemon) = running("w");
     // Idle: one blocked client (the waker's BLPOP) on each node that
     // serves one of its queues, no polling.
     for (i, n) in cluster.nodes.iter().enumerate() {
@@ -325,14 +321,8 @@ fn an_idle_daemon_waits_on_every_node_and_follows_a_queue_whose_slot_moved() {
         job_state(&s.config, &queues[0], "one").unwrap()["state"],
         "succeeded"
     );
-    daemon.signal(libc::SIGTERM);
-    assert_eq!(
-        daemon.wait_exit(secs(15)).0.code(),
-        Some(0),
-        "{}",
-        daemon.log()
-    );
-    assert!(!daemon.log().contains("\"ERROR\""), "{}", daemon.log());
+    let log = stop(daemon);
+    assert!(!log.contains("\"ERROR\""), "{log}");
 }
 
 #[test]
@@ -354,7 +344,7 @@ fn the_cli_works_across_nodes_and_never_shows_a_redirect() {
     let config = dir.path().join("workers.toml");
     write_atomic(&config, &text);
     let log = dir.path().join("redq.log");
-    let mut daemon = Daemon::start(&config, &log, &[]);
+    let daemon = Daemon::start(&config, &log, &[]);
     for q in &queues {
         for n in 0..3 {
             let o = cli(
@@ -404,13 +394,7 @@ fn the_cli_works_across_nodes_and_never_shows_a_redirect() {
             assert!(!out.contains(word), "{out}");
         }
     }
-    daemon.signal(libc::SIGTERM);
-    assert_eq!(
-        daemon.wait_exit(secs(15)).0.code(),
-        Some(0),
-        "{}",
-        daemon.log()
-    );
+    stop(daemon);
 }
 
 #[test]
@@ -427,7 +411,7 @@ fn a_tls_cluster_runs_jobs_with_the_same_tls_settings() {
     // `[redis.tls]` goes right after `[redis]`'s keys.
     let text = text.replacen("[daemon]", &format!("{tls}[daemon]"), 1);
     write_atomic(&s.config, &text);
-    let mut daemon = Daemon::start(&s.config, &s.log, &[]);
+    let daemon = Daemon::start(&s.config, &s.log, &[]);
     for q in &queues {
         let o = cli(&s.config, &["enqueue", "--id", "tls", q, "{}"]);
         assert_eq!(o.code, Some(0), "redq enqueue: {}{}", o.stdout, o.stderr);
@@ -455,11 +439,5 @@ fn a_tls_cluster_runs_jobs_with_the_same_tls_settings() {
         o.stderr
     );
     write_atomic(&s.config, &text);
-    daemon.signal(libc::SIGTERM);
-    assert_eq!(
-        daemon.wait_exit(secs(15)).0.code(),
-        Some(0),
-        "{}",
-        daemon.log()
-    );
+    stop(daemon);
 }

@@ -128,11 +128,7 @@ pub async fn run(command: Command, target: &Target) -> Result<u8> {
                 return Ok(0);
             }
             for j in &page.jobs {
-                let when = j
-                    .run_at_ms
-                    .or(j.lease_deadline_ms)
-                    .or(j.finished_at_ms)
-                    .unwrap_or(j.enqueued_at_ms);
+                let when = j.when_ms();
                 println!(
                     "{}\t{}\tpriority {}\tattempts {}\t{}\t{}",
                     j.id,

@@ -268,11 +268,7 @@ pub async fn jobs_by_state(
          </tr></thead><tbody>",
     );
     for j in &page.jobs {
-        let when = j
-            .run_at_ms
-            .or(j.lease_deadline_ms)
-            .or(j.finished_at_ms)
-            .unwrap_or(j.enqueued_at_ms);
+        let when = j.when_ms();
         let live = !matches!(
             j.state,
             crate::inspect::JobState::Succeeded | crate::inspect::JobState::Dead

@@ -69,6 +69,18 @@ pub struct JobInfo {
     pub resources: Option<crate::handler::Resources>,
 }
 
+impl JobInfo {
+    /// The time that matters in its state, Unix ms: when it is due
+    /// (scheduled, retrying), its lease ends (active), it finished (dead,
+    /// succeeded), else when it was enqueued (pending).
+    pub fn when_ms(&self) -> i64 {
+        self.run_at_ms
+            .or(self.lease_deadline_ms)
+            .or(self.finished_at_ms)
+            .unwrap_or(self.enqueued_at_ms)
+    }
+}
+
 /// Looks up one job; `None` when the queue does not know the id (never
 /// enqueued, or completed and removed by retention).
 pub async fn job(store: &Store, q: &QueueKeys, id: &str) -> Result<Option<JobInfo>> {
