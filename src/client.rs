@@ -15,12 +15,12 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::error::Result;
-use crate::inspect::{self, DeadJob, JobInfo, QueueStats};
+use crate::error::{Error, Result};
+use crate::inspect::{self, DeadJob, JobInfo, JobState, QueueStats};
 use crate::job::{NewJob, PreparedJob, DEFAULT_MAX_DOC_BYTES};
 use crate::keys::QueueKeys;
 use crate::scripts::LibraryStatus;
-use crate::store::{DeadRetry, Enqueued, Store, WasIn};
+use crate::store::{DeadRetry, EndState, Enqueued, JobOutcome, Store, WasIn};
 
 /// A producer's handle on redq. Cheap to share behind an `Arc`.
 pub struct Client {
@@ -256,6 +256,94 @@ impl Client {
     /// One job, or `None` if the queue does not know the id.
     pub async fn job(&self, queue: &str, id: &str) -> Result<Option<JobInfo>> {
         inspect::job(&self.store, &self.store.queue(queue)?, id).await
+    }
+
+    /// Job `id`'s kept outcome (see [`NewJob::outcome_ttl`]), if it ended
+    /// and keeps one.
+    pub async fn outcome(&self, queue: &str, id: &str) -> Result<Option<JobOutcome>> {
+        self.store.outcome(&self.store.queue(queue)?, id).await
+    }
+
+    /// Waits up to `timeout` for job `id` of `queue` to end, and returns how
+    /// it ended; `Ok(None)` when it is still running or waiting after
+    /// `timeout`. Answers at once for a job that already ended and keeps its
+    /// outcome, or is kept as a finished job (`keep_completed`, the dead
+    /// set). Blocks on a connection of its own, without polling (see
+    /// [`Store::wait_outcome`]); survives a lost connection within
+    /// `timeout`.
+    ///
+    /// A job can be waited for when it keeps an outcome: enqueued with
+    /// [`NewJob::outcome_ttl`] (`outcome_ttl_ms`), or in a queue with
+    /// `outcome_ttl`. Otherwise, or for an id the queue does not know
+    /// (never enqueued, removed, outcome expired), the error is
+    /// [`Error::NoOutcome`], saying which.
+    pub async fn wait(
+        &self,
+        queue: &str,
+        id: &str,
+        timeout: Duration,
+    ) -> Result<Option<JobOutcome>> {
+        let q = self.store.queue(queue)?;
+        if let Some(o) = self.store.outcome(&q, id).await? {
+            return Ok(Some(o));
+        }
+        match inspect::job(&self.store, &q, id).await? {
+            None => {
+                // It may have ended (and its record gone) since the first look.
+                if let Some(o) = self.store.outcome(&q, id).await? {
+                    return Ok(Some(o));
+                }
+                return Err(Error::NoOutcome(format!(
+                    "job {id} not found in queue {queue}, and no outcome of it is kept: never enqueued there, \
+                     or it ended and was removed without keeping an outcome (or its outcome expired); \
+                     to wait for a job, enqueue it with outcome_ttl_ms (redq enqueue --outcome-ttl) \
+                     or set queues.{queue}.outcome_ttl"
+                )));
+            }
+            Some(info) if matches!(info.state, JobState::Succeeded | JobState::Dead) => {
+                // Kept as a finished job (keep_completed, the dead set).
+                return Ok(Some(JobOutcome {
+                    id: info.id,
+                    state: if info.state == JobState::Dead {
+                        EndState::Dead
+                    } else {
+                        EndState::Succeeded
+                    },
+                    attempts: info.attempts,
+                    result: info.result,
+                    last_error: info.last_error,
+                    finished_ms: info.finished_at_ms.unwrap_or_default(),
+                }));
+            }
+            Some(info) => {
+                if info.outcome_ttl_ms.is_none()
+                    && self.store.queue_outcome_ttl(&q).await?.is_none()
+                {
+                    return Err(Error::NoOutcome(format!(
+                        "job {id} of queue {queue} is {} and keeps no outcome, so its end leaves nothing to wait for: \
+                         it was enqueued without outcome_ttl_ms and the queue sets no outcome_ttl; \
+                         enqueue with outcome_ttl_ms (redq enqueue --outcome-ttl) or set queues.{queue}.outcome_ttl",
+                        info.state.as_str()
+                    )));
+                }
+            }
+        }
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut pause = Duration::from_millis(100);
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.store.wait_outcome(&q, id, left).await {
+                Ok(o) => return Ok(o),
+                // A lost connection (a failover, a restart) within the time:
+                // wait again on a new one.
+                Err(e) if e.is_transient() && left > pause => {
+                    tracing::debug!(error = %e, "waiting for an outcome: connection lost; waiting again");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(1));
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// Depths by state for each queue, and rates over the last minute.

@@ -29,6 +29,11 @@ pub enum Error {
     /// asks for within `redis.wait_timeout`: a failover now could lose it.
     #[error("{0}")]
     NotReplicated(String),
+    /// There is no outcome to wait for: the job is unknown (and keeps no
+    /// outcome), or it keeps none (no `outcome_ttl_ms`, no queue
+    /// `outcome_ttl`); the message says which and what to do.
+    #[error("{0}")]
+    NoOutcome(String),
     /// Redis answered something a redq script never returns: a redq bug or foreign data in redq's keys.
     #[error("unexpected reply from Redis ({context}): {detail}")]
     Protocol {
@@ -47,6 +52,7 @@ impl Error {
             Error::InvalidName(m) => Error::InvalidName(m.clone()),
             Error::Config(m) => Error::Config(m.clone()),
             Error::NotReplicated(m) => Error::NotReplicated(m.clone()),
+            Error::NoOutcome(m) => Error::NoOutcome(m.clone()),
             Error::Unsupported(m) => Error::Unsupported(m.clone()),
             Error::Redis(e) => Error::Redis(match (e.code(), e.detail()) {
                 (Some(code), Some(detail)) => {

@@ -30,6 +30,9 @@ pub const MAX_DELAY_MS: i64 = 315_360_000_000;
 pub const MAX_ATTEMPTS: u32 = 1000;
 /// Longest `timeout_ms` accepted: one week.
 pub const MAX_TIMEOUT_MS: u64 = 604_800_000;
+/// Longest `outcome_ttl_ms` accepted (and longest `outcome_ttl` of a
+/// queue): one week.
+pub const MAX_OUTCOME_TTL_MS: u64 = 604_800_000;
 /// Longest `unique_key`, `tenant` or `group`, in bytes.
 pub const MAX_TEXT_LEN: usize = 512;
 /// Default limit on a job document's size (payload plus options), in bytes.
@@ -59,6 +62,11 @@ pub struct JobDoc {
     pub group: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
+    /// Keep the job's outcome (state, attempts, result, last error) this
+    /// long after it ends, at `<prefix>:{<queue>}:outcome:<id>`, for
+    /// `redq_status` and for waiters (`BLMOVE`, [`crate::Client::wait`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome_ttl_ms: Option<u64>,
 }
 
 /// A job a Rust producer is about to enqueue. Build with [`NewJob::new`] and the setters.
@@ -111,6 +119,7 @@ impl NewJob {
                 tenant: None,
                 group: None,
                 id: None,
+                outcome_ttl_ms: None,
             },
         }
     }
@@ -158,6 +167,14 @@ impl NewJob {
     /// A producer-chosen id; enqueueing an id that exists is a no-op returning it.
     pub fn id(mut self, id: impl Into<String>) -> Self {
         self.doc.id = Some(id.into());
+        self
+    }
+
+    /// Keep the job's outcome for `d` after it ends (up to 7 days), so a
+    /// producer can ask for it or wait for it ([`crate::Client::wait`])
+    /// even when the queue keeps no finished jobs.
+    pub fn outcome_ttl(mut self, d: Duration) -> Self {
+        self.doc.outcome_ttl_ms = Some(u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
         self
     }
 
@@ -253,6 +270,7 @@ pub fn check_doc(doc: &JobDoc) -> Result<()> {
     range("run_at", doc.run_at, 0, i64::MAX)?;
     range("max_attempts", doc.max_attempts, 1, MAX_ATTEMPTS)?;
     range("timeout_ms", doc.timeout_ms, 1, MAX_TIMEOUT_MS)?;
+    range("outcome_ttl_ms", doc.outcome_ttl_ms, 1, MAX_OUTCOME_TTL_MS)?;
     if doc.delay_ms.is_some() && doc.run_at.is_some() {
         return Err(Error::InvalidJob(
             "fields \"delay_ms\" and \"run_at\": give one or the other, not both".into(),

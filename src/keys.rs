@@ -278,6 +278,16 @@ impl QueueKeys {
         format!("{}:handoff:{daemon}", self.base)
     }
 
+    /// `<prefix>:{<queue>}:outcome:<id>`: a LIST of one element, the JSON
+    /// outcome of a job that ended (state, attempts, result, last error,
+    /// finished_ms), kept for the job's `outcome_ttl_ms` or the queue's
+    /// `outcome_ttl` (`src/lua/lib/outcome.lua` writes it). Waiters block
+    /// on it with `BLMOVE <key> <key> RIGHT RIGHT <timeout>`. Not one of
+    /// [`PARTS`].
+    pub fn outcome(&self, id: &str) -> String {
+        format!("{}:outcome:{id}", self.base)
+    }
+
     /// `<prefix>:{<queue>}:claims:<tenant>`: a ZSET, fence -> claim
     /// time (Redis ms), one tenant's rate window. claim.lua derives it from
     /// the `claims` key it is given (same hash tag, same Cluster slot) and

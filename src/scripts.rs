@@ -38,7 +38,7 @@ use redis::Script;
 
 /// The shared library files (`src/lua/lib/<name>.lua`), in the order they
 /// are joined: each only uses names declared in the files above it.
-const LIBRARY: [(&str, &str); 15] = [
+const LIBRARY: [(&str, &str); 16] = [
     ("keys", include_str!("lua/lib/keys.lua")),
     ("common", include_str!("lua/lib/common.lua")),
     ("events", include_str!("lua/lib/events.lua")),
@@ -46,6 +46,7 @@ const LIBRARY: [(&str, &str); 15] = [
     ("pending", include_str!("lua/lib/pending.lua")),
     ("scheduled", include_str!("lua/lib/scheduled.lua")),
     ("lease", include_str!("lua/lib/lease.lua")),
+    ("outcome", include_str!("lua/lib/outcome.lua")),
     ("retention", include_str!("lua/lib/retention.lua")),
     ("handoff", include_str!("lua/lib/handoff.lua")),
     ("doc", include_str!("lua/lib/doc.lua")),

@@ -1,5 +1,7 @@
 //! The producer examples in `examples/` (Python with redis-py, Node.js
-//! with ioredis), run against a private server: what the docs show works.
+//! with ioredis), run against a private server, with a daemon (in the test
+//! process) serving the queue `reports` whose job's outcome they wait for:
+//! what the docs show works.
 //!
 //! Their client libraries come from the folders `.ci/run` installs them
 //! into (`.ci/pydeps`, `.ci/node/node_modules`; git-ignored), or from the
@@ -12,9 +14,12 @@ use std::process::Command;
 
 use serde_json::Value;
 
-use common::process::{run_bounded, Out};
+use common::embedded::{config, launch, queue, Running};
+use common::process::{run_async, Out};
 use common::server::RedisServer;
 use common::wait::secs;
+use redq::daemon::WorkerBuilder;
+use redq::{JobContext, Outcome};
 
 fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -86,19 +91,37 @@ fn check(steps: &std::collections::HashMap<String, Value>) {
     assert_eq!(steps["status"]["last_error"], Value::Null);
     assert_eq!(steps["cancelled"], "scheduled");
     assert_eq!(steps["status after cancel"]["state"], "unknown");
+    let outcome = &steps["outcome"];
+    assert_eq!(outcome["state"], "succeeded", "{outcome}");
+    // The handler's result: its payload as the example's JSON library wrote it.
+    let result = outcome["result"]
+        .as_str()
+        .unwrap_or_default()
+        .replace(' ', "");
+    assert_eq!(result, "report{\"report\":7}", "{outcome}");
+    assert_eq!(outcome["last_error"], Value::Null, "{outcome}");
 }
 
-async fn server() -> RedisServer {
+/// The private server, with the libraries loaded, and a daemon serving the
+/// queue `reports` (its handler's result: "report <payload>").
+async fn server() -> (RedisServer, Running) {
     let redis = RedisServer::start();
     let store = redq::store::Store::connect(&redis.url(), "redq")
         .await
         .unwrap();
     store.ensure_library().await.unwrap();
-    redis
+    let handler = |ctx: JobContext| {
+        std::future::ready(Outcome::Done {
+            result: Some(format!("report {}", ctx.payload.get())),
+        })
+    };
+    let cfg = config(&redis, "", &queue("reports", "keep_completed = 0"));
+    let daemon = launch(WorkerBuilder::new(cfg).handler("reports", handler)).await;
+    (redis, daemon)
 }
 
-#[tokio::test]
-async fn the_python_example_enqueues_reads_status_and_cancels() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_python_example_enqueues_reads_status_cancels_and_waits() {
     let mut probe = python();
     probe.args(["-c", "import redis"]);
     if !works(probe) {
@@ -108,15 +131,16 @@ async fn the_python_example_enqueues_reads_status_and_cancels() {
         );
         return;
     }
-    let redis = server().await;
+    let (redis, daemon) = server().await;
     let mut cmd = python();
     cmd.arg(repo().join("examples/python/producer.py"))
-        .args([&redis.url(), "emails"]);
-    check(&steps(&run_bounded(&mut cmd, secs(30))));
+        .args([&redis.url(), "emails", "reports"]);
+    check(&steps(&run_async(cmd, secs(30)).await));
+    daemon.stop().await;
 }
 
-#[tokio::test]
-async fn the_node_example_enqueues_reads_status_and_cancels() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_node_example_enqueues_reads_status_cancels_and_waits() {
     let mut probe = node();
     probe.args(["-e", "require('ioredis')"]);
     if !works(probe) {
@@ -126,9 +150,10 @@ async fn the_node_example_enqueues_reads_status_and_cancels() {
         );
         return;
     }
-    let redis = server().await;
+    let (redis, daemon) = server().await;
     let mut cmd = node();
     cmd.arg(repo().join("examples/node/producer.cjs"))
-        .args([&redis.url(), "emails"]);
-    check(&steps(&run_bounded(&mut cmd, secs(30))));
+        .args([&redis.url(), "emails", "reports"]);
+    check(&steps(&run_async(cmd, secs(30)).await));
+    daemon.stop().await;
 }

@@ -299,6 +299,22 @@ fn the_daemon_and_producers_run_under_the_documented_users() {
     for id in [&first, &delayed, "mine", "inbox-1", &from_cli] {
         wait_succeeded(&as_daemon, id);
     }
+    // A producer waits for its job's outcome (docs/producers.md) as itself.
+    let kept = fcall(r#"{"payload":{"n":8},"outcome_ttl_ms":60000}"#);
+    let key = format!("redq:{{mail}}:outcome:{kept}");
+    let outcome = cli_as(
+        &redis,
+        "redq-producer",
+        &["BLMOVE", &key, &key, "RIGHT", "RIGHT", "10"],
+    );
+    let outcome: serde_json::Value = serde_json::from_str(&outcome).expect(&outcome);
+    assert_eq!(outcome["state"], "succeeded", "{outcome}");
+    assert_eq!(outcome["id"], kept.as_str(), "{outcome}");
+    let o = run(
+        &as_daemon,
+        &["job", "mail", &kept, "--wait", "--timeout", "5s"],
+    );
+    assert_eq!(o.code, Some(0), "{}{}", o.stdout, o.stderr);
     for args in [
         &["stats", "mail"][..],
         &["dead", "list", "mail"],

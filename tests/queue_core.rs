@@ -234,6 +234,7 @@ async fn a_stale_token_is_refused_everywhere_and_changes_nothing() {
         fence: stale,
         unique_key: Some("u"),
         result: None,
+        outcome_ttl: None,
     }];
     assert_eq!(
         store.complete(&q, &done, KEEP_NONE).await.unwrap(),
@@ -245,6 +246,7 @@ async fn a_stale_token_is_refused_everywhere_and_changes_nothing() {
         retry_in: None,
         error: "x",
         unique_key: Some("u"),
+        outcome_ttl: None,
     }];
     assert_eq!(
         store.fail(&q, &failed, DEAD).await.unwrap(),
@@ -278,6 +280,7 @@ async fn a_stale_token_is_refused_everywhere_and_changes_nothing() {
         fence: j.fence,
         unique_key: Some("u"),
         result: None,
+        outcome_ttl: None,
     }];
     assert_eq!(
         store.complete(&q, &old, KEEP_NONE).await.unwrap(),
@@ -409,6 +412,7 @@ async fn failures_retry_with_the_given_delay_then_die_and_dead_jobs_can_be_retri
         retry_in: Some(Duration::from_secs(60)),
         error: "boom",
         unique_key: Some("k"),
+        outcome_ttl: None,
     }];
     assert_eq!(
         store.fail(&q, &retry, DEAD).await.unwrap(),
@@ -441,6 +445,7 @@ async fn failures_retry_with_the_given_delay_then_die_and_dead_jobs_can_be_retri
         retry_in: None,
         error: "gave up",
         unique_key: Some("k"),
+        outcome_ttl: None,
     }];
     assert_eq!(
         store.fail(&q, &dead, DEAD).await.unwrap(),
@@ -496,6 +501,7 @@ async fn dead_jobs_can_be_purged_by_id_and_by_age() {
             retry_in: None,
             error: "x",
             unique_key: None,
+            outcome_ttl: None,
         })
         .collect();
     store.fail(&q, &fails, DEAD).await.unwrap();
@@ -547,6 +553,7 @@ async fn the_dead_set_is_capped_by_count() {
             retry_in: None,
             error: "x",
             unique_key: None,
+            outcome_ttl: None,
         }];
         store.fail(&q, &f, cap).await.unwrap();
     }
@@ -584,6 +591,7 @@ async fn completion_removes_the_job_or_keeps_it_per_retention() {
         fence: got.jobs[0].fence,
         unique_key: Some(&keys[0]),
         result: Some("r0"),
+        outcome_ttl: None,
     }];
     assert_eq!(
         store.complete(&q, &first, KEEP_NONE).await.unwrap(),
@@ -605,6 +613,7 @@ async fn completion_removes_the_job_or_keeps_it_per_retention() {
             fence: j.fence,
             unique_key: Some(k),
             result: Some("ok"),
+            outcome_ttl: None,
         })
         .collect();
     assert_eq!(
@@ -764,6 +773,7 @@ async fn stats_count_each_state() {
         retry_in: None,
         error: "x",
         unique_key: None,
+        outcome_ttl: None,
     }];
     store.fail(&q, &f, DEAD).await.unwrap();
     let s = &client.stats(&["q".into()]).await.unwrap()[0];
@@ -832,6 +842,7 @@ async fn at_maxmemory_enqueue_fails_with_oom_but_freeing_transitions_still_work(
         retry_in: None,
         error: "x",
         unique_key: None,
+        outcome_ttl: None,
     }];
     assert_eq!(
         store.fail(&q, &f, DEAD).await.unwrap(),
@@ -850,6 +861,7 @@ async fn at_maxmemory_enqueue_fails_with_oom_but_freeing_transitions_still_work(
         fence: d.fence,
         unique_key: None,
         result: None,
+        outcome_ttl: None,
     }];
     assert_eq!(
         store.complete(&q, &done, KEEP_NONE).await.unwrap(),

@@ -80,6 +80,7 @@ async fn export_then_import_restores_every_job_in_its_state() {
         retry_in: Some(Duration::from_secs(600)),
         error: "try later",
         unique_key: None,
+        outcome_ttl: None,
     };
     let die = Failure {
         id: "will-die",
@@ -87,6 +88,7 @@ async fn export_then_import_restores_every_job_in_its_state() {
         retry_in: None,
         error: "bad",
         unique_key: None,
+        outcome_ttl: None,
     };
     store.fail(&q, &[retry, die], dead).await.unwrap();
     let ok = Completion {
@@ -94,6 +96,7 @@ async fn export_then_import_restores_every_job_in_its_state() {
         fence: fence("will-succeed"),
         unique_key: None,
         result: Some("fine"),
+        outcome_ttl: None,
     };
     store
         .complete(

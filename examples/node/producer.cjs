@@ -1,8 +1,9 @@
 // A producer in Node.js (ioredis 5+): enqueue, read a job's status, cancel
-// one. redq's own test suite runs it against a private server
-// (tests/examples.rs); run it yourself with a URL and a queue name:
+// one, wait for one's outcome. redq's own test suite runs it against a
+// private server (tests/examples.rs); run it yourself with a URL, a queue
+// name and the name of a queue a daemon serves (for the wait):
 //
-//     node examples/node/producer.cjs redis://127.0.0.1:6379 emails
+//     node examples/node/producer.cjs redis://127.0.0.1:6379 emails reports
 //
 // It prints one JSON object per step.
 'use strict';
@@ -11,6 +12,7 @@ const Redis = require('ioredis');
 
 const url = process.argv[2] || 'redis://127.0.0.1:6379';
 const queue = process.argv[3] || 'emails';
+const served = process.argv[4] || 'reports';
 const base = `redq:{${queue}}`; // the queue's key: <prefix>:{<queue>}
 
 const show = (step, value) => console.log(JSON.stringify({ step, value }));
@@ -38,6 +40,22 @@ async function main() {
       JSON.stringify({ payload: {}, delay_ms: 60000 }));
     show('cancelled', await redis.fcall('redq_cancel', 1, base, later));
     show('status after cancel', JSON.parse(await redis.fcall_ro('redq_status', 1, base, later)));
+
+    // Keep a job's outcome for 10 minutes and wait up to 30 s for it. BLMOVE
+    // from the outcome key onto itself answers at once if the job has ended,
+    // or when it ends, and leaves the outcome for other readers. It blocks,
+    // so it gets a connection of its own.
+    const servedBase = `redq:{${served}}`;
+    const job = await redis.fcall('redq_enqueue', 1, servedBase,
+      JSON.stringify({ payload: { report: 7 }, outcome_ttl_ms: 600000 }));
+    const key = `${servedBase}:outcome:${job}`;
+    const waiter = new Redis(url);
+    try {
+      const outcome = await waiter.blmove(key, key, 'RIGHT', 'RIGHT', 30);
+      show('outcome', outcome ? JSON.parse(outcome) : null);
+    } finally {
+      waiter.disconnect();
+    }
   } finally {
     redis.disconnect();
   }

@@ -7,7 +7,7 @@ use crate::client::Client;
 use crate::error::{Error, Result};
 use crate::inspect::{JobInfo, QueueStats};
 use crate::job::NewJob;
-use crate::store::{DeadRetry, EnqueueStatus, WasIn};
+use crate::store::{DeadRetry, EndState, EnqueueStatus, JobOutcome, WasIn};
 
 /// The CLI's time-outs: 5 s to connect, 30 s for an answer (an import
 /// or a purge of a large dead set takes a while).
@@ -21,9 +21,22 @@ pub async fn run(command: Command, target: &Target) -> Result<u8> {
             warn_if_unserved(&client, target, &args.queue).await;
             enqueue(&client, args).await
         }
-        Command::Job { queue, id, json } => match client.job(&queue, &id).await? {
+        Command::Job {
+            queue,
+            id,
+            json,
+            wait: true,
+            timeout,
+        } => wait_for(&client, &queue, &id, timeout, json).await,
+        Command::Job {
+            queue, id, json, ..
+        } => match client.job(&queue, &id).await? {
             Some(info) => {
                 print_job(&info, json)?;
+                Ok(0)
+            }
+            None if let Some(o) = client.outcome(&queue, &id).await? => {
+                print_outcome(&o, json)?;
                 Ok(0)
             }
             None => {
@@ -247,6 +260,11 @@ async fn enqueue(client: &Client, a: EnqueueArgs) -> Result<u8> {
     if let Some(id) = a.id {
         job = job.id(id);
     }
+    match (a.outcome_ttl, a.wait) {
+        (Some(ttl), _) => job = job.outcome_ttl(ttl),
+        (None, true) => job = job.outcome_ttl(DEFAULT_WAIT_OUTCOME_TTL),
+        (None, false) => {}
+    }
     let done = client.enqueue(&a.queue, job).await?;
     println!("{}", done.id);
     match done.status {
@@ -256,7 +274,58 @@ async fn enqueue(client: &Client, a: EnqueueArgs) -> Result<u8> {
             eprintln!("redq: a live job holds that unique key: {}", done.id)
         }
     }
+    if a.wait {
+        return wait_for(client, &a.queue, &done.id, a.wait_timeout, false).await;
+    }
     Ok(0)
+}
+
+/// How long `redq enqueue --wait` keeps the outcome when --outcome-ttl is not given.
+const DEFAULT_WAIT_OUTCOME_TTL: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Exit status of a wait that timed out (EX_TEMPFAIL: try again later).
+const EXIT_WAIT_TIMED_OUT: u8 = 75;
+
+/// `--wait`: blocks for the job's end, prints its outcome; exit 0 when it
+/// succeeded, 1 when dead or cancelled, 75 when `timeout` passed first.
+async fn wait_for(
+    client: &Client,
+    queue: &str,
+    id: &str,
+    timeout: std::time::Duration,
+    json: bool,
+) -> Result<u8> {
+    match client.wait(queue, id, timeout).await? {
+        Some(o) => {
+            print_outcome(&o, json)?;
+            Ok(u8::from(o.state != EndState::Succeeded))
+        }
+        None => {
+            eprintln!(
+                "redq: job {id} of queue {queue} has not ended after {}; `redq job {queue} {id}` shows where it is",
+                crate::config::duration::format(timeout)
+            );
+            Ok(EXIT_WAIT_TIMED_OUT)
+        }
+    }
+}
+
+fn print_outcome(o: &JobOutcome, json: bool) -> Result<()> {
+    if json {
+        println!("{}", to_json(o)?);
+        return Ok(());
+    }
+    println!("id:          {}", o.id);
+    println!("state:       {}", o.state.as_str());
+    println!("attempts:    {}", o.attempts);
+    println!("finished:    {}", time(o.finished_ms));
+    if let Some(e) = &o.last_error {
+        println!("last error:  {e}");
+    }
+    if let Some(r) = &o.result {
+        println!("result:      {r}");
+    }
+    Ok(())
 }
 
 async fn dead(client: &Client, cmd: DeadCommand) -> Result<u8> {

@@ -69,13 +69,23 @@ pub enum Command {
     },
     /// Enqueue a job; prints its id
     Enqueue(EnqueueArgs),
-    /// Show one job: state, attempts, timestamps, last error, result
+    /// Show one job: state, attempts, timestamps, last error, result (or,
+    /// for a removed job that kept one, its outcome)
     Job {
         queue: String,
         id: String,
         /// Print JSON
         #[arg(long)]
         json: bool,
+        /// Wait for the job to end and print its outcome; exit 0 when it
+        /// succeeded, 1 when it is dead or cancelled, 75 when --timeout
+        /// passed first. The job must keep an outcome (outcome_ttl_ms, or
+        /// the queue's outcome_ttl) or be kept when finished
+        #[arg(long)]
+        wait: bool,
+        /// How long --wait waits, e.g. 30s, 5m
+        #[arg(long, value_parser = crate::config::duration::parse, default_value = "30s", requires = "wait")]
+        timeout: std::time::Duration,
     },
     /// List a queue's jobs in one state, a page at a time
     Jobs {
@@ -204,6 +214,17 @@ pub struct EnqueueArgs {
     /// Choose the job id (enqueueing an existing id is a no-op)
     #[arg(long)]
     pub id: Option<String>,
+    /// Keep the job's outcome this long after it ends (up to 7d), for
+    /// `redq job --wait`, `redq_status` and waiters in any language
+    #[arg(long, value_parser = crate::config::duration::parse)]
+    pub outcome_ttl: Option<std::time::Duration>,
+    /// Wait for the job to end and print its outcome (as `redq job --wait`;
+    /// keeps its outcome for --outcome-ttl, default 10m)
+    #[arg(long)]
+    pub wait: bool,
+    /// How long --wait waits, e.g. 30s, 5m
+    #[arg(long, value_parser = crate::config::duration::parse, default_value = "30s", requires = "wait")]
+    pub wait_timeout: std::time::Duration,
 }
 
 #[derive(Debug, Subcommand)]

@@ -45,6 +45,12 @@ pub struct QueueConfig {
     /// How long completed jobs are kept; 0s keeps them only by count. Default 0s.
     #[serde(with = "duration")]
     pub keep_completed_for: Duration,
+    /// Keep every job's outcome (state, attempts, result, last error) this
+    /// long after it ends, for `redq_status` and waiters, even when the job
+    /// itself is removed; up to 7d. A job's own `outcome_ttl_ms` wins.
+    /// Default none (only jobs that ask for it).
+    #[serde(with = "duration::option", skip_serializing_if = "Option::is_none")]
+    pub outcome_ttl: Option<Duration>,
     /// Most jobs kept in the dead set, oldest dropped first. Default 10000.
     pub dead_max: u64,
     /// How long dead jobs are kept. Default 30d.
@@ -112,6 +118,7 @@ impl Default for QueueConfig {
             lease_renew: None,
             keep_completed: 0,
             keep_completed_for: Duration::ZERO,
+            outcome_ttl: None,
             dead_max: 10_000,
             dead_ttl: Duration::from_secs(30 * 24 * 3600),
             handler: None,
@@ -268,6 +275,17 @@ impl QueueConfig {
                 (1..=MAX_CONCURRENCY).contains(&g),
                 &at(&["group_concurrency"]),
                 format!("{g} is out of range 1-{MAX_CONCURRENCY}"),
+            );
+        }
+        if let Some(ttl) = self.outcome_ttl {
+            let max = Duration::from_millis(crate::job::MAX_OUTCOME_TTL_MS);
+            p.check(
+                !ttl.is_zero() && ttl <= max,
+                &at(&["outcome_ttl"]),
+                format!(
+                    "{} is out of range 1ms-7d (leave it out to keep outcomes only of jobs that ask with outcome_ttl_ms)",
+                    duration::format(ttl)
+                ),
             );
         }
         p.check(

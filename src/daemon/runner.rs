@@ -76,6 +76,7 @@ async fn run_inner(
                 retry_in: None,
                 error: format!("job record cannot be read: {reason}"),
                 unique: None,
+                outcome_ttl: rt.cfg.outcome_ttl,
                 spent: None,
             });
             return false;
@@ -125,6 +126,10 @@ async fn run_inner(
         resources,
     };
     let unique = doc.unique_key;
+    let outcome_ttl = doc
+        .outcome_ttl_ms
+        .map(Duration::from_millis)
+        .or(rt.cfg.outcome_ttl);
     let (id, fence) = (job.id, job.fence);
     match stop.reason() {
         StopReason::Cancelled => {
@@ -168,6 +173,7 @@ async fn run_inner(
                 fence,
                 unique,
                 result,
+                outcome_ttl,
                 spent,
             });
             return true;
@@ -204,6 +210,7 @@ async fn run_inner(
         retry_in,
         error,
         unique,
+        outcome_ttl,
         spent: Some(spent),
     };
     rt.writer.send(report);

@@ -51,6 +51,8 @@ pub enum Report {
         fence: u64,
         unique: Option<String>,
         result: Option<String>,
+        /// How long its outcome is kept (`None`: not kept).
+        outcome_ttl: Option<Duration>,
         spent: Spent,
     },
     /// `retry_in: None` means dead now. `spent: None`: the handler never ran.
@@ -60,6 +62,8 @@ pub enum Report {
         retry_in: Option<Duration>,
         error: String,
         unique: Option<String>,
+        /// How long its outcome is kept if it dies (`None`: not kept).
+        outcome_ttl: Option<Duration>,
         spent: Option<Spent>,
     },
     /// Give the job back to pending, no attempt spent.
@@ -178,6 +182,7 @@ async fn write(ctx: &WriterCtx, store: &Store, batch: &[Report], counters: &Coun
                 fence,
                 unique,
                 result,
+                outcome_ttl,
                 spent,
             } => {
                 done.push(Completion {
@@ -185,6 +190,7 @@ async fn write(ctx: &WriterCtx, store: &Store, batch: &[Report], counters: &Coun
                     fence: *fence,
                     unique_key: unique.as_deref(),
                     result: result.as_deref(),
+                    outcome_ttl: *outcome_ttl,
                 });
                 done_res.push(count(&mut done_usage, spent));
             }
@@ -194,6 +200,7 @@ async fn write(ctx: &WriterCtx, store: &Store, batch: &[Report], counters: &Coun
                 retry_in,
                 error,
                 unique,
+                outcome_ttl,
                 spent,
             } => {
                 failed.push(Failure {
@@ -202,6 +209,7 @@ async fn write(ctx: &WriterCtx, store: &Store, batch: &[Report], counters: &Coun
                     retry_in: *retry_in,
                     error,
                     unique_key: unique.as_deref(),
+                    outcome_ttl: *outcome_ttl,
                 });
                 failed_res.push(spent.as_ref().and_then(|s| count(&mut failed_usage, s)));
             }

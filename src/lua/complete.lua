@@ -17,11 +17,14 @@
 --   hash, unless every job of the batch is stale: a batch sent again after
 --   its reply was lost adds nothing the second time.
 -- then 2 per job: id, fence
--- then, only for jobs that have any, 4 per job: job index (1..n), unique_key
+-- then, only for jobs that have any, 5 per job: job index (1..n), unique_key
 --   ('' = none), result ('' = none), resources JSON ('' = none; kept in
---   `resources` while the job is kept). Most completions have none, so the
+--   `resources` while the job is kept), outcome TTL in ms ('' or '0' = no
+--   outcome kept; lib/outcome.lua). Most completions have none, so the
 --   common case passes two strings per job.
 -- Events (when on): `succeeded` per completed job, with run_ms.
+-- Outcomes: a `succeeded` outcome (lib/outcome.lua) for each completed job
+--   given an outcome TTL.
 -- Group slots (group_concurrency) of completed jobs are given back and parked jobs of their groups go back to pending.
 -- Returns: one integer per job: 1 completed, 0 stale fence (nothing changed)
 -- A kept job keeps its run entry (attempts, start time) with the fence cleared.
@@ -33,10 +36,16 @@ for i = 1, n do
   ids[i] = ARGV[first + 2 * i - 2]
   fences[i] = ARGV[first + 2 * i - 1]
 end
-local uniques, results, resources = {}, {}, {}
-for a = first + 2 * n, #ARGV, 4 do
+local uniques, results, resources, outcomes = {}, {}, {}, {}
+local any_outcome = false
+for a = first + 2 * n, #ARGV, 5 do
   local i = tonumber(ARGV[a])
   uniques[i], results[i], resources[i] = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
+  local ttl = tonumber(ARGV[a + 4])
+  if ttl and ttl > 0 then
+    outcomes[i] = ttl
+    any_outcome = true
+  end
 end
 local runs = redis.call('HMGET', k.runs, unpack(ids))
 local out, done, idx = {}, {}, {}
@@ -58,6 +67,15 @@ if release_groups(k, done) then wake(k) end
 for j, id in ipairs(done) do
   local unique = uniques[idx[j]]
   if unique and unique ~= '' then release_unique(k, unique, id) end
+end
+if any_outcome then
+  local now = now_ms()
+  for j, id in ipairs(done) do
+    local ttl = outcomes[idx[j]]
+    if ttl then
+      keep_outcome(k, id, ttl, 'succeeded', (parse_run(runs[idx[j]])), results[idx[j]], nil, now)
+    end
+  end
 end
 local cap = events_cap(k)
 if cap > 0 then

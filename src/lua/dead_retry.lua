@@ -2,7 +2,8 @@
 -- The last error is kept for reference. A job whose unique key another live
 -- job now holds stays dead.
 -- KEYS[1] the queue's base key <prefix>:{<queue>} (lib/keys.lua derives the
---   rest): reads and writes dead, unique; reads jobs; deletes from runs;
+--   rest): reads and writes dead, unique; reads jobs; deletes from runs,
+--   and the job's kept outcome <base>:outcome:<id> (lib/outcome.lua);
 --   writes pending, pending:<priority>, wake, events; reads meta (events
 --   cap).
 -- ARGV: job ids
@@ -26,6 +27,8 @@ for i, id in ipairs(ARGV) do
       else
         redis.call('ZREM', k.dead, id)
         redis.call('HDEL', k.runs, id)
+        -- Its `dead` outcome is over: waiters from now on wait for its new end.
+        redis.call('DEL', outcome_key(k, id))
         if unique then redis.call('HSET', k.unique, unique, id) end
         local priority = record_header(record)
         pending_push(k, priority, { id })

@@ -11,8 +11,9 @@
 -- ARGV[1] dead_keep: most jobs kept in the dead set
 -- ARGV[2] dead_age_ms: dead jobs older than this are deleted (0 = no age limit)
 -- ARGV[3..] the batch's usage, as in complete.lua (added unless every job is stale)
--- then 6 per job: id, fence, retry delay in ms (-1 = dead now), error text, unique_key ('' = none),
---   resources JSON of the attempt ('' = none; kept in `resources`)
+-- then 7 per job: id, fence, retry delay in ms (-1 = dead now), error text, unique_key ('' = none),
+--   resources JSON of the attempt ('' = none; kept in `resources`), outcome
+--   TTL in ms ('0' = none; a `dead` outcome is kept, lib/outcome.lua)
 -- Events (when on): `failed` (error, retry_at_ms) per retry, `dead` (error) per death.
 -- Publishes: the earliest retry time on <base>:due when a retry is now the
 --   queue's earliest scheduled job (see announce_due in lib/scheduled.lua).
@@ -21,13 +22,13 @@
 local k = queue_keys(KEYS)
 local dead_keep, dead_age = tonumber(ARGV[1]), tonumber(ARGV[2])
 local first = after_usage(ARGV, 3)
-local ids = ids_of(ARGV, first, 6)
-local o = first - 3 -- ARGV offset of the jobs: job i's fields start at o + 6i - 3
+local ids = ids_of(ARGV, first, 7)
+local o = first - 4 -- ARGV offset of the jobs: job i's fields start at o + 7i - 3
 local runs = redis.call('HMGET', k.runs, unpack(ids))
 local now = now_ms()
 local out, mine, held = {}, {}, {}
 for i, id in ipairs(ids) do
-  if holds(runs[i], ARGV[o + 6 * i - 2]) then
+  if holds(runs[i], ARGV[o + 7 * i - 2]) then
     mine[#mine + 1] = id
     held[i] = true
   end
@@ -45,12 +46,12 @@ local dead_attempts = {}
 for i, id in ipairs(ids) do
   if held[i] then
     local attempts, _, started = parse_run(runs[i])
-    local delay, err = tonumber(ARGV[o + 6 * i - 1]), ARGV[o + 6 * i]
+    local delay, err = tonumber(ARGV[o + 7 * i - 1]), ARGV[o + 7 * i]
     run_args[#run_args + 1] = id
     run_args[#run_args + 1] = run_entry(fmt_int(attempts), '0', fmt_int(started))
-    if ARGV[o + 6 * i + 2] ~= '' then
+    if ARGV[o + 7 * i + 2] ~= '' then
       res_args[#res_args + 1] = id
-      res_args[#res_args + 1] = ARGV[o + 6 * i + 2]
+      res_args[#res_args + 1] = ARGV[o + 7 * i + 2]
     end
     if delay >= 0 then
       out[i] = 1
@@ -65,7 +66,8 @@ for i, id in ipairs(ids) do
       dead_attempts[#dead_ids] = attempts
       dead_errors[#dead_errors + 1] = id
       dead_errors[#dead_errors + 1] = err
-      release_unique(k, ARGV[o + 6 * i + 1], id)
+      release_unique(k, ARGV[o + 7 * i + 1], id)
+      keep_outcome(k, id, ARGV[o + 7 * i + 3], 'dead', attempts, nil, err, now)
     end
   end
 end

@@ -27,8 +27,10 @@
 --   pending, scheduled, retrying, active, succeeded, dead, or unknown (never
 --   enqueued, or removed: completed jobs are removed at once unless the
 --   queue keeps them, keep_completed); result and last_error are null when
---   there are none. Reads jobs, runs, active, scheduled, dead, done,
---   results, errors.
+--   there are none. A removed job whose outcome is kept (outcome_ttl_ms,
+--   lib/outcome.lua) answers with that outcome: state succeeded, dead or
+--   cancelled, plus finished_ms. Reads jobs, runs, active, scheduled, dead,
+--   done, results, errors, <base>:outcome:<id>.
 -- FCALL redq_cancel 1 <prefix>:{<queue>} <id> -> the state the job was in
 --   (pending, scheduled, retrying and active ones are cancelled: removed
 --   with their record and unique key, a running one's daemon stops its
@@ -61,6 +63,11 @@ local function fcall_status(keys, args)
   if bad then return bad end
   local k, id = keys_from_base(keys[1]), args[1]
   local state = job_state(k, id)
+  if state == 'unknown' then
+    -- Removed (or never enqueued): its kept outcome, if it has one.
+    local kept = kept_outcome(k, id)
+    if kept then return kept end
+  end
   local attempts = parse_run(redis.call('HGET', k.runs, id))
   return cjson.encode({
     id = id,

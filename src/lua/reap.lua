@@ -19,6 +19,7 @@
 --   keeps the takeover after that stop even when the holder's timer ran
 --   late, so two runs of one job never overlap.
 -- Events (when on): `lease_expired` (error) per job back to pending, `dead` (error) per death.
+-- Outcomes: a `dead` outcome per death of a job that keeps one (lib/outcome.lua).
 -- Returns: {requeued, dead}
 local k = queue_keys(KEYS)
 local now = now_ms()
@@ -49,6 +50,7 @@ for i, id in ipairs(expired) do
       dead_errors[#dead_errors + 1] = string.format(
         'lease expired on attempt %d of %d: the worker died or lost contact with Redis', attempts, max)
       release_unique(k, record_doc(records[i]).unique_key, id)
+      keep_outcome(k, id, outcome_ttl(k, records[i]), 'dead', attempts, nil, dead_errors[#dead_errors], now)
     else
       back[#back + 1] = { priority, id }
       errs[#errs + 1] = id

@@ -33,6 +33,8 @@ pub const DAEMON_COMMANDS: &[&[&str]] = &[
     &["INFO"],
     &["TIME"],
     &["BLPOP", "{key}", "1"],
+    // `redq job --wait` and `Client::wait` (an outcome key).
+    &["BLMOVE", "{key}", "{key}", "RIGHT", "RIGHT", "1"],
     &["SUBSCRIBE", "{base}:due"],
     &["UNSUBSCRIBE", "{base}:due"],
     &["PUBLISH", "{base}:due", "1"],

@@ -23,6 +23,9 @@ pub struct Completion<'a> {
     pub fence: u64,
     pub unique_key: Option<&'a str>,
     pub result: Option<&'a str>,
+    /// Keep the job's outcome this long (the job's `outcome_ttl_ms`, else
+    /// the queue's `outcome_ttl`); `None`: no outcome kept.
+    pub outcome_ttl: Option<Duration>,
 }
 
 /// A failed attempt to record.
@@ -34,6 +37,8 @@ pub struct Failure<'a> {
     pub retry_in: Option<Duration>,
     pub error: &'a str,
     pub unique_key: Option<&'a str>,
+    /// As in [`Completion`]: a job that dies keeps its `dead` outcome this long.
+    pub outcome_ttl: Option<Duration>,
 }
 
 /// What a fail call did to one job.
@@ -98,18 +103,22 @@ impl Store {
         }
         for (i, c) in done.iter().enumerate() {
             let unique = c.unique_key.unwrap_or_default();
-            let result = if keep_result {
+            let outcome = c.outcome_ttl.map_or(0, |d| ms(d).max(1));
+            // The result goes to Redis only when something keeps it: the
+            // kept job, or its outcome.
+            let result = if keep_result || outcome > 0 {
                 c.result.unwrap_or_default()
             } else {
                 ""
             };
             let res = resources.get(i).copied().flatten().unwrap_or("");
-            if !(unique.is_empty() && result.is_empty() && res.is_empty()) {
+            if !(unique.is_empty() && result.is_empty() && res.is_empty() && outcome == 0) {
                 args.extend([
                     (i + 1).to_string(),
                     unique.to_owned(),
                     result.to_owned(),
                     res.to_owned(),
+                    outcome.to_string(),
                 ]);
             }
         }
@@ -159,6 +168,7 @@ impl Store {
                 f.error.to_owned(),
                 f.unique_key.unwrap_or_default().to_owned(),
                 resources.get(i).copied().flatten().unwrap_or("").to_owned(),
+                f.outcome_ttl.map_or(0, |d| ms(d).max(1)).to_string(),
             ]);
         }
         let reply = array(

@@ -39,6 +39,9 @@ pub struct QueueSettings {
     pub group: Option<u32>,
     /// Per-tenant rate limits.
     pub tenants: Option<TenantLimits>,
+    /// How long the outcome of a job that does not set its own
+    /// `outcome_ttl_ms` is kept (`queues.<q>.outcome_ttl`); `None`: not kept.
+    pub outcome_ttl: Option<Duration>,
 }
 
 /// The field of `runs` that keeps it a real hash table. Redis stores a hash
@@ -147,6 +150,10 @@ impl Store {
             ("max_doc_bytes", Some(s.max_doc_bytes.to_string())),
             ("events", s.events_cap.map(|c| c.to_string())),
             ("tenant_rate", tenant_rate),
+            (
+                "outcome_ttl_ms",
+                s.outcome_ttl.map(|d| ms(d).max(1).to_string()),
+            ),
         ];
         meta.extend(limit_fields(s.rate, s.group));
         self.configure(

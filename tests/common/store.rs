@@ -35,6 +35,7 @@ pub fn done(j: &ClaimedJob) -> Completion<'_> {
         fence: j.fence,
         unique_key: None,
         result: None,
+        outcome_ttl: None,
     }
 }
 
@@ -51,6 +52,7 @@ pub fn failure<'a>(j: &'a ClaimedJob, retry_in: Option<Duration>, error: &'a str
         retry_in,
         error,
         unique_key: None,
+        outcome_ttl: None,
     }
 }
 

@@ -77,6 +77,7 @@ impl Daemon {
                 rate: queue.rate_limit.as_ref().map(|r| (r.jobs, r.per)),
                 group: queue.group_concurrency,
                 tenants: queue.tenant_limits(),
+                outcome_ttl: queue.outcome_ttl,
             };
             settings.push((store.queue(name)?, s));
         }

@@ -3,7 +3,8 @@
 -- Keys: reads jobs, runs, active, scheduled, dead, done; cancel writes
 --   active, scheduled, pending and pending:<priority>, holders and groups
 --   (release_groups), unique, and deletes the job's fields (delete_jobs);
---   emits `cancelled` to events.
+--   emits `cancelled` to events; keeps a `cancelled` outcome
+--   (lib/outcome.lua) for a job that keeps one.
 -- Invariant: a cancelled job has no record left, so whatever still names it
 -- (a parked entry, a hand-off element, its old holder's renewal) finds
 -- nothing to run: claims and unparking skip an id without a record, and
@@ -46,9 +47,12 @@ local function cancel_job(k, id, cap)
       redis.call('ZREM', k.pending, level)
     end
   end
-  release_unique(k, record_doc(record).unique_key, id)
+  local doc = record_doc(record)
+  release_unique(k, doc.unique_key, id)
+  local attempts = parse_run(redis.call('HGET', k.runs, id))
   delete_jobs(k, { id })
-  emit(k, cap, 'cancelled', id, 0, 'was', state)
+  emit(k, cap, 'cancelled', id, attempts, 'was', state)
+  keep_outcome(k, id, outcome_ttl(k, record), 'cancelled', attempts, nil, 'cancelled while ' .. state, now_ms())
   return state
 end
 

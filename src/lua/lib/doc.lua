@@ -8,6 +8,7 @@
 local MAX_DELAY_MS = 315360000000 -- ten years
 local MAX_ATTEMPTS = 1000
 local MAX_TIMEOUT_MS = 604800000 -- one week
+local MAX_OUTCOME_TTL_MS = 604800000 -- one week
 local MAX_TEXT_LEN = 512
 -- A job id (like a queue name): 1 to MAX_NAME_LEN of these characters
 -- (keys::MAX_NAME_LEN, keys::is_valid_name).
@@ -69,7 +70,7 @@ local function check_doc(doc, max_bytes, now)
     error('the job must be a JSON object such as {"payload":{...}}', 0)
   end
   local allowed = { payload = 1, priority = 1, delay_ms = 1, run_at = 1, max_attempts = 1,
-    timeout_ms = 1, unique_key = 1, tenant = 1, group = 1, id = 1 }
+    timeout_ms = 1, unique_key = 1, tenant = 1, group = 1, id = 1, outcome_ttl_ms = 1 }
   local unknown = {}
   for name in pairs(job) do
     if type(name) ~= 'string' then
@@ -80,7 +81,7 @@ local function check_doc(doc, max_bytes, now)
   if #unknown > 0 then
     table.sort(unknown)
     error('unknown field(s) ' .. table.concat(unknown, ', ') ..
-      '; allowed: payload, priority, delay_ms, run_at, max_attempts, timeout_ms, unique_key, tenant, group, id', 0)
+      '; allowed: payload, priority, delay_ms, run_at, max_attempts, timeout_ms, unique_key, tenant, group, id, outcome_ttl_ms', 0)
   end
   if job.payload == nil then
     error('field "payload": required (any JSON value)', 0)
@@ -104,6 +105,7 @@ local function check_doc(doc, max_bytes, now)
   int('run_at', 0, now + MAX_DELAY_MS)
   int('max_attempts', 1, MAX_ATTEMPTS)
   int('timeout_ms', 1, MAX_TIMEOUT_MS)
+  int('outcome_ttl_ms', 1, MAX_OUTCOME_TTL_MS)
   if job.delay_ms and job.run_at then
     error('fields "delay_ms" and "run_at": give one or the other, not both', 0)
   end

@@ -70,13 +70,14 @@ local function bury(k, now, ids, errors_args, dead_keep, dead_age_ms, cap, attem
 end
 
 -- Moves a job whose record is oversize (record.lua) to the dead set with
--- the reason, unread.
+-- the reason, unread (so its outcome is kept only by the queue's outcome_ttl).
 local function bury_oversize(k, now, id, bytes, max_bytes, cap)
   local reason = string.format(
     'the job document is %d bytes; the limit is %d bytes (daemon.max_payload_bytes): not run', bytes, max_bytes)
   redis.call('ZADD', k.dead, now, id)
   redis.call('HSET', k.errors, id, reason)
   emit(k, cap, 'dead', id, 0, 'error', reason)
+  keep_outcome(k, id, outcome_ttl(k, nil), 'dead', 0, nil, reason, now)
 end
 
 -- Frees the unique key `unique` of a job that ended, if the job still holds it.

@@ -39,6 +39,20 @@ pub enum JobState {
     Dead,
 }
 
+impl JobState {
+    /// The name `redq job` and `redq_status` use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Scheduled => "scheduled",
+            JobState::Pending => "pending",
+            JobState::Active => "active",
+            JobState::Retrying => "retrying",
+            JobState::Succeeded => "succeeded",
+            JobState::Dead => "dead",
+        }
+    }
+}
+
 /// One job, as `redq job --json` prints it.
 #[derive(Debug, Clone, Serialize)]
 pub struct JobInfo {
@@ -64,6 +78,10 @@ pub struct JobInfo {
     pub unique_key: Option<String>,
     pub tenant: Option<String>,
     pub group: Option<String>,
+    /// How long the job's outcome is kept after it ends, when the job
+    /// asked (its `outcome_ttl_ms`; the queue's `outcome_ttl` is not shown).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outcome_ttl_ms: Option<u64>,
     /// What the latest command run used (command handlers only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub resources: Option<crate::handler::Resources>,
@@ -170,6 +188,7 @@ pub async fn jobs(
             unique_key: doc.unique_key,
             tenant: doc.tenant,
             group: doc.group,
+            outcome_ttl_ms: doc.outcome_ttl_ms,
             resources: text(&resources, i).and_then(|r| serde_json::from_str(&r).ok()),
         };
         out.push(Some((info, record)));
