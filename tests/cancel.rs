@@ -1,5 +1,7 @@
 //! Cancel and delete, from the library, the CLI and the `redq_cancel` /
-//! `redq_status` functions; a running job's daemon stops its handler.
+//! `redq_status` functions; a running job's daemon stops its handler at
+//! once (a notice on the queue's due channel), and its lease renewal is
+//! refused as "gone" in any case (the guarantee when the notice is missed).
 
 mod common;
 
@@ -10,7 +12,7 @@ use serde_json::Value;
 
 use redq::inspect::{ListQuery, ListState};
 use redq::job::NewJob;
-use redq::store::{Retention, WasIn};
+use redq::store::{Renewal, Retention, WasIn};
 
 use common::http::{http_get, sample};
 use common::process::{redq, run_bounded, wait_dead, Daemon};
@@ -218,7 +220,7 @@ fn a_running_job_is_cancelled_its_handler_stopped_and_nothing_written() {
         &format!("echo $$ > {}\nexec sleep 60\n", pid_file.display()),
     );
     let queues = format!(
-        "[queues.slow]\nlease = \"3s\"\nlease_renew = \"500ms\"\nkeep_completed = 10\n\
+        "[queues.slow]\nlease = \"60s\"\nlease_renew = \"20s\"\nkeep_completed = 10\n\
          handler = {{ command = [{}] }}\n",
         toml_str(handler.display().to_string())
     );
@@ -237,8 +239,9 @@ fn a_running_job_is_cancelled_its_handler_stopped_and_nothing_written() {
     let o = cli(&["cancel", "slow", "run"]);
     assert_eq!(o.code, Some(0), "{}", o.stderr);
     assert_eq!(o.stdout.trim(), "cancelled run (was active)");
-    // The daemon learns at its next renewal (every 500 ms here) and stops
-    // the handler's process group.
+    // The daemon hears of it at once (its next lease renewal is ~20 s
+    // away, and this waits at most 5 s) and stops the handler's process
+    // group.
     wait_dead(pid, "the cancelled job's handler");
     wait_for("the cancelled outcome counted", secs(10), || {
         http_get(&daemon.listen, "/metrics").and_then(|(_, body)| {
@@ -277,4 +280,26 @@ fn a_running_job_is_cancelled_its_handler_stopped_and_nothing_written() {
         "{}",
         daemon.log()
     );
+}
+
+#[tokio::test]
+async fn the_renewal_of_a_cancelled_running_job_answers_gone() {
+    let redis = RedisServer::start();
+    let client = redis.client().await;
+    let store = client.store();
+    client.enqueue("q", job("a")).await.unwrap();
+    client.enqueue("q", job("b")).await.unwrap();
+    let jobs = claim(store, "q", 2).await.jobs;
+    assert_eq!(jobs.len(), 2);
+    let was = client.cancel("q", &["a".to_owned()]).await.unwrap();
+    assert_eq!(was, vec![WasIn::Active]);
+    let q = store.queue("q").unwrap();
+    let held: Vec<(&str, u64)> = jobs.iter().map(|j| (j.id.as_str(), j.fence)).collect();
+    let (_, renewed) = store
+        .renew(&q, &held, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let by_id: Vec<(&str, Renewal)> = held.iter().map(|(id, _)| *id).zip(renewed).collect();
+    assert!(by_id.contains(&("a", Renewal::Gone)), "{by_id:?}");
+    assert!(by_id.contains(&("b", Renewal::Renewed)), "{by_id:?}");
 }

@@ -153,6 +153,26 @@ impl Leases {
         self.held.lock().map(|m| m.len()).unwrap_or(0)
     }
 
+    /// A running job of the queue with base key `base` was cancelled (a
+    /// message from cancel.lua): stops it if this daemon holds it under
+    /// `fence` and has not written its outcome yet. True when it did.
+    pub fn cancelled(&self, base: &str, id: &str, fence: u64) -> bool {
+        let Ok(m) = self.held.lock() else {
+            return false;
+        };
+        let held = m.iter().find(|((_, held_id), h)| {
+            held_id == id && h.fence == fence && h.rt.keys.base() == base
+        });
+        match held {
+            Some(((queue, _), h)) if !h.reported => {
+                tracing::info!(queue = %queue, job = %id, "the job was cancelled; stopping its handler");
+                h.stop.stop(StopReason::Cancelled);
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Tells every running job to stop for `why`.
     pub fn stop_all(&self, why: StopReason) {
         if let Ok(m) = self.held.lock() {

@@ -34,7 +34,8 @@
 -- FCALL redq_cancel 1 <prefix>:{<queue>} <id> -> the state the job was in
 --   (pending, scheduled, retrying and active ones are cancelled: removed
 --   with their record and unique key, a running one's daemon stops its
---   handler at its next lease renewal; succeeded, dead and unknown ones are
+--   handler when it hears the notice on <base>:due, or at the latest at
+--   its next lease renewal; succeeded, dead and unknown ones are
 --   left as they are). See lib/cancel.lua for the keys it touches.
 -- FCALL_RO redq_version 0 -> the library version (a hash of its source)
 

@@ -167,6 +167,7 @@ impl WorkerBuilder {
         daemon.tasks.push(tokio::spawn(promoter::listen(
             store.clone(),
             shared.promoter.clone(),
+            shared.leases.clone(),
             stop.clone(),
         )));
         let stats_interval = daemon.config.daemon.stats_interval;

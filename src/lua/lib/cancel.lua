@@ -3,7 +3,8 @@
 -- Keys: reads jobs, runs, active, scheduled, dead, done; cancel writes
 --   active, scheduled, pending and pending:<priority>, holders and groups
 --   (release_groups), unique, and deletes the job's fields (delete_jobs);
---   emits `cancelled` to events; keeps a `cancelled` outcome
+--   emits `cancelled` to events; publishes "cancel <id> <fence>" on
+--   <base>:due for a running job; keeps a `cancelled` outcome
 --   (lib/outcome.lua) for a job that keeps one.
 -- Invariant: a cancelled job has no record left, so whatever still names it
 -- (a parked entry, a hand-off element, its old holder's renewal) finds
@@ -29,8 +30,9 @@ end
 -- 'dead' and 'succeeded' nothing changes). A pending job leaves its
 -- priority's list with LREM, the one removal from the middle of a pending
 -- list, whose cost grows with that list: an operator's act, not the hot
--- path. A running job leaves `active` and its group slot; its holder learns
--- at its next renewal and stops the handler.
+-- path. A running job leaves `active` and its group slot; its holder hears
+-- at once (a message on the due channel) and stops the handler, or at the
+-- latest at its next renewal.
 local function cancel_job(k, id, cap)
   local state = job_state(k, id)
   if state == 'unknown' or state == 'dead' or state == 'succeeded' then return state end
@@ -38,6 +40,13 @@ local function cancel_job(k, id, cap)
   if state == 'active' then
     redis.call('ZREM', k.active, id)
     if release_groups(k, { id }) then wake(k) end
+    -- Tell its holder now, on the channel every daemon serving the queue
+    -- listens to (the due channel, scheduled.lua): "cancel <id> <fence>".
+    -- The holder stops the handler at once instead of at its next lease
+    -- renewal, which stays the guarantee when the message is missed (the
+    -- job's record is gone, so renewal answers "gone").
+    local _, fence = parse_run(redis.call('HGET', k.runs, id))
+    redis.call('PUBLISH', due_channel(k), 'cancel ' .. id .. ' ' .. fence)
   elseif state == 'scheduled' or state == 'retrying' then
     redis.call('ZREM', k.scheduled, id)
   else
