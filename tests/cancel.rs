@@ -303,3 +303,55 @@ async fn the_renewal_of_a_cancelled_running_job_answers_gone() {
     assert!(by_id.contains(&("a", Renewal::Gone)), "{by_id:?}");
     assert!(by_id.contains(&("b", Renewal::Renewed)), "{by_id:?}");
 }
+
+#[tokio::test]
+async fn a_cancelled_parked_job_leaves_nothing_that_could_bring_its_id_back_twice() {
+    let redis = RedisServer::start();
+    let client = redis.client().await;
+    let store = client.store();
+    let q = store.queue("q").unwrap();
+    store.set_limits(&q, None, Some(1)).await.unwrap();
+    let grouped = |id: &str| job(id).group("g");
+    client.enqueue("q", grouped("a")).await.unwrap();
+    client.enqueue("q", grouped("b")).await.unwrap();
+    // `a` runs and holds the group's one slot; `b` is parked behind it.
+    let first = claim(store, "q", 2).await.jobs;
+    assert_eq!(
+        first.iter().map(|j| j.id.as_str()).collect::<Vec<_>>(),
+        ["a"]
+    );
+    assert_eq!(
+        redis.cli(&["ZCARD", "redq:{q}:parked"]).unwrap().trim(),
+        "1"
+    );
+    let was = client.cancel("q", &["b".to_owned()]).await.unwrap();
+    assert_eq!(was, vec![WasIn::Pending]);
+    assert_eq!(
+        redis.cli(&["ZCARD", "redq:{q}:parked"]).unwrap().trim(),
+        "0"
+    );
+    // A new job under the same id, then the slot comes free: it runs once.
+    client.enqueue("q", grouped("b")).await.unwrap();
+    let done = store
+        .complete(
+            &q,
+            &completions(&first),
+            Retention {
+                keep: 0,
+                max_age: Duration::ZERO,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(done, vec![true]);
+    let next = claim(store, "q", 10).await.jobs;
+    assert_eq!(
+        next.iter().map(|j| j.id.as_str()).collect::<Vec<_>>(),
+        ["b"]
+    );
+    assert!(pending_ids(&client, "q").await.is_empty());
+    assert_eq!(
+        redis.cli(&["ZCARD", "redq:{q}:parked"]).unwrap().trim(),
+        "0"
+    );
+}

@@ -1,15 +1,16 @@
 -- cancel.lua: a job's state as producers read it, and ending a job by hand
 -- (cancel a live one, delete a finished one).
 -- Keys: reads jobs, runs, active, scheduled, dead, done; cancel writes
---   active, scheduled, pending and pending:<priority>, holders and groups
+--   active, scheduled, pending and pending:<priority>, parked and
+--   tenant_parked, holders and groups
 --   (release_groups), unique, and deletes the job's fields (delete_jobs);
 --   emits `cancelled` to events; publishes "cancel <id> <fence>" on
 --   <base>:due for a running job; keeps a `cancelled` outcome
 --   (lib/outcome.lua) for a job that keeps one.
--- Invariant: a cancelled job has no record left, so whatever still names it
--- (a parked entry, a hand-off element, its old holder's renewal) finds
--- nothing to run: claims and unparking skip an id without a record, and
--- extend answers its holder that the job is gone.
+-- Invariant: a cancelled job has no record left and no parked member, so
+-- whatever still names it (a hand-off element, its old holder's renewal)
+-- finds nothing to run: claims skip an id without a record, and extend
+-- answers its holder that the job is gone.
 
 -- The state of job `id`: 'unknown', 'active', 'scheduled', 'retrying',
 -- 'dead', 'succeeded' or 'pending' (also a job parked by a group or tenant
@@ -26,6 +27,33 @@ local function job_state(k, id)
   return 'pending'
 end
 
+-- Removes job `id`'s member from the parked sets (held back by its group's
+-- or its tenant's limit, parking.lua), so that unparking cannot later bring
+-- back another job given the same id. A member is found by the job's group
+-- (or tenant) prefix, then its id, so this costs O(the members parked for
+-- that group or tenant): an operator's act, like the LREM above.
+local function forget_parked(k, doc, id)
+  for _, place in ipairs({ { k.parked, doc.group }, { k.tenant_parked, doc.tenant } }) do
+    local set, name = place[1], place[2]
+    if type(name) == 'string' then
+      local p = park_prefix(name)
+      local from = 0
+      while true do
+        local page = redis.call('ZRANGEBYLEX', set, '[' .. p, '(' .. p .. ';', 'LIMIT', from, 1000)
+        for _, m in ipairs(page) do
+          local _, parked_id = parked_entry(m)
+          if parked_id == id then
+            redis.call('ZREM', set, m)
+            return
+          end
+        end
+        if #page < 1000 then break end
+        from = from + #page
+      end
+    end
+  end
+end
+
 -- Cancels live job `id`; returns the state it was in (for 'unknown',
 -- 'dead' and 'succeeded' nothing changes). A pending job leaves its
 -- priority's list with LREM, the one removal from the middle of a pending
@@ -37,6 +65,7 @@ local function cancel_job(k, id, cap)
   local state = job_state(k, id)
   if state == 'unknown' or state == 'dead' or state == 'succeeded' then return state end
   local record = redis.call('HGET', k.jobs, id)
+  local doc = record_doc(record)
   if state == 'active' then
     redis.call('ZREM', k.active, id)
     if release_groups(k, { id }) then wake(k) end
@@ -52,11 +81,12 @@ local function cancel_job(k, id, cap)
   else
     local level = fmt_int(record_header(record))
     local key = pending_key(k, level)
-    if redis.call('LREM', key, 1, id) == 1 and redis.call('EXISTS', key) == 0 then
-      redis.call('ZREM', k.pending, level)
+    if redis.call('LREM', key, 1, id) == 1 then
+      if redis.call('EXISTS', key) == 0 then redis.call('ZREM', k.pending, level) end
+    else
+      forget_parked(k, doc, id)
     end
   end
-  local doc = record_doc(record)
   release_unique(k, doc.unique_key, id)
   local attempts = parse_run(redis.call('HGET', k.runs, id))
   delete_jobs(k, { id })
