@@ -147,11 +147,13 @@ async fn seed(server: &RedisServer) -> Store {
         .unwrap();
     let emails = store.queue("emails").unwrap();
     let runs = [0u64, 0, 4, 30, 60, 20, 5, 1];
+    let waits = [10u64, 80, 20, 8, 1, 1, 0, 0];
     let delta = RateDelta {
         keys: &emails,
         succeeded: 120,
         failed: 7,
         runs: &runs,
+        waits: &waits,
     };
     store
         .add_rates(now, &[delta], Duration::from_secs(7200))
@@ -164,6 +166,7 @@ async fn seed(server: &RedisServer) -> Store {
             succeeded: 40 + (m * 37) % 50,
             failed: (m * 7) % 9,
             runs: &runs,
+            waits: &waits,
         };
         let at = now - 60_000 * m as i64;
         store
@@ -249,6 +252,9 @@ async fn every_page_shows_what_redis_holds() {
         "data-live=\"reports.dead\">3<",
         "<svg class=\"chart\"",
         "120 succeeded",
+        "<th>wait p50</th>",
+        "data-live=\"emails.wp50\">≤",
+        "data-live=\"emails.p99\">≤",
     ] {
         assert!(page.contains(want), "overview lacks {want:?}:\n{page}");
     }

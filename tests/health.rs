@@ -236,6 +236,13 @@ handler = {{ builtin = "fail" }}
         .expect("a p50 for a queue that ran");
     let p99 = row("ok")["run_p99_ms"].as_f64().unwrap();
     assert!(p50 <= p99 && p99 <= 1000.0, "{p50} {p99}");
+    // So do queue-wait percentiles: the jobs started well within a second
+    // of their enqueue.
+    let w50 = row("ok")["wait_p50_ms"]
+        .as_f64()
+        .expect("a wait p50 for a queue that ran");
+    let w99 = row("ok")["wait_p99_ms"].as_f64().unwrap();
+    assert!(w50 <= w99 && w99 <= 1000.0, "{w50} {w99}");
 
     daemon.stop().await;
 }

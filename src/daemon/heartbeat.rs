@@ -74,7 +74,8 @@ fn unix_ms() -> i64 {
 
 /// Per-queue (succeeded, failed) totals already published.
 /// Per queue: succeeded, failed, and run-time bucket counts already published.
-type Published = HashMap<Arc<str>, (u64, u64, Vec<u64>)>;
+/// Per queue: succeeded, failed, run-time and queue-wait buckets, as last published.
+type Published = HashMap<Arc<str>, (u64, u64, Vec<u64>, Vec<u64>)>;
 
 /// The heartbeat loop: beats now and every [`EVERY`] until `stop`, then
 /// publishes the last counts and removes the daemon's entry.
@@ -137,26 +138,30 @@ async fn publish_rates(shared: &Shared, now_ms: i64, published: &mut Published) 
         let failed =
             m.jobs_total(&q.name, JobOutcome::Failed) + m.jobs_total(&q.name, JobOutcome::Dead);
         let runs = m.run_time_buckets(&q.name).unwrap_or_default();
-        let (ok0, failed0, runs0) = published.get(&q.name).cloned().unwrap_or_default();
+        let waits = m.wait_time_buckets(&q.name).unwrap_or_default();
+        let (ok0, failed0, runs0, waits0) = published.get(&q.name).cloned().unwrap_or_default();
         let (d_ok, d_failed) = (ok.saturating_sub(ok0), failed.saturating_sub(failed0));
-        let d_runs: Vec<u64> = runs
-            .iter()
-            .enumerate()
-            .map(|(i, n)| n.saturating_sub(runs0.get(i).copied().unwrap_or(0)))
-            .collect();
-        if d_ok == 0 && d_failed == 0 && d_runs.iter().all(|n| *n == 0) {
+        let since = |now: &[u64], then: &[u64]| -> Vec<u64> {
+            now.iter()
+                .enumerate()
+                .map(|(i, n)| n.saturating_sub(then.get(i).copied().unwrap_or(0)))
+                .collect()
+        };
+        let (d_runs, d_waits) = (since(&runs, &runs0), since(&waits, &waits0));
+        if d_ok == 0 && d_failed == 0 && d_runs.iter().chain(&d_waits).all(|n| *n == 0) {
             continue;
         }
-        deltas.push((q, d_ok, d_failed, d_runs));
-        next.push((q.name.clone(), (ok, failed, runs)));
+        deltas.push((q, d_ok, d_failed, d_runs, d_waits));
+        next.push((q.name.clone(), (ok, failed, runs, waits)));
     }
     let deltas: Vec<RateDelta> = deltas
         .iter()
-        .map(|(q, ok, failed, runs)| RateDelta {
+        .map(|(q, ok, failed, runs, waits)| RateDelta {
             keys: &q.keys,
             succeeded: *ok,
             failed: *failed,
             runs,
+            waits,
         })
         .collect();
     shared.store.add_rates(now_ms, &deltas, RATE_TTL).await?;

@@ -90,10 +90,13 @@ pub(crate) fn depth_cells(s: &QueueStats) -> String {
     let _ = write!(
         out,
         "<td class=\"n\" data-live=\"{q}.ok\">{:.2}</td><td class=\"n\" data-live=\"{q}.failed\">{:.2}</td>\
+         <td class=\"n\" data-live=\"{q}.wp50\">{}</td><td class=\"n\" data-live=\"{q}.wp99\">{}</td>\
          <td class=\"n\" data-live=\"{q}.p50\">{}</td><td class=\"n\" data-live=\"{q}.p99\">{}</td>\
          <td data-live=\"{q}.paused\">{}</td>",
         r.succeeded_per_sec,
         r.failed_per_sec,
+        html::percentile(r.wait_p50_ms),
+        html::percentile(r.wait_p99_ms),
         html::percentile(r.run_p50_ms),
         html::percentile(r.run_p99_ms),
         if s.paused { "paused" } else { "running" }
@@ -104,7 +107,7 @@ pub(crate) fn depth_cells(s: &QueueStats) -> String {
 pub(crate) const DEPTH_HEAD: &str =
     "<th>pending</th><th>scheduled</th><th>active</th><th>dead</th>\
      <th>succeeded</th><th>inbox</th><th>rejected</th><th>ok/s</th><th>failed/s</th>\
-     <th>run p50</th><th>run p99</th><th>state</th>";
+     <th>wait p50</th><th>wait p99</th><th>run p50</th><th>run p99</th><th>state</th>";
 
 pub async fn overview(State(app): State<Arc<App>>) -> Response {
     match render_overview(&app).await {
@@ -138,8 +141,9 @@ async fn render_overview(app: &App) -> Result<String> {
     }
     let _ = write!(
         body,
-        "<section><h2>Queues</h2><p class=\"hint\">Depths now; rates and run-time \
-         percentiles over the last minute (histogram bucket bounds). Numbers refresh every 5 s \
+        "<section><h2>Queues</h2><p class=\"hint\">Depths now; rates, queue-wait \
+         (enqueue or due time to start) and run-time percentiles over the last minute \
+         (histogram bucket bounds). Numbers refresh every 5 s \
          with JavaScript.</p><table><thead><tr><th>queue</th>{DEPTH_HEAD}<th>limits</th></tr></thead><tbody>"
     );
     for (s, meta) in stats.iter().zip(&metas) {

@@ -288,19 +288,14 @@ impl Metrics {
     /// in the order of [`Metrics::run_bucket_bounds`] plus a last `+Inf` bucket.
     pub fn run_time_buckets(&self, queue: &str) -> Option<Vec<u64>> {
         let map = self.queues.read().ok()?;
-        let q = map.get(queue)?;
-        let cumulative = q.run.snapshot().cumulative;
-        let mut prev = 0;
-        Some(
-            cumulative
-                .iter()
-                .map(|c| {
-                    let n = c.saturating_sub(prev);
-                    prev = *c;
-                    n
-                })
-                .collect(),
-        )
+        Some(per_bucket(&map.get(queue)?.run))
+    }
+
+    /// The queue-wait histogram (enqueue or due time → start) of a queue,
+    /// as [`Metrics::run_time_buckets`] gives run times.
+    pub fn wait_time_buckets(&self, queue: &str) -> Option<Vec<u64>> {
+        let map = self.queues.read().ok()?;
+        Some(per_bucket(&map.get(queue)?.wait))
     }
 
     /// Upper bounds (seconds) of the run-time buckets, without `+Inf`.
@@ -388,4 +383,18 @@ impl Metrics {
 /// panic elsewhere cannot leave it half-updated.
 pub(super) fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
     lock.read().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A histogram's per-bucket (not cumulative) counts.
+fn per_bucket(h: &super::histogram::Histogram) -> Vec<u64> {
+    let mut prev = 0;
+    h.snapshot()
+        .cumulative
+        .iter()
+        .map(|c| {
+            let n = c.saturating_sub(prev);
+            prev = *c;
+            n
+        })
+        .collect()
 }

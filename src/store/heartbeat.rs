@@ -11,7 +11,8 @@
 //!   the entry.
 //! - `<prefix>:{<queue>}:rate:<minute>`: HASH of jobs finished in that Unix
 //!   minute, summed over daemons: [`RATE_SUCCEEDED`], [`RATE_FAILED`], and
-//!   `r<i>` per run-time histogram bucket i ([`rate_bucket_field`]); read by
+//!   `r<i>` per run-time histogram bucket i ([`rate_bucket_field`]) and
+//!   `w<i>` per queue-wait bucket ([`wait_bucket_field`]); read by
 //!   [`crate::inspect::last_minute`].
 //! - `<prefix>:{<queue>}:meta` fields [`TOTAL_SUCCEEDED`] and
 //!   [`TOTAL_FAILED`]: the same counts since the queue's first job, which
@@ -39,6 +40,11 @@ pub const TOTAL_FAILED: &str = "failed_total";
 /// Rate bucket field of run-time histogram bucket `i`.
 pub fn rate_bucket_field(i: usize) -> String {
     format!("r{i}")
+}
+
+/// Rate bucket field of queue-wait histogram bucket `i` (same bounds).
+pub fn wait_bucket_field(i: usize) -> String {
+    format!("w{i}")
 }
 
 fn ms(d: Duration) -> i64 {
@@ -82,6 +88,8 @@ pub struct RateDelta<'a> {
     pub failed: u64,
     /// Per run-time histogram bucket.
     pub runs: &'a [u64],
+    /// Per queue-wait histogram bucket.
+    pub waits: &'a [u64],
 }
 
 impl Store {
@@ -147,6 +155,9 @@ impl Store {
             let key = d.keys.rate(minute);
             for (i, n) in d.runs.iter().enumerate().filter(|(_, n)| **n > 0) {
                 pipe.hincr(&key, rate_bucket_field(i), *n).ignore();
+            }
+            for (i, n) in d.waits.iter().enumerate().filter(|(_, n)| **n > 0) {
+                pipe.hincr(&key, wait_bucket_field(i), *n).ignore();
             }
             pipe.hincr(&key, RATE_SUCCEEDED, d.succeeded)
                 .ignore()

@@ -26,6 +26,8 @@
           var r = q.last_minute || {};
           set(q.queue, "ok", (r.succeeded_per_sec || 0).toFixed(2));
           set(q.queue, "failed", (r.failed_per_sec || 0).toFixed(2));
+          set(q.queue, "wp50", pct(r.wait_p50_ms));
+          set(q.queue, "wp99", pct(r.wait_p99_ms));
           set(q.queue, "p50", pct(r.run_p50_ms));
           set(q.queue, "p99", pct(r.run_p99_ms));
           set(q.queue, "paused", q.paused ? "paused" : "running");

@@ -5,7 +5,8 @@
 use serde::Serialize;
 
 use super::super::heartbeat::{
-    rate_bucket_field, RATE_FAILED, RATE_SUCCEEDED, TOTAL_FAILED, TOTAL_SUCCEEDED,
+    rate_bucket_field, wait_bucket_field, RATE_FAILED, RATE_SUCCEEDED, TOTAL_FAILED,
+    TOTAL_SUCCEEDED,
 };
 use super::super::{split_time, with_time, Store};
 use crate::error::{Error, Result};
@@ -47,6 +48,9 @@ pub struct Rates {
     /// nothing ran).
     pub run_p50_ms: Option<f64>,
     pub run_p99_ms: Option<f64>,
+    /// Queue-wait percentiles (enqueue, or due time, to start), the same way.
+    pub wait_p50_ms: Option<f64>,
+    pub wait_p99_ms: Option<f64>,
 }
 
 /// The upper bound (ms) of the bucket where the cumulative count reaches `q`.
@@ -146,6 +150,9 @@ pub async fn last_minute(store: &Store, queues: &[QueueKeys]) -> Result<Vec<Rate
             for b in 0..=crate::observe::Metrics::run_bucket_bounds().len() {
                 pipe.arg(rate_bucket_field(b));
             }
+            for b in 0..=crate::observe::Metrics::run_bucket_bounds().len() {
+                pipe.arg(wait_bucket_field(b));
+            }
         }
     }
     let buckets: Vec<Vec<Option<u64>>> = pipe.query_async(&mut con).await?;
@@ -160,14 +167,19 @@ pub async fn last_minute(store: &Store, queues: &[QueueKeys]) -> Result<Vec<Rate
             let (cur, prev) = (buckets.get(2 * i), buckets.get(2 * i + 1));
             let rate = |f: usize| (count(cur, f) + count(prev, f) * prev_weight) / 60.0;
             let nb = crate::observe::Metrics::run_bucket_bounds().len() + 1;
-            let runs: Vec<u64> = (0..nb)
-                .map(|b| (count(cur, 2 + b) + count(prev, 2 + b)) as u64)
-                .collect();
+            let hist = |first: usize| -> Vec<u64> {
+                (0..nb)
+                    .map(|b| (count(cur, first + b) + count(prev, first + b)) as u64)
+                    .collect()
+            };
+            let (runs, waits) = (hist(2), hist(2 + nb));
             Rates {
                 succeeded_per_sec: rate(0),
                 failed_per_sec: rate(1),
                 run_p50_ms: bucket_percentile(&runs, 0.50),
                 run_p99_ms: bucket_percentile(&runs, 0.99),
+                wait_p50_ms: bucket_percentile(&waits, 0.50),
+                wait_p99_ms: bucket_percentile(&waits, 0.99),
             }
         })
         .collect())
