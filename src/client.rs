@@ -389,6 +389,12 @@ impl Client {
         self.store.cancel(&self.store.queue(queue)?, ids).await
     }
 
+    /// Runs scheduled or retrying jobs of `queue` now (see
+    /// [`Store::run_now`]); the state each was in.
+    pub async fn promote(&self, queue: &str, ids: &[String]) -> Result<Vec<WasIn>> {
+        self.store.run_now(&self.store.queue(queue)?, ids).await
+    }
+
     /// Deletes finished jobs of `queue` (see [`Store::delete`]); the state
     /// each was in.
     pub async fn delete(&self, queue: &str, ids: &[String]) -> Result<Vec<WasIn>> {

@@ -355,3 +355,31 @@ async fn a_cancelled_parked_job_leaves_nothing_that_could_bring_its_id_back_twic
         "0"
     );
 }
+
+#[test]
+fn promote_runs_a_scheduled_job_now_and_says_when_there_is_nothing_to_promote() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let cli = |args: &[&str]| run_bounded(redq().args(["--redis-url", &url]).args(args), secs(20));
+    let o = cli(&["enqueue", "--id", "later", "--delay", "1h", "q", "{}"]);
+    assert_eq!(o.code, Some(0), "{}", o.stderr);
+    let o = cli(&["promote", "q", "later"]);
+    assert_eq!(o.code, Some(0), "{}", o.stderr);
+    assert!(
+        o.stdout.contains("promoted later (was scheduled)"),
+        "{}",
+        o.stdout
+    );
+    let o = cli(&["job", "q", "later", "--json"]);
+    let v: Value = serde_json::from_str(&o.stdout).unwrap();
+    assert_eq!(v["state"], "pending", "{v}");
+    assert_eq!(v["attempts"], 0, "{v}");
+    let o = cli(&["promote", "q", "later", "nope"]);
+    assert_eq!(o.code, Some(1));
+    assert!(
+        o.stderr.contains("later is pending, not scheduled"),
+        "{}",
+        o.stderr
+    );
+    assert!(o.stderr.contains("q has no job nope"), "{}", o.stderr);
+}

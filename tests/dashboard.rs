@@ -597,7 +597,7 @@ fn a_public_listen_address_needs_the_flag_and_a_token() {
 /// come from this test).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_real_browser_pauses_and_retries() {
-    let Some(browser) = Browser::start(1100, 1000).await else {
+    let Some(browser) = Browser::start(1280, 1000).await else {
         return;
     };
     let b = board().await;
@@ -804,7 +804,7 @@ async fn the_dashboard_works_on_a_cluster() {
 }
 
 #[tokio::test]
-async fn jobs_are_listed_by_state_with_filters_and_cancelled_from_the_list() {
+async fn jobs_are_listed_by_state_with_filters_and_cancelled_promoted_or_deleted() {
     let b = board().await;
     // The seeded `emails` queue: three pending jobs (one of tenant acme,
     // whose payload is markup), one scheduled.
@@ -824,6 +824,11 @@ async fn jobs_are_listed_by_state_with_filters_and_cancelled_from_the_list() {
         !dead.contains(">Cancel<"),
         "dead jobs are not cancelled: {dead}"
     );
+    assert!(
+        dead.contains(">Delete<"),
+        "dead jobs can be deleted: {dead}"
+    );
+    assert!(scheduled.contains(">Run now<"), "{scheduled}");
     // Cancel from the list: a POST with the form's token.
     let token = b.csrf().await;
     let r = b
@@ -861,4 +866,46 @@ async fn jobs_are_listed_by_state_with_filters_and_cancelled_from_the_list() {
         .await
         .unwrap()
         .is_some());
+
+    // Run the scheduled job now: it is pending at once.
+    let scheduled_id = scheduled
+        .split("/queues/emails/jobs/")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .unwrap()
+        .to_owned();
+    let r = b
+        .post(
+            &format!("/queues/emails/jobs/{scheduled_id}/promote"),
+            &format!("csrf={token}"),
+            None,
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    let to = r.headers()["location"].to_str().unwrap().to_owned();
+    assert!(to.contains("Promoted"), "{to}");
+    let info = redq::inspect::job(&b.store, &q, &scheduled_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(info.state, redq::inspect::JobState::Pending);
+    // Delete a dead job, from its own page's button.
+    let (_, job_page) = b.get("/queues/reports/jobs/dead-1").await;
+    assert!(
+        job_page.contains("/queues/reports/jobs/dead-1/delete"),
+        "{job_page}"
+    );
+    let r = b
+        .post(
+            "/queues/reports/jobs/dead-1/delete",
+            &format!("csrf={token}"),
+            None,
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    let reports = b.store.queue("reports").unwrap();
+    assert!(redq::inspect::job(&b.store, &reports, "dead-1")
+        .await
+        .unwrap()
+        .is_none());
 }

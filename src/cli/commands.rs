@@ -106,6 +106,32 @@ pub async fn run(command: Command, target: &Target) -> Result<u8> {
             }
             Ok(code)
         }
+        Command::Promote { queue, ids } => {
+            let was = client.promote(&queue, &ids).await?;
+            let mut code = 0;
+            for (id, w) in ids.iter().zip(was) {
+                match w {
+                    WasIn::Scheduled | WasIn::Retrying => {
+                        println!(
+                            "promoted {id} (was {}): it runs as soon as a worker is free",
+                            w.as_str()
+                        )
+                    }
+                    WasIn::Unknown => {
+                        eprintln!("redq: {queue} has no job {id}");
+                        code = 1;
+                    }
+                    w => {
+                        eprintln!(
+                            "redq: {id} is {}, not scheduled: nothing to promote",
+                            w.as_str()
+                        );
+                        code = 1;
+                    }
+                }
+            }
+            Ok(code)
+        }
         Command::Jobs {
             queue,
             state,

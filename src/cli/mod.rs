@@ -128,6 +128,12 @@ pub enum Command {
         #[arg(required = true)]
         ids: Vec<String>,
     },
+    /// Run scheduled or retrying jobs now instead of at their due time
+    Promote {
+        queue: String,
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
     /// Show each queue's depth by state and its rates over the last minute
     Stats {
         /// Queues to show [default: every registered and configured queue]

@@ -15,7 +15,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 use super::html::url;
 use super::{error_page, fail, guard, query, App};
 use crate::error::Result;
-use crate::store::DeadRetry;
+use crate::store::{DeadRetry, WasIn};
 
 /// Most ids one form may name.
 const MAX_IDS: usize = 1000;
@@ -64,19 +64,64 @@ pub async fn cancel(
     Path((queue, id)): Path<(String, String)>,
     body: Bytes,
 ) -> Response {
-    if form(&app, &body).is_none() {
+    by_hand(&app, &queue, &id, &body, ByHand::Cancel).await
+}
+
+/// Runs one scheduled or retrying job now (`redq promote`).
+pub async fn promote(
+    State(app): State<Arc<App>>,
+    Path((queue, id)): Path<(String, String)>,
+    body: Bytes,
+) -> Response {
+    by_hand(&app, &queue, &id, &body, ByHand::Promote).await
+}
+
+/// Deletes one finished job (`redq delete`).
+pub async fn delete(
+    State(app): State<Arc<App>>,
+    Path((queue, id)): Path<(String, String)>,
+    body: Bytes,
+) -> Response {
+    by_hand(&app, &queue, &id, &body, ByHand::Delete).await
+}
+
+#[derive(Clone, Copy)]
+enum ByHand {
+    Cancel,
+    Promote,
+    Delete,
+}
+
+/// One job acted on by hand; the queue's page then says what was done, or
+/// why nothing was (the state it found the job in).
+async fn by_hand(app: &App, queue: &str, id: &str, body: &Bytes, what: ByHand) -> Response {
+    if form(app, body).is_none() {
         return refused();
     }
-    if !crate::keys::is_valid_name(&id) {
+    if !crate::keys::is_valid_name(id) {
         return error_page(StatusCode::BAD_REQUEST, "not a job id");
     }
-    let r = app.client.cancel(&queue, std::slice::from_ref(&id)).await;
+    let ids = [id.to_owned()];
+    let (r, done_word, acts_on): (_, _, fn(WasIn) -> bool) = match what {
+        ByHand::Cancel => (
+            app.client.cancel(queue, &ids).await,
+            "Cancelled",
+            WasIn::is_live,
+        ),
+        ByHand::Promote => (app.client.promote(queue, &ids).await, "Promoted", |w| {
+            matches!(w, WasIn::Scheduled | WasIn::Retrying)
+        }),
+        ByHand::Delete => (app.client.delete(queue, &ids).await, "Deleted", |w| {
+            matches!(w, WasIn::Dead | WasIn::Succeeded)
+        }),
+    };
+    let verb = done_word.to_lowercase();
     done(
-        &queue,
+        queue,
         r.map(|was| match was.first() {
-            Some(w) if w.is_live() => format!("Cancelled {id} (it was {}).", w.as_str()),
-            Some(w) => format!("{id} was not cancelled: it is {}.", w.as_str()),
-            None => format!("{id} was not cancelled."),
+            Some(w) if acts_on(*w) => format!("{done_word} {id} (it was {}).", w.as_str()),
+            Some(w) => format!("{id} was not {verb}: it is {}.", w.as_str()),
+            None => format!("{id} was not {verb}."),
         }),
     )
 }

@@ -65,6 +65,23 @@ pub fn notice(text: Option<&str>) -> String {
     }
 }
 
+/// The buttons of what can be done to job `j` by hand: run it now
+/// (scheduled, retrying), cancel it (live), delete it (dead, succeeded).
+pub fn job_actions(j: &crate::inspect::JobInfo, csrf: &str) -> String {
+    use crate::inspect::JobState;
+    let at = |what: &str| format!("/queues/{}/jobs/{}/{what}", url(&j.queue), url(&j.id));
+    let mut out = String::new();
+    if matches!(j.state, JobState::Scheduled | JobState::Retrying) {
+        out += &button_form(&at("promote"), csrf, "Run now", &[]);
+    }
+    if matches!(j.state, JobState::Succeeded | JobState::Dead) {
+        out += &button_form(&at("delete"), csrf, "Delete", &[]);
+    } else {
+        out += &button_form(&at("cancel"), csrf, "Cancel", &[]);
+    }
+    out
+}
+
 /// A POST form with the CSRF token and one button; `fields` are extra
 /// hidden fields (name, value).
 pub fn button_form(action: &str, csrf: &str, label: &str, fields: &[(&str, &str)]) -> String {

@@ -21,7 +21,7 @@ pub async fn page(
 ) -> Response {
     match app.client.job(&queue, &id).await {
         Ok(Some(job)) => {
-            let body = render(&job, app.opts.redact_payloads);
+            let body = render(&job, app.opts.redact_payloads, &app.csrf);
             html_response(&html::page(&format!("Job {id}"), &body))
         }
         Ok(None) => error_page(
@@ -51,7 +51,7 @@ fn capped(text: &str) -> String {
     )
 }
 
-fn render(j: &JobInfo, redact: bool) -> String {
+fn render(j: &JobInfo, redact: bool, csrf: &str) -> String {
     let state = serde_json::to_value(j.state)
         .ok()
         .and_then(|v| v.as_str().map(str::to_owned))
@@ -83,7 +83,12 @@ fn render(j: &JobInfo, redact: bool) -> String {
     for (k, v) in rows {
         let _ = write!(b, "<tr><th>{k}</th><td>{v}</td></tr>");
     }
-    b.push_str("</tbody></table></section><section><h2>Timeline</h2><table class=\"kv\"><tbody>");
+    let _ = write!(
+        b,
+        "</tbody></table><p class=\"actions\">{}</p></section>\
+         <section><h2>Timeline</h2><table class=\"kv\"><tbody>",
+        html::job_actions(j, csrf)
+    );
     for (k, t) in [
         ("enqueued", Some(j.enqueued_at_ms)),
         ("due (scheduled / retry)", j.run_at_ms),

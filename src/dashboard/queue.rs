@@ -269,20 +269,7 @@ pub async fn jobs_by_state(
     );
     for j in &page.jobs {
         let when = j.when_ms();
-        let live = !matches!(
-            j.state,
-            crate::inspect::JobState::Succeeded | crate::inspect::JobState::Dead
-        );
-        let action = if live {
-            button_form(
-                &format!("/queues/{qu}/jobs/{}/cancel", url(&j.id)),
-                &app.csrf,
-                "Cancel",
-                &[],
-            )
-        } else {
-            String::new()
-        };
+        let action = html::job_actions(j, &app.csrf);
         let _ = write!(
             b,
             "<tr><td><a href=\"/queues/{qu}/jobs/{}\">{}</a></td><td>{}</td><td class=\"n\">{}</td>\

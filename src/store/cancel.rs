@@ -72,6 +72,13 @@ impl Store {
         self.end_by_hand(q, "delete", ids).await
     }
 
+    /// Runs scheduled or retrying jobs now: each goes to the tail of its
+    /// priority's pending jobs (a daemon is woken), its attempts unchanged;
+    /// returns the state each was in (other jobs are left as they are).
+    pub async fn run_now(&self, q: &QueueKeys, ids: &[String]) -> Result<Vec<WasIn>> {
+        self.end_by_hand(q, "promote", ids).await
+    }
+
     async fn end_by_hand(&self, q: &QueueKeys, mode: &str, ids: &[String]) -> Result<Vec<WasIn>> {
         let mut out = Vec::with_capacity(ids.len());
         for part in ids.chunks(super::MAX_CALL_JOBS) {

@@ -1,5 +1,6 @@
 -- cancel.lua: a job's state as producers read it, and ending a job by hand
--- (cancel a live one, delete a finished one).
+-- (cancel a live one, delete a finished one), and running a scheduled one
+-- now (promote).
 -- Keys: reads jobs, runs, active, scheduled, dead, done; cancel writes
 --   active, scheduled, pending and pending:<priority>, parked and
 --   tenant_parked, holders and groups
@@ -92,6 +93,20 @@ local function cancel_job(k, id, cap)
   delete_jobs(k, { id })
   emit(k, cap, 'cancelled', id, attempts, 'was', state)
   keep_outcome(k, id, outcome_ttl(k, record), 'cancelled', attempts, nil, 'cancelled while ' .. state, now_ms())
+  return state
+end
+
+-- Runs scheduled (or retrying) job `id` now: out of `scheduled`, onto the
+-- tail of its priority's pending jobs, a daemon woken; returns the state it
+-- was in (any other job is left as it is). Its attempts are unchanged.
+local function promote_job(k, id, cap)
+  local state = job_state(k, id)
+  if state ~= 'scheduled' and state ~= 'retrying' then return state end
+  redis.call('ZREM', k.scheduled, id)
+  local priority = record_header(redis.call('HGET', k.jobs, id))
+  pending_push(k, priority, { id })
+  wake(k)
+  emit(k, cap, 'enqueued', id, 0, 'via', 'promote', 'priority', fmt_int(priority))
   return state
 end
 
