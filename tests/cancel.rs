@@ -239,6 +239,16 @@ fn a_running_job_is_cancelled_its_handler_stopped_and_nothing_written() {
     let o = cli(&["cancel", "slow", "run"]);
     assert_eq!(o.code, Some(0), "{}", o.stderr);
     assert_eq!(o.stdout.trim(), "cancelled run (was active)");
+    // Counted for the queue, whoever cancelled: in `redq stats` and, once
+    // the daemon has read it, in its metrics.
+    let o = cli(&["stats", "slow", "--json"]);
+    let stats: Value = serde_json::from_str(&o.stdout).unwrap();
+    assert_eq!(stats[0]["cancelled_total"], 1, "{stats}");
+    wait_for("the cancellation in the daemon's metrics", secs(15), || {
+        http_get(&daemon.listen, "/metrics")
+            .and_then(|(_, body)| sample(&body, "redq_queue_cancelled_total{queue=\"slow\"}"))
+            == Some(1.0)
+    });
     // The daemon hears of it at once (its next lease renewal is ~20 s
     // away, and this waits at most 5 s) and stops the handler's process
     // group.

@@ -86,6 +86,7 @@ async fn metrics_scrape_shows_exact_counters_and_histograms() {
         pending: 7,
         dead: 1,
         oldest_pending_age: Some(Duration::from_millis(1500)),
+        cancelled_total: 3,
         ..QueueDepths::default()
     };
     metrics.set_queue_depths("emails", &depths);
@@ -120,6 +121,7 @@ async fn metrics_scrape_shows_exact_counters_and_histograms() {
         r#"redq_queue_jobs{queue="emails",state="dead"} 1"#,
         r#"redq_queue_jobs{queue="emails",state="inbox"} 0"#,
         r#"redq_queue_oldest_pending_age_seconds{queue="emails"} 1.5"#,
+        r#"redq_queue_cancelled_total{queue="emails"} 3"#,
         r#"redq_jobs_in_flight{queue="emails"} 4"#,
         r#"redq_jobs_in_flight{queue="idle"} 0"#,
         "redq_redis_rtt_seconds 0.00025",

@@ -63,6 +63,7 @@ async fn poll_once(shared: &Shared, queues: &[Arc<QueueRt>]) -> Result<(Duration
             inbox: s.inbox,
             rejected: s.rejected,
             oldest_pending_age: head,
+            cancelled_total: s.cancelled_total,
         };
         shared.metrics.set_queue_depths(&q.name, &depths);
     }

@@ -96,6 +96,7 @@ fn empty_stats(queue: &str) -> crate::inspect::QueueStats {
         succeeded: 0,
         succeeded_total: 0,
         failed_total: 0,
+        cancelled_total: 0,
         inbox: 0,
         rejected: 0,
         paused: false,

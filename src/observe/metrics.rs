@@ -126,6 +126,8 @@ pub struct QueueDepths {
     pub rejected: u64,
     /// Age of the oldest pending job; `None` when nothing is pending (rendered as 0).
     pub oldest_pending_age: Option<Duration>,
+    /// Jobs ever cancelled by hand (`cancelled_total` of the queue's meta).
+    pub cancelled_total: u64,
 }
 
 pub(super) const STATES: [&str; 6] = [
@@ -150,6 +152,8 @@ pub(super) struct QueueMetrics {
     pub(super) returned_unstarted: AtomicU64,
     /// In [`STATES`] order.
     pub(super) depths: [AtomicU64; STATES.len()],
+    /// `redq_queue_cancelled_total`: as last read from Redis.
+    pub(super) cancelled_total: AtomicU64,
     pub(super) depths_known: AtomicBool,
     pub(super) oldest_pending_micros: AtomicU64,
     /// Command handler runs measured, and what they used (sums).
@@ -172,6 +176,7 @@ impl QueueMetrics {
             started: std::array::from_fn(|_| AtomicU64::new(0)),
             returned_unstarted: AtomicU64::new(0),
             depths: std::array::from_fn(|_| AtomicU64::new(0)),
+            cancelled_total: AtomicU64::new(0),
             depths_known: AtomicBool::new(false),
             oldest_pending_micros: AtomicU64::new(0),
             command_runs: AtomicU64::new(0),
@@ -325,6 +330,7 @@ impl Metrics {
             let age = d.oldest_pending_age.unwrap_or(Duration::ZERO);
             let age = u64::try_from(age.as_micros()).unwrap_or(u64::MAX);
             q.oldest_pending_micros.store(age, Relaxed);
+            q.cancelled_total.store(d.cancelled_total, Relaxed);
             q.depths_known.store(true, Relaxed);
         });
     }

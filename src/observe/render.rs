@@ -123,6 +123,18 @@ impl Metrics {
             let secs = q.oldest_pending_micros.load(Relaxed) as f64 / 1e6;
             sample(out_, name, &[("queue", queue)], secs);
         }
+        let name = "redq_queue_cancelled_total";
+        let help = "Jobs of a queue ever cancelled by hand (pending, scheduled or running), \
+                    by any daemon or client, as last read from Redis.";
+        header(out_, name, "counter", help);
+        for (queue, q) in &known {
+            sample(
+                out_,
+                name,
+                &[("queue", queue)],
+                q.cancelled_total.load(Relaxed),
+            );
+        }
         let name = "redq_jobs_in_flight";
         header(out_, name, "gauge", "Jobs this daemon is running now.");
         for (queue, q) in &queues {

@@ -36,6 +36,9 @@ pub const RATE_FAILED: &str = "failed";
 pub const TOTAL_SUCCEEDED: &str = "succeeded_total";
 /// `meta` field: attempts of the queue that ever failed (retried or dead).
 pub const TOTAL_FAILED: &str = "failed_total";
+/// `meta` field: jobs of the queue ever cancelled by hand (lib/cancel.lua
+/// counts them, whoever cancels).
+pub const TOTAL_CANCELLED: &str = "cancelled_total";
 
 /// Rate bucket field of run-time histogram bucket `i`.
 pub fn rate_bucket_field(i: usize) -> String {

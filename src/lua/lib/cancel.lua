@@ -5,7 +5,7 @@
 --   active, scheduled, pending and pending:<priority>, parked and
 --   tenant_parked, holders and groups
 --   (release_groups), unique, and deletes the job's fields (delete_jobs);
---   emits `cancelled` to events; publishes "cancel <id> <fence>" on
+--   counts it in meta `cancelled_total`; emits `cancelled` to events; publishes "cancel <id> <fence>" on
 --   <base>:due for a running job; keeps a `cancelled` outcome
 --   (lib/outcome.lua) for a job that keeps one.
 -- Invariant: a cancelled job has no record left and no parked member, so
@@ -91,6 +91,7 @@ local function cancel_job(k, id, cap)
   release_unique(k, doc.unique_key, id)
   local attempts = parse_run(redis.call('HGET', k.runs, id))
   delete_jobs(k, { id })
+  redis.call('HINCRBY', k.meta, 'cancelled_total', 1)
   emit(k, cap, 'cancelled', id, attempts, 'was', state)
   keep_outcome(k, id, outcome_ttl(k, record), 'cancelled', attempts, nil, 'cancelled while ' .. state, now_ms())
   return state

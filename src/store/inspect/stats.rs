@@ -5,8 +5,8 @@
 use serde::Serialize;
 
 use super::super::heartbeat::{
-    rate_bucket_field, wait_bucket_field, RATE_FAILED, RATE_SUCCEEDED, TOTAL_FAILED,
-    TOTAL_SUCCEEDED,
+    rate_bucket_field, wait_bucket_field, RATE_FAILED, RATE_SUCCEEDED, TOTAL_CANCELLED,
+    TOTAL_FAILED, TOTAL_SUCCEEDED,
 };
 use super::super::{split_time, with_time, Store};
 use crate::error::{Error, Result};
@@ -29,6 +29,9 @@ pub struct QueueStats {
     pub succeeded_total: u64,
     /// Attempts that ever failed (retried or dead), counted the same way.
     pub failed_total: u64,
+    /// Jobs ever cancelled by hand (pending, scheduled or running), over
+    /// every daemon and client.
+    pub cancelled_total: u64,
     /// Documents in the inbox not yet turned into jobs.
     pub inbox: u64,
     pub rejected: u64,
@@ -100,7 +103,8 @@ pub async fn stats(store: &Store, queues: &[QueueKeys]) -> Result<Vec<QueueStats
             .llen(q.rejected())
             .hexists(q.meta(), "paused")
             .hget(q.meta(), TOTAL_SUCCEEDED)
-            .hget(q.meta(), TOTAL_FAILED);
+            .hget(q.meta(), TOTAL_FAILED)
+            .hget(q.meta(), TOTAL_CANCELLED);
     }
     let counts: Vec<Option<u64>> = pipe.query_async(&mut store.connection()).await?;
     let mut rest = counts.as_slice();
@@ -109,7 +113,7 @@ pub async fn stats(store: &Store, queues: &[QueueKeys]) -> Result<Vec<QueueStats
         .zip(&levels)
         .map(|(q, levels)| {
             let (line, after) = rest.split_at(levels.len().min(rest.len()));
-            let (c, after) = after.split_at(11.min(after.len()));
+            let (c, after) = after.split_at(12.min(after.len()));
             rest = after;
             let n = |i: usize| c.get(i).copied().flatten().unwrap_or(0);
             QueueStats {
@@ -125,6 +129,7 @@ pub async fn stats(store: &Store, queues: &[QueueKeys]) -> Result<Vec<QueueStats
                 paused: n(8) == 1,
                 succeeded_total: n(9),
                 failed_total: n(10),
+                cancelled_total: n(11),
                 last_minute: None,
             }
         })
