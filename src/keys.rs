@@ -17,7 +17,7 @@ pub const DEFAULT_PREFIX: &str = "redq";
 pub const MAX_NAME_LEN: usize = 128;
 
 /// The parts of a queue's keyspace (`src/lua/lib/keys.lua`'s `QUEUE_PARTS` lists the same).
-pub const PARTS: [&str; 24] = [
+pub const PARTS: [&str; 25] = [
     "jobs",      // HASH  id -> stored job record (see job::StoredJob)
     "pending", // ZSET  priority -> -priority, for each priority with pending jobs (see QueueKeys::pending_list)
     "scheduled", // ZSET  id -> due time (Redis ms)
@@ -44,6 +44,7 @@ pub const PARTS: [&str; 24] = [
     "tenant_parked", // ZSET  "<len>:<tenant>:<pending score>:<id>" (all scores 0): jobs whose tenant had no room
     "tenant_due", // ZSET  tenant -> Redis ms when it has room again, for each tenant with parked jobs
     "idle", // HASH  "<daemon id>.<pool number>" -> "<free slots>,<lease_ms>,<expires_ms>": idle pools waiting for a direct hand-off
+    "history", // HASH  id -> JSON array of the job's latest failed attempts (at most 5): attempt, started_ms, ended_ms, error, resources
 ];
 
 /// True when `name` is 1–128 characters from `A-Z a-z 0-9 _ . - :`.
@@ -258,6 +259,9 @@ impl QueueKeys {
     }
     pub fn idle(&self) -> &str {
         self.part("idle")
+    }
+    pub fn history(&self) -> &str {
+        self.part("history")
     }
 
     /// `<prefix>:{<queue>}:due`: a Pub/Sub channel, not a key. A script that

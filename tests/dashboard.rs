@@ -286,6 +286,11 @@ async fn every_page_shows_what_redis_holds() {
         page.contains("state-dead") && page.contains("Last error"),
         "{page}"
     );
+    // Its failed attempt, from the job's history (the seed failed it once).
+    assert!(
+        page.contains("Failed attempts") && page.contains("id=\"attempts\""),
+        "{page}"
+    );
 
     let (code, page) = b.get("/daemons").await;
     assert_eq!(code, StatusCode::OK);

@@ -1269,3 +1269,65 @@ async fn a_busy_claim_or_ending_the_registration_stops_hand_offs() {
     client.enqueue("q", job(4)).await.unwrap();
     assert!(handed(&redis, &q, "d1").await.is_empty());
 }
+
+#[tokio::test]
+async fn failed_attempts_are_kept_in_the_jobs_history_capped_and_removed_with_it() {
+    let redis = RedisServer::start();
+    let client = redis.client().await;
+    let store = client.store();
+    let q = store.queue("q").unwrap();
+    let id = client.enqueue("q", job(1)).await.unwrap().id;
+    // Seven failed attempts, each retried at once, with resources on the
+    // second; the history keeps the last five.
+    for n in 1..=7u32 {
+        let j = claim(store, "q", 1).await.jobs.remove(0);
+        assert_eq!(j.attempt, n);
+        let error = format!("boom {n}");
+        let f = [common::store::failure(&j, Some(Duration::ZERO), &error)];
+        let used = r#"{"wall_seconds":0.5,"user_cpu_seconds":0.1,"sys_cpu_seconds":0.0,"max_rss_kib":900,"exit_code":1,"signal":null,"stdout_bytes":0,"stderr_bytes":3}"#;
+        let res = [(n == 7).then_some(used)];
+        let r = store
+            .fail_with(&q, &f, DEAD, &res, None, Duration::ZERO)
+            .await
+            .unwrap();
+        assert_eq!(r, vec![FailResult::Retrying]);
+    }
+    let info = client.job("q", &id).await.unwrap().unwrap();
+    let attempts: Vec<u32> = info.history.iter().map(|a| a.attempt).collect();
+    assert_eq!(attempts, [3, 4, 5, 6, 7]);
+    assert_eq!(info.history[4].error, "boom 7");
+    assert!(info.history[4].ended_ms >= info.history[4].started_ms);
+    assert_eq!(info.history[4].resources.as_ref().unwrap().max_rss_kib, 900);
+    assert!(info.history[0].resources.is_none());
+    // A long error is cut to its first 1000 bytes.
+    let j = claim(store, "q", 1).await.jobs.remove(0);
+    let long = "x".repeat(5000);
+    let f = [common::store::failure(&j, Some(Duration::ZERO), &long)];
+    store.fail(&q, &f, DEAD).await.unwrap();
+    let info = client.job("q", &id).await.unwrap().unwrap();
+    assert_eq!(info.history.last().unwrap().error.len(), 1000);
+    // Success with nothing kept removes the history with the job.
+    let j = claim(store, "q", 1).await.jobs;
+    assert_eq!(
+        store
+            .complete(&q, &completions(&j), KEEP_NONE)
+            .await
+            .unwrap(),
+        vec![true]
+    );
+    let left: i64 = redis::cmd("HLEN")
+        .arg(q.history())
+        .query_async(&mut redis.con().await)
+        .await
+        .unwrap();
+    assert_eq!(left, 0);
+    // A job that never failed has none.
+    let ok = client.enqueue("q", job(2)).await.unwrap().id;
+    assert!(client
+        .job("q", &ok)
+        .await
+        .unwrap()
+        .unwrap()
+        .history
+        .is_empty());
+}

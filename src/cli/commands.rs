@@ -496,6 +496,15 @@ fn print_job(j: &JobInfo, json: bool) -> Result<()> {
             r.wall_seconds, r.user_cpu_seconds, r.sys_cpu_seconds, r.max_rss_kib, r.stdout_bytes, r.stderr_bytes
         );
     }
+    for a in &j.history {
+        let first_line = a.error.lines().next().unwrap_or_default();
+        println!(
+            "attempt {}:   {} → {}: {first_line}",
+            a.attempt,
+            time(a.started_ms),
+            time(a.ended_ms)
+        );
+    }
     if let Some(e) = &j.last_error {
         println!("last error:  {e}");
     }

@@ -1,8 +1,8 @@
 //! A job's page (`/queues/<queue>/jobs/<id>`): state, attempts, the
 //! timeline, the payload pretty-printed (capped at [`PAYLOAD_CAP`], hidden
-//! with `--redact-payloads`), the latest run's resource use, the last error
-//! and the result. Redis keeps only the latest run's resources and error,
-//! so that is what the page shows.
+//! with `--redact-payloads`), the latest run's resource use, the failed
+//! attempts before it (the job's history: at most the last 5, each with its
+//! error and resource use), the last error and the result.
 
 use std::fmt::Write;
 use std::sync::Arc;
@@ -121,6 +121,32 @@ fn render(j: &JobInfo, redact: bool, csrf: &str) -> String {
             r.stdout_bytes,
             r.stderr_bytes
         );
+    }
+    if !j.history.is_empty() {
+        b.push_str(
+            "<section><h2>Failed attempts</h2><table id=\"attempts\"><thead><tr><th>attempt</th>\
+             <th>started</th><th>ended</th><th>used</th><th>error</th></tr></thead><tbody>",
+        );
+        for a in &j.history {
+            let used = a.resources.as_ref().map_or("-".to_owned(), |r| {
+                format!(
+                    "wall {:.3} s, cpu {:.3} s, rss {} KiB",
+                    r.wall_seconds,
+                    r.user_cpu_seconds + r.sys_cpu_seconds,
+                    r.max_rss_kib
+                )
+            });
+            let _ = write!(
+                b,
+                "<tr><td class=\"n\">{}</td><td>{}</td><td>{}</td><td>{used}</td>\
+                 <td><pre class=\"err\">{}</pre></td></tr>",
+                a.attempt,
+                html::time(Some(a.started_ms)),
+                html::time(Some(a.ended_ms)),
+                capped(&a.error)
+            );
+        }
+        b.push_str("</tbody></table></section>");
     }
     if let Some(e) = &j.last_error {
         let _ = write!(

@@ -5,8 +5,8 @@
 -- Works at maxmemory: it frees memory (see allow_when_full).
 -- KEYS[1] the queue's base key <prefix>:{<queue>} (lib/keys.lua derives the
 --   rest): reads runs; writes active, runs, done, results, resources, unique,
---   events; deletes from jobs, runs, errors, results, resources (jobs not
---   kept, or trimmed); group slots: holders, groups, parked, pending,
+--   events; deletes from jobs, runs, errors, results, resources, history
+--   (jobs not kept, or trimmed); group slots: holders, groups, parked, pending,
 --   pending:<priority>, wake; reads meta (events cap, group_limit).
 -- KEYS[2] the day's usage hash <prefix>:{<queue>}:usage:<day>, when usage is given.
 -- ARGV[1] keep_count: completed jobs kept (0 = delete at once)
@@ -111,6 +111,6 @@ if keep > 0 then
   if #res_args > 0 then redis.call('HSET', k.resources, unpack(res_args)) end
   trim_retention(k, k.done, now, keep, keep_age, trim_limit(#done))
 else
-  hdel_all({ k.runs, k.jobs, k.errors, k.resources }, done)
+  hdel_all({ k.runs, k.jobs, k.errors, k.resources, k.history }, done)
 end
 return out

@@ -2,7 +2,8 @@
 -- either scheduled for a retry (backoff computed by the caller) or moved to
 -- the dead set. Fencing as in complete.lua. Works at maxmemory.
 -- KEYS[1] the queue's base key <prefix>:{<queue>} (lib/keys.lua derives the
---   rest): reads runs; writes active, runs, resources, scheduled and errors
+--   rest): reads runs; writes active, runs, resources, history (each
+--   failed attempt, lib/retention.lua), scheduled and errors
 --   (retries), <base>:due, dead, errors and unique (deaths), events; deletes
 --   from jobs, runs, errors, results, resources (dead set trimmed); group
 --   slots: holders, groups, parked, pending, pending:<priority>, wake; reads
@@ -42,11 +43,12 @@ redis.call('ZREM', k.active, unpack(mine))
 if release_groups(k, mine) then wake(k) end
 local cap = events_cap(k)
 local retry_z, dead_ids, dead_errors, errs, run_args, res_args = {}, {}, {}, {}, {}, {}
-local dead_attempts = {}
+local dead_attempts, history = {}, {}
 for i, id in ipairs(ids) do
   if held[i] then
     local attempts, _, started = parse_run(runs[i])
     local delay, err = tonumber(ARGV[o + 7 * i - 1]), ARGV[o + 7 * i]
+    history[#history + 1] = { id, attempts, started, err, ARGV[o + 7 * i + 2] }
     run_args[#run_args + 1] = id
     run_args[#run_args + 1] = run_entry(fmt_int(attempts), '0', fmt_int(started))
     if ARGV[o + 7 * i + 2] ~= '' then
@@ -72,6 +74,7 @@ for i, id in ipairs(ids) do
   end
 end
 redis.call('HSET', k.runs, unpack(run_args))
+add_history(k, now, history)
 if #res_args > 0 then redis.call('HSET', k.resources, unpack(res_args)) end
 if #retry_z > 0 then
   redis.call('ZADD', k.scheduled, unpack(retry_z))

@@ -5,7 +5,8 @@
 -- is rescued by the one call that removes it from `active`). The old fence
 -- is cleared, so the old holder's late writes are refused. Works at maxmemory.
 -- KEYS[1] the queue's base key <prefix>:{<queue>} (lib/keys.lua derives the
---   rest): reads active, jobs, runs; writes active, runs, pending,
+--   rest): reads active, jobs, runs; writes active, runs, history (each
+--   expired attempt), pending,
 --   pending:<priority>, errors, wake, dead and unique (deaths), events;
 --   deletes from jobs, runs, errors, results, resources (dead set trimmed);
 --   group slots: holders, groups, parked; reads meta (events cap,
@@ -36,6 +37,7 @@ local records = redis.call('HMGET', k.jobs, unpack(expired))
 local runs = redis.call('HMGET', k.runs, unpack(expired))
 local default_max = tonumber(ARGV[2])
 local back, run_args, errs, dead_ids, dead_errors, dead_attempts = {}, {}, {}, {}, {}, {}
+local history = {}
 for i, id in ipairs(expired) do
   local attempts, _, started = parse_run(runs[i])
   run_args[#run_args + 1] = id
@@ -51,16 +53,19 @@ for i, id in ipairs(expired) do
         'lease expired on attempt %d of %d: the worker died or lost contact with Redis', attempts, max)
       release_unique(k, record_doc(records[i]).unique_key, id)
       keep_outcome(k, id, outcome_ttl(k, records[i]), 'dead', attempts, nil, dead_errors[#dead_errors], now)
+      history[#history + 1] = { id, attempts, started, dead_errors[#dead_errors], '' }
     else
       back[#back + 1] = { priority, id }
       errs[#errs + 1] = id
       errs[#errs + 1] = string.format(
         'lease expired on attempt %d: the worker died or lost contact with Redis', attempts)
       emit(k, cap, 'lease_expired', id, attempts, 'error', errs[#errs])
+      history[#history + 1] = { id, attempts, started, errs[#errs], '' }
     end
   end
 end
 redis.call('HSET', k.runs, unpack(run_args))
+add_history(k, now, history)
 if #back > 0 then
   pending_push_all(k, back, true)
   redis.call('HSET', k.errors, unpack(errs))

@@ -15,7 +15,7 @@
 --   runs, active, meta `fence` ............. lease.lua
 --   events ................................. events.lua
 --   done, dead, errors, results,
---   resources, unique ...................... retention.lua (new jobs set unique)
+--   resources, unique, history ............. retention.lua (new jobs set unique)
 --   idle, <base>:handoff:<name> ............ handoff.lua
 --   inbox, rejected, meta `idseq` .......... new_jobs.lua
 --   parked, tenant_parked, groups, holders . parking.lua
@@ -37,7 +37,7 @@
 local QUEUE_PARTS = {
   'jobs', 'pending', 'scheduled', 'active', 'dead', 'done', 'runs', 'errors', 'results', 'unique',
   'meta', 'inbox', 'rejected', 'wake', 'resources', 'events', 'claims', 'parked', 'groups',
-  'holders', 'tenant_limits', 'tenant_parked', 'tenant_due', 'idle',
+  'holders', 'tenant_limits', 'tenant_parked', 'tenant_due', 'idle', 'history',
 }
 local IS_PART = {}
 -- (A numeric loop: this runs when the Function library loads, where Redis

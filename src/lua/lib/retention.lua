@@ -27,7 +27,7 @@ local function hdel_all(hashes, ids)
 end
 
 local function delete_jobs(k, ids)
-  hdel_all({ k.jobs, k.runs, k.errors, k.results, k.resources }, ids)
+  hdel_all({ k.jobs, k.runs, k.errors, k.results, k.resources, k.history }, ids)
 end
 
 -- Bounds a retention set (`done` or `dead`): drops members older than
@@ -48,6 +48,44 @@ local function trim_retention(k, set, now, keep, max_age_ms, limit)
     redis.call('ZREM', set, unpack(victims))
     delete_jobs(k, victims)
   end
+end
+
+-- The most failed attempts a job's history keeps, and how much of each error.
+local HISTORY_MAX, HISTORY_ERROR_BYTES = 5, 1000
+
+-- Adds failed attempts to their jobs' histories (`history`, id -> JSON array,
+-- oldest first, the last HISTORY_MAX kept). `entries`: per job, { id,
+-- attempt, started_ms, error, resources JSON text or '' }. On the failure
+-- paths only (fail.lua, reap.lua): a job that succeeds at once never has one.
+local function add_history(k, now, entries)
+  if #entries == 0 then return end
+  local ids = {}
+  for i, e in ipairs(entries) do ids[i] = e[1] end
+  local old = redis.call('HMGET', k.history, unpack(ids))
+  local args = {}
+  for i, e in ipairs(entries) do
+    local list = {}
+    if old[i] then
+      local ok, t = pcall(cjson.decode, old[i])
+      if ok and type(t) == 'table' then list = t end
+    end
+    local res = cjson.null
+    if e[5] and e[5] ~= '' then
+      local ok, t = pcall(cjson.decode, e[5])
+      if ok then res = t end
+    end
+    list[#list + 1] = {
+      attempt = e[2],
+      started_ms = e[3],
+      ended_ms = now,
+      error = string.sub(e[4] or '', 1, HISTORY_ERROR_BYTES),
+      resources = res,
+    }
+    while #list > HISTORY_MAX do table.remove(list, 1) end
+    args[#args + 1] = e[1]
+    args[#args + 1] = cjson.encode(list)
+  end
+  redis.call('HSET', k.history, unpack(args))
 end
 
 -- Moves jobs to the dead set with their last error; with events on (cap > 0)

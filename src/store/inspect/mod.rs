@@ -53,6 +53,19 @@ impl JobState {
     }
 }
 
+/// A failed attempt of a job, as its history keeps it.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct PastAttempt {
+    pub attempt: u32,
+    pub started_ms: i64,
+    pub ended_ms: i64,
+    /// The attempt's error (its first 1000 bytes).
+    pub error: String,
+    /// What it used (command handlers only).
+    #[serde(default)]
+    pub resources: Option<crate::handler::Resources>,
+}
+
 /// One job, as `redq job --json` prints it.
 #[derive(Debug, Clone, Serialize)]
 pub struct JobInfo {
@@ -82,6 +95,10 @@ pub struct JobInfo {
     /// asked (its `outcome_ttl_ms`; the queue's `outcome_ttl` is not shown).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub outcome_ttl_ms: Option<u64>,
+    /// Its latest failed attempts before the current one, oldest first (at
+    /// most 5): when each ran, its error and what it used.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<PastAttempt>,
     /// What the latest command run used (command handlers only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub resources: Option<crate::handler::Resources>,
@@ -120,7 +137,14 @@ pub async fn jobs(
     }
     let mut pipe = redis::pipe();
     pipe.atomic();
-    for hash in [q.jobs(), q.runs(), q.errors(), q.results(), q.resources()] {
+    for hash in [
+        q.jobs(),
+        q.runs(),
+        q.errors(),
+        q.results(),
+        q.resources(),
+        q.history(),
+    ] {
         pipe.cmd("HMGET").arg(hash).arg(ids);
     }
     for set in [q.scheduled(), q.active(), q.dead(), q.done()] {
@@ -129,7 +153,8 @@ pub async fn jobs(
     type Texts = Vec<Option<String>>;
     type Scores = Vec<Option<f64>>;
     #[allow(clippy::type_complexity)]
-    let (records, runs, errors, results, resources, scheduled, active, dead, done): (
+    let (records, runs, errors, results, resources, history, scheduled, active, dead, done): (
+        Texts,
         Texts,
         Texts,
         Texts,
@@ -190,6 +215,9 @@ pub async fn jobs(
             group: doc.group,
             outcome_ttl_ms: doc.outcome_ttl_ms,
             resources: text(&resources, i).and_then(|r| serde_json::from_str(&r).ok()),
+            history: text(&history, i)
+                .and_then(|h| serde_json::from_str(&h).ok())
+                .unwrap_or_default(),
         };
         out.push(Some((info, record)));
     }
