@@ -17,6 +17,7 @@
 //! - [`proxy`]: a TCP proxy that cuts a daemon off the way networks fail.
 //! - [`sentinel`]: a primary, a replica and three sentinels; failovers.
 //! - [`browser`]: headless Chromium through chromedriver (the dashboard's tests).
+//! - [`watch`]: `redq watch` as a process, its output read line by line.
 #![allow(dead_code)]
 
 pub mod browser;
@@ -32,4 +33,5 @@ pub mod snapshot;
 pub mod store;
 pub mod tls;
 pub mod wait;
+pub mod watch;
 pub mod workers;
