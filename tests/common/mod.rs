@@ -2,6 +2,7 @@
 //! `redis-server` on a free port (never the Redis on 6379) and waits on
 //! signals or bounded polls, never on fixed sleeps.
 //!
+//! - [`acl`]: the ACL users docs/operating.md documents, as `ACL SETUSER` arguments.
 //! - [`server`]: the private `redis-server` (start, kill, restart, `redis-cli`,
 //!   connections, `INFO` counts), free ports; `REDQ_TEST_REDIS_SERVER` runs
 //!   another server program (Valkey, another Redis) and its tools.
@@ -20,6 +21,7 @@
 //! - [`watch`]: `redq watch` as a process, its output read line by line.
 #![allow(dead_code)]
 
+pub mod acl;
 pub mod browser;
 pub mod cluster;
 pub mod embedded;
