@@ -4,7 +4,7 @@
 //! promoter's) asks the sentinels in turn where the primary is (`SENTINEL
 //! get-master-addr-by-name`) and opens a connection to the address named;
 //! [`super::connect`] then checks that the server says it is the primary
-//! (`ROLE`). When that fails, the next sentinel is asked: just after a
+//! (`INFO replication`). When that fails, the next sentinel is asked: just after a
 //! failover one sentinel may still name the old primary (dead, or a replica
 //! once it is back) while another already names the new one, so one stale
 //! answer does not hold a connection back. An address already tried is not
