@@ -648,22 +648,45 @@ async fn over_tls_with_credentials_of_their_own_the_daemon_and_a_producer_follow
     s.password = None;
     let mut data_wrong = good.clone();
     data_wrong.url = data_wrong.url.replace(DATA_USER.1, SENTINEL_USER.1);
-    for (what, cfg) in [
+    for (what, config, says) in [
         (
             "the data nodes' credentials given to the sentinels",
             crossed,
+            "the sentinels refused redq's login",
         ),
-        ("no credentials for the sentinels", none),
+        (
+            "no credentials for the sentinels",
+            none,
+            "redis.sentinel.username and redis.sentinel.password",
+        ),
         (
             "the sentinels' password given to the data nodes",
             data_wrong,
+            "check the data nodes' user and password in redis.url",
         ),
     ] {
-        match Client::open(&cfg).await {
+        let e = match Client::open(&config).await {
             Ok(_) => panic!("{what}: connected"),
-            Err(e) => eprintln!("{what}: {e} (transient: {})", e.is_transient()),
-        }
+            Err(e) => e,
+        };
+        // Said as what it is, not as an outage or a failover under way.
+        assert!(!e.is_transient(), "{what}: {e}");
+        assert!(e.to_string().contains(says), "{what}: {e}");
+        assert!(!e.to_string().contains("failover"), "{what}: {e}");
     }
+    // `redq health` says so too, and exits 78 (the configuration does not fit).
+    let wrong = d.join("wrong.toml");
+    let text = fs::read_to_string(&cfg).unwrap();
+    fs::write(&wrong, text.replace(SENTINEL_USER.1, "not-the-password")).unwrap();
+    let mut health = redq();
+    health.arg("--config").arg(&wrong).arg("health");
+    let out = run_async(health, secs(10)).await;
+    assert_eq!(out.code, Some(78), "{out:?}");
+    assert!(
+        out.stderr.contains("Redis refused the credentials")
+            && out.stderr.contains("redis.sentinel.password"),
+        "{out:?}"
+    );
 }
 
 /// A handler that records its start in `$OUT/started`, runs 2 s (a payload
