@@ -1,6 +1,8 @@
 //! redq on a Redis Cluster: a private 3-primary cluster on loopback
 //! (`common::cluster`), the daemon and the CLI configured with its seeds.
-//! Queues are picked so that their slots land on different primaries.
+//! Queues are picked so that their slots land on different primaries (or
+//! on a primary that is not the first seed). Tests that only add queues of
+//! their own share one cluster; tests that change it start their own.
 
 mod common;
 
@@ -8,21 +10,25 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use common::cluster::Cluster;
+use common::cluster::{self, Cluster};
 use common::process::{redq, run_bounded, run_with_input, Daemon, Out};
 use common::wait::{secs, wait_for};
+use common::watch::Watch;
 use common::workers::{toml_str, write_atomic};
 
 /// One queue name per primary: `names[i]`'s slot is on `cluster.nodes[i]`.
 fn queue_per_node(cluster: &Cluster, stem: &str) -> Vec<String> {
     (0..cluster.nodes.len())
-        .map(|i| {
-            (0..)
-                .map(|n| format!("{stem}{n}"))
-                .find(|q| cluster.node_of(&format!("{{{q}}}")).port == cluster.nodes[i].port)
-                .expect("some name lands on each node")
-        })
+        .map(|i| queue_on(cluster, stem, i))
         .collect()
+}
+
+/// The first queue name `<stem><n>` whose slot is on `cluster.nodes[i]`.
+fn queue_on(cluster: &Cluster, stem: &str, i: usize) -> String {
+    (0..)
+        .map(|n| format!("{stem}{n}"))
+        .find(|q| cluster.node_of(&format!("{{{q}}}")).port == cluster.nodes[i].port)
+        .expect("some name lands on each node")
 }
 
 struct Setup {
@@ -60,10 +66,17 @@ fn setup(cluster: &Cluster, prefix: &str, queues: &[String]) -> Setup {
 /// `workers.toml`, and a daemon serving them.
 fn running(stem: &str) -> (Cluster, Vec<String>, Setup, Daemon) {
     let cluster = Cluster::start();
-    let queues = queue_per_node(&cluster, stem);
-    let s = setup(&cluster, "redq", &queues);
-    let daemon = Daemon::start(&s.config, &s.log, &[]);
+    let (queues, s, daemon) = running_on(&cluster, stem);
     (cluster, queues, s, daemon)
+}
+
+/// A queue per primary of `cluster` named after `stem`, their
+/// `workers.toml`, and a daemon serving them.
+fn running_on(cluster: &Cluster, stem: &str) -> (Vec<String>, Setup, Daemon) {
+    let queues = queue_per_node(cluster, stem);
+    let s = setup(cluster, "redq", &queues);
+    let daemon = Daemon::start(&s.config, &s.log, &[]);
+    (queues, s, daemon)
 }
 
 /// Stops the daemon with SIGTERM; it must exit 0. Returns its log.
@@ -97,7 +110,8 @@ fn wait_succeeded(config: &Path, queue: &str, id: &str) -> Value {
 
 #[test]
 fn jobs_of_queues_on_every_primary_run_from_every_producer() {
-    let (cluster, queues, s, daemon) = running("q");
+    let cluster = cluster::shared();
+    let (queues, s, daemon) = running_on(&cluster, "q");
 
     for (i, q) in queues.iter().enumerate() {
         // The CLI.
@@ -327,7 +341,7 @@ fn an_idle_daemon_waits_on_every_node_and_follows_a_queue_whose_slot_moved() {
 
 #[test]
 fn the_cli_works_across_nodes_and_never_shows_a_redirect() {
-    let cluster = Cluster::start();
+    let cluster = cluster::shared();
     let queues = queue_per_node(&cluster, "c");
     let dir = tempfile::tempdir().unwrap();
     // Queue 0 fails its jobs (no retries): dead jobs to list and retry.
@@ -393,6 +407,59 @@ fn the_cli_works_across_nodes_and_never_shows_a_redirect() {
         for word in ["MOVED", "ASK", "CROSSSLOT", "CLUSTERDOWN"] {
             assert!(!out.contains(word), "{out}");
         }
+    }
+    stop(daemon);
+}
+
+#[test]
+fn redq_watch_follows_a_queue_on_a_node_that_is_not_the_first_seed() {
+    let cluster = cluster::shared();
+    // The seeds list node 0 first: the queue's events are on node 2.
+    let q = queue_on(&cluster, "e", 2);
+    assert_ne!(
+        cluster.node_of(&format!("{{{q}}}")).port,
+        cluster.nodes[0].port
+    );
+    let s = setup(&cluster, "redq", std::slice::from_ref(&q));
+    let text = std::fs::read_to_string(&s.config).unwrap();
+    let text = text.replacen(
+        &format!("[queues.{q}]\n"),
+        &format!("[queues.{q}]\nevents = true\n"),
+        1,
+    );
+    write_atomic(&s.config, &text);
+    let daemon = Daemon::start(&s.config, &s.log, &[]);
+
+    let config = s.config.display().to_string();
+    let mut watch = Watch::spawn(&["--config", &config], &q, &[]);
+    // It finds the events switched on (the daemon's mark in the queue's
+    // meta hash, on node 2) and reads the stream there.
+    let said = watch.stderr_until(|l| l.contains("redq: watching"));
+    assert!(
+        !said.iter().any(|l| l.contains("events are off")),
+        "{said:#?}"
+    );
+    let o = cli(&s.config, &["enqueue", "--id", "w1", &q, "{}"]);
+    assert_eq!(o.code, Some(0), "redq enqueue: {}{}", o.stdout, o.stderr);
+    let seen = watch.stdout_until(|l| l.contains(" succeeded ") && l.contains(" w1 "));
+    let events: Vec<&str> = seen
+        .iter()
+        .filter(|l| l.contains(" w1 "))
+        .map(|l| l.split_whitespace().nth(1).unwrap())
+        .collect();
+    assert_eq!(events, ["enqueued", "started", "succeeded"], "{seen:#?}");
+    // The entries are on node 2's stream, where the watch read them.
+    let key = format!("redq:{{{q}}}:events");
+    assert_eq!(cluster.nodes[2].cli(&["XLEN", &key]).unwrap().trim(), "3");
+
+    watch.signal(libc::SIGINT);
+    assert!(watch.wait_exit().success());
+    let mut errors = String::new();
+    while let Ok(line) = watch.stderr.try_recv() {
+        errors.push_str(&line);
+    }
+    for word in ["MOVED", "ASK", "CROSSSLOT", "unreachable"] {
+        assert!(!errors.contains(word), "{errors}");
     }
     stop(daemon);
 }

@@ -6,18 +6,15 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::embedded::launch;
-use common::process::redq;
 use common::producers::fcall;
 use common::server::RedisServer;
 use common::snapshot::snapshot;
 use common::store::{claim, done, failure, DEAD, KEEP_NONE, LEASE};
 use common::wait::{wait_for, within, WAIT};
+use common::watch::Watch;
 use redq::config;
 use redq::daemon::WorkerBuilder;
 use redq::keys::{QueueKeys, PARTS};
@@ -357,102 +354,6 @@ async fn at_maxmemory_with_events_on_freeing_transitions_still_work_and_emit() {
 
 // ---------------------------------------------------------------- redq watch
 
-/// A `redq watch` process, killed on drop, with its output lines on channels.
-struct Watch {
-    child: Child,
-    stdout: Option<mpsc::Receiver<String>>,
-    stderr: mpsc::Receiver<String>,
-}
-
-fn lines(r: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(r).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    rx
-}
-
-impl Watch {
-    /// Starts `redq watch <queue> <args>` and waits until it is reading.
-    fn start(redis: &RedisServer, queue: &str, args: &[&str]) -> Watch {
-        let mut w = Watch::spawn(redis, queue, args);
-        w.stderr_until(|l| l.contains("redq: watching"));
-        w
-    }
-
-    /// Starts `redq watch <queue> <args>`.
-    fn spawn(redis: &RedisServer, queue: &str, args: &[&str]) -> Watch {
-        let mut child = redq()
-            .args(["--redis-url", &redis.url(), "watch", queue])
-            .args(args)
-            .current_dir(redis.dir())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("redq binary");
-        let stdout = lines(child.stdout.take().unwrap());
-        let stderr = lines(child.stderr.take().unwrap());
-        Watch {
-            child,
-            stdout: Some(stdout),
-            stderr,
-        }
-    }
-
-    /// Reads stderr until a line matches; returns the lines read.
-    fn stderr_until(&mut self, want: impl Fn(&str) -> bool) -> Vec<String> {
-        read_until(&self.stderr, want, "stderr")
-    }
-
-    /// Reads stdout until a line matches; returns the lines read.
-    fn stdout_until(&mut self, want: impl Fn(&str) -> bool) -> Vec<String> {
-        read_until(self.stdout.as_ref().unwrap(), want, "stdout")
-    }
-
-    fn signal(&self, sig: i32) {
-        let pid = i32::try_from(self.child.id()).unwrap();
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe { libc::kill(pid, sig) };
-    }
-
-    fn wait_exit(&mut self) -> std::process::ExitStatus {
-        wait_for("redq watch to exit", WAIT, || {
-            self.child.try_wait().unwrap()
-        })
-    }
-}
-
-fn read_until(rx: &mpsc::Receiver<String>, want: impl Fn(&str) -> bool, what: &str) -> Vec<String> {
-    let deadline = Instant::now() + WAIT;
-    let mut seen = Vec::new();
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(line) => {
-                let hit = want(&line);
-                seen.push(line);
-                if hit {
-                    return seen;
-                }
-            }
-            Err(_) => panic!("redq watch {what}: no matching line; saw {seen:#?}"),
-        }
-    }
-}
-
-impl Drop for Watch {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redq_watch_sees_the_events_of_a_job_and_stops_on_sigint() {
     let redis = RedisServer::start();
@@ -465,7 +366,7 @@ async fn redq_watch_sees_the_events_of_a_job_and_stops_on_sigint() {
         .enqueue("w", NewJob::new(&0).unwrap().id("old"))
         .await
         .unwrap();
-    let mut watch = Watch::start(&redis, "w", &[]);
+    let mut watch = Watch::start(&["--redis-url", &redis.url()], "w", &[]);
 
     client
         .enqueue("w", NewJob::new(&1).unwrap().id("job-1"))
@@ -505,7 +406,11 @@ async fn redq_watch_json_says_when_events_are_off_keeps_watching_and_ends_on_a_c
     client.ensure_library().await.unwrap();
     let q = client.store().queue("j").unwrap();
     // Events off: said on stderr, and the watch goes on.
-    let mut watch = Watch::spawn(&redis, "j", &["--json", "--from-start"]);
+    let mut watch = Watch::spawn(
+        &["--redis-url", &redis.url()],
+        "j",
+        &["--json", "--from-start"],
+    );
     let said = watch.stderr_until(|l| l.contains("redq: watching"));
     assert!(
         said.iter()
@@ -571,7 +476,7 @@ async fn a_daemon_with_events_on_is_watched_end_to_end() {
         "0"
     );
 
-    let mut watch = Watch::start(&redis, "live", &["--from-start"]);
+    let mut watch = Watch::start(&["--redis-url", &redis.url()], "live", &["--from-start"]);
     let id = client
         .enqueue("live", NewJob::new(&json!({"hello": "world"})).unwrap())
         .await

@@ -21,59 +21,11 @@ use common::server::RedisServer;
 use common::wait::{secs, wait_for};
 use common::workers::config;
 
-const OPERATING: &str = include_str!("../docs/operating.md");
 const PASSWORD: &str = "pw";
 
-/// Splits shell text the way `sh` would for the docs' blocks: words,
-/// single-quoted strings, backslash-newline continuations.
-fn shell_words(text: &str) -> Vec<String> {
-    let text = text.replace("\\\n", " ");
-    let (mut words, mut word, mut quoted, mut any) = (Vec::new(), String::new(), false, false);
-    for c in text.chars() {
-        match c {
-            '\'' => {
-                quoted = !quoted;
-                any = true;
-            }
-            c if c.is_whitespace() && !quoted => {
-                if any {
-                    words.push(std::mem::take(&mut word));
-                    any = false;
-                }
-            }
-            c => {
-                word.push(c);
-                any = true;
-            }
-        }
-    }
-    if any {
-        words.push(word);
-    }
-    words
-}
-
-/// The `ACL SETUSER <user> ...` arguments docs/operating.md gives for
-/// `user`, with its password placeholder replaced by [`PASSWORD`].
+/// The documented rules of `user`, with [`PASSWORD`].
 fn documented_rules(user: &str) -> Vec<String> {
-    let needle = format!("redis-cli ACL SETUSER {user} ");
-    let start = OPERATING
-        .find(&needle)
-        .unwrap_or_else(|| panic!("docs/operating.md has no `{needle}`"));
-    let block = &OPERATING[start..];
-    let block = &block[..block.find("```").expect("the block ends")];
-    let words = shell_words(block);
-    assert_eq!(words[..3], ["redis-cli", "ACL", "SETUSER"]);
-    words[1..]
-        .iter()
-        .map(|w| {
-            if w.starts_with('>') {
-                format!(">{PASSWORD}")
-            } else {
-                w.clone()
-            }
-        })
-        .collect()
+    common::acl::documented_rules(user, PASSWORD)
 }
 
 /// Creates `user` with its documented rules.

@@ -6,7 +6,9 @@
 //! every acknowledged enqueue survives the failover; SIGTERM while no
 //! primary is known still drains and exits 0; `/readyz` says why it is not
 //! ready while no primary is known, and an idle daemon (waker, promoter)
-//! follows the new one.
+//! follows the new one. The same failover over TLS end to end (data nodes
+//! and sentinels), with the sentinels' credentials and the data nodes'
+//! (the documented daemon user) kept apart.
 //!
 //! The tests that only read share one topology; each test that kills a node
 //! starts its own. Every wait is bounded and polls what the servers, the
@@ -22,6 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::process::{redq, run_async, Daemon};
+use common::sentinel::over_tls::{Link, DATA_USER, SENTINEL_USER};
 use common::sentinel::{self, Topology};
 use common::wait::{eventually, secs, wait_for};
 use common::workers::{command_handler, config, script, toml_str};
@@ -49,8 +52,9 @@ fn recorded(dir: &Path) -> BTreeSet<String> {
 }
 
 /// A `workers.toml` through the topology's sentinels: key prefix `prefix`,
-/// `redis_extra` lines in `[redis]`, and `queues`. The URL's host and port
-/// lead nowhere: only the sentinels say where Redis is.
+/// `redis_extra` lines in `[redis]`, and `queues` (with TLS: `[redis.tls]`
+/// and the sentinels' and data nodes' credentials). The URL's host and
+/// port lead nowhere: only the sentinels say where Redis is.
 fn write_config(
     t: &Topology,
     dir: &Path,
@@ -58,7 +62,7 @@ fn write_config(
     redis_extra: &str,
     queues: &str,
 ) -> PathBuf {
-    let text = config("redis://127.0.0.1:1", "2s", queues).replacen(
+    let text = config(&t.url(), "2s", queues).replacen(
         "\n\n[daemon]",
         &format!(
             "\nkey_prefix = {}\n{redis_extra}{}\n[daemon]",
@@ -514,6 +518,174 @@ async fn with_wait_replicas_every_acknowledged_enqueue_completes_after_the_failo
         load.daemon.exited().is_none(),
         "the daemon exited:\n{}",
         load.daemon.log()
+    );
+}
+
+/// Waits until each server of `wanted` (plain port) has a connection from
+/// whom it names, and checks that every connection of the replica, the
+/// sentinels and redq to a server of `t` reached its TLS port; returns them.
+fn all_over_tls(t: &Topology, wanted: &[(u16, &str)]) -> Vec<Link> {
+    let tls = t.tls_ports();
+    let links = wait_for("the expected connections", secs(10), || {
+        let links = t.tls_links();
+        match wanted
+            .iter()
+            .find(|(server, from)| !links.iter().any(|l| l.server == *server && l.from == *from))
+        {
+            None => Ok(links),
+            Some((server, from)) => Err(format!("no {from} connection on {server}: {links:#?}")),
+        }
+    });
+    for l in &links {
+        assert_eq!(
+            Some(&l.port),
+            tls.get(&l.server),
+            "not over TLS: {l:?} in {links:#?}"
+        );
+    }
+    links
+}
+
+/// The whole topology speaks TLS (data nodes and sentinels: `tls-port`,
+/// `tls-replication yes`, client certificates required), and the sentinels
+/// and the data nodes each know only their own credentials for redq: the
+/// daemon and a producer find the primary, then follow the promoted replica
+/// after a SIGKILL, over TLS with the same `[redis.tls]` (CA and client
+/// certificate) for both. The CLI works the same way, and neither secret
+/// shows in the daemon's log or `redq config`; crossed or missing
+/// credentials are refused, each by the side that was given the wrong ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_tls_with_credentials_of_their_own_the_daemon_and_a_producer_follow_the_promoted_replica(
+) {
+    let mut t = blocking(Topology::start_tls);
+    // The documented daemon user's keys are under the prefix `redq`.
+    let mut load = start_load(&t, "redq", 0).await;
+    let d = load.dir.path().to_owned();
+    until_recorded(&d, 20, secs(15)).await;
+    let pid = load.daemon.pid();
+    // The replica, the sentinels and redq all reach the primary (and the
+    // sentinels each other) at their TLS ports; redq as its data-node user.
+    let primary = blocking(|| t.primary_port());
+    let mut wanted = vec![
+        (primary, "replica"),
+        (primary, "sentinel"),
+        (primary, "redq"),
+    ];
+    wanted.extend(t.sentinels.iter().map(|s| (s.port, "sentinel")));
+    let links = blocking(|| all_over_tls(&t, &wanted));
+    eprintln!("{} connections, all over TLS", links.len());
+
+    let killed = Instant::now();
+    let old = blocking(|| t.kill_primary());
+    let new = blocking(|| t.wait_new_primary(old, secs(20)));
+    let named = Instant::now();
+    eprintln!(
+        "failover over TLS: {old} -> {new}, named {:?} after the kill",
+        named - killed
+    );
+    let first = eventually(
+        "the producer to enqueue on the new primary",
+        FOLLOW_WITHIN,
+        || async { load.producer.first_ack_after(named) },
+    )
+    .await;
+    eventually(
+        "the daemon to run a job enqueued after the failover",
+        FOLLOW_WITHIN,
+        || async { recorded(&d).contains(&first.id) },
+    )
+    .await;
+    eprintln!(
+        "followed within {:?} of the sentinels naming {new}",
+        named.elapsed()
+    );
+    assert_eq!(load.daemon.pid(), pid);
+    assert!(
+        load.daemon.exited().is_none(),
+        "the daemon exited:\n{}",
+        load.daemon.log()
+    );
+    // The new primary is reached over TLS too.
+    blocking(|| all_over_tls(&t, &[(new, "redq"), (new, "sentinel")]));
+    until_recorded(&d, recorded(&d).len() + 20, secs(15)).await;
+    let (acked, _) = load.producer.stop().await;
+    let after = ids(acked.iter().filter(|a| a.at > named).cloned());
+    all_succeed(&load.client, &after, secs(20)).await;
+
+    // The CLI, through the same file.
+    let cfg = d.join("workers.toml");
+    let mut enqueue = redq();
+    enqueue
+        .arg("--config")
+        .arg(&cfg)
+        .args(["enqueue", "q", "{}"]);
+    let out = run_async(enqueue, secs(10)).await;
+    assert_eq!(out.code, Some(0), "redq enqueue over TLS: {}", out.stderr);
+    let mut show = redq();
+    show.arg("--config").arg(&cfg).arg("config");
+    let shown = run_async(show, secs(10)).await;
+    assert_eq!(shown.code, Some(0), "redq config: {}", shown.stderr);
+    let log = load.daemon.log();
+    for secret in [DATA_USER.1, SENTINEL_USER.1] {
+        assert!(!log.contains(secret), "{secret} in the log:\n{log}");
+        assert!(
+            !shown.stdout.contains(secret),
+            "{secret} in redq config:\n{}",
+            shown.stdout
+        );
+    }
+    assert!(log.contains("the primary has moved"), "{log}");
+
+    // Credentials crossed or missing: refused, by the side given the wrong ones.
+    let good = t.redis_config("redq");
+    let mut crossed = good.clone();
+    let s = crossed.sentinel.as_mut().unwrap();
+    s.username = Some(DATA_USER.0.into());
+    s.password = Some(DATA_USER.1.into());
+    let mut none = good.clone();
+    let s = none.sentinel.as_mut().unwrap();
+    s.username = None;
+    s.password = None;
+    let mut data_wrong = good.clone();
+    data_wrong.url = data_wrong.url.replace(DATA_USER.1, SENTINEL_USER.1);
+    for (what, config, says) in [
+        (
+            "the data nodes' credentials given to the sentinels",
+            crossed,
+            "the sentinels refused redq's login",
+        ),
+        (
+            "no credentials for the sentinels",
+            none,
+            "redis.sentinel.username and redis.sentinel.password",
+        ),
+        (
+            "the sentinels' password given to the data nodes",
+            data_wrong,
+            "check the data nodes' user and password in redis.url",
+        ),
+    ] {
+        let e = match Client::open(&config).await {
+            Ok(_) => panic!("{what}: connected"),
+            Err(e) => e,
+        };
+        // Said as what it is, not as an outage or a failover under way.
+        assert!(!e.is_transient(), "{what}: {e}");
+        assert!(e.to_string().contains(says), "{what}: {e}");
+        assert!(!e.to_string().contains("failover"), "{what}: {e}");
+    }
+    // `redq health` says so too, and exits 78 (the configuration does not fit).
+    let wrong = d.join("wrong.toml");
+    let text = fs::read_to_string(&cfg).unwrap();
+    fs::write(&wrong, text.replace(SENTINEL_USER.1, "not-the-password")).unwrap();
+    let mut health = redq();
+    health.arg("--config").arg(&wrong).arg("health");
+    let out = run_async(health, secs(10)).await;
+    assert_eq!(out.code, Some(78), "{out:?}");
+    assert!(
+        out.stderr.contains("Redis refused the credentials")
+            && out.stderr.contains("redis.sentinel.password"),
+        "{out:?}"
     );
 }
 

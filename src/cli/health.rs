@@ -24,15 +24,15 @@ pub async fn run(target: &Target, json: bool, max_age: Duration) -> u8 {
     let max_age_ms = i64::try_from(max_age.as_millis()).unwrap_or(i64::MAX);
     let store = match target.store(CONNECT_TIMEOUT, COMMAND_TIMEOUT).await {
         Ok(s) => s,
-        Err(e) => return redis_failed(json, max_age_ms, Step::Connect, &e),
+        Err(e) => return redis_failed(json, max_age_ms, Step::Connect, target, &e),
     };
     let rtt = match store.ping().await {
         Ok(rtt) => rtt,
-        Err(e) => return redis_failed(json, max_age_ms, Step::Ping, &e),
+        Err(e) => return redis_failed(json, max_age_ms, Step::Ping, target, &e),
     };
     let daemons = match store.daemons(heartbeat::KEEP).await {
         Ok(d) => d,
-        Err(e) => return redis_failed(json, max_age_ms, Step::Heartbeats, &e),
+        Err(e) => return redis_failed(json, max_age_ms, Step::Heartbeats, target, &e),
     };
     let fresh = daemons.iter().filter(|d| d.age_ms < max_age_ms).count();
     let reason = (fresh == 0).then(|| no_fresh_reason(&daemons, max_age, &target.prefix));
@@ -113,8 +113,10 @@ impl Step {
     }
 }
 
-/// The reason to print and the exit code, from what failed.
-fn cause(step: Step, e: &Error) -> (String, u8) {
+/// The reason to print and the exit code, from what failed. With Sentinel
+/// the error itself says whose credentials or rules were refused (the
+/// sentinels' or the data nodes'), and which keys hold them.
+fn cause(step: Step, sentinel: bool, e: &Error) -> (String, u8) {
     let code = match e {
         Error::Redis(r) => r.code(),
         _ => None,
@@ -127,6 +129,11 @@ fn cause(step: Step, e: &Error) -> (String, u8) {
     match (e, kind, code) {
         // A setting redq cannot use (a TLS file, the URL).
         (Error::Config(_), ..) => (e.to_string(), EXIT_CONFIG),
+        (_, Some(ErrorKind::AuthenticationFailed), _) | (_, _, Some("WRONGPASS" | "NOAUTH"))
+            if sentinel =>
+        {
+            (format!("Redis refused the credentials: {e}"), EXIT_CONFIG)
+        }
         (_, Some(ErrorKind::AuthenticationFailed), _) | (_, _, Some("WRONGPASS" | "NOAUTH")) => (
             format!(
                 "Redis refused the credentials ({e}): set the right user and password in \
@@ -134,6 +141,14 @@ fn cause(step: Step, e: &Error) -> (String, u8) {
             ),
             EXIT_CONFIG,
         ),
+        (_, Some(ErrorKind::Server(ServerErrorKind::NoPerm)), _)
+            if sentinel && matches!(step, Step::Connect) =>
+        {
+            (
+                format!("Redis answered, but an ACL user may not run what connecting needs: {e}"),
+                EXIT_CONFIG,
+            )
+        }
         (_, Some(ErrorKind::Server(ServerErrorKind::NoPerm)), _) => (
             format!(
                 "Redis answered, but this ACL user may not run what {} needs ({e}): \
@@ -158,8 +173,8 @@ fn cause(step: Step, e: &Error) -> (String, u8) {
     }
 }
 
-fn redis_failed(json: bool, max_age_ms: i64, step: Step, e: &Error) -> u8 {
-    let (reason, code) = cause(step, e);
+fn redis_failed(json: bool, max_age_ms: i64, step: Step, target: &Target, e: &Error) -> u8 {
+    let (reason, code) = cause(step, target.sentinel.is_some(), e);
     if json {
         let body = json!({
             "healthy": false,

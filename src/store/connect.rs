@@ -19,8 +19,8 @@
 //!
 //! With `[redis.sentinel]`, every connection first asks the sentinels where
 //! the primary is ([`super::sentinel`]), then checks that the server it
-//! reaches says it is the primary (`ROLE`): after a failover, the next
-//! connection goes to the new primary.
+//! reaches says it is the primary (`INFO replication`): after a failover,
+//! the next connection goes to the new primary.
 
 use std::path::Path;
 use std::pin::Pin;
@@ -490,13 +490,19 @@ impl Endpoint {
                     let mut con = self.handshake(stream, answer_within).await?;
                     // Just after a failover a sentinel may still name the
                     // old primary, which a restart has made a replica.
-                    let role: Vec<redis::Value> = redis::cmd("ROLE").query_async(&mut con).await?;
-                    match role.first() {
-                        Some(redis::Value::BulkString(r)) if r == b"master" => Ok(con),
-                        _ => Err(io_err(
+                    // `INFO`, not `ROLE`: the daemon's documented ACL rules
+                    // grant INFO (the start checks read it), not ROLE.
+                    let info: String = redis::cmd("INFO")
+                        .arg("replication")
+                        .query_async(&mut con)
+                        .await?;
+                    if info.lines().any(|l| l.trim_end() == "role:master") {
+                        Ok(con)
+                    } else {
+                        Err(io_err(
                             std::io::ErrorKind::NotConnected,
                             "not a primary (yet)".to_owned(),
-                        )),
+                        ))
                     }
                 })
                 .await
@@ -518,8 +524,8 @@ impl Endpoint {
     }
 
     /// A Pub/Sub connection. With Sentinel, to the primary a sentinel
-    /// names (not checked with ROLE, which a Pub/Sub connection cannot
-    /// send; a replica forwards the primary's messages anyway).
+    /// names (not checked, as a Pub/Sub connection cannot send `INFO`; a
+    /// replica forwards the primary's messages anyway).
     pub(crate) async fn pubsub(&self) -> Result<PubSub> {
         let Addr::Sentinel(sentinels) = &self.addr else {
             let stream = self.stream().await?;

@@ -4,7 +4,7 @@
 //! promoter's) asks the sentinels in turn where the primary is (`SENTINEL
 //! get-master-addr-by-name`) and opens a connection to the address named;
 //! [`super::connect`] then checks that the server says it is the primary
-//! (`ROLE`). When that fails, the next sentinel is asked: just after a
+//! (`INFO replication`). When that fails, the next sentinel is asked: just after a
 //! failover one sentinel may still name the old primary (dead, or a replica
 //! once it is back) while another already names the new one, so one stale
 //! answer does not hold a connection back. An address already tried is not
@@ -20,12 +20,17 @@
 //! data nodes are (TLS when the URL is `rediss://`, with the same
 //! `[redis.tls]`), with its own credentials (`redis.sentinel.username`,
 //! `password`), never the data node's.
+//!
+//! When the sentinels refuse redq's login or its question (credentials,
+//! ACL rules), or the primary they name refuses the data node's, the error
+//! says whose and which keys to set, and is not an I/O error: callers do
+//! not wait for it to pass as they would for a failover.
 
 use std::future::Future;
 use std::sync::Mutex;
 
 use redis::aio::MultiplexedConnection;
-use redis::RedisConnectionInfo;
+use redis::{ErrorKind, RedisConnectionInfo, ServerErrorKind};
 
 use super::connect::{io_err, parse_host_port, Endpoint};
 use crate::config::SentinelConfig;
@@ -81,15 +86,16 @@ impl Sentinels {
         Fut: Future<Output = Result<T>>,
     {
         let master = &self.master;
-        // Each address named, who named it, and why it did not open.
-        let mut named: Vec<((String, u16), Vec<String>, String)> = Vec::new();
+        let mut named: Vec<Named> = Vec::new();
         let mut unanswered = Vec::new();
+        // The first refusal by a sentinel.
+        let mut sentinel_refused = None;
         for (host, port) in &self.nodes {
             let sentinel = format!("{host}:{port}");
             match ep.within(self.ask(ep, host, *port)).await {
                 Ok(Some(addr)) => {
-                    if let Some((_, by, _)) = named.iter_mut().find(|(a, _, _)| *a == addr) {
-                        by.push(sentinel);
+                    if let Some(n) = named.iter_mut().find(|n| n.addr == addr) {
+                        n.by.push(sentinel);
                         continue;
                     }
                     match open(addr.0.clone(), addr.1).await {
@@ -97,20 +103,60 @@ impl Sentinels {
                             self.found(&addr.0, addr.1);
                             return Ok(v);
                         }
-                        Err(e) => named.push((addr, vec![sentinel], bare(e))),
+                        Err(e) => named.push(Named {
+                            refused: refusal(&e),
+                            why: bare(e),
+                            addr,
+                            by: vec![sentinel],
+                        }),
                     }
                 }
                 Ok(None) => {
                     unanswered.push(format!("{sentinel} monitors no primary named {master:?}"))
                 }
-                Err(e) => unanswered.push(format!("sentinel {sentinel}: {e}")),
+                Err(e) => {
+                    sentinel_refused = sentinel_refused.or(refusal(&e));
+                    unanswered.push(format!("sentinel {sentinel}: {e}"));
+                }
             }
         }
         let mut why: Vec<String> = named
             .iter()
-            .map(|((h, p), by, e)| format!("{h}:{p}, named by {}: {e}", by.join(" and ")))
+            .map(|n| {
+                let (h, p) = &n.addr;
+                format!("{h}:{p}, named by {}: {}", n.by.join(" and "), n.why)
+            })
             .collect();
         why.extend(unanswered);
+        let why = why.join("; ");
+        // Refused credentials or ACL rules are said as such, and are not
+        // transient: the same login fails the same way until the
+        // configuration changes (a failover does not fix it).
+        let data_refused = named
+            .iter()
+            .map(|n| n.refused)
+            .collect::<Option<Vec<_>>>()
+            .and_then(|kinds| kinds.first().copied());
+        if let Some(kind) = data_refused {
+            return Err(refused(
+                kind,
+                format!(
+                    "the primary {master:?} the sentinels name refused redq's login or a command ({why}): \
+                     check the data nodes' user and password in redis.url and that user's ACL rules \
+                     (the sentinels' own credentials are redis.sentinel.username and password)"
+                ),
+            ));
+        }
+        if let (true, Some(kind)) = (named.is_empty(), sentinel_refused) {
+            return Err(refused(
+                kind,
+                format!(
+                    "the sentinels refused redq's login or its question where primary {master:?} is ({why}): \
+                     set redis.sentinel.username and redis.sentinel.password to a sentinel user that may run \
+                     SENTINEL get-master-addr-by-name (the data nodes' credentials go in redis.url)"
+                ),
+            ));
+        }
         let hint = if named.is_empty() {
             "check redis.sentinel.master and nodes"
         } else {
@@ -118,10 +164,7 @@ impl Sentinels {
         };
         Err(io_err(
             std::io::ErrorKind::NotConnected,
-            format!(
-                "no primary {master:?} reachable through the sentinels ({}); {hint}",
-                why.join("; ")
-            ),
+            format!("no primary {master:?} reachable through the sentinels ({why}); {hint}"),
         ))
     }
 
@@ -172,6 +215,40 @@ impl Sentinels {
         }
         *last = Some(now);
     }
+}
+
+/// An address a sentinel named that did not open.
+struct Named {
+    addr: (String, u16),
+    /// The sentinels that named it.
+    by: Vec<String>,
+    /// Why it did not open.
+    why: String,
+    /// Whether that was a refusal of redq's login or of a command.
+    refused: Option<ErrorKind>,
+}
+
+/// Whether `e` is a server refusing redq's login (a wrong or missing
+/// password, an unknown user) or a command (ACL rules): the kind to report.
+fn refusal(e: &Error) -> Option<ErrorKind> {
+    let Error::Redis(r) = e else {
+        return None;
+    };
+    match (r.kind(), r.code()) {
+        (k @ ErrorKind::AuthenticationFailed, _) => Some(k),
+        (k @ ErrorKind::Server(ServerErrorKind::NoPerm), _) => Some(k),
+        (_, Some("WRONGPASS" | "NOAUTH")) => Some(ErrorKind::AuthenticationFailed),
+        _ => None,
+    }
+}
+
+/// A refusal of `kind` with `detail` (a permanent error, not an I/O one).
+fn refused(kind: ErrorKind, detail: String) -> Error {
+    let what = match kind {
+        ErrorKind::AuthenticationFailed => "login refused",
+        _ => "command refused",
+    };
+    Error::Redis(redis::RedisError::from((kind, what, detail)))
 }
 
 /// The error's message without the `redis: ` its display starts with (it

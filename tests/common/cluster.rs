@@ -2,8 +2,13 @@
 //! with `--cluster-enabled yes` (each with its own bus port), joined by
 //! `redis-cli --cluster create`, and ready once every node reports
 //! `cluster_state:ok` and the same slot map. Killed on drop.
+//!
+//! Tests that leave the cluster as it is (they only add queues of their
+//! own) share one ([`shared`]); a test that changes it (moves slots, flushes
+//! functions, needs TLS) starts its own.
 
 use std::process::Command;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use super::server::{free_port, server_tool, RedisServer};
@@ -151,6 +156,21 @@ impl Cluster {
             .expect("redis-cli");
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
+}
+
+/// The cluster the tests of one binary share while they overlap: the first
+/// to ask starts it, the last to drop its handle kills it (a static would
+/// never be dropped, and its processes would outlive the tests). Each test
+/// on it uses queue names of its own.
+pub fn shared() -> Arc<Cluster> {
+    static SHARED: Mutex<Weak<Cluster>> = Mutex::new(Weak::new());
+    let mut slot = SHARED.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(c) = slot.upgrade() {
+        return c;
+    }
+    let c = Arc::new(Cluster::start());
+    *slot = Arc::downgrade(&c);
+    c
 }
 
 /// Whether a `CLUSTER NODES` line lists `slot` among its ranges.

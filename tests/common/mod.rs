@@ -2,6 +2,7 @@
 //! `redis-server` on a free port (never the Redis on 6379) and waits on
 //! signals or bounded polls, never on fixed sleeps.
 //!
+//! - [`acl`]: the ACL users docs/operating.md documents, as `ACL SETUSER` arguments.
 //! - [`server`]: the private `redis-server` (start, kill, restart, `redis-cli`,
 //!   connections, `INFO` counts), free ports; `REDQ_TEST_REDIS_SERVER` runs
 //!   another server program (Valkey, another Redis) and its tools.
@@ -17,8 +18,10 @@
 //! - [`proxy`]: a TCP proxy that cuts a daemon off the way networks fail.
 //! - [`sentinel`]: a primary, a replica and three sentinels; failovers.
 //! - [`browser`]: headless Chromium through chromedriver (the dashboard's tests).
+//! - [`watch`]: `redq watch` as a process, its output read line by line.
 #![allow(dead_code)]
 
+pub mod acl;
 pub mod browser;
 pub mod cluster;
 pub mod embedded;
@@ -32,4 +35,5 @@ pub mod snapshot;
 pub mod store;
 pub mod tls;
 pub mod wait;
+pub mod watch;
 pub mod workers;

@@ -25,6 +25,10 @@
 //! so what the primary acknowledges from then on is on the primary alone,
 //! and a failover loses it: asynchronous replication made visible.
 //!
+//! [`Topology::start_tls`] makes every server speak TLS to every other,
+//! with credentials of their own for redq on the sentinels and on the data
+//! nodes ([`over_tls`]).
+//!
 //! Everything here blocks; async tests call it from `spawn_blocking`.
 
 use std::collections::HashMap;
@@ -34,8 +38,12 @@ use std::time::Duration;
 use redq::config::{RedisConfig, SentinelConfig};
 
 use super::proxy::{Fault, Proxy};
-use super::server::RedisServer;
+use super::server::{free_port, RedisServer};
+use super::tls::Pki;
 use super::wait::{secs, wait_for};
+
+pub mod over_tls;
+use over_tls::{tls_args, Tls, DATA_USER, HARNESS_USER};
 
 /// The name the sentinels monitor the primary under.
 pub const MASTER: &str = "redq-primary";
@@ -46,12 +54,24 @@ pub struct Topology {
     pub sentinels: Vec<RedisServer>,
     /// Between the replica and the first primary, with [`Topology::start_cuttable`].
     link: Option<Proxy>,
+    /// With [`Topology::start_tls`].
+    tls: Option<Tls>,
 }
 
 /// One command to `127.0.0.1:port`, on a connection of its own, bounded.
 pub fn query<T: redis::FromRedisValue>(port: u16, cmd: &redis::Cmd) -> Result<T, String> {
-    let client =
-        redis::Client::open(format!("redis://127.0.0.1:{port}")).map_err(|e| e.to_string())?;
+    query_as(port, None, cmd)
+}
+
+/// [`query`] as `user` (name and password).
+fn query_as<T: redis::FromRedisValue>(
+    port: u16,
+    user: Option<(&str, &str)>,
+    cmd: &redis::Cmd,
+) -> Result<T, String> {
+    let auth = user.map_or(String::new(), |(u, p)| format!("{u}:{p}@"));
+    let client = redis::Client::open(format!("redis://{auth}127.0.0.1:{port}"))
+        .map_err(|e| e.to_string())?;
     let mut con = client
         .get_connection_with_timeout(Duration::from_millis(500))
         .map_err(|e| format!("{port}: {e}"))?;
@@ -63,11 +83,14 @@ pub fn query<T: redis::FromRedisValue>(port: u16, cmd: &redis::Cmd) -> Result<T,
 /// `INFO <section>` of the server on `port`, as field → value.
 pub fn info(port: u16, section: &str) -> Result<HashMap<String, String>, String> {
     let text: String = query(port, redis::cmd("INFO").arg(section))?;
-    Ok(text
-        .lines()
+    Ok(fields(&text))
+}
+
+fn fields(info: &str) -> HashMap<String, String> {
+    info.lines()
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.to_owned(), v.trim().to_owned()))
-        .collect())
+        .collect()
 }
 
 /// A flat `field value …` reply as a map (`SENTINEL MASTER`, `SENTINEL REPLICAS`' entries).
@@ -80,7 +103,7 @@ fn pairs(flat: Vec<String>) -> HashMap<String, String> {
 impl Topology {
     /// Starts the topology and waits until it can fail over.
     pub fn start() -> Topology {
-        Topology::start_with(100, false)
+        Topology::start_with(100, false, false)
     }
 
     /// Like [`Topology::start`], with a replica the sentinels will not
@@ -88,28 +111,57 @@ impl Topology {
     /// [`Topology::kill_primary`] no primary is known, for as long as the
     /// test wants.
     pub fn start_held() -> Topology {
-        Topology::start_with(0, false)
+        Topology::start_with(0, false, false)
     }
 
     /// Like [`Topology::start`], with the replication link through a proxy
     /// that [`Topology::cut_replication`] stalls.
     pub fn start_cuttable() -> Topology {
-        Topology::start_with(100, true)
+        Topology::start_with(100, true, false)
     }
 
-    fn start_with(priority: u32, cuttable: bool) -> Topology {
-        let primary = RedisServer::start();
-        let port = primary.port.to_string();
-        let link = cuttable.then(|| Proxy::start(primary.port));
+    /// Like [`Topology::start`], every server speaking TLS to every other,
+    /// with credentials of their own (see the module's doc).
+    pub fn start_tls() -> Topology {
+        Topology::start_with(100, false, true)
+    }
+
+    fn start_with(priority: u32, cuttable: bool, tls: bool) -> Topology {
+        let pki = tls.then(|| Pki::new("redq sentinel test CA"));
+        // A server's TLS arguments and port (none without TLS).
+        let tls_of = |name: &str| match &pki {
+            Some(pki) => {
+                let port = free_port();
+                (tls_args(pki, &pki.node(name), port), Some(port))
+            }
+            None => (Vec::new(), None),
+        };
+        // A data node's own arguments: with TLS, those and redq's user.
+        let node_of = |name: &str| {
+            let (mut args, port) = tls_of(name);
+            if port.is_some() {
+                args.extend(over_tls::data_user_args());
+            }
+            (args, port)
+        };
+        let (primary_args, primary_tls_port) = node_of("node0");
+        let (replica_base, replica_tls_port) = node_of("node1");
+        let primary = RedisServer::start_with(&strs(&primary_args));
+        // Where replication and the sentinels reach the primary: its TLS port with TLS.
+        let port = primary_tls_port.unwrap_or(primary.port).to_string();
+        let link = cuttable.then(|| Proxy::start(port.parse().unwrap()));
         let upstream = link.as_ref().map_or(port.clone(), |p| p.port.to_string());
         let priority = priority.to_string();
-        let replica = RedisServer::start_with(&[
+        let mut replica_args = replica_base.clone();
+        let replicaof = [
             "--replicaof",
             "127.0.0.1",
             &upstream,
             "--replica-priority",
             &priority,
-        ]);
+        ];
+        replica_args.extend(replicaof.map(str::to_owned));
+        let replica = RedisServer::start_with(&strs(&replica_args));
         // A replica that replicates from another address than the
         // primary's (the proxy) is "fixed" by the sentinels (+fix-slave-config)
         // once failover-timeout has passed since they found it: with the
@@ -121,14 +173,60 @@ impl Topology {
              sentinel failover-timeout {MASTER} {failover_timeout}\n\
              sentinel parallel-syncs {MASTER} 1\n"
         );
-        let sentinels = (0..3).map(|_| RedisServer::start_sentinel(&conf)).collect();
+        let mut sentinel_tls = Vec::new();
+        let sentinels = (0..3)
+            .map(|i| {
+                let (args, tls_port) = tls_of(&format!("sentinel{i}"));
+                let mut conf = conf.clone();
+                if let Some(tls_port) = tls_port {
+                    sentinel_tls.push(tls_port);
+                    conf.push_str(&over_tls::sentinel_conf(&args));
+                }
+                RedisServer::start_sentinel(&conf)
+            })
+            .collect();
+        let tls = pki.map(|pki| Tls {
+            client: pki.client("redq"),
+            nodes: vec![primary_tls_port.unwrap(), replica_tls_port.unwrap()],
+            sentinels: sentinel_tls,
+            node_args: vec![primary_args, replica_base],
+            pki,
+        });
         let t = Topology {
             nodes: vec![primary, replica],
             sentinels,
             link,
+            tls,
         };
         t.wait_ready();
         t
+    }
+
+    /// One command to sentinel `s` (with TLS, as [`HARNESS_USER`]).
+    fn ask<T: redis::FromRedisValue>(
+        &self,
+        s: &RedisServer,
+        cmd: &redis::Cmd,
+    ) -> Result<T, String> {
+        let user = self.tls.as_ref().map(|_| HARNESS_USER);
+        query_as(s.port, user, cmd)
+    }
+
+    /// The data node a port names: a node's TLS port is mapped to its
+    /// plain port (the harness's, which [`RedisServer::port`] is).
+    fn plain(&self, port: u16) -> u16 {
+        self.tls
+            .as_ref()
+            .and_then(|t| t.nodes.iter().position(|p| *p == port))
+            .map_or(port, |i| self.nodes[i].port)
+    }
+
+    /// The port redq reaches data node `port` (plain) at: its TLS port with TLS.
+    fn reached_at(&self, port: u16) -> u16 {
+        self.tls
+            .as_ref()
+            .and_then(|t| Some(t.nodes[self.nodes.iter().position(|n| n.port == port)?]))
+            .unwrap_or(port)
     }
 
     /// Waits until the replica is in sync and every sentinel knows the
@@ -147,10 +245,7 @@ impl Topology {
                 &format!("sentinel {} to know the whole topology", s.port),
                 secs(30),
                 || {
-                    let m = pairs(query(
-                        s.port,
-                        redis::cmd("SENTINEL").arg("MASTER").arg(MASTER),
-                    )?);
+                    let m = pairs(self.ask(s, redis::cmd("SENTINEL").arg("MASTER").arg(MASTER))?);
                     let ok = m.get("flags").map(String::as_str) == Some("master")
                         && m.get("num-slaves").map(String::as_str) == Some("1")
                         && m.get("num-other-sentinels").map(String::as_str) == Some("2");
@@ -161,19 +256,21 @@ impl Topology {
         self.wait_caught_up();
     }
 
-    /// The port each sentinel names as the primary's (`None`: it did not answer).
+    /// The port each sentinel names as the primary's (`None`: it did not
+    /// answer); with TLS, the plain port of the node whose TLS port it names.
     pub fn named(&self) -> Vec<Option<u16>> {
         self.sentinels
             .iter()
             .map(|s| {
-                let addr: Option<(String, String)> = query(
-                    s.port,
-                    redis::cmd("SENTINEL")
-                        .arg("get-master-addr-by-name")
-                        .arg(MASTER),
-                )
-                .ok()?;
-                addr?.1.parse().ok()
+                let addr: Option<(String, String)> = self
+                    .ask(
+                        s,
+                        redis::cmd("SENTINEL")
+                            .arg("get-master-addr-by-name")
+                            .arg(MASTER),
+                    )
+                    .ok()?;
+                Some(self.plain(addr?.1.parse().ok()?))
             })
             .collect()
     }
@@ -295,16 +392,21 @@ impl Topology {
         wait_for("a sentinel to accept SENTINEL FAILOVER", secs(30), || {
             turn += 1;
             let s = &self.sentinels[turn % self.sentinels.len()];
-            query::<String>(s.port, redis::cmd("SENTINEL").arg("FAILOVER").arg(MASTER))
+            self.ask::<String>(s, redis::cmd("SENTINEL").arg("FAILOVER").arg(MASTER))
         });
     }
 
     /// Starts the killed node on `port` again, as a replica of the primary
     /// now (a replacement for the lost host), and waits until it is in sync.
     pub fn restart_as_replica(&mut self, port: u16) {
-        let primary = self.primary_port().to_string();
-        let node = self.nodes.iter_mut().find(|n| n.port == port).unwrap();
-        node.restart_with(&["--replicaof", "127.0.0.1", &primary]);
+        let primary = self.reached_at(self.primary_port()).to_string();
+        let i = self.nodes.iter().position(|n| n.port == port).unwrap();
+        let mut args = self
+            .tls
+            .as_ref()
+            .map_or(Vec::new(), |t| t.node_args[i].clone());
+        args.extend(["--replicaof", "127.0.0.1", &primary].map(str::to_owned));
+        self.nodes[i].restart_with(&strs(&args));
         wait_for("the restarted node to be in sync", secs(20), || {
             let i = info(port, "replication")?;
             (i.get("master_link_status").map(String::as_str) == Some("up"))
@@ -313,32 +415,63 @@ impl Topology {
         });
     }
 
-    /// `"127.0.0.1:<port>"` of each sentinel.
+    /// `"127.0.0.1:<port>"` of each sentinel (its TLS port with TLS).
     pub fn sentinel_nodes(&self) -> Vec<String> {
-        self.sentinels
-            .iter()
-            .map(|s| format!("127.0.0.1:{}", s.port))
-            .collect()
+        match &self.tls {
+            Some(t) => t
+                .sentinels
+                .iter()
+                .map(|p| format!("127.0.0.1:{p}"))
+                .collect(),
+            None => self
+                .sentinels
+                .iter()
+                .map(|s| format!("127.0.0.1:{}", s.port))
+                .collect(),
+        }
     }
 
-    /// The `[redis.sentinel]` table of a `workers.toml` for this topology.
+    /// `redis.url` for redq: the scheme and the data nodes' credentials
+    /// (with TLS: `rediss://` and [`DATA_USER`]); its host and port lead
+    /// nowhere, only the sentinels say where the primary is.
+    pub fn url(&self) -> String {
+        match &self.tls {
+            Some(_) => format!("rediss://{}:{}@127.0.0.1:1", DATA_USER.0, DATA_USER.1),
+            None => "redis://127.0.0.1:1".into(),
+        }
+    }
+
+    /// The `[redis.sentinel]` table of a `workers.toml` for this topology
+    /// (with TLS: with [`SENTINEL_USER`], and `[redis.tls]` after it).
     pub fn toml(&self) -> String {
-        let nodes: Vec<String> = self
-            .sentinel_nodes()
-            .iter()
-            .map(|n| format!("{n:?}"))
-            .collect();
-        format!(
+        let c = self.redis_config("unused");
+        let s = c.sentinel.unwrap();
+        let nodes: Vec<String> = s.nodes.iter().map(|n| format!("{n:?}")).collect();
+        let mut text = format!(
             "\n[redis.sentinel]\nmaster = {MASTER:?}\nnodes = [{}]\n",
             nodes.join(", ")
-        )
+        );
+        if let (Some(user), Some(pass)) = (s.username, s.password) {
+            text.push_str(&format!("username = {user:?}\npassword = {pass:?}\n"));
+        }
+        let path =
+            |p: Option<std::path::PathBuf>| format!("{:?}", p.unwrap().display().to_string());
+        if self.tls.is_some() {
+            text.push_str(&format!(
+                "\n[redis.tls]\nca_file = {}\ncert_file = {}\nkey_file = {}\n",
+                path(c.tls.ca_file),
+                path(c.tls.cert_file),
+                path(c.tls.key_file)
+            ));
+        }
+        text
     }
 
     /// `[redis]` for a Rust client: through the sentinels, key prefix
-    /// `prefix`. The URL's host and port are not used.
+    /// `prefix` (with TLS: `[redis.tls]` and both sets of credentials).
     pub fn redis_config(&self, prefix: &str) -> RedisConfig {
-        RedisConfig {
-            url: "redis://127.0.0.1".into(),
+        let mut c = RedisConfig {
+            url: self.url(),
             key_prefix: prefix.into(),
             connect_timeout: secs(2),
             command_timeout: secs(5),
@@ -349,7 +482,11 @@ impl Topology {
                 password: None,
             }),
             ..Default::default()
+        };
+        if let Some(t) = &self.tls {
+            t.configure(&mut c);
         }
+        c
     }
 
     /// Connections the sentinels accepted since they started (all three):
@@ -358,13 +495,17 @@ impl Topology {
         self.sentinels
             .iter()
             .map(|s| {
-                info(s.port, "stats")
+                self.ask::<String>(s, redis::cmd("INFO").arg("stats"))
                     .ok()
-                    .and_then(|i| i.get("total_connections_received")?.parse().ok())
+                    .and_then(|i| fields(&i).get("total_connections_received")?.parse().ok())
                     .unwrap_or(0)
             })
             .sum()
     }
+}
+
+fn strs(args: &[String]) -> Vec<&str> {
+    args.iter().map(String::as_str).collect()
 }
 
 /// The topology the tests of one binary share while they overlap: the
