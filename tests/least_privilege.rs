@@ -298,6 +298,17 @@ fn the_daemon_and_producers_run_under_the_documented_users() {
         .filter(|(_, what)| what != "config|get" && what != "acl|whoami")
         .collect();
     assert!(refused.is_empty(), "{refused:?}\n{log}");
+
+    // Refused credentials, or rules that do not allow a command, are a
+    // setting to fix, not an outage: exit 78 (not 69, not 1).
+    let wrong = format!(
+        "redis://redq-daemon:not-the-password@127.0.0.1:{}",
+        redis.port
+    );
+    let o = run(&wrong, &["stats", "mail"]);
+    assert_eq!(o.code, Some(78), "{}{}", o.stdout, o.stderr);
+    let o = run(&url_as(&redis, "redq-producer"), &["stats", "mail"]);
+    assert_eq!(o.code, Some(78), "{}{}", o.stdout, o.stderr);
 }
 
 #[test]

@@ -9,7 +9,7 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use crate::cli::{EXIT_CONFIG, EXIT_UNAVAILABLE};
+use crate::cli::EXIT_CONFIG;
 use crate::config::{self, Config, Overrides};
 use crate::daemon::{runnable_problems, WorkerBuilder};
 use crate::error::Error;
@@ -195,11 +195,7 @@ pub async fn run(src: &Source<'_>) -> u8 {
         Ok(d) => d,
         Err(e) => {
             tracing::error!(error = %e, "cannot start");
-            return match e {
-                Error::Config(_) | Error::InvalidName(_) => EXIT_CONFIG,
-                e if e.is_transient() => EXIT_UNAVAILABLE,
-                _ => 1,
-            };
+            return crate::cli::exit_code(&e);
         }
     };
     match daemon.run().await {

@@ -324,11 +324,28 @@ pub async fn main(cli: Cli) -> u8 {
         Ok(code) => code,
         Err(e) => {
             eprintln!("redq: {e}");
-            if e.is_transient() {
-                EXIT_UNAVAILABLE
-            } else {
-                1
-            }
+            exit_code(&e)
         }
+    }
+}
+
+/// The exit status for a command that failed with `e`: 78 when a setting
+/// is wrong (the configuration, or credentials and ACL rules Redis refused:
+/// trying again will not help, and systemd does not restart on 78), 69 when
+/// Redis is unreachable or failing over, 1 otherwise.
+pub fn exit_code(e: &crate::Error) -> u8 {
+    use redis::{ErrorKind, ServerErrorKind};
+    match e {
+        crate::Error::Config(_) | crate::Error::InvalidName(_) => EXIT_CONFIG,
+        crate::Error::Redis(r)
+            if matches!(
+                r.kind(),
+                ErrorKind::AuthenticationFailed | ErrorKind::Server(ServerErrorKind::NoPerm)
+            ) || matches!(r.code(), Some("WRONGPASS" | "NOAUTH" | "NOPERM")) =>
+        {
+            EXIT_CONFIG
+        }
+        e if e.is_transient() => EXIT_UNAVAILABLE,
+        _ => 1,
     }
 }
