@@ -195,7 +195,11 @@ pub async fn run(src: &Source<'_>) -> u8 {
         Ok(d) => d,
         Err(e) => {
             tracing::error!(error = %e, "cannot start");
-            return crate::cli::exit_code(&e);
+            // A queue name the daemon refuses comes from the configuration.
+            return match e {
+                Error::InvalidName(_) => EXIT_CONFIG,
+                e => crate::cli::exit_code(&e),
+            };
         }
     };
     match daemon.run().await {

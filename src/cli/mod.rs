@@ -336,7 +336,7 @@ pub async fn main(cli: Cli) -> u8 {
 pub fn exit_code(e: &crate::Error) -> u8 {
     use redis::{ErrorKind, ServerErrorKind};
     match e {
-        crate::Error::Config(_) | crate::Error::InvalidName(_) => EXIT_CONFIG,
+        crate::Error::Config(_) => EXIT_CONFIG,
         crate::Error::Redis(r)
             if matches!(
                 r.kind(),
