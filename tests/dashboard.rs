@@ -597,7 +597,8 @@ fn a_public_listen_address_needs_the_flag_and_a_token() {
 }
 
 /// Headless Chromium loads the pages (the script runs and refreshes the
-/// numbers), clicks Pause and Retry all dead, and Redis has changed.
+/// numbers), clicks Pause, Retry all dead and a job's Cancel, and Redis has
+/// changed.
 /// `REDQ_SCREENSHOTS=<dir>` saves the main pages as PNG there (the README's
 /// come from this test).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -671,6 +672,23 @@ async fn a_real_browser_pauses_and_retries() {
         .contains("<script>alert('pwned')</script>"));
     assert_eq!(browser.alert().await, None, "the payload ran as script");
     shoot("dashboard-job.png").await;
+
+    // Cancel from the job's own page: the job is gone from Redis.
+    browser
+        .click("form[action='/queues/emails/jobs/xss/cancel'] button")
+        .await;
+    let emails = b.store.queue("emails").unwrap();
+    common::wait::eventually("the cancel to reach Redis", Duration::from_secs(10), || {
+        let (store, emails) = (b.store.clone(), emails.clone());
+        async move {
+            match redq::inspect::job(&store, &emails, "xss").await {
+                Ok(None) => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        }
+    })
+    .await;
+    assert!(browser.text(".notice").await.starts_with("Cancelled xss"));
 
     for page in ["/daemons", "/cron", "/usage"] {
         browser.goto(&format!("{}{page}", b.base)).await;
