@@ -21,7 +21,10 @@
 //!   the process's CPU, and the process's RSS;
 //! - `i` the command handler's spawn rate: `/bin/true` at concurrency 50
 //!   against `xargs -P50 /bin/true` in the same run (not in the default
-//!   set: `--scenarios i`).
+//!   set: `--scenarios i`);
+//! - `j` `--due-jobs` (default 1M) delayed jobs due at one instant, drained
+//!   by a daemon at concurrency 200: jobs/s and the longest single call in
+//!   SLOWLOG (not in the default set).
 //!
 //! With `--repeat R` every scenario runs R times (alternating redq and
 //! BullMQ runs under `--compare bullmq`) and the table shows medians with
@@ -68,7 +71,8 @@ pub struct Args {
     repeat: u32,
     /// Scenarios to run, comma-separated: a batch enqueue, b single enqueue,
     /// c process, d latency, e memory, f idle, g two daemons, h many queues
-    /// idle, i command handler spawn rate (not by default)
+    /// idle, i command handler spawn rate, j delayed jobs due at once (i and
+    /// j not by default)
     #[arg(long, default_value = "a,b,c,d,e,f,g,h")]
     scenarios: String,
     /// How long the latency scenario enqueues at 1000 jobs/s
@@ -83,6 +87,9 @@ pub struct Args {
     /// Jobs run in scenario i (command handler spawn rate)
     #[arg(long, default_value_t = 5000)]
     spawn_jobs: u64,
+    /// Delayed jobs due at one instant in scenario j
+    #[arg(long, default_value_t = 1_000_000)]
+    due_jobs: u64,
     /// Also run the same scenarios on another queue: `bullmq`
     #[arg(long, value_parser = ["bullmq"])]
     compare: Option<String>,
@@ -113,6 +120,7 @@ pub async fn main(args: Args) -> u8 {
         idle_secs: args.idle_secs,
         idle_queues: args.idle_queues,
         spawn_jobs: args.spawn_jobs,
+        due_jobs: args.due_jobs,
         compare_bullmq: args.compare.is_some(),
         tls: args.tls,
         replica: args.replica,
@@ -145,7 +153,7 @@ pub struct Options {
     /// Concurrencies for scenario c.
     pub concurrency: Vec<u32>,
     pub repeat: u32,
-    /// Scenario letters, a–i.
+    /// Scenario letters, a–j.
     pub scenarios: String,
     /// How long scenario d enqueues at 1000 jobs/s.
     pub latency_secs: f64,
@@ -155,6 +163,8 @@ pub struct Options {
     pub idle_queues: u32,
     /// Jobs of scenario i.
     pub spawn_jobs: u64,
+    /// Jobs of scenario j.
+    pub due_jobs: u64,
     /// Also run BullMQ (`--compare bullmq`).
     pub compare_bullmq: bool,
     /// Reach the private server over TLS (`--tls`).
@@ -176,6 +186,7 @@ impl Default for Options {
             idle_secs: 5.0,
             idle_queues: 1000,
             spawn_jobs: 5000,
+            due_jobs: 1_000_000,
             compare_bullmq: false,
             tls: false,
             replica: false,
@@ -189,14 +200,14 @@ fn parse_scenarios(list: &str) -> Result<String> {
     let mut out = String::new();
     for part in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
         match part {
-            "a" | "b" | "c" | "d" | "e" | "f" | "g" | "h" | "i" => {
+            "a" | "b" | "c" | "d" | "e" | "f" | "g" | "h" | "i" | "j" => {
                 if !out.contains(part) {
                     out.push_str(part)
                 }
             }
             other => {
                 return Err(Error::Config(format!(
-                "--scenarios: unknown scenario {other:?} (expected letters a–i, comma-separated)"
+                "--scenarios: unknown scenario {other:?} (expected letters a–j, comma-separated)"
             )))
             }
         }

@@ -26,7 +26,7 @@ fn per_sec(jobs: u64, took: Duration) -> f64 {
     jobs as f64 / took.as_secs_f64().max(1e-9)
 }
 
-/// Runs the chosen scenarios once, in order a–i.
+/// Runs the chosen scenarios once, in order a–j.
 pub async fn run_all(srv: &Private, opts: &Options, letters: &str) -> Result<Vec<Sample>> {
     let mut out = Vec::new();
     let n = opts.jobs;
@@ -229,6 +229,26 @@ pub async fn run_all(srv: &Private, opts: &Options, letters: &str) -> Result<Vec
             Better::Lower,
             us_per_job,
         ));
+    }
+    if letters.contains('j') {
+        srv.flush().await?;
+        let n = opts.due_jobs.max(1);
+        let due = due_at_once(srv, n).await?;
+        out.push(Sample::new(
+            "j_rate",
+            format!("{n} delayed jobs due at one instant, drained at c200"),
+            "jobs/s",
+            Better::Higher,
+            due.rate,
+        ));
+        out.push(Sample::new(
+            "j_longest",
+            "the longest single call meanwhile (SLOWLOG)",
+            "ms",
+            Better::Lower,
+            due.longest_ms,
+        ));
+        eprintln!("redq bench: j: longest call: {}", due.longest_what);
     }
     Ok(out)
 }
@@ -702,4 +722,130 @@ async fn spawn_rate(srv: &Private, jobs: u64) -> Result<(f64, f64, f64)> {
     .map_err(|e| err(e.to_string()))?
     .map_err(|e| err(format!("xargs: {e}")))?;
     Ok((per_sec(jobs, took), us_per_job, per_sec(jobs, xargs)))
+}
+
+/// What scenario j measured.
+struct DueAtOnce {
+    rate: f64,
+    longest_ms: f64,
+    longest_what: String,
+}
+
+/// (j): `jobs` jobs enqueued (1000 per call) to run at one instant, a few
+/// seconds after the last enqueue; a daemon at concurrency 200, idle until
+/// then, drains them (the promoter and the claims move them into pending).
+/// The rate counts from that instant to the last completion; SLOWLOG
+/// (every call over 0.5 ms, reset just before the instant) gives the
+/// longest single call of the drain.
+async fn due_at_once(srv: &Private, jobs: u64) -> Result<DueAtOnce> {
+    let queue = "due";
+    let client = Client::open(&srv.redis).await?;
+    // Room for 50k jobs/s on a busy machine: every job is in before the instant.
+    let now_ms = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64)
+    };
+    let at = now_ms() + 3000 + (jobs / 20) as i64;
+    let mut i = 0;
+    while i < jobs {
+        let n = (jobs - i).min(1000);
+        let batch = (i..i + n)
+            .map(|k| Ok(NewJob::new(&k)?.run_at_ms(at)))
+            .collect::<Result<Vec<_>>>()?;
+        client.enqueue_many(queue, batch).await?;
+        i += n;
+    }
+    if now_ms() >= at - 1000 {
+        return Err(err(
+            "due at once: enqueueing took longer than planned; try fewer jobs",
+        ));
+    }
+    let cfg = daemon_config(&srv.redis, queue, 200, true)?;
+    let daemon = WorkerBuilder::new(cfg).start().await?;
+    let handle = daemon.handle();
+    let counters = daemon.counters();
+    let run = tokio::spawn(daemon.run());
+    let mut con = srv.con();
+    let slowlog = |args: &[&str]| {
+        let mut c = redis::cmd("SLOWLOG");
+        c.arg(args);
+        c
+    };
+    redis::cmd("CONFIG")
+        .arg(
+            &[
+                "SET",
+                "slowlog-log-slower-than",
+                "500",
+                "slowlog-max-len",
+                "10000",
+            ][..],
+        )
+        .query_async::<()>(&mut con)
+        .await
+        .map_err(|e| err(e.to_string()))?;
+    let wait = u64::try_from(at - now_ms()).unwrap_or(0);
+    tokio::time::sleep(Duration::from_millis(wait.saturating_sub(200))).await;
+    slowlog(&["RESET"])
+        .query_async::<()>(&mut con)
+        .await
+        .map_err(|e| err(e.to_string()))?;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let t0 = Instant::now();
+    let mut last = (0, Instant::now());
+    loop {
+        let done = Counters::get(&counters.succeeded);
+        if done >= jobs {
+            break;
+        }
+        if done != last.0 {
+            last = (done, Instant::now());
+        } else if last.1.elapsed() > Duration::from_secs(30) {
+            handle.shutdown();
+            return Err(err(format!(
+                "due at once: stalled at {done} of {jobs} jobs"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let took = t0.elapsed();
+    let entries: Vec<redis::Value> = slowlog(&["GET", "10000"])
+        .query_async(&mut con)
+        .await
+        .map_err(|e| err(e.to_string()))?;
+    handle.shutdown();
+    let _ = run.await;
+    // Each entry: id, when, µs, [command and arguments], …
+    let mut longest = (0i64, String::new());
+    for e in entries {
+        let redis::Value::Array(parts) = e else {
+            continue;
+        };
+        let Some(redis::Value::Int(us)) = parts.get(2) else {
+            continue;
+        };
+        if *us > longest.0 {
+            let what = match parts.get(3) {
+                Some(redis::Value::Array(args)) => args
+                    .iter()
+                    .take(2)
+                    .filter_map(|a| match a {
+                        redis::Value::BulkString(b) => {
+                            Some(String::from_utf8_lossy(b).into_owned())
+                        }
+                        _ => None,
+                    })
+                    .collect::<Vec<_>>()
+                    .join(" "),
+                _ => String::new(),
+            };
+            longest = (*us, what);
+        }
+    }
+    Ok(DueAtOnce {
+        rate: per_sec(jobs, took),
+        longest_ms: longest.0 as f64 / 1000.0,
+        longest_what: format!("{:.2} ms: {}", longest.0 as f64 / 1000.0, longest.1),
+    })
 }
