@@ -197,6 +197,23 @@ impl QueueKeys {
     pub fn scheduled(&self) -> &str {
         self.part("scheduled")
     }
+    /// The keys that hold what the daemon's depth gauges count (pending,
+    /// parked, scheduled, dead, inbox, rejected): none exists when they are
+    /// all 0 (Redis deletes an emptied list or set). Not `active`, which
+    /// always holds its pin.
+    pub fn depth_keys(&self) -> Vec<String> {
+        [
+            self.pending(),
+            self.parked(),
+            self.tenant_parked(),
+            self.scheduled(),
+            self.dead(),
+            self.inbox(),
+            self.rejected(),
+        ]
+        .map(str::to_owned)
+        .to_vec()
+    }
     pub fn active(&self) -> &str {
         self.part("active")
     }

@@ -240,10 +240,13 @@ fn a_running_job_is_cancelled_its_handler_stopped_and_nothing_written() {
     assert_eq!(o.code, Some(0), "{}", o.stderr);
     assert_eq!(o.stdout.trim(), "cancelled run (was active)");
     // Counted for the queue, whoever cancelled: in `redq stats` and, once
-    // the daemon has read it, in its metrics.
+    // the daemon reads the queue's depths again (an idle daemon reads them
+    // for queues that hold jobs: a delayed one here), in its metrics.
     let o = cli(&["stats", "slow", "--json"]);
     let stats: Value = serde_json::from_str(&o.stdout).unwrap();
     assert_eq!(stats[0]["cancelled_total"], 1, "{stats}");
+    let o = cli(&["enqueue", "--delay", "1h", "slow", "{}"]);
+    assert_eq!(o.code, Some(0), "{}", o.stderr);
     wait_for("the cancellation in the daemon's metrics", secs(15), || {
         http_get(&daemon.listen, "/metrics")
             .and_then(|(_, body)| sample(&body, "redq_queue_cancelled_total{queue=\"slow\"}"))

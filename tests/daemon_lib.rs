@@ -839,6 +839,35 @@ async fn an_idle_daemon_renews_its_hand_off_registration_without_a_script() {
     d.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_daemon_costs_redis_the_same_however_many_queues_it_serves() {
+    let redis = RedisServer::start();
+    // 200 empty queues, looked at every 100 ms (inbox_poll, reap_interval):
+    // a look per queue would be thousands of commands a second.
+    let queues: String = (0..200)
+        .map(|i| queue(&format!("q{i}"), "handler = { builtin = \"noop\" }"))
+        .collect();
+    let d = launch(WorkerBuilder::new(config(&redis, "", &queues))).await;
+    let processed = || async {
+        redis.info("stats").await["total_commands_processed"]
+            .parse::<u64>()
+            .unwrap()
+    };
+    // Settled: the first reads of every queue are done. The hand-off
+    // registrations are first renewed 5 s after start, after the window.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (before, t0) = (processed().await, Instant::now());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let per_sec = (processed().await - before) as f64 / t0.elapsed().as_secs_f64();
+    // Per 100 ms: one EXISTS (idle look), one ZUNION (reaper); per 5 s the
+    // depth poll's two; the waker's BLPOP; heartbeats.
+    assert!(
+        per_sec < 60.0,
+        "{per_sec:.0} commands/s with 200 idle queues"
+    );
+    d.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn jobs_handed_to_idle_daemons_run_once_each() {
     let redis = RedisServer::start();

@@ -18,7 +18,7 @@ use common::server::RedisServer;
 use common::snapshot::handed_jobs;
 use redq::inspect::JobState;
 use redq::job::Record;
-use redq::store::{HandoffOffer, IdleLook, Registration, Retention};
+use redq::store::{HandoffOffer, Registration, Retention};
 
 const DEAD: Retention = Retention {
     keep: 100,
@@ -200,16 +200,10 @@ async fn a_registration_written_by_either_side_reads_back_in_the_other() {
         lease,
         expires_ms: got.now_ms + 60_000,
     };
-    let look = [IdleLook {
-        keys: &q,
-        pending: true,
-        tenant_due: false,
-    }];
-    let work = store
-        .idle_look("d1.0", &[(&q, renewed)], &look)
+    store
+        .renew_registrations("d1.0", &[(&q, renewed)])
         .await
         .unwrap();
-    assert!(!work);
     assert_eq!(
         hget(&redis, q.idle(), "d1.0").await.as_deref(),
         Some(renewed.encode().as_str())

@@ -54,7 +54,7 @@ impl Runner {
         })
     }
 
-    /// One run of the chosen scenarios (BullMQ has a–e; f is redq-only).
+    /// One run of the chosen scenarios (BullMQ has a–e; f–j are redq-only).
     pub async fn run(&self, url: &str, opts: &Options, letters: &str) -> Result<Output> {
         let conc = opts
             .concurrency
@@ -64,7 +64,7 @@ impl Runner {
             .join(",");
         let letters = letters
             .chars()
-            .filter(|c| !matches!(c, 'f' | 'g'))
+            .filter(|c| !matches!(c, 'f' | 'g' | 'h' | 'i' | 'j'))
             .map(String::from)
             .collect::<Vec<_>>()
             .join(",");

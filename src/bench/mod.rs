@@ -15,7 +15,16 @@
 //! - `f` idle: Redis commands per second and the process's CPU with an idle
 //!   daemon and empty queues;
 //! - `g` two daemons (in this process, each with its own connections) on
-//!   one queue against one daemon, at the highest `--concurrency`.
+//!   one queue against one daemon, at the highest `--concurrency`;
+//! - `h` many queues idle: one daemon configured with `--idle-queues`
+//!   (default 1000) empty queues: Redis commands per second, Redis's and
+//!   the process's CPU, and the process's RSS;
+//! - `i` the command handler's spawn rate: `/bin/true` at concurrency 50
+//!   against `xargs -P50 /bin/true` in the same run (not in the default
+//!   set: `--scenarios i`);
+//! - `j` `--due-jobs` (default 1M) delayed jobs due at one instant, drained
+//!   by a daemon at concurrency 200: jobs/s and the longest single call in
+//!   SLOWLOG (not in the default set).
 //!
 //! With `--repeat R` every scenario runs R times (alternating redq and
 //! BullMQ runs under `--compare bullmq`) and the table shows medians with
@@ -61,15 +70,26 @@ pub struct Args {
     #[arg(long, default_value_t = 1)]
     repeat: u32,
     /// Scenarios to run, comma-separated: a batch enqueue, b single enqueue,
-    /// c process, d latency, e memory, f idle, g two daemons
-    #[arg(long, default_value = "a,b,c,d,e,f,g")]
+    /// c process, d latency, e memory, f idle, g two daemons, h many queues
+    /// idle, i command handler spawn rate, j delayed jobs due at once (i and
+    /// j not by default)
+    #[arg(long, default_value = "a,b,c,d,e,f,g,h")]
     scenarios: String,
     /// How long the latency scenario enqueues at 1000 jobs/s
     #[arg(long, default_value_t = 10.0)]
     latency_secs: f64,
-    /// How long the idle scenario watches the daemon
+    /// How long the idle scenarios (f, h) watch the daemon
     #[arg(long, default_value_t = 5.0)]
     idle_secs: f64,
+    /// Queues configured in scenario h (many queues idle)
+    #[arg(long, default_value_t = 1000)]
+    idle_queues: u32,
+    /// Jobs run in scenario i (command handler spawn rate)
+    #[arg(long, default_value_t = 5000)]
+    spawn_jobs: u64,
+    /// Delayed jobs due at one instant in scenario j
+    #[arg(long, default_value_t = 1_000_000)]
+    due_jobs: u64,
     /// Also run the same scenarios on another queue: `bullmq`
     #[arg(long, value_parser = ["bullmq"])]
     compare: Option<String>,
@@ -98,6 +118,9 @@ pub async fn main(args: Args) -> u8 {
         scenarios: args.scenarios,
         latency_secs: args.latency_secs,
         idle_secs: args.idle_secs,
+        idle_queues: args.idle_queues,
+        spawn_jobs: args.spawn_jobs,
+        due_jobs: args.due_jobs,
         compare_bullmq: args.compare.is_some(),
         tls: args.tls,
         replica: args.replica,
@@ -130,12 +153,18 @@ pub struct Options {
     /// Concurrencies for scenario c.
     pub concurrency: Vec<u32>,
     pub repeat: u32,
-    /// Scenario letters, a–g.
+    /// Scenario letters, a–j.
     pub scenarios: String,
     /// How long scenario d enqueues at 1000 jobs/s.
     pub latency_secs: f64,
-    /// How long scenario f watches the idle daemon.
+    /// How long scenarios f and h watch the idle daemon.
     pub idle_secs: f64,
+    /// Queues configured in scenario h.
+    pub idle_queues: u32,
+    /// Jobs of scenario i.
+    pub spawn_jobs: u64,
+    /// Jobs of scenario j.
+    pub due_jobs: u64,
     /// Also run BullMQ (`--compare bullmq`).
     pub compare_bullmq: bool,
     /// Reach the private server over TLS (`--tls`).
@@ -152,9 +181,12 @@ impl Default for Options {
             jobs: 100_000,
             concurrency: vec![50, 200],
             repeat: 1,
-            scenarios: "a,b,c,d,e,f,g".into(),
+            scenarios: "a,b,c,d,e,f,g,h".into(),
             latency_secs: 10.0,
             idle_secs: 5.0,
+            idle_queues: 1000,
+            spawn_jobs: 5000,
+            due_jobs: 1_000_000,
             compare_bullmq: false,
             tls: false,
             replica: false,
@@ -168,14 +200,14 @@ fn parse_scenarios(list: &str) -> Result<String> {
     let mut out = String::new();
     for part in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
         match part {
-            "a" | "b" | "c" | "d" | "e" | "f" | "g" => {
+            "a" | "b" | "c" | "d" | "e" | "f" | "g" | "h" | "i" | "j" => {
                 if !out.contains(part) {
                     out.push_str(part)
                 }
             }
             other => {
                 return Err(Error::Config(format!(
-                "--scenarios: unknown scenario {other:?} (expected letters a–g, comma-separated)"
+                "--scenarios: unknown scenario {other:?} (expected letters a–j, comma-separated)"
             )))
             }
         }

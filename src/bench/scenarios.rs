@@ -26,7 +26,7 @@ fn per_sec(jobs: u64, took: Duration) -> f64 {
     jobs as f64 / took.as_secs_f64().max(1e-9)
 }
 
-/// Runs the chosen scenarios once, in order a–g.
+/// Runs the chosen scenarios once, in order a–j.
 pub async fn run_all(srv: &Private, opts: &Options, letters: &str) -> Result<Vec<Sample>> {
     let mut out = Vec::new();
     let n = opts.jobs;
@@ -177,6 +177,78 @@ pub async fn run_all(srv: &Private, opts: &Options, letters: &str) -> Result<Vec
             Better::Lower,
             cpu,
         ));
+    }
+    if letters.contains('h') {
+        srv.flush().await?;
+        let n = opts.idle_queues.max(1);
+        let m = many_queues_idle(srv, n, opts.idle_secs).await?;
+        for (id, label, unit, v) in [
+            ("h_cmds", "Redis commands per second", "cmd/s", m.cmds),
+            ("h_rcpu", "Redis CPU", "% core", m.redis_cpu),
+            ("h_cpu", "CPU of the whole bench process", "% core", m.cpu),
+            ("h_rss", "RSS of the whole bench process", "MiB", m.rss),
+        ] {
+            out.push(Sample::new(
+                id,
+                format!("{n} queues idle: {label}"),
+                unit,
+                Better::Lower,
+                v,
+            ));
+        }
+    }
+    if letters.contains('i') {
+        srv.flush().await?;
+        let n = opts.spawn_jobs.max(1);
+        let (redq, us_per_job, xargs) = spawn_rate(srv, n).await?;
+        out.push(Sample::new(
+            "i_redq",
+            format!("command handler /bin/true, c{SPAWN_CONCURRENCY}, {n} jobs"),
+            "jobs/s",
+            Better::Higher,
+            redq,
+        ));
+        out.push(Sample::new(
+            "i_xargs",
+            format!("xargs -P{SPAWN_CONCURRENCY} /bin/true, same count, same run"),
+            "runs/s",
+            Better::Higher,
+            xargs,
+        ));
+        out.push(Sample::new(
+            "i_ratio",
+            "command handler over xargs",
+            "×",
+            Better::Higher,
+            redq / xargs,
+        ));
+        out.push(Sample::new(
+            "i_cpu",
+            "CPU of the whole bench process per job (children not included)",
+            "µs",
+            Better::Lower,
+            us_per_job,
+        ));
+    }
+    if letters.contains('j') {
+        srv.flush().await?;
+        let n = opts.due_jobs.max(1);
+        let due = due_at_once(srv, n).await?;
+        out.push(Sample::new(
+            "j_rate",
+            format!("{n} delayed jobs due at one instant, drained at c200"),
+            "jobs/s",
+            Better::Higher,
+            due.rate,
+        ));
+        out.push(Sample::new(
+            "j_longest",
+            "the longest single call meanwhile (SLOWLOG)",
+            "ms",
+            Better::Lower,
+            due.longest_ms,
+        ));
+        eprintln!("redq bench: j: longest call: {}", due.longest_what);
     }
     Ok(out)
 }
@@ -521,4 +593,259 @@ async fn idle(srv: &Private, secs: f64) -> Result<(f64, f64)> {
     let _ = run.await;
     let cmds = c1.saturating_sub(c0).saturating_sub(1) as f64 / wall;
     Ok((cmds, (cpu1 - cpu0) / wall * 100.0))
+}
+
+/// What scenario h measured.
+struct ManyIdle {
+    cmds: f64,
+    redis_cpu: f64,
+    cpu: f64,
+    rss: f64,
+}
+
+/// VmRSS of this process now, MiB.
+fn rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))?
+                .trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse::<f64>()
+                .ok()
+        })
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+/// (h): one daemon serving `queues` empty queues (concurrency 10 each, the
+/// no-op handler), idle for `secs` after settling for 36 s: Redis commands per
+/// second (less the INFO readings), Redis's CPU and this process's, and
+/// this process's RSS at the end.
+async fn many_queues_idle(srv: &Private, queues: u32, secs: f64) -> Result<ManyIdle> {
+    let mut toml = String::from("[daemon]\nlisten = \"127.0.0.1:0\"\n");
+    for i in 0..queues {
+        toml.push_str(&format!(
+            "[queues.q{i:05}]\nconcurrency = 10\nhandler = {{ builtin = \"noop\" }}\n"
+        ));
+    }
+    let mut cfg = config::read_str(&toml)?;
+    cfg.redis = srv.redis.clone();
+    let daemon = WorkerBuilder::new(cfg).start().await?;
+    let handle = daemon.handle();
+    let run = tokio::spawn(daemon.run());
+    // Settle: the first reads of every queue (due times, depths) are done,
+    // and the pools, idle since their first claim, have stopped renewing
+    // their hand-off registrations (they do for 30 s after their last job).
+    tokio::time::sleep(Duration::from_secs(36)).await;
+    let c0 = srv.info_u64("stats", "total_commands_processed").await?;
+    let r0 = redis_cpu(srv).await?;
+    let (t0, cpu0) = (Instant::now(), cpu_seconds());
+    tokio::time::sleep(Duration::from_secs_f64(secs.max(0.1))).await;
+    let (wall, cpu1) = (t0.elapsed().as_secs_f64(), cpu_seconds());
+    let r1 = redis_cpu(srv).await?;
+    let c1 = srv.info_u64("stats", "total_commands_processed").await?;
+    let rss = rss_mib();
+    handle.shutdown();
+    let _ = run.await;
+    Ok(ManyIdle {
+        // Less the INFO readings counted in the window: the one that read
+        // c0 (counted after its reply) and the two pairs for Redis's CPU.
+        cmds: c1.saturating_sub(c0).saturating_sub(5) as f64 / wall,
+        redis_cpu: (r1 - r0) / wall * 100.0,
+        cpu: (cpu1 - cpu0) / wall * 100.0,
+        rss,
+    })
+}
+
+/// Concurrency of scenario i, and of the `xargs -P` it is compared with.
+const SPAWN_CONCURRENCY: u32 = 50;
+
+/// (i): `jobs` pre-enqueued jobs run by the command handler `/bin/true` at
+/// concurrency 50 (jobs/s, and this process's own CPU per job: the daemon's
+/// spawning, piping and reaping; the programs' CPU is not in it), then
+/// `xargs -P50 -n1 /bin/true` over as many arguments (runs/s), in the same
+/// run.
+async fn spawn_rate(srv: &Private, jobs: u64) -> Result<(f64, f64, f64)> {
+    let queue = "spawn";
+    enqueue_batches(&srv.redis, queue, jobs, false).await?;
+    let mut cfg = config::read_str(&format!(
+        "[daemon]\nlisten = \"127.0.0.1:0\"\n[queues.{queue}]\nconcurrency = {SPAWN_CONCURRENCY}\n\
+         handler = {{ command = [\"/bin/true\"] }}\n"
+    ))?;
+    cfg.redis = srv.redis.clone();
+    let (t0, cpu0) = (Instant::now(), cpu_seconds());
+    let daemon = WorkerBuilder::new(cfg).start().await?;
+    let handle = daemon.handle();
+    let counters = daemon.counters();
+    let run = tokio::spawn(daemon.run());
+    let mut last = (0, Instant::now());
+    loop {
+        let done = Counters::get(&counters.succeeded);
+        if done >= jobs {
+            break;
+        }
+        if done != last.0 {
+            last = (done, Instant::now());
+        } else if last.1.elapsed() > Duration::from_secs(30) {
+            handle.shutdown();
+            return Err(err(format!("spawn rate: stalled at {done} of {jobs} jobs")));
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let (took, cpu1) = (t0.elapsed(), cpu_seconds());
+    handle.shutdown();
+    let _ = run.await;
+    let us_per_job = (cpu1 - cpu0) * 1e6 / jobs as f64;
+
+    let input: String = (0..jobs).map(|i| format!("{i}\n")).collect();
+    let xargs = tokio::task::spawn_blocking(move || -> std::io::Result<Duration> {
+        use std::io::Write;
+        let started = Instant::now();
+        let mut child = std::process::Command::new("xargs")
+            .args(["-P", &SPAWN_CONCURRENCY.to_string(), "-n", "1", "/bin/true"])
+            .stdin(std::process::Stdio::piped())
+            .spawn()?;
+        child
+            .stdin
+            .take()
+            .expect("piped")
+            .write_all(input.as_bytes())?;
+        let status = child.wait()?;
+        if !status.success() {
+            return Err(std::io::Error::other(format!("xargs: {status}")));
+        }
+        Ok(started.elapsed())
+    })
+    .await
+    .map_err(|e| err(e.to_string()))?
+    .map_err(|e| err(format!("xargs: {e}")))?;
+    Ok((per_sec(jobs, took), us_per_job, per_sec(jobs, xargs)))
+}
+
+/// What scenario j measured.
+struct DueAtOnce {
+    rate: f64,
+    longest_ms: f64,
+    longest_what: String,
+}
+
+/// (j): `jobs` jobs enqueued (1000 per call) to run at one instant, a few
+/// seconds after the last enqueue; a daemon at concurrency 200, idle until
+/// then, drains them (the promoter and the claims move them into pending).
+/// The rate counts from that instant to the last completion; SLOWLOG
+/// (every call over 0.5 ms, reset just before the instant) gives the
+/// longest single call of the drain.
+async fn due_at_once(srv: &Private, jobs: u64) -> Result<DueAtOnce> {
+    let queue = "due";
+    let client = Client::open(&srv.redis).await?;
+    // Room for 50k jobs/s on a busy machine: every job is in before the instant.
+    let now_ms = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64)
+    };
+    let at = now_ms() + 3000 + (jobs / 20) as i64;
+    let mut i = 0;
+    while i < jobs {
+        let n = (jobs - i).min(1000);
+        let batch = (i..i + n)
+            .map(|k| Ok(NewJob::new(&k)?.run_at_ms(at)))
+            .collect::<Result<Vec<_>>>()?;
+        client.enqueue_many(queue, batch).await?;
+        i += n;
+    }
+    if now_ms() >= at - 1000 {
+        return Err(err(
+            "due at once: enqueueing took longer than planned; try fewer jobs",
+        ));
+    }
+    let cfg = daemon_config(&srv.redis, queue, 200, true)?;
+    let daemon = WorkerBuilder::new(cfg).start().await?;
+    let handle = daemon.handle();
+    let counters = daemon.counters();
+    let run = tokio::spawn(daemon.run());
+    let mut con = srv.con();
+    let slowlog = |args: &[&str]| {
+        let mut c = redis::cmd("SLOWLOG");
+        c.arg(args);
+        c
+    };
+    redis::cmd("CONFIG")
+        .arg(
+            &[
+                "SET",
+                "slowlog-log-slower-than",
+                "500",
+                "slowlog-max-len",
+                "10000",
+            ][..],
+        )
+        .query_async::<()>(&mut con)
+        .await
+        .map_err(|e| err(e.to_string()))?;
+    let wait = u64::try_from(at - now_ms()).unwrap_or(0);
+    tokio::time::sleep(Duration::from_millis(wait.saturating_sub(200))).await;
+    slowlog(&["RESET"])
+        .query_async::<()>(&mut con)
+        .await
+        .map_err(|e| err(e.to_string()))?;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let t0 = Instant::now();
+    let mut last = (0, Instant::now());
+    loop {
+        let done = Counters::get(&counters.succeeded);
+        if done >= jobs {
+            break;
+        }
+        if done != last.0 {
+            last = (done, Instant::now());
+        } else if last.1.elapsed() > Duration::from_secs(30) {
+            handle.shutdown();
+            return Err(err(format!(
+                "due at once: stalled at {done} of {jobs} jobs"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let took = t0.elapsed();
+    let entries: Vec<redis::Value> = slowlog(&["GET", "10000"])
+        .query_async(&mut con)
+        .await
+        .map_err(|e| err(e.to_string()))?;
+    handle.shutdown();
+    let _ = run.await;
+    // Each entry: id, when, µs, [command and arguments], …
+    let mut longest = (0i64, String::new());
+    for e in entries {
+        let redis::Value::Array(parts) = e else {
+            continue;
+        };
+        let Some(redis::Value::Int(us)) = parts.get(2) else {
+            continue;
+        };
+        if *us > longest.0 {
+            let what = match parts.get(3) {
+                Some(redis::Value::Array(args)) => args
+                    .iter()
+                    .take(2)
+                    .filter_map(|a| match a {
+                        redis::Value::BulkString(b) => {
+                            Some(String::from_utf8_lossy(b).into_owned())
+                        }
+                        _ => None,
+                    })
+                    .collect::<Vec<_>>()
+                    .join(" "),
+                _ => String::new(),
+            };
+            longest = (*us, what);
+        }
+    }
+    Ok(DueAtOnce {
+        rate: per_sec(jobs, took),
+        longest_ms: longest.0 as f64 / 1000.0,
+        longest_what: format!("{:.2} ms: {}", longest.0 as f64 / 1000.0, longest.1),
+    })
 }

@@ -6,7 +6,8 @@
 //! Results go through a per-queue [`writer`] that batches them. Background
 //! duties are small components, each one loop over its tick and a stop
 //! signal: the [`leases`] keeper, the [`reaper`], the [`waker`] (blocks on a
-//! dedicated connection so idle daemons do not poll), the [`promoter`]
+//! dedicated connection so idle daemons do not poll), the [`looker`] (one
+//! look for work no wake-up announced, for all idle pools), the [`promoter`]
 //! (starts scheduled jobs at their due time, told of new ones by Pub/Sub),
 //! and [`notify`] (systemd). [`signals`] maps signals to actions.
 //!
@@ -17,10 +18,10 @@
 //! on the queues that daemon serves, or reports about that daemon.
 //!
 //! Start order: Redis checks → function library → writers → pools → cron and
-//! its lease → lease keeper → reaper → waker → promoter → READY. Stop order:
+//! its lease → lease keeper → reaper → waker → looker → promoter → READY. Stop order:
 //! cron stops and releases its lease → pools stop claiming → running jobs
 //! drain to `shutdown_timeout` → the rest are stopped and released → writers
-//! flush → keeper, reaper, waker, promoter stop → exit. The promoter runs on
+//! flush → keeper, reaper, waker, looker, promoter stop → exit. The promoter runs on
 //! through the drain: what falls due then is handed to other daemons.
 
 mod backoff;
@@ -28,6 +29,7 @@ mod cron;
 mod handlers;
 pub mod heartbeat;
 mod leases;
+mod looker;
 mod notify;
 mod observer;
 mod pool;
@@ -74,6 +76,8 @@ pub struct Shared {
     pub(crate) pools: Mutex<Vec<Arc<Pool>>>,
     /// Told the queues served, at start and on reload.
     pub(crate) promoter: Arc<Promoter>,
+    /// The idle look of all idle pools at once.
+    pub(crate) looker: Arc<looker::Looker>,
     /// Each configured queue's settings as written to Redis (at start, on
     /// reload, and again when Redis is found to have lost them).
     pub(crate) settings: Mutex<Vec<(QueueKeys, QueueSettings)>>,

@@ -1,6 +1,7 @@
 //! What the daemon shows about itself: the `/metrics`, `/healthz`, `/readyz`
 //! listener; a poller that refreshes queue depths and Redis round-trip time
-//! (O(1) reads, every few seconds, so a scrape never touches Redis); systemd
+//! (O(1) reads, every few seconds, so a scrape never touches Redis; empty
+//! queues cost nothing per queue, see [`poll_once`]); systemd
 //! STATUS and WATCHDOG; and the summary log line every `stats_interval`.
 
 use std::collections::BTreeMap;
@@ -47,27 +48,66 @@ pub async fn start_http(
     Ok((task, bound))
 }
 
-/// Reads depths and the head-of-queue age of every queue, and times the round trip.
+/// Reads depths and the head-of-queue age of every queue, and times the
+/// round trip. Queues that hold nothing (no key but their settings and
+/// the `active` pin) are found with one `EXISTS` and one `ZUNION` over all
+/// of them ([`crate::store::Store::which_exist`]) and read as zeros; only
+/// the others have their depths read one by one, so an idle daemon's poll
+/// costs Redis the same however many queues it serves.
 async fn poll_once(shared: &Shared, queues: &[Arc<QueueRt>]) -> Result<(Duration, Vec<u64>)> {
-    let keys: Vec<_> = queues.iter().map(|q| q.keys.clone()).collect();
-    let sent = Instant::now();
-    let stats = inspect::stats(&shared.store, &keys).await?;
-    let rtt = sent.elapsed();
-    let heads = inspect::head_ages(&shared.store, &keys).await?;
-    for ((q, s), head) in queues.iter().zip(&stats).zip(heads) {
-        let depths = QueueDepths {
-            pending: s.pending,
-            scheduled: s.scheduled,
-            active: s.active,
-            dead: s.dead,
-            inbox: s.inbox,
-            rejected: s.rejected,
-            oldest_pending_age: head,
-            cancelled_total: s.cancelled_total,
+    if queues.is_empty() {
+        // Nothing to read: time one round trip all the same.
+        let sent = Instant::now();
+        shared.store.time_ms().await?;
+        return Ok((sent.elapsed(), Vec::new()));
+    }
+    let groups: Vec<Vec<String>> = queues.iter().map(|q| q.keys.depth_keys()).collect();
+    let (mut holding, rtt) = shared.store.which_exist(&groups).await?;
+    let empty: Vec<usize> = (0..queues.len()).filter(|i| !holding[*i]).collect();
+    if !empty.is_empty() {
+        let actives: Vec<&str> = empty.iter().map(|i| queues[*i].keys.active()).collect();
+        let leased = shared.store.which_hold_leases(&actives).await?;
+        for (i, l) in empty.into_iter().zip(leased) {
+            holding[i] = l;
+        }
+    }
+    let read: Vec<&Arc<QueueRt>> = queues
+        .iter()
+        .zip(&holding)
+        .filter(|(_, h)| **h)
+        .map(|(q, _)| q)
+        .collect();
+    let keys: Vec<_> = read.iter().map(|q| q.keys.clone()).collect();
+    let (stats, heads) = if keys.is_empty() {
+        (Vec::new(), Vec::new())
+    } else {
+        (
+            inspect::stats(&shared.store, &keys).await?,
+            inspect::head_ages(&shared.store, &keys).await?,
+        )
+    };
+    let mut read_depths = stats.iter().zip(heads);
+    let mut pending = Vec::with_capacity(queues.len());
+    for (q, h) in queues.iter().zip(&holding) {
+        let depths = match h.then(|| read_depths.next()).flatten() {
+            Some((s, head)) => QueueDepths {
+                pending: s.pending,
+                scheduled: s.scheduled,
+                active: s.active,
+                dead: s.dead,
+                inbox: s.inbox,
+                rejected: s.rejected,
+                oldest_pending_age: head,
+                cancelled_total: s.cancelled_total,
+            },
+            // Nothing there: zeros (the cancellation count, a counter,
+            // keeps the last value read; see Metrics::set_queue_depths).
+            None => QueueDepths::default(),
         };
+        pending.push(depths.pending);
         shared.metrics.set_queue_depths(&q.name, &depths);
     }
-    Ok((rtt, stats.iter().map(|s| s.pending).collect()))
+    Ok((rtt, pending))
 }
 
 /// The first summary line comes this soon after start (or after

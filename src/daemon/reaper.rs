@@ -1,7 +1,16 @@
 //! The reaper: every `reap_interval`, rescues jobs whose lease expired, on
 //! every queue this daemon serves. Many daemons may reap at once: the script
 //! hands each expired job to exactly one of them.
+//!
+//! What it reads each tick does not grow with the number of idle queues:
+//! the queues where the last look found leases ("busy") have the first
+//! deadline of their `active` set read one by one; the others are asked
+//! together whether any of them holds a lease now (one `ZUNION`, see
+//! [`crate::store::Store::which_hold_leases`]), and those that do are busy
+//! from then on, read one by one in the same tick. A busy queue whose set
+//! holds no lease any more goes back to the others.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -51,13 +60,44 @@ impl Clock {
 
 pub async fn run(shared: Arc<Shared>, every: Duration, stop: CancellationToken) {
     let mut clock = Clock::default();
+    // Queues whose last look found leases (by name).
+    let mut busy: HashSet<Arc<str>> = HashSet::new();
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(every) => {}
         }
-        let queues = shared.queues();
-        let expired = match earliest_expired(&shared, &queues, &mut clock).await {
+        let all = shared.queues();
+        busy.retain(|name| all.iter().any(|q| &q.name == name));
+        let idle: Vec<&Arc<super::QueueRt>> =
+            all.iter().filter(|q| !busy.contains(&q.name)).collect();
+        if !idle.is_empty() {
+            let actives: Vec<&str> = idle.iter().map(|q| q.keys.active()).collect();
+            match shared.store.which_hold_leases(&actives).await {
+                Ok(found) => {
+                    for (q, leased) in idle.iter().zip(found) {
+                        if leased {
+                            busy.insert(q.name.clone());
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "looking for leases failed");
+                    shared.health.beat(LOOP);
+                    continue;
+                }
+            }
+        }
+        let queues: Vec<Arc<super::QueueRt>> = all
+            .iter()
+            .filter(|q| busy.contains(&q.name))
+            .cloned()
+            .collect();
+        if queues.is_empty() {
+            shared.health.beat(LOOP);
+            continue;
+        }
+        let expired = match earliest_expired(&shared, &queues, &mut clock, &mut busy).await {
             Ok(flags) => flags,
             Err(e) => {
                 tracing::debug!(error = %e, "reading lease deadlines failed");
@@ -98,8 +138,9 @@ pub async fn run(shared: Arc<Shared>, every: Duration, stop: CancellationToken) 
 
 /// Per queue, whether its earliest lease deadline has passed, by the
 /// takeover grace, on Redis's clock: one pipeline (the first deadline of
-/// each `active` set, and Redis's TIME once a minute), so an idle daemon
-/// runs the reap script only where a lease has actually expired. Between
+/// each `active` set, and Redis's TIME once a minute), so the reap script
+/// runs only where a lease has actually expired. A queue with no lease left
+/// leaves `busy`. Between
 /// readings Redis's clock is the local clock plus the offset last measured;
 /// an error of a few ms only moves when the script is called, and the
 /// script decides on Redis's own clock.
@@ -107,6 +148,7 @@ async fn earliest_expired(
     shared: &Shared,
     queues: &[Arc<super::QueueRt>],
     clock: &mut Clock,
+    busy: &mut HashSet<Arc<str>>,
 ) -> crate::Result<Vec<bool>> {
     if queues.is_empty() {
         return Ok(Vec::new());
@@ -121,8 +163,14 @@ async fn earliest_expired(
     }
     // Leases count as expired TAKEOVER_GRACE after their deadline (reap.lua).
     let now_ms = clock.redis_now() - crate::store::TAKEOVER_GRACE.as_millis() as i64;
-    Ok(deadlines
-        .into_iter()
-        .map(|d| d.is_some_and(|deadline| deadline <= now_ms))
+    Ok(queues
+        .iter()
+        .zip(deadlines)
+        .map(|(q, d)| {
+            if d.is_none() {
+                busy.remove(&q.name);
+            }
+            d.is_some_and(|deadline| deadline <= now_ms)
+        })
         .collect())
 }

@@ -135,7 +135,10 @@ pub fn spawn(
 ) -> (WriterHandle, tokio::task::JoinHandle<()>) {
     let (tx, mut rx) = mpsc::unbounded_channel::<Report>();
     let task = tokio::spawn(async move {
-        let mut batch = Vec::with_capacity(MAX_BATCH);
+        // Grows with the first batches and keeps its room: not MAX_BATCH
+        // reports' worth (~115 KiB) up front for every queue, most of
+        // which a daemon serving many quiet queues would never use.
+        let mut batch = Vec::new();
         loop {
             let first = tokio::select! {
                 biased;
@@ -152,7 +155,10 @@ pub fn spawn(
             }
             let ids: Vec<&str> = batch.iter().map(Report::id).collect();
             leases.mark_reported(&ctx.name, &ids);
-            write(&ctx, &store, &batch, &counters).await;
+            // Boxed: the write's state lives on the heap only while it
+            // runs, so an idle writer's task stays small (a daemon serving
+            // 1000 queues has 1000 of them).
+            Box::pin(write(&ctx, &store, &batch, &counters)).await;
             leases.remove(&ctx.name, &ids);
             batch.clear();
         }

@@ -330,7 +330,9 @@ impl Metrics {
             let age = d.oldest_pending_age.unwrap_or(Duration::ZERO);
             let age = u64::try_from(age.as_micros()).unwrap_or(u64::MAX);
             q.oldest_pending_micros.store(age, Relaxed);
-            q.cancelled_total.store(d.cancelled_total, Relaxed);
+            // A counter: an idle queue's poll reads no meta and passes 0,
+            // which must not lower it.
+            q.cancelled_total.fetch_max(d.cancelled_total, Relaxed);
             q.depths_known.store(true, Relaxed);
         });
     }

@@ -82,6 +82,7 @@ pub const DAEMON_COMMANDS: &[&[&str]] = &[
     &["ZREM", "{key}", "m"],
     &["ZREMRANGEBYSCORE", "{key}", "0", "1"],
     &["ZSCORE", "{key}", "m"],
+    &["ZUNION", "1", "{key}"],
     &["XADD", "{key}", "*", "f", "1"],
     &["XREAD", "STREAMS", "{key}", "0"],
     &["XREVRANGE", "{key}", "+", "-"],

@@ -6,7 +6,7 @@
 //! ([`Registration`] encodes it here; claim.lua writes the same form, and
 //! `hand_off` in the Lua library reads it). A claim registers or ends the
 //! registration itself (claim.lua); between claims an idle pool renews it
-//! with one HSET, in the same round trip as its look.
+//! with one HSET per queue.
 
 use std::time::Duration;
 
@@ -45,42 +45,23 @@ impl Registration {
     }
 }
 
-/// What an idle pool looks at in one queue between wake-ups.
-#[derive(Debug, Clone, Copy)]
-pub struct IdleLook<'a> {
-    pub keys: &'a QueueKeys,
-    /// Count the pending jobs (not while the queue's rate limit holds them).
-    pub pending: bool,
-    /// Count the tenants waiting for room (queues with tenant limits).
-    pub tenant_due: bool,
-}
-
 impl Store {
-    /// One round trip: renews pool `name`'s registrations (`renew`), and
-    /// looks for work no wake-up announced: true when an inbox has
-    /// documents, or (where asked) jobs are pending or tenants wait for
-    /// room. Two or three O(1) reads per queue.
-    pub async fn idle_look(
+    /// Renews pool `name`'s registrations (an idle pool's, between
+    /// claims): one HSET per queue, one round trip.
+    pub async fn renew_registrations(
         &self,
         name: &str,
         renew: &[(&QueueKeys, Registration)],
-        looks: &[IdleLook<'_>],
-    ) -> Result<bool> {
+    ) -> Result<()> {
+        if renew.is_empty() {
+            return Ok(());
+        }
         let mut pipe = redis::pipe();
         for (q, r) in renew {
             pipe.hset(q.idle(), name, r.encode()).ignore();
         }
-        for l in looks {
-            pipe.llen(l.keys.inbox());
-            if l.pending {
-                pipe.zcard(l.keys.pending());
-            }
-            if l.tenant_due {
-                pipe.zcard(l.keys.tenant_due());
-            }
-        }
-        let counts: Vec<u64> = pipe.query_async(&mut self.connection()).await?;
-        Ok(counts.iter().any(|n| *n > 0))
+        pipe.query_async::<()>(&mut self.connection()).await?;
+        Ok(())
     }
 
     /// Ends pool `name`'s registrations on `queues` (it is busy).

@@ -1,15 +1,17 @@
 //! The pool's fetcher: claims as many jobs as it has free slots, in rounds
 //! over its queues, and sleeps when there is nothing to claim until a
-//! wake-up, the next due time, or its idle look finds work.
+//! wake-up, the next due time, or the daemon's idle look finds work.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::{registration_ttl, Offered, Pool, PoolCtx, GATHER, INBOX_BATCH, PROMOTE_BATCH};
+use super::{
+    registration_ttl, Offered, Pool, PoolCtx, GATHER, INBOX_BATCH, PROMOTE_BATCH, RENEW_FOR,
+};
 use crate::observe::Start;
-use crate::store::{self, HandoffOffer, IdleLook};
+use crate::store::{self, HandoffOffer};
 
 /// The pause after a failed claim, doubling with each failure after it.
 const FIRST_PAUSE: Duration = Duration::from_millis(100);
@@ -74,21 +76,20 @@ impl Pool {
                 }
                 let sent = Instant::now();
                 asked.push(q.name.clone());
-                match ctx
-                    .store
-                    .claim_as(
-                        &q.keys,
-                        free,
-                        q.cfg.lease,
-                        PROMOTE_BATCH,
-                        INBOX_BATCH,
-                        self.listened().then_some(HandoffOffer {
-                            name: &self.handoff_name,
-                            ttl,
-                        }),
-                    )
-                    .await
-                {
+                // Boxed: the call's state lives on the heap only while it
+                // runs, so an idle pool's task stays small.
+                let claim = Box::pin(ctx.store.claim_as(
+                    &q.keys,
+                    free,
+                    q.cfg.lease,
+                    PROMOTE_BATCH,
+                    INBOX_BATCH,
+                    self.listened().then_some(HandoffOffer {
+                        name: &self.handoff_name,
+                        ttl,
+                    }),
+                ));
+                match claim.await {
                     Ok(c) => {
                         if let Ok(mut clock) = self.clock.lock() {
                             *clock = Some((sent, c.now_ms));
@@ -139,7 +140,7 @@ impl Pool {
             if filled {
                 // Busy: the queues claimed this round ended their
                 // registrations; end those of the queues not reached.
-                self.unregister_others(ctx, &asked).await;
+                Box::pin(self.unregister_others(ctx, &asked)).await;
                 continue;
             }
             if let Ok(mut r) = self.registration.lock() {
@@ -155,12 +156,12 @@ impl Pool {
         }
     }
 
-    /// Sleeps until there may be work: a wake-up, the next due time, or an
-    /// `inbox_poll` tick at which a cheap look (LLEN inbox, ZCARD pending:
-    /// two commands per queue) finds something. The look catches what no
-    /// wake-up announced: inbox documents pushed by foreign producers, and
-    /// jobs whose wake-up another, busy daemon consumed. The pending jobs of
-    /// a `throttled` queue are not work until the due time. Returns false
+    /// Sleeps until there may be work: a wake-up, the next due time, or
+    /// the daemon's idle look ([`crate::daemon::looker`]) finding some in
+    /// one of this pool's queues. The look catches what no wake-up
+    /// announced: inbox documents pushed by foreign producers, and jobs
+    /// whose wake-up another, busy daemon consumed. The pending jobs of a
+    /// `throttled` queue are not work until the due time. Returns false
     /// when the pool is told to stop.
     pub(super) async fn idle_until_work(
         &self,
@@ -169,9 +170,38 @@ impl Pool {
         throttled: &[Arc<str>],
         ttl: Duration,
     ) -> bool {
+        let groups = self
+            .queues
+            .iter()
+            .map(|q| {
+                let mut keys = vec![q.keys.inbox().to_owned()];
+                if !throttled.contains(&q.name) {
+                    keys.push(q.keys.pending().to_owned());
+                }
+                if q.cfg.has_tenant_limits() {
+                    keys.push(q.keys.tenant_due().to_owned());
+                }
+                keys
+            })
+            .collect();
+        ctx.looker.watch(&self.handoff_name, &self.wake, groups);
+        let woken = self.sleep_until_work(ctx, due_in, ttl).await;
+        ctx.looker.unwatch(&self.handoff_name);
+        woken
+    }
+
+    async fn sleep_until_work(
+        &self,
+        ctx: &PoolCtx,
+        due_in: Option<Duration>,
+        ttl: Duration,
+    ) -> bool {
         let due_at = due_in.map(|d| Instant::now() + d);
-        // Half way to the registration's expiry it is renewed, in the same
-        // pipeline as the look below (no claim: one HSET per queue).
+        // Half way to the registration's expiry it is renewed (no claim:
+        // one HSET per queue), while the pool had work lately: a pool idle
+        // for longer lets it lapse, so a long-idle daemon writes nothing,
+        // however many queues it serves; its next job comes by wake-up and
+        // claim, which registers again.
         let mut renew_at = self
             .registration
             .lock()
@@ -179,42 +209,40 @@ impl Pool {
             .and_then(|r| r.at)
             .map(|at| at + ttl / 2);
         loop {
-            let tick = Instant::now() + ctx.inbox_poll;
-            let until = due_at.map_or(tick, |d| d.min(tick));
+            let wait_until = match (due_at, renew_at) {
+                (Some(d), Some(r)) => Some(d.min(r)),
+                (d, r) => d.or(r),
+            };
+            let sleep = async {
+                match wait_until {
+                    Some(t) => tokio::time::sleep_until(t).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 _ = self.quiet.cancelled() => return false,
                 _ = self.wake.notified() => return true,
                 _ = self.renew.notified() => return true,
-                _ = tokio::time::sleep_until(until) => {}
+                _ = sleep => {}
             }
             let now = Instant::now();
             if due_at.is_some_and(|d| now >= d) {
                 return true;
             }
-            let mut renew = Vec::new();
             if renew_at.is_some_and(|r| now >= r) {
-                let Some(r) = self.renewals(now, ttl) else {
+                if !self.worked_within(now, RENEW_FOR) {
+                    renew_at = None;
+                    continue;
+                }
+                let Some(renew) = self.renewals(now, ttl) else {
                     return true;
                 };
-                renew = r;
                 renew_at = Some(now + ttl / 2);
-            }
-            let looks: Vec<IdleLook> = self
-                .queues
-                .iter()
-                .map(|q| IdleLook {
-                    keys: &q.keys,
-                    pending: !throttled.contains(&q.name),
-                    tenant_due: q.cfg.has_tenant_limits(),
-                })
-                .collect();
-            match ctx
-                .store
-                .idle_look(&self.handoff_name, &renew, &looks)
-                .await
-            {
-                Ok(false) => continue,
-                _ => return true,
+                let renewed = Box::pin(ctx.store.renew_registrations(&self.handoff_name, &renew));
+                if let Err(e) = renewed.await {
+                    tracing::debug!(pool = %self.name, error = %e, "renewing the hand-off registration failed");
+                    return true;
+                }
             }
         }
     }

@@ -7,7 +7,9 @@
 //! them in list order; `weighted` draws the order by weight each round, so
 //! every queue gets its share and none starves. When nothing is ready the
 //! fetcher sleeps until a wake-up (enqueue, retry, resume), the next
-//! scheduled job's due time, or `inbox_poll` — never a busy loop. A queue
+//! scheduled job's due time, or the daemon's idle look (every
+//! `inbox_poll`, one look for all idle pools: [`crate::daemon::looker`])
+//! finds work — never a busy loop. A queue
 //! whose rate limit holds back ready jobs says when it has room again
 //! (`next_due_ms` with `throttled`): the fetcher sleeps exactly until then,
 //! and its idle look does not count that queue's waiting jobs as work.
@@ -24,7 +26,10 @@
 //! handler instead of wake marker → BLPOP → claim. A registration counts
 //! down the slots it offered; the pool claims again (renewing it) when half
 //! are used, and an idle pool renews it half way to its expiry with one
-//! HSET in its idle look. Jobs that arrive when every slot
+//! HSET per queue while it had work within [`RENEW_FOR`]; after that it
+//! lets the registration lapse (so a long-idle daemon writes nothing) and
+//! its next job comes by wake-up and claim, which registers again. Jobs
+//! that arrive when every slot
 //! is taken (a registration and a claim crossed) are released back to the
 //! head of the pending jobs, no attempt spent.
 //!
@@ -56,6 +61,9 @@ const INBOX_BATCH: usize = 100;
 const GATHER: Duration = Duration::from_millis(2);
 /// Shortest life of a hand-off registration (see [`registration_ttl`]).
 const MIN_REGISTRATION: Duration = Duration::from_secs(10);
+/// An idle pool renews its hand-off registration while it started a job
+/// (or started) this recently; then lets it lapse.
+const RENEW_FOR: Duration = Duration::from_secs(30);
 
 /// How long a hand-off registration lasts: long enough that an idle pool
 /// renews it at most every few seconds, short enough that a daemon that
@@ -97,6 +105,8 @@ pub struct Pool {
     /// started by a reload is not handed jobs that would wait for the
     /// waker's next pop.
     listening: std::sync::atomic::AtomicBool,
+    /// When the pool last started a job (or started itself).
+    worked: Mutex<Instant>,
     ctx: Arc<PoolCtx>,
 }
 
@@ -106,6 +116,8 @@ pub struct PoolCtx {
     pub counters: Arc<Counters>,
     pub inbox_poll: Duration,
     pub health: Arc<crate::observe::Health>,
+    /// The daemon's idle look, shared by its pools.
+    pub looker: Arc<super::looker::Looker>,
 }
 
 impl Pool {
@@ -130,6 +142,7 @@ impl Pool {
             clock: Mutex::new(None),
             renew: Notify::new(),
             listening: std::sync::atomic::AtomicBool::new(false),
+            worked: Mutex::new(Instant::now()),
             ctx,
         })
     }
@@ -166,6 +179,18 @@ impl Pool {
             });
         }
         q.metrics.jobs_started(&q.name, via, (n - released) as u64);
+        if n > released {
+            if let Ok(mut w) = self.worked.lock() {
+                *w = Instant::now();
+            }
+        }
+    }
+
+    /// Whether the pool started a job (or started) within `span` of `now`.
+    fn worked_within(&self, now: Instant, span: Duration) -> bool {
+        self.worked
+            .lock()
+            .map_or(true, |w| now.saturating_duration_since(*w) < span)
     }
 
     /// Waits until every running job of this pool has finished.
@@ -209,6 +234,6 @@ impl Pool {
     pub async fn fetch(self: Arc<Self>) {
         let ctx = self.ctx.clone();
         self.claim_loop(&ctx).await;
-        self.end_handoffs(&ctx).await;
+        Box::pin(self.end_handoffs(&ctx)).await;
     }
 }

@@ -225,6 +225,7 @@ impl Daemon {
             counters: self.shared.counters.clone(),
             inbox_poll: self.config.daemon.inbox_poll,
             health: self.shared.health.clone(),
+            looker: self.shared.looker.clone(),
         });
         let pool = Pool::new(
             spec.name.clone(),

@@ -17,7 +17,7 @@ use crate::daemon::leases::{self, Leases};
 use crate::daemon::promoter::{self, Promoter};
 use crate::daemon::signals;
 use crate::daemon::waker::{self, Routes};
-use crate::daemon::{heartbeat, notify, observer, reaper, Counters, Shared};
+use crate::daemon::{heartbeat, looker, notify, observer, reaper, Counters, Shared};
 use crate::error::{Error, Result};
 use crate::handler::Handler;
 use crate::observe::{Health, Metrics};
@@ -109,6 +109,7 @@ impl WorkerBuilder {
             id: Arc::from(heartbeat::daemon_id()),
             pools: Mutex::new(Vec::new()),
             promoter: Arc::new(Promoter::default()),
+            looker: Arc::default(),
             settings: Mutex::new(Vec::new()),
             reload_error: Mutex::new(None),
         });
@@ -157,6 +158,12 @@ impl WorkerBuilder {
         daemon.tasks.push(tokio::spawn(waker::run(
             store.clone(),
             routes,
+            stop.clone(),
+        )));
+        daemon.tasks.push(tokio::spawn(looker::run(
+            store.clone(),
+            shared.looker.clone(),
+            daemon.config.daemon.inbox_poll,
             stop.clone(),
         )));
         daemon.tasks.push(tokio::spawn(promoter::run(
