@@ -826,6 +826,15 @@ async fn the_dashboard_works_on_a_cluster() {
     assert_eq!(stats[0].pending, 2);
 }
 
+/// The id of the first job of `queue` a page links to.
+fn first_job_of(queue: &str, page: &str) -> String {
+    page.split(&format!("/queues/{queue}/jobs/"))
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .unwrap_or_else(|| panic!("no job of {queue} linked: {page}"))
+        .to_owned()
+}
+
 #[tokio::test]
 async fn jobs_are_listed_by_state_with_filters_and_cancelled_promoted_or_deleted() {
     let b = board().await;
@@ -871,12 +880,7 @@ async fn jobs_are_listed_by_state_with_filters_and_cancelled_promoted_or_deleted
         .is_none());
     // Without the token nothing happens.
     let (_, page) = b.get("/queues/emails/jobs?state=pending").await;
-    let id = page
-        .split("/queues/emails/jobs/")
-        .nth(1)
-        .and_then(|s| s.split('"').next())
-        .unwrap()
-        .to_owned();
+    let id = first_job_of("emails", &page);
     let r = b
         .post(
             &format!("/queues/emails/jobs/{id}/cancel"),
@@ -891,12 +895,7 @@ async fn jobs_are_listed_by_state_with_filters_and_cancelled_promoted_or_deleted
         .is_some());
 
     // Run the scheduled job now: it is pending at once.
-    let scheduled_id = scheduled
-        .split("/queues/emails/jobs/")
-        .nth(1)
-        .and_then(|s| s.split('"').next())
-        .unwrap()
-        .to_owned();
+    let scheduled_id = first_job_of("emails", &scheduled);
     let r = b
         .post(
             &format!("/queues/emails/jobs/{scheduled_id}/promote"),
