@@ -415,21 +415,11 @@ async fn process(
             .map(|(_, c, _)| Counters::get(&c.succeeded))
             .sum()
     };
-    let mut last = (0, Instant::now());
-    loop {
-        let done = succeeded(&running);
-        if done >= jobs {
-            break;
+    if let Err(e) = until_done(jobs, "processing", || succeeded(&running)).await {
+        for (h, _, _) in &running {
+            h.shutdown();
         }
-        if done != last.0 {
-            last = (done, Instant::now());
-        } else if last.1.elapsed() > Duration::from_secs(30) {
-            for (h, _, _) in &running {
-                h.shutdown();
-            }
-            return Err(err(format!("processing stalled at {done} of {jobs} jobs")));
-        }
-        tokio::time::sleep(Duration::from_millis(2)).await;
+        return Err(e);
     }
     let took = started.elapsed();
     let cpu1 = redis_cpu(srv).await?;
@@ -680,19 +670,9 @@ async fn spawn_rate(srv: &Private, jobs: u64) -> Result<(f64, f64, f64)> {
     let handle = daemon.handle();
     let counters = daemon.counters();
     let run = tokio::spawn(daemon.run());
-    let mut last = (0, Instant::now());
-    loop {
-        let done = Counters::get(&counters.succeeded);
-        if done >= jobs {
-            break;
-        }
-        if done != last.0 {
-            last = (done, Instant::now());
-        } else if last.1.elapsed() > Duration::from_secs(30) {
-            handle.shutdown();
-            return Err(err(format!("spawn rate: stalled at {done} of {jobs} jobs")));
-        }
-        tokio::time::sleep(Duration::from_millis(2)).await;
+    if let Err(e) = until_done(jobs, "spawn rate", || Counters::get(&counters.succeeded)).await {
+        handle.shutdown();
+        return Err(e);
     }
     let (took, cpu1) = (t0.elapsed(), cpu_seconds());
     handle.shutdown();
@@ -793,21 +773,9 @@ async fn due_at_once(srv: &Private, jobs: u64) -> Result<DueAtOnce> {
         .map_err(|e| err(e.to_string()))?;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let t0 = Instant::now();
-    let mut last = (0, Instant::now());
-    loop {
-        let done = Counters::get(&counters.succeeded);
-        if done >= jobs {
-            break;
-        }
-        if done != last.0 {
-            last = (done, Instant::now());
-        } else if last.1.elapsed() > Duration::from_secs(30) {
-            handle.shutdown();
-            return Err(err(format!(
-                "due at once: stalled at {done} of {jobs} jobs"
-            )));
-        }
-        tokio::time::sleep(Duration::from_millis(2)).await;
+    if let Err(e) = until_done(jobs, "due at once", || Counters::get(&counters.succeeded)).await {
+        handle.shutdown();
+        return Err(e);
     }
     let took = t0.elapsed();
     let entries: Vec<redis::Value> = slowlog(&["GET", "10000"])
@@ -848,4 +816,22 @@ async fn due_at_once(srv: &Private, jobs: u64) -> Result<DueAtOnce> {
         longest_ms: longest.0 as f64 / 1000.0,
         longest_what: format!("{:.2} ms: {}", longest.0 as f64 / 1000.0, longest.1),
     })
+}
+
+/// Polls `done` every 2 ms until it reaches `jobs`; an error naming `what`
+/// when it has not moved for 30 s (the caller then stops its daemons).
+async fn until_done(jobs: u64, what: &str, done: impl Fn() -> u64) -> Result<()> {
+    let mut last = (0, Instant::now());
+    loop {
+        let n = done();
+        if n >= jobs {
+            return Ok(());
+        }
+        if n != last.0 {
+            last = (n, Instant::now());
+        } else if last.1.elapsed() > Duration::from_secs(30) {
+            return Err(err(format!("{what}: stalled at {n} of {jobs} jobs")));
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
 }
