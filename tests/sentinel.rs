@@ -334,6 +334,50 @@ async fn start_load(t: &Topology, prefix: &str, wait_replicas: u32) -> Load {
 }
 
 /// Waits until the handler has recorded at least `n` jobs.
+/// Kills the primary, waits for the sentinels to name another, then for the
+/// producer's first acknowledgement from it and for the same daemon process
+/// (`pid`, recording into `dir`) to run that job. Returns the new primary's
+/// port, when the old one was killed and when the sentinels named the new.
+async fn fail_over_and_follow(
+    t: &mut Topology,
+    load: &mut Load,
+    dir: &Path,
+    pid: i32,
+    what: &str,
+) -> (u16, Instant, Instant) {
+    let killed = Instant::now();
+    let old = blocking(|| t.kill_primary());
+    let new = blocking(|| t.wait_new_primary(old, secs(20)));
+    let named = Instant::now();
+    eprintln!(
+        "{what}: {old} -> {new}, named {:?} after the kill",
+        named - killed
+    );
+    let first = eventually(
+        "the producer to enqueue on the new primary",
+        FOLLOW_WITHIN,
+        || async { load.producer.first_ack_after(named) },
+    )
+    .await;
+    eventually(
+        "the daemon to run a job enqueued after the failover",
+        FOLLOW_WITHIN,
+        || async { recorded(dir).contains(&first.id) },
+    )
+    .await;
+    eprintln!(
+        "followed within {:?} of the sentinels naming {new}",
+        named.elapsed()
+    );
+    assert_eq!(load.daemon.pid(), pid);
+    assert!(
+        load.daemon.exited().is_none(),
+        "the daemon exited:\n{}",
+        load.daemon.log()
+    );
+    (new, killed, named)
+}
+
 async fn until_recorded(dir: &Path, n: usize, limit: Duration) {
     eventually(&format!("{n} jobs to run"), limit, || async {
         let seen = recorded(dir).len();
@@ -395,39 +439,9 @@ async fn after_the_primary_is_killed_mid_load_the_daemon_and_a_producer_follow_t
             >= 5
     })
     .await;
-    let killed = Instant::now();
-    let old = blocking(|| t.kill_primary());
-    let new = blocking(|| t.wait_new_primary(old, secs(20)));
-    let named = Instant::now();
-    eprintln!(
-        "failover: {old} -> {new}, named {:?} after the kill",
-        named - killed
-    );
-
     // The producer's first acknowledgement from the new primary, then that
     // job, run by the same daemon process.
-    let first = eventually(
-        "the producer to enqueue on the new primary",
-        FOLLOW_WITHIN,
-        || async { load.producer.first_ack_after(named) },
-    )
-    .await;
-    eventually(
-        "the daemon to run a job enqueued after the failover",
-        FOLLOW_WITHIN,
-        || async { recorded(&d).contains(&first.id) },
-    )
-    .await;
-    eprintln!(
-        "followed within {:?} of the sentinels naming {new}",
-        named.elapsed()
-    );
-    assert_eq!(load.daemon.pid(), pid);
-    assert!(
-        load.daemon.exited().is_none(),
-        "the daemon exited:\n{}",
-        load.daemon.log()
-    );
+    let (new, killed, named) = fail_over_and_follow(&mut t, &mut load, &d, pid, "failover").await;
 
     // Jobs keep completing: everything acknowledged after the failover succeeds.
     until_recorded(&d, recorded(&d).len() + 40, secs(15)).await;
@@ -575,36 +589,8 @@ async fn over_tls_with_credentials_of_their_own_the_daemon_and_a_producer_follow
     let links = blocking(|| all_over_tls(&t, &wanted));
     eprintln!("{} connections, all over TLS", links.len());
 
-    let killed = Instant::now();
-    let old = blocking(|| t.kill_primary());
-    let new = blocking(|| t.wait_new_primary(old, secs(20)));
-    let named = Instant::now();
-    eprintln!(
-        "failover over TLS: {old} -> {new}, named {:?} after the kill",
-        named - killed
-    );
-    let first = eventually(
-        "the producer to enqueue on the new primary",
-        FOLLOW_WITHIN,
-        || async { load.producer.first_ack_after(named) },
-    )
-    .await;
-    eventually(
-        "the daemon to run a job enqueued after the failover",
-        FOLLOW_WITHIN,
-        || async { recorded(&d).contains(&first.id) },
-    )
-    .await;
-    eprintln!(
-        "followed within {:?} of the sentinels naming {new}",
-        named.elapsed()
-    );
-    assert_eq!(load.daemon.pid(), pid);
-    assert!(
-        load.daemon.exited().is_none(),
-        "the daemon exited:\n{}",
-        load.daemon.log()
-    );
+    let (new, _, named) =
+        fail_over_and_follow(&mut t, &mut load, &d, pid, "failover over TLS").await;
     // The new primary is reached over TLS too.
     blocking(|| all_over_tls(&t, &[(new, "redq"), (new, "sentinel")]));
     until_recorded(&d, recorded(&d).len() + 20, secs(15)).await;
