@@ -911,6 +911,15 @@ async fn jobs_are_listed_by_state_with_filters_and_cancelled_promoted_or_deleted
         .unwrap()
         .unwrap();
     assert_eq!(info.state, redq::inspect::JobState::Pending);
+    // An action the dashboard does not have.
+    let r = b
+        .post(
+            &format!("/queues/emails/jobs/{scheduled_id}/explode"),
+            &format!("csrf={token}"),
+            None,
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
     // Delete a dead job, from its own page's button.
     let (_, job_page) = b.get("/queues/reports/jobs/dead-1").await;
     assert!(

@@ -57,32 +57,22 @@ pub async fn pause(
     )
 }
 
-/// Cancels one live job (`redq cancel`): back to the queue's page saying
-/// where the job was.
-pub async fn cancel(
+/// `POST /queues/<queue>/jobs/<id>/<action>`: `cancel` a live job (`redq
+/// cancel`), `promote` a scheduled or retrying one (`redq promote`), or
+/// `delete` a finished one (`redq delete`); back to the queue's page saying
+/// what was done, or where the job was.
+pub async fn job_action(
     State(app): State<Arc<App>>,
-    Path((queue, id)): Path<(String, String)>,
+    Path((queue, id, action)): Path<(String, String, String)>,
     body: Bytes,
 ) -> Response {
-    by_hand(&app, &queue, &id, &body, ByHand::Cancel).await
-}
-
-/// Runs one scheduled or retrying job now (`redq promote`).
-pub async fn promote(
-    State(app): State<Arc<App>>,
-    Path((queue, id)): Path<(String, String)>,
-    body: Bytes,
-) -> Response {
-    by_hand(&app, &queue, &id, &body, ByHand::Promote).await
-}
-
-/// Deletes one finished job (`redq delete`).
-pub async fn delete(
-    State(app): State<Arc<App>>,
-    Path((queue, id)): Path<(String, String)>,
-    body: Bytes,
-) -> Response {
-    by_hand(&app, &queue, &id, &body, ByHand::Delete).await
+    let what = match action.as_str() {
+        "cancel" => ByHand::Cancel,
+        "promote" => ByHand::Promote,
+        "delete" => ByHand::Delete,
+        _ => return error_page(StatusCode::NOT_FOUND, "no such action on a job"),
+    };
+    by_hand(&app, &queue, &id, &body, what).await
 }
 
 #[derive(Clone, Copy)]

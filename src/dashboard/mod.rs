@@ -117,9 +117,10 @@ pub fn router(store: Store, opts: Options) -> Router {
         .route("/queues/{queue}", get(queue::page))
         .route("/queues/{queue}/jobs", get(queue::jobs_by_state))
         .route("/queues/{queue}/jobs/{id}", get(job::page))
-        .route("/queues/{queue}/jobs/{id}/cancel", post(actions::cancel))
-        .route("/queues/{queue}/jobs/{id}/promote", post(actions::promote))
-        .route("/queues/{queue}/jobs/{id}/delete", post(actions::delete))
+        .route(
+            "/queues/{queue}/jobs/{id}/{action}",
+            post(actions::job_action),
+        )
         .route("/queues/{queue}/pause", post(actions::pause))
         .route("/queues/{queue}/resume", post(actions::resume))
         .route("/queues/{queue}/dead/retry", post(actions::retry))
