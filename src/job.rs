@@ -37,6 +37,15 @@ pub const MAX_OUTCOME_TTL_MS: u64 = 604_800_000;
 pub const MAX_TEXT_LEN: usize = 512;
 /// Default limit on a job document's size (payload plus options), in bytes.
 pub const DEFAULT_MAX_DOC_BYTES: usize = 1024 * 1024;
+/// A payload at least this long is kept apart from its job record: in the
+/// queue's `payloads` hash, written with `HSETNX` in the enqueue's
+/// transaction and read by the daemon with one `HGET` when the job starts,
+/// so no script ever handles it (see `src/lua/lib/record.lua`). Every string
+/// a script reads is copied and hashed byte by byte in Lua: ~11
+/// instructions per byte, so a 4 KiB payload costs about what the rest of a
+/// job's transitions do, and a 64 KiB one ten times that. Below this size
+/// the extra commands would cost more than they save.
+pub const PAYLOAD_APART_BYTES: usize = 4096;
 
 /// The job document, as producers write it (JSON). Unknown fields are refused.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -79,7 +88,11 @@ pub struct NewJob {
 #[derive(Debug, Clone)]
 pub struct PreparedJob {
     pub id: String,
+    /// The stored document; `@` then the document with `"payload":null`
+    /// when the payload is kept apart (`payload_apart`).
     pub doc: String,
+    /// The payload, when it is kept apart ([`PAYLOAD_APART_BYTES`]).
+    pub payload_apart: Option<String>,
     pub priority: i64,
     pub max_attempts: u32,
     pub delay_ms: i64,
@@ -184,7 +197,19 @@ impl NewJob {
     /// field name), priority and max_attempts (the record's header) and
     /// delay_ms / run_at (spent on the due time). Every waiting job carries
     /// its record, so those bytes count (see benches/README.md, memory).
+    /// A payload of [`PAYLOAD_APART_BYTES`] or more is kept apart
+    /// ([`PreparedJob::payload_apart`]).
     pub fn prepare(self, max_doc_bytes: usize) -> Result<PreparedJob> {
+        self.prepare_with(max_doc_bytes, PAYLOAD_APART_BYTES)
+    }
+
+    /// [`NewJob::prepare`], the payload always in the document (for a
+    /// script that takes the document alone: cron_enqueue.lua).
+    pub fn prepare_inline(self, max_doc_bytes: usize) -> Result<PreparedJob> {
+        self.prepare_with(max_doc_bytes, usize::MAX)
+    }
+
+    fn prepare_with(self, max_doc_bytes: usize, apart_at: usize) -> Result<PreparedJob> {
         let mut doc = self.doc;
         check_doc(&doc)?;
         let id = match doc.id.take() {
@@ -209,7 +234,19 @@ impl NewJob {
                 "field \"payload\": the job document is {full} bytes; the limit is {max_doc_bytes} bytes (daemon.max_payload_bytes)"
             )));
         }
+        let (text, payload_apart) = if doc.payload.get().len() >= apart_at {
+            let payload = std::mem::replace(&mut doc.payload, null_payload());
+            let rest = serde_json::to_string(&doc)
+                .map_err(|e| Error::InvalidJob(format!("cannot encode the job as JSON: {e}")))?;
+            (
+                format!("@{rest}"),
+                Some(String::from(Box::<str>::from(payload))),
+            )
+        } else {
+            (text, None)
+        };
         Ok(PreparedJob {
+            payload_apart,
             id,
             priority: priority.unwrap_or(0),
             max_attempts: max_attempts.unwrap_or(0),
@@ -329,6 +366,11 @@ impl<'a> Record<'a> {
     }
 }
 
+/// A JSON `null`, the payload of a document whose payload is kept apart.
+fn null_payload() -> Box<RawValue> {
+    RawValue::from_string("null".to_owned()).unwrap_or_else(|_| unreachable!("null is JSON"))
+}
+
 /// A job record as stored in the queue's `jobs` hash, decoded.
 #[derive(Debug, Clone)]
 pub struct StoredJob {
@@ -337,19 +379,37 @@ pub struct StoredJob {
     pub max_attempts: u32,
     pub enqueued_ms: i64,
     pub doc: JobDoc,
+    /// The payload is kept apart, in the queue's `payloads` hash
+    /// ([`PAYLOAD_APART_BYTES`]): `doc.payload` is `null` until
+    /// [`StoredJob::set_payload`] puts it in.
+    pub payload_apart: bool,
 }
 
 impl StoredJob {
     /// Parses a stored record; the error says what is wrong with it.
     pub fn parse(record: &str) -> std::result::Result<StoredJob, String> {
         let r = Record::split(record)?;
-        let doc: JobDoc = serde_json::from_str(r.doc).map_err(|e| format!("job document: {e}"))?;
+        let (text, payload_apart) = match r.doc.strip_prefix('@') {
+            Some(rest) => (rest, true),
+            None => (r.doc, false),
+        };
+        let doc: JobDoc = serde_json::from_str(text).map_err(|e| format!("job document: {e}"))?;
         Ok(StoredJob {
             priority: r.priority,
             max_attempts: r.max_attempts,
             enqueued_ms: r.enqueued_ms,
             doc,
+            payload_apart,
         })
+    }
+
+    /// Puts in the payload kept apart (read from the queue's `payloads`
+    /// hash); the error says why it cannot be used.
+    pub fn set_payload(&mut self, payload: String) -> std::result::Result<(), String> {
+        self.doc.payload = RawValue::from_string(payload)
+            .map_err(|e| format!("the payload kept apart is not valid JSON: {e}"))?;
+        self.payload_apart = false;
+        Ok(())
     }
 }
 
@@ -430,6 +490,42 @@ mod tests {
         let p = job_text(r#"{"b":[],"a":1.50,"s":"\/x"}"#);
         let stored = StoredJob::parse(&format!("0;0;1;{p}")).unwrap();
         assert_eq!(stored.doc.payload.get(), r#"{"b":[],"a":1.50,"s":"\/x"}"#);
+    }
+
+    #[test]
+    fn a_big_payload_is_kept_apart_and_put_back_whole() {
+        let big = format!("[{}1]", "1,".repeat(PAYLOAD_APART_BYTES / 2));
+        let p = NewJob::from_json(&big)
+            .unwrap()
+            .tenant("t")
+            .prepare(1 << 20)
+            .unwrap();
+        assert_eq!(p.doc, r#"@{"payload":null,"tenant":"t"}"#);
+        assert_eq!(p.payload_apart.as_deref(), Some(big.as_str()));
+        // The limit counts the payload kept apart.
+        let err = NewJob::from_json(&big)
+            .unwrap()
+            .prepare(big.len())
+            .unwrap_err();
+        assert!(err.to_string().contains("limit is"), "{err}");
+        // Readers see the payload as missing until it is put back.
+        let mut stored = StoredJob::parse(&format!("0;0;1;{}", p.doc)).unwrap();
+        assert!(stored.payload_apart);
+        assert_eq!(stored.doc.tenant.as_deref(), Some("t"));
+        stored.set_payload(big.clone()).unwrap();
+        assert_eq!(
+            (stored.doc.payload.get(), stored.payload_apart),
+            (big.as_str(), false)
+        );
+        assert!(stored.set_payload("not json".into()).is_err());
+        // Below the threshold, and for cron's documents, it stays inline.
+        let small = NewJob::from_json("[1]").unwrap().prepare(1 << 20).unwrap();
+        assert!(small.payload_apart.is_none() && small.doc.starts_with('{'));
+        let inline = NewJob::from_json(&big)
+            .unwrap()
+            .prepare_inline(1 << 20)
+            .unwrap();
+        assert!(inline.payload_apart.is_none() && inline.doc.contains(&big));
     }
 
     fn job_text(payload: &str) -> String {

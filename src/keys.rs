@@ -17,7 +17,7 @@ pub const DEFAULT_PREFIX: &str = "redq";
 pub const MAX_NAME_LEN: usize = 128;
 
 /// The parts of a queue's keyspace (`src/lua/lib/keys.lua`'s `QUEUE_PARTS` lists the same).
-pub const PARTS: [&str; 25] = [
+pub const PARTS: [&str; 26] = [
     "jobs",      // HASH  id -> stored job record (see job::StoredJob)
     "pending", // ZSET  priority -> -priority, for each priority with pending jobs (see QueueKeys::pending_list)
     "scheduled", // ZSET  id -> due time (Redis ms)
@@ -45,6 +45,7 @@ pub const PARTS: [&str; 25] = [
     "tenant_due", // ZSET  tenant -> Redis ms when it has room again, for each tenant with parked jobs
     "idle", // HASH  "<daemon id>.<pool number>" -> "<free slots>,<lease_ms>,<expires_ms>": idle pools waiting for a direct hand-off
     "history", // HASH  id -> JSON array of the job's latest failed attempts (at most 5): attempt, started_ms, ended_ms, error, resources
+    "payloads", // HASH  id -> payload JSON of a job whose record keeps it apart (see job::PAYLOAD_APART_BYTES)
 ];
 
 /// True when `name` is 1–128 characters from `A-Z a-z 0-9 _ . - :`.
@@ -279,6 +280,9 @@ impl QueueKeys {
     }
     pub fn history(&self) -> &str {
         self.part("history")
+    }
+    pub fn payloads(&self) -> &str {
+        self.part("payloads")
     }
 
     /// `<prefix>:{<queue>}:due`: a Pub/Sub channel, not a key. A script that

@@ -24,7 +24,10 @@
 //!   set: `--scenarios i`);
 //! - `j` `--due-jobs` (default 1M) delayed jobs due at one instant, drained
 //!   by a daemon at concurrency 200: jobs/s and the longest single call in
-//!   SLOWLOG (not in the default set).
+//!   SLOWLOG (not in the default set);
+//! - `k` big payloads: `--big-jobs` (default 10000) jobs of 64 KiB each,
+//!   enqueued 100 per call and processed at concurrency 50: jobs/s, Redis's
+//!   CPU per job, the process's peak RSS (not in the default set).
 //!
 //! With `--repeat R` every scenario runs R times (alternating redq and
 //! BullMQ runs under `--compare bullmq`) and the table shows medians with
@@ -90,6 +93,9 @@ pub struct Args {
     /// Delayed jobs due at one instant in scenario j
     #[arg(long, default_value_t = 1_000_000)]
     due_jobs: u64,
+    /// Jobs of 64 KiB each in scenario k (big payloads)
+    #[arg(long, default_value_t = 10_000)]
+    big_jobs: u64,
     /// Also run the same scenarios on another queue: `bullmq`
     #[arg(long, value_parser = ["bullmq"])]
     compare: Option<String>,
@@ -121,6 +127,7 @@ pub async fn main(args: Args) -> u8 {
         idle_queues: args.idle_queues,
         spawn_jobs: args.spawn_jobs,
         due_jobs: args.due_jobs,
+        big_jobs: args.big_jobs,
         compare_bullmq: args.compare.is_some(),
         tls: args.tls,
         replica: args.replica,
@@ -153,7 +160,7 @@ pub struct Options {
     /// Concurrencies for scenario c.
     pub concurrency: Vec<u32>,
     pub repeat: u32,
-    /// Scenario letters, a–j.
+    /// Scenario letters, a–k.
     pub scenarios: String,
     /// How long scenario d enqueues at 1000 jobs/s.
     pub latency_secs: f64,
@@ -165,6 +172,8 @@ pub struct Options {
     pub spawn_jobs: u64,
     /// Jobs of scenario j.
     pub due_jobs: u64,
+    /// Jobs of scenario k.
+    pub big_jobs: u64,
     /// Also run BullMQ (`--compare bullmq`).
     pub compare_bullmq: bool,
     /// Reach the private server over TLS (`--tls`).
@@ -187,6 +196,7 @@ impl Default for Options {
             idle_queues: 1000,
             spawn_jobs: 5000,
             due_jobs: 1_000_000,
+            big_jobs: 10_000,
             compare_bullmq: false,
             tls: false,
             replica: false,
@@ -200,14 +210,14 @@ fn parse_scenarios(list: &str) -> Result<String> {
     let mut out = String::new();
     for part in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
         match part {
-            "a" | "b" | "c" | "d" | "e" | "f" | "g" | "h" | "i" | "j" => {
+            "a" | "b" | "c" | "d" | "e" | "f" | "g" | "h" | "i" | "j" | "k" => {
                 if !out.contains(part) {
                     out.push_str(part)
                 }
             }
             other => {
                 return Err(Error::Config(format!(
-                "--scenarios: unknown scenario {other:?} (expected letters a–j, comma-separated)"
+                "--scenarios: unknown scenario {other:?} (expected letters a–k, comma-separated)"
             )))
             }
         }

@@ -26,7 +26,7 @@ fn per_sec(jobs: u64, took: Duration) -> f64 {
     jobs as f64 / took.as_secs_f64().max(1e-9)
 }
 
-/// Runs the chosen scenarios once, in order a–j.
+/// Runs the chosen scenarios once, in order a–k.
 pub async fn run_all(srv: &Private, opts: &Options, letters: &str) -> Result<Vec<Sample>> {
     let mut out = Vec::new();
     let n = opts.jobs;
@@ -248,7 +248,62 @@ pub async fn run_all(srv: &Private, opts: &Options, letters: &str) -> Result<Vec
             Better::Lower,
             due.longest_ms,
         ));
+        out.push(Sample::new(
+            "j_over5",
+            "calls over 5 ms meanwhile (SLOWLOG)",
+            "calls",
+            Better::Lower,
+            due.over_5ms as f64,
+        ));
         eprintln!("redq bench: j: longest call: {}", due.longest_what);
+    }
+    if letters.contains('k') {
+        srv.flush().await?;
+        let n = opts.big_jobs.max(1);
+        let cpu0 = redis_cpu(srv).await?;
+        let took = enqueue_big(&srv.redis, "big", n).await?;
+        let enq_rcpu = (redis_cpu(srv).await? - cpu0) * 1e6 / n as f64;
+        let run = process(srv, "big", n, 50, 1, true).await?;
+        let kib = BIG_PAYLOAD / 1024;
+        for (id, label, unit, better, v) in [
+            (
+                "k_enq",
+                format!("enqueue {kib} KiB payloads, {BIG_BATCH} per call"),
+                "jobs/s",
+                Better::Higher,
+                per_sec(n, took),
+            ),
+            (
+                "k_enq_rcpu",
+                "  Redis CPU per job, k_enq".into(),
+                "µs",
+                Better::Lower,
+                enq_rcpu,
+            ),
+            (
+                "k_proc",
+                format!("process {kib} KiB payloads, concurrency 50"),
+                "jobs/s",
+                Better::Higher,
+                per_sec(n, run.took),
+            ),
+            (
+                "k_rcpu",
+                "  Redis CPU per job, k_proc".into(),
+                "µs",
+                Better::Lower,
+                run.redis_us_per_job,
+            ),
+            (
+                "k_rss",
+                "peak RSS, whole bench process, k_proc".into(),
+                "MiB",
+                Better::Lower,
+                run.rss.unwrap_or(f64::NAN),
+            ),
+        ] {
+            out.push(Sample::new(id, label, unit, better, v));
+        }
     }
     Ok(out)
 }
@@ -275,6 +330,34 @@ async fn enqueue_batches(
                     j
                 })
             })
+            .collect::<Result<Vec<_>>>()?;
+        client.enqueue_many(queue, batch).await?;
+        i += n;
+    }
+    Ok(started.elapsed())
+}
+
+/// The payload of scenario k: a JSON string of this many bytes, quotes
+/// included.
+const BIG_PAYLOAD: usize = 64 * 1024;
+/// Scenario k's jobs per enqueue call (6.4 MiB per call).
+const BIG_BATCH: u64 = 100;
+
+/// (k): `jobs` jobs whose payload is a 64 KiB JSON string (printable ASCII
+/// that needs no escaping, varied so no layer can shortcut it), `BIG_BATCH`
+/// per call.
+async fn enqueue_big(redis: &RedisConfig, queue: &str, jobs: u64) -> Result<Duration> {
+    let client = Client::open(redis).await?;
+    let text: String = (0..BIG_PAYLOAD - 2)
+        .map(|i| char::from(b'a' + (i % 26) as u8))
+        .collect();
+    let payload = format!("\"{text}\"");
+    let started = Instant::now();
+    let mut i = 0;
+    while i < jobs {
+        let n = (jobs - i).min(BIG_BATCH);
+        let batch = (0..n)
+            .map(|_| NewJob::from_json(&payload))
             .collect::<Result<Vec<_>>>()?;
         client.enqueue_many(queue, batch).await?;
         i += n;
@@ -707,6 +790,9 @@ async fn spawn_rate(srv: &Private, jobs: u64) -> Result<(f64, f64, f64)> {
 /// What scenario j measured.
 struct DueAtOnce {
     rate: f64,
+    /// Calls over 5 ms in SLOWLOG (wall time: on a busy machine a call
+    /// descheduled midway counts too).
+    over_5ms: u64,
     longest_ms: f64,
     longest_what: String,
 }
@@ -786,6 +872,7 @@ async fn due_at_once(srv: &Private, jobs: u64) -> Result<DueAtOnce> {
     let _ = run.await;
     // Each entry: id, when, µs, [command and arguments], …
     let mut longest = (0i64, String::new());
+    let mut over_5ms = 0u64;
     for e in entries {
         let redis::Value::Array(parts) = e else {
             continue;
@@ -793,6 +880,9 @@ async fn due_at_once(srv: &Private, jobs: u64) -> Result<DueAtOnce> {
         let Some(redis::Value::Int(us)) = parts.get(2) else {
             continue;
         };
+        if *us > 5000 {
+            over_5ms += 1;
+        }
         if *us > longest.0 {
             let what = match parts.get(3) {
                 Some(redis::Value::Array(args)) => args
@@ -813,6 +903,7 @@ async fn due_at_once(srv: &Private, jobs: u64) -> Result<DueAtOnce> {
     }
     Ok(DueAtOnce {
         rate: per_sec(jobs, took),
+        over_5ms,
         longest_ms: longest.0 as f64 / 1000.0,
         longest_what: format!("{:.2} ms: {}", longest.0 as f64 / 1000.0, longest.1),
     })

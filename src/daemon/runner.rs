@@ -19,11 +19,12 @@ use super::writer::{Release, Report, Spent};
 use super::{backoff, Counters, QueueRt};
 use crate::handler::{JobContext, Outcome, RunReport};
 use crate::observe::JobOutcome;
-use crate::store::ClaimedJob;
+use crate::store::{ClaimedJob, Store};
 
 /// Runs `job` to its end and reports it to the queue's writer.
 pub async fn run(
     rt: Arc<QueueRt>,
+    store: Option<Store>,
     job: ClaimedJob,
     claimed_ms: i64,
     lease_deadline: Instant,
@@ -36,7 +37,7 @@ pub async fn run(
     rt.metrics.set_in_flight(&rt.name, in_flight);
     let enqueued_ms = job.record.as_ref().map(|r| r.enqueued_ms).ok();
     let started = Instant::now();
-    let ran = run_inner(&rt, job, lease_deadline, &leases, &counters)
+    let ran = run_inner(&rt, store.as_ref(), job, lease_deadline, &leases, &counters)
         .instrument(span)
         .await;
     let in_flight = rt
@@ -59,13 +60,44 @@ pub async fn run(
 
 async fn run_inner(
     rt: &Arc<QueueRt>,
-    job: ClaimedJob,
+    store: Option<&Store>,
+    mut job: ClaimedJob,
     lease_deadline: Instant,
     leases: &Leases,
     counters: &Counters,
 ) -> bool {
     let stop = Stop::default();
     let lease = leases.insert(rt, &job.id, job.fence, lease_deadline, stop.clone());
+    if let Ok(r) = &mut job.record {
+        if let (true, Some(store)) = (r.payload_apart, store) {
+            // A big payload is kept apart from the record (see
+            // job::PAYLOAD_APART_BYTES): one HGET, on the shared connection,
+            // where the reads of jobs starting together go out together.
+            match store.payload(&rt.keys, &job.id).await {
+                Ok(Some(p)) => {
+                    if let Err(why) = r.set_payload(p) {
+                        job.record = Err(why);
+                    }
+                }
+                // Deleted or cancelled since the claim (then the report
+                // below changes nothing: the fence is gone), or lost.
+                Ok(None) => {
+                    job.record = Err(
+                        "its payload, kept apart in the queue's `payloads` hash, is missing".into(),
+                    )
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the job's payload; returning the job unstarted");
+                    rt.writer.send(Report::Release {
+                        id: job.id,
+                        fence: job.fence,
+                        why: Release::NoFreeSlot,
+                    });
+                    return false;
+                }
+            }
+        }
+    }
     let record = match job.record {
         Ok(r) => r,
         Err(reason) => {

@@ -80,7 +80,8 @@ pub enum Release {
     /// The daemon is shutting down: counted as `redq_jobs_total{outcome="released"}`.
     Shutdown,
     /// It came beyond the free slots (a direct hand-off and the daemon's
-    /// own claim crossed) and never started: counted as
+    /// own claim crossed), or its payload kept apart could not be read
+    /// (Redis unreachable), and it never started: counted as
     /// `redq_jobs_returned_unstarted_total`.
     NoFreeSlot,
 }

@@ -111,6 +111,6 @@ if keep > 0 then
   if #res_args > 0 then redis.call('HSET', k.resources, unpack(res_args)) end
   trim_retention(k, k.done, now, keep, keep_age, trim_limit(#done))
 else
-  hdel_all({ k.runs, k.jobs, k.errors, k.resources, k.history }, done)
+  hdel_all({ k.runs, k.jobs, k.payloads, k.errors, k.resources, k.history }, done)
 end
 return out

@@ -8,7 +8,10 @@
 --   idle, writes <base>:handoff:<name>, runs, active, meta `fence`, dead and
 --   errors (oversize records); reads meta (events cap, limits).
 -- ARGV: 7 per job: id, document JSON, priority, max_attempts (0 = queue's),
---       delay_ms, run_at_ms (0 = none), unique_key ('' = none)
+--       delay_ms, run_at_ms (0 = none), unique_key ('' = none). A document
+--       "@{...}" keeps its payload apart: the caller staged it in `payloads`
+--       in the same transaction (see lib/record.lua); a job not created
+--       drops what was staged for it.
 -- Events (when on): `enqueued` per created job; `started` per job handed
 --   off to an idle daemon (see hand_off in lib/handoff.lua).
 -- Publishes: a delayed job's due time on <base>:due when it is now the
@@ -42,10 +45,13 @@ for i = 1, #ARGV, 7 do
       end
     else
       status = 'exists'
+      drop_staged_payload(k, id, doc, true)
     end
   else
+    local asked = id
     status, id = enqueue_one(k, now, id, tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3]),
       due, unique, doc, cap, 'enqueue')
+    if status ~= 'created' then drop_staged_payload(k, asked, doc, status == 'exists') end
   end
   out[#out + 1] = status
   out[#out + 1] = id

@@ -180,6 +180,18 @@ impl Store {
             jobs,
         })
     }
+
+    /// The payload of job `id` kept apart from its record (see
+    /// [`crate::job::PAYLOAD_APART_BYTES`]); `None` when there is none. The
+    /// daemon reads it when the job starts, outside any script.
+    pub async fn payload(&self, q: &QueueKeys, id: &str) -> Result<Option<String>> {
+        let p: Option<String> = redis::cmd("HGET")
+            .arg(q.payloads())
+            .arg(id)
+            .query_async(&mut self.connection())
+            .await?;
+        Ok(p)
+    }
 }
 
 #[cfg(test)]

@@ -124,6 +124,27 @@ fn unknown_command(e: &redis::RedisError) -> bool {
     e.to_string().contains("unknown command")
 }
 
+/// Sends `call` alone, or after `first`'s commands in one MULTI/EXEC
+/// (`first`'s replies ignored); `call`'s reply.
+async fn send(
+    con: &mut super::cluster::Conn,
+    first: Option<&redis::Pipeline>,
+    call: &redis::Cmd,
+) -> redis::RedisResult<Value> {
+    let Some(first) = first else {
+        return call.query_async(con).await;
+    };
+    let mut pipe = first.clone();
+    pipe.atomic().add_command(call.clone());
+    let mut replies: Vec<Value> = pipe.query_async(con).await?;
+    replies.pop().ok_or_else(|| {
+        redis::RedisError::from((
+            redis::ErrorKind::UnexpectedReturnType,
+            "MULTI/EXEC answered no reply for the transition",
+        ))
+    })
+}
+
 fn connection_lost(e: &redis::RedisError) -> bool {
     e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() || e.is_timeout()
 }
@@ -145,12 +166,28 @@ impl Store {
         keys: &[&str],
         args: Vec<String>,
     ) -> Result<Value> {
+        self.call_after(None, t, keys, args).await
+    }
+
+    /// [`Store::call`], with `first`'s commands (their replies ignored)
+    /// before it in one MULTI/EXEC when given: they and the transition take
+    /// effect together or not at all. When the function is not there, the
+    /// EXEC ran `first` and failed the call; the second EXEC runs both
+    /// again, so `first` must be idempotent (the enqueue's `HSETNX` of a
+    /// staged payload is).
+    pub(super) async fn call_after(
+        &self,
+        first: Option<&redis::Pipeline>,
+        t: &Transition,
+        keys: &[&str],
+        args: Vec<String>,
+    ) -> Result<Value> {
         let mut con = self.connection();
         let f = &self.functions;
         if f.use_fcall() {
             let mut call = redis::cmd("FCALL");
             call.arg(&t.function).arg(keys.len()).arg(keys).arg(&args);
-            match call.query_async(&mut con).await {
+            match send(&mut con, first, &call).await {
                 Ok(v) => {
                     f.fcall_works();
                     return Ok(v);
@@ -158,7 +195,7 @@ impl Store {
                 Err(e) if not_found(&e) => match self.load_internal_library().await {
                     Ok(true) => {
                         self.restore_public_library().await;
-                        let v = call.query_async(&mut con).await?;
+                        let v = send(&mut con, first, &call).await?;
                         f.fcall_works();
                         return Ok(v);
                     }
@@ -169,6 +206,17 @@ impl Store {
                 Err(e) if unknown_command(&e) => f.absent.store(true, Ordering::Relaxed),
                 Err(e) => return Err(e.into()),
             }
+        }
+        if let Some(first) = first {
+            // Inside MULTI a missing script cannot be loaded on NOSCRIPT
+            // and retried alone: load it first.
+            t.script.load_async(&mut con).await?;
+            let mut call = redis::cmd("EVALSHA");
+            call.arg(t.script.get_hash())
+                .arg(keys.len())
+                .arg(keys)
+                .arg(&args);
+            return Ok(send(&mut con, Some(first), &call).await?);
         }
         let mut inv = t.script.prepare_invoke();
         for k in keys {

@@ -95,7 +95,7 @@ impl Entry {
         Ok(NewJob::new(&self.payload)?
             .priority(self.priority)
             .id(id)
-            .prepare(max_doc_bytes)?
+            .prepare_inline(max_doc_bytes)?
             .doc)
     }
 }

@@ -173,8 +173,14 @@ impl Pool {
                 continue;
             };
             let (rt, leases, counters) = (q.clone(), ctx.leases.clone(), ctx.counters.clone());
+            // Only a job whose payload is kept apart reads Redis itself.
+            let store = job
+                .record
+                .as_ref()
+                .is_ok_and(|r| r.payload_apart)
+                .then(|| ctx.store.clone());
             tokio::spawn(async move {
-                runner::run(rt, job, claimed_ms, deadline, leases, counters).await;
+                runner::run(rt, store, job, claimed_ms, deadline, leases, counters).await;
                 drop(permit);
             });
         }

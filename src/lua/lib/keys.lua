@@ -9,7 +9,7 @@
 --
 -- The library file that holds each part's format and rules (the transitions
 -- write some parts directly, e.g. results and resources in complete.lua):
---   jobs (records) ......................... record.lua
+--   jobs (records), payloads ............... record.lua
 --   pending, pending:<priority>, wake ...... pending.lua
 --   scheduled, <base>:due (channel) ........ scheduled.lua
 --   runs, active, meta `fence` ............. lease.lua
@@ -37,7 +37,7 @@
 local QUEUE_PARTS = {
   'jobs', 'pending', 'scheduled', 'active', 'dead', 'done', 'runs', 'errors', 'results', 'unique',
   'meta', 'inbox', 'rejected', 'wake', 'resources', 'events', 'claims', 'parked', 'groups',
-  'holders', 'tenant_limits', 'tenant_parked', 'tenant_due', 'idle', 'history',
+  'holders', 'tenant_limits', 'tenant_parked', 'tenant_due', 'idle', 'history', 'payloads',
 }
 local IS_PART = {}
 -- (A numeric loop: this runs when the Function library loads, where Redis

@@ -27,7 +27,7 @@ local function hdel_all(hashes, ids)
 end
 
 local function delete_jobs(k, ids)
-  hdel_all({ k.jobs, k.runs, k.errors, k.results, k.resources, k.history }, ids)
+  hdel_all({ k.jobs, k.payloads, k.runs, k.errors, k.results, k.resources, k.history }, ids)
 end
 
 -- Bounds a retention set (`done` or `dead`): drops members older than

@@ -8,7 +8,7 @@ use serde_json::value::RawValue;
 
 use super::Store;
 use crate::error::{Error, Result};
-use crate::job::StoredJob;
+use crate::job::{Record, StoredJob};
 use crate::keys::{self, QueueKeys};
 
 mod dead;
@@ -144,6 +144,7 @@ pub async fn jobs(
         q.results(),
         q.resources(),
         q.history(),
+        q.payloads(),
     ] {
         pipe.cmd("HMGET").arg(hash).arg(ids);
     }
@@ -153,7 +154,20 @@ pub async fn jobs(
     type Texts = Vec<Option<String>>;
     type Scores = Vec<Option<f64>>;
     #[allow(clippy::type_complexity)]
-    let (records, runs, errors, results, resources, history, scheduled, active, dead, done): (
+    let (
+        records,
+        runs,
+        errors,
+        results,
+        resources,
+        history,
+        payloads,
+        scheduled,
+        active,
+        dead,
+        done,
+    ): (
+        Texts,
         Texts,
         Texts,
         Texts,
@@ -173,8 +187,25 @@ pub async fn jobs(
             out.push(None);
             continue;
         };
-        let stored = StoredJob::parse(&record)
-            .map_err(|e| Error::protocol("job record", format!("job {id}: {e}")))?;
+        let bad = |e: String| Error::protocol("job record", format!("job {id}: {e}"));
+        let mut stored = StoredJob::parse(&record).map_err(bad)?;
+        // A payload kept apart is put back: readers get the record whole.
+        let record = if stored.payload_apart {
+            let p = text(&payloads, i).ok_or_else(|| {
+                bad("its payload, kept apart in the queue's `payloads` hash, is missing".into())
+            })?;
+            stored.set_payload(p).map_err(bad)?;
+            let doc = serde_json::to_string(&stored.doc).map_err(|e| bad(e.to_string()))?;
+            Record {
+                priority: stored.priority,
+                max_attempts: stored.max_attempts,
+                enqueued_ms: stored.enqueued_ms,
+                doc: &doc,
+            }
+            .encode()
+        } else {
+            record
+        };
         let (attempts, started) = parse_run(text(&runs, i).as_deref());
         let (s, a, d, f) = (
             at(&scheduled, i),
