@@ -119,6 +119,14 @@ fn jobs_of_queues_on_every_primary_run_from_every_producer() {
         let o = cli(&s.config, &["enqueue", "--id", &id, q, "{\"n\":1}"]);
         assert_eq!(o.code, Some(0), "redq enqueue: {}{}", o.stdout, o.stderr);
         wait_succeeded(&s.config, q, &id);
+        // A payload kept apart from its record: staged in the enqueue's
+        // MULTI/EXEC on the queue's node, read back when the job runs.
+        let id = format!("big-{i}");
+        let big = format!("\"{}\"", "b".repeat(redq::job::PAYLOAD_APART_BYTES));
+        let o = cli(&s.config, &["enqueue", "--id", &id, q, &big]);
+        assert_eq!(o.code, Some(0), "redq enqueue: {}{}", o.stdout, o.stderr);
+        let done = wait_succeeded(&s.config, q, &id);
+        assert_eq!(done["payload"].as_str().map(str::len), Some(big.len() - 2));
         // A foreign producer: FCALL through redis-cli -c, which follows
         // the redirect to the node serving the queue.
         let id = format!("fcall-{i}");
@@ -148,12 +156,14 @@ fn jobs_of_queues_on_every_primary_run_from_every_producer() {
     }
     // Each primary holds its queue's keys, and only those.
     for (i, q) in queues.iter().enumerate() {
-        let key = format!("redq:{{{q}}}:jobs");
-        assert_eq!(
-            cluster.nodes[i].cli(&["HLEN", &key]).unwrap().trim(),
-            "3",
-            "{key} on node {i}"
-        );
+        for (part, n) in [("jobs", "4"), ("payloads", "1")] {
+            let key = format!("redq:{{{q}}}:{part}");
+            assert_eq!(
+                cluster.nodes[i].cli(&["HLEN", &key]).unwrap().trim(),
+                n,
+                "{key} on node {i}"
+            );
+        }
     }
     // The CLI reads across nodes.
     let o = cli(&s.config, &["stats", "--json"]);
