@@ -1,6 +1,7 @@
 //! `redq bench`: measures the queue through the real daemon on a private
 //! `redis-server` it starts itself (on a free port, never the Redis on 6379),
-//! and optionally BullMQ on the same server in the same run.
+//! and optionally another queue (BullMQ or ChasquiMQ: [`peer`]) on the
+//! same server in the same run.
 //!
 //! Scenarios (pick with `--scenarios a,c,…`), each on a flushed server:
 //! - `a` enqueue, batches of 1000 jobs per round trip;
@@ -26,9 +27,9 @@
 //!   by a daemon at concurrency 200: jobs/s and the longest single call in
 //!   SLOWLOG (not in the default set).
 //!
-//! With `--repeat R` every scenario runs R times (alternating redq and
-//! BullMQ runs under `--compare bullmq`) and the table shows medians with
-//! min–max.
+//! With `--repeat R` every scenario runs R times (alternating redq and the
+//! peer's runs under `--compare bullmq|chasquimq`) and the table shows
+//! medians with min–max.
 //!
 //! This module belongs to the `redq` binary, not to the library: `main.rs`
 //! declares it and adds its subcommand ([`Args`]) to the library's command
@@ -42,7 +43,7 @@
 //! `cargo bench` harness could do too, but that would take the command
 //! away from the installed binary.
 
-mod bullmq;
+mod peer;
 mod redis_server;
 mod report;
 mod scenarios;
@@ -90,9 +91,12 @@ pub struct Args {
     /// Delayed jobs due at one instant in scenario j
     #[arg(long, default_value_t = 1_000_000)]
     due_jobs: u64,
-    /// Also run the same scenarios on another queue: `bullmq`
-    #[arg(long, value_parser = ["bullmq"])]
-    compare: Option<String>,
+    /// Also run the same scenarios on another queue, on the same server:
+    /// `bullmq` (needs node and `npm install --prefix benches/bullmq`) or
+    /// `chasquimq` (needs Redis 8.6 and `cargo build --release
+    /// --manifest-path benches/chasquimq/Cargo.toml`)
+    #[arg(long, value_enum)]
+    compare: Option<peer::Peer>,
     /// Connect over TLS: the private server also serves a TLS port, with a
     /// CA and certificate made for the run by the `openssl` command, and
     /// redq reaches it at rediss://localhost (measures what TLS costs)
@@ -121,7 +125,7 @@ pub async fn main(args: Args) -> u8 {
         idle_queues: args.idle_queues,
         spawn_jobs: args.spawn_jobs,
         due_jobs: args.due_jobs,
-        compare_bullmq: args.compare.is_some(),
+        compare: args.compare,
         tls: args.tls,
         replica: args.replica,
         wait_replicas: args.wait_replicas,
@@ -165,8 +169,8 @@ pub struct Options {
     pub spawn_jobs: u64,
     /// Jobs of scenario j.
     pub due_jobs: u64,
-    /// Also run BullMQ (`--compare bullmq`).
-    pub compare_bullmq: bool,
+    /// Also run another queue (`--compare bullmq|chasquimq`).
+    pub compare: Option<peer::Peer>,
     /// Reach the private server over TLS (`--tls`).
     pub tls: bool,
     /// Start a replica of the private server (`--replica`).
@@ -187,7 +191,7 @@ impl Default for Options {
             idle_queues: 1000,
             spawn_jobs: 5000,
             due_jobs: 1_000_000,
-            compare_bullmq: false,
+            compare: None,
             tls: false,
             replica: false,
             wait_replicas: 0,
@@ -228,11 +232,11 @@ async fn run(opts: &Options) -> Result<Report> {
             "--jobs and --repeat must be at least 1".into(),
         ));
     }
-    if opts.tls && opts.compare_bullmq {
-        return Err(Error::Config(
-            "--tls and --compare bullmq do not go together (the BullMQ side connects without TLS)"
-                .into(),
-        ));
+    if let (true, Some(p)) = (opts.tls, opts.compare) {
+        return Err(Error::Config(format!(
+            "--tls and --compare do not go together (the {} side connects without TLS)",
+            p.name()
+        )));
     }
     if opts.wait_replicas > u32::from(opts.replica) {
         return Err(Error::Config(format!(
@@ -240,34 +244,33 @@ async fn run(opts: &Options) -> Result<Report> {
             opts.wait_replicas
         )));
     }
-    if opts.wait_replicas > 0 && opts.compare_bullmq {
-        return Err(Error::Config(
-            "--wait-replicas and --compare bullmq do not go together (BullMQ does not wait for replicas)"
-                .into(),
-        ));
+    if let (true, Some(p)) = (opts.wait_replicas > 0, opts.compare) {
+        return Err(Error::Config(format!(
+            "--wait-replicas and --compare do not go together ({} does not wait for replicas)",
+            p.name()
+        )));
     }
     let srv = server::Private::start(opts.tls, opts.replica, opts.wait_replicas).await?;
     let redis_server = srv.version().await.unwrap_or_default();
 
     let mut compare_skipped = None;
-    let bull = if opts.compare_bullmq {
-        match bullmq::Runner::find() {
+    let other = match opts.compare {
+        Some(p) => match peer::Runner::find(p, &redis_server) {
             Ok(r) => Some(r),
             Err(why) => {
-                eprintln!("redq bench: BullMQ comparison skipped: {why}");
+                eprintln!("redq bench: {} comparison skipped: {why}", p.name());
                 compare_skipped = Some(why);
                 None
             }
-        }
-    } else {
-        None
+        },
+        None => None,
     };
 
     // Collected per id, in first-seen order.
     let mut order: Vec<Sample> = Vec::new();
     let mut redq_vals: BTreeMap<String, Vec<f64>> = BTreeMap::new();
-    let mut bull_vals: BTreeMap<String, Vec<f64>> = BTreeMap::new();
-    let mut bullmq_version = None;
+    let mut peer_vals: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    let mut peer_version = None;
 
     for rep in 0..opts.repeat {
         if opts.repeat > 1 {
@@ -284,17 +287,18 @@ async fn run(opts: &Options) -> Result<Report> {
             }
             redq_vals.entry(s.id.clone()).or_default().push(s.value);
         }
-        if let Some(b) = &bull {
+        if let Some(p) = &other {
             eprintln!(
-                "redq bench: repetition {} of {}: BullMQ",
+                "redq bench: repetition {} of {}: {}",
                 rep + 1,
-                opts.repeat
+                opts.repeat,
+                p.peer().name()
             );
             srv.flush().await?;
-            let out = b.run(&srv.redis.url, opts, &letters).await?;
-            bullmq_version = Some(out.version);
+            let out = p.run(&srv.redis.url, opts, &letters).await?;
+            peer_version = Some(out.version);
             for (id, v) in out.values {
-                bull_vals.entry(id).or_default().push(v);
+                peer_vals.entry(id).or_default().push(v);
             }
             srv.flush().await?;
         }
@@ -304,8 +308,8 @@ async fn run(opts: &Options) -> Result<Report> {
         .into_iter()
         .filter_map(|s| {
             let redq = Stat::of(redq_vals.remove(&s.id).unwrap_or_default())?;
-            let bullmq = Stat::of(bull_vals.remove(&s.id).unwrap_or_default());
-            let ratio = bullmq
+            let peer = Stat::of(peer_vals.remove(&s.id).unwrap_or_default());
+            let ratio = peer
                 .as_ref()
                 .filter(|b| b.median != 0.0)
                 .map(|b| redq.median / b.median);
@@ -315,7 +319,7 @@ async fn run(opts: &Options) -> Result<Report> {
                 unit: s.unit.into(),
                 better: s.better,
                 redq,
-                bullmq,
+                peer,
                 ratio,
             })
         })
@@ -331,7 +335,8 @@ async fn run(opts: &Options) -> Result<Report> {
         scenarios: letters,
         replica: opts.replica,
         wait_replicas: opts.wait_replicas,
-        bullmq_version,
+        peer: opts.compare.map(|p| p.name().to_owned()),
+        peer_version,
         compare_skipped,
         rows,
     })
