@@ -19,6 +19,9 @@ use serde::Deserialize;
 use super::Options;
 use redq::error::{Error, Result};
 
+/// The scenarios the peers have (f–j are redq's alone).
+const PEER_SCENARIOS: &str = "abcde";
+
 /// A queue to compare with (`--compare`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Peer {
@@ -37,11 +40,6 @@ impl Peer {
             Peer::BullMq => "BullMQ",
             Peer::ChasquiMq => "ChasquiMQ",
         }
-    }
-
-    /// The scenarios it has (f–j are redq's alone).
-    fn letters(self) -> &'static str {
-        "abcde"
     }
 
     /// The oldest Redis it runs on, when it needs a newer one than redq.
@@ -149,7 +147,7 @@ impl Runner {
         self.peer
     }
 
-    /// One run of the chosen scenarios (those the peer has).
+    /// One run of the chosen scenarios (those the peers have).
     pub async fn run(&self, url: &str, opts: &Options, letters: &str) -> Result<Output> {
         let name = self.peer.name();
         let conc = opts
@@ -160,7 +158,7 @@ impl Runner {
             .join(",");
         let letters = letters
             .chars()
-            .filter(|c| self.peer.letters().contains(*c))
+            .filter(|c| PEER_SCENARIOS.contains(*c))
             .map(String::from)
             .collect::<Vec<_>>()
             .join(",");
