@@ -1,6 +1,7 @@
 //! `redq bench`: measures the queue through the real daemon on a private
 //! `redis-server` it starts itself (on a free port, never the Redis on 6379),
-//! and optionally BullMQ on the same server in the same run.
+//! and optionally another queue (BullMQ or ChasquiMQ: [`peer`]) on the
+//! same server in the same run.
 //!
 //! Scenarios (pick with `--scenarios a,c,…`), each on a flushed server:
 //! - `a` enqueue, batches of 1000 jobs per round trip;
@@ -29,9 +30,9 @@
 //!   enqueued 100 per call and processed at concurrency 50: jobs/s, Redis's
 //!   CPU per job, the process's peak RSS (not in the default set).
 //!
-//! With `--repeat R` every scenario runs R times (alternating redq and
-//! BullMQ runs under `--compare bullmq`) and the table shows medians with
-//! min–max.
+//! With `--repeat R` every scenario runs R times (alternating redq and the
+//! peer's runs under `--compare bullmq|chasquimq`) and the table shows
+//! medians with min–max.
 //!
 //! This module belongs to the `redq` binary, not to the library: `main.rs`
 //! declares it and adds its subcommand ([`Args`]) to the library's command
@@ -45,7 +46,7 @@
 //! `cargo bench` harness could do too, but that would take the command
 //! away from the installed binary.
 
-mod bullmq;
+mod peer;
 mod redis_server;
 mod report;
 mod scenarios;
@@ -96,9 +97,12 @@ pub struct Args {
     /// Jobs of 64 KiB each in scenario k (big payloads)
     #[arg(long, default_value_t = 10_000)]
     big_jobs: u64,
-    /// Also run the same scenarios on another queue: `bullmq`
-    #[arg(long, value_parser = ["bullmq"])]
-    compare: Option<String>,
+    /// Also run the same scenarios on another queue, on the same server:
+    /// `bullmq` (needs node and `npm install --prefix benches/bullmq`) or
+    /// `chasquimq` (needs Redis 8.6 and `cargo build --release
+    /// --manifest-path benches/chasquimq/Cargo.toml`)
+    #[arg(long, value_enum)]
+    compare: Option<peer::Peer>,
     /// Connect over TLS: the private server also serves a TLS port, with a
     /// CA and certificate made for the run by the `openssl` command, and
     /// redq reaches it at rediss://localhost (measures what TLS costs)
@@ -128,7 +132,7 @@ pub async fn main(args: Args) -> u8 {
         spawn_jobs: args.spawn_jobs,
         due_jobs: args.due_jobs,
         big_jobs: args.big_jobs,
-        compare_bullmq: args.compare.is_some(),
+        compare: args.compare,
         tls: args.tls,
         replica: args.replica,
         wait_replicas: args.wait_replicas,
@@ -174,8 +178,8 @@ pub struct Options {
     pub due_jobs: u64,
     /// Jobs of scenario k.
     pub big_jobs: u64,
-    /// Also run BullMQ (`--compare bullmq`).
-    pub compare_bullmq: bool,
+    /// Also run another queue (`--compare bullmq|chasquimq`).
+    pub compare: Option<peer::Peer>,
     /// Reach the private server over TLS (`--tls`).
     pub tls: bool,
     /// Start a replica of the private server (`--replica`).
@@ -197,7 +201,7 @@ impl Default for Options {
             spawn_jobs: 5000,
             due_jobs: 1_000_000,
             big_jobs: 10_000,
-            compare_bullmq: false,
+            compare: None,
             tls: false,
             replica: false,
             wait_replicas: 0,
@@ -238,11 +242,11 @@ async fn run(opts: &Options) -> Result<Report> {
             "--jobs and --repeat must be at least 1".into(),
         ));
     }
-    if opts.tls && opts.compare_bullmq {
-        return Err(Error::Config(
-            "--tls and --compare bullmq do not go together (the BullMQ side connects without TLS)"
-                .into(),
-        ));
+    if let (true, Some(p)) = (opts.tls, opts.compare) {
+        return Err(Error::Config(format!(
+            "--tls and --compare do not go together (the {} side connects without TLS)",
+            p.name()
+        )));
     }
     if opts.wait_replicas > u32::from(opts.replica) {
         return Err(Error::Config(format!(
@@ -250,34 +254,33 @@ async fn run(opts: &Options) -> Result<Report> {
             opts.wait_replicas
         )));
     }
-    if opts.wait_replicas > 0 && opts.compare_bullmq {
-        return Err(Error::Config(
-            "--wait-replicas and --compare bullmq do not go together (BullMQ does not wait for replicas)"
-                .into(),
-        ));
+    if let (true, Some(p)) = (opts.wait_replicas > 0, opts.compare) {
+        return Err(Error::Config(format!(
+            "--wait-replicas and --compare do not go together ({} does not wait for replicas)",
+            p.name()
+        )));
     }
     let srv = server::Private::start(opts.tls, opts.replica, opts.wait_replicas).await?;
     let redis_server = srv.version().await.unwrap_or_default();
 
     let mut compare_skipped = None;
-    let bull = if opts.compare_bullmq {
-        match bullmq::Runner::find() {
+    let other = match opts.compare {
+        Some(p) => match peer::Runner::find(p, &redis_server) {
             Ok(r) => Some(r),
             Err(why) => {
-                eprintln!("redq bench: BullMQ comparison skipped: {why}");
+                eprintln!("redq bench: {} comparison skipped: {why}", p.name());
                 compare_skipped = Some(why);
                 None
             }
-        }
-    } else {
-        None
+        },
+        None => None,
     };
 
     // Collected per id, in first-seen order.
     let mut order: Vec<Sample> = Vec::new();
     let mut redq_vals: BTreeMap<String, Vec<f64>> = BTreeMap::new();
-    let mut bull_vals: BTreeMap<String, Vec<f64>> = BTreeMap::new();
-    let mut bullmq_version = None;
+    let mut peer_vals: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    let mut peer_version = None;
 
     for rep in 0..opts.repeat {
         if opts.repeat > 1 {
@@ -294,17 +297,18 @@ async fn run(opts: &Options) -> Result<Report> {
             }
             redq_vals.entry(s.id.clone()).or_default().push(s.value);
         }
-        if let Some(b) = &bull {
+        if let Some(p) = &other {
             eprintln!(
-                "redq bench: repetition {} of {}: BullMQ",
+                "redq bench: repetition {} of {}: {}",
                 rep + 1,
-                opts.repeat
+                opts.repeat,
+                p.peer().name()
             );
             srv.flush().await?;
-            let out = b.run(&srv.redis.url, opts, &letters).await?;
-            bullmq_version = Some(out.version);
+            let out = p.run(&srv.redis.url, opts, &letters).await?;
+            peer_version = Some(out.version);
             for (id, v) in out.values {
-                bull_vals.entry(id).or_default().push(v);
+                peer_vals.entry(id).or_default().push(v);
             }
             srv.flush().await?;
         }
@@ -314,8 +318,8 @@ async fn run(opts: &Options) -> Result<Report> {
         .into_iter()
         .filter_map(|s| {
             let redq = Stat::of(redq_vals.remove(&s.id).unwrap_or_default())?;
-            let bullmq = Stat::of(bull_vals.remove(&s.id).unwrap_or_default());
-            let ratio = bullmq
+            let peer = Stat::of(peer_vals.remove(&s.id).unwrap_or_default());
+            let ratio = peer
                 .as_ref()
                 .filter(|b| b.median != 0.0)
                 .map(|b| redq.median / b.median);
@@ -325,7 +329,7 @@ async fn run(opts: &Options) -> Result<Report> {
                 unit: s.unit.into(),
                 better: s.better,
                 redq,
-                bullmq,
+                peer,
                 ratio,
             })
         })
@@ -341,7 +345,8 @@ async fn run(opts: &Options) -> Result<Report> {
         scenarios: letters,
         replica: opts.replica,
         wait_replicas: opts.wait_replicas,
-        bullmq_version,
+        peer: opts.compare.map(|p| p.name().to_owned()),
+        peer_version,
         compare_skipped,
         rows,
     })

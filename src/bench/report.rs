@@ -1,5 +1,6 @@
 //! What `redq bench` reports: the samples of one run, their medians and
-//! ranges over the repetitions, the rows next to BullMQ's, and the table
+//! ranges over the repetitions, the rows next to the compared queue's
+//! (`--compare`: BullMQ or ChasquiMQ), and the table
 //! printed from them (`--json` prints [`Report`] instead).
 
 use serde::Serialize;
@@ -15,7 +16,8 @@ pub enum Better {
 /// One measured number of one run.
 #[derive(Debug, Clone)]
 pub struct Sample {
-    /// Stable id shared with the BullMQ script (`a`, `c200p`, `d_p99`, …).
+    /// Stable id shared with the compared queues' programs (`a`, `c200p`,
+    /// `d_p99`, …).
     pub id: String,
     pub label: String,
     pub unit: &'static str,
@@ -74,7 +76,7 @@ impl Stat {
     }
 }
 
-/// One line of the table: redq's numbers and, when compared, BullMQ's.
+/// One line of the table: redq's numbers and, when compared, the peer's.
 #[derive(Debug, Clone, Serialize)]
 pub struct Row {
     pub id: String,
@@ -82,9 +84,10 @@ pub struct Row {
     pub unit: String,
     pub better: Better,
     pub redq: Stat,
+    /// The compared queue's (`--compare`), where it has this number.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub bullmq: Option<Stat>,
-    /// redq median / BullMQ median.
+    pub peer: Option<Stat>,
+    /// redq median / the peer's median.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ratio: Option<f64>,
 }
@@ -101,8 +104,11 @@ pub struct Report {
     pub replica: bool,
     /// redq's `redis.wait_replicas` (`--wait-replicas`).
     pub wait_replicas: u32,
+    /// The compared queue (`--compare`): "BullMQ" or "ChasquiMQ".
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub bullmq_version: Option<String>,
+    pub peer: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer_version: Option<String>,
     /// Why a requested comparison did not run.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub compare_skipped: Option<String>,
@@ -134,7 +140,7 @@ fn cell(s: &Stat, unit: &str, repeat: u32) -> String {
     }
 }
 
-/// "3.10× better" / "0.50× worse": redq's median over BullMQ's, and which
+/// "3.10× better" / "0.50× worse": redq's median over the peer's, and which
 /// way that goes for this number.
 fn ratio(r: &Row) -> String {
     match r.ratio {
@@ -151,7 +157,8 @@ fn ratio(r: &Row) -> String {
 
 /// Prints the report as a table on stdout.
 pub fn print_table(report: &Report) {
-    let compare = report.rows.iter().any(|r| r.bullmq.is_some());
+    let compare = report.rows.iter().any(|r| r.peer.is_some());
+    let peer = report.peer.as_deref().unwrap_or("peer");
     let w = if report.repeat > 1 { 28 } else { 10 };
     let replica = match (report.replica, report.wait_replicas) {
         (false, _) => String::new(),
@@ -165,18 +172,19 @@ pub fn print_table(report: &Report) {
         report.redis_server,
         report.cpus,
         report
-            .bullmq_version
+            .peer_version
             .as_ref()
-            .map(|v| format!(", BullMQ {v}"))
+            .map(|v| format!(", {peer} {v}"))
             .unwrap_or_default()
     );
     if let Some(why) = &report.compare_skipped {
-        println!("BullMQ comparison skipped: {why}");
+        println!("{peer} comparison skipped: {why}");
     }
+    let peer = peer.to_uppercase();
     if compare {
         println!(
-            "{:<6} {:<55} {:<7} {:>w$} {:>w$}  REDQ/BULLMQ",
-            "ID", "SCENARIO", "UNIT", "REDQ", "BULLMQ"
+            "{:<6} {:<55} {:<7} {:>w$} {:>w$}  REDQ/{peer}",
+            "ID", "SCENARIO", "UNIT", "REDQ", peer
         );
     } else {
         println!(
@@ -187,8 +195,8 @@ pub fn print_table(report: &Report) {
     for r in &report.rows {
         let redq = cell(&r.redq, &r.unit, report.repeat);
         if compare {
-            let bull = r
-                .bullmq
+            let other = r
+                .peer
                 .as_ref()
                 .map(|b| cell(b, &r.unit, report.repeat))
                 .unwrap_or_else(|| "-".into());
@@ -198,7 +206,7 @@ pub fn print_table(report: &Report) {
                 r.scenario,
                 r.unit,
                 redq,
-                bull,
+                other,
                 ratio(r)
             );
         } else {
