@@ -39,6 +39,7 @@ mod reaper;
 mod runner;
 mod signals;
 mod supervisor;
+mod trim;
 mod waker;
 mod writer;
 

@@ -170,7 +170,7 @@ impl Store {
                 Err(e) => return Err(e.into()),
             }
         }
-        let mut inv = t.script.prepare_invoke();
+        let mut inv = t.script().prepare_invoke();
         for k in keys {
             inv.key(*k);
         }

@@ -140,7 +140,9 @@ impl Pool {
             if filled {
                 // Busy: the queues claimed this round ended their
                 // registrations; end those of the queues not reached.
-                Box::pin(self.unregister_others(ctx, &asked)).await;
+                // Boxed apart from the await: see `writer::spawn`.
+                let unregistered = Box::pin(self.unregister_others(ctx, &asked));
+                unregistered.await;
                 continue;
             }
             if let Ok(mut r) = self.registration.lock() {
