@@ -162,13 +162,8 @@ pub fn spawn(
             leases.mark_reported(&ctx.name, &ids);
             // Boxed: the write's state lives on the heap only while it
             // runs, so an idle writer's task stays small (a daemon serving
-            // 1000 queues has 1000 of them). Boxed in a statement of its
-            // own: a `Box::pin(write(..)).await` keeps room for the unboxed
-            // future in the task as well (the temporary lives to the end of
-            // the statement, across the await), which made every writer
-            // task 7.7 KB (issue 19).
-            let written = Box::pin(write(&ctx, &store, &batch, &counters));
-            written.await;
+            // 1000 queues has 1000 of them).
+            Box::pin(write(&ctx, &store, &batch, &counters)).await;
             leases.remove(&ctx.name, &ids);
             batch.clear();
         }

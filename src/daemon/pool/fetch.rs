@@ -140,9 +140,7 @@ impl Pool {
             if filled {
                 // Busy: the queues claimed this round ended their
                 // registrations; end those of the queues not reached.
-                // Boxed apart from the await: see `writer::spawn`.
-                let unregistered = Box::pin(self.unregister_others(ctx, &asked));
-                unregistered.await;
+                Box::pin(self.unregister_others(ctx, &asked)).await;
                 continue;
             }
             if let Ok(mut r) = self.registration.lock() {

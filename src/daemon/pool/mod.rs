@@ -234,8 +234,6 @@ impl Pool {
     pub async fn fetch(self: Arc<Self>) {
         let ctx = self.ctx.clone();
         self.claim_loop(&ctx).await;
-        // Boxed apart from the await: see `writer::spawn`.
-        let ended = Box::pin(self.end_handoffs(&ctx));
-        ended.await;
+        Box::pin(self.end_handoffs(&ctx)).await;
     }
 }
