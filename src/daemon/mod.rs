@@ -64,12 +64,13 @@ use pool::Pool;
 use promoter::Promoter;
 
 /// At most this many claims of a daemon's pools are in flight at once.
-/// They all share one connection, where Redis answers them one after the
-/// other anyway, so a bound costs no throughput; without it a daemon
-/// serving 1000 queues starts with 1000 claims at once, ~8 KB of call
-/// state each, and glibc keeps the heap they spread over (issue 19). A
-/// pool claims its queues one at a time, so only a daemon with more pools
-/// than this claiming together ever waits for a turn.
+/// On one Redis they all share one connection, where Redis answers them
+/// one after the other anyway, so the bound costs no throughput (on a
+/// Cluster, 32 calls spread over its nodes still keep them busy); without
+/// it a daemon serving 1000 queues starts with 1000 claims at once, ~8 KB
+/// of call state each, and glibc keeps the heap they spread over (issue
+/// 19). A pool claims its queues one at a time, so only a daemon with more
+/// pools than this claiming together ever waits for a turn.
 pub(crate) const CLAIMS_IN_FLIGHT: usize = 32;
 
 /// State every component shares.
