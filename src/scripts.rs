@@ -32,7 +32,7 @@
 //! other languages: the library files and `functions.lua`; it is versioned
 //! and replaced as a whole.
 
-use std::sync::LazyLock;
+use std::sync::{LazyLock, OnceLock};
 
 use redis::Script;
 
@@ -74,17 +74,31 @@ fn library() -> &'static str {
 /// One transition, in both of its forms.
 pub struct Transition {
     pub name: &'static str,
-    /// The same text as an EVAL script (library + body), for Redis without
-    /// functions and for callers that pass their own keys.
-    pub script: Script,
+    /// Its body, without the library.
+    body: &'static str,
+    /// The same text as an EVAL script (library + body), made on first use
+    /// ([`Transition::script`]).
+    script: OnceLock<Script>,
     /// Its function in the internal library ([`internal_library_source`]).
     pub function: String,
+}
+
+impl Transition {
+    /// The transition as an EVAL script (library + body), for Redis without
+    /// functions and for callers that pass their own keys. Made when first
+    /// asked for: each is the whole library again (~70 KB), ~1 MB for all
+    /// of them, which a daemon whose Redis runs functions never needs.
+    pub fn script(&self) -> &Script {
+        self.script
+            .get_or_init(|| Script::new(&format!("{}\n{}", library(), self.body)))
+    }
 }
 
 fn transition(name: &'static str, body: &'static str) -> Transition {
     Transition {
         name,
-        script: Script::new(&format!("{}\n{body}", library())),
+        body,
+        script: OnceLock::new(),
         function: function_name(name),
     }
 }

@@ -258,7 +258,7 @@ priority = 5
     // A late daemon offering a tick whose job ran and was deleted adds
     // nothing (through the same Lua as an EVAL script, as a Redis < 7 runs it).
     let q = QueueKeys::new("redq", "gone").unwrap();
-    let mut inv = SCRIPTS.cron_enqueue.script.prepare_invoke();
+    let mut inv = SCRIPTS.cron_enqueue.script().prepare_invoke();
     inv.key(q.base());
     inv.key(q.cron());
     let old = gone[0];

@@ -39,6 +39,7 @@ mod reaper;
 mod runner;
 mod signals;
 mod supervisor;
+mod trim;
 mod waker;
 mod writer;
 
@@ -62,6 +63,16 @@ use leases::Leases;
 use pool::Pool;
 use promoter::Promoter;
 
+/// At most this many claims of a daemon's pools are in flight at once.
+/// On one Redis they all share one connection, where Redis answers them
+/// one after the other anyway, so the bound costs no throughput (on a
+/// Cluster, 32 calls spread over its nodes still keep them busy); without
+/// it a daemon serving 1000 queues starts with 1000 claims at once, ~8 KB
+/// of call state each, and glibc keeps the heap they spread over (issue
+/// 19). A pool claims its queues one at a time, so only a daemon with more
+/// pools than this claiming together ever waits for a turn.
+pub(crate) const CLAIMS_IN_FLIGHT: usize = 32;
+
 /// State every component shares.
 pub struct Shared {
     pub(crate) store: Store,
@@ -78,6 +89,8 @@ pub struct Shared {
     pub(crate) promoter: Arc<Promoter>,
     /// The idle look of all idle pools at once.
     pub(crate) looker: Arc<looker::Looker>,
+    /// Turns for the pools' claims in flight ([`CLAIMS_IN_FLIGHT`]).
+    pub(crate) claims: Arc<tokio::sync::Semaphore>,
     /// Each configured queue's settings as written to Redis (at start, on
     /// reload, and again when Redis is found to have lost them).
     pub(crate) settings: Mutex<Vec<(QueueKeys, QueueSettings)>>,

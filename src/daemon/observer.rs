@@ -14,7 +14,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::Shared;
-use super::{notify, probe, Counters, QueueRt};
+use super::{notify, probe, trim, Counters, QueueRt};
 use crate::config::DaemonConfig;
 use crate::error::{Error, Result};
 use crate::inspect;
@@ -139,6 +139,7 @@ pub async fn run(shared: Arc<Shared>, stats_interval: Duration, stop: Cancellati
     let mut last: BTreeMap<Arc<str>, (u64, u64)> = BTreeMap::new();
     let mut polls: u32 = 0;
     let mut epoch = probe::mark(&shared).await;
+    let mut trimmer = trim::Trimmer::default();
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
@@ -172,6 +173,7 @@ pub async fn run(shared: Arc<Shared>, stats_interval: Duration, stop: Cancellati
             // FCALL producers keep working, or say who must.
             shared.store.restore_public_library().await;
         }
+        trimmer.tick(&shared.counters);
         shared.health.beat(LOOP);
         notify::status(&status_line(&shared));
         let (healthy, body) = shared.health.healthz();

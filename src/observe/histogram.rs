@@ -44,9 +44,11 @@ pub(crate) struct HistogramSnapshot {
 }
 
 impl Histogram {
-    pub(crate) fn new() -> Self {
+    /// A `const fn`, so an empty one can be a `static` (the histograms of
+    /// a queue that has run nothing yet, see `QueueMetrics::timings`).
+    pub(crate) const fn new() -> Self {
         Histogram {
-            counts: std::array::from_fn(|_| AtomicU64::new(0)),
+            counts: [const { AtomicU64::new(0) }; BUCKETS.len() + 1],
             sum_micros: AtomicU64::new(0),
         }
     }

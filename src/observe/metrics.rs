@@ -141,10 +141,10 @@ pub(super) const STATES: [&str; 6] = [
 
 pub(super) struct QueueMetrics {
     pub(super) outcomes: [AtomicU64; JobOutcome::ALL.len()],
-    pub(super) wait: Histogram,
-    pub(super) run: Histogram,
-    pub(super) end_to_end: Histogram,
-    pub(super) run_window: Window,
+    /// Made at the queue's first finished job: ~1 KiB of buckets that a
+    /// daemon serving many quiet queues would otherwise hold for each
+    /// (issue 19: 1000 idle queues).
+    timings: std::sync::OnceLock<Box<Timings>>,
     pub(super) in_flight: AtomicU64,
     /// Jobs started, in [`Start::ALL`] order.
     pub(super) started: [AtomicU64; 2],
@@ -164,14 +164,53 @@ pub(super) struct QueueMetrics {
     pub(super) command_max_rss_kib: AtomicU64,
 }
 
+/// A queue's duration histograms.
+struct Timings {
+    wait: Histogram,
+    run: Histogram,
+    end_to_end: Histogram,
+    /// Run times since the last summary line, for its p50/p99.
+    run_window: Window,
+}
+
+/// What a queue's histograms read before its first finished job.
+static NO_OBSERVATIONS: Histogram = Histogram::new();
+
 impl QueueMetrics {
+    /// The queue's histograms, made on first use.
+    fn timings(&self) -> &Timings {
+        self.timings.get_or_init(|| {
+            Box::new(Timings {
+                wait: Histogram::new(),
+                run: Histogram::new(),
+                end_to_end: Histogram::new(),
+                run_window: Window::new(),
+            })
+        })
+    }
+
+    fn observed(&self, pick: impl Fn(&Timings) -> &Histogram) -> &Histogram {
+        self.timings
+            .get()
+            .map_or(&NO_OBSERVATIONS, |t| pick(t.as_ref()))
+    }
+
+    pub(super) fn wait(&self) -> &Histogram {
+        self.observed(|t| &t.wait)
+    }
+
+    pub(super) fn run(&self) -> &Histogram {
+        self.observed(|t| &t.run)
+    }
+
+    pub(super) fn end_to_end(&self) -> &Histogram {
+        self.observed(|t| &t.end_to_end)
+    }
+
     fn new() -> Self {
         QueueMetrics {
             outcomes: std::array::from_fn(|_| AtomicU64::new(0)),
-            wait: Histogram::new(),
-            run: Histogram::new(),
-            end_to_end: Histogram::new(),
-            run_window: Window::new(),
+            timings: std::sync::OnceLock::new(),
             in_flight: AtomicU64::new(0),
             started: std::array::from_fn(|_| AtomicU64::new(0)),
             returned_unstarted: AtomicU64::new(0),
@@ -265,13 +304,14 @@ impl Metrics {
         end_to_end: Option<Duration>,
     ) {
         self.with_queue(queue, |q| {
+            let t = q.timings();
             if let Some(wait) = wait {
-                q.wait.observe(wait);
+                t.wait.observe(wait);
             }
-            q.run.observe(run);
-            q.run_window.observe(run);
+            t.run.observe(run);
+            t.run_window.observe(run);
             if let Some(e2e) = end_to_end {
-                q.end_to_end.observe(e2e);
+                t.end_to_end.observe(e2e);
             }
         });
     }
@@ -293,14 +333,14 @@ impl Metrics {
     /// in the order of [`Metrics::run_bucket_bounds`] plus a last `+Inf` bucket.
     pub fn run_time_buckets(&self, queue: &str) -> Option<Vec<u64>> {
         let map = self.queues.read().ok()?;
-        Some(per_bucket(&map.get(queue)?.run))
+        Some(per_bucket(map.get(queue)?.run()))
     }
 
     /// The queue-wait histogram (enqueue or due time → start) of a queue,
     /// as [`Metrics::run_time_buckets`] gives run times.
     pub fn wait_time_buckets(&self, queue: &str) -> Option<Vec<u64>> {
         let map = self.queues.read().ok()?;
-        Some(per_bucket(&map.get(queue)?.wait))
+        Some(per_bucket(map.get(queue)?.wait()))
     }
 
     /// Upper bounds (seconds) of the run-time buckets, without `+Inf`.
@@ -367,7 +407,12 @@ impl Metrics {
     /// from a reset-on-read histogram with ×1.25 buckets (so within ~25 %).
     /// `None` when no job of `queue` ran in between.
     pub fn run_time_quantiles(&self, queue: &str) -> Option<(Duration, Duration)> {
-        read(&self.queues).get(queue)?.run_window.take_p50_p99()
+        read(&self.queues)
+            .get(queue)?
+            .timings
+            .get()?
+            .run_window
+            .take_p50_p99()
     }
 
     /// Runs `f` on `queue`'s metrics, creating them on first use (up to [`MAX_QUEUES`]).

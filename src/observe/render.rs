@@ -19,17 +19,17 @@ const HISTOGRAMS: [(&str, &str, Pick); 3] = [
     (
         "redq_job_wait_seconds",
         "Time from enqueue (or run_at) to start.",
-        |q| &q.wait,
+        |q| q.wait(),
     ),
     (
         "redq_job_run_seconds",
         "Time a handler ran, per attempt.",
-        |q| &q.run,
+        |q| q.run(),
     ),
     (
         "redq_job_end_to_end_seconds",
         "Time from enqueue to completion.",
-        |q| &q.end_to_end,
+        |q| q.end_to_end(),
     ),
 ];
 

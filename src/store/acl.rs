@@ -131,7 +131,7 @@ impl Store {
     pub async fn daemon_permissions(&self, user: &str) -> Result<Option<Permissions>> {
         let q = QueueKeys::new(self.prefix(), "redq-setup-check")?;
         let function = SCRIPTS.claim.function.clone();
-        let sha = SCRIPTS.claim.script.get_hash().to_owned();
+        let sha = SCRIPTS.claim.script().get_hash().to_owned();
         let fill = |arg: &str| -> String {
             match arg {
                 "{base}" => q.base().to_owned(),

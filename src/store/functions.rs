@@ -210,15 +210,16 @@ impl Store {
         if let Some(first) = first {
             // Inside MULTI a missing script cannot be loaded on NOSCRIPT
             // and retried alone: load it first.
-            t.script.load_async(&mut con).await?;
+            let script = t.script();
+            script.load_async(&mut con).await?;
             let mut call = redis::cmd("EVALSHA");
-            call.arg(t.script.get_hash())
+            call.arg(script.get_hash())
                 .arg(keys.len())
                 .arg(keys)
                 .arg(&args);
             return Ok(send(&mut con, Some(first), &call).await?);
         }
-        let mut inv = t.script.prepare_invoke();
+        let mut inv = t.script().prepare_invoke();
         for k in keys {
             inv.key(*k);
         }

@@ -74,6 +74,12 @@ impl Pool {
                     filled = true;
                     break;
                 }
+                // A turn among the daemon's claims in flight (see
+                // `CLAIMS_IN_FLIGHT`); the semaphore is never closed.
+                let turn = tokio::select! {
+                    _ = self.quiet.cancelled() => return,
+                    turn = ctx.claims.acquire() => turn.ok(),
+                };
                 let sent = Instant::now();
                 asked.push(q.name.clone());
                 // Boxed: the call's state lives on the heap only while it
@@ -89,7 +95,9 @@ impl Pool {
                         ttl,
                     }),
                 ));
-                match claim.await {
+                let claimed = claim.await;
+                drop(turn);
+                match claimed {
                     Ok(c) => {
                         if let Ok(mut clock) = self.clock.lock() {
                             *clock = Some((sent, c.now_ms));

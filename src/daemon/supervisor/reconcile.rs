@@ -226,6 +226,7 @@ impl Daemon {
             inbox_poll: self.config.daemon.inbox_poll,
             health: self.shared.health.clone(),
             looker: self.shared.looker.clone(),
+            claims: self.shared.claims.clone(),
         });
         let pool = Pool::new(
             spec.name.clone(),

@@ -110,6 +110,7 @@ impl WorkerBuilder {
             pools: Mutex::new(Vec::new()),
             promoter: Arc::new(Promoter::default()),
             looker: Arc::default(),
+            claims: Arc::new(tokio::sync::Semaphore::new(crate::daemon::CLAIMS_IN_FLIGHT)),
             settings: Mutex::new(Vec::new()),
             reload_error: Mutex::new(None),
         });
