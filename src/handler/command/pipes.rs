@@ -9,8 +9,9 @@
 //!   hold the pipes open that long, and it is not waited for.
 //! - A program that does not read its stdin is fine (EPIPE is ignored).
 
-use std::os::fd::OwnedFd;
-use std::process::{ChildStderr, ChildStdin, ChildStdout};
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::process::{ChildStderr, ChildStdout, Stdio};
 use std::time::Duration;
 
 use serde_json::value::RawValue;
@@ -22,14 +23,64 @@ use tokio_util::sync::CancellationToken;
 /// How long output may still arrive once the program and its group are gone: only a
 /// process that left the group (setsid) can keep the pipes open that long.
 const DRAIN_AFTER_EXIT: Duration = Duration::from_secs(1);
+/// The least a read of output asks for (a pipe holds 64 KiB by default).
+const READ_CHUNK: usize = 16 * 1024;
 
-/// Writes `payload` to the program's stdin, then closes it (abort the task to
-/// stop writing).
-pub(super) fn feed(stdin: Option<ChildStdin>, payload: Box<RawValue>) -> JoinHandle<()> {
+/// The program's stdin: a pipe that already holds the payload (as much of it as
+/// the pipe takes, 64 KiB by default) and is closed behind it when all fit.
+/// Returns the read end for the program, and what is left to [`feed`] once it runs.
+///
+/// Why before the spawn: a payload that fits (nearly all do) then needs no
+/// task, no registration with the runtime and no write after the start.
+pub(super) fn stdin(payload: &RawValue) -> io::Result<(Stdio, Option<Rest>)> {
+    let mut fds = [0; 2];
+    // SAFETY: `fds` has room for the two descriptors pipe2 writes.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: pipe2 just made both descriptors; nothing else owns them.
+    let (rx, tx) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    // Non-blocking on the write end only: the program reads a blocking stdin.
+    // SAFETY: plain fcntl on a descriptor we own.
+    if unsafe { libc::fcntl(tx.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) } == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    let bytes = payload.get().as_bytes();
+    let mut written = 0;
+    while written < bytes.len() {
+        let left = &bytes[written..];
+        // SAFETY: `left` is valid for its length.
+        match unsafe { libc::write(tx.as_raw_fd(), left.as_ptr().cast(), left.len()) } {
+            -1 if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted => continue,
+            -1 if io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock => break,
+            -1 => return Err(io::Error::last_os_error()),
+            n => written += n as usize,
+        }
+    }
+    let rest = (written < bytes.len()).then(|| Rest {
+        tx,
+        payload: payload.to_owned(),
+        written,
+    });
+    Ok((Stdio::from(rx), rest))
+}
+
+/// What did not fit in the stdin pipe before the program started.
+pub(super) struct Rest {
+    tx: OwnedFd,
+    payload: Box<RawValue>,
+    written: usize,
+}
+
+/// Writes the rest of the payload to the program's stdin, then closes it
+/// (abort the task to stop writing).
+pub(super) fn feed(rest: Rest) -> JoinHandle<()> {
     tokio::spawn(async move {
         // EPIPE (a program that does not read stdin) is not an error by itself.
-        if let Some(Ok(mut tx)) = stdin.map(|fd| pipe::Sender::from_owned_fd(fd.into())) {
-            let _ = tx.write_all(payload.get().as_bytes()).await;
+        if let Ok(mut tx) = pipe::Sender::from_owned_fd(rest.tx) {
+            let _ = tx
+                .write_all(&rest.payload.get().as_bytes()[rest.written..])
+                .await;
         }
     })
 }
@@ -72,24 +123,39 @@ impl Capture {
 
 /// Reads a pipe to its end (or until `stop`), keeping the first `cap` bytes; returns
 /// them with the total count. Reading on past the cap keeps the child from blocking.
+///
+/// Bytes are read straight into the kept buffer, which grows as output comes, and
+/// past the cap into a scratch buffer made only then: most programs write little
+/// or nothing, and two zeroed 64 KiB buffers per run were a visible part of the
+/// daemon's CPU per job in issue 19's profile.
 async fn read_capped(fd: Option<OwnedFd>, cap: usize, stop: CancellationToken) -> (Vec<u8>, u64) {
     let (mut kept, mut total) = (Vec::new(), 0u64);
     let Some(Ok(mut rx)) = fd.map(pipe::Receiver::from_owned_fd) else {
         return (kept, total);
     };
-    let mut buf = vec![0u8; 64 * 1024];
+    let mut scratch = Vec::new();
     loop {
+        let room = cap.saturating_sub(kept.len());
+        let into = if room > 0 {
+            // Reads fill at most the spare capacity: what is reserved here,
+            // doubling as output grows.
+            kept.reserve(room.min(READ_CHUNK.max(kept.len())));
+            &mut kept
+        } else {
+            scratch.clear();
+            scratch.reserve(READ_CHUNK);
+            &mut scratch
+        };
         let n = tokio::select! {
-            read = rx.read(&mut buf) => match read {
+            read = rx.read_buf(into) => match read {
                 Ok(0) | Err(_) => break,
                 Ok(n) => n,
             },
             _ = stop.cancelled() => break,
         };
         total += n as u64;
-        let room = cap.saturating_sub(kept.len());
-        kept.extend_from_slice(&buf[..n.min(room)]);
     }
+    kept.truncate(cap);
     (kept, total)
 }
 
