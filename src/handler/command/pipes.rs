@@ -88,10 +88,10 @@ pub(super) fn feed(rest: Rest) -> JoinHandle<()> {
 /// The kept bytes of one pipe and the count of all it carried.
 pub(super) type Captured = (Vec<u8>, u64);
 
-/// Readers of the program's stdout and stderr.
+/// The reader of the program's stdout and stderr: one task for both pipes
+/// (a task per pipe was one more spawn and wake-up per run).
 pub(super) struct Capture {
-    out: JoinHandle<Captured>,
-    err: JoinHandle<Captured>,
+    both: JoinHandle<(Captured, Captured)>,
     stop: CancellationToken,
 }
 
@@ -103,20 +103,22 @@ impl Capture {
         cap: usize,
     ) -> Capture {
         let stop = CancellationToken::new();
-        let out = tokio::spawn(read_capped(stdout.map(OwnedFd::from), cap, stop.clone()));
-        let err = tokio::spawn(read_capped(stderr.map(OwnedFd::from), cap, stop.clone()));
-        Capture { out, err, stop }
+        let out = read_capped(stdout.map(OwnedFd::from), cap, stop.clone());
+        let err = read_capped(stderr.map(OwnedFd::from), cap, stop.clone());
+        let both = tokio::spawn(async move { tokio::join!(out, err) });
+        Capture { both, stop }
     }
 
     /// Stdout and stderr, once both pipes ended; call when the program has
     /// been reaped: what has not ended [`DRAIN_AFTER_EXIT`] later is cut off.
     pub(super) async fn finish(self) -> (Captured, Captured) {
-        let Capture { out, err, stop } = self;
-        let drained = async { (out.await.unwrap_or_default(), err.await.unwrap_or_default()) };
-        tokio::pin!(drained);
+        let Capture { mut both, stop } = self;
         tokio::select! {
-            both = &mut drained => both,
-            _ = tokio::time::sleep(DRAIN_AFTER_EXIT) => { stop.cancel(); drained.await }
+            both = &mut both => both.unwrap_or_default(),
+            _ = tokio::time::sleep(DRAIN_AFTER_EXIT) => {
+                stop.cancel();
+                both.await.unwrap_or_default()
+            }
         }
     }
 }
