@@ -10,7 +10,8 @@
 //! - A program that does not read its stdin is fine (EPIPE is ignored).
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::io::Write;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::process::{ChildStderr, ChildStdout, Stdio};
 use std::time::Duration;
 
@@ -33,32 +34,28 @@ const READ_CHUNK: usize = 16 * 1024;
 /// Why before the spawn: a payload that fits (nearly all do) then needs no
 /// task, no registration with the runtime and no write after the start.
 pub(super) fn stdin(payload: &RawValue) -> io::Result<(Stdio, Option<Rest>)> {
-    let mut fds = [0; 2];
-    // SAFETY: `fds` has room for the two descriptors pipe2 writes.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } == -1 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: pipe2 just made both descriptors; nothing else owns them.
-    let (rx, tx) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let (rx, mut tx) = io::pipe()?;
     // Non-blocking on the write end only: the program reads a blocking stdin.
     // SAFETY: plain fcntl on a descriptor we own.
-    if unsafe { libc::fcntl(tx.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) } == -1 {
+    let flags = unsafe { libc::fcntl(tx.as_raw_fd(), libc::F_GETFL) };
+    if flags == -1
+        || unsafe { libc::fcntl(tx.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) } == -1
+    {
         return Err(io::Error::last_os_error());
     }
     let bytes = payload.get().as_bytes();
     let mut written = 0;
     while written < bytes.len() {
-        let left = &bytes[written..];
-        // SAFETY: `left` is valid for its length.
-        match unsafe { libc::write(tx.as_raw_fd(), left.as_ptr().cast(), left.len()) } {
-            -1 if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted => continue,
-            -1 if io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock => break,
-            -1 => return Err(io::Error::last_os_error()),
-            n => written += n as usize,
+        match tx.write(&bytes[written..]) {
+            Ok(0) => break,
+            Ok(n) => written += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) => return Err(e),
         }
     }
     let rest = (written < bytes.len()).then(|| Rest {
-        tx,
+        tx: tx.into(),
         payload: payload.to_owned(),
         written,
     });
