@@ -200,7 +200,14 @@ pub async fn run_all(srv: &Private, opts: &Options, letters: &str) -> Result<Vec
     if letters.contains('i') {
         srv.flush().await?;
         let n = opts.spawn_jobs.max(1);
-        let (redq, us_per_job, xargs) = spawn_rate(srv, n).await?;
+        let SpawnRate {
+            redq,
+            us_per_job,
+            program_us,
+            redis_us,
+            xargs,
+            xargs_us,
+        } = spawn_rate(srv, n).await?;
         out.push(Sample::new(
             "i_redq",
             format!("command handler /bin/true, c{SPAWN_CONCURRENCY}, {n} jobs"),
@@ -228,6 +235,27 @@ pub async fn run_all(srv: &Private, opts: &Options, letters: &str) -> Result<Vec
             "µs",
             Better::Lower,
             us_per_job,
+        ));
+        out.push(Sample::new(
+            "i_pcpu",
+            "CPU of the programs (/bin/true) redq ran, per job",
+            "µs",
+            Better::Lower,
+            program_us,
+        ));
+        out.push(Sample::new(
+            "i_rcpu",
+            "Redis CPU per job of the command handler",
+            "µs",
+            Better::Lower,
+            redis_us,
+        ));
+        out.push(Sample::new(
+            "i_xcpu",
+            "CPU of xargs and its /bin/true per run",
+            "µs",
+            Better::Lower,
+            xargs_us,
         ));
     }
     if letters.contains('j') {
@@ -735,12 +763,41 @@ async fn many_queues_idle(srv: &Private, queues: u32, secs: f64) -> Result<ManyI
 /// Concurrency of scenario i, and of the `xargs -P` it is compared with.
 const SPAWN_CONCURRENCY: u32 = 50;
 
+/// What scenario i measured. The CPU figures say what bounds the ratio: on a
+/// machine whose cores are all busy, redq's rate over xargs's is at most
+/// `xargs_us / (program_us + us_per_job + redis_us)`.
+struct SpawnRate {
+    /// Jobs per second.
+    redq: f64,
+    /// This process's own CPU per job, µs.
+    us_per_job: f64,
+    /// The programs' CPU per job (reaped children), µs.
+    program_us: f64,
+    /// Redis's CPU per job, µs.
+    redis_us: f64,
+    /// xargs runs per second.
+    xargs: f64,
+    /// xargs's CPU and its programs' per run, µs.
+    xargs_us: f64,
+}
+
+/// CPU seconds of this process's reaped children (and theirs, once reaped).
+fn children_cpu_seconds() -> f64 {
+    // SAFETY: getrusage only writes into the struct we hand it.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) } != 0 {
+        return f64::NAN;
+    }
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
 /// (i): `jobs` pre-enqueued jobs run by the command handler `/bin/true` at
 /// concurrency 50 (jobs/s, and this process's own CPU per job: the daemon's
 /// spawning, piping and reaping; the programs' CPU is not in it), then
 /// `xargs -P50 -n1 /bin/true` over as many arguments (runs/s), in the same
 /// run.
-async fn spawn_rate(srv: &Private, jobs: u64) -> Result<(f64, f64, f64)> {
+async fn spawn_rate(srv: &Private, jobs: u64) -> Result<SpawnRate> {
     let queue = "spawn";
     enqueue_batches(&srv.redis, queue, jobs, false).await?;
     let mut cfg = config::read_str(&format!(
@@ -748,7 +805,8 @@ async fn spawn_rate(srv: &Private, jobs: u64) -> Result<(f64, f64, f64)> {
          handler = {{ command = [\"/bin/true\"] }}\n"
     ))?;
     cfg.redis = srv.redis.clone();
-    let (t0, cpu0) = (Instant::now(), cpu_seconds());
+    let r0 = redis_cpu(srv).await?;
+    let (t0, cpu0, kids0) = (Instant::now(), cpu_seconds(), children_cpu_seconds());
     let daemon = WorkerBuilder::new(cfg).start().await?;
     let handle = daemon.handle();
     let counters = daemon.counters();
@@ -757,12 +815,14 @@ async fn spawn_rate(srv: &Private, jobs: u64) -> Result<(f64, f64, f64)> {
         handle.shutdown();
         return Err(e);
     }
-    let (took, cpu1) = (t0.elapsed(), cpu_seconds());
+    let (took, cpu1, kids1) = (t0.elapsed(), cpu_seconds(), children_cpu_seconds());
+    let r1 = redis_cpu(srv).await?;
     handle.shutdown();
     let _ = run.await;
-    let us_per_job = (cpu1 - cpu0) * 1e6 / jobs as f64;
+    let per_job = |seconds: f64| seconds * 1e6 / jobs as f64;
 
     let input: String = (0..jobs).map(|i| format!("{i}\n")).collect();
+    let kids2 = children_cpu_seconds();
     let xargs = tokio::task::spawn_blocking(move || -> std::io::Result<Duration> {
         use std::io::Write;
         let started = Instant::now();
@@ -784,7 +844,14 @@ async fn spawn_rate(srv: &Private, jobs: u64) -> Result<(f64, f64, f64)> {
     .await
     .map_err(|e| err(e.to_string()))?
     .map_err(|e| err(format!("xargs: {e}")))?;
-    Ok((per_sec(jobs, took), us_per_job, per_sec(jobs, xargs)))
+    Ok(SpawnRate {
+        redq: per_sec(jobs, took),
+        us_per_job: per_job(cpu1 - cpu0),
+        program_us: per_job(kids1 - kids0),
+        redis_us: per_job(r1 - r0),
+        xargs: per_sec(jobs, xargs),
+        xargs_us: per_job(children_cpu_seconds() - kids2),
+    })
 }
 
 /// What scenario j measured.

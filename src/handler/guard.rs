@@ -24,6 +24,9 @@
 //! - [`register`] after each spawn and [`unregister`] before each reap send the
 //!   group id as 4 bytes (negated to unregister): no reply, no round trip.
 //! - At end of file the guard SIGKILLs every group still registered, then exits.
+//!   It reads at most every 10 ms (messages wait in the socket meantime), so
+//!   that it is not woken twice per job: the kill comes up to 10 ms after the
+//!   daemon's death.
 //! - The daemon keeps the set of running groups itself. A watcher thread notices
 //!   when the guard ends (its end of the socket closes), reaps it, logs it and
 //!   starts a new one, which is told every running group. A guard that does not

@@ -178,25 +178,37 @@ impl CommandHandler {
             }
         };
         let usage_path = usage_file.as_ref().map(UsageFile::path);
-        let mut child =
-            match spawn::command(&self.spec, &ctx, usage_path).and_then(|mut cmd| cmd.spawn()) {
-                Ok(child) => child,
-                Err(e) => {
-                    let error = spawn::spawn_error(self.program(), e);
-                    return CommandRun::not_started(started, error);
-                }
-            };
+        let (stdin, rest) = match pipes::stdin(&ctx.payload) {
+            Ok(stdin) => stdin,
+            Err(e) => {
+                let error = format!(
+                    "cannot start program `{}`: no pipe for its stdin: {e}",
+                    self.program()
+                );
+                return CommandRun::not_started(started, error);
+            }
+        };
+        let spawned =
+            spawn::command(&self.spec, &ctx, usage_path, stdin).and_then(|mut cmd| cmd.spawn());
+        let mut child = match spawned {
+            Ok(child) => child,
+            Err(e) => {
+                let error = spawn::spawn_error(self.program(), e);
+                return CommandRun::not_started(started, error);
+            }
+        };
         let mut running = Running::watch(&child);
-        let (stdin, stdout, stderr) =
-            (child.stdin.take(), child.stdout.take(), child.stderr.take());
+        let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
         drop(child); // std's Child neither waits nor kills on drop: `running` reaps.
-        let writer = pipes::feed(stdin, ctx.payload);
+        let writer = rest.map(pipes::feed);
         let capture = Capture::start(stdout, stderr, self.spec.max_output_bytes);
 
         let (stop, reaped) = running
             .wait(ctx.timeout, &ctx.cancel, self.spec.kill_grace)
             .await;
-        writer.abort();
+        if let Some(writer) = writer {
+            writer.abort();
+        }
         let ((stdout, stdout_bytes), (stderr, stderr_bytes)) = capture.finish().await;
         let (status, usage) = match reaped {
             Ok(reaped) => reaped,

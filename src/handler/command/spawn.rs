@@ -26,11 +26,12 @@ use crate::handler::JobContext;
 /// `PATH` given to programs when redq itself has none.
 const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 
-/// The command with its clean environment and own process group.
+/// The command with its clean environment, own process group and `stdin`.
 pub(super) fn command(
     spec: &CommandSpec,
     ctx: &JobContext,
     usage_file: Option<&Path>,
+    stdin: Stdio,
 ) -> io::Result<std::process::Command> {
     let Some((program, args)) = spec.argv.split_first() else {
         return Err(io::Error::new(io::ErrorKind::InvalidInput, "argv is empty"));
@@ -66,7 +67,7 @@ pub(super) fn command(
     if let Some(dir) = &spec.cwd {
         cmd.current_dir(dir);
     }
-    cmd.stdin(Stdio::piped())
+    cmd.stdin(stdin)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0);
