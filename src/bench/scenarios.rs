@@ -667,10 +667,16 @@ async fn latency(redis: &RedisConfig, secs: f64) -> Result<[f64; 5]> {
     ])
 }
 
+/// CPU seconds (user + sys) of this process.
 fn cpu_seconds() -> f64 {
+    rusage_seconds(libc::RUSAGE_SELF)
+}
+
+/// User + sys CPU seconds `getrusage(who)` reports.
+fn rusage_seconds(who: libc::c_int) -> f64 {
     // SAFETY: getrusage only writes into the struct we hand it.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) } != 0 {
+    if unsafe { libc::getrusage(who, &mut ru) } != 0 {
         return f64::NAN;
     }
     let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
@@ -783,13 +789,7 @@ struct SpawnRate {
 
 /// CPU seconds of this process's reaped children (and theirs, once reaped).
 fn children_cpu_seconds() -> f64 {
-    // SAFETY: getrusage only writes into the struct we hand it.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    if unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) } != 0 {
-        return f64::NAN;
-    }
-    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    tv(ru.ru_utime) + tv(ru.ru_stime)
+    rusage_seconds(libc::RUSAGE_CHILDREN)
 }
 
 /// (i): `jobs` pre-enqueued jobs run by the command handler `/bin/true` at
