@@ -400,7 +400,24 @@ impl Topology {
     /// now (a replacement for the lost host) that the sentinels never
     /// promote, and waits until it is in sync.
     pub fn restart_as_replica(&mut self, port: u16) {
-        let primary = self.reached_at(self.primary_port()).to_string();
+        let new = self.primary_port();
+        // `get-master-addr-by-name` names the promoted replica while the
+        // failover is still in progress; the sentinels' record of the
+        // primary switches only when it ends. The lost host must not come
+        // back at its old address before then.
+        wait_for("every sentinel to end the failover", secs(20), || {
+            for s in &self.sentinels {
+                let fields: std::collections::HashMap<String, String> =
+                    self.ask(s, redis::cmd("SENTINEL").arg("MASTER").arg(MASTER))?;
+                let at = fields.get("port").and_then(|p| p.parse().ok());
+                let flags = fields.get("flags").cloned().unwrap_or_default();
+                if at.map(|p| self.plain(p)) != Some(new) || flags.contains("failover") {
+                    return Err(format!("sentinel {}: port {at:?}, flags {flags}", s.port));
+                }
+            }
+            Ok(())
+        });
+        let primary = self.reached_at(new).to_string();
         let i = self.nodes.iter().position(|n| n.port == port).unwrap();
         let mut args = self
             .tls
