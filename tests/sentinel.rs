@@ -333,7 +333,6 @@ async fn start_load(t: &Topology, prefix: &str, wait_replicas: u32) -> Load {
     }
 }
 
-/// Waits until the handler has recorded at least `n` jobs.
 /// Kills the primary, waits for the sentinels to name another, then for the
 /// producer's first acknowledgement from it and for the same daemon process
 /// (`pid`, recording into `dir`) to run that job. Returns the new primary's
@@ -353,18 +352,7 @@ async fn fail_over_and_follow(
         "{what}: {old} -> {new}, named {:?} after the kill",
         named - killed
     );
-    let first = eventually(
-        "the producer to enqueue on the new primary",
-        FOLLOW_WITHIN,
-        || async { load.producer.first_ack_after(named) },
-    )
-    .await;
-    eventually(
-        "the daemon to run a job enqueued after the failover",
-        FOLLOW_WITHIN,
-        || async { recorded(dir).contains(&first.id) },
-    )
-    .await;
+    follow(load, dir, named).await;
     eprintln!(
         "followed within {:?} of the sentinels naming {new}",
         named.elapsed()
@@ -378,6 +366,25 @@ async fn fail_over_and_follow(
     (new, killed, named)
 }
 
+/// Waits for the producer's first acknowledgement after `named` (the
+/// sentinels named a new primary) and for the daemon recording into `dir`
+/// to run that job.
+async fn follow(load: &Load, dir: &Path, named: Instant) {
+    let first = eventually(
+        "the producer to enqueue on the new primary",
+        FOLLOW_WITHIN,
+        || async { load.producer.first_ack_after(named) },
+    )
+    .await;
+    eventually(
+        "the daemon to run a job enqueued after the failover",
+        FOLLOW_WITHIN,
+        || async { recorded(dir).contains(&first.id) },
+    )
+    .await;
+}
+
+/// Waits until the handler has recorded at least `n` jobs.
 async fn until_recorded(dir: &Path, n: usize, limit: Duration) {
     eventually(&format!("{n} jobs to run"), limit, || async {
         let seen = recorded(dir).len();
@@ -501,18 +508,7 @@ async fn with_wait_replicas_every_acknowledged_enqueue_completes_after_the_failo
     // The new primary has no replica: nothing is acknowledged until one
     // joins (here the lost host, replaced).
     blocking(|| t.restart_as_replica(old));
-    let first = eventually(
-        "the producer to enqueue on the new primary",
-        FOLLOW_WITHIN,
-        || async { load.producer.first_ack_after(named) },
-    )
-    .await;
-    eventually(
-        "the daemon to run a job enqueued after the failover",
-        FOLLOW_WITHIN,
-        || async { recorded(&d).contains(&first.id) },
-    )
-    .await;
+    follow(&load, &d, named).await;
     let (acked, errors) = load.producer.stop().await;
     let during = acked
         .iter()
