@@ -85,6 +85,13 @@ pub async fn run_all(srv: &Private, opts: &Options, letters: &str) -> Result<Vec
                     Better::Lower,
                     run.redis_us_per_job,
                 ));
+                out.push(Sample::new(
+                    format!("{id}_pcpu"),
+                    format!("  daemon CPU per job, {id}"),
+                    "µs",
+                    Better::Lower,
+                    run.own_us_per_job,
+                ));
             }
         }
     }
@@ -459,6 +466,9 @@ struct Processed {
     rss: Option<f64>,
     /// Redis CPU (user + sys of the server) per processed job, µs.
     redis_us_per_job: f64,
+    /// CPU of this process (the daemons; the harness only waits) per
+    /// processed job, µs.
+    own_us_per_job: f64,
 }
 
 /// With `REDQ_BENCH_CALLGRIND` set (and the server run under
@@ -510,6 +520,7 @@ async fn process(
         srv.reset_stats().await?;
     }
     let cpu0 = redis_cpu(srv).await?;
+    let own0 = cpu_seconds();
     callgrind(srv, "--zero");
     let reset = measure_rss && reset_peak_rss();
     let started = Instant::now();
@@ -533,6 +544,7 @@ async fn process(
         return Err(e);
     }
     let took = started.elapsed();
+    let own1 = cpu_seconds();
     let cpu1 = redis_cpu(srv).await?;
     callgrind(srv, "--dump");
     let rss = if reset { peak_rss_mib() } else { None };
@@ -565,6 +577,7 @@ async fn process(
         took,
         rss,
         redis_us_per_job: (cpu1 - cpu0) * 1e6 / jobs as f64,
+        own_us_per_job: (own1 - own0) * 1e6 / jobs as f64,
     })
 }
 
