@@ -17,8 +17,9 @@
 //! in the writers, heartbeat, depth poller) stay on every daemon: each works
 //! on the queues that daemon serves, or reports about that daemon.
 //!
-//! Start order: Redis checks → function library → writers → pools → cron and
-//! its lease → lease keeper → reaper → waker → looker → promoter → READY. Stop order:
+//! Start order: Redis checks → function library → pools (each queue's
+//! writer starts at its first report) → cron and its lease → lease keeper →
+//! reaper → waker → looker → promoter → READY. Stop order:
 //! cron stops and releases its lease → pools stop claiming → running jobs
 //! drain to `shutdown_timeout` → the rest are stopped and released → writers
 //! flush → keeper, reaper, waker, looker, promoter stop → exit. The promoter runs on

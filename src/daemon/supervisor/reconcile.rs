@@ -11,7 +11,7 @@ use super::{CronDuty, Daemon};
 use crate::config::{self, Config, Order, QueueConfig};
 use crate::daemon::pool::{Pool, PoolCtx};
 use crate::daemon::waker::Route;
-use crate::daemon::writer::{self, WriterCtx};
+use crate::daemon::writer::{WriterCtx, WriterHandle};
 use crate::daemon::{cron, dead_retention, handlers, notify, observer, retention, QueueRt};
 use crate::error::{Error, Result};
 use crate::leader::Leader;
@@ -199,15 +199,7 @@ impl Daemon {
                 metrics: self.shared.metrics.clone(),
                 usage_retention: self.config.daemon.usage_retention,
             };
-            let s = &self.shared;
-            let (writer, task) = writer::spawn(
-                wctx,
-                s.store.clone(),
-                s.leases.clone(),
-                s.counters.clone(),
-                self.writers_stop.clone(),
-            );
-            self.writers.push(task);
+            let writer = WriterHandle::new(wctx, self.writers.clone());
             queues.push(Arc::new(QueueRt {
                 name,
                 keys,
