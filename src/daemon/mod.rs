@@ -135,7 +135,8 @@ impl Shared {
 pub(crate) struct QueueRt {
     pub name: Arc<str>,
     pub keys: QueueKeys,
-    pub cfg: QueueConfig,
+    /// Shared with the spec of the pool that runs the queue.
+    pub cfg: Arc<QueueConfig>,
     pub handler: Arc<dyn Handler>,
     /// How long a stopped handler gets to return before it is abandoned.
     pub grace: Duration,
