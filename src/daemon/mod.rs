@@ -17,8 +17,9 @@
 //! in the writers, heartbeat, depth poller) stay on every daemon: each works
 //! on the queues that daemon serves, or reports about that daemon.
 //!
-//! Start order: Redis checks → function library → writers → pools → cron and
-//! its lease → lease keeper → reaper → waker → looker → promoter → READY. Stop order:
+//! Start order: Redis checks → function library → pools (each queue's
+//! writer starts at its first report) → cron and its lease → lease keeper →
+//! reaper → waker → looker → promoter → READY. Stop order:
 //! cron stops and releases its lease → pools stop claiming → running jobs
 //! drain to `shutdown_timeout` → the rest are stopped and released → writers
 //! flush → keeper, reaper, waker, looker, promoter stop → exit. The promoter runs on
@@ -134,7 +135,8 @@ impl Shared {
 pub(crate) struct QueueRt {
     pub name: Arc<str>,
     pub keys: QueueKeys,
-    pub cfg: QueueConfig,
+    /// Shared with the spec of the pool that runs the queue.
+    pub cfg: Arc<QueueConfig>,
     pub handler: Arc<dyn Handler>,
     /// How long a stopped handler gets to return before it is abandoned.
     pub grace: Duration,

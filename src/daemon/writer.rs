@@ -1,4 +1,5 @@
-//! The result writer: one per queue, it writes outcomes in batches.
+//! The result writer: one per queue, started at the queue's first report,
+//! it writes outcomes in batches.
 //!
 //! Workers hand over reports and move on. The writer takes the first report
 //! as soon as it arrives plus whatever else is already queued (up to
@@ -13,11 +14,13 @@
 //! attempt that reached the writer, including one whose write was refused as
 //! stale: that attempt ran and spent what it reported.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use super::leases::Leases;
 use super::Counters;
@@ -98,20 +101,128 @@ impl Report {
 
 /// The sending side, held by the queue's runtime.
 ///
-/// Reports travel boxed: tokio's channel allocates its first block of 32
-/// slots with the channel, and 32 reports of 240 bytes made that 7.7 KB
-/// per queue, most of an idle daemon's heap with 1000 queues (issue 19);
-/// 32 boxes are 256 bytes.
-#[derive(Clone)]
+/// The writer starts at its queue's first report, not with the queue: a
+/// daemon serving 1000 quiet queues would otherwise hold 1000 idle tasks
+/// and channels (about 1.5 KB each, issue 19) for queues that may never
+/// run a job. Reports travel boxed: tokio's channel allocates its first
+/// block of 32 slots with the channel, and 32 reports of 240 bytes made
+/// that 7.7 KB per queue; 32 boxes are 256 bytes.
 pub struct WriterHandle {
-    tx: mpsc::UnboundedSender<Box<Report>>,
+    ctx: Arc<WriterCtx>,
+    shared: Arc<Writers>,
+    /// Set by the first report, when the writer starts.
+    tx: OnceLock<mpsc::UnboundedSender<Box<Report>>>,
 }
 
 impl WriterHandle {
+    /// A handle whose writer starts at the first [`WriterHandle::send`].
+    pub fn new(ctx: WriterCtx, shared: Arc<Writers>) -> WriterHandle {
+        WriterHandle {
+            ctx: Arc::new(ctx),
+            shared,
+            tx: OnceLock::new(),
+        }
+    }
+
     pub fn send(&self, r: Report) {
-        // The writer outlives every worker of its queue (it ends when the
-        // last handle drops), so this cannot fail while a worker runs.
-        let _ = self.tx.send(Box::new(r));
+        // After the first report this is one atomic load. The writer
+        // outlives every worker of its queue (it ends when this handle
+        // drops), so the send cannot fail while a worker runs; a report
+        // sent after the shutdown flush finds no writer and its job comes
+        // back when its lease expires, as before.
+        let tx = self.tx.get_or_init(|| self.shared.start(self.ctx.clone()));
+        let _ = tx.send(Box::new(r));
+    }
+}
+
+/// What every writer of a daemon shares, and the writers started so far.
+pub struct Writers {
+    store: Store,
+    leases: Leases,
+    counters: Arc<Counters>,
+    /// Cancelled at shutdown, after every worker has reported.
+    stop: CancellationToken,
+    /// Where writers start: reports may come from any thread.
+    runtime: tokio::runtime::Handle,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Writers {
+    /// Must be called within the daemon's runtime.
+    pub fn new(store: Store, leases: Leases, counters: Arc<Counters>) -> Writers {
+        Writers {
+            store,
+            leases,
+            counters,
+            stop: CancellationToken::new(),
+            runtime: tokio::runtime::Handle::current(),
+            tasks: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Tells every writer to write what it holds and end, and waits for
+    /// each up to `flush`. Writers started meanwhile (a late report) are
+    /// waited for too.
+    pub async fn flush(&self, flush: Duration) {
+        self.stop.cancel();
+        loop {
+            let tasks = self
+                .tasks
+                .lock()
+                .map(|mut t| std::mem::take(&mut *t))
+                .unwrap_or_default();
+            if tasks.is_empty() {
+                return;
+            }
+            for t in tasks {
+                let _ = tokio::time::timeout(flush, t).await;
+            }
+        }
+    }
+
+    /// Starts a writer. It ends when its handle is dropped, or when `stop`
+    /// is cancelled once it has written what is queued.
+    fn start(&self, ctx: Arc<WriterCtx>) -> mpsc::UnboundedSender<Box<Report>> {
+        let (tx, mut rx) = mpsc::unbounded_channel::<Box<Report>>();
+        let (store, leases, counters, stop) = (
+            self.store.clone(),
+            self.leases.clone(),
+            self.counters.clone(),
+            self.stop.clone(),
+        );
+        let task = self.runtime.spawn(async move {
+            // Grows with the first batches and keeps its room: not MAX_BATCH
+            // reports' worth up front.
+            let mut batch = Vec::new();
+            loop {
+                let first = tokio::select! {
+                    biased;
+                    r = rx.recv() => r,
+                    _ = stop.cancelled() => rx.try_recv().ok(),
+                };
+                let Some(first) = first else { return };
+                batch.push(first);
+                while batch.len() < MAX_BATCH {
+                    match rx.try_recv() {
+                        Ok(r) => batch.push(r),
+                        Err(_) => break,
+                    }
+                }
+                let ids: Vec<&str> = batch.iter().map(|r| r.id()).collect();
+                leases.mark_reported(&ctx.name, &ids);
+                // Boxed: the write's state lives on the heap only while it
+                // runs, so an idle writer's task stays small.
+                Box::pin(write(&ctx, &store, &batch, &counters)).await;
+                leases.remove(&ctx.name, &ids);
+                batch.clear();
+            }
+        });
+        if let Ok(mut tasks) = self.tasks.lock() {
+            // Writers of queues removed by a reload have ended.
+            tasks.retain(|t| !t.is_finished());
+            tasks.push(task);
+        }
+        tx
     }
 }
 
@@ -127,49 +238,6 @@ pub struct WriterCtx {
     pub metrics: Arc<crate::observe::Metrics>,
     /// How long per-day usage totals are kept after their day (`daemon.usage_retention`).
     pub usage_retention: Duration,
-}
-
-/// Starts a writer. It ends when every handle is dropped, or when `stop` is
-/// cancelled (at shutdown, after every worker has reported) once it has
-/// written what is queued.
-pub fn spawn(
-    ctx: WriterCtx,
-    store: Store,
-    leases: Leases,
-    counters: Arc<Counters>,
-    stop: tokio_util::sync::CancellationToken,
-) -> (WriterHandle, tokio::task::JoinHandle<()>) {
-    let (tx, mut rx) = mpsc::unbounded_channel::<Box<Report>>();
-    let task = tokio::spawn(async move {
-        // Grows with the first batches and keeps its room: not MAX_BATCH
-        // reports' worth up front for every queue, most of which a daemon
-        // serving many quiet queues would never use.
-        let mut batch = Vec::new();
-        loop {
-            let first = tokio::select! {
-                biased;
-                r = rx.recv() => r,
-                _ = stop.cancelled() => rx.try_recv().ok(),
-            };
-            let Some(first) = first else { return };
-            batch.push(first);
-            while batch.len() < MAX_BATCH {
-                match rx.try_recv() {
-                    Ok(r) => batch.push(r),
-                    Err(_) => break,
-                }
-            }
-            let ids: Vec<&str> = batch.iter().map(|r| r.id()).collect();
-            leases.mark_reported(&ctx.name, &ids);
-            // Boxed: the write's state lives on the heap only while it
-            // runs, so an idle writer's task stays small (a daemon serving
-            // 1000 queues has 1000 of them).
-            Box::pin(write(&ctx, &store, &batch, &counters)).await;
-            leases.remove(&ctx.name, &ids);
-            batch.clear();
-        }
-    });
-    (WriterHandle { tx }, task)
 }
 
 async fn write(ctx: &WriterCtx, store: &Store, batch: &[Box<Report>], counters: &Counters) {

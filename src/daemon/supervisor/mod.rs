@@ -25,6 +25,7 @@ use super::leases::StopReason;
 use super::pool::Pool;
 use super::signals::Action;
 use super::waker::Routes;
+use super::writer::Writers;
 use super::{notify, Counters, Shared};
 use crate::config::{Config, Overrides};
 use crate::error::Result;
@@ -46,11 +47,11 @@ pub struct Daemon {
     reload: Option<(Option<PathBuf>, Overrides)>,
     library: Library,
     stop: CancellationToken,
-    writers_stop: CancellationToken,
     routes: Routes,
     tasks: Vec<JoinHandle<()>>,
     fetchers: Vec<JoinHandle<()>>,
-    writers: Vec<JoinHandle<()>>,
+    /// The queues' result writers (each starts at its queue's first report).
+    writers: Arc<Writers>,
     draining: Vec<Arc<Pool>>,
     /// The pools serving now, with the spec each was built from.
     specs: Vec<(PoolSpec, Arc<Pool>)>,
@@ -181,10 +182,7 @@ impl Daemon {
                 tracing::error!("some handlers did not stop; their jobs return to the queue when their leases expire");
             }
         }
-        self.writers_stop.cancel();
-        for w in self.writers.drain(..) {
-            let _ = tokio::time::timeout(WRITER_FLUSH, w).await;
-        }
+        self.writers.flush(WRITER_FLUSH).await;
         self.stop.cancel();
         for t in self.tasks.drain(..) {
             let _ = t.await;

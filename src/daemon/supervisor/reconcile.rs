@@ -11,20 +11,24 @@ use super::{CronDuty, Daemon};
 use crate::config::{self, Config, Order, QueueConfig};
 use crate::daemon::pool::{Pool, PoolCtx};
 use crate::daemon::waker::Route;
-use crate::daemon::writer::{self, WriterCtx};
+use crate::daemon::writer::{WriterCtx, WriterHandle};
 use crate::daemon::{cron, dead_retention, handlers, notify, observer, retention, QueueRt};
 use crate::error::{Error, Result};
+use crate::keys::QueueKeys;
 use crate::leader::Leader;
 use crate::observe::Reload;
 use crate::store::QueueSettings;
 
-/// What makes a pool; a pool is rebuilt on reload only when this changes.
+/// What makes a pool; a pool is rebuilt on reload only when this changes
+/// (compared by value).
 #[derive(Clone, PartialEq)]
 pub(super) struct PoolSpec {
     name: String,
     concurrency: usize,
     order: Order,
-    queues: Vec<(String, QueueConfig)>,
+    /// Each queue's settings, shared with its [`QueueRt`] once the pool
+    /// runs: one copy per queue besides the configuration's, not two.
+    queues: Vec<(String, Arc<QueueConfig>)>,
 }
 
 fn pool_specs(config: &Config) -> Vec<PoolSpec> {
@@ -33,7 +37,12 @@ fn pool_specs(config: &Config) -> Vec<PoolSpec> {
         let queues = config
             .pool_queues(name)
             .into_iter()
-            .filter_map(|q| config.queues.get(q).map(|c| (q.to_owned(), c.clone())))
+            .filter_map(|q| {
+                config
+                    .queues
+                    .get(q)
+                    .map(|c| (q.to_owned(), Arc::new(c.clone())))
+            })
             .collect();
         specs.push(PoolSpec {
             name: format!("pool:{name}"),
@@ -48,7 +57,7 @@ fn pool_specs(config: &Config) -> Vec<PoolSpec> {
                 name: format!("queue:{name}"),
                 concurrency: q.concurrency as usize,
                 order: Order::Strict,
-                queues: vec![(name.clone(), q.clone())],
+                queues: vec![(name.clone(), Arc::new(q.clone()))],
             });
         }
     }
@@ -70,6 +79,9 @@ impl Daemon {
         })?;
         let store = &self.shared.store;
         let mut settings = Vec::new();
+        // Each queue's keys are built once and shared (a clone is a
+        // reference count) by the settings list and the queue's runtime.
+        let mut keys = HashMap::new();
         for (name, queue) in &config.queues {
             let s = QueueSettings {
                 max_doc_bytes: config.daemon.max_payload_bytes,
@@ -79,7 +91,9 @@ impl Daemon {
                 tenants: queue.tenant_limits(),
                 outcome_ttl: queue.outcome_ttl,
             };
-            settings.push((store.queue(name)?, s));
+            let k = store.queue(name)?;
+            keys.insert(name.clone(), k.clone());
+            settings.push((k, s));
         }
         if let Ok(mut s) = self.shared.settings.lock() {
             *s = settings;
@@ -95,7 +109,7 @@ impl Daemon {
             .iter()
             .filter(|w| !current.iter().any(|(s, _)| s == *w))
         {
-            match self.start_pool(spec) {
+            match self.start_pool(spec, &keys) {
                 Ok(pool) => started.push((spec.clone(), pool)),
                 Err(e) => {
                     for (_, pool) in started {
@@ -174,7 +188,13 @@ impl Daemon {
         self.cron = Some(CronDuty { stop, leader, ttl });
     }
 
-    fn start_pool(&mut self, spec: &PoolSpec) -> Result<Arc<Pool>> {
+    /// Starts the pool `spec` describes; `keys` holds the keys of every
+    /// configured queue.
+    fn start_pool(
+        &mut self,
+        spec: &PoolSpec,
+        keys: &HashMap<String, QueueKeys>,
+    ) -> Result<Arc<Pool>> {
         let mut queues = Vec::new();
         for (name, cfg) in &spec.queues {
             let built = match (&cfg.handler, self.library.get(name)) {
@@ -187,7 +207,10 @@ impl Daemon {
                     return Err(Error::Config(format!("queues.{name}.handler: missing")))
                 }
             };
-            let keys = self.shared.store.queue(name)?;
+            let keys = match keys.get(name) {
+                Some(k) => k.clone(),
+                None => self.shared.store.queue(name)?,
+            };
             self.shared.metrics.register_queue(name);
             let name: Arc<str> = Arc::from(name.as_str());
             let wctx = WriterCtx {
@@ -199,15 +222,7 @@ impl Daemon {
                 metrics: self.shared.metrics.clone(),
                 usage_retention: self.config.daemon.usage_retention,
             };
-            let s = &self.shared;
-            let (writer, task) = writer::spawn(
-                wctx,
-                s.store.clone(),
-                s.leases.clone(),
-                s.counters.clone(),
-                self.writers_stop.clone(),
-            );
-            self.writers.push(task);
+            let writer = WriterHandle::new(wctx, self.writers.clone());
             queues.push(Arc::new(QueueRt {
                 name,
                 keys,

@@ -17,6 +17,7 @@ use crate::daemon::leases::{self, Leases};
 use crate::daemon::promoter::{self, Promoter};
 use crate::daemon::signals;
 use crate::daemon::waker::{self, Routes};
+use crate::daemon::writer::Writers;
 use crate::daemon::{heartbeat, looker, notify, observer, reaper, Counters, Shared};
 use crate::error::{Error, Result};
 use crate::handler::Handler;
@@ -128,12 +129,15 @@ impl WorkerBuilder {
             reload: self.reload,
             library: self.library,
             stop: stop.clone(),
-            writers_stop: CancellationToken::new(),
             routes: routes.clone(),
             tasks: vec![http],
             http_addr,
             fetchers: Vec::new(),
-            writers: Vec::new(),
+            writers: Arc::new(Writers::new(
+                store.clone(),
+                shared.leases.clone(),
+                shared.counters.clone(),
+            )),
             draining: Vec::new(),
             specs: Vec::new(),
             cron: None,
