@@ -394,12 +394,16 @@ mod tests {
                 "a",
                 "c50",
                 "c50_rcpu",
+                "c50_pcpu",
                 "c200",
                 "c200_rcpu",
+                "c200_pcpu",
                 "c50p",
                 "c50p_rcpu",
+                "c50p_pcpu",
                 "c200p",
-                "c200p_rcpu"
+                "c200p_rcpu",
+                "c200p_pcpu"
             ]
         );
         assert!(report.rows.iter().all(|r| r.redq.median > 0.0));
