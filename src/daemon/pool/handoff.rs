@@ -101,7 +101,15 @@ impl Pool {
     /// handed over but not yet received (the pool is stopping).
     pub(super) async fn end_handoffs(&self, ctx: &PoolCtx) {
         for q in &self.queues {
-            match ctx.store.end_handoff(&q.keys, &self.handoff_name).await {
+            // A turn among the daemon's calls in flight, as a claim takes
+            // (`CLAIMS_IN_FLIGHT`): 1000 pools stopping together would
+            // otherwise send 1000 calls at once (massif showed the heap
+            // ~8 MB higher at such a shutdown, issue 19). The semaphore is
+            // never closed, and a turn is held for one call only.
+            let turn = ctx.claims.acquire().await.ok();
+            let ended = ctx.store.end_handoff(&q.keys, &self.handoff_name).await;
+            drop(turn);
+            match ended {
                 Ok(taken) => {
                     for element in taken {
                         self.take_handoff(q, element, Instant::now());
