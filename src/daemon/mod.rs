@@ -64,7 +64,8 @@ use leases::Leases;
 use pool::Pool;
 use promoter::Promoter;
 
-/// At most this many claims of a daemon's pools are in flight at once.
+/// At most this many claims of a daemon's pools are in flight at once
+/// (and, as pools stop, the calls that end their hand-off registrations).
 /// On one Redis they all share one connection, where Redis answers them
 /// one after the other anyway, so the bound costs no throughput (on a
 /// Cluster, 32 calls spread over its nodes still keep them busy); without

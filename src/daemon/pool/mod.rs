@@ -118,8 +118,8 @@ pub struct PoolCtx {
     pub health: Arc<crate::observe::Health>,
     /// The daemon's idle look, shared by its pools.
     pub looker: Arc<super::looker::Looker>,
-    /// Turns for claims in flight, shared by the daemon's pools
-    /// ([`super::CLAIMS_IN_FLIGHT`]).
+    /// Turns for claims (and hand-off endings) in flight, shared by the
+    /// daemon's pools ([`super::CLAIMS_IN_FLIGHT`]).
     pub claims: Arc<Semaphore>,
 }
 
